@@ -1,0 +1,40 @@
+//! # plex's TCP/IP core
+//!
+//! `stack` is the whole TCP/IP implementation of plex, and it performs no I/O. It never reads a
+//! clock (every entry point takes `now: time::Instant`), never spawns a thread, never makes a
+//! system call and never asks the OS for randomness (a seeded [`rand::Rng`] is injected). The
+//! poll loop (crate `poll-loop`) feeds it Ethernet frames from AF_XDP rings; the deterministic
+//! simulator ([`sim`]) feeds it frames from seeded, lossy, reordering links. Both drive the same
+//! code through the same four calls:
+//!
+//! ```text
+//!   receive(now, frame)            one inbound Ethernet frame
+//!   poll_transmit(now, buf)        write the next outbound frame into buf, if any
+//!   poll_timeout()                 when the stack next needs handle_timeout
+//!   handle_timeout(now)            run expired timers
+//! ```
+//!
+//! ## Map
+//! - [`wire`]: checked zero-copy views and `Repr`s for Ethernet, ARP, IPv4, ICMPv4, UDP, TCP.
+//!   Input reaches the rest of the stack only as a parsed `Repr`.
+//! - [`tcp`]: the RFC 9293 connection (`tcp::Connection`), its buffers, SACK scoreboard,
+//!   congestion control (NewReno, CUBIC), RTT estimator, listener with SYN cookies, and the
+//!   versioned snapshot record used for live connection handoff.
+//! - [`iface`]: the interface: home list, ARP cache, routing, ICMP, demultiplexing to sockets,
+//!   the socket table and its API, per-interface counters and named drop reasons.
+//! - [`cluster`]: the trait through which the stack asks the cluster (the coupling region in
+//!   production) who owns an address and which ephemeral port to use.
+//! - [`sim`]: the deterministic network simulator, the default integration test.
+//! - [`time`], [`rand`]: time and randomness as data.
+//!
+//! ## Invariants
+//! - No input from the network panics or reaches an `unwrap`; every dropped frame is counted
+//!   under a named [`iface::DropReason`].
+//! - No allocation per packet on the hot path: buffers are sized when a connection is created.
+//! - The receive window's right edge never moves left (RFC 9293 3.8.6).
+
+#![forbid(unsafe_code)]
+
+pub mod rand;
+pub mod time;
+pub mod wire;
