@@ -36,5 +36,6 @@
 #![forbid(unsafe_code)]
 
 pub mod rand;
+pub mod tcp;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,326 @@
+//! Byte buffers of a connection, allocated once when the connection is created.
+//!
+//! - [`SendBuffer`]: bytes from `snd_una` on: unacknowledged, then unsent. The connection copies
+//!   a segment's payload straight from it into the outgoing frame (two slices when it wraps).
+//! - [`RecvBuffer`]: in-order bytes the application has not read yet, followed by out-of-order
+//!   bytes placed at their offset, whose ranges an [`Assembler`] tracks. Out-of-order data is
+//!   kept (not dropped) up to the window, and its ranges feed the SACK blocks we send.
+
+/// A fixed-capacity byte ring.
+#[derive(Debug, Clone)]
+struct Ring {
+    buf: Box<[u8]>,
+    /// Index of the first byte.
+    head: usize,
+}
+
+impl Ring {
+    fn new(capacity: usize) -> Ring {
+        Ring { buf: vec![0u8; capacity].into_boxed_slice(), head: 0 }
+    }
+    fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+    fn idx(&self, off: usize) -> usize {
+        let cap = self.buf.len();
+        let i = self.head + off;
+        if i >= cap {
+            i - cap
+        } else {
+            i
+        }
+    }
+    /// Write `data` at logical offset `off` (must fit below capacity).
+    fn write_at(&mut self, off: usize, data: &[u8]) {
+        let cap = self.buf.len();
+        debug_assert!(off + data.len() <= cap);
+        if data.is_empty() || cap == 0 {
+            return;
+        }
+        let start = self.idx(off);
+        let first = (cap - start).min(data.len());
+        self.buf[start..start + first].copy_from_slice(&data[..first]);
+        let rest = data.len() - first;
+        self.buf[..rest].copy_from_slice(&data[first..]);
+    }
+    /// Read `out.len()` bytes from logical offset `off` (must be in bounds).
+    fn read_at(&self, off: usize, out: &mut [u8]) {
+        let cap = self.buf.len();
+        if out.is_empty() || cap == 0 {
+            return;
+        }
+        let start = self.idx(off);
+        let first = (cap - start).min(out.len());
+        out[..first].copy_from_slice(&self.buf[start..start + first]);
+        let rest = out.len() - first;
+        out[first..].copy_from_slice(&self.buf[..rest]);
+    }
+    fn advance(&mut self, n: usize) {
+        if self.buf.is_empty() {
+            return;
+        }
+        self.head = self.idx(n.min(self.buf.len()));
+    }
+}
+
+/// Outgoing bytes: `[0, len)` are logically at sequence numbers `snd_una ..`.
+#[derive(Debug, Clone)]
+pub struct SendBuffer {
+    ring: Ring,
+    len: usize,
+}
+
+impl SendBuffer {
+    pub fn new(capacity: usize) -> SendBuffer {
+        SendBuffer { ring: Ring::new(capacity), len: 0 }
+    }
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity()
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn free(&self) -> usize {
+        self.capacity() - self.len
+    }
+    /// Append as much of `data` as fits; returns the count appended.
+    pub fn enqueue(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.free());
+        self.ring.write_at(self.len, &data[..n]);
+        self.len += n;
+        n
+    }
+    /// Copy bytes at offset `off` into `out` (bounded by what is buffered); returns the count.
+    pub fn read_at(&self, off: usize, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.len.saturating_sub(off));
+        self.ring.read_at(off, &mut out[..n]);
+        n
+    }
+    /// Drop `n` acknowledged bytes from the front.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.len);
+        self.ring.advance(n);
+        self.len -= n;
+    }
+}
+
+/// Ranges of out-of-order data, as offsets from `rcv_nxt`, sorted and disjoint.
+/// Bounded: a segment that would need more than [`Assembler::MAX_RANGES`] ranges is refused.
+#[derive(Debug, Clone, Default)]
+pub struct Assembler {
+    ranges: Vec<(usize, usize)>,
+    /// Index into `ranges` of the range that most recently grew (first SACK block, RFC 2018 4).
+    recent: Option<usize>,
+}
+
+impl Assembler {
+    pub const MAX_RANGES: usize = 32;
+
+    pub fn new() -> Assembler {
+        Assembler { ranges: Vec::with_capacity(Self::MAX_RANGES + 1), recent: None }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+    pub fn ranges(&self) -> &[(usize, usize)] {
+        &self.ranges
+    }
+    /// The range that grew most recently, for the first SACK block.
+    pub fn recent(&self) -> Option<(usize, usize)> {
+        self.recent.and_then(|i| self.ranges.get(i).copied())
+    }
+
+    /// Record `[start, end)` as received. Returns false (changing nothing) if it would need more
+    /// ranges than the bound.
+    pub fn add(&mut self, start: usize, end: usize) -> bool {
+        if start >= end {
+            return true;
+        }
+        // First range whose end reaches start (could merge), and last whose start <= end.
+        let first = self.ranges.partition_point(|&(_, e)| e < start);
+        let last = self.ranges.partition_point(|&(s, _)| s <= end);
+        if first == last {
+            if self.ranges.len() >= Self::MAX_RANGES {
+                return false;
+            }
+            self.ranges.insert(first, (start, end));
+        } else {
+            let s = start.min(self.ranges[first].0);
+            let e = end.max(self.ranges[last - 1].1);
+            self.ranges[first] = (s, e);
+            self.ranges.drain(first + 1..last);
+        }
+        self.recent = Some(first);
+        true
+    }
+
+    /// The in-order edge moved by `n` (bytes at offsets `< n` are now contiguous): returns how
+    /// many further bytes became contiguous from the front, and rebases every range.
+    pub fn advance(&mut self, n: usize) -> usize {
+        let mut edge = n;
+        let mut removed = 0;
+        while let Some(&(s, e)) = self.ranges.get(removed) {
+            if s > edge {
+                break;
+            }
+            edge = edge.max(e);
+            removed += 1;
+        }
+        if removed > 0 {
+            self.ranges.drain(..removed);
+            self.recent = match self.recent {
+                Some(i) if i >= removed => Some(i - removed),
+                _ => None,
+            };
+        }
+        for r in &mut self.ranges {
+            r.0 -= edge;
+            r.1 -= edge;
+        }
+        edge - n
+    }
+
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+        self.recent = None;
+    }
+}
+
+/// Incoming bytes: `[0, readable)` in order and unread; out-of-order data beyond it.
+#[derive(Debug, Clone)]
+pub struct RecvBuffer {
+    ring: Ring,
+    readable: usize,
+    /// Bytes the window may advertise (the ring has slack beyond this for window-scale rounding).
+    limit: usize,
+    pub assembler: Assembler,
+}
+
+impl RecvBuffer {
+    /// `capacity` bytes of window; `slack` extra bytes so a window rounded up to the scale
+    /// granularity can always be stored.
+    pub fn new(capacity: usize, slack: usize) -> RecvBuffer {
+        RecvBuffer {
+            ring: Ring::new(capacity + slack),
+            readable: 0,
+            limit: capacity,
+            assembler: Assembler::new(),
+        }
+    }
+    pub fn capacity(&self) -> usize {
+        self.limit
+    }
+    pub fn readable(&self) -> usize {
+        self.readable
+    }
+    /// Free space for the window computation.
+    pub fn window(&self) -> usize {
+        self.limit.saturating_sub(self.readable)
+    }
+    /// Store data whose first byte is `off` bytes past `rcv_nxt`. Returns how many bytes became
+    /// in-order (the amount `rcv_nxt` advances), or `None` when the data could not be kept
+    /// (beyond the physical ring, or too fragmented).
+    pub fn write(&mut self, off: usize, data: &[u8]) -> Option<usize> {
+        let room = self.ring.capacity().saturating_sub(self.readable);
+        if off >= room {
+            return None;
+        }
+        let data = &data[..data.len().min(room - off)];
+        if off > 0 {
+            if !self.assembler.add(off, off + data.len()) {
+                return None;
+            }
+            self.ring.write_at(self.readable + off, data);
+            return Some(0);
+        }
+        self.ring.write_at(self.readable, data);
+        let extra = self.assembler.advance(data.len());
+        let n = data.len() + extra;
+        self.readable += n;
+        Some(n)
+    }
+    /// Copy in-order bytes to `out` and consume them.
+    pub fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = self.peek(out);
+        self.ring.advance(n);
+        self.readable -= n;
+        n
+    }
+    /// Copy in-order bytes to `out` without consuming them.
+    pub fn peek(&self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.readable);
+        self.ring.read_at(0, &mut out[..n]);
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_buffer_wraps() {
+        let mut b = SendBuffer::new(8);
+        assert_eq!(b.enqueue(b"abcdef"), 6);
+        b.consume(4);
+        assert_eq!(b.enqueue(b"ghijklmn"), 6, "only the free space is taken");
+        let mut out = [0u8; 8];
+        assert_eq!(b.read_at(0, &mut out), 8);
+        assert_eq!(&out, b"efghijkl");
+        assert_eq!(b.read_at(6, &mut out), 2);
+        assert_eq!(&out[..2], b"kl");
+        assert_eq!(b.read_at(9, &mut out), 0);
+    }
+
+    #[test]
+    fn assembler_merges_and_advances() {
+        let mut a = Assembler::new();
+        assert!(a.add(10, 20));
+        assert!(a.add(30, 40));
+        assert!(a.add(18, 31));
+        assert_eq!(a.ranges(), &[(10, 40)]);
+        assert!(a.add(50, 60));
+        assert_eq!(a.recent(), Some((50, 60)));
+        assert_eq!(a.advance(5), 0, "edge 5 does not reach 10");
+        assert_eq!(a.ranges(), &[(5, 35), (45, 55)]);
+        assert_eq!(a.advance(5), 30, "edge reaches the first range");
+        assert_eq!(a.ranges(), &[(10, 20)]);
+        // An in-order segment that overlaps several ranges swallows them all.
+        let mut a = Assembler::new();
+        a.add(5, 10);
+        a.add(15, 20);
+        a.add(30, 31);
+        assert_eq!(a.advance(17), 3);
+        assert_eq!(a.ranges(), &[(10, 11)]);
+    }
+
+    #[test]
+    fn assembler_is_bounded() {
+        let mut a = Assembler::new();
+        for i in 0..Assembler::MAX_RANGES {
+            assert!(a.add(10 * i + 5, 10 * i + 6));
+        }
+        assert!(!a.add(1000, 1001));
+        assert!(a.add(5, 7), "merging needs no new range");
+    }
+
+    #[test]
+    fn recv_buffer_reassembles() {
+        let mut r = RecvBuffer::new(16, 0);
+        assert_eq!(r.write(4, b"efgh"), Some(0));
+        assert_eq!(r.readable(), 0);
+        assert_eq!(r.write(0, b"abcd"), Some(8));
+        let mut out = [0u8; 16];
+        assert_eq!(r.read(&mut out[..5]), 5);
+        assert_eq!(&out[..5], b"abcde");
+        assert_eq!(r.window(), 13);
+        assert_eq!(r.write(20, b"x"), None, "beyond the ring");
+        // Wraps around the ring.
+        assert_eq!(r.write(0, b"0123456789abc"), Some(13));
+        assert_eq!(r.read(&mut out), 16);
+        assert_eq!(&out, b"fgh0123456789abc");
+    }
+}

@@ -1,0 +1,5 @@
+//! placeholder
+#[derive(Debug)]
+pub struct Snapshot;
+#[derive(Debug)]
+pub struct SnapshotError;
