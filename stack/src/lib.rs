@@ -37,5 +37,7 @@
 
 pub mod rand;
 pub mod tcp;
+pub mod udp;
+pub mod cluster;
 pub mod time;
 pub mod wire;

@@ -249,6 +249,13 @@ impl RecvBuffer {
         self.readable -= n;
         n
     }
+    /// Copy `out.len()` bytes stored at offset `off` from the read position (in-order or
+    /// out-of-order region) without consuming anything.
+    pub fn peek_at(&self, off: usize, out: &mut [u8]) {
+        if off + out.len() <= self.ring.capacity() {
+            self.ring.read_at(off, out);
+        }
+    }
     /// Copy in-order bytes to `out` without consuming them.
     pub fn peek(&self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.readable);

@@ -469,6 +469,10 @@ impl Connection {
 
     /// Effective send MSS (RFC 6691): the smaller of the peer's MSS and our path MTU, less the
     /// options we put in every segment.
+    pub(crate) fn update_mss_pub(&mut self) {
+        self.update_mss()
+    }
+
     fn update_mss(&mut self) {
         let from_path = (self.path_mtu as usize).saturating_sub(40);
         let mut mss = (self.peer_mss as usize).min(from_path).min(self.cfg.mss as usize);
@@ -529,6 +533,10 @@ impl Connection {
     /// Room in the send buffer.
     pub fn send_capacity(&self) -> usize {
         self.tx.free()
+    }
+    /// A RST is waiting to be sent.
+    pub fn rst_pending(&self) -> bool {
+        self.rst_due || self.rst_reply.is_some()
     }
     /// The error that ended the connection, if any.
     pub fn error(&self) -> Option<Error> {

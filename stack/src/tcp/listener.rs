@@ -112,12 +112,15 @@ impl<H> Listener<H> {
         self.accept_queue.len()
     }
 
-    /// Remove a queued connection (it was reset before being accepted).
-    pub fn forget(&mut self, h: &H)
+    /// Remove a queued connection (it was reset before being accepted); false when it was
+    /// not on the accept queue.
+    pub fn forget(&mut self, h: &H) -> bool
     where
         H: PartialEq,
     {
+        let before = self.accept_queue.len();
         self.accept_queue.retain(|x| x != h);
+        self.accept_queue.len() != before
     }
 
     /// Drain the accept queue (the listener is closing: its children are aborted).

@@ -1,5 +1,644 @@
-//! placeholder
-#[derive(Debug)]
-pub struct Snapshot;
-#[derive(Debug)]
-pub struct SnapshotError;
+//! The serialized state of an established connection, for live handoff between stacks
+//! (spec/04): a versioned binary record that [`Connection::snapshot`] writes and
+//! [`Connection::restore`] reads back, in another process, at another time.
+//!
+//! Layout (little-endian): `magic "PLXC" | version u16 | flags u16 | length u32 | fields`.
+//! `flags` says which optional sections are present. Times are stored relative to the
+//! snapshot's `now` (deadlines as microseconds from it, ages as microseconds before it), so the
+//! restoring stack's clock need not agree with the giver's. Our TSval is carried as the last
+//! value sent, and the restored connection picks an offset that keeps it increasing (RFC 7323
+//! PAWS at the peer would drop the connection otherwise).
+//!
+//! What moves, beyond what Linux's TCP_REPAIR can: congestion state, RTT estimator, SACK
+//! scoreboard, recovery state, unacknowledged *and* unsent send bytes, unread *and*
+//! out-of-order receive bytes, timers, socket options, and opaque application state.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::buffer::{RecvBuffer, SendBuffer};
+use super::cc::{CcState, CongestionControl};
+use super::conn::{Connection, Recovery, RecoveryKind, State, Tuple};
+use super::rtt::RttEstimator;
+use super::{Config, Keepalive};
+use crate::time::{Duration, Instant};
+use crate::wire::SeqNumber;
+
+pub const MAGIC: [u8; 4] = *b"PLXC";
+pub const VERSION: u16 = 1;
+
+mod flag {
+    pub const TIMESTAMPS: u16 = 1 << 0;
+    pub const SACK: u16 = 1 << 1;
+    pub const WSCALE: u16 = 1 << 2;
+    pub const RECOVERY: u16 = 1 << 3;
+    pub const FIN_QUEUED: u16 = 1 << 4;
+    pub const PEER_FIN: u16 = 1 << 5;
+    pub const KEEPALIVE: u16 = 1 << 6;
+    pub const USER_TIMEOUT: u16 = 1 << 7;
+    pub const NODELAY: u16 = 1 << 8;
+    pub const DELAYED_ACK: u16 = 1 << 9;
+}
+
+/// A decoded record, before it becomes a connection: the parts a caller may want to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub tuple: Tuple,
+    pub state: State,
+    /// Identity of the giving stack (cluster slot), for logs and the target application.
+    pub giver: u32,
+    pub app_state: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// Only ESTABLISHED and CLOSE-WAIT connections move.
+    WrongState(State),
+    Truncated,
+    BadMagic,
+    UnsupportedVersion(u16),
+    /// A field holds a value no connection can have.
+    Invalid(&'static str),
+}
+
+impl core::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SnapshotError::WrongState(s) => write!(f, "cannot snapshot a connection in {s:?}"),
+            SnapshotError::Truncated => f.write_str("snapshot record truncated"),
+            SnapshotError::BadMagic => f.write_str("not a plex connection record"),
+            SnapshotError::UnsupportedVersion(v) => write!(f, "unsupported record version {v}"),
+            SnapshotError::Invalid(what) => write!(f, "invalid record: {what}"),
+        }
+    }
+}
+impl std::error::Error for SnapshotError {}
+
+struct W<'a>(&'a mut Vec<u8>);
+impl W<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+    fn seq(&mut self, v: SeqNumber) {
+        self.u32(v.0);
+    }
+    fn addr(&mut self, a: SocketAddrV4) {
+        self.0.extend_from_slice(&a.ip().octets());
+        self.u16(a.port());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    /// A deadline as microseconds after `now` (u64::MAX: unset).
+    fn deadline(&mut self, now: Instant, t: Option<Instant>) {
+        self.u64(t.map(|t| (t - now).total_micros()).unwrap_or(u64::MAX));
+    }
+}
+
+struct R<'a> {
+    buf: &'a [u8],
+}
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if self.buf.len() < n {
+            return Err(SnapshotError::Truncated);
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, SnapshotError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn f64(&mut self) -> Result<f64, SnapshotError> {
+        let v = f64::from_bits(self.u64()?);
+        if v.is_finite() {
+            Ok(v)
+        } else {
+            Err(SnapshotError::Invalid("non-finite number"))
+        }
+    }
+    fn seq(&mut self) -> Result<SeqNumber, SnapshotError> {
+        Ok(SeqNumber(self.u32()?))
+    }
+    fn addr(&mut self) -> Result<SocketAddrV4, SnapshotError> {
+        let b = self.take(4)?;
+        let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+        Ok(SocketAddrV4::new(ip, self.u16()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn deadline(&mut self, now: Instant) -> Result<Option<Instant>, SnapshotError> {
+        let v = self.u64()?;
+        Ok((v != u64::MAX).then(|| now + Duration::from_micros(v)))
+    }
+}
+
+fn state_code(s: State) -> u8 {
+    match s {
+        State::Established => 1,
+        State::CloseWait => 2,
+        _ => 0,
+    }
+}
+
+fn encode_cc(w: &mut W<'_>, s: &CcState) {
+    w.u8(match s.algorithm {
+        super::Algorithm::Cubic => 0,
+        super::Algorithm::NewReno => 1,
+    });
+    w.u32(s.mss);
+    w.u64(s.cwnd);
+    w.u64(s.ssthresh);
+    let _ = W::f64;
+}
+
+fn decode_cc(r: &mut R<'_>) -> Result<CcState, SnapshotError> {
+    let algorithm = match r.u8()? {
+        0 => super::Algorithm::Cubic,
+        1 => super::Algorithm::NewReno,
+        _ => return Err(SnapshotError::Invalid("congestion control algorithm")),
+    };
+    let _ = R::f64;
+    Ok(CcState { algorithm, mss: r.u32()?, cwnd: r.u64()?, ssthresh: r.u64()? })
+}
+
+impl Connection {
+    /// Serialize this connection at `now`. The connection itself is not changed: the caller
+    /// freezes it (stops polling it) and detaches it silently once the target accepted.
+    pub fn snapshot(&self, now: Instant, giver: u32, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+        if !matches!(self.state, State::Established | State::CloseWait) {
+            return Err(SnapshotError::WrongState(self.state));
+        }
+        let mut out = Vec::with_capacity(256 + self.tx.len() + self.rx.readable());
+        out.extend_from_slice(&MAGIC);
+        let mut flags = 0u16;
+        if self.ts_ok {
+            flags |= flag::TIMESTAMPS;
+        }
+        if self.sack_ok {
+            flags |= flag::SACK;
+        }
+        if self.ws_ok {
+            flags |= flag::WSCALE;
+        }
+        if self.recovery.is_some() {
+            flags |= flag::RECOVERY;
+        }
+        if self.fin_seq.is_some() {
+            flags |= flag::FIN_QUEUED;
+        }
+        if self.rcv_fin.is_some() {
+            flags |= flag::PEER_FIN;
+        }
+        if self.cfg.keepalive.is_some() {
+            flags |= flag::KEEPALIVE;
+        }
+        if self.cfg.user_timeout.is_some() {
+            flags |= flag::USER_TIMEOUT;
+        }
+        if self.cfg.nodelay {
+            flags |= flag::NODELAY;
+        }
+        if self.cfg.delayed_ack.is_some() {
+            flags |= flag::DELAYED_ACK;
+        }
+        let mut w = W(&mut out);
+        w.u16(VERSION);
+        w.u16(flags);
+        w.u32(0); // length, patched below
+        w.u8(state_code(self.state));
+        w.u32(giver);
+        w.addr(self.tuple.local);
+        w.addr(self.tuple.remote);
+        // Sequence space.
+        for s in [self.iss, self.irs, self.snd_una, self.snd_nxt, self.snd_wl1, self.snd_wl2] {
+            w.seq(s);
+        }
+        w.u64(self.snd_wnd as u64);
+        w.u64(self.max_snd_wnd as u64);
+        w.seq(self.rcv_nxt);
+        w.seq(self.rcv_adv);
+        w.seq(self.last_ack_sent);
+        w.u8(self.snd_wscale);
+        w.u8(self.rcv_wscale);
+        // Options.
+        w.u16(self.peer_mss);
+        w.u16(self.path_mtu);
+        w.u16(self.cfg.mss);
+        w.u32(self.ts_recent);
+        w.u64((now - self.ts_recent_age).total_micros());
+        w.u32(self.tsval_now(now));
+        // Congestion control, RTT, recovery.
+        encode_cc(&mut w, &self.cc.state(now));
+        let (srtt, rttvar, rto, backoff) = self.rtt.to_parts();
+        w.u64(srtt);
+        w.u64(rttvar);
+        w.u64(rto);
+        w.u32(backoff);
+        if let Some(r) = self.recovery {
+            w.u8(match r.kind {
+                RecoveryKind::Fast => 0,
+                RecoveryKind::Timeout => 1,
+            });
+            w.seq(r.point);
+        }
+        w.seq(self.high_rxt);
+        w.seq(self.lost_until);
+        w.u32(self.dupacks);
+        let blocks = self.scoreboard.blocks();
+        w.u8(blocks.len() as u8);
+        for &(l, r) in blocks {
+            w.seq(l);
+            w.seq(r);
+        }
+        // Timers, relative to now.
+        for t in self.timers {
+            w.deadline(now, t);
+        }
+        w.u32(self.retries);
+        w.u32(self.persist_backoff);
+        w.u32(self.keepalive_sent);
+        w.u64(self.unacked_since.map(|t| (now - t).total_micros()).unwrap_or(u64::MAX));
+        w.u64((now - self.last_recv).total_micros());
+        // Socket options.
+        w.u64(self.cfg.send_buffer as u64);
+        w.u64(self.cfg.recv_buffer as u64);
+        if let Some(ka) = self.cfg.keepalive {
+            w.u64(ka.idle.total_micros());
+            w.u64(ka.interval.total_micros());
+            w.u32(ka.probes);
+        }
+        if let Some(uto) = self.cfg.user_timeout {
+            w.u64(uto.total_micros());
+        }
+        if let Some(d) = self.cfg.delayed_ack {
+            w.u64(d.total_micros());
+        }
+        // Data: the whole send buffer ([snd_una, snd_nxt) unacknowledged, then unsent).
+        if let Some(f) = self.fin_seq {
+            w.seq(f);
+        }
+        w.u32(self.tx.len() as u32);
+        let start = w.0.len();
+        w.0.resize(start + self.tx.len(), 0);
+        self.tx.read_at(0, &mut w.0[start..]);
+        // Unread receive bytes, then out-of-order ranges (offsets from rcv_nxt).
+        if let Some(f) = self.rcv_fin {
+            w.seq(f);
+        }
+        w.u32(self.rx.readable() as u32);
+        let start = w.0.len();
+        w.0.resize(start + self.rx.readable(), 0);
+        self.rx.peek(&mut w.0[start..]);
+        let ranges = self.rx.assembler.ranges();
+        w.u8(ranges.len() as u8);
+        for &(s, e) in ranges {
+            w.u32(s as u32);
+            let len = e - s;
+            w.u32(len as u32);
+            let start = w.0.len();
+            w.0.resize(start + len, 0);
+            self.rx.peek_at(self.rx.readable() + s, &mut w.0[start..]);
+        }
+        w.bytes(app_state);
+        let len = out.len() as u32;
+        out[8..12].copy_from_slice(&len.to_le_bytes());
+        Ok(out)
+    }
+
+    fn tsval_now(&self, now: Instant) -> u32 {
+        (now.total_millis() as u32).wrapping_add(self.ts_offset)
+    }
+
+    /// Read just the identifying parts of a record.
+    pub fn peek_snapshot(record: &[u8]) -> Result<Snapshot, SnapshotError> {
+        Connection::restore(record, Instant::ZERO, &Config::default()).map(|(c, s)| {
+            let _ = c;
+            s
+        })
+    }
+
+    /// Rebuild a connection from a record at `now`. `defaults` supplies the knobs the record
+    /// does not carry (RTO bounds, retry limits, MSL). The connection resumes in the state it
+    /// was snapshotted in, with one ACK due so the peer hears the current window at once.
+    pub fn restore(record: &[u8], now: Instant, defaults: &Config) -> Result<(Connection, Snapshot), SnapshotError> {
+        let mut r = R { buf: record };
+        if r.take(4)? != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let version = r.u16()?;
+        if version != VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        let flags = r.u16()?;
+        let len = r.u32()? as usize;
+        if len != record.len() {
+            return Err(if len > record.len() { SnapshotError::Truncated } else { SnapshotError::Invalid("length") });
+        }
+        let state = match r.u8()? {
+            1 => State::Established,
+            2 => State::CloseWait,
+            _ => return Err(SnapshotError::Invalid("state")),
+        };
+        let giver = r.u32()?;
+        let tuple = Tuple { local: r.addr()?, remote: r.addr()? };
+        let iss = r.seq()?;
+        let irs = r.seq()?;
+        let snd_una = r.seq()?;
+        let snd_nxt = r.seq()?;
+        let snd_wl1 = r.seq()?;
+        let snd_wl2 = r.seq()?;
+        let snd_wnd = r.u64()? as usize;
+        let max_snd_wnd = r.u64()? as usize;
+        let rcv_nxt = r.seq()?;
+        let rcv_adv = r.seq()?;
+        let last_ack_sent = r.seq()?;
+        let snd_wscale = r.u8()?;
+        let rcv_wscale = r.u8()?;
+        if snd_wscale > 14 || rcv_wscale > 14 {
+            return Err(SnapshotError::Invalid("window scale"));
+        }
+        if snd_nxt < snd_una || snd_wnd > (1 << 30) || max_snd_wnd > (1 << 30) {
+            return Err(SnapshotError::Invalid("send sequence space"));
+        }
+        let peer_mss = r.u16()?;
+        let path_mtu = r.u16()?;
+        let cfg_mss = r.u16()?;
+        let ts_recent = r.u32()?;
+        let ts_recent_age = now.saturating_sub(Duration::from_micros(r.u64()?));
+        let last_tsval = r.u32()?;
+        let cc_state = decode_cc(&mut r)?;
+        let rtt_parts = (r.u64()?, r.u64()?, r.u64()?, r.u32()?);
+        let recovery = if flags & flag::RECOVERY != 0 {
+            let kind = match r.u8()? {
+                0 => RecoveryKind::Fast,
+                1 => RecoveryKind::Timeout,
+                _ => return Err(SnapshotError::Invalid("recovery kind")),
+            };
+            Some(Recovery { kind, point: r.seq()? })
+        } else {
+            None
+        };
+        let high_rxt = r.seq()?;
+        let lost_until = r.seq()?;
+        let dupacks = r.u32()?;
+        let nblocks = r.u8()? as usize;
+        let mut blocks = Vec::with_capacity(nblocks);
+        for _ in 0..nblocks {
+            blocks.push((r.seq()?, r.seq()?));
+        }
+        let mut timers = [None; 6];
+        for t in timers.iter_mut() {
+            *t = r.deadline(now)?;
+        }
+        let retries = r.u32()?;
+        let persist_backoff = r.u32()?;
+        let keepalive_sent = r.u32()?;
+        let unacked_since = match r.u64()? {
+            u64::MAX => None,
+            v => Some(now.saturating_sub(Duration::from_micros(v))),
+        };
+        let last_recv = now.saturating_sub(Duration::from_micros(r.u64()?));
+        let send_buffer = r.u64()? as usize;
+        let recv_buffer = r.u64()? as usize;
+        if send_buffer > (1 << 30) || recv_buffer > (1 << 30) {
+            return Err(SnapshotError::Invalid("buffer size"));
+        }
+        let keepalive = if flags & flag::KEEPALIVE != 0 {
+            Some(Keepalive {
+                idle: Duration::from_micros(r.u64()?),
+                interval: Duration::from_micros(r.u64()?),
+                probes: r.u32()?,
+            })
+        } else {
+            None
+        };
+        let user_timeout = if flags & flag::USER_TIMEOUT != 0 { Some(Duration::from_micros(r.u64()?)) } else { None };
+        let delayed_ack = if flags & flag::DELAYED_ACK != 0 { Some(Duration::from_micros(r.u64()?)) } else { None };
+        let fin_seq = if flags & flag::FIN_QUEUED != 0 { Some(r.seq()?) } else { None };
+        let tx_data = r.bytes()?;
+        let rcv_fin = if flags & flag::PEER_FIN != 0 { Some(r.seq()?) } else { None };
+        let rx_data = r.bytes()?;
+        let nranges = r.u8()? as usize;
+        let mut ooo = Vec::with_capacity(nranges);
+        for _ in 0..nranges {
+            let off = r.u32()? as usize;
+            let data = r.bytes()?;
+            ooo.push((off, data));
+        }
+        let app_state = r.bytes()?.to_vec();
+        if !r.buf.is_empty() {
+            return Err(SnapshotError::Invalid("trailing bytes"));
+        }
+        if tx_data.len() < snd_nxt.distance_from(snd_una).saturating_sub(1 + fin_seq.is_some() as usize) {
+            return Err(SnapshotError::Invalid("send buffer shorter than the bytes in flight"));
+        }
+
+        let cfg = Config {
+            send_buffer: send_buffer.max(tx_data.len()),
+            recv_buffer: recv_buffer.max(1),
+            mss: cfg_mss,
+            nodelay: flags & flag::NODELAY != 0,
+            congestion: cc_state.algorithm,
+            window_scaling: flags & flag::WSCALE != 0,
+            timestamps: flags & flag::TIMESTAMPS != 0,
+            sack: flags & flag::SACK != 0,
+            delayed_ack,
+            keepalive,
+            user_timeout,
+            ..defaults.clone()
+        };
+        // Keep TSval increasing: the next one is at least the last one sent, plus one tick.
+        let ts_offset = last_tsval.wrapping_add(1).wrapping_sub(now.total_millis() as u32);
+        let mut c = Connection::connect(now, tuple, iss, ts_offset, &cfg);
+        c.state = state;
+        c.irs = irs;
+        c.snd_una = snd_una;
+        c.snd_nxt = snd_nxt;
+        c.snd_wl1 = snd_wl1;
+        c.snd_wl2 = snd_wl2;
+        c.snd_wnd = snd_wnd;
+        c.max_snd_wnd = max_snd_wnd;
+        c.rcv_nxt = rcv_nxt;
+        c.rcv_adv = rcv_adv;
+        c.last_ack_sent = last_ack_sent;
+        c.snd_wscale = snd_wscale;
+        c.rcv_wscale = rcv_wscale;
+        c.ws_ok = flags & flag::WSCALE != 0;
+        c.peer_mss = peer_mss;
+        c.path_mtu = path_mtu;
+        c.sack_ok = flags & flag::SACK != 0;
+        c.ts_ok = flags & flag::TIMESTAMPS != 0;
+        c.ts_recent = ts_recent;
+        c.ts_recent_age = ts_recent_age;
+        c.cc = CongestionControl::from_state(&cc_state, now);
+        c.update_mss_pub();
+        c.rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
+        c.recovery = recovery;
+        c.high_rxt = high_rxt;
+        c.lost_until = lost_until;
+        c.dupacks = dupacks;
+        c.scoreboard.update(snd_una, snd_nxt, &blocks);
+        c.timers = timers;
+        c.retries = retries;
+        c.persist_backoff = persist_backoff;
+        c.keepalive_sent = keepalive_sent;
+        c.unacked_since = unacked_since;
+        c.last_recv = last_recv;
+        c.syn_due = false;
+        c.quickacks = 0;
+        c.fin_seq = fin_seq;
+        c.rcv_fin = rcv_fin;
+        c.tx = SendBuffer::new(cfg.send_buffer);
+        c.tx.enqueue(tx_data);
+        // The receive window already advertised must stay storable: size the ring for it.
+        let advertised = rcv_adv.distance_from(rcv_nxt);
+        let rcv_cap = cfg.recv_buffer.max(rx_data.len() + advertised);
+        c.rx = RecvBuffer::new(rcv_cap, 1 << rcv_wscale);
+        if c.rx.write(0, rx_data) != Some(rx_data.len()) {
+            return Err(SnapshotError::Invalid("receive data"));
+        }
+        // The in-order bytes are already counted in rcv_nxt: rebuild the ring's contents only.
+        for (off, data) in ooo {
+            if c.rx.write(off, data).is_none() {
+                return Err(SnapshotError::Invalid("out-of-order data"));
+            }
+        }
+        c.ack_now = true;
+        let snap = Snapshot { tuple, state, giver, app_state };
+        Ok((c, snap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::conn::Timer;
+    use crate::wire::{TcpControl, TcpPacket, TcpRepr};
+
+    const L: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 80);
+    const P: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40000);
+
+    fn seg<'a>(seq: u32, ack: u32, payload: &'a [u8]) -> TcpRepr<'a> {
+        let mut r = TcpRepr::new(P.port(), L.port(), SeqNumber(seq));
+        r.ack_number = Some(SeqNumber(ack));
+        r.window_len = 1000;
+        r.payload = payload;
+        r
+    }
+
+    fn established() -> Connection {
+        let cfg = Config { delayed_ack: None, ..Config::default() };
+        let mut c = Connection::connect(Instant::ZERO, Tuple { local: L, remote: P }, SeqNumber(100), 7, &cfg);
+        let mut buf = vec![0u8; 2000];
+        c.poll_transmit(Instant::ZERO, &mut buf).unwrap();
+        let mut syn = seg(900, 101, &[]);
+        syn.control = TcpControl::Syn;
+        syn.max_seg_size = Some(1460);
+        syn.window_scale = Some(2);
+        syn.sack_permitted = true;
+        syn.timestamp = Some(crate::wire::TcpTimestamp { tsval: 5, tsecr: 7 });
+        c.handle_segment(Instant::from_millis(1), &syn);
+        while c.poll_transmit(Instant::from_millis(1), &mut buf).is_some() {}
+        c
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let mut c = established();
+        let now = Instant::from_millis(50);
+        c.send(&[1u8; 5000]).unwrap();
+        let mut buf = vec![0u8; 2000];
+        c.poll_transmit(now, &mut buf).unwrap();
+        let mut d = seg(901, 101, b"hello");
+        d.timestamp = Some(crate::wire::TcpTimestamp { tsval: 6, tsecr: 50 });
+        c.handle_segment(now, &d);
+        let mut ooo = seg(910, 101, b"later");
+        ooo.timestamp = Some(crate::wire::TcpTimestamp { tsval: 6, tsecr: 50 });
+        c.handle_segment(now, &ooo);
+        while c.poll_transmit(now, &mut buf).is_some() {}
+
+        let rec = c.snapshot(now, 3, b"app").unwrap();
+        let later = Instant::from_secs(100);
+        let (mut r, snap) = Connection::restore(&rec, later, &Config::default()).unwrap();
+        assert_eq!(snap, Snapshot { tuple: c.tuple, state: State::Established, giver: 3, app_state: b"app".to_vec() });
+        assert_eq!((r.snd_una, r.snd_nxt, r.rcv_nxt, r.rcv_adv), (c.snd_una, c.snd_nxt, c.rcv_nxt, c.rcv_adv));
+        assert_eq!((r.snd_wnd, r.snd_wscale, r.rcv_wscale, r.mss), (c.snd_wnd, c.snd_wscale, c.rcv_wscale, c.mss));
+        assert_eq!(r.cwnd(), c.cwnd());
+        assert_eq!(r.rtt, c.rtt);
+        assert_eq!(r.send_queue(), 5000);
+        let mut out = [0u8; 16];
+        assert_eq!(r.recv(&mut out), Ok(5));
+        assert_eq!(&out[..5], b"hello");
+        assert_eq!(r.rx.assembler.ranges(), c.rx.assembler.ranges());
+        // Timers kept their distance from now.
+        let rto_left = c.timer(Timer::Retransmit).unwrap() - now;
+        assert_eq!(r.timer(Timer::Retransmit).unwrap() - later, rto_left);
+        // TSval continues upward from the giver's.
+        let mut b1 = vec![0u8; 2000];
+        let n = r.poll_transmit(later, &mut b1).unwrap();
+        let p = TcpPacket::new_checked(&b1[..n]).unwrap();
+        let sent = TcpRepr::parse(&p, *L.ip(), *P.ip(), true).unwrap();
+        assert!(sent.timestamp.unwrap().tsval > c.tsval_now(now));
+        assert_eq!(sent.ack_number, Some(c.rcv_nxt));
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        let c = established();
+        let rec = c.snapshot(Instant::from_millis(5), 0, &[]).unwrap();
+        for n in 0..rec.len() {
+            assert!(Connection::restore(&rec[..n], Instant::ZERO, &Config::default()).is_err(), "prefix {n}");
+        }
+        let mut bad = rec.clone();
+        bad[0] = b'X';
+        assert_eq!(Connection::restore(&bad, Instant::ZERO, &Config::default()).unwrap_err(), SnapshotError::BadMagic);
+        let mut bad = rec.clone();
+        bad[4] = 9;
+        assert_eq!(Connection::restore(&bad, Instant::ZERO, &Config::default()).unwrap_err(), SnapshotError::UnsupportedVersion(9));
+        // Random corruption never panics.
+        let mut rng = crate::rand::Rng::new(1);
+        for _ in 0..2000 {
+            let mut b = rec.clone();
+            let i = rng.below(b.len() as u64) as usize;
+            b[i] ^= 1 << rng.below(8);
+            let _ = Connection::restore(&b, Instant::ZERO, &Config::default());
+        }
+    }
+
+    #[test]
+    fn only_established_or_close_wait() {
+        let cfg = Config::default();
+        let c = Connection::connect(Instant::ZERO, Tuple { local: L, remote: P }, SeqNumber(1), 0, &cfg);
+        assert_eq!(c.snapshot(Instant::ZERO, 0, &[]).unwrap_err(), SnapshotError::WrongState(State::SynSent));
+    }
+}
