@@ -39,5 +39,6 @@ pub mod rand;
 pub mod tcp;
 pub mod udp;
 pub mod cluster;
+pub mod iface;
 pub mod time;
 pub mod wire;

@@ -122,7 +122,7 @@ mod tests {
         let mut out = [0u8; 8];
         assert_eq!(q.pop_into(&mut out), Some((4, P)));
         assert!(q.push(P, b"ccc"), "wraps to the start");
-        assert!(!q.push(P, b"d"), "the gap before head is full");
+        assert!(!q.push(P, b"dd"), "only one byte free before head");
         assert_eq!(q.pop_into(&mut out), Some((4, P)));
         assert_eq!(&out[..4], b"bbbb");
         assert_eq!(q.pop_into(&mut out[..2]), Some((2, P)), "truncated like recvfrom");

@@ -408,7 +408,8 @@ impl Connection {
         c.passive = true;
         c.irs = ack.seq_number - 1;
         c.rcv_nxt = ack.seq_number;
-        c.rcv_adv = c.rcv_nxt;
+        // The cookie SYN-ACK advertised an unscaled window of this size.
+        c.rcv_adv = c.rcv_nxt + cfg.recv_buffer.min(65535);
         c.peer_mss = mss;
         c.sack_ok = sack && cfg.sack;
         if let (Some(ts), true) = (ack.timestamp, cfg.timestamps) {

@@ -7,22 +7,22 @@
 //! buffer of `Repr::buffer_len()` bytes, computing checksums. Input from the network reaches the
 //! rest of the stack only as a `Repr`.
 
-// pub mod arp;
+pub mod arp;
 pub mod checksum;
-// pub mod ethernet;
-// pub mod icmpv4;
-// pub mod ipv4;
+pub mod ethernet;
+pub mod icmpv4;
+pub mod ipv4;
 pub mod tcp;
-// pub mod udp;
+pub mod udp;
 
 pub use std::net::Ipv4Addr;
 
-// pub use arp::{ArpOperation, ArpPacket, ArpRepr};
-// pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddr};
-// pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
-// pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
+pub use arp::{ArpOperation, ArpPacket, ArpRepr};
+pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddr};
+pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
+pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
 pub use tcp::{SackBlocks, SeqNumber, TcpControl, TcpPacket, TcpRepr, TcpTimestamp};
-// pub use udp::{UdpPacket, UdpRepr};
+pub use udp::{UdpPacket, UdpRepr};
 
 /// Why a buffer could not be parsed. The interface maps each to a named drop reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

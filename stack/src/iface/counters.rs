@@ -1,0 +1,191 @@
+//! Per-interface counters, and the named reason of every dropped frame.
+
+use crate::wire;
+
+macro_rules! drop_reasons {
+    ($($name:ident => $text:literal,)*) => {
+        /// Why a frame was dropped. Every drop is counted under exactly one reason.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum DropReason { $($name,)* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            /// A stable, human-readable name (used by `plex ctl` and the counters dump).
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$name => $text,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    EthTruncated => "eth_truncated",
+    EthNotForUs => "eth_not_for_us",
+    EthUnsupportedType => "eth_unsupported_type",
+    ArpMalformed => "arp_malformed",
+    ArpUnsupported => "arp_unsupported",
+    ArpNotForUs => "arp_not_for_us",
+    IpTruncated => "ip_truncated",
+    IpBadLength => "ip_bad_length",
+    IpBadVersion => "ip_bad_version",
+    IpBadChecksum => "ip_bad_checksum",
+    IpFragment => "ip_fragment",
+    IpNotForUs => "ip_not_for_us",
+    IpBadSource => "ip_bad_source",
+    IpUnsupportedProtocol => "ip_unsupported_protocol",
+    IcmpMalformed => "icmp_malformed",
+    IcmpBadChecksum => "icmp_bad_checksum",
+    IcmpUnsupported => "icmp_unsupported",
+    IcmpNoConnection => "icmp_no_connection",
+    TcpMalformed => "tcp_malformed",
+    TcpBadChecksum => "tcp_bad_checksum",
+    TcpBadFlags => "tcp_bad_flags",
+    TcpBadOption => "tcp_bad_option",
+    TcpListenOverflow => "tcp_listen_overflow",
+    TcpBadCookie => "tcp_bad_cookie",
+    TcpNoSocket => "tcp_no_socket",
+    TcpClusterDrop => "tcp_cluster_drop",
+    UdpMalformed => "udp_malformed",
+    UdpBadChecksum => "udp_bad_checksum",
+    UdpNoSocket => "udp_no_socket",
+    UdpQueueFull => "udp_queue_full",
+    ControlQueueFull => "control_queue_full",
+    NoRoute => "no_route",
+}
+
+impl DropReason {
+    /// Map a parse error at a layer to its reason.
+    pub fn ip(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::Truncated => DropReason::IpTruncated,
+            wire::Error::BadVersion => DropReason::IpBadVersion,
+            wire::Error::BadChecksum => DropReason::IpBadChecksum,
+            wire::Error::Fragment => DropReason::IpFragment,
+            _ => DropReason::IpBadLength,
+        }
+    }
+    pub fn tcp(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::BadChecksum => DropReason::TcpBadChecksum,
+            wire::Error::BadFlags => DropReason::TcpBadFlags,
+            wire::Error::BadOption => DropReason::TcpBadOption,
+            _ => DropReason::TcpMalformed,
+        }
+    }
+    pub fn udp(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::BadChecksum => DropReason::UdpBadChecksum,
+            _ => DropReason::UdpMalformed,
+        }
+    }
+    pub fn icmp(e: wire::Error) -> DropReason {
+        match e {
+            wire::Error::BadChecksum => DropReason::IcmpBadChecksum,
+            wire::Error::Unsupported => DropReason::IcmpUnsupported,
+            _ => DropReason::IcmpMalformed,
+        }
+    }
+}
+
+/// Counters of one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceCounters {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub arp_requests_in: u64,
+    pub arp_replies_in: u64,
+    pub arp_requests_out: u64,
+    pub arp_replies_out: u64,
+    pub gratuitous_arp_out: u64,
+    pub icmp_echo_in: u64,
+    pub icmp_echo_out: u64,
+    pub icmp_unreachable_in: u64,
+    pub icmp_unreachable_out: u64,
+    pub tcp_segs_in: u64,
+    pub tcp_rst_out: u64,
+    pub tcp_syn_cookies_ok: u64,
+    pub udp_datagrams_in: u64,
+    pub udp_datagrams_out: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for IfaceCounters {
+    fn default() -> Self {
+        IfaceCounters {
+            rx_frames: 0,
+            rx_bytes: 0,
+            tx_frames: 0,
+            tx_bytes: 0,
+            arp_requests_in: 0,
+            arp_replies_in: 0,
+            arp_requests_out: 0,
+            arp_replies_out: 0,
+            gratuitous_arp_out: 0,
+            icmp_echo_in: 0,
+            icmp_echo_out: 0,
+            icmp_unreachable_in: 0,
+            icmp_unreachable_out: 0,
+            tcp_segs_in: 0,
+            tcp_rst_out: 0,
+            tcp_syn_cookies_ok: 0,
+            udp_datagrams_in: 0,
+            udp_datagrams_out: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
+}
+
+impl IfaceCounters {
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+    /// `(name, value)` pairs of every counter, for dumps.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let plain = [
+            ("rx_frames", self.rx_frames),
+            ("rx_bytes", self.rx_bytes),
+            ("tx_frames", self.tx_frames),
+            ("tx_bytes", self.tx_bytes),
+            ("arp_requests_in", self.arp_requests_in),
+            ("arp_replies_in", self.arp_replies_in),
+            ("arp_requests_out", self.arp_requests_out),
+            ("arp_replies_out", self.arp_replies_out),
+            ("gratuitous_arp_out", self.gratuitous_arp_out),
+            ("icmp_echo_in", self.icmp_echo_in),
+            ("icmp_echo_out", self.icmp_echo_out),
+            ("icmp_unreachable_in", self.icmp_unreachable_in),
+            ("icmp_unreachable_out", self.icmp_unreachable_out),
+            ("tcp_segs_in", self.tcp_segs_in),
+            ("tcp_rst_out", self.tcp_rst_out),
+            ("tcp_syn_cookies_ok", self.tcp_syn_cookies_ok),
+            ("udp_datagrams_in", self.udp_datagrams_in),
+            ("udp_datagrams_out", self.udp_datagrams_out),
+        ];
+        plain.into_iter().chain(
+            DropReason::ALL.iter().map(move |r| (r.name(), self.drops[*r as usize])),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_a_unique_name() {
+        let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}

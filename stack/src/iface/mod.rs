@@ -1,0 +1,1432 @@
+//! The interface: one Ethernet port of a plex stack and everything above it.
+//!
+//! [`Stack`] owns the home list (local addresses; an *internal* address is accepted but never
+//! answered in ARP), the ARP cache, the socket table (TCP connections, listeners, UDP sockets),
+//! and the per-interface counters. It is driven by four calls:
+//!
+//! - [`Stack::receive`]: one inbound Ethernet frame;
+//! - [`Stack::poll_transmit`]: the next outbound frame, written into the caller's buffer (an
+//!   AF_XDP UMEM frame, or the simulator's);
+//! - [`Stack::poll_timeout`] / [`Stack::handle_timeout`]: timers.
+//!
+//! Demultiplexing (RFC 9293 3.10.7): exact 4-tuple, then a listener on the exact local address,
+//! then a wildcard listener; otherwise a RST (3.10.7.1). Work is bounded per call: sockets with
+//! something to send sit on a ready queue (no scan of all sockets), timers sit in a heap with
+//! one live entry per socket, frames the interface answers itself (ARP, ICMP, RSTs, SYN
+//! cookies, UDP) are built into preallocated slots.
+
+mod arp_cache;
+mod counters;
+mod frame_queue;
+
+pub use arp_cache::{ArpCache, Lookup};
+pub use counters::{DropReason, IfaceCounters};
+pub use frame_queue::FrameQueue;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::cluster::{Cluster, InboundRoute, SingleStack};
+use crate::rand::Rng;
+use crate::tcp::isn::IsnGenerator;
+use crate::tcp::listener::{check_cookie_ack, SynDecision};
+use crate::tcp::{self, Connection, Event, Listener, State, Tuple};
+use crate::time::Instant;
+use crate::udp::UdpSocket;
+use crate::wire::{
+    self, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Icmpv4Packet,
+    Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr, MacAddr, SeqNumber, TcpControl, TcpPacket,
+    TcpRepr, UdpPacket, UdpRepr,
+};
+
+const ETH_HDR: usize = 14;
+const IP_HDR: usize = 20;
+
+/// A local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HomeAddr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Accepted but never answered in ARP (a distributor target's internal DVIPA).
+    pub internal: bool,
+}
+
+impl HomeAddr {
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - self.prefix_len.min(32)) };
+        (u32::from(self.addr) & mask) == (u32::from(ip) & mask)
+    }
+}
+
+/// Interface configuration.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub mac: MacAddr,
+    /// IP MTU of the link.
+    pub mtu: usize,
+    pub gateway: Option<Ipv4Addr>,
+    /// Verify checksums on input (turn off only when the device verified them).
+    pub verify_checksums: bool,
+    /// Options for new TCP sockets.
+    pub tcp: tcp::Config,
+    /// Seed of the stack's randomness (ISN secrets, ephemeral ports).
+    pub seed: u64,
+    /// Slots for frames the interface builds itself.
+    pub control_slots: usize,
+}
+
+impl StackConfig {
+    pub fn new(mac: MacAddr) -> StackConfig {
+        StackConfig {
+            mac,
+            mtu: 1500,
+            gateway: None,
+            verify_checksums: true,
+            tcp: tcp::Config::default(),
+            seed: 0,
+            control_slots: 256,
+        }
+    }
+}
+
+/// A handle to a socket of the stack. Stale handles (of a freed socket) are detected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketHandle {
+    index: u32,
+    generation: u32,
+}
+
+impl SocketHandle {
+    pub fn index(self) -> u32 {
+        self.index
+    }
+}
+
+/// Errors of the socket API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiError {
+    InvalidHandle,
+    /// The handle is of another socket type.
+    WrongSocketType,
+    AddrInUse,
+    AddrNotAvailable,
+    NoRoute,
+    /// Ephemeral ports exhausted for this destination.
+    NoPorts,
+    Tcp(tcp::Error),
+    /// A datagram too large for the MTU, or a full queue.
+    MessageTooLarge,
+    WouldBlock,
+}
+
+impl From<tcp::Error> for ApiError {
+    fn from(e: tcp::Error) -> Self {
+        match e {
+            tcp::Error::WouldBlock => ApiError::WouldBlock,
+            e => ApiError::Tcp(e),
+        }
+    }
+}
+
+impl core::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ApiError::InvalidHandle => f.write_str("invalid socket handle"),
+            ApiError::WrongSocketType => f.write_str("wrong socket type for this call"),
+            ApiError::AddrInUse => f.write_str("address in use"),
+            ApiError::AddrNotAvailable => f.write_str("address not available"),
+            ApiError::NoRoute => f.write_str("no route to host"),
+            ApiError::NoPorts => f.write_str("no ephemeral port available"),
+            ApiError::Tcp(e) => core::fmt::Display::fmt(e, f),
+            ApiError::MessageTooLarge => f.write_str("message too large"),
+            ApiError::WouldBlock => f.write_str("operation would block"),
+        }
+    }
+}
+impl std::error::Error for ApiError {}
+
+/// What the application hears about a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SocketEvent {
+    /// A TCP connection event.
+    Tcp(Event),
+    /// A listener has a connection to accept.
+    Acceptable,
+    /// A UDP socket has a datagram.
+    UdpReadable,
+}
+
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpSlot),
+    Listener(Listener<SocketHandle>),
+    Udp(UdpSocket),
+}
+
+#[derive(Debug)]
+struct TcpSlot {
+    conn: Connection,
+    /// The listener that created it, while it waits to be accepted.
+    parent: Option<SocketHandle>,
+    /// The cluster gave us this local port for an active open.
+    ephemeral: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    socket: Option<Socket>,
+    /// On the ready queue.
+    ready: bool,
+    /// Deadline of this socket's live timer-heap entry.
+    timer_at: Option<Instant>,
+    /// Waiting for ARP resolution of this next hop.
+    waiting_arp: Option<Ipv4Addr>,
+}
+
+/// A plex TCP/IP stack on one interface.
+#[derive(Debug)]
+pub struct Stack {
+    cfg: StackConfig,
+    homes: Vec<HomeAddr>,
+    pub arp: ArpCache,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    connections: HashMap<Tuple, SocketHandle>,
+    listeners: HashMap<SocketAddrV4, SocketHandle>,
+    udp: HashMap<SocketAddrV4, SocketHandle>,
+    ready: VecDeque<SocketHandle>,
+    timers: BinaryHeap<Reverse<(Instant, SocketHandle)>>,
+    events: VecDeque<(SocketHandle, SocketEvent)>,
+    control: FrameQueue,
+    /// Sockets waiting for ARP, per next hop.
+    arp_waiters: HashMap<Ipv4Addr, Vec<SocketHandle>>,
+    cluster: Box<dyn Cluster>,
+    rng: Rng,
+    isn: IsnGenerator,
+    counters: IfaceCounters,
+    scratch: (Vec<Ipv4Addr>, Vec<Ipv4Addr>),
+}
+
+fn ip_checked(buf: &[u8]) -> Result<Ipv4Packet<&[u8]>, wire::Error> {
+    Ipv4Packet::new_checked(buf)
+}
+
+impl Stack {
+    pub fn new(cfg: StackConfig) -> Stack {
+        Stack::with_cluster(cfg, Box::new(SingleStack))
+    }
+
+    pub fn with_cluster(cfg: StackConfig, cluster: Box<dyn Cluster>) -> Stack {
+        let mut rng = Rng::new(cfg.seed);
+        let isn = IsnGenerator::new(&mut rng);
+        let control = FrameQueue::new(cfg.control_slots, cfg.mtu + ETH_HDR);
+        Stack {
+            cfg,
+            homes: Vec::new(),
+            arp: ArpCache::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            connections: HashMap::new(),
+            listeners: HashMap::new(),
+            udp: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+            control,
+            arp_waiters: HashMap::new(),
+            cluster,
+            rng,
+            isn,
+            counters: IfaceCounters::default(),
+            scratch: (Vec::new(), Vec::new()),
+        }
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.cfg
+    }
+    pub fn mac(&self) -> MacAddr {
+        self.cfg.mac
+    }
+    pub fn counters(&self) -> &IfaceCounters {
+        &self.counters
+    }
+    pub fn cluster_mut(&mut self) -> &mut dyn Cluster {
+        self.cluster.as_mut()
+    }
+    /// Default options for sockets created from now on.
+    pub fn tcp_config_mut(&mut self) -> &mut tcp::Config {
+        &mut self.cfg.tcp
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Home list.
+
+    /// Add a local address. The caller announces it with [`Stack::announce`] if it moved here.
+    pub fn add_address(&mut self, addr: Ipv4Addr, prefix_len: u8, internal: bool) {
+        self.homes.retain(|h| h.addr != addr);
+        self.homes.push(HomeAddr { addr, prefix_len, internal });
+    }
+
+    /// Remove a local address: ARP and IP for it stop at once. Connections on it are reset
+    /// when `reset_connections` (an operator delete) or left to time out otherwise.
+    pub fn remove_address(&mut self, now: Instant, addr: Ipv4Addr, reset_connections: bool) {
+        self.homes.retain(|h| h.addr != addr);
+        if reset_connections {
+            let victims: Vec<SocketHandle> = self
+                .connections
+                .iter()
+                .filter(|(t, _)| *t.local.ip() == addr)
+                .map(|(_, h)| *h)
+                .collect();
+            for h in victims {
+                if let Some(c) = self.conn_mut(h) {
+                    c.abort();
+                }
+                self.after_tcp(now, h);
+            }
+        }
+    }
+
+    pub fn homes(&self) -> &[HomeAddr] {
+        &self.homes
+    }
+
+    pub fn has_address(&self, addr: Ipv4Addr) -> bool {
+        self.homes.iter().any(|h| h.addr == addr)
+    }
+
+    fn answers_arp_for(&self, addr: Ipv4Addr) -> bool {
+        self.homes.iter().any(|h| h.addr == addr && !h.internal)
+    }
+
+    /// Queue gratuitous ARP for `addr` in both forms (request and reply, as `arping -U` and
+    /// `-A` send), so peers and switches move the address to this MAC.
+    pub fn announce(&mut self, addr: Ipv4Addr) {
+        let mac = self.cfg.mac;
+        for op in [ArpOperation::Request, ArpOperation::Reply] {
+            let arp = ArpRepr::gratuitous(mac, addr, op);
+            if self.queue_arp(MacAddr::BROADCAST, &arp) {
+                self.counters.gratuitous_arp_out += 1;
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Sockets.
+
+    fn alloc(&mut self, socket: Socket) -> SocketHandle {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    socket: None,
+                    ready: false,
+                    timer_at: None,
+                    waiting_arp: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.socket = Some(socket);
+        slot.ready = false;
+        slot.timer_at = None;
+        slot.waiting_arp = None;
+        SocketHandle { index, generation: slot.generation }
+    }
+
+    fn release(&mut self, h: SocketHandle) {
+        if let Some(slot) = self.slots.get_mut(h.index as usize) {
+            if slot.generation == h.generation {
+                slot.socket = None;
+                slot.generation = slot.generation.wrapping_add(1);
+                self.free.push(h.index);
+            }
+        }
+    }
+
+    fn socket(&self, h: SocketHandle) -> Option<&Socket> {
+        self.slots
+            .get(h.index as usize)
+            .filter(|s| s.generation == h.generation)
+            .and_then(|s| s.socket.as_ref())
+    }
+
+    fn socket_mut(&mut self, h: SocketHandle) -> Option<&mut Socket> {
+        self.slots
+            .get_mut(h.index as usize)
+            .filter(|s| s.generation == h.generation)
+            .and_then(|s| s.socket.as_mut())
+    }
+
+    fn conn_mut(&mut self, h: SocketHandle) -> Option<&mut Connection> {
+        match self.socket_mut(h) {
+            Some(Socket::Tcp(t)) => Some(&mut t.conn),
+            _ => None,
+        }
+    }
+
+    /// The TCP connection behind a handle.
+    pub fn tcp(&self, h: SocketHandle) -> Option<&Connection> {
+        match self.socket(h) {
+            Some(Socket::Tcp(t)) => Some(&t.conn),
+            _ => None,
+        }
+    }
+
+    /// Mutable access to a connection for options; call [`Stack::touch`] afterwards if the
+    /// change may make it send.
+    pub fn tcp_mut(&mut self, h: SocketHandle) -> Option<&mut Connection> {
+        self.conn_mut(h)
+    }
+
+    pub fn listener(&self, h: SocketHandle) -> Option<&Listener<SocketHandle>> {
+        match self.socket(h) {
+            Some(Socket::Listener(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Number of live TCP connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Every connection, for views (`plex ctl`, counters).
+    pub fn connections(&self) -> impl Iterator<Item = (SocketHandle, &Connection)> + '_ {
+        self.connections.values().filter_map(|&h| self.tcp(h).map(|c| (h, c)))
+    }
+
+    fn with_tcp<R>(
+        &mut self,
+        now: Instant,
+        h: SocketHandle,
+        f: impl FnOnce(&mut Connection) -> R,
+    ) -> Result<R, ApiError> {
+        let r = match self.socket_mut(h) {
+            Some(Socket::Tcp(t)) => f(&mut t.conn),
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        };
+        self.after_tcp(now, h);
+        Ok(r)
+    }
+
+    /// Listen on `local` (the unspecified address listens on every local address).
+    pub fn tcp_listen(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV4,
+        backlog: usize,
+    ) -> Result<SocketHandle, ApiError> {
+        if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
+            return Err(ApiError::AddrNotAvailable);
+        }
+        if local.port() == 0 {
+            return Err(ApiError::AddrNotAvailable);
+        }
+        if self.listeners.contains_key(&local) {
+            return Err(ApiError::AddrInUse);
+        }
+        let l = Listener::new(local, backlog, self.cfg.tcp.clone());
+        let h = self.alloc(Socket::Listener(l));
+        self.listeners.insert(local, h);
+        self.cluster.listener_opened(now, local);
+        Ok(h)
+    }
+
+    /// Take an established connection from a listener's accept queue.
+    pub fn tcp_accept(&mut self, listener: SocketHandle) -> Result<SocketHandle, ApiError> {
+        let h = match self.socket_mut(listener) {
+            Some(Socket::Listener(l)) => l.accept().ok_or(ApiError::WouldBlock)?,
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        };
+        if let Some(Socket::Tcp(t)) = self.socket_mut(h) {
+            t.parent = None;
+        }
+        Ok(h)
+    }
+
+    /// Active open to `remote`, from `local_ip` or the home address on the route to it.
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        local_ip: Option<Ipv4Addr>,
+        remote: SocketAddrV4,
+    ) -> Result<SocketHandle, ApiError> {
+        let cfg = self.cfg.tcp.clone();
+        self.tcp_connect_with(now, local_ip, remote, &cfg)
+    }
+
+    pub fn tcp_connect_with(
+        &mut self,
+        now: Instant,
+        local_ip: Option<Ipv4Addr>,
+        remote: SocketAddrV4,
+        cfg: &tcp::Config,
+    ) -> Result<SocketHandle, ApiError> {
+        let local_ip = match local_ip {
+            Some(ip) if self.has_address(ip) => ip,
+            Some(_) => return Err(ApiError::AddrNotAvailable),
+            None => self.source_for(*remote.ip()).ok_or(ApiError::NoRoute)?,
+        };
+        self.next_hop(*remote.ip()).ok_or(ApiError::NoRoute)?;
+        let mut port = None;
+        for _ in 0..64 {
+            let Some(p) = self.cluster.ephemeral_port(now, local_ip, remote, &mut self.rng) else {
+                break;
+            };
+            let t = Tuple { local: SocketAddrV4::new(local_ip, p), remote };
+            if !self.connections.contains_key(&t) && !self.listeners.contains_key(&t.local) {
+                port = Some(p);
+                break;
+            }
+            self.cluster.release_port(now, t.local);
+        }
+        let port = port.ok_or(ApiError::NoPorts)?;
+        let tuple = Tuple { local: SocketAddrV4::new(local_ip, port), remote };
+        let mut cfg = cfg.clone();
+        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+        let iss = self.isn.isn(now, tuple.local, tuple.remote);
+        let conn = Connection::connect(now, tuple, iss, self.rng.next_u32(), &cfg);
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: true }));
+        self.connections.insert(tuple, h);
+        self.cluster.connection_opened(now, &tuple);
+        self.after_tcp(now, h);
+        Ok(h)
+    }
+
+    pub fn tcp_send(&mut self, now: Instant, h: SocketHandle, data: &[u8]) -> Result<usize, ApiError> {
+        self.with_tcp(now, h, |c| c.send(data))?.map_err(ApiError::from)
+    }
+
+    pub fn tcp_recv(&mut self, now: Instant, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
+        self.with_tcp(now, h, |c| c.recv(buf))?.map_err(ApiError::from)
+    }
+
+    pub fn tcp_peek(&self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
+        match self.socket(h) {
+            Some(Socket::Tcp(t)) => t.conn.peek(buf).map_err(ApiError::from),
+            Some(_) => Err(ApiError::WrongSocketType),
+            None => Err(ApiError::InvalidHandle),
+        }
+    }
+
+    /// Half-close: FIN after the queued data.
+    pub fn tcp_shutdown(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        self.with_tcp(now, h, |c| c.shutdown())
+    }
+
+    pub fn tcp_abort(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        self.with_tcp(now, h, |c| c.abort())
+    }
+
+    /// After changing options through [`Stack::tcp_mut`].
+    pub fn touch(&mut self, now: Instant, h: SocketHandle) {
+        self.after_tcp(now, h);
+    }
+
+    /// Close any socket: a TCP connection closes gracefully and is freed when done (the handle
+    /// is invalid from now on); a listener aborts the connections it has not handed out.
+    pub fn close(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        match self.socket_mut(h) {
+            Some(Socket::Tcp(t)) => {
+                t.conn.close();
+                self.after_tcp(now, h);
+            }
+            Some(Socket::Listener(l)) => {
+                let local = l.local;
+                let children: Vec<SocketHandle> = l.drain().collect();
+                self.listeners.remove(&local);
+                self.cluster.listener_closed(now, local);
+                // Embryonic children point at this listener; abort them too.
+                let embryos: Vec<SocketHandle> = self
+                    .connections
+                    .values()
+                    .copied()
+                    .filter(|&c| matches!(self.socket(c), Some(Socket::Tcp(t)) if t.parent == Some(h)))
+                    .collect();
+                for c in children.into_iter().chain(embryos) {
+                    if let Some(Socket::Tcp(t)) = self.socket_mut(c) {
+                        t.parent = None;
+                        t.conn.abort();
+                    }
+                    self.after_tcp(now, c);
+                }
+                self.release(h);
+            }
+            Some(Socket::Udp(u)) => {
+                let local = u.local;
+                self.udp.remove(&local);
+                self.release(h);
+            }
+            None => return Err(ApiError::InvalidHandle),
+        }
+        Ok(())
+    }
+
+    // UDP ------------------------------------------------------------------------------------
+
+    pub fn udp_bind(&mut self, local: SocketAddrV4) -> Result<SocketHandle, ApiError> {
+        if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
+            return Err(ApiError::AddrNotAvailable);
+        }
+        let mut local = local;
+        if local.port() == 0 {
+            let mut found = None;
+            for _ in 0..64 {
+                let span = (*crate::cluster::EPHEMERAL_PORTS.end()
+                    - *crate::cluster::EPHEMERAL_PORTS.start()) as u64;
+                let p = crate::cluster::EPHEMERAL_PORTS.start() + self.rng.below(span) as u16;
+                let cand = SocketAddrV4::new(*local.ip(), p);
+                if !self.udp.contains_key(&cand) {
+                    found = Some(cand);
+                    break;
+                }
+            }
+            local = found.ok_or(ApiError::NoPorts)?;
+        }
+        if self.udp.contains_key(&local) {
+            return Err(ApiError::AddrInUse);
+        }
+        let h = self.alloc(Socket::Udp(UdpSocket::new(local, 256 * 1024, 256 * 1024)));
+        self.udp.insert(local, h);
+        Ok(h)
+    }
+
+    pub fn udp_local_addr(&self, h: SocketHandle) -> Option<SocketAddrV4> {
+        match self.socket(h) {
+            Some(Socket::Udp(u)) => Some(u.local),
+            _ => None,
+        }
+    }
+
+    pub fn udp_send_to(
+        &mut self,
+        now: Instant,
+        h: SocketHandle,
+        dst: SocketAddrV4,
+        data: &[u8],
+    ) -> Result<usize, ApiError> {
+        if data.len() + IP_HDR + 8 > self.cfg.mtu {
+            return Err(ApiError::MessageTooLarge);
+        }
+        self.next_hop(*dst.ip()).ok_or(ApiError::NoRoute)?;
+        match self.socket_mut(h) {
+            Some(Socket::Udp(u)) => {
+                if !u.tx.push(dst, data) {
+                    return Err(ApiError::WouldBlock);
+                }
+            }
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        }
+        self.mark_ready(h);
+        let _ = now;
+        Ok(data.len())
+    }
+
+    pub fn udp_recv_from(
+        &mut self,
+        h: SocketHandle,
+        buf: &mut [u8],
+    ) -> Result<(usize, SocketAddrV4), ApiError> {
+        match self.socket_mut(h) {
+            Some(Socket::Udp(u)) => u.rx.pop_into(buf).ok_or(ApiError::WouldBlock),
+            Some(_) => Err(ApiError::WrongSocketType),
+            None => Err(ApiError::InvalidHandle),
+        }
+    }
+
+    /// The next socket event.
+    pub fn poll_event(&mut self) -> Option<(SocketHandle, SocketEvent)> {
+        self.events.pop_front()
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Bookkeeping after a connection was touched.
+
+    fn mark_ready(&mut self, h: SocketHandle) {
+        if let Some(slot) = self.slots.get_mut(h.index as usize) {
+            if slot.generation == h.generation && !slot.ready && slot.waiting_arp.is_none() {
+                slot.ready = true;
+                self.ready.push_back(h);
+            }
+        }
+    }
+
+    fn schedule(&mut self, h: SocketHandle, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        let Some(slot) = self.slots.get_mut(h.index as usize) else { return };
+        if slot.timer_at.is_none_or(|cur| at < cur) {
+            slot.timer_at = Some(at);
+            self.timers.push(Reverse((at, h)));
+        }
+    }
+
+    /// Collect a connection's events, reschedule its timer, put it on the ready queue, and free
+    /// it when it is closed and nobody holds it.
+    fn after_tcp(&mut self, now: Instant, h: SocketHandle) {
+        let Some(Socket::Tcp(t)) = self.socket_mut(h) else { return };
+        let mut evs = [None; 8];
+        let mut n = 0;
+        while let Some(e) = t.conn.poll_event() {
+            if n < evs.len() {
+                evs[n] = Some(e);
+                n += 1;
+            }
+        }
+        let parent = t.parent;
+        let state = t.conn.state();
+        let orphan = t.conn.is_orphan();
+        let tuple = t.conn.tuple();
+        let ephemeral = t.ephemeral;
+        let deadline = t.conn.poll_timeout();
+        for e in evs.into_iter().flatten() {
+            match (parent, e) {
+                (Some(p), Event::Connected) => {
+                    // Established from the SYN queue onto the accept queue.
+                    if let Some(Socket::Listener(l)) = self.socket_mut(p) {
+                        l.syn_done();
+                        l.push_established(h);
+                        self.events.push_back((p, SocketEvent::Acceptable));
+                    }
+                }
+                (Some(_), Event::Closed) | (None, _) => {
+                    self.events.push_back((h, SocketEvent::Tcp(e)));
+                }
+                _ => {}
+            }
+        }
+        self.mark_ready(h);
+        self.schedule(h, deadline);
+        if state == State::Closed {
+            // Keep the slot until its RST has gone out; emit_from comes back here.
+            if matches!(self.socket(h), Some(Socket::Tcp(t)) if t.conn.rst_pending()) {
+                return;
+            }
+            if let Some(p) = parent {
+                // Died before the application accepted it.
+                if let Some(Socket::Listener(l)) = self.socket_mut(p) {
+                    if !l.forget(&h) {
+                        l.syn_done();
+                    }
+                }
+                self.free_connection(now, h, tuple, ephemeral);
+            } else if orphan {
+                self.free_connection(now, h, tuple, ephemeral);
+            } else if self.connections.get(&tuple) == Some(&h) {
+                // The application still holds the handle: the tuple is free for reuse.
+                self.connections.remove(&tuple);
+                self.cluster.connection_closed(now, &tuple);
+                if ephemeral {
+                    self.cluster.release_port(now, tuple.local);
+                }
+            }
+        }
+    }
+
+    fn free_connection(&mut self, now: Instant, h: SocketHandle, tuple: Tuple, ephemeral: bool) {
+        if self.connections.get(&tuple) == Some(&h) {
+            self.connections.remove(&tuple);
+            self.cluster.connection_closed(now, &tuple);
+            if ephemeral {
+                self.cluster.release_port(now, tuple.local);
+            }
+        }
+        self.release(h);
+    }
+
+    /// Free the handle of a connection the application is done with (after `Closed`).
+    pub fn release_closed(&mut self, h: SocketHandle) {
+        if let Some(Socket::Tcp(t)) = self.socket(h) {
+            if t.conn.state() == State::Closed && !t.conn.rst_pending() {
+                self.release(h);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Routing.
+
+    /// The home address to use as source towards `dst`.
+    pub fn source_for(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let usable = self.homes.iter().filter(|h| !h.internal);
+        usable
+            .clone()
+            .find(|h| h.contains(dst))
+            .or_else(|| self.cfg.gateway.and_then(|gw| usable.clone().find(|h| h.contains(gw))))
+            .or_else(|| self.homes.iter().find(|h| !h.internal))
+            .map(|h| h.addr)
+    }
+
+    /// The next hop for `dst`: on-link, else the gateway.
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        if dst.is_broadcast() {
+            return Some(dst);
+        }
+        if self.homes.iter().any(|h| h.contains(dst)) {
+            Some(dst)
+        } else {
+            self.cfg.gateway
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Receive path.
+
+    /// Process one inbound Ethernet frame.
+    pub fn receive(&mut self, now: Instant, frame: &[u8]) {
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += frame.len() as u64;
+        let eth = match EthernetFrame::new_checked(frame) {
+            Ok(e) => e,
+            Err(_) => return self.counters.drop(DropReason::EthTruncated),
+        };
+        let eth_repr = match EthernetRepr::parse(&eth) {
+            Ok(r) => r,
+            Err(_) => return self.counters.drop(DropReason::EthTruncated),
+        };
+        if eth_repr.dst_addr != self.cfg.mac && !eth_repr.dst_addr.is_broadcast() {
+            return self.counters.drop(DropReason::EthNotForUs);
+        }
+        let payload = &frame[ETH_HDR..];
+        match eth_repr.ethertype {
+            EtherType::Arp => self.receive_arp(now, payload),
+            EtherType::Ipv4 => self.receive_ipv4(now, eth_repr.src_addr, payload),
+            _ => self.counters.drop(DropReason::EthUnsupportedType),
+        }
+    }
+
+    fn receive_arp(&mut self, now: Instant, payload: &[u8]) {
+        let arp = match ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) {
+            Ok(a) => a,
+            Err(wire::Error::Unsupported) => return self.counters.drop(DropReason::ArpUnsupported),
+            Err(_) => return self.counters.drop(DropReason::ArpMalformed),
+        };
+        match arp.operation {
+            ArpOperation::Request => self.counters.arp_requests_in += 1,
+            ArpOperation::Reply => self.counters.arp_replies_in += 1,
+        }
+        let sender = arp.source_protocol_addr;
+        let for_us = self.answers_arp_for(arp.target_protocol_addr);
+        // RFC 826 merge: refresh a known sender; learn it when the packet is for us.
+        let learned = if for_us && !sender.is_unspecified() && !arp.source_hardware_addr.is_multicast() {
+            self.arp.insert(now, sender, arp.source_hardware_addr);
+            true
+        } else {
+            self.arp.update_existing(now, sender, arp.source_hardware_addr)
+        };
+        if learned {
+            self.release_arp_waiters(sender);
+        }
+        if !for_us {
+            return self.counters.drop(DropReason::ArpNotForUs);
+        }
+        if arp.operation == ArpOperation::Request {
+            let reply = ArpRepr {
+                operation: ArpOperation::Reply,
+                source_hardware_addr: self.cfg.mac,
+                source_protocol_addr: arp.target_protocol_addr,
+                target_hardware_addr: arp.source_hardware_addr,
+                target_protocol_addr: arp.source_protocol_addr,
+            };
+            if self.queue_arp(arp.source_hardware_addr, &reply) {
+                self.counters.arp_replies_out += 1;
+            }
+        }
+    }
+
+    fn release_arp_waiters(&mut self, ip: Ipv4Addr) {
+        if let Some(waiters) = self.arp_waiters.remove(&ip) {
+            for h in waiters {
+                if let Some(slot) = self.slots.get_mut(h.index as usize) {
+                    if slot.generation == h.generation {
+                        slot.waiting_arp = None;
+                    }
+                }
+                self.mark_ready(h);
+            }
+        }
+    }
+
+    fn receive_ipv4(&mut self, now: Instant, src_mac: MacAddr, payload: &[u8]) {
+        let packet = match ip_checked(payload) {
+            Ok(p) => p,
+            Err(e) => return self.counters.drop(DropReason::ip(e)),
+        };
+        let ip = match Ipv4Repr::parse(&packet, self.cfg.verify_checksums) {
+            Ok(r) => r,
+            Err(e) => return self.counters.drop(DropReason::ip(e)),
+        };
+        if !self.has_address(ip.dst_addr) {
+            return self.counters.drop(DropReason::IpNotForUs);
+        }
+        if ip.src_addr.is_broadcast() || ip.src_addr.is_multicast() || ip.src_addr.is_unspecified() {
+            return self.counters.drop(DropReason::IpBadSource);
+        }
+        let body = packet.payload();
+        match ip.next_header {
+            IpProtocol::Tcp => self.receive_tcp(now, src_mac, &ip, body),
+            IpProtocol::Udp => self.receive_udp(now, src_mac, &ip, body),
+            IpProtocol::Icmp => self.receive_icmp(now, src_mac, &ip, body),
+            _ => self.counters.drop(DropReason::IpUnsupportedProtocol),
+        }
+    }
+
+    fn receive_icmp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
+        let _ = now;
+        let icmp = match Icmpv4Packet::new_checked(body)
+            .and_then(|p| Icmpv4Repr::parse(&p, self.cfg.verify_checksums))
+        {
+            Ok(r) => r,
+            Err(e) => return self.counters.drop(DropReason::icmp(e)),
+        };
+        match icmp {
+            Icmpv4Repr::EchoRequest { ident, seq_no, data } => {
+                self.counters.icmp_echo_in += 1;
+                let reply = Icmpv4Repr::EchoReply { ident, seq_no, data };
+                if self.queue_ip(src_mac, ip.dst_addr, ip.src_addr, IpProtocol::Icmp, reply.buffer_len(), |b| {
+                    reply.emit(&mut Icmpv4Packet::new_unchecked(b))
+                }) {
+                    self.counters.icmp_echo_out += 1;
+                }
+            }
+            Icmpv4Repr::DstUnreachable { reason, next_hop_mtu, header, data } => {
+                self.counters.icmp_unreachable_in += 1;
+                if header.next_header != IpProtocol::Tcp || data.len() < 8 {
+                    return self.counters.drop(DropReason::IcmpNoConnection);
+                }
+                let sport = u16::from_be_bytes([data[0], data[1]]);
+                let dport = u16::from_be_bytes([data[2], data[3]]);
+                let tuple = Tuple {
+                    local: SocketAddrV4::new(header.src_addr, sport),
+                    remote: SocketAddrV4::new(header.dst_addr, dport),
+                };
+                let Some(&h) = self.connections.get(&tuple) else {
+                    return self.counters.drop(DropReason::IcmpNoConnection);
+                };
+                if reason == wire::icmpv4::DstUnreachable::FragRequired {
+                    if let Some(c) = self.conn_mut(h) {
+                        // RFC 5927 5.2: the quoted sequence number must be in flight.
+                        let seq = SeqNumber(u32::from_be_bytes([data[4], data[5], data[6], data[7]]));
+                        if seq >= c.snd_una() && seq < c.snd_nxt() {
+                            c.handle_path_mtu(next_hop_mtu);
+                        }
+                    }
+                    self.after_tcp(now, h);
+                }
+            }
+            Icmpv4Repr::EchoReply { .. } => {}
+        }
+    }
+
+    fn receive_udp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
+        let _ = now;
+        let udp = match UdpPacket::new_checked(body)
+            .and_then(|p| UdpRepr::parse(&p, ip.src_addr, ip.dst_addr, self.cfg.verify_checksums))
+        {
+            Ok(r) => r,
+            Err(e) => return self.counters.drop(DropReason::udp(e)),
+        };
+        self.counters.udp_datagrams_in += 1;
+        let local = SocketAddrV4::new(ip.dst_addr, udp.dst_port);
+        let h = self
+            .udp
+            .get(&local)
+            .or_else(|| self.udp.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, udp.dst_port)))
+            .copied();
+        let Some(h) = h else {
+            self.counters.drop(DropReason::UdpNoSocket);
+            // RFC 1122 4.1.3.1: port unreachable.
+            self.send_unreachable(src_mac, ip, body, wire::icmpv4::DstUnreachable::PortUnreachable);
+            return;
+        };
+        let peer = SocketAddrV4::new(ip.src_addr, udp.src_port);
+        let ok = match self.socket_mut(h) {
+            Some(Socket::Udp(u)) => {
+                let ok = u.rx.push(peer, udp.payload);
+                if !ok {
+                    u.rx_dropped += 1;
+                }
+                ok
+            }
+            _ => false,
+        };
+        if ok {
+            self.events.push_back((h, SocketEvent::UdpReadable));
+        } else {
+            self.counters.drop(DropReason::UdpQueueFull);
+        }
+    }
+
+    fn send_unreachable(
+        &mut self,
+        src_mac: MacAddr,
+        ip: &Ipv4Repr,
+        body: &[u8],
+        reason: wire::icmpv4::DstUnreachable,
+    ) {
+        let quoted = &body[..body.len().min(8)];
+        let icmp = Icmpv4Repr::DstUnreachable { reason, next_hop_mtu: 0, header: *ip, data: quoted };
+        if self.queue_ip(src_mac, ip.dst_addr, ip.src_addr, IpProtocol::Icmp, icmp.buffer_len(), |b| {
+            icmp.emit(&mut Icmpv4Packet::new_unchecked(b))
+        }) {
+            self.counters.icmp_unreachable_out += 1;
+        }
+    }
+
+    fn receive_tcp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
+        let packet = match TcpPacket::new_checked(body) {
+            Ok(p) => p,
+            Err(e) => return self.counters.drop(DropReason::tcp(e)),
+        };
+        let seg = match TcpRepr::parse(&packet, ip.src_addr, ip.dst_addr, self.cfg.verify_checksums) {
+            Ok(s) => s,
+            Err(e) => return self.counters.drop(DropReason::tcp(e)),
+        };
+        self.counters.tcp_segs_in += 1;
+        let tuple = Tuple {
+            local: SocketAddrV4::new(ip.dst_addr, seg.dst_port),
+            remote: SocketAddrV4::new(ip.src_addr, seg.src_port),
+        };
+        let is_syn = seg.control == TcpControl::Syn && seg.ack_number.is_none();
+        match self.cluster.route_inbound(now, &tuple, is_syn) {
+            InboundRoute::Local => {}
+            InboundRoute::Forward { .. } | InboundRoute::Drop => {
+                // Forwarding to another stack is the cluster layer's job (distributor);
+                // the core never sees such frames in a single stack.
+                return self.counters.drop(DropReason::TcpClusterDrop);
+            }
+        }
+        // 1. An existing connection.
+        if let Some(&h) = self.connections.get(&tuple) {
+            // A new SYN to a TIME-WAIT connection is not reopened here (RFC 6191 is not
+            // implemented): it gets the TIME-WAIT ACK, and the client retries later.
+            if let Some(c) = self.conn_mut(h) {
+                c.handle_segment(now, &seg);
+            }
+            self.after_tcp(now, h);
+            return;
+        }
+        // 2. A listener: exact address, then wildcard.
+        let lh = self
+            .listeners
+            .get(&tuple.local)
+            .or_else(|| self.listeners.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, tuple.local.port())))
+            .copied();
+        if let Some(lh) = lh {
+            return self.listen_segment(now, src_mac, lh, tuple, &seg, ip);
+        }
+        // 3. Nobody: RST (RFC 9293 3.10.7.1).
+        self.counters.drop(DropReason::TcpNoSocket);
+        self.reply_rst(src_mac, tuple, &seg);
+    }
+
+    /// RFC 9293 3.10.7.2, LISTEN.
+    fn listen_segment(
+        &mut self,
+        now: Instant,
+        src_mac: MacAddr,
+        lh: SocketHandle,
+        tuple: Tuple,
+        seg: &TcpRepr<'_>,
+        ip: &Ipv4Repr,
+    ) {
+        let _ = ip;
+        match (seg.control, seg.ack_number) {
+            (TcpControl::Rst, _) => {}
+            (TcpControl::Syn, None) => {
+                let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
+                let decision = l.on_syn();
+                let mut cfg = l.config.clone();
+                match decision {
+                    SynDecision::Accept => {
+                        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+                        let iss = self.isn.isn(now, tuple.local, tuple.remote);
+                        let conn = Connection::accept(now, tuple, seg, iss, self.rng.next_u32(), &cfg);
+                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: Some(lh), ephemeral: false }));
+                        self.connections.insert(tuple, h);
+                        self.cluster.connection_opened(now, &tuple);
+                        // Learn the peer's MAC from its SYN so the SYN-ACK needs no ARP.
+                        if self.arp.get(now, *tuple.remote.ip()).is_none() && self.next_hop(*tuple.remote.ip()) == Some(*tuple.remote.ip()) {
+                            self.arp.insert(now, *tuple.remote.ip(), src_mac);
+                        }
+                        self.after_tcp(now, h);
+                    }
+                    SynDecision::Cookie => {
+                        let Some(Socket::Listener(l)) = self.socket(lh) else { return };
+                        let reply = l.cookie_syn_ack(now, &self.isn, tuple.local, tuple.remote, seg);
+                        self.queue_tcp(src_mac, tuple, &reply);
+                    }
+                    SynDecision::Drop => self.counters.drop(DropReason::TcpListenOverflow),
+                }
+            }
+            (TcpControl::None, Some(_)) => {
+                // Perhaps the end of a cookie handshake (RFC 4987 3.6).
+                let has_room = matches!(self.socket(lh), Some(Socket::Listener(l)) if l.has_room() && l.syn_cookies);
+                match check_cookie_ack(now, &self.isn, tuple.local, tuple.remote, seg) {
+                    Some((iss, mss, ws, sack)) if has_room => {
+                        self.counters.tcp_syn_cookies_ok += 1;
+                        let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
+                        l.counters.cookies_valid += 1;
+                        let mut cfg = l.config.clone();
+                        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+                        let conn = Connection::from_cookie(now, tuple, seg, iss, mss, ws, sack, self.rng.next_u32(), &cfg);
+                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false }));
+                        self.connections.insert(tuple, h);
+                        self.cluster.connection_opened(now, &tuple);
+                        if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
+                            l.push_established(h);
+                        }
+                        self.events.push_back((lh, SocketEvent::Acceptable));
+                        if let Some(c) = self.conn_mut(h) {
+                            // The ACK may carry data already.
+                            if !seg.payload.is_empty() {
+                                c.handle_segment(now, seg);
+                            }
+                            while c.poll_event().is_some() {}
+                        }
+                        self.after_tcp(now, h);
+                    }
+                    Some(_) => self.counters.drop(DropReason::TcpListenOverflow),
+                    None => {
+                        if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
+                            l.counters.cookies_invalid += 1;
+                        }
+                        self.counters.drop(DropReason::TcpBadCookie);
+                        self.reply_rst(src_mac, tuple, seg);
+                    }
+                }
+            }
+            _ => {
+                // Any other segment to a listener is answered with RST (3.10.7.2).
+                self.reply_rst(src_mac, tuple, seg);
+            }
+        }
+    }
+
+    /// RST for a segment nobody owns (RFC 9293 3.10.7.1): never in answer to a RST.
+    fn reply_rst(&mut self, src_mac: MacAddr, tuple: Tuple, seg: &TcpRepr<'_>) {
+        if seg.control == TcpControl::Rst {
+            return;
+        }
+        let mut r = TcpRepr::new(tuple.local.port(), tuple.remote.port(), SeqNumber(0));
+        r.control = TcpControl::Rst;
+        match seg.ack_number {
+            Some(ack) => r.seq_number = ack,
+            None => r.ack_number = Some(seg.seq_number + seg.segment_len()),
+        }
+        if self.queue_tcp(src_mac, tuple, &r) {
+            self.counters.tcp_rst_out += 1;
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Building frames.
+
+    fn write_eth(&self, buf: &mut [u8], dst: MacAddr, ethertype: EtherType) {
+        let repr = EthernetRepr { src_addr: self.cfg.mac, dst_addr: dst, ethertype };
+        repr.emit(&mut EthernetFrame::new_unchecked(&mut buf[..ETH_HDR]));
+    }
+
+    fn write_ip(&mut self, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload_len: usize) {
+        let ident = self.rng.next_u32() as u16;
+        let repr = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len,
+            hop_limit: 64,
+            dscp_ecn: 0,
+            ident,
+            dont_frag: true,
+        };
+        repr.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..IP_HDR + payload_len]));
+    }
+
+    fn queue_arp(&mut self, dst: MacAddr, arp: &ArpRepr) -> bool {
+        let mac = self.cfg.mac;
+        let ok = self.control.push_with(|b| {
+            let repr = EthernetRepr { src_addr: mac, dst_addr: dst, ethertype: EtherType::Arp };
+            repr.emit(&mut EthernetFrame::new_unchecked(&mut b[..ETH_HDR]));
+            let n = arp.buffer_len();
+            arp.emit(&mut ArpPacket::new_unchecked(&mut b[ETH_HDR..ETH_HDR + n]));
+            // Pad to the 60-byte Ethernet minimum.
+            let len = (ETH_HDR + n).max(60);
+            b[ETH_HDR + n..len].fill(0);
+            Some(len)
+        });
+        if !ok {
+            self.counters.drop(DropReason::ControlQueueFull);
+        }
+        ok
+    }
+
+    fn queue_ip(
+        &mut self,
+        dst_mac: MacAddr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: IpProtocol,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> bool {
+        if ETH_HDR + IP_HDR + payload_len > self.control.slot_size() {
+            self.counters.drop(DropReason::ControlQueueFull);
+            return false;
+        }
+        let ident = self.rng.next_u32() as u16;
+        let mac = self.cfg.mac;
+        let ok = self.control.push_with(|b| {
+            EthernetRepr { src_addr: mac, dst_addr: dst_mac, ethertype: EtherType::Ipv4 }
+                .emit(&mut EthernetFrame::new_unchecked(&mut b[..ETH_HDR]));
+            let ipr = Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: proto,
+                payload_len,
+                hop_limit: 64,
+                dscp_ecn: 0,
+                ident,
+                dont_frag: true,
+            };
+            fill(&mut b[ETH_HDR + IP_HDR..ETH_HDR + IP_HDR + payload_len]);
+            ipr.emit(&mut Ipv4Packet::new_unchecked(&mut b[ETH_HDR..ETH_HDR + IP_HDR + payload_len]));
+            let len = (ETH_HDR + IP_HDR + payload_len).max(60);
+            b[ETH_HDR + IP_HDR + payload_len..len].fill(0);
+            Some(len)
+        });
+        if !ok {
+            self.counters.drop(DropReason::ControlQueueFull);
+        }
+        ok
+    }
+
+    fn queue_tcp(&mut self, dst_mac: MacAddr, tuple: Tuple, r: &TcpRepr<'_>) -> bool {
+        let (src, dst) = (*tuple.local.ip(), *tuple.remote.ip());
+        self.queue_ip(dst_mac, src, dst, IpProtocol::Tcp, r.buffer_len(), |b| {
+            r.emit(&mut TcpPacket::new_unchecked(b), src, dst)
+        })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Transmit path.
+
+    /// Write the next outbound Ethernet frame into `buf` (at least MTU + 14 bytes); `None` when
+    /// nothing is due now.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        let n = self.poll_transmit_inner(now, buf)?;
+        self.counters.tx_frames += 1;
+        self.counters.tx_bytes += n as u64;
+        Some(n)
+    }
+
+    fn poll_transmit_inner(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if let Some(n) = self.control.pop_into(buf) {
+            return Some(n);
+        }
+        // Bounded: each ready socket is visited once per call at most.
+        let mut budget = self.ready.len();
+        while budget > 0 {
+            budget -= 1;
+            let h = *self.ready.front()?;
+            let (remote_ip, is_udp) = match self.socket(h) {
+                Some(Socket::Tcp(t)) => (*t.conn.tuple().remote.ip(), false),
+                Some(Socket::Udp(u)) => match u.tx.front() {
+                    Some((peer, _)) => (*peer.ip(), true),
+                    None => {
+                        self.unready(h);
+                        continue;
+                    }
+                },
+                _ => {
+                    self.unready(h);
+                    continue;
+                }
+            };
+            // Resolve the next hop first; park the socket while ARP is out.
+            let Some(hop) = self.next_hop(remote_ip) else {
+                self.counters.drop(DropReason::NoRoute);
+                self.unready(h);
+                if is_udp {
+                    if let Some(Socket::Udp(u)) = self.socket_mut(h) {
+                        u.tx.pop();
+                    }
+                }
+                continue;
+            };
+            let mac = if hop.is_broadcast() {
+                MacAddr::BROADCAST
+            } else {
+                match self.arp.lookup(now, hop) {
+                    Lookup::Found(m) => m,
+                    lookup => {
+                        if lookup == Lookup::Request {
+                            self.send_arp_request(hop);
+                        }
+                        self.unready(h);
+                        if let Some(slot) = self.slots.get_mut(h.index as usize) {
+                            slot.waiting_arp = Some(hop);
+                        }
+                        self.arp_waiters.entry(hop).or_default().push(h);
+                        if let Some(n) = self.control.pop_into(buf) {
+                            return Some(n);
+                        }
+                        continue;
+                    }
+                }
+            };
+            if let Some(n) = self.emit_from(now, h, mac, buf) {
+                return Some(n);
+            }
+            self.unready(h);
+        }
+        None
+    }
+
+    fn unready(&mut self, h: SocketHandle) {
+        if self.ready.front() == Some(&h) {
+            self.ready.pop_front();
+        } else {
+            self.ready.retain(|x| *x != h);
+        }
+        if let Some(slot) = self.slots.get_mut(h.index as usize) {
+            if slot.generation == h.generation {
+                slot.ready = false;
+            }
+        }
+    }
+
+    fn send_arp_request(&mut self, ip: Ipv4Addr) {
+        let src = self.source_for(ip).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let req = ArpRepr {
+            operation: ArpOperation::Request,
+            source_hardware_addr: self.cfg.mac,
+            source_protocol_addr: src,
+            target_hardware_addr: MacAddr([0; 6]),
+            target_protocol_addr: ip,
+        };
+        if self.queue_arp(MacAddr::BROADCAST, &req) {
+            self.counters.arp_requests_out += 1;
+        }
+    }
+
+    /// Let socket `h` write one frame to `mac`.
+    fn emit_from(&mut self, now: Instant, h: SocketHandle, mac: MacAddr, buf: &mut [u8]) -> Option<usize> {
+        let ip_start = ETH_HDR;
+        let l4_start = ETH_HDR + IP_HDR;
+        let mtu = self.cfg.mtu;
+        let l4_room = (buf.len().min(ETH_HDR + mtu)).saturating_sub(l4_start);
+        let (src, dst, proto, len) = match self.socket_mut(h) {
+            Some(Socket::Tcp(t)) => {
+                let n = t.conn.poll_transmit(now, &mut buf[l4_start..l4_start + l4_room]);
+                let tuple = t.conn.tuple();
+                match n {
+                    Some(n) => (*tuple.local.ip(), *tuple.remote.ip(), IpProtocol::Tcp, n),
+                    None => {
+                        // It may have changed its timers (persist) while deciding.
+                        self.after_tcp(now, h);
+                        return None;
+                    }
+                }
+            }
+            Some(Socket::Udp(u)) => {
+                let local = u.local;
+                let (peer, data) = u.tx.front()?;
+                let repr = UdpRepr { src_port: local.port(), dst_port: peer.port(), payload: data };
+                let n = repr.buffer_len();
+                let src = if local.ip().is_unspecified() { None } else { Some(*local.ip()) };
+                let peer = peer;
+                let src = match src {
+                    Some(s) => s,
+                    None => self.source_for(*peer.ip()).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                };
+                let Some(Socket::Udp(u)) = self.socket_mut(h) else { return None };
+                let (_, data) = u.tx.front()?;
+                let repr = UdpRepr { src_port: local.port(), dst_port: peer.port(), payload: data };
+                repr.emit(&mut UdpPacket::new_unchecked(&mut buf[l4_start..l4_start + n]), src, *peer.ip());
+                u.tx.pop();
+                self.counters.udp_datagrams_out += 1;
+                (src, *peer.ip(), IpProtocol::Udp, n)
+            }
+            _ => return None,
+        };
+        self.write_ip(&mut buf[ip_start..], src, dst, proto, len);
+        self.write_eth(buf, mac, EtherType::Ipv4);
+        if proto == IpProtocol::Tcp {
+            // Timers and events may have changed with the segment.
+            let deadline = self.tcp(h).and_then(|c| c.poll_timeout());
+            self.schedule(h, deadline);
+            if self.tcp(h).is_some_and(|c| c.state() == State::Closed) {
+                self.after_tcp(now, h);
+            }
+        }
+        Some((l4_start + len).max(60).min(buf.len()))
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Timers.
+
+    /// When [`Stack::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (t, self.arp.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Run the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, h))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let live = match self.slots.get_mut(h.index as usize) {
+                Some(s) if s.generation == h.generation && s.timer_at == Some(at) => {
+                    s.timer_at = None;
+                    true
+                }
+                _ => false,
+            };
+            if !live {
+                continue;
+            }
+            if let Some(c) = self.conn_mut(h) {
+                c.handle_timeout(now);
+            }
+            self.after_tcp(now, h);
+        }
+        let (mut retry, mut failed) = core::mem::take(&mut self.scratch);
+        retry.clear();
+        failed.clear();
+        self.arp.due(now, &mut retry, &mut failed);
+        for ip in retry.drain(..) {
+            self.send_arp_request(ip);
+        }
+        for ip in failed.drain(..) {
+            // Give the waiting sockets back to their own timers (they will retry and
+            // start a new resolution, or time out).
+            if let Some(waiters) = self.arp_waiters.remove(&ip) {
+                for h in waiters {
+                    if let Some(slot) = self.slots.get_mut(h.index as usize) {
+                        if slot.generation == h.generation {
+                            slot.waiting_arp = None;
+                        }
+                    }
+                }
+            }
+        }
+        self.scratch = (retry, failed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,327 @@
+//! Interface tests: two stacks joined by a perfect in-memory wire.
+
+use super::*;
+use crate::time::Duration;
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const A_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 10]);
+const B_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+fn stack(mac: MacAddr, ip: Ipv4Addr, seed: u64) -> Stack {
+    let mut cfg = StackConfig::new(mac);
+    cfg.seed = seed;
+    cfg.tcp.delayed_ack = None;
+    let mut s = Stack::new(cfg);
+    s.add_address(ip, 24, false);
+    s
+}
+
+fn pair() -> (Stack, Stack) {
+    (stack(A_MAC, A_IP, 1), stack(B_MAC, B_IP, 2))
+}
+
+/// Move frames both ways until both are quiet; returns how many moved.
+fn pump(a: &mut Stack, b: &mut Stack, now: Instant) -> usize {
+    let mut buf = vec![0u8; 1600];
+    let mut moved = 0;
+    for _ in 0..10_000 {
+        let mut any = false;
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            b.receive(now, &buf[..n]);
+            moved += 1;
+            any = true;
+        }
+        while let Some(n) = b.poll_transmit(now, &mut buf) {
+            a.receive(now, &buf[..n]);
+            moved += 1;
+            any = true;
+        }
+        if !any {
+            break;
+        }
+    }
+    moved
+}
+
+fn events(s: &mut Stack) -> Vec<(SocketHandle, SocketEvent)> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn t(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+#[test]
+fn connect_accept_transfer_close() {
+    let (mut a, mut b) = pair();
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 16).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(1));
+    assert_eq!(b.counters().arp_requests_out, 1);
+    assert_eq!(a.counters().arp_replies_out, 1);
+    assert!(events(&mut a).contains(&(l, SocketEvent::Acceptable)));
+    assert!(events(&mut b).contains(&(c, SocketEvent::Tcp(Event::Connected))));
+    let s = a.tcp_accept(l).unwrap();
+    assert_eq!(a.tcp_accept(l), Err(ApiError::WouldBlock));
+
+    let msg: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for i in 0..1000 {
+        if sent < msg.len() {
+            sent += b.tcp_send(t(2 + i), c, &msg[sent..]).unwrap_or(0);
+        }
+        pump(&mut a, &mut b, t(2 + i));
+        while let Ok(n) = a.tcp_recv(t(2 + i), s, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got.len() == msg.len() {
+            break;
+        }
+    }
+    assert_eq!(got, msg);
+
+    b.close(t(2000), c).unwrap();
+    pump(&mut a, &mut b, t(2000));
+    assert_eq!(a.tcp_recv(t(2000), s, &mut buf), Ok(0), "EOF after FIN");
+    a.close(t(2001), s).unwrap();
+    pump(&mut a, &mut b, t(2001));
+    assert_eq!(a.connection_count(), 0, "passive closer freed after LAST-ACK");
+    assert_eq!(b.connection_count(), 1, "active closer in TIME-WAIT");
+    b.handle_timeout(t(2001 + 60_000));
+    assert_eq!(b.connection_count(), 0);
+    assert_eq!(a.counters().total_drops(), 0);
+    assert_eq!(b.counters().total_drops(), 0);
+}
+
+#[test]
+fn closed_port_gets_rst_and_connect_is_refused() {
+    let (mut a, mut b) = pair();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 81)).unwrap();
+    pump(&mut a, &mut b, t(1));
+    assert_eq!(a.counters().tcp_rst_out, 1);
+    assert_eq!(a.counters().dropped(DropReason::TcpNoSocket), 1);
+    let ev = events(&mut b);
+    assert!(ev.contains(&(c, SocketEvent::Tcp(Event::Reset))), "{ev:?}");
+    let mut buf = [0u8; 4];
+    assert_eq!(b.tcp_recv(t(2), c, &mut buf), Err(ApiError::Tcp(tcp::Error::Reset)));
+}
+
+fn icmp_echo_frame(seq: u16, data: &[u8], dst_mac: MacAddr, dst_ip: Ipv4Addr) -> Vec<u8> {
+    let icmp = Icmpv4Repr::EchoRequest { ident: 0x4242, seq_no: seq, data };
+    let ip = Ipv4Repr {
+        src_addr: B_IP,
+        dst_addr: dst_ip,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+        dscp_ecn: 0,
+        ident: 1,
+        dont_frag: true,
+    };
+    let mut f = vec![0u8; 14 + 20 + icmp.buffer_len()];
+    EthernetRepr { src_addr: B_MAC, dst_addr: dst_mac, ethertype: EtherType::Ipv4 }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut f[34..]));
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut f[14..]));
+    f
+}
+
+#[test]
+fn answers_ping() {
+    let (mut a, _) = pair();
+    a.receive(t(0), &icmp_echo_frame(7, b"abcdefgh", A_MAC, A_IP));
+    let mut buf = vec![0u8; 1600];
+    let n = a.poll_transmit(t(0), &mut buf).expect("echo reply");
+    let eth = EthernetFrame::new_checked(&buf[..n]).unwrap();
+    assert_eq!(eth.dst_addr(), B_MAC);
+    let ipp = Ipv4Packet::new_checked(&buf[14..n]).unwrap();
+    let ip = Ipv4Repr::parse(&ipp, true).unwrap();
+    assert_eq!((ip.src_addr, ip.dst_addr), (A_IP, B_IP));
+    let icmp = Icmpv4Repr::parse(&Icmpv4Packet::new_checked(ipp.payload()).unwrap(), true).unwrap();
+    assert_eq!(icmp, Icmpv4Repr::EchoReply { ident: 0x4242, seq_no: 7, data: b"abcdefgh" });
+    assert_eq!(a.counters().icmp_echo_out, 1);
+}
+
+#[test]
+fn drops_are_named_and_counted() {
+    let (mut a, _) = pair();
+    a.receive(t(0), &[0u8; 5]);
+    assert_eq!(a.counters().dropped(DropReason::EthTruncated), 1);
+    a.receive(t(0), &icmp_echo_frame(1, b"x", MacAddr([2, 9, 9, 9, 9, 9]), A_IP));
+    assert_eq!(a.counters().dropped(DropReason::EthNotForUs), 1);
+    a.receive(t(0), &icmp_echo_frame(1, b"x", A_MAC, Ipv4Addr::new(198, 18, 0, 99)));
+    assert_eq!(a.counters().dropped(DropReason::IpNotForUs), 1);
+    let mut frag = icmp_echo_frame(1, b"x", A_MAC, A_IP);
+    frag[14 + 6] = 0x20; // MF
+    let c = crate::wire::checksum::checksum(&{
+        let mut h = frag[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    a.receive(t(0), &frag);
+    assert_eq!(a.counters().dropped(DropReason::IpFragment), 1);
+    let mut bad = icmp_echo_frame(1, b"x", A_MAC, A_IP);
+    bad[40] ^= 0xff;
+    a.receive(t(0), &bad);
+    assert_eq!(a.counters().dropped(DropReason::IcmpBadChecksum), 1);
+    let mut buf = vec![0u8; 1600];
+    assert_eq!(a.poll_transmit(t(0), &mut buf), None, "nothing answered");
+    assert_eq!(a.counters().total_drops(), 5);
+}
+
+#[test]
+fn internal_addresses_are_not_answered_in_arp() {
+    let (mut a, mut b) = pair();
+    let internal = Ipv4Addr::new(198, 18, 0, 200);
+    a.add_address(internal, 24, true);
+    assert!(a.has_address(internal));
+    let req = ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: B_MAC,
+        source_protocol_addr: B_IP,
+        target_hardware_addr: MacAddr([0; 6]),
+        target_protocol_addr: internal,
+    };
+    let mut f = vec![0u8; 60];
+    EthernetRepr { src_addr: B_MAC, dst_addr: MacAddr::BROADCAST, ethertype: EtherType::Arp }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+    req.emit(&mut ArpPacket::new_unchecked(&mut f[14..42]));
+    a.receive(t(0), &f);
+    assert_eq!(a.counters().dropped(DropReason::ArpNotForUs), 1);
+    assert_eq!(pump(&mut a, &mut b, t(0)), 0);
+}
+
+#[test]
+fn gratuitous_arp_moves_the_peers_entry() {
+    let (mut a, mut b) = pair();
+    // b knows A_IP at an old MAC.
+    b.arp.insert(t(0), A_IP, MacAddr([2, 0, 0, 0, 0, 99]));
+    a.announce(A_IP);
+    assert_eq!(a.counters().gratuitous_arp_out, 2);
+    pump(&mut a, &mut b, t(1));
+    assert_eq!(b.arp.get(t(1), A_IP), Some(A_MAC));
+}
+
+#[test]
+fn syn_cookies_when_the_syn_queue_overflows() {
+    let (mut a, mut b) = pair();
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 2).unwrap();
+    // Resolve ARP first so all SYNs leave together.
+    b.arp.insert(t(0), A_IP, A_MAC);
+    a.arp.insert(t(0), B_IP, B_MAC);
+    let clients: Vec<SocketHandle> =
+        (0..4).map(|_| b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap()).collect();
+    // Deliver the SYNs only, then let handshakes finish while accepting.
+    let mut buf = vec![0u8; 1600];
+    while let Some(n) = b.poll_transmit(t(0), &mut buf) {
+        a.receive(t(0), &buf[..n]);
+    }
+    assert_eq!(a.listener(l).unwrap().counters.cookies_sent, 2);
+    assert_eq!(a.connection_count(), 2, "only the SYN queue holds state");
+    pump(&mut a, &mut b, t(1));
+    let mut accepted = Vec::new();
+    while let Ok(h) = a.tcp_accept(l) {
+        accepted.push(h);
+    }
+    assert_eq!(accepted.len(), 4, "every client got through");
+    assert_eq!(a.counters().tcp_syn_cookies_ok, 2);
+    // Data flows on every connection, cookie ones included.
+    for &c in &clients {
+        b.tcp_send(t(2), c, b"hi").unwrap();
+    }
+    pump(&mut a, &mut b, t(2));
+    let mut buf = [0u8; 8];
+    for h in accepted {
+        assert_eq!(a.tcp_recv(t(2), h, &mut buf), Ok(2));
+    }
+}
+
+#[test]
+fn udp_echo_and_port_unreachable() {
+    let (mut a, mut b) = pair();
+    let sa = a.udp_bind(SocketAddrV4::new(A_IP, 7)).unwrap();
+    let sb = b.udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    b.udp_send_to(t(0), sb, SocketAddrV4::new(A_IP, 7), b"ping").unwrap();
+    pump(&mut a, &mut b, t(0));
+    let mut buf = [0u8; 64];
+    let (n, from) = a.udp_recv_from(sa, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"ping");
+    assert_eq!(*from.ip(), B_IP);
+    a.udp_send_to(t(1), sa, from, b"pong").unwrap();
+    pump(&mut a, &mut b, t(1));
+    let (n, from) = b.udp_recv_from(sb, &mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"pong"[..], SocketAddrV4::new(A_IP, 7)));
+    b.udp_send_to(t(2), sb, SocketAddrV4::new(A_IP, 9), b"nobody").unwrap();
+    pump(&mut a, &mut b, t(2));
+    assert_eq!(a.counters().icmp_unreachable_out, 1);
+    assert_eq!(b.counters().icmp_unreachable_in, 1);
+    assert_eq!(a.udp_bind(SocketAddrV4::new(A_IP, 7)), Err(ApiError::AddrInUse));
+}
+
+#[test]
+fn listen_errors() {
+    let (mut a, _) = pair();
+    assert_eq!(
+        a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 80), 1).unwrap_err(),
+        ApiError::AddrNotAvailable
+    );
+    a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 1).unwrap();
+    assert_eq!(a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 1).unwrap_err(), ApiError::AddrInUse);
+}
+
+#[test]
+fn random_frames_never_panic_and_are_accounted() {
+    let (mut a, mut b) = pair();
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 8).unwrap();
+    let _ = l;
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(1));
+    b.tcp_send(t(1), c, &[9u8; 3000]).unwrap();
+    // Collect real frames of every kind to mutate.
+    let mut corpus = vec![icmp_echo_frame(3, b"0123456789", A_MAC, A_IP)];
+    let mut buf = vec![0u8; 1600];
+    while let Some(n) = b.poll_transmit(t(2), &mut buf) {
+        corpus.push(buf[..n].to_vec());
+    }
+    let mut rng = Rng::new(77);
+    let accepted = |s: &Stack| {
+        let c = s.counters();
+        c.tcp_segs_in + c.icmp_echo_in + c.icmp_unreachable_in + c.arp_requests_in + c.arp_replies_in
+            + c.udp_datagrams_in
+            + c.total_drops()
+    };
+    for i in 0..20_000u64 {
+        let mut f = corpus[rng.below(corpus.len() as u64) as usize].clone();
+        match rng.below(4) {
+            0 => {
+                let n = 1 + rng.below(4);
+                for _ in 0..n {
+                    let k = rng.below(f.len() as u64) as usize;
+                    f[k] ^= 1 << rng.below(8);
+                }
+            }
+            1 => f.truncate(rng.below(f.len() as u64 + 1) as usize),
+            2 => {
+                let k = 14 + rng.below((f.len() - 14) as u64) as usize;
+                f[k] = rng.next_u32() as u8;
+            }
+            _ => rng.fill(&mut f[14..]),
+        }
+        let before = accepted(&a);
+        a.receive(t(3 + i / 100), &f);
+        // Every frame is handled or dropped with a named reason (an ARP not for us counts
+        // both, which is fine: at least one).
+        assert!(accepted(&a) > before, "frame {i} vanished: {f:02x?}");
+        while a.poll_transmit(t(3 + i / 100), &mut buf).is_some() {}
+        a.handle_timeout(t(3 + i / 100));
+    }
+    let _ = Duration::ZERO;
+}
