@@ -35,10 +35,17 @@
 
 #![forbid(unsafe_code)]
 
+/// Hash maps with a fixed hasher, so iteration order (and so a simulation run) is a pure
+/// function of the inputs. (SipHash-1-3 with fixed keys: deterministic, not keyed per process.)
+pub type Map<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
 pub mod rand;
 pub mod tcp;
 pub mod udp;
 pub mod cluster;
 pub mod iface;
+pub mod pcap;
+pub mod sim;
 pub mod time;
 pub mod wire;

@@ -5,7 +5,7 @@
 //! an address and re-queues them when the answer comes (or lets their own timers deal with an
 //! address that never answers), so no packet is copied while it waits.
 
-use std::collections::HashMap;
+use crate::Map;
 use std::net::Ipv4Addr;
 
 use crate::time::{Duration, Instant};
@@ -25,8 +25,8 @@ struct Pending {
 
 #[derive(Debug, Clone)]
 pub struct ArpCache {
-    entries: HashMap<Ipv4Addr, Entry>,
-    pending: HashMap<Ipv4Addr, Pending>,
+    entries: Map<Ipv4Addr, Entry>,
+    pending: Map<Ipv4Addr, Pending>,
     pub ttl: Duration,
     pub retry: Duration,
     pub max_retries: u32,
@@ -45,8 +45,8 @@ pub enum Lookup {
 impl Default for ArpCache {
     fn default() -> Self {
         ArpCache {
-            entries: HashMap::new(),
-            pending: HashMap::new(),
+            entries: Map::default(),
+            pending: Map::default(),
             ttl: Duration::from_secs(60),
             retry: Duration::from_secs(1),
             max_retries: 5,

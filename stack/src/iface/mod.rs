@@ -24,7 +24,9 @@ pub use counters::{DropReason, IfaceCounters};
 pub use frame_queue::FrameQueue;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
+
+use crate::Map;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::cluster::{Cluster, InboundRoute, SingleStack};
@@ -193,15 +195,15 @@ pub struct Stack {
     pub arp: ArpCache,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    connections: HashMap<Tuple, SocketHandle>,
-    listeners: HashMap<SocketAddrV4, SocketHandle>,
-    udp: HashMap<SocketAddrV4, SocketHandle>,
+    connections: Map<Tuple, SocketHandle>,
+    listeners: Map<SocketAddrV4, SocketHandle>,
+    udp: Map<SocketAddrV4, SocketHandle>,
     ready: VecDeque<SocketHandle>,
     timers: BinaryHeap<Reverse<(Instant, SocketHandle)>>,
     events: VecDeque<(SocketHandle, SocketEvent)>,
     control: FrameQueue,
     /// Sockets waiting for ARP, per next hop.
-    arp_waiters: HashMap<Ipv4Addr, Vec<SocketHandle>>,
+    arp_waiters: Map<Ipv4Addr, Vec<SocketHandle>>,
     cluster: Box<dyn Cluster>,
     rng: Rng,
     isn: IsnGenerator,
@@ -228,14 +230,14 @@ impl Stack {
             arp: ArpCache::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            connections: HashMap::new(),
-            listeners: HashMap::new(),
-            udp: HashMap::new(),
+            connections: Map::default(),
+            listeners: Map::default(),
+            udp: Map::default(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             control,
-            arp_waiters: HashMap::new(),
+            arp_waiters: Map::default(),
             cluster,
             rng,
             isn,

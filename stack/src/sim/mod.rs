@@ -1,0 +1,472 @@
+//! The deterministic network simulator: plex's default integration test.
+//!
+//! Any number of [`Node`]s (plex stacks, or test doubles) hang off one simulated L2 segment, a
+//! learning switch, each through its own full-duplex port. A port impairs what crosses it, in
+//! each direction separately ([`LinkConfig`]): delay and jitter, loss, duplication, corruption,
+//! reordering, a bandwidth with a FIFO queue and a queue limit, and an MTU. Time does not pass
+//! by itself: the simulator jumps to the next event (a frame arriving, a node's timer), so a
+//! minute of simulated TCP takes milliseconds, and a run is a pure function of the seed and the
+//! configuration: same seed, same frames, same pcap bytes.
+//!
+//! Randomness: each port direction draws from its own stream, derived from the seed and the
+//! port's index, so adding a node does not change the random choices of the others.
+//!
+//! Capture: with [`Sim::capture`] on, every frame delivered to a node is recorded with its
+//! arrival time; [`Sim::write_pcap`] writes them as a pcap file (tcpdump and Wireshark read it).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::Write;
+
+use crate::pcap::{PcapWriter, LINKTYPE_ETHERNET};
+use crate::rand::Rng;
+use crate::time::{Duration, Instant};
+
+/// Something that sends and receives Ethernet frames and keeps time-driven state: a plex stack
+/// implements it, and so do the simulator's own test doubles.
+pub trait Node {
+    /// One Ethernet frame (no FCS) arrives at `now`.
+    fn receive(&mut self, now: Instant, frame: &[u8]);
+    /// Write the next outbound frame into `buf`; its length, or `None` when nothing is pending.
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize>;
+    /// Earliest instant at which the node needs `handle_timeout`.
+    fn poll_timeout(&mut self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+}
+
+impl Node for crate::iface::Stack {
+    fn receive(&mut self, now: Instant, frame: &[u8]) {
+        crate::iface::Stack::receive(self, now, frame)
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        crate::iface::Stack::poll_transmit(self, now, buf)
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        crate::iface::Stack::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        crate::iface::Stack::handle_timeout(self, now)
+    }
+}
+
+/// Impairments of one direction of a port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkConfig {
+    /// Fixed one-way delay.
+    pub delay: Duration,
+    /// Extra delay drawn uniformly from `0..jitter` per frame (frames may overtake).
+    pub jitter: Duration,
+    /// Probability a frame is lost.
+    pub loss: f64,
+    /// Probability a frame is delivered twice.
+    pub duplicate: f64,
+    /// Probability 1..=3 random bits flip somewhere after the Ethernet header.
+    pub corrupt: f64,
+    /// Probability a frame is held back by `reorder_delay` (later frames overtake it).
+    pub reorder: f64,
+    pub reorder_delay: Duration,
+    /// Serialization rate; `None` is infinitely fast.
+    pub bandwidth_bps: Option<u64>,
+    /// Frames waiting for the serializer; more are tail-dropped.
+    pub queue_limit: Option<usize>,
+    /// IP MTU: a larger frame (minus its 14-byte Ethernet header) is dropped.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            delay: Duration::from_micros(10),
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+            corrupt: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::ZERO,
+            bandwidth_bps: None,
+            queue_limit: None,
+            mtu: 1500,
+        }
+    }
+}
+
+impl LinkConfig {
+    pub fn lossy(loss: f64) -> Self {
+        LinkConfig { loss, ..Self::default() }
+    }
+    pub fn with_delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+    pub fn with_bandwidth(mut self, bps: u64, queue_limit: usize) -> Self {
+        self.bandwidth_bps = Some(bps);
+        self.queue_limit = Some(queue_limit);
+        self
+    }
+}
+
+/// Identifies a node (and its port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub usize);
+
+/// What happened to frames, per port direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub frames: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub corrupted: u64,
+    pub reordered: u64,
+    pub queue_dropped: u64,
+    pub mtu_dropped: u64,
+}
+
+impl LinkStats {
+    fn add(&mut self, o: &LinkStats) {
+        self.frames += o.frames;
+        self.bytes += o.bytes;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.corrupted += o.corrupted;
+        self.reordered += o.reordered;
+        self.queue_dropped += o.queue_dropped;
+        self.mtu_dropped += o.mtu_dropped;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Per node: its uplink (frames it sent) and downlink (frames sent to it).
+    pub uplink: Vec<LinkStats>,
+    pub downlink: Vec<LinkStats>,
+    /// Frames flooded because the destination was unknown or broadcast.
+    pub flooded: u64,
+    pub events: u64,
+}
+
+impl SimStats {
+    pub fn total(&self) -> LinkStats {
+        let mut t = LinkStats::default();
+        for s in self.uplink.iter().chain(&self.downlink) {
+            t.add(s);
+        }
+        t
+    }
+}
+
+#[derive(Debug)]
+struct Direction {
+    cfg: LinkConfig,
+    rng: Rng,
+    /// When the serializer is free.
+    busy_until: Instant,
+    /// Departure times of frames queued for the serializer.
+    queue: VecDeque<Instant>,
+}
+
+impl Direction {
+    fn new(cfg: LinkConfig, seed: u64) -> Direction {
+        Direction { cfg, rng: Rng::new(seed), busy_until: Instant::ZERO, queue: VecDeque::new() }
+    }
+
+    /// Impair a frame entering this direction at `now`: the arrival times of its copies.
+    fn transit(&mut self, now: Instant, frame: &mut [u8], stats: &mut LinkStats, out: &mut [Option<Instant>; 2]) {
+        *out = [None, None];
+        stats.frames += 1;
+        stats.bytes += frame.len() as u64;
+        if frame.len() > self.cfg.mtu + 14 {
+            stats.mtu_dropped += 1;
+            return;
+        }
+        let mut depart = now;
+        if let Some(bps) = self.cfg.bandwidth_bps {
+            while self.queue.front().is_some_and(|&d| d <= now) {
+                self.queue.pop_front();
+            }
+            if self.cfg.queue_limit.is_some_and(|l| self.queue.len() >= l) {
+                stats.queue_dropped += 1;
+                return;
+            }
+            let ser = Duration::from_micros((frame.len() as u64 * 8 * 1_000_000).div_ceil(bps.max(1)));
+            depart = self.busy_until.max(now) + ser;
+            self.busy_until = depart;
+            self.queue.push_back(depart);
+        }
+        if self.rng.chance(self.cfg.loss) {
+            stats.lost += 1;
+            return;
+        }
+        if frame.len() > 14 && self.rng.chance(self.cfg.corrupt) {
+            stats.corrupted += 1;
+            let flips = 1 + self.rng.below(3);
+            for _ in 0..flips {
+                let i = 14 + self.rng.below((frame.len() - 14) as u64) as usize;
+                frame[i] ^= 1 << self.rng.below(8);
+            }
+        }
+        let mut delay = self.cfg.delay;
+        if self.cfg.jitter > Duration::ZERO {
+            delay = delay + Duration::from_micros(self.rng.below(self.cfg.jitter.total_micros()));
+        }
+        if self.rng.chance(self.cfg.reorder) {
+            stats.reordered += 1;
+            delay = delay + self.cfg.reorder_delay;
+        }
+        out[0] = Some(depart + delay);
+        if self.rng.chance(self.cfg.duplicate) {
+            stats.duplicated += 1;
+            out[1] = Some(depart + delay + Duration::from_micros(1));
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    /// A frame reaches the switch from a port.
+    AtSwitch { from: usize, frame: Vec<u8> },
+    /// A frame reaches a node.
+    Deliver { to: usize, frame: Vec<u8> },
+}
+
+struct Port<N> {
+    node: N,
+    up: Direction,
+    down: Direction,
+}
+
+/// The simulated segment.
+pub struct Sim<N: Node> {
+    seed: u64,
+    now: Instant,
+    ports: Vec<Port<N>>,
+    events: BinaryHeap<Reverse<(Instant, u64)>>,
+    payloads: HashMap<u64, Event>,
+    next_seq: u64,
+    macs: HashMap<[u8; 6], usize>,
+    stats: SimStats,
+    capture: Option<Vec<(Instant, Vec<u8>)>>,
+    buf: Vec<u8>,
+    /// Frames a node may emit per drain (a buggy node cannot hang the simulator).
+    pub max_burst: usize,
+}
+
+impl<N: Node> core::fmt::Debug for Sim<N> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Sim").field("seed", &self.seed).field("now", &self.now).field("nodes", &self.ports.len()).finish()
+    }
+}
+
+impl<N: Node> Sim<N> {
+    pub fn new(seed: u64) -> Self {
+        Sim {
+            seed,
+            now: Instant::ZERO,
+            ports: Vec::new(),
+            events: BinaryHeap::new(),
+            payloads: HashMap::new(),
+            next_seq: 0,
+            macs: HashMap::new(),
+            stats: SimStats::default(),
+            capture: None,
+            buf: vec![0u8; 65536 + 14],
+            max_burst: 100_000,
+        }
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// Attach a node through its own port; `uplink` impairs what it sends, `downlink` what it
+    /// receives.
+    pub fn add_node(&mut self, node: N, uplink: LinkConfig, downlink: LinkConfig) -> NodeId {
+        let i = self.ports.len();
+        let base = self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.ports.push(Port {
+            node,
+            up: Direction::new(uplink, base),
+            down: Direction::new(downlink, base.rotate_left(17) ^ 0x5555),
+        });
+        self.stats.uplink.push(LinkStats::default());
+        self.stats.downlink.push(LinkStats::default());
+        NodeId(i)
+    }
+
+    pub fn node(&self, id: NodeId) -> &N {
+        &self.ports[id.0].node
+    }
+    pub fn node_mut(&mut self, id: NodeId) -> &mut N {
+        &mut self.ports[id.0].node
+    }
+    /// Change a port's impairments mid-run.
+    pub fn set_links(&mut self, id: NodeId, uplink: LinkConfig, downlink: LinkConfig) {
+        self.ports[id.0].up.cfg = uplink;
+        self.ports[id.0].down.cfg = downlink;
+    }
+
+    pub fn capture(&mut self, enable: bool) {
+        if enable {
+            self.capture.get_or_insert_with(Vec::new);
+        } else {
+            self.capture = None;
+        }
+    }
+
+    pub fn write_pcap(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut w = PcapWriter::new(out, LINKTYPE_ETHERNET)?;
+        for (t, f) in self.capture.iter().flatten() {
+            w.write_packet(*t, f)?;
+        }
+        Ok(())
+    }
+
+    fn schedule(&mut self, at: Instant, ev: Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.events.push(Reverse((at, seq)));
+        self.payloads.insert(seq, ev);
+    }
+
+    /// Send everything node `i` has to send now.
+    fn drain(&mut self, i: usize) {
+        let now = self.now;
+        for _ in 0..self.max_burst {
+            let Some(n) = self.ports[i].node.poll_transmit(now, &mut self.buf) else { break };
+            let n = n.min(self.buf.len());
+            let mut frame = self.buf[..n].to_vec();
+            let mut arrivals = [None, None];
+            let port = &mut self.ports[i];
+            port.up.transit(now, &mut frame, &mut self.stats.uplink[i], &mut arrivals);
+            for at in arrivals.into_iter().flatten() {
+                self.schedule(at, Event::AtSwitch { from: i, frame: frame.clone() });
+            }
+        }
+    }
+
+    /// Drain every node's transmit queue (after the test called into a node directly).
+    pub fn kick(&mut self) {
+        for i in 0..self.ports.len() {
+            self.drain(i);
+        }
+    }
+
+    fn next_event_time(&mut self) -> Option<Instant> {
+        let ev = self.events.peek().map(|Reverse((t, _))| *t);
+        let timers = self.ports.iter_mut().filter_map(|p| p.node.poll_timeout()).min();
+        match (ev, timers) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn switch(&mut self, from: usize, frame: Vec<u8>) {
+        let mut dst = [0u8; 6];
+        if frame.len() >= 12 {
+            dst.copy_from_slice(&frame[..6]);
+            // Learn the source MAC on arrival, as a switch does.
+            let mut src = [0u8; 6];
+            src.copy_from_slice(&frame[6..12]);
+            if src[0] & 1 == 0 {
+                self.macs.insert(src, from);
+            }
+        }
+        let target = if dst[0] & 1 == 0 { self.macs.get(&dst).copied() } else { None };
+        let now = self.now;
+        let deliver = |sim: &mut Self, to: usize, mut f: Vec<u8>| {
+            let mut arrivals = [None, None];
+            let port = &mut sim.ports[to];
+            port.down.transit(now, &mut f, &mut sim.stats.downlink[to], &mut arrivals);
+            for at in arrivals.into_iter().flatten() {
+                sim.schedule(at, Event::Deliver { to, frame: f.clone() });
+            }
+        };
+        match target {
+            Some(to) if to != from => deliver(self, to, frame),
+            Some(_) => {}
+            None => {
+                self.stats.flooded += 1;
+                for to in 0..self.ports.len() {
+                    if to != from {
+                        deliver(self, to, frame.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Advance to the next event time and process everything due then. False when nothing is
+    /// left to do.
+    pub fn step(&mut self) -> bool {
+        self.kick();
+        let Some(t) = self.next_event_time() else { return false };
+        if t > self.now {
+            self.now = t;
+        }
+        while let Some(&Reverse((at, seq))) = self.events.peek() {
+            if at > self.now {
+                break;
+            }
+            self.events.pop();
+            self.stats.events += 1;
+            match self.payloads.remove(&seq) {
+                Some(Event::AtSwitch { from, frame }) => self.switch(from, frame),
+                Some(Event::Deliver { to, frame }) => {
+                    if let Some(c) = &mut self.capture {
+                        c.push((self.now, frame.clone()));
+                    }
+                    self.ports[to].node.receive(self.now, &frame);
+                    self.drain(to);
+                }
+                None => {}
+            }
+        }
+        let now = self.now;
+        for i in 0..self.ports.len() {
+            if self.ports[i].node.poll_timeout().is_some_and(|t| t <= now) {
+                self.ports[i].node.handle_timeout(now);
+            }
+            self.drain(i);
+        }
+        true
+    }
+
+    /// Step until `done` holds (checked after every step) or time passes `deadline`. Returns
+    /// whether `done` held.
+    pub fn run_until(&mut self, deadline: Instant, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+        loop {
+            if done(self) {
+                return true;
+            }
+            if self.now > deadline {
+                return false;
+            }
+            let next = self.next_event_time();
+            if next.is_none_or(|t| t > deadline) {
+                self.kick();
+                if self.next_event_time().is_none_or(|t| t > deadline) {
+                    self.now = self.now.max(deadline);
+                    return done(self);
+                }
+            }
+            if !self.step() {
+                return done(self);
+            }
+        }
+    }
+
+    /// Run for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end, |_| false);
+    }
+}
+
+#[cfg(test)]
+mod tests;
