@@ -60,7 +60,7 @@ pub struct LinkConfig {
     pub loss: f64,
     /// Probability a frame is delivered twice.
     pub duplicate: f64,
-    /// Probability 1..=3 random bits flip somewhere after the Ethernet header.
+    /// Probability 1..=3 bits of one random byte after the Ethernet header flip.
     pub corrupt: f64,
     /// Probability a frame is held back by `reorder_delay` (later frames overtake it).
     pub reorder: f64,
@@ -199,11 +199,18 @@ impl Direction {
         }
         if frame.len() > 14 && self.rng.chance(self.cfg.corrupt) {
             stats.corrupted += 1;
-            let flips = 1 + self.rng.below(3);
-            for _ in 0..flips {
-                let i = 14 + self.rng.below((frame.len() - 14) as u64) as usize;
-                frame[i] ^= 1 << self.rng.below(8);
+            // A burst inside one byte: the Internet checksum detects every such error, so a
+            // transfer must still be byte-exact. (Flips spread over several 16-bit words can
+            // cancel out in a ones'-complement sum; no TCP detects those.)
+            let i = 14 + self.rng.below((frame.len() - 14) as u64) as usize;
+            let mut mask = 0u8;
+            while mask == 0 {
+                let flips = 1 + self.rng.below(3);
+                for _ in 0..flips {
+                    mask ^= 1 << self.rng.below(8);
+                }
             }
+            frame[i] ^= mask;
         }
         let mut delay = self.cfg.delay;
         if self.cfg.jitter > Duration::ZERO {

@@ -1,0 +1,218 @@
+//! Simulation test harness: two plex stacks on the simulator, bulk transfers with checked
+//! bytes, and a guard that prints the seed (and writes a pcap) when a run fails.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use stack::iface::{SocketHandle, Stack, StackConfig};
+use stack::sim::{LinkConfig, NodeId, Sim};
+use stack::tcp;
+use stack::time::{Duration, Instant};
+use stack::wire::MacAddr;
+
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const PORT: u16 = 5001;
+
+/// The byte at stream offset `i`: position-dependent, so a reordering bug cannot go unseen.
+pub fn pattern(i: u64) -> u8 {
+    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
+    (x as u8) ^ (i as u8)
+}
+
+pub fn fill(off: u64, buf: &mut [u8]) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = pattern(off + k as u64);
+    }
+}
+
+pub fn new_stack(mac_last: u8, ip: Ipv4Addr, seed: u64, tcp: &tcp::Config) -> Stack {
+    let mut cfg = StackConfig::new(MacAddr([2, 0, 0, 0, 0, mac_last]));
+    cfg.seed = seed;
+    cfg.tcp = tcp.clone();
+    let mut s = Stack::new(cfg);
+    s.add_address(ip, 24, false);
+    s
+}
+
+/// Prints the seed, and writes the capture when `PLEX_SIM_PCAP_DIR` is set, if the test
+/// panics while the guard is alive.
+pub struct FailGuard<'a> {
+    pub name: String,
+    pub seed: u64,
+    pub sim: Option<&'a Sim<Stack>>,
+}
+
+pub fn report_failure(name: &str, seed: u64, sim: &Sim<Stack>) {
+    eprintln!("simulation {name} failed: PLEX_SIM_SEED={seed} reproduces it (sim time {:?})", sim.now());
+    if let Ok(dir) = std::env::var("PLEX_SIM_PCAP_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{name}-{seed}.pcap"));
+        match std::fs::File::create(&path).and_then(|mut f| sim.write_pcap(&mut f)) {
+            Ok(()) => eprintln!("capture written to {}", path.display()),
+            Err(e) => eprintln!("could not write {}: {e}", path.display()),
+        }
+    } else {
+        eprintln!("set PLEX_SIM_PCAP_DIR=/some/dir to get a pcap of the run");
+    }
+}
+
+/// Seeds to run: `PLEX_SIM_SEED` pins one.
+pub fn seeds(default: &[u64]) -> Vec<u64> {
+    match std::env::var("PLEX_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(s) => vec![s],
+        None => default.to_vec(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub bytes: u64,
+    /// Client sends to server (upload) when false: the server sends (download).
+    pub download: bool,
+    pub link: LinkConfig,
+    pub tcp: tcp::Config,
+    /// Simulated-time bound for the whole transfer.
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub seed: u64,
+    pub finished_at: Instant,
+    pub retrans_segs: u64,
+    pub timeouts: u64,
+    pub fast_recoveries: u64,
+    pub segs_out: u64,
+}
+
+impl Outcome {
+    pub fn goodput_mbps(&self, bytes: u64) -> f64 {
+        bytes as f64 * 8.0 / self.finished_at.total_micros().max(1) as f64
+    }
+}
+
+pub struct Pair {
+    pub sim: Sim<Stack>,
+    pub server: NodeId,
+    pub client: NodeId,
+}
+
+impl Pair {
+    pub fn new(seed: u64, link: &LinkConfig, tcp: &tcp::Config) -> Pair {
+        let mut sim = Sim::new(seed);
+        sim.capture(std::env::var("PLEX_SIM_PCAP_DIR").is_ok());
+        let server = sim.add_node(new_stack(10, SERVER_IP, seed ^ 0xaaaa, tcp), link.clone(), link.clone());
+        let client = sim.add_node(new_stack(1, CLIENT_IP, seed ^ 0x5555, tcp), link.clone(), link.clone());
+        Pair { sim, server, client }
+    }
+
+    /// Listen on the server, connect from the client, run until accepted.
+    pub fn connect(&mut self) -> (SocketHandle, SocketHandle) {
+        let now = self.sim.now();
+        let l = self.sim.node_mut(self.server).tcp_listen(now, SocketAddrV4::new(SERVER_IP, PORT), 64).expect("listen");
+        let c = self.sim.node_mut(self.client).tcp_connect(now, None, SocketAddrV4::new(SERVER_IP, PORT)).expect("connect");
+        let server = self.server;
+        let mut accepted = None;
+        let ok = self.sim.run_until(now + Duration::from_secs(60), |sim| {
+            if accepted.is_none() {
+                accepted = sim.node_mut(server).tcp_accept(l).ok();
+            }
+            accepted.is_some()
+        });
+        assert!(ok, "handshake did not complete");
+        let s = accepted.expect("accepted");
+        (s, c)
+    }
+}
+
+/// One direction of a bulk transfer, as the application sees it.
+pub struct Stream {
+    pub sent: u64,
+    pub received: u64,
+    pub total: u64,
+    pub closed: bool,
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    pub fn new(total: u64) -> Stream {
+        Stream { sent: 0, received: 0, total, closed: false, buf: vec![0u8; 65536] }
+    }
+
+    /// Offer as much as the sender takes; close it when everything is queued.
+    pub fn push(&mut self, now: Instant, s: &mut Stack, h: SocketHandle, close_at_end: bool) {
+        while self.sent < self.total {
+            let n = ((self.total - self.sent) as usize).min(self.buf.len());
+            fill(self.sent, &mut self.buf[..n]);
+            match s.tcp_send(now, h, &self.buf[..n]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => self.sent += k as u64,
+            }
+        }
+        if self.sent == self.total && close_at_end && !self.closed {
+            s.tcp_shutdown(now, h).expect("shutdown");
+            self.closed = true;
+        }
+    }
+
+    /// Read what arrived and check every byte.
+    pub fn pull(&mut self, now: Instant, s: &mut Stack, h: SocketHandle) {
+        loop {
+            match s.tcp_recv(now, h, &mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    for (k, b) in self.buf[..n].iter().enumerate() {
+                        let off = self.received + k as u64;
+                        assert_eq!(*b, pattern(off), "byte {off} of the stream is wrong");
+                    }
+                    self.received += n as u64;
+                    assert!(self.received <= self.total, "more bytes than were sent");
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Run one bulk transfer scenario; panics (with the seed) on any corruption or timeout.
+pub fn run_transfer(seed: u64, sc: &Scenario) -> Outcome {
+    let mut pair = Pair::new(seed, &sc.link, &sc.tcp);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (srv, cli) = pair.connect();
+        let (tx_node, tx_h, rx_node, rx_h) = if sc.download {
+            (pair.server, srv, pair.client, cli)
+        } else {
+            (pair.client, cli, pair.server, srv)
+        };
+        let mut stream = Stream::new(sc.bytes);
+        let start = pair.sim.now();
+        let deadline = start + sc.deadline;
+        let done = pair.sim.run_until(deadline, |sim| {
+            let now = sim.now();
+            stream.push(now, sim.node_mut(tx_node), tx_h, true);
+            stream.pull(now, sim.node_mut(rx_node), rx_h);
+            sim.kick();
+            stream.received == sc.bytes
+        });
+        assert!(done, "{}: transfer of {} bytes incomplete after {:?}: {} received", sc.name, sc.bytes, sc.deadline, stream.received);
+        let finished = pair.sim.now();
+        let c = pair.sim.node(tx_node).tcp(tx_h).expect("sender").counters;
+        Outcome {
+            seed,
+            finished_at: Instant::from_micros((finished - start).total_micros()),
+            retrans_segs: c.retrans_segs,
+            timeouts: c.timeouts,
+            fast_recoveries: c.fast_recoveries,
+            segs_out: c.segs_out,
+        }
+    }));
+    match result {
+        Ok(o) => o,
+        Err(e) => {
+            report_failure(&sc.name, seed, &pair.sim);
+            std::panic::resume_unwind(e)
+        }
+    }
+}
