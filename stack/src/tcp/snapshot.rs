@@ -178,7 +178,11 @@ fn encode_cc(w: &mut W<'_>, s: &CcState) {
     w.u32(s.mss);
     w.u64(s.cwnd);
     w.u64(s.ssthresh);
-    let _ = W::f64;
+    w.u64(s.ca_acc);
+    for v in [s.w_max, s.k, s.cwnd_epoch, s.w_est, s.cwnd_prior] {
+        w.f64(v);
+    }
+    w.u64(s.epoch_age.map(|d| d.total_micros()).unwrap_or(u64::MAX));
 }
 
 fn decode_cc(r: &mut R<'_>) -> Result<CcState, SnapshotError> {
@@ -187,8 +191,19 @@ fn decode_cc(r: &mut R<'_>) -> Result<CcState, SnapshotError> {
         1 => super::Algorithm::NewReno,
         _ => return Err(SnapshotError::Invalid("congestion control algorithm")),
     };
-    let _ = R::f64;
-    Ok(CcState { algorithm, mss: r.u32()?, cwnd: r.u64()?, ssthresh: r.u64()? })
+    let mss = r.u32()?;
+    let cwnd = r.u64()?;
+    let ssthresh = r.u64()?;
+    let ca_acc = r.u64()?;
+    let (w_max, k, cwnd_epoch, w_est, cwnd_prior) = (r.f64()?, r.f64()?, r.f64()?, r.f64()?, r.f64()?);
+    let epoch_age = match r.u64()? {
+        u64::MAX => None,
+        v => Some(Duration::from_micros(v)),
+    };
+    if mss == 0 || cwnd > (1 << 40) || ssthresh > u64::MAX / 2 {
+        return Err(SnapshotError::Invalid("congestion window"));
+    }
+    Ok(CcState { algorithm, mss, cwnd, ssthresh, ca_acc, w_max, k, epoch_age, cwnd_epoch, w_est, cwnd_prior })
 }
 
 impl Connection {
