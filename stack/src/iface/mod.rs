@@ -572,6 +572,53 @@ impl Stack {
         Ok(())
     }
 
+    /// Serialize an established connection for handoff (spec/04) and detach it silently: no
+    /// FIN, no RST, no timers; the handle becomes invalid. Frames for it that still arrive here
+    /// must be forwarded by the cluster layer (or they draw a RST as for any unknown tuple).
+    pub fn tcp_snapshot(
+        &mut self,
+        now: Instant,
+        h: SocketHandle,
+        giver: u32,
+        app_state: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
+        let (record, tuple, ephemeral) = match self.socket(h) {
+            Some(Socket::Tcp(t)) => (
+                t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
+                t.conn.tuple(),
+                t.ephemeral,
+            ),
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        };
+        let _ = ephemeral;
+        if self.connections.get(&tuple) == Some(&h) {
+            self.connections.remove(&tuple);
+            // The port stays in use cluster-wide: the connection lives on elsewhere.
+            self.cluster.connection_closed(now, &tuple);
+        }
+        self.release(h);
+        Ok(record)
+    }
+
+    /// Install a connection from a handoff record. It resumes at once and sends one ACK so
+    /// the peer's retransmissions are recovered immediately.
+    pub fn tcp_restore(&mut self, now: Instant, record: &[u8]) -> Result<(SocketHandle, tcp::Snapshot), tcp::SnapshotError> {
+        let (conn, snap) = Connection::restore(record, now, &self.cfg.tcp)?;
+        let tuple = conn.tuple();
+        if !self.has_address(*tuple.local.ip()) {
+            return Err(tcp::SnapshotError::Invalid("local address is not on this stack"));
+        }
+        if self.connections.contains_key(&tuple) {
+            return Err(tcp::SnapshotError::Invalid("a connection with this 4-tuple exists here"));
+        }
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false }));
+        self.connections.insert(tuple, h);
+        self.cluster.connection_opened(now, &tuple);
+        self.after_tcp(now, h);
+        Ok((h, snap))
+    }
+
     // UDP ------------------------------------------------------------------------------------
 
     pub fn udp_bind(&mut self, local: SocketAddrV4) -> Result<SocketHandle, ApiError> {

@@ -1581,7 +1581,7 @@ impl Connection {
         len
     }
 
-    fn emit(&mut self, now: Instant, out: &mut [u8], plan: Plan) -> usize {
+    fn emit(&mut self, now: Instant, out: &mut [u8], mut plan: Plan) -> usize {
         let mut r = TcpRepr::new(self.tuple.local.port(), self.tuple.remote.port(), plan.seq);
         r.control = plan.control;
         r.ack_number = plan.ack.then_some(self.rcv_nxt);
@@ -1621,9 +1621,18 @@ impl Connection {
                 r.sack_blocks = self.sack_blocks();
             }
         }
-        r.psh = plan.len > 0 && plan.off + plan.len == self.tx.len();
-
+        // SACK blocks take room from the payload (the MSS already accounts for timestamps),
+        // and the segment must fit the caller's buffer whatever happens.
         let hl = r.header_len();
+        let room = (self.mss + 20 + if self.ts_ok { 12 } else { 0 }).min(out.len()).saturating_sub(hl);
+        if plan.len > room {
+            plan.len = room;
+            if plan.control == TcpControl::Fin {
+                plan.control = TcpControl::None;
+            }
+        }
+        r.control = plan.control;
+        r.psh = plan.len > 0 && plan.off + plan.len == self.tx.len();
         let total = hl + plan.len;
         {
             let mut p = TcpPacket::new_unchecked(&mut out[..total]);
