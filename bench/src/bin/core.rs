@@ -1,0 +1,120 @@
+//! Core microbenchmark: plex's TCP/IP stack alone, two instances joined in memory (no kernel,
+//! no AF_XDP). Prints bulk-transfer segments per second and ping-pong round trips per second,
+//! with the per-segment cost in nanoseconds.
+//!
+//! Usage: plex-bench-core [--mib N] [--round-trips N]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::ExitCode;
+use std::time::Instant as WallClock;
+
+use bench::{exchange, Clock};
+use stack::iface::{Stack, StackConfig};
+use stack::tcp;
+use stack::wire::MacAddr;
+
+fn stack(last: u8, ip: Ipv4Addr, tcp: &tcp::Config) -> Stack {
+    let mut cfg = StackConfig::new(MacAddr([2, 0, 0, 0, 0, last]));
+    cfg.tcp = tcp.clone();
+    cfg.seed = last as u64;
+    let mut s = Stack::new(cfg);
+    s.add_address(ip, 24, false);
+    s
+}
+
+fn parse_args() -> Result<(u64, u64), String> {
+    let mut mib = 512u64;
+    let mut rts = 200_000u64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| -> Result<u64, String> {
+            let v = args.next().ok_or_else(|| format!("{name} needs a number"))?;
+            v.parse().map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match a.as_str() {
+            "--mib" => mib = value("--mib")?,
+            "--round-trips" => rts = value("--round-trips")?,
+            "-h" | "--help" => {
+                println!("usage: plex-bench-core [--mib N] [--round-trips N]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    Ok((mib, rts))
+}
+
+fn main() -> ExitCode {
+    let (mib, rts) = match parse_args() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("plex-bench-core: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let a_ip = Ipv4Addr::new(198, 18, 0, 10);
+    let b_ip = Ipv4Addr::new(198, 18, 0, 1);
+    let mut buf = vec![0u8; 2048];
+
+    // Bulk: b sends `mib` MiB to a.
+    let tcp_cfg = tcp::Config { send_buffer: 1 << 20, recv_buffer: 1 << 20, ..tcp::Config::default() };
+    let (mut a, mut b) = (stack(10, a_ip, &tcp_cfg), stack(1, b_ip, &tcp_cfg));
+    let clock = Clock::default();
+    let l = a.tcp_listen(clock.now(), SocketAddrV4::new(a_ip, 5001), 8).expect("listen");
+    let c = b.tcp_connect(clock.now(), None, SocketAddrV4::new(a_ip, 5001)).expect("connect");
+    exchange(&mut a, &mut b, clock.now(), &mut buf);
+    let s = a.tcp_accept(l).expect("accepted");
+    let chunk = vec![0x5au8; 256 * 1024];
+    let mut sink = vec![0u8; 256 * 1024];
+    let total = mib << 20;
+    let (mut sent, mut got, mut frames) = (0u64, 0u64, 0u64);
+    let t0 = WallClock::now();
+    while got < total {
+        let now = clock.now();
+        if sent < total {
+            let n = ((total - sent) as usize).min(chunk.len());
+            sent += b.tcp_send(now, c, &chunk[..n]).unwrap_or(0) as u64;
+        }
+        frames += exchange(&mut a, &mut b, now, &mut buf);
+        while let Ok(n) = a.tcp_recv(now, s, &mut sink) {
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        frames += exchange(&mut a, &mut b, now, &mut buf);
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+    }
+    let bulk = t0.elapsed().as_secs_f64();
+    let segs = b.tcp(c).map(|c| c.counters.segs_out).unwrap_or(0) + a.tcp(s).map(|c| c.counters.segs_out).unwrap_or(0);
+    println!("bulk transfer: {mib} MiB in {bulk:.3} s through two in-memory stacks");
+    println!("  {:.0} segments/s ({} segments incl. ACKs, {} frames), {:.0} ns per segment, {:.2} Gbit/s of payload",
+        segs as f64 / bulk, segs, frames, bulk * 1e9 / segs.max(1) as f64, got as f64 * 8.0 / bulk / 1e9);
+
+    // Ping-pong: 64-byte request and response, TCP_NODELAY, one connection.
+    let tcp_cfg = tcp::Config { nodelay: true, delayed_ack: None, ..tcp::Config::default() };
+    let (mut a, mut b) = (stack(10, a_ip, &tcp_cfg), stack(1, b_ip, &tcp_cfg));
+    let l = a.tcp_listen(clock.now(), SocketAddrV4::new(a_ip, 5002), 8).expect("listen");
+    let c = b.tcp_connect(clock.now(), None, SocketAddrV4::new(a_ip, 5002)).expect("connect");
+    exchange(&mut a, &mut b, clock.now(), &mut buf);
+    let s = a.tcp_accept(l).expect("accepted");
+    let msg = [7u8; 64];
+    let mut rbuf = [0u8; 64];
+    let t0 = WallClock::now();
+    let mut frames = 0u64;
+    for _ in 0..rts {
+        let now = clock.now();
+        b.tcp_send(now, c, &msg).expect("send");
+        frames += exchange(&mut a, &mut b, now, &mut buf);
+        let n = a.tcp_recv(now, s, &mut rbuf).expect("request");
+        a.tcp_send(now, s, &rbuf[..n]).expect("reply");
+        frames += exchange(&mut a, &mut b, now, &mut buf);
+        b.tcp_recv(now, c, &mut rbuf).expect("response");
+    }
+    let pp = t0.elapsed().as_secs_f64();
+    println!("ping-pong: {rts} round trips of 64 bytes in {pp:.3} s");
+    println!("  {:.0} round trips/s, {:.0} ns per round trip, {:.0} ns per frame ({} frames)",
+        rts as f64 / pp, pp * 1e9 / rts as f64, pp * 1e9 / frames.max(1) as f64, frames);
+    ExitCode::SUCCESS
+}
