@@ -9,7 +9,7 @@ log() { printf '\n== %s\n' "$*"; }
 
 install_deps() {
   local need=()
-  for pkg in clang libelf-dev m4 zlib1g-dev pkg-config make; do
+  for pkg in clang libelf-dev m4 zlib1g-dev pkg-config make tcpdump; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ "${#need[@]}" -gt 0 ]; then

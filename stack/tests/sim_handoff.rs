@@ -4,6 +4,8 @@
 //! without the move, and the client must never see a RST, data outside the window it
 //! advertised, or a TSval going backwards.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use stack::iface::Stack;

@@ -5,6 +5,8 @@
 //! `tests/golden/throughput.txt`, so a congestion-control change shows up as a diff
 //! (`PLEX_BLESS=1 cargo test --test sim_transfer` rewrites it after a deliberate change).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use stack::sim::LinkConfig;

@@ -160,6 +160,7 @@ pub enum SocketEvent {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // connections dominate; boxing would cost a pointer chase per packet
 enum Socket {
     Tcp(TcpSlot),
     Listener(Listener<SocketHandle>),
@@ -1391,7 +1392,6 @@ impl Stack {
                 let repr = UdpRepr { src_port: local.port(), dst_port: peer.port(), payload: data };
                 let n = repr.buffer_len();
                 let src = if local.ip().is_unspecified() { None } else { Some(*local.ip()) };
-                let peer = peer;
                 let src = match src {
                     Some(s) => s,
                     None => self.source_for(*peer.ip()).unwrap_or(Ipv4Addr::UNSPECIFIED),

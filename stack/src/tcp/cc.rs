@@ -384,7 +384,7 @@ mod tests {
             let acks = (cc.cwnd() / MSS).max(1);
             let step = Duration::from_micros(rtt.total_micros() / acks as u64);
             for _ in 0..acks {
-                now = now + step;
+                now += step;
                 cc.on_ack(now, MSS, cc.cwnd(), Some(rtt));
             }
             trace.push(cc.cwnd() as f64 / MSS as f64);

@@ -975,8 +975,8 @@ impl Connection {
         }
 
         // Seventh: segment text.
-        if !seg.payload.is_empty() && acceptable {
-            if self.state.can_receive_data() {
+        if !seg.payload.is_empty() && acceptable && self.state.can_receive_data() {
+            {
                 if self.orphan {
                     // Data after close(): nobody will read it (RFC 9293 3.10.4 / RFC 2525).
                     self.abort();
@@ -1008,7 +1008,7 @@ impl Connection {
         if fin != self.rcv_nxt {
             return;
         }
-        self.rcv_nxt = self.rcv_nxt + 1;
+        self.rcv_nxt += 1;
         self.ack_now = true;
         self.push_event(Event::PeerClosed);
         self.push_event(Event::Readable);
@@ -1226,7 +1226,7 @@ impl Connection {
         if seq < self.rcv_nxt {
             let dup = self.rcv_nxt.distance_from(seq).min(payload.len());
             payload = &payload[dup..];
-            seq = seq + dup;
+            seq += dup;
         }
         if payload.is_empty() {
             self.ack_now = true;
@@ -1253,7 +1253,7 @@ impl Connection {
                 self.ack_now = true;
             }
             Some(n) => {
-                self.rcv_nxt = self.rcv_nxt + n;
+                self.rcv_nxt += n;
                 self.counters.bytes_in += n as u64;
                 self.push_event(Event::Readable);
                 self.segs_unacked += 1;

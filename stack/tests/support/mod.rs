@@ -1,6 +1,8 @@
 //! Simulation test harness: two plex stacks on the simulator, bulk transfers with checked
 //! bytes, and a guard that prints the seed (and writes a pcap) when a run fails.
 
+#![allow(clippy::unwrap_used)]
+
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
