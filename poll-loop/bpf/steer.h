@@ -1,0 +1,28 @@
+/* plex steering program: the map layouts shared by the XDP program (steer.bpf.c) and the
+ * Rust side (poll-loop/src/xdp.rs mirrors these; a test checks the sizes). One source of
+ * truth: change them here and there together. */
+#ifndef PLEX_STEER_H
+#define PLEX_STEER_H
+
+/* Sizes of the maps. */
+#define PLEX_MAX_QUEUES 64
+#define PLEX_MAX_HOMES 1024
+
+/* home map: key = IPv4 address in network byte order (__u32), value = struct plex_home. */
+struct plex_home {
+	__u32 flags; /* PLEX_HOME_* */
+};
+
+/* The address is internal: accepted, but ARP for it is left to the kernel/others. */
+#define PLEX_HOME_INTERNAL 1u
+
+/* stats map: per-CPU array of __u64 counters indexed by these. */
+enum plex_stat {
+	PLEX_STAT_IP_REDIRECTED = 0,
+	PLEX_STAT_ARP_REDIRECTED = 1,
+	PLEX_STAT_PASSED = 2,
+	PLEX_STAT_REDIRECT_FAILED = 3,
+	PLEX_STAT_MAX = 4,
+};
+
+#endif

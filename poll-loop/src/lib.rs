@@ -1,0 +1,26 @@
+//! # plex's data path
+//!
+//! `poll-loop` moves raw Ethernet frames between AF_XDP sockets and the sans-IO `stack`:
+//!
+//! - [`xdp`]: the steering XDP program (C, `bpf/steer.bpf.c`, compiled by `build.rs` with
+//!   clang, loaded with libbpf-rs): only traffic for the stack's home list reaches the AF_XDP
+//!   socket; everything else goes to the kernel.
+//! - [`xsk`]: the AF_XDP socket, UMEM and four rings as one owning type, with the frame
+//!   accounting unit-tested against a fake kernel. One of plex's three `unsafe` rooms.
+//! - [`device`]: middleware between the socket and the stack: pcap capture and a seeded fault
+//!   injector (this kernel has no netem).
+//! - [`clock`]: the only place that reads CLOCK_MONOTONIC, once per loop iteration.
+//! - [`runner`]: the pinned poll thread, busy-poll or adaptive, driving a `Stack` and a
+//!   run-to-completion application.
+//!
+//! Invariant: a poll thread never blocks on anything but its own socket's fd (adaptive mode's
+//! sleep), and does no allocation per packet.
+
+pub mod clock;
+pub mod device;
+pub mod error;
+pub mod runner;
+pub mod xdp;
+pub mod xsk;
+
+pub use error::StartError;

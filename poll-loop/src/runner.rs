@@ -1,0 +1,172 @@
+//! The poll thread: one per queue, pinned, driving one AF_XDP socket, one `Stack` shard and one
+//! run-to-completion application.
+//!
+//! An iteration reads the clock once, receives a batch (through the device middleware), runs
+//! due timers, hands socket events to the application, transmits what the stack has (batched;
+//! the kernel is kicked only when it asks), and reaps completions. In busy-poll mode it never
+//! sleeps; in adaptive mode it spins for a budget of idle iterations, then sleeps in poll(2) on
+//! the socket's fd until a frame arrives or the next timer is due, so several stacks can share
+//! two cores.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use stack::iface::{SocketEvent, SocketHandle, Stack};
+use stack::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::device::Device;
+use crate::xsk::Xsk;
+
+/// Busy polling or spin-then-sleep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Never sleep (benchmarks: one core per poll thread).
+    Busy,
+    /// Spin for `spin` idle iterations, then sleep on the socket fd.
+    Adaptive { spin: u32 },
+}
+
+impl std::str::FromStr for PollMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "busy" => Ok(PollMode::Busy),
+            "adaptive" => Ok(PollMode::Adaptive { spin: 2000 }),
+            _ => Err(format!("unknown poll mode {s:?}: expected \"busy\" or \"adaptive\"")),
+        }
+    }
+}
+
+/// A run-to-completion application: its callbacks run on the poll thread.
+pub trait App {
+    /// Called once before the loop starts.
+    fn start(&mut self, now: Instant, stack: &mut Stack);
+    /// A socket event.
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent);
+    /// Called every iteration; returns true when it did work (keeps the loop awake).
+    fn poll(&mut self, _now: Instant, _stack: &mut Stack) -> bool {
+        false
+    }
+    /// The application is finished: the loop flushes and returns.
+    fn done(&self) -> bool {
+        false
+    }
+}
+
+/// Per-thread counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    pub iterations: u64,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub sleeps: u64,
+}
+
+#[derive(Debug)]
+pub struct Runner {
+    pub xsk: Xsk,
+    pub stack: Stack,
+    pub device: Device,
+    pub mode: PollMode,
+    pub batch: usize,
+    pub stop: Arc<AtomicBool>,
+    pub clock: Clock,
+    pub stats: LoopStats,
+}
+
+impl Runner {
+    pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
+        Runner { xsk, stack, device, mode, batch: 64, stop, clock: Clock::default(), stats: LoopStats::default() }
+    }
+
+    /// Pin the calling thread to `core` (if given and it exists).
+    pub fn pin(core: Option<usize>) -> bool {
+        let Some(id) = core else { return false };
+        match core_affinity::get_core_ids() {
+            Some(ids) if ids.iter().any(|c| c.id == id) => core_affinity::set_for_current(core_affinity::CoreId { id }),
+            _ => false,
+        }
+    }
+
+    /// One iteration; returns whether anything happened.
+    pub fn turn(&mut self, app: &mut impl App) -> bool {
+        let now = self.clock.now();
+        self.stats.iterations += 1;
+        let Runner { xsk, stack, device, batch, .. } = self;
+        let batch = *batch;
+        let rx = xsk.engine.rx_batch(batch, |f| device.on_rx(now, f, &mut |g| stack.receive(now, g)));
+        device.release_due(now, &mut |g| stack.receive(now, g));
+        if stack.poll_timeout().is_some_and(|t| t <= now) {
+            stack.handle_timeout(now);
+        }
+        let mut busy = rx > 0;
+        while let Some((h, ev)) = stack.poll_event() {
+            app.event(now, stack, h, ev);
+            busy = true;
+        }
+        busy |= app.poll(now, stack);
+        // Events raised by the application's own calls (e.g. an immediate reset).
+        while let Some((h, ev)) = stack.poll_event() {
+            app.event(now, stack, h, ev);
+        }
+        let mut tx = 0;
+        loop {
+            let n = xsk.engine.tx_batch(batch, |buf| {
+                let n = stack.poll_transmit(now, buf)?;
+                device.on_tx(now, &buf[..n]);
+                Some(n)
+            });
+            tx += n;
+            if n < batch {
+                break;
+            }
+        }
+        xsk.engine.reap();
+        self.stats.rx_frames += rx as u64;
+        self.stats.tx_frames += tx as u64;
+        busy || tx > 0
+    }
+
+    /// Run until the stop flag is set or the application is done.
+    pub fn run(&mut self, app: &mut impl App) {
+        let now = self.clock.now();
+        app.start(now, &mut self.stack);
+        let mut idle = 0u32;
+        while !self.stop.load(Ordering::Relaxed) && !app.done() {
+            if self.turn(app) {
+                idle = 0;
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            if let PollMode::Adaptive { spin } = self.mode {
+                if idle > spin {
+                    self.sleep();
+                    idle = 0;
+                }
+            }
+        }
+        // Let the last segments (FINs, ACKs) go out.
+        for _ in 0..100 {
+            if !self.turn(app) {
+                break;
+            }
+        }
+        self.device.flush();
+    }
+
+    /// Sleep on the socket fd until a frame arrives or the next deadline (at most 10 ms, so
+    /// the stop flag is seen).
+    fn sleep(&mut self) {
+        let now = self.clock.now();
+        let next = [self.stack.poll_timeout(), self.device.next_due()].into_iter().flatten().min();
+        let max = Duration::from_millis(10);
+        let wait = next.map(|t| t.saturating_since(now)).unwrap_or(max).min(max);
+        let ms = wait.total_micros().div_ceil(1000) as i32;
+        if ms == 0 {
+            return;
+        }
+        self.stats.sleeps += 1;
+        self.xsk.wait(ms);
+    }
+}

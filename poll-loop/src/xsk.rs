@@ -1,0 +1,384 @@
+//! The AF_XDP socket: one UMEM and its four rings as one owning type, with batch methods.
+//!
+//! Frame accounting lives in [`FrameEngine`], generic over a small [`Rings`] trait, so the
+//! logic that keeps every UMEM frame in exactly one place (our free list, the fill ring, the
+//! RX ring, the TX ring or the completion ring) is unit-tested against an in-process fake
+//! kernel ([`tests`]), and used unchanged with the real xsk-rs rings ([`XskRings`]).
+//!
+//! This module is one of the three rooms of plex allowed `unsafe`: the xsk-rs ring and frame
+//! calls are `unsafe` because the compiler cannot know a descriptor belongs to this UMEM and is
+//! not in the kernel's hands. `FrameEngine` guarantees both: descriptors are created only by
+//! `Umem::new` for this UMEM, and a descriptor is handed to a ring only after it was taken from
+//! the free list (so it is in no other place).
+
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+use crate::error::StartError;
+
+/// What the frame engine needs from a set of rings. Descriptors are plain handles.
+pub trait Rings {
+    type Desc: Copy;
+    /// Free slots in the fill ring, up to `want`.
+    fn fill_free(&mut self, want: u32) -> u32;
+    /// Hand `descs` to the kernel for receiving (exactly as many as `fill_free` allowed).
+    fn fill_produce(&mut self, descs: &[Self::Desc]);
+    /// Received frames.
+    fn rx_consume(&mut self, out: &mut [Self::Desc]) -> usize;
+    fn tx_free(&mut self, want: u32) -> u32;
+    fn tx_produce(&mut self, descs: &[Self::Desc]);
+    /// Frames the kernel finished sending.
+    fn comp_consume(&mut self, out: &mut [Self::Desc]) -> usize;
+    /// Read a received frame.
+    fn read(&self, d: &Self::Desc, f: &mut dyn FnMut(&[u8]));
+    /// Let `f` write a frame into the whole buffer of `d`; the returned length becomes the
+    /// frame's length.
+    fn write(&mut self, d: &mut Self::Desc, f: &mut dyn FnMut(&mut [u8]) -> Option<usize>) -> Option<usize>;
+    fn tx_needs_kick(&self) -> bool;
+    fn tx_kick(&mut self) -> io::Result<()>;
+    fn fill_needs_kick(&self) -> bool;
+}
+
+/// Per-socket counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskStats {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub tx_kicks: u64,
+    pub tx_kick_errors: u64,
+    /// TX wanted a frame and none was free.
+    pub tx_no_frame: u64,
+    pub completions: u64,
+}
+
+/// Frame accounting over any [`Rings`].
+#[derive(Debug)]
+pub struct FrameEngine<R: Rings> {
+    pub rings: R,
+    free: Vec<R::Desc>,
+    total: usize,
+    /// Frames at most kept in the fill ring (the rest serve TX).
+    rx_quota: usize,
+    in_fill: usize,
+    in_tx: usize,
+    scratch: Vec<R::Desc>,
+    staged: Vec<R::Desc>,
+    pub stats: XskStats,
+}
+
+impl<R: Rings> FrameEngine<R> {
+    /// `frames` are every descriptor of the UMEM; `rx_quota` of them may sit in the fill ring.
+    ///
+    /// Panics if `frames` is empty (a UMEM always has frames).
+    pub fn new(rings: R, frames: Vec<R::Desc>, rx_quota: usize, batch: usize) -> Self {
+        let total = frames.len();
+        let batch = batch.max(1);
+        // The rings write descriptors into caller slices; these placeholder values are only
+        // ever overwritten, never read.
+        let placeholder = frames[0];
+        let mut free = Vec::with_capacity(total);
+        free.extend_from_slice(&frames);
+        let mut e = FrameEngine {
+            rings,
+            free,
+            total,
+            rx_quota: rx_quota.min(total),
+            in_fill: 0,
+            in_tx: 0,
+            scratch: vec![placeholder; batch.max(64)],
+            staged: Vec::with_capacity(batch),
+            stats: XskStats::default(),
+        };
+        e.refill();
+        e
+    }
+
+    /// Frames in userspace hands (free list).
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+    pub fn in_fill(&self) -> usize {
+        self.in_fill
+    }
+    pub fn in_tx(&self) -> usize {
+        self.in_tx
+    }
+    /// Every frame is somewhere: free, fill ring (incl. received not yet consumed), TX ring
+    /// (incl. completion ring).
+    pub fn accounted(&self) -> bool {
+        self.free.len() + self.in_fill + self.in_tx == self.total
+    }
+
+    /// Top the fill ring up to the RX quota.
+    pub fn refill(&mut self) {
+        let want = self.rx_quota.saturating_sub(self.in_fill).min(self.free.len());
+        if want == 0 {
+            return;
+        }
+        let n = self.rings.fill_free(want as u32) as usize;
+        let n = n.min(want);
+        if n == 0 {
+            return;
+        }
+        let start = self.free.len() - n;
+        self.rings.fill_produce(&self.free[start..]);
+        self.free.truncate(start);
+        self.in_fill += n;
+    }
+
+    /// Receive up to `max` frames, calling `f` on each; the frames go back to the fill ring.
+    pub fn rx_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let max = max.min(self.scratch.len());
+        let n = self.rings.rx_consume(&mut self.scratch[..max]);
+        for i in 0..n {
+            let d = self.scratch[i];
+            self.rings.read(&d, &mut f);
+            self.free.push(d);
+        }
+        self.in_fill -= n;
+        self.stats.rx_frames += n as u64;
+        if n > 0 {
+            self.refill();
+        }
+        n
+    }
+
+    /// Take back frames the kernel finished sending.
+    pub fn reap(&mut self) -> usize {
+        if self.in_tx == 0 {
+            return 0;
+        }
+        let n = self.rings.comp_consume(&mut self.scratch[..]);
+        self.free.extend_from_slice(&self.scratch[..n]);
+        self.in_tx -= n;
+        self.stats.completions += n as u64;
+        n
+    }
+
+    /// Send up to `max` frames: `f` writes each into a free frame and returns its length, or
+    /// `None` when it has nothing more. Kicks the kernel once if it asks for it.
+    pub fn tx_batch(&mut self, max: usize, mut f: impl FnMut(&mut [u8]) -> Option<usize>) -> usize {
+        self.reap();
+        let room = self.rings.tx_free(max as u32) as usize;
+        let max = max.min(room).min(self.staged.capacity().max(1));
+        self.staged.clear();
+        while self.staged.len() < max {
+            let Some(mut d) = self.free.pop() else {
+                self.stats.tx_no_frame += 1;
+                break;
+            };
+            match self.rings.write(&mut d, &mut f) {
+                Some(_) => self.staged.push(d),
+                None => {
+                    self.free.push(d);
+                    break;
+                }
+            }
+        }
+        let n = self.staged.len();
+        if n > 0 {
+            self.rings.tx_produce(&self.staged);
+            self.in_tx += n;
+            self.stats.tx_frames += n as u64;
+        }
+        self.staged.clear();
+        if n > 0 || self.in_tx > 0 {
+            self.kick_if_needed();
+        }
+        n
+    }
+
+    /// Wake the kernel's TX path if it sleeps (copy mode always asks).
+    pub fn kick_if_needed(&mut self) {
+        if self.rings.tx_needs_kick() {
+            self.stats.tx_kicks += 1;
+            if self.rings.tx_kick().is_err() {
+                self.stats.tx_kick_errors += 1;
+            }
+        }
+    }
+}
+
+/// The real rings of one AF_XDP socket, via xsk-rs.
+pub struct XskRings {
+    umem: Umem,
+    fq: FillQueue,
+    cq: CompQueue,
+    tx: TxQueue,
+    rx: RxQueue,
+}
+
+impl core::fmt::Debug for XskRings {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("XskRings").field("fd", &self.rx.fd().as_raw_fd()).finish()
+    }
+}
+
+impl Rings for XskRings {
+    type Desc = FrameDesc;
+    fn fill_free(&mut self, want: u32) -> u32 {
+        self.fq.nb_free(want)
+    }
+    fn fill_produce(&mut self, descs: &[FrameDesc]) {
+        // SAFETY: every descriptor comes from this UMEM's `Umem::new` and was just taken from
+        // the engine's free list, so neither we nor the kernel use it elsewhere. `fill_free`
+        // reported room for all of them (produce is all-or-nothing).
+        let n = unsafe { self.fq.produce(descs) };
+        debug_assert_eq!(n, descs.len());
+    }
+    fn rx_consume(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: the descriptors written into `out` are frames of this UMEM that the kernel
+        // hands back; `out`'s previous contents are placeholders and are overwritten.
+        unsafe { self.rx.consume(out) }
+    }
+    fn tx_free(&mut self, want: u32) -> u32 {
+        self.tx.nb_free(want)
+    }
+    fn tx_produce(&mut self, descs: &[FrameDesc]) {
+        // SAFETY: as for the fill ring: frames of this UMEM, owned by us until now, and
+        // `tx_free` reported room for all of them.
+        let n = unsafe { self.tx.produce(descs) };
+        debug_assert_eq!(n, descs.len());
+    }
+    fn comp_consume(&mut self, out: &mut [FrameDesc]) -> usize {
+        // SAFETY: completed frames of this UMEM come back to us; `out` holds placeholders.
+        unsafe { self.cq.consume(out) }
+    }
+    fn read(&self, d: &FrameDesc, f: &mut dyn FnMut(&[u8])) {
+        // SAFETY: `d` was just consumed from the RX ring of this UMEM: the kernel is done with
+        // it and nothing else references it until it goes back to the fill ring.
+        let data = unsafe { self.umem.data(d) };
+        f(data.contents())
+    }
+    fn write(&mut self, d: &mut FrameDesc, f: &mut dyn FnMut(&mut [u8]) -> Option<usize>) -> Option<usize> {
+        // SAFETY: `d` was taken from the free list: no ring holds it, so we have the only
+        // access to its memory until it is produced to the TX ring.
+        let mut data = unsafe { self.umem.data_mut(d) };
+        let mut cursor = data.cursor();
+        let cap = cursor.buf_len();
+        cursor.set_pos(cap);
+        let n = f(data.contents_mut())?;
+        data.cursor().set_pos(n.min(cap));
+        Some(n)
+    }
+    fn tx_needs_kick(&self) -> bool {
+        self.tx.needs_wakeup()
+    }
+    fn tx_kick(&mut self) -> io::Result<()> {
+        self.tx.wakeup()
+    }
+    fn fill_needs_kick(&self) -> bool {
+        self.fq.needs_wakeup()
+    }
+}
+
+/// Configuration of one AF_XDP socket.
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    pub ifname: String,
+    pub queue: u32,
+    /// UMEM frames (each `frame_size` bytes).
+    pub frames: u32,
+    pub frame_size: u32,
+    pub ring_size: u32,
+    /// Batch size for RX/TX calls.
+    pub batch: usize,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig { ifname: String::new(), queue: 0, frames: 8192, frame_size: 4096, ring_size: 2048, batch: 64 }
+    }
+}
+
+/// An AF_XDP socket bound to one queue of an interface, in copy mode with need_wakeup.
+#[derive(Debug)]
+pub struct Xsk {
+    pub engine: FrameEngine<XskRings>,
+    fd: RawFd,
+    queue: u32,
+}
+
+impl Xsk {
+    pub fn open(cfg: &XskConfig) -> Result<Xsk, StartError> {
+        let size = |v: u32| QueueSize::new(v).map_err(|e| StartError::Other(format!("ring size {v}: {e}")));
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| StartError::Other(format!("frame size {}: {e}", cfg.frame_size)))?)
+            .fill_queue_size(size(cfg.ring_size)?)
+            .comp_queue_size(size(cfg.ring_size)?)
+            .build()
+            .map_err(|e| StartError::Other(format!("UMEM config: {e}")))?;
+        let frames = NonZeroU32::new(cfg.frames).ok_or_else(|| StartError::Other("--frames must be above 0".into()))?;
+        let bytes = cfg.frames as u64 * cfg.frame_size as u64;
+        // The memlock limit cannot be raised here (no CAP_SYS_RESOURCE); root's CAP_IPC_LOCK
+        // suffices, so a failure to raise it is ignored.
+        raise_memlock();
+        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| StartError::Umem { bytes, err: e.to_string() })?;
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(size(cfg.ring_size)?)
+            .tx_queue_size(size(cfg.ring_size)?)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let iface: Interface = cfg.ifname.parse().map_err(|_| StartError::NoSuchInterface(cfg.ifname.clone()))?;
+        // SAFETY: the UMEM is not shared with another socket (it was created just above for
+        // this socket only), so the shared-UMEM precondition of `Socket::new` does not apply.
+        let (tx, rx, rings) = unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &iface, cfg.queue) }.map_err(|e| {
+            let msg = e.to_string();
+            let os = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<io::Error>())
+                .and_then(|io| io.raw_os_error());
+            match os {
+                Some(libc::EPERM) | Some(libc::EACCES) => StartError::NotPermitted("creating an AF_XDP socket".into()),
+                Some(libc::ENODEV) => StartError::NoSuchInterface(cfg.ifname.clone()),
+                Some(libc::EINVAL) => StartError::NoSuchQueue { ifname: cfg.ifname.clone(), queue: cfg.queue },
+                _ => StartError::Other(format!("creating the AF_XDP socket on {} queue {}: {msg}", cfg.ifname, cfg.queue)),
+            }
+        })?;
+        let (fq, cq) = rings.ok_or_else(|| StartError::Other("xsk-rs returned no fill/completion rings".into()))?;
+        let fd = rx.fd().as_raw_fd();
+        let rings = XskRings { umem, fq, cq, tx, rx };
+        let rx_quota = (cfg.frames as usize / 2).min(cfg.ring_size as usize);
+        let engine = FrameEngine::new(rings, descs, rx_quota, cfg.batch);
+        Ok(Xsk { engine, fd, queue: cfg.queue })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Sleep until the socket has a frame to read or `timeout_ms` passes (adaptive polling).
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: `pfd` is a valid, initialised pollfd for the duration of the call; nfds is 1.
+        let _ = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    }
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+}
+
+/// The index of a network interface, or a clear error.
+pub fn ifindex(ifname: &str) -> Result<i32, StartError> {
+    let c = std::ffi::CString::new(ifname).map_err(|_| StartError::NoSuchInterface(ifname.to_string()))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(StartError::NoSuchInterface(ifname.to_string()))
+    } else {
+        Ok(idx as i32)
+    }
+}
+
+fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads a valid, initialised rlimit struct; failure is harmless.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+#[cfg(test)]
+mod tests;
