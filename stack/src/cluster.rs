@@ -30,7 +30,7 @@ pub enum InboundRoute {
     Drop,
 }
 
-pub trait Cluster: core::fmt::Debug {
+pub trait Cluster: core::fmt::Debug + Send {
     /// Route an inbound segment for `tuple` (`syn`: it opens a connection).
     fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute;
 

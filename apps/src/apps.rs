@@ -1,0 +1,559 @@
+//! The built-in applications. Each is a run-to-completion [`App`]: its callbacks run on the poll
+//! thread, between receiving and transmitting, with no locks and no copies beyond the socket
+//! buffers.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use poll_loop::runner::App;
+use sha2::{Digest, Sha256};
+use stack::iface::{ApiError, SocketEvent, SocketHandle, Stack};
+use stack::tcp::Event;
+use stack::time::Instant;
+
+fn listen(now: Instant, stack: &mut Stack, port: u16) -> SocketHandle {
+    match stack.tcp_listen(now, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), 4096) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("plex: cannot listen on port {port}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Accept everything waiting on a listener.
+fn accept_all(stack: &mut Stack, l: SocketHandle, mut f: impl FnMut(SocketHandle)) {
+    while let Ok(h) = stack.tcp_accept(l) {
+        f(h);
+    }
+}
+
+// ---- echo ------------------------------------------------------------------------------
+
+pub struct Echo {
+    port: u16,
+    listener: Option<SocketHandle>,
+    /// Connections with unsent input (the send buffer was full).
+    backlog: Vec<SocketHandle>,
+    buf: Vec<u8>,
+}
+
+impl Echo {
+    pub fn new(port: u16) -> Echo {
+        Echo { port, listener: None, backlog: Vec::new(), buf: vec![0u8; 64 * 1024] }
+    }
+
+    /// Echo what can be echoed; true when input remains (the peer's data waits in our receive
+    /// buffer, so its window closes: back-pressure without extra buffering).
+    fn pump(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) -> bool {
+        loop {
+            let n = match stack.tcp_peek(h, &mut self.buf) {
+                Ok(0) => {
+                    // End of stream: finish our side.
+                    let _ = stack.tcp_shutdown(now, h);
+                    return false;
+                }
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            let k = stack.tcp_send(now, h, &self.buf[..n]).unwrap_or(0);
+            if k > 0 {
+                let _ = stack.tcp_recv(now, h, &mut self.buf[..k]);
+            }
+            if k < n {
+                return true;
+            }
+        }
+    }
+}
+
+impl App for Echo {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        self.listener = Some(listen(now, stack, self.port));
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        match ev {
+            SocketEvent::Acceptable => {
+                let mut new = Vec::new();
+                accept_all(stack, h, |c| new.push(c));
+                for c in new {
+                    if self.pump(now, stack, c) {
+                        self.backlog.push(c);
+                    }
+                }
+            }
+            SocketEvent::Tcp(Event::Readable | Event::PeerClosed | Event::Writable) => {
+                if self.pump(now, stack, h) && !self.backlog.contains(&h) {
+                    self.backlog.push(h);
+                }
+            }
+            SocketEvent::Tcp(Event::Closed) => {
+                self.backlog.retain(|&x| x != h);
+                let _ = stack.close(now, h);
+            }
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        if self.backlog.is_empty() {
+            return false;
+        }
+        let pending = std::mem::take(&mut self.backlog);
+        for h in pending {
+            if self.pump(now, stack, h) {
+                self.backlog.push(h);
+            }
+        }
+        true
+    }
+}
+
+// ---- http ------------------------------------------------------------------------------
+
+struct HttpConn {
+    inbuf: Vec<u8>,
+    /// Response header bytes not yet queued.
+    head: Vec<u8>,
+    head_off: usize,
+    /// Body bytes not yet queued.
+    body_left: u64,
+    close_after: bool,
+    peer_closed: bool,
+}
+
+pub struct Http {
+    port: u16,
+    size: u64,
+    listener: Option<SocketHandle>,
+    conns: HashMap<SocketHandle, HttpConn>,
+    active: Vec<SocketHandle>,
+    body: Vec<u8>,
+    buf: Vec<u8>,
+    pub requests: u64,
+}
+
+impl Http {
+    pub fn new(port: u16, size: u64) -> Http {
+        Http {
+            port,
+            size,
+            listener: None,
+            conns: HashMap::new(),
+            active: Vec::new(),
+            body: vec![b'x'; 64 * 1024],
+            buf: vec![0u8; 16 * 1024],
+            requests: 0,
+        }
+    }
+
+    /// Read, parse complete requests, queue responses; true while output is pending.
+    fn serve(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) -> bool {
+        let Some(c) = self.conns.get_mut(&h) else { return false };
+        loop {
+            // Flush the current response.
+            while c.head_off < c.head.len() {
+                match stack.tcp_send(now, h, &c.head[c.head_off..]) {
+                    Ok(k) if k > 0 => c.head_off += k,
+                    _ => return true,
+                }
+            }
+            while c.body_left > 0 {
+                let n = (c.body_left as usize).min(self.body.len());
+                match stack.tcp_send(now, h, &self.body[..n]) {
+                    Ok(k) if k > 0 => c.body_left -= k as u64,
+                    _ => return true,
+                }
+            }
+            if c.close_after {
+                let _ = stack.tcp_shutdown(now, h);
+                return false;
+            }
+            // Read more input.
+            loop {
+                match stack.tcp_recv(now, h, &mut self.buf) {
+                    Ok(0) => {
+                        c.peer_closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        if c.inbuf.len() + n > 64 * 1024 {
+                            // A request header this large is not one we serve.
+                            let _ = stack.tcp_abort(now, h);
+                            return false;
+                        }
+                        c.inbuf.extend_from_slice(&self.buf[..n]);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Some(end) = c.inbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if c.peer_closed {
+                    let _ = stack.tcp_shutdown(now, h);
+                }
+                return false;
+            };
+            let req = &c.inbuf[..end];
+            let text = String::from_utf8_lossy(req).to_ascii_lowercase();
+            let http10 = text.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
+            let close = text.contains("\r\nconnection: close") || (http10 && !text.contains("\r\nconnection: keep-alive"));
+            c.inbuf.drain(..end + 4);
+            self.requests += 1;
+            c.head.clear();
+            c.head_off = 0;
+            let _ = write!(
+                c.head,
+                "HTTP/1.1 200 OK\r\nServer: plex\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
+                self.size,
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            c.body_left = self.size;
+            c.close_after = close;
+        }
+    }
+}
+
+impl App for Http {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        self.listener = Some(listen(now, stack, self.port));
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        match ev {
+            SocketEvent::Acceptable => {
+                let mut new = Vec::new();
+                accept_all(stack, h, |c| new.push(c));
+                for c in new {
+                    if let Some(conn) = stack.tcp_mut(c) {
+                        conn.set_nodelay(true);
+                    }
+                    self.conns.insert(
+                        c,
+                        HttpConn { inbuf: Vec::new(), head: Vec::with_capacity(160), head_off: 0, body_left: 0, close_after: false, peer_closed: false },
+                    );
+                    if self.serve(now, stack, c) {
+                        self.active.push(c);
+                    }
+                }
+            }
+            SocketEvent::Tcp(Event::Readable | Event::PeerClosed | Event::Writable) => {
+                if self.serve(now, stack, h) && !self.active.contains(&h) {
+                    self.active.push(h);
+                }
+            }
+            SocketEvent::Tcp(Event::Closed) => {
+                self.conns.remove(&h);
+                self.active.retain(|&x| x != h);
+                let _ = stack.close(now, h);
+            }
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        if self.active.is_empty() {
+            return false;
+        }
+        let pending = std::mem::take(&mut self.active);
+        for h in pending {
+            if self.serve(now, stack, h) {
+                self.active.push(h);
+            }
+        }
+        true
+    }
+}
+
+// ---- sink ------------------------------------------------------------------------------
+
+pub struct Sink {
+    port: u16,
+    once: bool,
+    finished: bool,
+    conns: HashMap<SocketHandle, (u64, Sha256, Instant)>,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    pub fn new(port: u16, once: bool) -> Sink {
+        Sink { port, once, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
+    }
+}
+
+impl App for Sink {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        listen(now, stack, self.port);
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        match ev {
+            SocketEvent::Acceptable => {
+                let conns = &mut self.conns;
+                accept_all(stack, h, |c| {
+                    conns.insert(c, (0, Sha256::new(), now));
+                });
+            }
+            SocketEvent::Tcp(Event::Readable | Event::PeerClosed) => {
+                let Some((n, hash, start)) = self.conns.get_mut(&h) else { return };
+                loop {
+                    match stack.tcp_recv(now, h, &mut self.buf) {
+                        Ok(0) => {
+                            let secs = (now - *start).as_secs_f64().max(1e-6);
+                            let digest = std::mem::take(hash).finalize();
+                            let peer = stack.tcp(h).map(|c| c.tuple().remote.to_string()).unwrap_or_default();
+                            println!(
+                                "sink: {peer} sent {n} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
+                                hex(&digest),
+                                *n as f64 * 8.0 / secs / 1e6
+                            );
+                            let _ = std::io::stdout().flush();
+                            self.conns.remove(&h);
+                            let _ = stack.close(now, h);
+                            if self.once {
+                                self.finished = true;
+                            }
+                            return;
+                        }
+                        Ok(k) => {
+                            *n += k as u64;
+                            hash.update(&self.buf[..k]);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
+                eprintln!("sink: connection {h:?} failed: {ev:?}");
+                self.conns.remove(&h);
+                let _ = stack.close(now, h);
+            }
+            SocketEvent::Tcp(Event::Closed) => {
+                let _ = stack.close(now, h);
+            }
+            _ => {}
+        }
+    }
+    fn done(&self) -> bool {
+        self.finished
+    }
+}
+
+// ---- source ----------------------------------------------------------------------------
+
+pub struct Source {
+    to: SocketAddrV4,
+    total: u64,
+    sent: u64,
+    conn: Option<SocketHandle>,
+    connected_at: Option<Instant>,
+    hash: Sha256,
+    data: Vec<u8>,
+    shut: bool,
+    finished: bool,
+    pub failed: bool,
+}
+
+impl Source {
+    pub fn new(to: SocketAddrV4, total: u64) -> Source {
+        let mut data = vec![0u8; 64 * 1024 + 7];
+        stack::rand::Rng::new(0x5eed).fill(&mut data);
+        Source { to, total, sent: 0, conn: None, connected_at: None, hash: Sha256::new(), data, shut: false, finished: false, failed: false }
+    }
+
+    fn chunk(&self) -> &[u8] {
+        // A 64 KiB + 7 pattern, so chunk boundaries drift over the stream.
+        let off = (self.sent % self.data.len() as u64) as usize;
+        let n = ((self.total - self.sent) as usize).min(self.data.len() - off);
+        &self.data[off..off + n]
+    }
+}
+
+impl App for Source {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        match stack.tcp_connect(now, None, self.to) {
+            Ok(h) => self.conn = Some(h),
+            Err(e) => {
+                eprintln!("source: cannot connect to {}: {e}", self.to);
+                self.failed = true;
+                self.finished = true;
+            }
+        }
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        if Some(h) != self.conn {
+            return;
+        }
+        match ev {
+            SocketEvent::Tcp(Event::Connected) => self.connected_at = Some(now),
+            SocketEvent::Tcp(Event::PeerClosed) => {
+                let mut b = [0u8; 1024];
+                while let Ok(n) = stack.tcp_recv(now, h, &mut b) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
+                let what = if self.connected_at.is_none() { "connection refused or unreachable" } else { "connection lost" };
+                eprintln!("source: {what} ({ev:?}) after {} of {} bytes", self.sent, self.total);
+                self.failed = true;
+                self.finished = true;
+            }
+            SocketEvent::Tcp(Event::Closed) => {
+                if self.sent == self.total && !self.failed {
+                    let secs = self.connected_at.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
+                    let digest = std::mem::take(&mut self.hash).finalize();
+                    println!(
+                        "source: sent {} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
+                        self.sent,
+                        hex(&digest),
+                        self.sent as f64 * 8.0 / secs / 1e6
+                    );
+                    let _ = std::io::stdout().flush();
+                }
+                let _ = stack.close(now, h);
+                self.finished = true;
+            }
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        let (Some(h), Some(_)) = (self.conn, self.connected_at) else { return false };
+        let mut did = false;
+        while self.sent < self.total {
+            let chunk_len = self.chunk().len();
+            let off = (self.sent % self.data.len() as u64) as usize;
+            match stack.tcp_send(now, h, &self.data[off..off + chunk_len]) {
+                Ok(k) if k > 0 => {
+                    self.hash.update(&self.data[off..off + k]);
+                    self.sent += k as u64;
+                    did = true;
+                }
+                _ => break,
+            }
+        }
+        if self.sent == self.total && !self.shut {
+            self.shut = stack.tcp_shutdown(now, h).is_ok();
+        }
+        did
+    }
+    fn done(&self) -> bool {
+        self.finished
+    }
+}
+
+// ---- connect ---------------------------------------------------------------------------
+
+pub struct Connect {
+    to: SocketAddrV4,
+    conn: Option<SocketHandle>,
+    input: crossbeam::channel::Receiver<Option<Vec<u8>>>,
+    pending: Vec<u8>,
+    stdin_done: bool,
+    finished: bool,
+    buf: Vec<u8>,
+}
+
+impl Connect {
+    pub fn new(to: SocketAddrV4) -> Connect {
+        let (tx, rx) = crossbeam::channel::bounded(64);
+        // stdin is read by a helper thread so the poll thread never blocks on it.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut b = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut b) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.send(Some(b[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Connect { to, conn: None, input: rx, pending: Vec::new(), stdin_done: false, finished: false, buf: vec![0u8; 64 * 1024] }
+    }
+
+    fn drain_output(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        let mut out = std::io::stdout().lock();
+        loop {
+            match stack.tcp_recv(now, h, &mut self.buf) {
+                Ok(0) => {
+                    let _ = out.flush();
+                    if self.stdin_done && self.pending.is_empty() {
+                        let _ = stack.close(now, h);
+                        self.finished = true;
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    if out.write_all(&self.buf[..n]).is_err() {
+                        self.finished = true;
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = out.flush();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl App for Connect {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        match stack.tcp_connect(now, None, self.to) {
+            Ok(h) => self.conn = Some(h),
+            Err(e) => {
+                eprintln!("connect: {}: {e}", self.to);
+                self.finished = true;
+            }
+        }
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        match ev {
+            SocketEvent::Tcp(Event::Readable | Event::PeerClosed) => self.drain_output(now, stack, h),
+            SocketEvent::Tcp(Event::Reset) => {
+                eprintln!("connect: {}: {}", self.to, ApiError::Tcp(stack::tcp::Error::Reset));
+                self.finished = true;
+            }
+            SocketEvent::Tcp(Event::TimedOut) => {
+                eprintln!("connect: {}: {}", self.to, ApiError::Tcp(stack::tcp::Error::TimedOut));
+                self.finished = true;
+            }
+            SocketEvent::Tcp(Event::Closed) => self.finished = true,
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        let Some(h) = self.conn else { return false };
+        let mut did = false;
+        if self.pending.is_empty() && !self.stdin_done {
+            match self.input.try_recv() {
+                Ok(Some(d)) => self.pending = d,
+                Ok(None) => self.stdin_done = true,
+                Err(_) => {}
+            }
+        }
+        if !self.pending.is_empty() {
+            if let Ok(k) = stack.tcp_send(now, h, &self.pending) {
+                self.pending.drain(..k);
+                did = k > 0;
+            }
+        }
+        if self.stdin_done && self.pending.is_empty() {
+            let _ = stack.tcp_shutdown(now, h);
+        }
+        did
+    }
+    fn done(&self) -> bool {
+        self.finished
+    }
+}

@@ -1,0 +1,153 @@
+//! Setting up the data path for a subcommand: attach the steering program, open one AF_XDP
+//! socket per queue, build one stack shard per queue, run one pinned poll thread per queue,
+//! stop on SIGINT/SIGTERM, print counters.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use poll_loop::device::{Device, FaultConfig};
+use poll_loop::runner::{App, Runner};
+use poll_loop::xdp::Steering;
+use poll_loop::xsk::{Xsk, XskConfig};
+use stack::iface::{Stack, StackConfig};
+use stack::time::Duration;
+use stack::wire::MacAddr;
+
+use crate::DataPath;
+
+fn read_sys(iface: &str, what: &str) -> Result<String, String> {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/{what}"))
+        .map(|s| s.trim().to_string())
+        .map_err(|_| format!("no such interface: {iface:?} (check `ip link` in this network namespace)"))
+}
+
+struct Setup {
+    steering: Steering,
+    runners: Vec<Runner>,
+    stop: Arc<AtomicBool>,
+}
+
+fn setup(dp: &DataPath, queues: u32) -> Result<Setup, String> {
+    let mac: MacAddr = read_sys(&dp.iface, "address")?.parse().map_err(|e| format!("{}: {e}", dp.iface))?;
+    let mtu: usize = read_sys(&dp.iface, "mtu")?.parse().unwrap_or(1500);
+    if mtu > 3000 {
+        return Err(format!("{} has MTU {mtu}: plex's 4 KiB UMEM frames carry at most 3000 (ip link set {} mtu 1500)", dp.iface, dp.iface));
+    }
+    if queues == 0 {
+        return Err("--queues must be at least 1".into());
+    }
+    let (addr, prefix) = dp.addr;
+    let steering = Steering::attach(&dp.iface, dp.xdp_mode).map_err(|e| e.to_string())?;
+    steering.add_home(addr, false)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handlers: {e}"))?;
+    }
+    let faults = FaultConfig {
+        seed: dp.seed,
+        drop: dp.drop,
+        duplicate: dp.duplicate,
+        corrupt: dp.corrupt,
+        reorder: dp.reorder,
+        reorder_delay: Duration::from_micros(dp.reorder_us),
+        delay: Duration::ZERO,
+    };
+    for (name, p) in [("--drop", dp.drop), ("--duplicate", dp.duplicate), ("--corrupt", dp.corrupt), ("--reorder", dp.reorder)] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(format!("{name} {p} is not a probability between 0 and 1"));
+        }
+    }
+    let mut runners = Vec::new();
+    for q in 0..queues {
+        let xsk = Xsk::open(&XskConfig { ifname: dp.iface.clone(), queue: q, frames: dp.frames, ..XskConfig::default() })
+            .map_err(|e| e.to_string())?;
+        steering.register_xsk(q, xsk.fd()).map_err(|e| e.to_string())?;
+        let mut cfg = StackConfig::new(mac);
+        cfg.mtu = mtu;
+        cfg.gateway = dp.gateway;
+        cfg.seed = dp.seed.wrapping_mul(1000).wrapping_add(q as u64) ^ std::process::id() as u64;
+        cfg.tcp.congestion = dp.cc;
+        cfg.tcp.nodelay = dp.nodelay;
+        cfg.tcp.mss = (mtu - 40) as u16;
+        let mut stack = Stack::new(cfg);
+        stack.add_address(addr, prefix, false);
+        // Tell the segment where the address lives now.
+        stack.announce(addr);
+        let pcap = dp.pcap.as_ref().map(|p| if q == 0 { p.clone() } else { format!("{p}.{q}") });
+        let device = Device::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
+        runners.push(Runner::new(xsk, stack, device, dp.poll, stop.clone()));
+    }
+    Ok(Setup { steering, runners, stop })
+}
+
+/// Run `make(queue)` on every queue until stopped.
+pub fn serve<A: App + Send + 'static>(dp: &DataPath, make: impl Fn(u32) -> A) -> Result<(), String> {
+    let s = setup(dp, dp.queues)?;
+    let apps: Vec<A> = (0..dp.queues).map(&make).collect();
+    eprintln!(
+        "plex: {} on {} ({} mode, {} queue{}, {:?} polling)",
+        dp.addr.0,
+        dp.iface,
+        s.steering.mode().name(),
+        dp.queues,
+        if dp.queues == 1 { "" } else { "s" },
+        dp.poll
+    );
+    run(dp, s, apps)
+}
+
+/// Run a client application on one queue (replies to a connection must come back to the
+/// shard that opened it, which only a single queue guarantees).
+pub fn client<A: App + Send + 'static>(dp: &DataPath, app: A) -> Result<(), String> {
+    if dp.queues != 1 {
+        return Err("client commands (source, connect) run on one queue: drop --queues".into());
+    }
+    let s = setup(dp, 1)?;
+    run(dp, s, vec![app])
+}
+
+fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result<(), String> {
+    let Setup { steering, runners, stop } = s;
+    let mut handles = Vec::new();
+    for (i, (mut runner, mut app)) in runners.into_iter().zip(apps).enumerate() {
+        let core = dp.cores.get(i).copied();
+        let h = std::thread::Builder::new()
+            .name(format!("plex-poll-{i}"))
+            .spawn(move || {
+                Runner::pin(core);
+                runner.run(&mut app);
+                runner
+            })
+            .map_err(|e| format!("spawning poll thread {i}: {e}"))?;
+        handles.push(h);
+    }
+    let mut runners = Vec::new();
+    for h in handles {
+        match h.join() {
+            Ok(r) => runners.push(r),
+            Err(_) => return Err("a poll thread panicked".into()),
+        }
+        // One shard finishing (a client) ends the others too.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if dp.stats {
+        let st = steering.stats();
+        eprintln!(
+            "xdp: ip_redirected {} arp_redirected {} passed {} redirect_failed {}",
+            st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed
+        );
+        for (q, r) in runners.iter().enumerate() {
+            let x = r.xsk.engine.stats;
+            eprintln!(
+                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
+                r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, x.tx_no_frame,
+                r.device.stats.dropped, r.device.stats.delayed, r.device.stats.duplicated, r.device.stats.corrupted
+            );
+            let counters: Vec<String> =
+                r.stack.counters().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("queue {q} stack: {}", counters.join(" "));
+        }
+    }
+    drop(steering);
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! # The `plex` command
+//!
+//! Runs a plex stack instance on an interface, through AF_XDP, with a built-in application:
+//! `echo`, `http` (HTTP/1.1 with keep-alive), `sink` / `source` (bulk, with SHA-256 of the
+//! stream) and `connect` (netcat-like). Every subcommand takes the same data-path options
+//! (interface, address, queues, cores, poll mode, XDP mode, capture, fault injection).
+
+mod apps;
+mod datapath;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plex",
+    version,
+    about = "plex: a userspace TCP/IP stack on AF_XDP",
+    long_about = "plex runs its own TCP/IP stack on a network interface through AF_XDP: the \
+interface carries no kernel address for plex's address; an XDP program steers plex's traffic \
+to plex and leaves everything else to the kernel. Run as root.\n\n\
+Example (inside the testbed's namespace plx-s1):\n  \
+plex http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --size 1024"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Echo every byte back to its sender (TCP).
+    Echo {
+        #[command(flatten)]
+        dp: DataPath,
+        #[arg(long, default_value_t = 7)]
+        port: u16,
+    },
+    /// Serve HTTP/1.1 with keep-alive: every request gets a body of --size bytes.
+    Http {
+        #[command(flatten)]
+        dp: DataPath,
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: u64,
+    },
+    /// Accept connections and read everything; print bytes and SHA-256 per connection.
+    Sink {
+        #[command(flatten)]
+        dp: DataPath,
+        #[arg(long, default_value_t = 5001)]
+        port: u16,
+        /// Exit after the first connection ends.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Connect and send --bytes of data; print SHA-256 of what was sent.
+    Source {
+        #[command(flatten)]
+        dp: DataPath,
+        /// Where to connect, IP:PORT.
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long, default_value_t = 100 << 20)]
+        bytes: u64,
+    },
+    /// Connect to IP:PORT; copy stdin to the connection and the connection to stdout.
+    Connect {
+        #[command(flatten)]
+        dp: DataPath,
+        /// Where to connect, IP:PORT.
+        to: SocketAddrV4,
+    },
+}
+
+/// Options of the data path, common to every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct DataPath {
+    /// Network interface to take over with AF_XDP.
+    #[arg(long)]
+    pub iface: String,
+    /// plex's address with its prefix, e.g. 198.18.0.11/24 (must not be a kernel address of the interface).
+    #[arg(long, value_parser = parse_cidr)]
+    pub addr: (Ipv4Addr, u8),
+    /// Default gateway.
+    #[arg(long)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Number of queues (one AF_XDP socket and poll thread each).
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
+    /// Cores to pin the poll threads to, comma-separated (default: not pinned).
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// busy (a core per thread) or adaptive (spin, then sleep on the socket).
+    #[arg(long, default_value = "adaptive")]
+    pub poll: poll_loop::runner::PollMode,
+    /// XDP attach mode: generic (default, faster on veth) or native.
+    #[arg(long, default_value = "generic")]
+    pub xdp_mode: poll_loop::xdp::AttachMode,
+    /// UMEM frames per queue (4 KiB each).
+    #[arg(long, default_value_t = 4096)]
+    pub frames: u32,
+    /// Write every frame plex sends and receives to this pcap file (queue N adds .N for N > 0).
+    #[arg(long)]
+    pub pcap: Option<String>,
+    /// Drop this fraction of received frames (fault injection).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop: f64,
+    /// Hold back this fraction of received frames by --reorder-us (reordering).
+    #[arg(long, default_value_t = 0.0)]
+    pub reorder: f64,
+    #[arg(long, default_value_t = 500)]
+    pub reorder_us: u64,
+    /// Duplicate this fraction of received frames.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate: f64,
+    /// Corrupt one byte of this fraction of received frames.
+    #[arg(long, default_value_t = 0.0)]
+    pub corrupt: f64,
+    /// Seed of the fault injector.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Congestion control: cubic or newreno.
+    #[arg(long, default_value = "cubic")]
+    pub cc: stack::tcp::Algorithm,
+    /// Disable Nagle's algorithm.
+    #[arg(long)]
+    pub nodelay: bool,
+    /// Print counters when exiting.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, "24"));
+    let ip: Ipv4Addr = ip.parse().map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+    let len: u8 = len.parse().map_err(|_| format!("{len:?} is not a prefix length"))?;
+    if len > 32 {
+        return Err(format!("prefix length {len} is above 32"));
+    }
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+        return Err(format!("{ip} cannot be a host address"));
+    }
+    Ok((ip, len))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout with success, usage errors to stderr.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.cmd {
+        Cmd::Echo { dp, port } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
+        Cmd::Http { dp, port, size } => datapath::serve(&dp, move |_| apps::Http::new(port, size)),
+        Cmd::Sink { dp, port, once } => datapath::serve(&dp, move |_| apps::Sink::new(port, once)),
+        Cmd::Source { dp, to, bytes } => datapath::client(&dp, apps::Source::new(to, bytes)),
+        Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plex: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(parse_cidr("198.18.0.11/24"), Ok((Ipv4Addr::new(198, 18, 0, 11), 24)));
+        assert_eq!(parse_cidr("198.18.0.11"), Ok((Ipv4Addr::new(198, 18, 0, 11), 24)));
+        assert!(parse_cidr("198.18.0/24").is_err());
+        assert!(parse_cidr("198.18.0.1/33").is_err());
+        assert!(parse_cidr("0.0.0.0/0").is_err());
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        let e = Cli::try_parse_from(["plex", "http", "--iface", "x", "--addr", "nope"]).unwrap_err();
+        assert!(e.use_stderr());
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = Cli::try_parse_from(["plex", "http", "--addr", "198.18.0.1/24"]).unwrap_err();
+        assert!(e.to_string().contains("--iface"), "{e}");
+        let e = Cli::try_parse_from(["plex", "echo", "--iface", "x", "--addr", "198.18.0.1", "--poll", "lazy"]).unwrap_err();
+        assert!(e.to_string().contains("lazy"), "{e}");
+        assert!(Cli::try_parse_from(["plex", "source", "--iface", "x", "--addr", "198.18.0.1", "--to", "198.18.0.2:5001"]).is_ok());
+    }
+}
