@@ -361,6 +361,27 @@ impl Source {
         Source { to, total, sent: 0, conn: None, connected_at: None, hash: Sha256::new(), data, shut: false, finished: false, failed: false }
     }
 
+    /// Everything was sent and acknowledged and the peer closed too (TIME-WAIT is left to
+    /// the stack): report.
+    fn finish(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        if self.finished {
+            return;
+        }
+        if self.sent == self.total && !self.failed {
+            let secs = self.connected_at.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
+            let digest = std::mem::take(&mut self.hash).finalize();
+            println!(
+                "source: sent {} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
+                self.sent,
+                hex(&digest),
+                self.sent as f64 * 8.0 / secs / 1e6
+            );
+            let _ = std::io::stdout().flush();
+        }
+        let _ = stack.close(now, h);
+        self.finished = true;
+    }
+
     fn chunk(&self) -> &[u8] {
         // A 64 KiB + 7 pattern, so chunk boundaries drift over the stream.
         let off = (self.sent % self.data.len() as u64) as usize;
@@ -401,19 +422,7 @@ impl App for Source {
                 self.finished = true;
             }
             SocketEvent::Tcp(Event::Closed) => {
-                if self.sent == self.total && !self.failed {
-                    let secs = self.connected_at.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
-                    let digest = std::mem::take(&mut self.hash).finalize();
-                    println!(
-                        "source: sent {} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
-                        self.sent,
-                        hex(&digest),
-                        self.sent as f64 * 8.0 / secs / 1e6
-                    );
-                    let _ = std::io::stdout().flush();
-                }
-                let _ = stack.close(now, h);
-                self.finished = true;
+                self.finish(now, stack, h);
             }
             _ => {}
         }
@@ -435,6 +444,10 @@ impl App for Source {
         }
         if self.sent == self.total && !self.shut {
             self.shut = stack.tcp_shutdown(now, h).is_ok();
+        }
+        let all_acked = stack.tcp(h).is_some_and(|c| c.send_queue() == 0 && c.peer_closed());
+        if self.shut && all_acked {
+            self.finish(now, stack, h);
         }
         did
     }

@@ -127,8 +127,10 @@ pub enum Timer {
     TimeWait,
     /// Orphaned connection in FIN-WAIT-2.
     FinWait2,
+    /// Tail loss probe (RFC 8985 7): retransmit the last segment before the RTO would.
+    LossProbe,
 }
-const TIMERS: usize = 6;
+pub(crate) const TIMERS: usize = 7;
 const ALL_TIMERS: [Timer; TIMERS] = [
     Timer::Retransmit,
     Timer::DelayedAck,
@@ -136,6 +138,7 @@ const ALL_TIMERS: [Timer; TIMERS] = [
     Timer::Keepalive,
     Timer::TimeWait,
     Timer::FinWait2,
+    Timer::LossProbe,
 ];
 
 /// Counters per connection.
@@ -158,6 +161,9 @@ pub struct ConnCounters {
     pub unacceptable_segs: u64,
     pub window_probes: u64,
     pub rcv_buffer_drops: u64,
+    /// Retransmissions found lost again (and resent) before the RTO.
+    pub lost_retransmits: u64,
+    pub loss_probes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +275,12 @@ pub struct Connection {
     /// Retransmit the first lost segment whatever cwnd says (RFC 5681 3.2 step 2, RFC 6582
     /// 3.2 step 5, RFC 6675 5 step 4.1).
     pub(crate) rtx_now: bool,
+    /// When the segment at `snd_una` was (at the latest) retransmitted: a retransmission still
+    /// unacknowledged a round trip later, while later data is SACKed, was lost again.
+    pub(crate) rtx_una_at: Option<Instant>,
+    pub(crate) last_rtx_at: Option<Instant>,
+    /// A tail loss probe must be sent.
+    pub(crate) probe_rtx: bool,
     /// A RST answering an unacceptable segment: `<SEQ><ACK?>`.
     pub(crate) rst_reply: Option<(SeqNumber, Option<SeqNumber>)>,
 
@@ -342,6 +354,9 @@ impl Connection {
             rst_due: false,
             rst_reply: None,
             rtx_now: false,
+            rtx_una_at: None,
+            last_rtx_at: None,
+            probe_rtx: false,
             timers: [None; TIMERS],
             retries: 0,
             persist_backoff: 0,
@@ -1076,6 +1091,8 @@ impl Connection {
             }
             self.tx.consume(data);
             self.snd_una = ack;
+            // The new left edge was retransmitted already if it lies below high_rxt.
+            self.rtx_una_at = if ack < self.high_rxt { self.last_rtx_at } else { None };
             if self.high_rxt < ack {
                 self.high_rxt = ack;
             }
@@ -1125,10 +1142,12 @@ impl Connection {
 
             if self.snd_una == self.snd_nxt {
                 self.disarm(Timer::Retransmit);
+                self.disarm(Timer::LossProbe);
                 self.unacked_since = None;
             } else {
                 self.arm(Timer::Retransmit, now + self.rtt.rto());
                 self.unacked_since = Some(now);
+                self.arm_loss_probe(now);
             }
             if fin_acked {
                 match self.state {
@@ -1159,6 +1178,7 @@ impl Connection {
             // A duplicate ACK (RFC 5681 2, RFC 6675 2).
             self.counters.dupacks_in += 1;
             self.dupacks += 1;
+            self.detect_lost_retransmit(now, newly_sacked);
             if self.recovery.is_none() {
                 let lost = self.sack_ok
                     && self
@@ -1174,6 +1194,42 @@ impl Connection {
 
         // Persist: a zero window with data waiting and nothing in flight.
         self.update_persist(now);
+    }
+
+    /// RFC 8985's idea for the left edge: its retransmission has been out longer than a
+    /// round trip while later data keeps being SACKed: it was lost again. Resend it now
+    /// instead of waiting for the RTO.
+    fn detect_lost_retransmit(&mut self, now: Instant, newly_sacked: usize) {
+        if !self.sack_ok || newly_sacked == 0 || self.recovery.is_none() {
+            return;
+        }
+        let Some(at) = self.rtx_una_at else { return };
+        let srtt = self.rtt.srtt().unwrap_or(self.rtt.rto());
+        let reo_wnd = Duration::from_micros(srtt.total_micros() / 4);
+        if now - at > srtt + reo_wnd {
+            self.counters.lost_retransmits += 1;
+            self.high_rxt = self.snd_una;
+            self.lost_until = self.lost_until.max(self.snd_una + self.mss);
+            self.rtx_now = true;
+            self.rtx_una_at = None;
+        }
+    }
+
+    /// RFC 8985 7.2: arm the probe timeout, 2 SRTT (at least 10 ms here), while not in
+    /// recovery and with SACK (the probe's SACK is what reveals a tail loss).
+    fn arm_loss_probe(&mut self, now: Instant) {
+        let Some(srtt) = self.rtt.srtt() else { return };
+        if !self.sack_ok || self.recovery.is_some() || self.snd_nxt == self.snd_una {
+            self.disarm(Timer::LossProbe);
+            return;
+        }
+        let pto = (srtt + srtt).max(Duration::from_millis(10));
+        let at = now + pto;
+        if self.timers[Timer::Retransmit as usize].is_none_or(|rto| at < rto) {
+            self.arm(Timer::LossProbe, at);
+        } else {
+            self.disarm(Timer::LossProbe);
+        }
     }
 
     /// Window update (RFC 9293 3.10.7.4: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
@@ -1197,6 +1253,7 @@ impl Connection {
         self.counters.fast_recoveries += 1;
         let flight = self.flight_size();
         self.cc.on_congestion_event(now, flight);
+        self.disarm(Timer::LossProbe);
         self.recovery = Some(Recovery { kind: RecoveryKind::Fast, point: self.snd_nxt });
         // The first unacknowledged segment is retransmitted at once (RFC 5681 3.2 step 4,
         // RFC 6675 5 step 4.1).
@@ -1324,6 +1381,12 @@ impl Connection {
                     self.enter_closed(None);
                 }
             }
+            Timer::LossProbe => {
+                if self.recovery.is_none() && self.snd_nxt > self.snd_una && self.state.is_synchronized() {
+                    self.counters.loss_probes += 1;
+                    self.probe_rtx = true;
+                }
+            }
         }
     }
 
@@ -1360,6 +1423,7 @@ impl Connection {
                 // RFC 2018 8: after a timeout the left edge MUST be retransmitted whatever the
                 // SACK state says; plex forgets the scoreboard (the receiver may have reneged).
                 self.scoreboard.clear();
+                self.disarm(Timer::LossProbe);
                 self.recovery = Some(Recovery { kind: RecoveryKind::Timeout, point: self.snd_nxt });
                 self.lost_until = self.snd_nxt;
                 self.high_rxt = self.snd_una;
@@ -1467,6 +1531,23 @@ impl Connection {
                     self.rtx_now = false;
                     return Some(self.data_plan(seq, avail.min(self.mss), true));
                 }
+            }
+        }
+
+        // Tail loss probe: new data if the windows allow it, else the last segment again.
+        if self.probe_rtx {
+            self.probe_rtx = false;
+            let sent = self.sent_data();
+            let unsent = self.tx.len() - sent;
+            let wnd_room = (self.snd_una + self.snd_wnd).distance_from(self.snd_nxt);
+            if unsent == 0 || wnd_room == 0 {
+                let len = sent.min(self.mss);
+                if len > 0 {
+                    return Some(self.data_plan(self.snd_una + (sent - len), len, true));
+                }
+            } else {
+                let len = unsent.min(self.mss).min(wnd_room);
+                return Some(self.data_plan(self.snd_nxt, len, false));
             }
         }
 
@@ -1663,6 +1744,10 @@ impl Connection {
         } else if seq_len > 0 {
             let end = plan.seq + seq_len;
             if plan.retransmit || plan.seq < self.snd_nxt {
+                self.last_rtx_at = Some(now);
+                if plan.seq == self.snd_una {
+                    self.rtx_una_at = Some(now);
+                }
                 self.counters.retrans_segs += 1;
                 self.counters.retrans_bytes += plan.len as u64;
                 if end > self.high_rxt {
@@ -1691,6 +1776,9 @@ impl Connection {
             // RFC 6298 5.1: start the timer if it is not running.
             if self.timers[Timer::Retransmit as usize].is_none() {
                 self.arm(Timer::Retransmit, now + self.rtt.rto());
+            }
+            if !plan.retransmit {
+                self.arm_loss_probe(now);
             }
             self.disarm(Timer::Persist);
         }

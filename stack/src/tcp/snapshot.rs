@@ -431,7 +431,7 @@ impl Connection {
         for _ in 0..nblocks {
             blocks.push((r.seq()?, r.seq()?));
         }
-        let mut timers = [None; 6];
+        let mut timers = [None; super::conn::TIMERS];
         for t in timers.iter_mut() {
             *t = r.deadline(now)?;
         }
