@@ -9,7 +9,7 @@ log() { printf '\n== %s\n' "$*"; }
 
 install_deps() {
   local need=()
-  for pkg in clang libelf-dev m4 zlib1g-dev pkg-config make tcpdump; do
+  for pkg in clang libelf-dev m4 zlib1g-dev pkg-config make tcpdump iproute2 ethtool socat wrk curl iputils-ping nftables util-linux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ "${#need[@]}" -gt 0 ]; then
@@ -30,7 +30,9 @@ log "unit and simulation tests (cargo test --workspace --release)"
 cargo test --workspace --release --locked 2>&1
 
 if [ -d scripts/it ] && [ "$(id -u)" = 0 ]; then
-  for t in scripts/it/*.sh; do
+  log "building the plex command for the real-interface tests"
+  cargo build --release --locked -p apps 2>&1
+  for t in scripts/it/[0-9]*.sh; do
     [ -x "$t" ] || continue
     log "real-interface test: $t"
     "$t"

@@ -6,12 +6,14 @@
 #   plx-sI      interface plx-sI, NO kernel address: plex takes 198.18.0.(10+I) on it
 #   plx-br      bridge plxbr0 joining plx-c-br and plx-sI-br
 #
-# Usage: scripts/testbed.sh up [N] [QUEUES] | down | status
+# Usage: scripts/testbed.sh up [N] [Q1,Q2,...] | up-mq [QUEUES] | down | status
 # Idempotent: `up` twice is fine, `down` with nothing up is fine.
 set -euo pipefail
 
 N=${2:-1}
+# Queues per plex host, comma-separated (host I gets the I-th entry, default 1).
 QUEUES=${3:-1}
+queues_of() { echo "$QUEUES" | awk -F, -v i="$1" '{ q = $i; if (q == "") q = 1; print q }'; }
 BR_NS=plx-br
 
 ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
@@ -43,14 +45,36 @@ up() {
   fi
   if ! ns_exists plx-client; then
     ip netns add plx-client
-    add_port plx-c plx-client 1
+    # As many queues as the widest plex host, so flows from the client spread over queues
+    # (veth delivers on the queue the sender used; the bridge keeps the recorded queue).
+    add_port plx-c plx-client "$(echo "$QUEUES" | tr ',' '\n' | sort -n | tail -1)"
     ip netns exec plx-client ip addr add 198.18.0.1/24 dev plx-c
   fi
   for i in $(seq 1 "$N"); do
     if ! ns_exists "plx-s$i"; then
       ip netns add "plx-s$i"
-      add_port "plx-s$i" "plx-s$i" "$QUEUES"
+      add_port "plx-s$i" "plx-s$i" "$(queues_of "$i")"
     fi
+  done
+}
+
+# A direct veth pair with several queues: plx-mqc (198.18.1.1/24 on plx-mq0) and plx-mqs
+# (plex takes 198.18.1.2 on plx-mq1). Through a bridge every flow lands on queue 0; on a direct
+# pair each flow arrives on the queue its sender picked, so flows spread over plex's queues
+# (native XDP mode).
+up_mq() {
+  local q=${1:-2}
+  ns_exists plx-mqc && return 0
+  ip netns add plx-mqc
+  ip netns add plx-mqs
+  ip link add plx-mq0 numtxqueues "$q" numrxqueues "$q" type veth peer name plx-mq1 numtxqueues "$q" numrxqueues "$q"
+  ip link set plx-mq0 netns plx-mqc
+  ip link set plx-mq1 netns plx-mqs
+  ip netns exec plx-mqc ip addr add 198.18.1.1/24 dev plx-mq0
+  for pair in plx-mqc:plx-mq0 plx-mqs:plx-mq1; do
+    ip netns exec "${pair%%:*}" ip link set "${pair#*:}" up
+    ip netns exec "${pair%%:*}" ip link set lo up
+    quiet_offloads "${pair%%:*}" "${pair#*:}"
   done
 }
 
@@ -70,7 +94,8 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  up-mq) up_mq "${2:-2}" ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up [N] [QUEUES] | down | status" >&2; exit 2 ;;
+  *) echo "usage: $0 up [N] [Q1,Q2,...] | up-mq [QUEUES] | down | status" >&2; exit 2 ;;
 esac

@@ -464,6 +464,7 @@ pub struct Connect {
     input: crossbeam::channel::Receiver<Option<Vec<u8>>>,
     pending: Vec<u8>,
     stdin_done: bool,
+    connected: bool,
     finished: bool,
     buf: Vec<u8>,
 }
@@ -490,7 +491,16 @@ impl Connect {
                 }
             }
         });
-        Connect { to, conn: None, input: rx, pending: Vec::new(), stdin_done: false, finished: false, buf: vec![0u8; 64 * 1024] }
+        Connect {
+            to,
+            conn: None,
+            input: rx,
+            pending: Vec::new(),
+            stdin_done: false,
+            connected: false,
+            finished: false,
+            buf: vec![0u8; 64 * 1024],
+        }
     }
 
     fn drain_output(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
@@ -532,6 +542,7 @@ impl App for Connect {
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {
+            SocketEvent::Tcp(Event::Connected) => self.connected = true,
             SocketEvent::Tcp(Event::Readable | Event::PeerClosed) => self.drain_output(now, stack, h),
             SocketEvent::Tcp(Event::Reset) => {
                 eprintln!("connect: {}: {}", self.to, ApiError::Tcp(stack::tcp::Error::Reset));
@@ -547,6 +558,10 @@ impl App for Connect {
     }
     fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
         let Some(h) = self.conn else { return false };
+        if !self.connected {
+            // Closing in SYN-SENT would abandon the connection (RFC 9293 3.10.4).
+            return false;
+        }
         let mut did = false;
         if self.pending.is_empty() && !self.stdin_done {
             match self.input.try_recv() {
