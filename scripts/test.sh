@@ -7,23 +7,7 @@ here=$(pwd)
 
 log() { printf '\n== %s\n' "$*"; }
 
-install_deps() {
-  local need=()
-  for pkg in clang libelf-dev m4 zlib1g-dev pkg-config make tcpdump iproute2 ethtool socat wrk curl iputils-ping nftables util-linux; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-  done
-  if [ "${#need[@]}" -gt 0 ]; then
-    if [ "$(id -u)" = 0 ]; then
-      log "installing ${need[*]}"
-      export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-      echo "missing packages: ${need[*]} (run as root to install them)" >&2
-    fi
-  fi
-}
-
+source scripts/deps.sh
 install_deps
 
 log "unit and simulation tests (cargo test --workspace --release)"
