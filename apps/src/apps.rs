@@ -113,6 +113,35 @@ impl App for Echo {
     }
 }
 
+/// Echo through the blocking API: what an application linking plex writes, with std I/O.
+pub fn echo_blocking(net: poll_loop::api::Net, port: u16) {
+    use std::io::Read;
+    let listener = match net.tcp_listen(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), 128) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("plex: cannot listen on port {port}: {e}");
+            return;
+        }
+    };
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { break };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown_write();
+        });
+    }
+}
+
 // ---- http ------------------------------------------------------------------------------
 
 struct HttpConn {

@@ -96,6 +96,30 @@ pub fn serve<A: App + Send + 'static>(dp: &DataPath, make: impl Fn(u32) -> A) ->
     run(dp, s, apps)
 }
 
+/// Run the blocking API's bridge on one queue's poll thread and hand `main` the application
+/// side ([`poll_loop::api::Net`]); returns when `main` does or the process is interrupted.
+pub fn blocking(dp: &DataPath, main: impl FnOnce(poll_loop::api::Net) + Send + 'static) -> Result<(), String> {
+    if dp.queues != 1 {
+        return Err("the blocking API runs on one queue: drop --queues".into());
+    }
+    let mut s = setup(dp, 1)?;
+    let waker = Arc::new(poll_loop::xsk::Waker::new().map_err(|e| format!("creating the wake-up eventfd: {e}"))?);
+    for r in &mut s.runners {
+        r.waker = Some(waker.clone());
+    }
+    let (net, bridge) = poll_loop::api::bridge(Some(waker));
+    eprintln!("plex: {} on {} (blocking API, {:?} polling)", dp.addr.0, dp.iface, dp.poll);
+    let stop = s.stop.clone();
+    std::thread::Builder::new()
+        .name("plex-app".into())
+        .spawn(move || {
+            main(net);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+        .map_err(|e| format!("spawning the application thread: {e}"))?;
+    run(dp, s, vec![bridge])
+}
+
 /// Run a client application on one queue (replies to a connection must come back to the
 /// shard that opened it, which only a single queue guarantees).
 pub fn client<A: App + Send + 'static>(dp: &DataPath, app: A) -> Result<(), String> {

@@ -5,6 +5,9 @@
 //! stream) and `connect` (netcat-like). Every subcommand takes the same data-path options
 //! (interface, address, queues, cores, poll mode, XDP mode, capture, fault injection).
 
+// The sans-IO rule of clippy.toml binds `stack` and `coupling`, not the applications.
+#![allow(clippy::disallowed_methods)]
+
 mod apps;
 mod datapath;
 
@@ -37,6 +40,10 @@ enum Cmd {
         dp: DataPath,
         #[arg(long, default_value_t = 7)]
         port: u16,
+        /// Serve through the blocking std-like API (a thread per connection, std::io::Read and
+        /// Write) instead of run-to-completion on the poll thread.
+        #[arg(long)]
+        blocking: bool,
     },
     /// Serve HTTP/1.1 with keep-alive: every request gets a body of --size bytes.
     Http {
@@ -159,7 +166,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Cmd::Echo { dp, port } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
+        Cmd::Echo { dp, port, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, port)),
+        Cmd::Echo { dp, port, blocking: false } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
         Cmd::Http { dp, port, size } => datapath::serve(&dp, move |_| apps::Http::new(port, size)),
         Cmd::Sink { dp, port, once } => datapath::serve(&dp, move |_| apps::Sink::new(port, once)),
         Cmd::Source { dp, to, bytes } => datapath::client(&dp, apps::Source::new(to, bytes)),

@@ -73,11 +73,13 @@ pub struct Runner {
     pub stop: Arc<AtomicBool>,
     pub clock: Clock,
     pub stats: LoopStats,
+    /// Woken by application threads (the blocking API) while the loop sleeps.
+    pub waker: Option<Arc<crate::xsk::Waker>>,
 }
 
 impl Runner {
     pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
-        Runner { xsk, stack, device, mode, batch: 64, stop, clock: Clock::default(), stats: LoopStats::default() }
+        Runner { xsk, stack, device, mode, batch: 64, stop, clock: Clock::default(), stats: LoopStats::default(), waker: None }
     }
 
     /// Pin the calling thread to `core` (if given and it exists).
@@ -167,6 +169,6 @@ impl Runner {
             return;
         }
         self.stats.sleeps += 1;
-        self.xsk.wait(ms);
+        self.xsk.wait(ms, self.waker.as_deref());
     }
 }

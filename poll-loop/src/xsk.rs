@@ -351,14 +351,56 @@ impl Xsk {
         self.fd
     }
 
-    /// Sleep until the socket has a frame to read or `timeout_ms` passes (adaptive polling).
-    pub fn wait(&self, timeout_ms: i32) {
-        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: `pfd` is a valid, initialised pollfd for the duration of the call; nfds is 1.
-        let _ = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    /// Sleep until the socket has a frame to read, `waker` is woken, or `timeout_ms` passes
+    /// (adaptive polling).
+    pub fn wait(&self, timeout_ms: i32, waker: Option<&Waker>) {
+        let mut pfds = [
+            libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: waker.map(|w| w.fd.as_raw_fd()).unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `pfds` is a valid array of two initialised pollfds for the duration of the
+        // call (a negative fd is ignored by poll).
+        let _ = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
+        if let Some(w) = waker {
+            if pfds[1].revents != 0 {
+                w.drain();
+            }
+        }
     }
     pub fn queue(&self) -> u32 {
         self.queue
+    }
+}
+
+/// Wakes a poll thread sleeping in adaptive mode (an eventfd it polls beside its socket), so a
+/// command from an application thread is seen at once.
+#[derive(Debug)]
+pub struct Waker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd has no memory arguments; a negative return is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Waker { fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd; failure (counter full)
+        // still leaves it readable, which is all a wake-up needs.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a valid u64; non-blocking.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
     }
 }
 

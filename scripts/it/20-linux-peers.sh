@@ -45,6 +45,12 @@ got=$(ip netns exec plx-client timeout 30 socat -t 5 -T 10 - TCP:$S:7 <"$LOGDIR/
 check "echo: 8 MiB comes back byte for byte" test "$got" = "$(sha256sum "$LOGDIR/8m.bin" | cut -d' ' -f1)"
 stop_plex
 
+# --- the blocking std-like API (a thread per connection) ---------------------------------
+start_plex plx-s1 "$LOGDIR/echo-blocking.log" echo --blocking --iface plx-s1 --addr $S/24 || exit 1
+got=$(ip netns exec plx-client timeout 30 socat -t 5 -T 10 - TCP:$S:7 <"$LOGDIR/8m.bin" | sha256sum | cut -d' ' -f1)
+check "echo through the blocking API: 8 MiB comes back byte for byte" test "$got" = "$(sha256sum "$LOGDIR/8m.bin" | cut -d' ' -f1)"
+stop_plex
+
 # --- connect (plex as the client of a Linux server) -------------------------------------
 ip netns exec plx-client timeout 60 socat -u FILE:"$LOGDIR/8m.bin" TCP-LISTEN:6000,reuseaddr &
 PIDS+=($!)
