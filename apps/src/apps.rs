@@ -33,19 +33,45 @@ fn accept_all(stack: &mut Stack, l: SocketHandle, mut f: impl FnMut(SocketHandle
     }
 }
 
+/// Connections with output still to queue (their send buffer was full): retried every turn.
+#[derive(Default)]
+struct Backlog(Vec<SocketHandle>);
+
+impl Backlog {
+    /// Keep `h` when `more` work remains.
+    fn keep(&mut self, h: SocketHandle, more: bool) {
+        if more && !self.0.contains(&h) {
+            self.0.push(h);
+        }
+    }
+    fn forget(&mut self, h: SocketHandle) {
+        self.0.retain(|&x| x != h);
+    }
+    /// Run `work` on every waiting connection; true when there were any.
+    fn retry(&mut self, mut work: impl FnMut(SocketHandle) -> bool) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        for h in std::mem::take(&mut self.0) {
+            let more = work(h);
+            self.keep(h, more);
+        }
+        true
+    }
+}
+
 // ---- echo ------------------------------------------------------------------------------
 
 pub struct Echo {
     port: u16,
     listener: Option<SocketHandle>,
-    /// Connections with unsent input (the send buffer was full).
-    backlog: Vec<SocketHandle>,
+    backlog: Backlog,
     buf: Vec<u8>,
 }
 
 impl Echo {
     pub fn new(port: u16) -> Echo {
-        Echo { port, listener: None, backlog: Vec::new(), buf: vec![0u8; 64 * 1024] }
+        Echo { port, listener: None, backlog: Backlog::default(), buf: vec![0u8; 64 * 1024] }
     }
 
     /// Echo what can be echoed; true when input remains (the peer's data waits in our receive
@@ -82,34 +108,26 @@ impl App for Echo {
                 let mut new = Vec::new();
                 accept_all(stack, h, |c| new.push(c));
                 for c in new {
-                    if self.pump(now, stack, c) {
-                        self.backlog.push(c);
-                    }
+                    let more = self.pump(now, stack, c);
+                    self.backlog.keep(c, more);
                 }
             }
             SocketEvent::Tcp(Event::Readable | Event::PeerClosed | Event::Writable) => {
-                if self.pump(now, stack, h) && !self.backlog.contains(&h) {
-                    self.backlog.push(h);
-                }
+                let more = self.pump(now, stack, h);
+                self.backlog.keep(h, more);
             }
             SocketEvent::Tcp(Event::Closed) => {
-                self.backlog.retain(|&x| x != h);
+                self.backlog.forget(h);
                 let _ = stack.close(now, h);
             }
             _ => {}
         }
     }
     fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
-        if self.backlog.is_empty() {
-            return false;
-        }
-        let pending = std::mem::take(&mut self.backlog);
-        for h in pending {
-            if self.pump(now, stack, h) {
-                self.backlog.push(h);
-            }
-        }
-        true
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let did = backlog.retry(|h| self.pump(now, stack, h));
+        self.backlog = backlog;
+        did
     }
 }
 
@@ -160,7 +178,7 @@ pub struct Http {
     size: u64,
     listener: Option<SocketHandle>,
     conns: HashMap<SocketHandle, HttpConn>,
-    active: Vec<SocketHandle>,
+    active: Backlog,
     body: Vec<u8>,
     buf: Vec<u8>,
     pub requests: u64,
@@ -173,7 +191,7 @@ impl Http {
             size,
             listener: None,
             conns: HashMap::new(),
-            active: Vec::new(),
+            active: Backlog::default(),
             body: vec![b'x'; 64 * 1024],
             buf: vec![0u8; 16 * 1024],
             requests: 0,
@@ -263,35 +281,27 @@ impl App for Http {
                         c,
                         HttpConn { inbuf: Vec::new(), head: Vec::with_capacity(160), head_off: 0, body_left: 0, close_after: false, peer_closed: false },
                     );
-                    if self.serve(now, stack, c) {
-                        self.active.push(c);
-                    }
+                    let more = self.serve(now, stack, c);
+                    self.active.keep(c, more);
                 }
             }
             SocketEvent::Tcp(Event::Readable | Event::PeerClosed | Event::Writable) => {
-                if self.serve(now, stack, h) && !self.active.contains(&h) {
-                    self.active.push(h);
-                }
+                let more = self.serve(now, stack, h);
+                self.active.keep(h, more);
             }
             SocketEvent::Tcp(Event::Closed) => {
                 self.conns.remove(&h);
-                self.active.retain(|&x| x != h);
+                self.active.forget(h);
                 let _ = stack.close(now, h);
             }
             _ => {}
         }
     }
     fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
-        if self.active.is_empty() {
-            return false;
-        }
-        let pending = std::mem::take(&mut self.active);
-        for h in pending {
-            if self.serve(now, stack, h) {
-                self.active.push(h);
-            }
-        }
-        true
+        let mut active = std::mem::take(&mut self.active);
+        let did = active.retry(|h| self.serve(now, stack, h));
+        self.active = active;
+        did
     }
 }
 

@@ -54,7 +54,7 @@ stop_plex
 # --- connect (plex as the client of a Linux server) -------------------------------------
 ip netns exec plx-client timeout 60 socat -u FILE:"$LOGDIR/8m.bin" TCP-LISTEN:6000,reuseaddr &
 PIDS+=($!)
-sleep 0.3
+wait_listen plx-client 6000
 got=$(ip netns exec plx-s1 timeout 60 "$PLEX" connect --iface plx-s1 --addr $S/24 198.18.0.1:6000 </dev/null | sha256sum | cut -d' ' -f1)
 check "plex connect: 8 MiB from a Linux server (socat), byte for byte" test "$got" = "$(sha256sum "$LOGDIR/8m.bin" | cut -d' ' -f1)"
 
@@ -72,7 +72,7 @@ download() { # name, plex fault args...
   local name=$1; shift
   ip netns exec plx-client timeout 300 sh -c "socat -u TCP-LISTEN:5002,reuseaddr - | sha256sum > $LOGDIR/dl-$name.sha" &
   local lpid=$!
-  sleep 0.3
+  wait_listen plx-client 5002
   ip netns exec plx-s1 timeout 300 "$PLEX" source --iface plx-s1 --addr $S/24 --to 198.18.0.1:5002 --bytes $((100 << 20)) "$@" >"$LOGDIR/source-$name.log" 2>&1
   wait $lpid
   local want got

@@ -56,3 +56,13 @@ table inet plx {
 }
 NFT
 }
+
+# wait_listen NS PORT: until a TCP listener is up in NS (bounded: 5 s).
+wait_listen() {
+  for _ in $(seq 1 50); do
+    ip netns exec "$1" ss -ltnH "sport = :$2" 2>/dev/null | grep -q . && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $2 in $1"
+  return 1
+}
