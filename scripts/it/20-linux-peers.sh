@@ -18,7 +18,7 @@ check "the kernel holds no IPv4 address on plx-s1" \
   test -z "$(ip netns exec plx-s1 ip -4 -o addr show dev plx-s1)"
 
 # --- HTTP, ICMP, ARP, RST -------------------------------------------------------------
-start_plex plx-s1 "$LOGDIR/http.log" http --iface plx-s1 --addr $S/24 --size 1024 --stats || exit 1
+start_plex plx-s1 "$LOGDIR/http.log" http --iface plx-s1 --addr $S/24 --size 1024 --stats --pcap "$LOGDIR/http.pcap" || exit 1
 check "ping: 10 of 10 echo requests answered by plex" \
   sh -c "ip netns exec plx-client ping -c 10 -i 0.05 -W 1 $S | grep -q ' 0% packet loss'"
 check "ARP: the client resolved $S to plx-s1's MAC" \
@@ -37,6 +37,10 @@ check "wrk -c 1000: ${reqs:-0} requests, no socket errors, no non-2xx" \
 stop_plex
 check "plex counted the pings (icmp_echo_out=10)" grep -q "icmp_echo_out=10" "$LOGDIR/http.log"
 check "the XDP program steered and nothing failed to redirect" grep -q "redirect_failed 0" "$LOGDIR/http.log"
+tcpdump -nn -r "$LOGDIR/http.pcap" 2>/dev/null | head -2000 >"$LOGDIR/http.pcap.txt"
+check "--pcap: tcpdump reads plex's capture (ICMP echo, the SYN to port 81, its RST, HTTP)" sh -c \
+  "grep -q 'ICMP echo reply' '$LOGDIR/http.pcap.txt' && grep -q '> $S.81: Flags \[S\]' '$LOGDIR/http.pcap.txt' \
+   && grep -q '$S.81 > .*Flags \[R' '$LOGDIR/http.pcap.txt' && grep -q 'HTTP' '$LOGDIR/http.pcap.txt'"
 
 # --- echo ------------------------------------------------------------------------------
 start_plex plx-s1 "$LOGDIR/echo.log" echo --iface plx-s1 --addr $S/24 || exit 1
