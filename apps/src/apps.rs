@@ -624,3 +624,152 @@ impl App for Connect {
         self.finished
     }
 }
+
+// ---- pingpong --------------------------------------------------------------------------
+
+/// Round-trip latency client: sends `size`-byte messages to an echo server one at a time and
+/// records each round trip (1 us resolution: the poll loop reads the clock once per turn).
+pub struct PingPong {
+    to: SocketAddrV4,
+    size: usize,
+    count: u64,
+    warmup: u64,
+    done_rounds: u64,
+    conn: Option<SocketHandle>,
+    connected: bool,
+    sent_at: Option<Instant>,
+    got: usize,
+    msg: Vec<u8>,
+    buf: Vec<u8>,
+    pub hist: hdrhistogram::Histogram<u64>,
+    hgrm: Option<String>,
+    finished: bool,
+}
+
+impl PingPong {
+    pub fn new(to: SocketAddrV4, size: usize, count: u64, warmup: u64, hgrm: Option<String>) -> PingPong {
+        let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        PingPong {
+            to,
+            size: size.max(1),
+            count,
+            warmup,
+            done_rounds: 0,
+            conn: None,
+            connected: false,
+            sent_at: None,
+            got: 0,
+            msg: vec![0x42; size.max(1)],
+            buf: vec![0u8; size.max(1)],
+            hist,
+            hgrm,
+            finished: false,
+        }
+    }
+
+    fn report(&self) {
+        let h = &self.hist;
+        println!(
+            "pingpong: {} round trips of {} bytes: p50 {} us p90 {} us p99 {} us p99.9 {} us max {} us mean {:.1} us",
+            h.len(),
+            self.size,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            h.mean()
+        );
+        if let Some(path) = &self.hgrm {
+            if let Err(e) = std::fs::write(path, percentile_distribution(h)) {
+                eprintln!("pingpong: writing {path}: {e}");
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// HdrHistogram's percentile-distribution text (the `.hgrm` format its plotters read), values
+/// in microseconds.
+pub fn percentile_distribution(h: &hdrhistogram::Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for v in h.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".to_string() };
+        out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", v.value_iterated_to() as f64, q, v.count_since_last_iteration(), inv));
+    }
+    out.push_str(&format!(
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n",
+        h.mean(),
+        h.stdev(),
+        h.max() as f64,
+        h.len()
+    ));
+    out
+}
+
+impl App for PingPong {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        match stack.tcp_connect(now, None, self.to) {
+            Ok(h) => {
+                if let Some(c) = stack.tcp_mut(h) {
+                    c.set_nodelay(true);
+                }
+                self.conn = Some(h);
+            }
+            Err(e) => {
+                eprintln!("pingpong: cannot connect to {}: {e}", self.to);
+                self.finished = true;
+            }
+        }
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        if Some(h) != self.conn {
+            return;
+        }
+        match ev {
+            SocketEvent::Tcp(Event::Connected) => self.connected = true,
+            SocketEvent::Tcp(Event::Readable) => {
+                while let Ok(n) = stack.tcp_recv(now, h, &mut self.buf[self.got..]) {
+                    if n == 0 {
+                        break;
+                    }
+                    self.got += n;
+                    if self.got == self.size {
+                        self.got = 0;
+                        if let Some(t) = self.sent_at.take() {
+                            if self.done_rounds >= self.warmup {
+                                let _ = self.hist.record((now - t).total_micros().max(1));
+                            }
+                        }
+                        self.done_rounds += 1;
+                        if self.done_rounds >= self.warmup + self.count {
+                            self.report();
+                            let _ = stack.close(now, h);
+                            self.finished = true;
+                            return;
+                        }
+                    }
+                }
+            }
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
+                eprintln!("pingpong: connection to {} failed: {ev:?}", self.to);
+                self.finished = true;
+            }
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        let (Some(h), true) = (self.conn, self.connected) else { return false };
+        if self.sent_at.is_none() && !self.finished {
+            if stack.tcp_send(now, h, &self.msg).ok() == Some(self.size) {
+                self.sent_at = Some(now);
+                return true;
+            }
+        }
+        false
+    }
+    fn done(&self) -> bool {
+        self.finished
+    }
+}

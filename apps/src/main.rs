@@ -75,6 +75,24 @@ enum Cmd {
         #[arg(long, default_value_t = 100 << 20)]
         bytes: u64,
     },
+    /// Measure TCP round trips against an echo server (HdrHistogram percentiles).
+    Pingpong {
+        #[command(flatten)]
+        dp: DataPath,
+        /// The echo server, IP:PORT.
+        #[arg(long)]
+        to: SocketAddrV4,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 1_000)]
+        warmup: u64,
+        /// Write the percentile distribution (.hgrm) here.
+        #[arg(long)]
+        hgrm: Option<String>,
+    },
     /// Connect to IP:PORT; copy stdin to the connection and the connection to stdout.
     Connect {
         #[command(flatten)]
@@ -172,6 +190,9 @@ fn main() -> ExitCode {
         Cmd::Sink { dp, port, once } => datapath::serve(&dp, move |_| apps::Sink::new(port, once)),
         Cmd::Source { dp, to, bytes } => datapath::client(&dp, apps::Source::new(to, bytes)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
+        Cmd::Pingpong { dp, to, size, count, warmup, hgrm } => {
+            datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, hgrm))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,152 @@
+//! The Linux side of the side-by-side benchmarks: a TCP echo server and a ping-pong client on
+//! ordinary kernel sockets, busy-polling in user space (non-blocking sockets, spinning), pinned
+//! to a core, so they compare with plex's busy-polling poll threads.
+//!
+//! Usage:
+//!   plex-bench-linux echo ADDR:PORT [--core N]
+//!   plex-bench-linux pingpong ADDR:PORT [--size 64] [--count N] [--warmup N] [--core N] [--hgrm FILE]
+
+// Benchmarks measure wall-clock time: the sans-IO rule is for stack and coupling.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn pin(core: Option<usize>) {
+    if let Some(id) = core {
+        core_affinity::set_for_current(core_affinity::CoreId { id });
+    }
+}
+
+/// Read exactly `buf.len()` bytes, spinning on a non-blocking socket.
+fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn write_full(s: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        match s.write(&buf[off..]) {
+            Ok(n) => off += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn echo(addr: SocketAddr, core: Option<usize>) -> std::io::Result<()> {
+    pin(core);
+    let l = TcpListener::bind(addr)?;
+    eprintln!("linux echo on {addr}");
+    for s in l.incoming() {
+        let mut s = s?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => write_full(&mut s, &buf[..n])?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(_) => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pingpong(addr: SocketAddr, size: usize, count: u64, warmup: u64, core: Option<usize>, hgrm: Option<String>) -> std::io::Result<()> {
+    pin(core);
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    let msg = vec![0x42u8; size];
+    let mut buf = vec![0u8; size];
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| std::io::Error::other(e.to_string()))?;
+    for i in 0..warmup + count {
+        let t = Instant::now();
+        write_full(&mut s, &msg)?;
+        if !read_full(&mut s, &mut buf)? {
+            return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "echo server closed"));
+        }
+        if i >= warmup {
+            let _ = hist.record(t.elapsed().as_nanos() as u64);
+        }
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    println!(
+        "pingpong: {} round trips of {size} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us",
+        hist.len(),
+        us(hist.value_at_quantile(0.5)),
+        us(hist.value_at_quantile(0.9)),
+        us(hist.value_at_quantile(0.99)),
+        us(hist.value_at_quantile(0.999)),
+        us(hist.max()),
+        hist.mean() / 1000.0
+    );
+    if let Some(path) = hgrm {
+        let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+        for v in hist.iter_quantiles(5) {
+            let q = v.quantile_iterated_to();
+            let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
+            out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", us(v.value_iterated_to()), q, v.count_since_last_iteration(), inv));
+        }
+        std::fs::write(path, out)?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: plex-bench-linux echo ADDR:PORT [--core N] | pingpong ADDR:PORT [--size N] [--count N] [--warmup N] [--core N] [--hgrm FILE]";
+    let (Some(cmd), Some(addr)) = (args.first(), args.get(1)) else {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    };
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        eprintln!("plex-bench-linux: {addr:?} is not ADDR:PORT");
+        return ExitCode::from(2);
+    };
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let num = |name: &str, d: u64| -> Result<u64, String> {
+        opt(name).map(|v| v.parse::<u64>().map_err(|_| format!("{name}: {v:?} is not a number"))).unwrap_or(Ok(d))
+    };
+    let parsed = (|| -> Result<(usize, u64, u64, Option<usize>), String> {
+        let core = opt("--core").map(|v| v.parse::<usize>().map_err(|_| format!("--core: {v:?} is not a number"))).transpose()?;
+        Ok((num("--size", 64)? as usize, num("--count", 100_000)?, num("--warmup", 1_000)?, core))
+    })();
+    let (size, count, warmup, core) = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("plex-bench-linux: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let r = match cmd.as_str() {
+        "echo" => echo(addr, core),
+        "pingpong" => pingpong(addr, size.max(1), count, warmup, core, opt("--hgrm")),
+        _ => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plex-bench-linux: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

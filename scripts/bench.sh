@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Side-by-side round-trip latency: plex on both ends vs Linux sockets on both ends, on the
+# same direct veth pair, busy-polling, one pinned core per side, in the same run, alternating.
+# Prints percentiles and ratios, writes .hgrm files and a JSON summary.
+#
+# Usage: sudo scripts/bench.sh [--quick] [--json FILE] [--out DIR]
+# This is the first part of the bench rig (issue 4): ping-pong latency only; throughput,
+# transactions, connection rate, memory and the raw AF_XDP floor are still to come.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+
+COUNT=200000
+ROUNDS=2
+JSON=
+OUT=$(mktemp -d /tmp/plx-bench.XXXXXX)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) COUNT=30000; ROUNDS=1 ;;
+    --json) JSON=$2; shift ;;
+    --out) OUT=$2; mkdir -p "$OUT"; shift ;;
+    *) echo "usage: $0 [--quick] [--json FILE] [--out DIR]" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "bench.sh needs root (namespaces, XDP)" >&2; exit 1; }
+install_deps
+cargo build --release --locked -p apps -p bench 2>&1 | tail -1
+PLEX=target/release/plex
+LNX=target/release/plex-bench-linux
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  scripts/testbed.sh down
+}
+trap cleanup EXIT
+scripts/testbed.sh down
+scripts/testbed.sh up-mq 1
+# The Linux server's kernel address sits beside plex's on the server interface; XDP steers
+# only plex's addresses (.2 server, .3 client) to plex.
+ip netns exec plx-mqs ip addr add 198.18.1.4/24 dev plx-mq1
+
+p50() { sed -n 's/.* p50 \([0-9.]*\) us.*/\1/p' "$1"; }
+p99() { sed -n 's/.* p99 \([0-9.]*\) us.*/\1/p' "$1"; }
+
+run_plex() { # round
+  ip netns exec plx-mqs timeout 300 "$PLEX" echo --iface plx-mq1 --addr 198.18.1.2/24 --poll busy --cores 1 >"$OUT/plex-echo.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do grep -q '^plex: ' "$OUT/plex-echo.log" && break; sleep 0.1; done
+  ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
+    --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
+  kill -INT "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+}
+run_linux() { # round
+  ip netns exec plx-mqs timeout 300 "$LNX" echo 198.18.1.4:7000 --core 1 >"$OUT/linux-echo.log" 2>&1 &
+  PIDS+=($!)
+  sleep 0.3
+  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup 2000 \
+    --hgrm "$OUT/linux-$1.hgrm" >"$OUT/linux-$1.txt"
+  kill -9 "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+  echo "== round $r/$ROUNDS: plex <-> plex ($COUNT round trips of 64 bytes)"
+  run_plex "$r"; cat "$OUT/plex-$r.txt"
+  echo "== round $r/$ROUNDS: Linux <-> Linux (busy-polling sockets)"
+  run_linux "$r"; cat "$OUT/linux-$r.txt"
+done
+
+r=$ROUNDS
+pp50=$(p50 "$OUT/plex-$r.txt"); pp99=$(p99 "$OUT/plex-$r.txt")
+lp50=$(p50 "$OUT/linux-$r.txt"); lp99=$(p99 "$OUT/linux-$r.txt")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+printf '%-28s %10s %10s\n' "TCP ping-pong, 64 B" "p50 (us)" "p99 (us)"
+printf '%-28s %10s %10s\n' "plex <-> plex" "$pp50" "$pp99"
+printf '%-28s %10s %10s\n' "Linux <-> Linux" "$lp50" "$lp99"
+printf '%-28s %10s %10s\n' "ratio plex / Linux" "$(ratio "$pp50" "$lp50")" "$(ratio "$pp99" "$lp99")"
+echo "(.hgrm files in $OUT; the raw AF_XDP floor is not measured yet)"
+if [ -n "$JSON" ]; then
+  cat >"$JSON" <<J
+{
+  "plex": { "rtt_p50_us": $pp50, "rtt_p99_us": $pp99 },
+  "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99 },
+  "floor": null,
+  "ratios": { "rtt_p50": $(ratio "$pp50" "$lp50"), "rtt_p99": $(ratio "$pp99" "$lp99") }
+}
+J
+  echo "wrote $JSON"
+fi
