@@ -761,11 +761,9 @@ impl App for PingPong {
     }
     fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
         let (Some(h), true) = (self.conn, self.connected) else { return false };
-        if self.sent_at.is_none() && !self.finished {
-            if stack.tcp_send(now, h, &self.msg).ok() == Some(self.size) {
-                self.sent_at = Some(now);
-                return true;
-            }
+        if self.sent_at.is_none() && !self.finished && stack.tcp_send(now, h, &self.msg).ok() == Some(self.size) {
+            self.sent_at = Some(now);
+            return true;
         }
         false
     }
