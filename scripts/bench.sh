@@ -4,8 +4,8 @@
 # Prints percentiles and ratios, writes .hgrm files and a JSON summary.
 #
 # Usage: sudo scripts/bench.sh [--quick] [--json FILE] [--out DIR]
-# This is the first part of the bench rig (issue 4): ping-pong latency only; throughput,
-# transactions, connection rate, memory and the raw AF_XDP floor are still to come.
+# This is the first part of the bench rig (issue 4): ping-pong latency (plex, Linux, and the
+# raw AF_XDP floor); throughput, transactions, connection rate and memory are still to come.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -28,6 +28,7 @@ install_deps
 cargo build --release --locked -p apps -p bench 2>&1 | tail -1
 PLEX=target/release/plex
 LNX=target/release/plex-bench-linux
+FLOOR=target/release/plex-bench-floor
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
@@ -62,30 +63,46 @@ run_linux() { # round
   kill -9 "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 
+run_floor() { # round
+  ip netns exec plx-mqs timeout 300 "$FLOOR" reflect plx-mq1 198.18.1.5 --core 1 >"$OUT/floor-reflect.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do grep -q 'floor reflector' "$OUT/floor-reflect.log" && break; sleep 0.1; done
+  local mac
+  mac=$(ip netns exec plx-mqs cat /sys/class/net/plx-mq1/address)
+  ip netns exec plx-mqc timeout 300 "$FLOOR" ping plx-mq0 198.18.1.6 198.18.1.5 "$mac" --core 0 \
+    --count "$COUNT" --warmup 2000 --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
+  kill -9 "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+}
+
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS: plex <-> plex ($COUNT round trips of 64 bytes)"
   run_plex "$r"; cat "$OUT/plex-$r.txt"
   echo "== round $r/$ROUNDS: Linux <-> Linux (busy-polling sockets)"
   run_linux "$r"; cat "$OUT/linux-$r.txt"
+  echo "== round $r/$ROUNDS: raw AF_XDP floor (no TCP)"
+  run_floor "$r"; cat "$OUT/floor-$r.txt"
 done
 
 r=$ROUNDS
 pp50=$(p50 "$OUT/plex-$r.txt"); pp99=$(p99 "$OUT/plex-$r.txt")
 lp50=$(p50 "$OUT/linux-$r.txt"); lp99=$(p99 "$OUT/linux-$r.txt")
+fp50=$(p50 "$OUT/floor-$r.txt"); fp99=$(p99 "$OUT/floor-$r.txt")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 printf '%-28s %10s %10s\n' "TCP ping-pong, 64 B" "p50 (us)" "p99 (us)"
 printf '%-28s %10s %10s\n' "plex <-> plex" "$pp50" "$pp99"
 printf '%-28s %10s %10s\n' "Linux <-> Linux" "$lp50" "$lp99"
+printf '%-28s %10s %10s\n' "raw AF_XDP floor" "$fp50" "$fp99"
 printf '%-28s %10s %10s\n' "ratio plex / Linux" "$(ratio "$pp50" "$lp50")" "$(ratio "$pp99" "$lp99")"
-echo "(.hgrm files in $OUT; the raw AF_XDP floor is not measured yet)"
+printf '%-28s %10s %10s\n' "ratio plex / floor" "$(ratio "$pp50" "$fp50")" "$(ratio "$pp99" "$fp99")"
+echo "(.hgrm files in $OUT)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
 {
   "plex": { "rtt_p50_us": $pp50, "rtt_p99_us": $pp99 },
   "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99 },
-  "floor": null,
-  "ratios": { "rtt_p50": $(ratio "$pp50" "$lp50"), "rtt_p99": $(ratio "$pp99" "$lp99") }
+  "floor": { "rtt_p50_us": $fp50, "rtt_p99_us": $fp99 },
+  "ratios": { "plex_linux_rtt_p50": $(ratio "$pp50" "$lp50"), "plex_linux_rtt_p99": $(ratio "$pp99" "$lp99"), "plex_floor_rtt_p50": $(ratio "$pp50" "$fp50") }
 }
 J
   echo "wrote $JSON"
