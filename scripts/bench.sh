@@ -49,7 +49,7 @@ p99() { sed -n 's/.* p99 \([0-9.]*\) us.*/\1/p' "$1"; }
 run_plex() { # round
   ip netns exec plx-mqs timeout 300 "$PLEX" echo --iface plx-mq1 --addr 198.18.1.2/24 --poll busy --cores 1 >"$OUT/plex-echo.log" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 1 50); do grep -q '^plex: ' "$OUT/plex-echo.log" && break; sleep 0.1; done
+  started "$OUT/plex-echo.log"
   ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
     --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
   kill -INT "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
@@ -60,7 +60,7 @@ run_linux() { # round
   sleep 0.3
   ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup 2000 \
     --hgrm "$OUT/linux-$1.hgrm" >"$OUT/linux-$1.txt"
-  kill -9 "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 
 run_floor() { # round
@@ -71,7 +71,36 @@ run_floor() { # round
   mac=$(ip netns exec plx-mqs cat /sys/class/net/plx-mq1/address)
   ip netns exec plx-mqc timeout 300 "$FLOOR" ping plx-mq0 198.18.1.6 198.18.1.5 "$mac" --core 0 \
     --count "$COUNT" --warmup 2000 --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
-  kill -9 "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  # The kernel releases the queue's AF_XDP binding a moment after the process dies.
+  sleep 1
+}
+
+# start_or_fail LOG: wait for plex's start line; fail the benchmark with plex's message if not.
+started() {
+  for _ in $(seq 1 50); do
+    grep -q '^plex: 198' "$1" && return 0
+    grep -q '^plex: ' "$1" && break
+    sleep 0.1
+  done
+  echo "plex did not start: $(cat "$1")" >&2
+  return 1
+}
+
+BULK=$((512 << 20))
+run_bulk() { # round
+  ip netns exec plx-mqs timeout 300 "$PLEX" sink --iface plx-mq1 --addr 198.18.1.2/24 --poll busy --cores 1 --once >"$OUT/plex-sink-$1.txt" 2>&1 &
+  PIDS+=($!)
+  started "$OUT/plex-sink-$1.txt"
+  ip netns exec plx-mqc timeout 120 "$PLEX" source --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
+    --to 198.18.1.2:5001 --bytes "$BULK" >/dev/null
+  for _ in $(seq 1 100); do grep -q '^sink:' "$OUT/plex-sink-$1.txt" && break; sleep 0.1; done
+  kill -INT "${PIDS[-1]}" 2>/dev/null; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  ip netns exec plx-mqs timeout 300 "$LNX" sink 198.18.1.4:7001 --core 1 >"$OUT/linux-sink-$1.txt" 2>&1 &
+  PIDS+=($!)
+  sleep 0.3
+  ip netns exec plx-mqc timeout 300 "$LNX" source 198.18.1.4:7001 --bytes "$BULK" --core 0
+  wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -81,12 +110,18 @@ for r in $(seq 1 "$ROUNDS"); do
   run_linux "$r"; cat "$OUT/linux-$r.txt"
   echo "== round $r/$ROUNDS: raw AF_XDP floor (no TCP)"
   run_floor "$r"; cat "$OUT/floor-$r.txt"
+  echo "== round $r/$ROUNDS: bulk, one connection, $((BULK >> 20)) MiB (plex, then Linux)"
+  run_bulk "$r"; grep -h '^sink:' "$OUT/plex-sink-$r.txt" "$OUT/linux-sink-$r.txt"
 done
 
 r=$ROUNDS
 pp50=$(p50 "$OUT/plex-$r.txt"); pp99=$(p99 "$OUT/plex-$r.txt")
 lp50=$(p50 "$OUT/linux-$r.txt"); lp99=$(p99 "$OUT/linux-$r.txt")
 fp50=$(p50 "$OUT/floor-$r.txt"); fp99=$(p99 "$OUT/floor-$r.txt")
+tps() { sed -n 's/.* tps \([0-9.]*\).*/\1/p' "$1"; }
+gbps() { sed -n 's/^sink:.*(\([0-9.]*\) Mbit\/s).*/\1/p' "$1" | awk '{ printf "%.3f", $1 / 1000 }'; }
+ptps=$(tps "$OUT/plex-$r.txt"); ltps=$(tps "$OUT/linux-$r.txt")
+pbulk=$(gbps "$OUT/plex-sink-$r.txt"); lbulk=$(gbps "$OUT/linux-sink-$r.txt")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 printf '%-28s %10s %10s\n' "TCP ping-pong, 64 B" "p50 (us)" "p99 (us)"
@@ -95,12 +130,15 @@ printf '%-28s %10s %10s\n' "Linux <-> Linux" "$lp50" "$lp99"
 printf '%-28s %10s %10s\n' "raw AF_XDP floor" "$fp50" "$fp99"
 printf '%-28s %10s %10s\n' "ratio plex / Linux" "$(ratio "$pp50" "$lp50")" "$(ratio "$pp99" "$lp99")"
 printf '%-28s %10s %10s\n' "ratio plex / floor" "$(ratio "$pp50" "$fp50")" "$(ratio "$pp99" "$fp99")"
-echo "(.hgrm files in $OUT)"
+printf '\n%-28s %12s %12s %8s\n' "" "plex" "Linux" "ratio"
+printf '%-28s %12s %12s %8s\n' "transactions/s (1 conn)" "$ptps" "$ltps" "$(ratio "$ptps" "$ltps")"
+printf '%-28s %12s %12s %8s\n' "bulk Gbit/s (1 conn)" "$pbulk" "$lbulk" "$(ratio "$pbulk" "$lbulk")"
+echo "(.hgrm files in $OUT; connection rate and memory per connection are not measured yet)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
 {
-  "plex": { "rtt_p50_us": $pp50, "rtt_p99_us": $pp99 },
-  "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99 },
+  "plex": { "rtt_p50_us": $pp50, "rtt_p99_us": $pp99, "tps": ${ptps:-null}, "bulk_gbps": ${pbulk:-null}, "conn_per_s": null },
+  "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99, "tps": ${ltps:-null}, "bulk_gbps": ${lbulk:-null}, "conn_per_s": null },
   "floor": { "rtt_p50_us": $fp50, "rtt_p99_us": $fp99 },
   "ratios": { "plex_linux_rtt_p50": $(ratio "$pp50" "$lp50"), "plex_linux_rtt_p99": $(ratio "$pp99" "$lp99"), "plex_floor_rtt_p50": $(ratio "$pp50" "$fp50") }
 }

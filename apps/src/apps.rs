@@ -644,6 +644,8 @@ pub struct PingPong {
     pub hist: hdrhistogram::Histogram<u64>,
     hgrm: Option<String>,
     finished: bool,
+    measure_start: Option<Instant>,
+    pub elapsed_us: u64,
 }
 
 impl PingPong {
@@ -664,13 +666,15 @@ impl PingPong {
             hist,
             hgrm,
             finished: false,
+            measure_start: None,
+            elapsed_us: 0,
         }
     }
 
     fn report(&self) {
         let h = &self.hist;
         println!(
-            "pingpong: {} round trips of {} bytes: p50 {} us p90 {} us p99 {} us p99.9 {} us max {} us mean {:.1} us",
+            "pingpong: {} round trips of {} bytes: p50 {} us p90 {} us p99 {} us p99.9 {} us max {} us mean {:.1} us tps {:.0}",
             h.len(),
             self.size,
             h.value_at_quantile(0.5),
@@ -678,7 +682,8 @@ impl PingPong {
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999),
             h.max(),
-            h.mean()
+            h.mean(),
+            h.len() as f64 * 1e6 / self.elapsed_us.max(1) as f64
         );
         if let Some(path) = &self.hgrm {
             if let Err(e) = std::fs::write(path, percentile_distribution(h)) {
@@ -743,7 +748,11 @@ impl App for PingPong {
                             }
                         }
                         self.done_rounds += 1;
+                        if self.done_rounds == self.warmup {
+                            self.measure_start = Some(now);
+                        }
                         if self.done_rounds >= self.warmup + self.count {
+                            self.elapsed_us = self.measure_start.map(|t| (now - t).total_micros()).unwrap_or(0);
                             self.report();
                             let _ = stack.close(now, h);
                             self.finished = true;

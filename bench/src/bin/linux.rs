@@ -5,6 +5,8 @@
 //! Usage:
 //!   plex-bench-linux echo ADDR:PORT [--core N]
 //!   plex-bench-linux pingpong ADDR:PORT [--size 64] [--count N] [--warmup N] [--core N] [--hgrm FILE]
+//!   plex-bench-linux sink ADDR:PORT [--core N]
+//!   plex-bench-linux source ADDR:PORT [--bytes N] [--core N]
 
 // Benchmarks measure wall-clock time: the sans-IO rule is for stack and coupling.
 #![allow(clippy::disallowed_methods)]
@@ -75,7 +77,11 @@ fn pingpong(addr: SocketAddr, size: usize, count: u64, warmup: u64, core: Option
     let msg = vec![0x42u8; size];
     let mut buf = vec![0u8; size];
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut start = Instant::now();
     for i in 0..warmup + count {
+        if i == warmup {
+            start = Instant::now();
+        }
         let t = Instant::now();
         write_full(&mut s, &msg)?;
         if !read_full(&mut s, &mut buf)? {
@@ -87,14 +93,15 @@ fn pingpong(addr: SocketAddr, size: usize, count: u64, warmup: u64, core: Option
     }
     let us = |ns: u64| ns as f64 / 1000.0;
     println!(
-        "pingpong: {} round trips of {size} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us",
+        "pingpong: {} round trips of {size} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us tps {:.0}",
         hist.len(),
         us(hist.value_at_quantile(0.5)),
         us(hist.value_at_quantile(0.9)),
         us(hist.value_at_quantile(0.99)),
         us(hist.value_at_quantile(0.999)),
         us(hist.max()),
-        hist.mean() / 1000.0
+        hist.mean() / 1000.0,
+        hist.len() as f64 / start.elapsed().as_secs_f64()
     );
     if let Some(path) = hgrm {
         let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
@@ -104,6 +111,41 @@ fn pingpong(addr: SocketAddr, size: usize, count: u64, warmup: u64, core: Option
             out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", us(v.value_iterated_to()), q, v.count_since_last_iteration(), inv));
         }
         std::fs::write(path, out)?;
+    }
+    Ok(())
+}
+
+/// Receive until EOF; print the rate.
+fn sink(addr: SocketAddr, core: Option<usize>) -> std::io::Result<()> {
+    pin(core);
+    let l = TcpListener::bind(addr)?;
+    let (mut s, _) = l.accept()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut n, mut start) = (0u64, None);
+    loop {
+        match s.read(&mut buf)? {
+            0 => break,
+            k => {
+                start.get_or_insert_with(Instant::now);
+                n += k as u64;
+            }
+        }
+    }
+    let secs = start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0).max(1e-6);
+    println!("sink: received {n} bytes in {secs:.3} s ({:.1} Mbit/s)", n as f64 * 8.0 / secs / 1e6);
+    Ok(())
+}
+
+/// Send `bytes` bytes and close.
+fn source(addr: SocketAddr, bytes: u64, core: Option<usize>) -> std::io::Result<()> {
+    pin(core);
+    let mut s = TcpStream::connect(addr)?;
+    let buf = vec![0x5au8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let k = (left as usize).min(buf.len());
+        s.write_all(&buf[..k])?;
+        left -= k as u64;
     }
     Ok(())
 }
@@ -137,6 +179,8 @@ fn main() -> ExitCode {
     let r = match cmd.as_str() {
         "echo" => echo(addr, core),
         "pingpong" => pingpong(addr, size.max(1), count, warmup, core, opt("--hgrm")),
+        "sink" => sink(addr, core),
+        "source" => num("--bytes", 1 << 30).map_err(std::io::Error::other).and_then(|b| source(addr, b, core)),
         _ => {
             eprintln!("{usage}");
             return ExitCode::from(2);
