@@ -52,7 +52,7 @@ run_plex() { # round
   started "$OUT/plex-echo.log"
   ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
     --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
-  kill -INT "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  kill -INT "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 run_linux() { # round
   ip netns exec plx-mqs timeout 300 "$LNX" echo 198.18.1.4:7000 --core 1 >"$OUT/linux-echo.log" 2>&1 &
@@ -60,7 +60,7 @@ run_linux() { # round
   sleep 0.3
   ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup 2000 \
     --hgrm "$OUT/linux-$1.hgrm" >"$OUT/linux-$1.txt"
-  kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  kill -TERM "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 
 run_floor() { # round
@@ -71,7 +71,7 @@ run_floor() { # round
   mac=$(ip netns exec plx-mqs cat /sys/class/net/plx-mq1/address)
   ip netns exec plx-mqc timeout 300 "$FLOOR" ping plx-mq0 198.18.1.6 198.18.1.5 "$mac" --core 0 \
     --count "$COUNT" --warmup 2000 --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
-  kill -TERM "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  kill -TERM "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
   # The kernel releases the queue's AF_XDP binding a moment after the process dies.
   sleep 1
 }
@@ -95,12 +95,27 @@ run_bulk() { # round
   ip netns exec plx-mqc timeout 120 "$PLEX" source --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
     --to 198.18.1.2:5001 --bytes "$BULK" >/dev/null
   for _ in $(seq 1 100); do grep -q '^sink:' "$OUT/plex-sink-$1.txt" && break; sleep 0.1; done
-  kill -INT "${PIDS[-1]}" 2>/dev/null; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  kill -INT "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
   ip netns exec plx-mqs timeout 300 "$LNX" sink 198.18.1.4:7001 --core 1 >"$OUT/linux-sink-$1.txt" 2>&1 &
   PIDS+=($!)
   sleep 0.3
   ip netns exec plx-mqc timeout 300 "$LNX" source 198.18.1.4:7001 --bytes "$BULK" --core 0
   wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+}
+
+CONNS=$((COUNT / 6))
+run_connrate() { # round
+  ip netns exec plx-mqs timeout 300 "$PLEX" echo --iface plx-mq1 --addr 198.18.1.2/24 --poll busy --cores 1 >"$OUT/plex-echo2.log" 2>&1 &
+  PIDS+=($!)
+  started "$OUT/plex-echo2.log"
+  ip netns exec plx-mqc timeout 120 "$PLEX" connrate --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
+    --to 198.18.1.2:7 --count "$CONNS" >"$OUT/plex-connrate-$1.txt"
+  kill -INT "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+  ip netns exec plx-mqs timeout 300 "$LNX" echo 198.18.1.4:7002 --core 1 >"$OUT/linux-echo2.log" 2>&1 &
+  PIDS+=($!)
+  sleep 0.3
+  ip netns exec plx-mqc timeout 120 "$LNX" connrate 198.18.1.4:7002 --count "$CONNS" --core 0 >"$OUT/linux-connrate-$1.txt"
+  kill -TERM "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 
 for r in $(seq 1 "$ROUNDS"); do
@@ -112,6 +127,8 @@ for r in $(seq 1 "$ROUNDS"); do
   run_floor "$r"; cat "$OUT/floor-$r.txt"
   echo "== round $r/$ROUNDS: bulk, one connection, $((BULK >> 20)) MiB (plex, then Linux)"
   run_bulk "$r"; grep -h '^sink:' "$OUT/plex-sink-$r.txt" "$OUT/linux-sink-$r.txt"
+  echo "== round $r/$ROUNDS: connection rate, $CONNS sequential connections (plex, then Linux)"
+  run_connrate "$r"; cat "$OUT/plex-connrate-$r.txt" "$OUT/linux-connrate-$r.txt"
 done
 
 r=$ROUNDS
@@ -122,6 +139,8 @@ tps() { sed -n 's/.* tps \([0-9.]*\).*/\1/p' "$1"; }
 gbps() { sed -n 's/^sink:.*(\([0-9.]*\) Mbit\/s).*/\1/p' "$1" | awk '{ printf "%.3f", $1 / 1000 }'; }
 ptps=$(tps "$OUT/plex-$r.txt"); ltps=$(tps "$OUT/linux-$r.txt")
 pbulk=$(gbps "$OUT/plex-sink-$r.txt"); lbulk=$(gbps "$OUT/linux-sink-$r.txt")
+cps() { sed -n 's/.*: \([0-9]*\) conn\/s.*/\1/p' "$1"; }
+pcps=$(cps "$OUT/plex-connrate-$r.txt"); lcps=$(cps "$OUT/linux-connrate-$r.txt")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
 printf '%-28s %10s %10s\n' "TCP ping-pong, 64 B" "p50 (us)" "p99 (us)"
@@ -133,12 +152,13 @@ printf '%-28s %10s %10s\n' "ratio plex / floor" "$(ratio "$pp50" "$fp50")" "$(ra
 printf '\n%-28s %12s %12s %8s\n' "" "plex" "Linux" "ratio"
 printf '%-28s %12s %12s %8s\n' "transactions/s (1 conn)" "$ptps" "$ltps" "$(ratio "$ptps" "$ltps")"
 printf '%-28s %12s %12s %8s\n' "bulk Gbit/s (1 conn)" "$pbulk" "$lbulk" "$(ratio "$pbulk" "$lbulk")"
-echo "(.hgrm files in $OUT; connection rate and memory per connection are not measured yet)"
+printf '%-28s %12s %12s %8s\n' "connections/s (sequential)" "$pcps" "$lcps" "$(ratio "$pcps" "$lcps")"
+echo "(.hgrm files in $OUT; memory per connection is not measured yet)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
 {
-  "plex": { "rtt_p50_us": $pp50, "rtt_p99_us": $pp99, "tps": ${ptps:-null}, "bulk_gbps": ${pbulk:-null}, "conn_per_s": null },
-  "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99, "tps": ${ltps:-null}, "bulk_gbps": ${lbulk:-null}, "conn_per_s": null },
+  "plex": { "rtt_p50_us": $pp50, "rtt_p99_us": $pp99, "tps": ${ptps:-null}, "bulk_gbps": ${pbulk:-null}, "conn_per_s": ${pcps:-null} },
+  "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99, "tps": ${ltps:-null}, "bulk_gbps": ${lbulk:-null}, "conn_per_s": ${lcps:-null} },
   "floor": { "rtt_p50_us": $fp50, "rtt_p99_us": $fp99 },
   "ratios": { "plex_linux_rtt_p50": $(ratio "$pp50" "$lp50"), "plex_linux_rtt_p99": $(ratio "$pp99" "$lp99"), "plex_floor_rtt_p50": $(ratio "$pp50" "$fp50") }
 }

@@ -93,6 +93,15 @@ enum Cmd {
         #[arg(long)]
         hgrm: Option<String>,
     },
+    /// Connection rate against an echo server: connect, 64 bytes each way, close; repeated.
+    Connrate {
+        #[command(flatten)]
+        dp: DataPath,
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+    },
     /// Connect to IP:PORT; copy stdin to the connection and the connection to stdout.
     Connect {
         #[command(flatten)]
@@ -190,6 +199,7 @@ fn main() -> ExitCode {
         Cmd::Sink { dp, port, once } => datapath::serve(&dp, move |_| apps::Sink::new(port, once)),
         Cmd::Source { dp, to, bytes } => datapath::client(&dp, apps::Source::new(to, bytes)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
+        Cmd::Connrate { dp, to, count } => datapath::client(&dp, apps::ConnRate::new(to, count)),
         Cmd::Pingpong { dp, to, size, count, warmup, hgrm } => {
             datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, hgrm))
         }

@@ -6,6 +6,7 @@
 //!   plex-bench-linux echo ADDR:PORT [--core N]
 //!   plex-bench-linux pingpong ADDR:PORT [--size 64] [--count N] [--warmup N] [--core N] [--hgrm FILE]
 //!   plex-bench-linux sink ADDR:PORT [--core N]
+//!   plex-bench-linux connrate ADDR:PORT [--count N] [--core N]
 //!   plex-bench-linux source ADDR:PORT [--bytes N] [--core N]
 
 // Benchmarks measure wall-clock time: the sans-IO rule is for stack and coupling.
@@ -150,6 +151,24 @@ fn source(addr: SocketAddr, bytes: u64, core: Option<usize>) -> std::io::Result<
     Ok(())
 }
 
+/// Connection rate: connect, 64 bytes, half-close, read to end, close; `count` times.
+fn connrate(addr: SocketAddr, count: u64, core: Option<usize>) -> std::io::Result<()> {
+    pin(core);
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(128);
+    for _ in 0..count {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.write_all(&[0x42; 64])?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        buf.clear();
+        s.read_to_end(&mut buf)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("connrate: {count} connections in {secs:.3} s: {:.0} conn/s", count as f64 / secs);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: plex-bench-linux echo ADDR:PORT [--core N] | pingpong ADDR:PORT [--size N] [--count N] [--warmup N] [--core N] [--hgrm FILE]";
@@ -180,6 +199,7 @@ fn main() -> ExitCode {
         "echo" => echo(addr, core),
         "pingpong" => pingpong(addr, size.max(1), count, warmup, core, opt("--hgrm")),
         "sink" => sink(addr, core),
+        "connrate" => connrate(addr, count, core),
         "source" => num("--bytes", 1 << 30).map_err(std::io::Error::other).and_then(|b| source(addr, b, core)),
         _ => {
             eprintln!("{usage}");
