@@ -153,6 +153,8 @@ printf '\n%-28s %12s %12s %8s\n' "" "plex" "Linux" "ratio"
 printf '%-28s %12s %12s %8s\n' "transactions/s (1 conn)" "$ptps" "$ltps" "$(ratio "$ptps" "$ltps")"
 printf '%-28s %12s %12s %8s\n' "bulk Gbit/s (1 conn)" "$pbulk" "$lbulk" "$(ratio "$pbulk" "$lbulk")"
 printf '%-28s %12s %12s %8s\n' "connections/s (sequential)" "$pcps" "$lcps" "$(ratio "$pcps" "$lcps")"
+python3 scripts/plot_hgrm.py "$OUT/latency.svg" "plex=$OUT/plex-$r.hgrm" "Linux=$OUT/linux-$r.hgrm" "AF_XDP floor=$OUT/floor-$r.hgrm" \
+  && echo "latency percentile plot: $OUT/latency.svg"
 echo "(.hgrm files in $OUT; memory per connection is not measured yet)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
