@@ -119,5 +119,56 @@ fn main() -> ExitCode {
     println!("ping-pong: {rts} round trips of 64 bytes in {pp:.3} s");
     println!("  {:.0} round trips/s, {:.0} ns per round trip, {:.0} ns per frame ({} frames)",
         rts as f64 / pp, pp * 1e9 / rts as f64, pp * 1e9 / frames.max(1) as f64, frames);
+    for n in [10_000usize, 100_000] {
+        idle_connections(n);
+    }
     ExitCode::SUCCESS
+}
+
+/// Resident set size of this process, in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Open `n` idle connections between two in-memory stacks; report the memory per connection
+/// (each connection has an end in each stack).
+fn idle_connections(n: usize) {
+    let a_ip = Ipv4Addr::new(198, 18, 0, 10);
+    let cfg = tcp::Config::default();
+    let (mut a, mut b) = (stack(10, a_ip, &cfg), stack(1, Ipv4Addr::new(198, 18, 0, 1), &cfg));
+    // Ephemeral ports run out at ~28 k per source address: give the client several.
+    let sources: Vec<Ipv4Addr> = (0..(n / 20_000 + 1) as u8).map(|i| Ipv4Addr::new(198, 18, 0, 100 + i)).collect();
+    for ip in &sources {
+        b.add_address(*ip, 24, false);
+    }
+    let clock = Clock::default();
+    let mut buf = vec![0u8; 2048];
+    let l = a.tcp_listen(clock.now(), SocketAddrV4::new(a_ip, 5003), n).expect("listen");
+    exchange(&mut a, &mut b, clock.now(), &mut buf);
+    let before = rss();
+    let t0 = WallClock::now();
+    let mut accepted = 0;
+    for i in 0..n {
+        let now = clock.now();
+        let src = sources[i / 20_000];
+        b.tcp_connect(now, Some(src), SocketAddrV4::new(a_ip, 5003)).expect("connect");
+        if i % 256 == 255 || i == n - 1 {
+            exchange(&mut a, &mut b, now, &mut buf);
+            while a.tcp_accept(l).is_ok() {
+                accepted += 1;
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let grown = rss().saturating_sub(before);
+    println!(
+        "idle connections: {accepted} of {n} established in {secs:.2} s ({:.0} handshakes/s); RSS +{:.1} MiB: {} bytes per connection end (send/receive buffers are allocated on first data)",
+        accepted as f64 / secs,
+        grown as f64 / (1 << 20) as f64,
+        grown / (2 * accepted.max(1)) as u64
+    );
 }

@@ -1,4 +1,4 @@
-//! Byte buffers of a connection, allocated once when the connection is created.
+//! Byte buffers of a connection, allocated once, on first use (an idle connection holds none).
 //!
 //! - [`SendBuffer`]: bytes from `snd_una` on: unacknowledged, then unsent. The connection copies
 //!   a segment's payload straight from it into the outgoing frame (two slices when it wraps).
@@ -6,36 +6,45 @@
 //!   bytes placed at their offset, whose ranges an [`Assembler`] tracks. Out-of-order data is
 //!   kept (not dropped) up to the window, and its ranges feed the SACK blocks we send.
 
-/// A fixed-capacity byte ring.
+/// A fixed-capacity byte ring. Its memory is allocated on the first write, once: an idle
+/// connection holds no buffer memory (100k established idle connections cost only their
+/// control blocks), and no allocation happens per packet afterwards.
 #[derive(Debug, Clone)]
 struct Ring {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
+    cap: usize,
     /// Index of the first byte.
     head: usize,
 }
 
 impl Ring {
     fn new(capacity: usize) -> Ring {
-        Ring { buf: vec![0u8; capacity].into_boxed_slice(), head: 0 }
+        Ring { buf: Vec::new(), cap: capacity, head: 0 }
     }
     fn capacity(&self) -> usize {
+        self.cap
+    }
+    /// Bytes of memory held.
+    fn allocated(&self) -> usize {
         self.buf.len()
     }
     fn idx(&self, off: usize) -> usize {
-        let cap = self.buf.len();
         let i = self.head + off;
-        if i >= cap {
-            i - cap
+        if i >= self.cap {
+            i - self.cap
         } else {
             i
         }
     }
     /// Write `data` at logical offset `off` (must fit below capacity).
     fn write_at(&mut self, off: usize, data: &[u8]) {
-        let cap = self.buf.len();
+        let cap = self.cap;
         debug_assert!(off + data.len() <= cap);
         if data.is_empty() || cap == 0 {
             return;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; cap];
         }
         let start = self.idx(off);
         let first = (cap - start).min(data.len());
@@ -45,8 +54,8 @@ impl Ring {
     }
     /// Read `out.len()` bytes from logical offset `off` (must be in bounds).
     fn read_at(&self, off: usize, out: &mut [u8]) {
-        let cap = self.buf.len();
-        if out.is_empty() || cap == 0 {
+        let cap = self.cap;
+        if out.is_empty() || self.buf.is_empty() {
             return;
         }
         let start = self.idx(off);
@@ -56,10 +65,10 @@ impl Ring {
         out[first..].copy_from_slice(&self.buf[..rest]);
     }
     fn advance(&mut self, n: usize) {
-        if self.buf.is_empty() {
+        if self.cap == 0 {
             return;
         }
-        self.head = self.idx(n.min(self.buf.len()));
+        self.head = self.idx(n.min(self.cap));
     }
 }
 
@@ -98,6 +107,10 @@ impl SendBuffer {
         let n = out.len().min(self.len.saturating_sub(off));
         self.ring.read_at(off, &mut out[..n]);
         n
+    }
+    /// Memory held by the buffer.
+    pub fn allocated(&self) -> usize {
+        self.ring.allocated()
     }
     /// Drop `n` acknowledged bytes from the front.
     pub fn consume(&mut self, n: usize) {
@@ -216,6 +229,10 @@ impl RecvBuffer {
     pub fn readable(&self) -> usize {
         self.readable
     }
+    /// Memory held by the buffer.
+    pub fn allocated(&self) -> usize {
+        self.ring.allocated()
+    }
     /// Free space for the window computation.
     pub fn window(&self) -> usize {
         self.limit.saturating_sub(self.readable)
@@ -267,6 +284,22 @@ impl RecvBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_is_allocated_on_first_write_only() {
+        let mut b = SendBuffer::new(1 << 20);
+        assert_eq!(b.allocated(), 0);
+        let mut out = [0u8; 4];
+        assert_eq!(b.read_at(0, &mut out), 0);
+        b.consume(0);
+        b.enqueue(b"data");
+        assert_eq!(b.allocated(), 1 << 20);
+        let mut r = RecvBuffer::new(1 << 16, 128);
+        assert_eq!(r.allocated(), 0);
+        assert_eq!(r.read(&mut out), 0);
+        r.write(0, b"x");
+        assert_eq!(r.allocated(), (1 << 16) + 128);
+    }
 
     #[test]
     fn send_buffer_wraps() {
