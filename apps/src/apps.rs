@@ -628,7 +628,8 @@ impl App for Connect {
 // ---- pingpong --------------------------------------------------------------------------
 
 /// Round-trip latency client: sends `size`-byte messages to an echo server one at a time and
-/// records each round trip (1 us resolution: the poll loop reads the clock once per turn).
+/// records each round trip in nanoseconds (its own clock reads: the loop's `now` has 1 us
+/// resolution and is read once per turn).
 pub struct PingPong {
     to: SocketAddrV4,
     size: usize,
@@ -637,7 +638,7 @@ pub struct PingPong {
     done_rounds: u64,
     conn: Option<SocketHandle>,
     connected: bool,
-    sent_at: Option<Instant>,
+    sent_at: Option<std::time::Instant>,
     got: usize,
     msg: Vec<u8>,
     buf: Vec<u8>,
@@ -650,7 +651,7 @@ pub struct PingPong {
 
 impl PingPong {
     pub fn new(to: SocketAddrV4, size: usize, count: u64, warmup: u64, hgrm: Option<String>) -> PingPong {
-        let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
         PingPong {
             to,
             size: size.max(1),
@@ -673,16 +674,17 @@ impl PingPong {
 
     fn report(&self) {
         let h = &self.hist;
+        let us = |ns: u64| ns as f64 / 1000.0;
         println!(
-            "pingpong: {} round trips of {} bytes: p50 {} us p90 {} us p99 {} us p99.9 {} us max {} us mean {:.1} us tps {:.0}",
+            "pingpong: {} round trips of {} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us tps {:.0}",
             h.len(),
             self.size,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.9),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-            h.mean(),
+            us(h.value_at_quantile(0.5)),
+            us(h.value_at_quantile(0.9)),
+            us(h.value_at_quantile(0.99)),
+            us(h.value_at_quantile(0.999)),
+            us(h.max()),
+            h.mean() / 1000.0,
             h.len() as f64 * 1e6 / self.elapsed_us.max(1) as f64
         );
         if let Some(path) = &self.hgrm {
@@ -694,20 +696,20 @@ impl PingPong {
     }
 }
 
-/// HdrHistogram's percentile-distribution text (the `.hgrm` format its plotters read), values
-/// in microseconds.
+/// HdrHistogram's percentile-distribution text (the `.hgrm` format its plotters read), from
+/// nanosecond values, in microseconds.
 pub fn percentile_distribution(h: &hdrhistogram::Histogram<u64>) -> String {
     let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
     for v in h.iter_quantiles(5) {
         let q = v.quantile_iterated_to();
         let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".to_string() };
-        out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", v.value_iterated_to() as f64, q, v.count_since_last_iteration(), inv));
+        out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", v.value_iterated_to() as f64 / 1000.0, q, v.count_since_last_iteration(), inv));
     }
     out.push_str(&format!(
         "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]\n",
-        h.mean(),
-        h.stdev(),
-        h.max() as f64,
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        h.max() as f64 / 1000.0,
         h.len()
     ));
     out
@@ -744,7 +746,7 @@ impl App for PingPong {
                         self.got = 0;
                         if let Some(t) = self.sent_at.take() {
                             if self.done_rounds >= self.warmup {
-                                let _ = self.hist.record((now - t).total_micros().max(1));
+                                let _ = self.hist.record((t.elapsed().as_nanos() as u64).max(1));
                             }
                         }
                         self.done_rounds += 1;
@@ -771,7 +773,7 @@ impl App for PingPong {
     fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
         let (Some(h), true) = (self.conn, self.connected) else { return false };
         if self.sent_at.is_none() && !self.finished && stack.tcp_send(now, h, &self.msg).ok() == Some(self.size) {
-            self.sent_at = Some(now);
+            self.sent_at = Some(std::time::Instant::now());
             return true;
         }
         false
