@@ -51,3 +51,31 @@ pub fn exchange(a: &mut Stack, b: &mut Stack, now: Instant, buf: &mut [u8]) -> u
         }
     }
 }
+
+/// The one-line round-trip summary `scripts/bench.sh` parses, from nanosecond samples.
+pub fn pingpong_summary(hist: &hdrhistogram::Histogram<u64>, size: usize) -> String {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    format!(
+        "pingpong: {} round trips of {size} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us",
+        hist.len(),
+        us(hist.value_at_quantile(0.5)),
+        us(hist.value_at_quantile(0.9)),
+        us(hist.value_at_quantile(0.99)),
+        us(hist.value_at_quantile(0.999)),
+        us(hist.max()),
+        hist.mean() / 1000.0
+    )
+}
+
+/// Write HdrHistogram's percentile distribution (`.hgrm`, values in microseconds) of
+/// nanosecond samples.
+pub fn write_hgrm(path: &str, hist: &hdrhistogram::Histogram<u64>) -> std::io::Result<()> {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    for v in hist.iter_quantiles(5) {
+        let q = v.quantile_iterated_to();
+        let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
+        let value = v.value_iterated_to() as f64 / 1000.0;
+        out.push_str(&format!("{value:12.3} {q:2.12} {:10} {inv:>14}\n", v.count_since_last_iteration()));
+    }
+    std::fs::write(path, out)
+}

@@ -110,25 +110,9 @@ fn ping(iface: &str, addr: Ipv4Addr, peer: Ipv4Addr, peer_mac: MacAddr, mode: At
             let _ = hist.record(t.elapsed().as_nanos() as u64);
         }
     }
-    let us = |ns: u64| ns as f64 / 1000.0;
-    println!(
-        "pingpong: {} round trips of {size} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us lost {lost}",
-        hist.len(),
-        us(hist.value_at_quantile(0.5)),
-        us(hist.value_at_quantile(0.9)),
-        us(hist.value_at_quantile(0.99)),
-        us(hist.value_at_quantile(0.999)),
-        us(hist.max()),
-        hist.mean() / 1000.0
-    );
+    println!("{} lost {}", bench::pingpong_summary(&hist, size), lost);
     if let Some(path) = hgrm {
-        let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-        for v in hist.iter_quantiles(5) {
-            let q = v.quantile_iterated_to();
-            let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
-            out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", us(v.value_iterated_to()), q, v.count_since_last_iteration(), inv));
-        }
-        std::fs::write(path, out).map_err(|e| e.to_string())?;
+        bench::write_hgrm(&path, &hist).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

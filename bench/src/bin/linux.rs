@@ -92,26 +92,9 @@ fn pingpong(addr: SocketAddr, size: usize, count: u64, warmup: u64, core: Option
             let _ = hist.record(t.elapsed().as_nanos() as u64);
         }
     }
-    let us = |ns: u64| ns as f64 / 1000.0;
-    println!(
-        "pingpong: {} round trips of {size} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us tps {:.0}",
-        hist.len(),
-        us(hist.value_at_quantile(0.5)),
-        us(hist.value_at_quantile(0.9)),
-        us(hist.value_at_quantile(0.99)),
-        us(hist.value_at_quantile(0.999)),
-        us(hist.max()),
-        hist.mean() / 1000.0,
-        hist.len() as f64 / start.elapsed().as_secs_f64()
-    );
+    println!("{} tps {:.0}", bench::pingpong_summary(&hist, size), hist.len() as f64 / start.elapsed().as_secs_f64());
     if let Some(path) = hgrm {
-        let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
-        for v in hist.iter_quantiles(5) {
-            let q = v.quantile_iterated_to();
-            let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
-            out.push_str(&format!("{:12.3} {:2.12} {:10} {:>14}\n", us(v.value_iterated_to()), q, v.count_since_last_iteration(), inv));
-        }
-        std::fs::write(path, out)?;
+        bench::write_hgrm(&path, &hist)?;
     }
     Ok(())
 }

@@ -583,16 +583,14 @@ impl Stack {
         giver: u32,
         app_state: &[u8],
     ) -> Result<Vec<u8>, ApiError> {
-        let (record, tuple, ephemeral) = match self.socket(h) {
+        let (record, tuple) = match self.socket(h) {
             Some(Socket::Tcp(t)) => (
                 t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
                 t.conn.tuple(),
-                t.ephemeral,
             ),
             Some(_) => return Err(ApiError::WrongSocketType),
             None => return Err(ApiError::InvalidHandle),
         };
-        let _ = ephemeral;
         if self.connections.get(&tuple) == Some(&h) {
             self.connections.remove(&tuple);
             // The port stays in use cluster-wide: the connection lives on elsewhere.
@@ -658,7 +656,7 @@ impl Stack {
 
     pub fn udp_send_to(
         &mut self,
-        now: Instant,
+        _now: Instant,
         h: SocketHandle,
         dst: SocketAddrV4,
         data: &[u8],
@@ -677,7 +675,6 @@ impl Stack {
             None => return Err(ApiError::InvalidHandle),
         }
         self.mark_ready(h);
-        let _ = now;
         Ok(data.len())
     }
 
@@ -923,14 +920,13 @@ impl Stack {
         let body = packet.payload();
         match ip.next_header {
             IpProtocol::Tcp => self.receive_tcp(now, src_mac, &ip, body),
-            IpProtocol::Udp => self.receive_udp(now, src_mac, &ip, body),
+            IpProtocol::Udp => self.receive_udp(src_mac, &ip, body),
             IpProtocol::Icmp => self.receive_icmp(now, src_mac, &ip, body),
             _ => self.counters.drop(DropReason::IpUnsupportedProtocol),
         }
     }
 
     fn receive_icmp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
-        let _ = now;
         let icmp = match Icmpv4Packet::new_checked(body)
             .and_then(|p| Icmpv4Repr::parse(&p, self.cfg.verify_checksums))
         {
@@ -976,8 +972,7 @@ impl Stack {
         }
     }
 
-    fn receive_udp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
-        let _ = now;
+    fn receive_udp(&mut self, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
         let udp = match UdpPacket::new_checked(body)
             .and_then(|p| UdpRepr::parse(&p, ip.src_addr, ip.dst_addr, self.cfg.verify_checksums))
         {
@@ -1071,7 +1066,7 @@ impl Stack {
             .or_else(|| self.listeners.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, tuple.local.port())))
             .copied();
         if let Some(lh) = lh {
-            return self.listen_segment(now, src_mac, lh, tuple, &seg, ip);
+            return self.listen_segment(now, src_mac, lh, tuple, &seg);
         }
         // 3. Nobody: RST (RFC 9293 3.10.7.1).
         self.counters.drop(DropReason::TcpNoSocket);
@@ -1086,9 +1081,7 @@ impl Stack {
         lh: SocketHandle,
         tuple: Tuple,
         seg: &TcpRepr<'_>,
-        ip: &Ipv4Repr,
     ) {
-        let _ = ip;
         match (seg.control, seg.ack_number) {
             (TcpControl::Rst, _) => {}
             (TcpControl::Syn, None) => {
@@ -1180,37 +1173,13 @@ impl Stack {
     // ----------------------------------------------------------------------------------------
     // Building frames.
 
-    fn write_eth(&self, buf: &mut [u8], dst: MacAddr, ethertype: EtherType) {
-        let repr = EthernetRepr { src_addr: self.cfg.mac, dst_addr: dst, ethertype };
-        repr.emit(&mut EthernetFrame::new_unchecked(&mut buf[..ETH_HDR]));
-    }
-
-    fn write_ip(&mut self, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload_len: usize) {
-        let ident = self.rng.next_u32() as u16;
-        let repr = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: proto,
-            payload_len,
-            hop_limit: 64,
-            dscp_ecn: 0,
-            ident,
-            dont_frag: true,
-        };
-        repr.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..IP_HDR + payload_len]));
-    }
-
     fn queue_arp(&mut self, dst: MacAddr, arp: &ArpRepr) -> bool {
         let mac = self.cfg.mac;
         let ok = self.control.push_with(|b| {
-            let repr = EthernetRepr { src_addr: mac, dst_addr: dst, ethertype: EtherType::Arp };
-            repr.emit(&mut EthernetFrame::new_unchecked(&mut b[..ETH_HDR]));
+            emit_eth(b, mac, dst, EtherType::Arp);
             let n = arp.buffer_len();
             arp.emit(&mut ArpPacket::new_unchecked(&mut b[ETH_HDR..ETH_HDR + n]));
-            // Pad to the 60-byte Ethernet minimum.
-            let len = (ETH_HDR + n).max(60);
-            b[ETH_HDR + n..len].fill(0);
-            Some(len)
+            Some(pad_to_minimum(b, ETH_HDR + n))
         });
         if !ok {
             self.counters.drop(DropReason::ControlQueueFull);
@@ -1234,23 +1203,10 @@ impl Stack {
         let ident = self.rng.next_u32() as u16;
         let mac = self.cfg.mac;
         let ok = self.control.push_with(|b| {
-            EthernetRepr { src_addr: mac, dst_addr: dst_mac, ethertype: EtherType::Ipv4 }
-                .emit(&mut EthernetFrame::new_unchecked(&mut b[..ETH_HDR]));
-            let ipr = Ipv4Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: proto,
-                payload_len,
-                hop_limit: 64,
-                dscp_ecn: 0,
-                ident,
-                dont_frag: true,
-            };
+            emit_eth(b, mac, dst_mac, EtherType::Ipv4);
             fill(&mut b[ETH_HDR + IP_HDR..ETH_HDR + IP_HDR + payload_len]);
-            ipr.emit(&mut Ipv4Packet::new_unchecked(&mut b[ETH_HDR..ETH_HDR + IP_HDR + payload_len]));
-            let len = (ETH_HDR + IP_HDR + payload_len).max(60);
-            b[ETH_HDR + IP_HDR + payload_len..len].fill(0);
-            Some(len)
+            emit_ipv4(&mut b[ETH_HDR..], src, dst, proto, payload_len, ident);
+            Some(pad_to_minimum(b, ETH_HDR + IP_HDR + payload_len))
         });
         if !ok {
             self.counters.drop(DropReason::ControlQueueFull);
@@ -1406,8 +1362,9 @@ impl Stack {
             }
             _ => return None,
         };
-        self.write_ip(&mut buf[ip_start..], src, dst, proto, len);
-        self.write_eth(buf, mac, EtherType::Ipv4);
+        let ident = self.rng.next_u32() as u16;
+        emit_ipv4(&mut buf[ip_start..], src, dst, proto, len, ident);
+        emit_eth(buf, self.cfg.mac, mac, EtherType::Ipv4);
         if proto == IpProtocol::Tcp {
             // Timers and events may have changed with the segment.
             let deadline = self.tcp(h).and_then(|c| c.poll_timeout());
@@ -1416,7 +1373,7 @@ impl Stack {
                 self.after_tcp(now, h);
             }
         }
-        Some((l4_start + len).max(60).min(buf.len()))
+        Some(pad_to_minimum(buf, l4_start + len))
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1475,6 +1432,36 @@ impl Stack {
         }
         self.scratch = (retry, failed);
     }
+}
+
+/// Write the Ethernet header at the start of `b`.
+fn emit_eth(b: &mut [u8], src: MacAddr, dst: MacAddr, ethertype: EtherType) {
+    EthernetRepr { src_addr: src, dst_addr: dst, ethertype }.emit(&mut EthernetFrame::new_unchecked(&mut b[..ETH_HDR]));
+}
+
+/// Write the 20-byte IPv4 header (DF set, TTL 64) in front of `payload_len` bytes at `b[20..]`.
+fn emit_ipv4(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload_len: usize, ident: u16) {
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len,
+        hop_limit: 64,
+        dscp_ecn: 0,
+        ident,
+        dont_frag: true,
+    };
+    repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]));
+}
+
+/// Zero-pad a frame of `len` bytes to the 60-byte Ethernet minimum (never sending whatever the
+/// buffer held before); returns the length to send.
+fn pad_to_minimum(b: &mut [u8], len: usize) -> usize {
+    let padded = len.max(60).min(b.len());
+    if padded > len {
+        b[len..padded].fill(0);
+    }
+    padded
 }
 
 #[cfg(test)]

@@ -485,11 +485,7 @@ impl Connection {
 
     /// Effective send MSS (RFC 6691): the smaller of the peer's MSS and our path MTU, less the
     /// options we put in every segment.
-    pub(crate) fn update_mss_pub(&mut self) {
-        self.update_mss()
-    }
-
-    fn update_mss(&mut self) {
+    pub(crate) fn update_mss(&mut self) {
         let from_path = (self.path_mtu as usize).saturating_sub(40);
         let mut mss = (self.peer_mss as usize).min(from_path).min(self.cfg.mss as usize);
         if self.ts_ok {
@@ -830,11 +826,11 @@ impl Connection {
             self.disarm(Timer::Retransmit);
             if self.retries == 0 {
                 // RFC 6298 2.2 / Karn: time the SYN only if it was not retransmitted.
-                self.rtt_sample_from_timestamps(now, seg).or_else(|| {
-                    self.rtt_probe.map(|(_, t)| {
+                if self.rtt_sample_from_timestamps(now, seg).is_none() {
+                    if let Some((_, t)) = self.rtt_probe {
                         self.rtt.sample(now - t);
-                    })
-                });
+                    }
+                }
             }
             self.retries = 0;
             self.rtt_probe = None;
@@ -1492,7 +1488,7 @@ impl Connection {
     }
 
     /// Decide what the next segment is, if any.
-    fn plan(&mut self, now: Instant) -> Option<Plan> {
+    fn plan(&mut self) -> Option<Plan> {
         match self.state {
             State::Closed => return None,
             State::SynSent | State::SynReceived => {
@@ -1613,7 +1609,6 @@ impl Connection {
                 retransmit: false,
             });
         }
-        let _ = now;
         None
     }
 
@@ -1645,7 +1640,7 @@ impl Connection {
             let ack = self.rcv_nxt;
             return Some(self.emit_rst(out, seq, Some(ack)));
         }
-        let Some(plan) = self.plan(now) else {
+        let Some(plan) = self.plan() else {
             self.update_persist(now);
             return None;
         };

@@ -354,14 +354,6 @@ impl Connection {
         (now.total_millis() as u32).wrapping_add(self.ts_offset)
     }
 
-    /// Read just the identifying parts of a record.
-    pub fn peek_snapshot(record: &[u8]) -> Result<Snapshot, SnapshotError> {
-        Connection::restore(record, Instant::ZERO, &Config::default()).map(|(c, s)| {
-            let _ = c;
-            s
-        })
-    }
-
     /// Rebuild a connection from a record at `now`. `defaults` supplies the knobs the record
     /// does not carry (RTO bounds, retry limits, MSL). The connection resumes in the state it
     /// was snapshotted in, with one ACK due so the peer hears the current window at once.
@@ -516,7 +508,7 @@ impl Connection {
         c.ts_recent = ts_recent;
         c.ts_recent_age = ts_recent_age;
         c.cc = CongestionControl::from_state(&cc_state, now);
-        c.update_mss_pub();
+        c.update_mss();
         c.rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
         c.recovery = recovery;
         c.high_rxt = high_rxt;
