@@ -45,6 +45,18 @@ use crate::wire::{
 const ETH_HDR: usize = 14;
 const IP_HDR: usize = 20;
 
+/// What [`Stack::remove_address`] does with the connections on the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Leave them to time out (their segments still go out).
+    Keep,
+    /// Abort them with a RST (operator delete, a command moving the address).
+    Reset,
+    /// Forget them without sending anything: the address now answers elsewhere, or this stack
+    /// was fenced and must never speak for it again.
+    Silent,
+}
+
 /// A local address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HomeAddr {
@@ -273,24 +285,29 @@ impl Stack {
         self.homes.push(HomeAddr { addr, prefix_len, internal });
     }
 
-    /// Remove a local address: ARP and IP for it stop at once. Connections on it are reset
-    /// when `reset_connections` (an operator delete) or left to time out otherwise.
-    pub fn remove_address(&mut self, now: Instant, addr: Ipv4Addr, reset_connections: bool) {
+    /// Remove a local address: ARP and IP for it stop at once. What happens to connections on
+    /// it is the caller's `departure`.
+    pub fn remove_address(&mut self, now: Instant, addr: Ipv4Addr, departure: Departure) {
         self.homes.retain(|h| h.addr != addr);
-        if reset_connections {
-            let victims: Vec<SocketHandle> = self
-                .connections
-                .iter()
-                .filter(|(t, _)| *t.local.ip() == addr)
-                .map(|(_, h)| *h)
-                .collect();
-            for h in victims {
-                if let Some(c) = self.conn_mut(h) {
-                    c.abort();
-                }
-                self.after_tcp(now, h);
-            }
+        if departure == Departure::Keep {
+            return;
         }
+        let victims: Vec<SocketHandle> =
+            self.connections.iter().filter(|(t, _)| *t.local.ip() == addr).map(|(_, h)| *h).collect();
+        for h in victims {
+            if let Some(c) = self.conn_mut(h) {
+                match departure {
+                    Departure::Reset => c.abort(),
+                    _ => c.abort_silently(),
+                }
+            }
+            self.after_tcp(now, h);
+        }
+    }
+
+    /// Connections on `addr` (local end), in any state.
+    pub fn connections_on(&self, addr: Ipv4Addr) -> usize {
+        self.connections.keys().filter(|t| *t.local.ip() == addr).count()
     }
 
     pub fn homes(&self) -> &[HomeAddr] {

@@ -761,6 +761,15 @@ impl Connection {
         self.orphan = true;
     }
 
+    /// Drop the connection without a word to the peer: its address left this stack (the
+    /// stack was fenced, or the address moved away), so nothing may be sent from it any more.
+    /// The application sees a reset.
+    pub fn abort_silently(&mut self) {
+        self.rst_due = false;
+        self.enter_closed(Some(Error::Reset));
+        self.orphan = true;
+    }
+
     fn enter_closed(&mut self, error: Option<Error>) {
         if self.state == State::Closed {
             return;

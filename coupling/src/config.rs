@@ -1,0 +1,427 @@
+//! The cluster config (TOML): the cluster's name and region, its stacks, its dynamic VIPAs and
+//! VIPA ranges. Parsed once into [`ClusterConfig`], whose values cannot hold the mistakes the
+//! parser rejects (unknown stacks, duplicate or overlapping addresses, ranks out of range);
+//! every error names the statement and the reason.
+//!
+//! ```toml
+//! [cluster]
+//! name = "plx"
+//! region = "/dev/shm/plex-plx"
+//! lease_ms = 250          # a member whose heartbeat is older is declared failed
+//! heartbeat_ms = 10
+//!
+//! [[stack]]
+//! name = "s1"
+//! interface = "plx-s1"
+//! address = "198.18.0.11/24"
+//!
+//! [[dvipa]]               # VIPADEFINE + VIPABACKUP
+//! address = "198.18.0.100/24"
+//! primary = "s1"
+//! backups = [{ stack = "s2", rank = 20 }, { stack = "s3", rank = 10 }]
+//!
+//! [[vipa_range]]          # VIPARANGE: bind() inside it activates the address
+//! prefix = "198.18.0.128/28"
+//! stacks = ["s1", "s2"]   # default: every stack
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::layout::{MAX_DVIPAS, MAX_STACKS};
+
+/// The testbed's cluster (`scripts/testbed.sh up 3`): three stacks, two DVIPAs, one range.
+pub const TESTBED: &str = include_str!("testbed.toml");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The statement at fault, e.g. `dvipa[1] (198.18.0.101)`.
+    pub statement: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.statement, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(statement: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { statement: statement.into(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub region: PathBuf,
+    pub lease_ms: u64,
+    pub heartbeat_ms: u64,
+    pub stacks: Vec<StackDef>,
+    pub dvipas: Vec<DvipaDef>,
+    pub ranges: Vec<RangeDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackDef {
+    pub name: String,
+    pub interface: String,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub cores: Vec<usize>,
+    pub queues: u32,
+}
+
+/// What the holder of a DVIPA does when its primary returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Giveback {
+    /// The patent's behaviour: at once without connections, delayed until they end otherwise.
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DvipaDef {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    /// Stack slot of the primary.
+    pub primary: usize,
+    /// (stack slot, rank 1..=254).
+    pub backups: Vec<(usize, u8)>,
+    pub giveback: Giveback,
+}
+
+impl DvipaDef {
+    /// The role stack `slot` publishes for this DVIPA (see `layout::DvipaRow::roles`).
+    pub fn role_of(&self, slot: usize) -> u16 {
+        if slot == self.primary {
+            crate::layout::ROLE_PRIMARY
+        } else {
+            self.backups.iter().find(|(s, _)| *s == slot).map_or(0, |(_, r)| *r as u16)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeDef {
+    pub net: Ipv4Addr,
+    pub prefix: u8,
+    /// Stack slots that may activate addresses in it.
+    pub stacks: Vec<usize>,
+}
+
+impl RangeDef {
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        contains(self.net, self.prefix, a)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix as u32)
+    }
+}
+
+fn contains(net: Ipv4Addr, prefix: u8, a: Ipv4Addr) -> bool {
+    u32::from(a) & mask(prefix) == u32::from(net) & mask(prefix)
+}
+
+fn parse_cidr(statement: &str, field: &str, s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let bad = || err(statement, format!("{field} = {s:?} is not an IPv4 address with a prefix length (like \"198.18.0.100/24\")"));
+    let (a, p) = s.split_once('/').ok_or_else(bad)?;
+    let a: Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let p: u8 = p.parse().map_err(|_| bad())?;
+    if p > 32 {
+        return Err(bad());
+    }
+    Ok((a, p))
+}
+
+// The TOML as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    cluster: RawCluster,
+    #[serde(default)]
+    stack: Vec<RawStack>,
+    #[serde(default)]
+    dvipa: Vec<RawDvipa>,
+    #[serde(default)]
+    vipa_range: Vec<RawRange>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    region: Option<PathBuf>,
+    lease_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStack {
+    name: String,
+    interface: String,
+    address: String,
+    #[serde(default)]
+    cores: Vec<usize>,
+    queues: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDvipa {
+    address: String,
+    primary: String,
+    #[serde(default)]
+    backups: Vec<RawBackup>,
+    giveback: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    stack: String,
+    rank: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    prefix: String,
+    stacks: Option<Vec<String>>,
+}
+
+impl ClusterConfig {
+    /// Parse a cluster config; `origin` names it in errors (a file path).
+    pub fn parse(text: &str, origin: &str) -> Result<ClusterConfig, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| err(origin, e.to_string().trim_end().replace('\n', " ")))?;
+        let c = &raw.cluster;
+        if c.name.is_empty() || c.name.len() > 32 {
+            return Err(err("[cluster] name", "must be 1 to 32 bytes"));
+        }
+        let lease_ms = c.lease_ms.unwrap_or(250);
+        let heartbeat_ms = c.heartbeat_ms.unwrap_or(10);
+        if heartbeat_ms == 0 || lease_ms < 2 * heartbeat_ms {
+            return Err(err("[cluster]", format!("lease_ms ({lease_ms}) must be at least twice heartbeat_ms ({heartbeat_ms}), and heartbeat_ms at least 1")));
+        }
+        let region = c.region.clone().unwrap_or_else(|| PathBuf::from(format!("/dev/shm/plex-{}", c.name)));
+
+        if raw.stack.is_empty() {
+            return Err(err(origin, "no [[stack]]: a cluster needs at least one stack"));
+        }
+        if raw.stack.len() > MAX_STACKS {
+            return Err(err(origin, format!("{} stacks: at most {MAX_STACKS}", raw.stack.len())));
+        }
+        let mut stacks: Vec<StackDef> = Vec::new();
+        for (i, s) in raw.stack.iter().enumerate() {
+            let st = format!("stack[{i}] ({})", s.name);
+            if s.name.is_empty() || s.name.len() > 32 {
+                return Err(err(st, "name must be 1 to 32 bytes"));
+            }
+            if stacks.iter().any(|o| o.name == s.name) {
+                return Err(err(st, "a stack of this name is defined twice"));
+            }
+            if s.interface.is_empty() || s.interface.len() > 15 {
+                return Err(err(st, format!("interface {:?} is not an interface name (1 to 15 bytes)", s.interface)));
+            }
+            let (addr, prefix) = parse_cidr(&st, "address", &s.address)?;
+            if let Some(o) = stacks.iter().find(|o| o.addr == addr) {
+                return Err(err(st, format!("address {addr} is also stack {}'s", o.name)));
+            }
+            let queues = s.queues.unwrap_or(1);
+            if queues != 1 {
+                return Err(err(st, format!("queues = {queues}: a cluster stack runs one queue in this version")));
+            }
+            stacks.push(StackDef { name: s.name.clone(), interface: s.interface.clone(), addr, prefix, cores: s.cores.clone(), queues });
+        }
+        let slot_of = |st: &str, name: &str| {
+            stacks.iter().position(|s| s.name == name).ok_or_else(|| err(st, format!("stack {name:?} is not defined by any [[stack]]")))
+        };
+
+        if raw.dvipa.len() > MAX_DVIPAS {
+            return Err(err(origin, format!("{} DVIPAs: at most {MAX_DVIPAS}", raw.dvipa.len())));
+        }
+        let mut dvipas: Vec<DvipaDef> = Vec::new();
+        for (i, d) in raw.dvipa.iter().enumerate() {
+            let st = format!("dvipa[{i}] ({})", d.address);
+            let (addr, prefix) = parse_cidr(&st, "address", &d.address)?;
+            if let Some(s) = stacks.iter().find(|s| s.addr == addr) {
+                return Err(err(st, format!("{addr} is stack {}'s own address", s.name)));
+            }
+            if dvipas.iter().any(|o| o.addr == addr) {
+                return Err(err(st, format!("{addr} has two primaries (it is defined twice)")));
+            }
+            let primary = slot_of(&st, &d.primary)?;
+            let mut backups: Vec<(usize, u8)> = Vec::new();
+            for b in &d.backups {
+                let slot = slot_of(&st, &b.stack)?;
+                if !(1..=254).contains(&b.rank) {
+                    return Err(err(st, format!("backup {} has rank {}: ranks are 1 to 254 (255 is reserved for a primary awaiting a delayed giveback)", b.stack, b.rank)));
+                }
+                if slot == primary {
+                    return Err(err(st, format!("{} is both primary and backup", b.stack)));
+                }
+                if backups.iter().any(|(s, _)| *s == slot) {
+                    return Err(err(st, format!("backup {} is listed twice", b.stack)));
+                }
+                backups.push((slot, b.rank as u8));
+            }
+            let giveback = match d.giveback.as_deref() {
+                None | Some("auto") => Giveback::Auto,
+                Some("handoff") => {
+                    return Err(err(st, "giveback = \"handoff\" moves live connections to the primary (spec/04): connection handoff between stacks is not built yet; use \"auto\""))
+                }
+                Some(o) => return Err(err(st, format!("giveback = {o:?}: expected \"auto\" or \"handoff\""))),
+            };
+            dvipas.push(DvipaDef { addr, prefix, primary, backups, giveback });
+        }
+
+        let mut ranges: Vec<RangeDef> = Vec::new();
+        for (i, r) in raw.vipa_range.iter().enumerate() {
+            let st = format!("vipa_range[{i}] ({})", r.prefix);
+            let (net, prefix) = parse_cidr(&st, "prefix", &r.prefix)?;
+            if u32::from(net) & !mask(prefix) != 0 {
+                return Err(err(st, format!("{net} has host bits set for /{prefix}")));
+            }
+            if let Some(d) = dvipas.iter().find(|d| contains(net, prefix, d.addr)) {
+                return Err(err(st, format!("overlaps the primary/backup DVIPA {}", d.addr)));
+            }
+            if let Some(s) = stacks.iter().find(|s| contains(net, prefix, s.addr)) {
+                return Err(err(st, format!("contains stack {}'s own address {}", s.name, s.addr)));
+            }
+            if let Some(o) = ranges.iter().find(|o| contains(net, prefix, o.net) || contains(o.net, o.prefix, net)) {
+                return Err(err(st, format!("overlaps vipa_range {}/{}", o.net, o.prefix)));
+            }
+            let slots = match &r.stacks {
+                None => (0..stacks.len()).collect(),
+                Some(names) => names.iter().map(|n| slot_of(&st, n)).collect::<Result<Vec<_>, _>>()?,
+            };
+            ranges.push(RangeDef { net, prefix, stacks: slots });
+        }
+        Ok(ClusterConfig { name: c.name.clone(), region, lease_ms, heartbeat_ms, stacks, dvipas, ranges })
+    }
+
+    pub fn testbed() -> ClusterConfig {
+        match ClusterConfig::parse(TESTBED, "embedded testbed config") {
+            Ok(c) => c,
+            // The embedded config is checked by a test; this cannot be reached from a release.
+            Err(e) => unreachable!("embedded testbed config: {e}"),
+        }
+    }
+
+    pub fn slot(&self, name: &str) -> Option<usize> {
+        self.stacks.iter().position(|s| s.name == name)
+    }
+
+    /// A hash of everything the stacks must agree on (FNV-1a over the parsed config), stored in
+    /// the region header: a stack started from another config refuses to attach.
+    pub fn hash(&self) -> u64 {
+        let text = format!("{self:?}");
+        text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    }
+
+    pub fn dvipa_index(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.dvipas.iter().position(|d| d.addr == addr)
+    }
+
+    /// The ranges `slot` may activate `addr` in.
+    pub fn range_for(&self, addr: Ipv4Addr) -> Option<&RangeDef> {
+        self.ranges.iter().find(|r| r.contains(addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[cluster]
+name = "t"
+[[stack]]
+name = "s1"
+interface = "plx-s1"
+address = "198.18.0.11/24"
+[[stack]]
+name = "s2"
+interface = "plx-s2"
+address = "198.18.0.12/24"
+"#;
+
+    fn parse_with(extra: &str) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::parse(&format!("{BASE}{extra}"), "test.toml")
+    }
+
+    #[test]
+    fn testbed_config_parses() {
+        let c = ClusterConfig::testbed();
+        assert_eq!(c.stacks.len(), 3);
+        assert!(c.region.starts_with("/dev/shm"));
+        assert!(!c.dvipas.is_empty() && !c.ranges.is_empty());
+        assert_eq!(c.hash(), ClusterConfig::testbed().hash());
+    }
+
+    #[test]
+    fn a_full_config() {
+        let c = parse_with(
+            r#"
+[[dvipa]]
+address = "198.18.0.100/24"
+primary = "s1"
+backups = [{ stack = "s2", rank = 20 }]
+[[vipa_range]]
+prefix = "198.18.0.128/28"
+stacks = ["s2"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.region, PathBuf::from("/dev/shm/plex-t"));
+        assert_eq!(c.dvipas[0].backups, vec![(1, 20)]);
+        assert_eq!(c.dvipas[0].role_of(0), crate::layout::ROLE_PRIMARY);
+        assert_eq!(c.dvipas[0].role_of(1), 20);
+        assert!(c.ranges[0].contains("198.18.0.140".parse().unwrap()));
+        assert!(!c.ranges[0].contains("198.18.0.144".parse().unwrap()));
+        assert_eq!(c.ranges[0].stacks, vec![1]);
+    }
+
+    #[test]
+    fn every_error_names_its_statement() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s9\"", "dvipa[0] (198.18.0.100/24)", "stack \"s9\" is not defined"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\nbackups = [{ stack = \"s2\", rank = 255 }]", "dvipa[0]", "ranks are 1 to 254"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\nbackups = [{ stack = \"s2\", rank = 0 }]", "dvipa[0]", "ranks are 1 to 254"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\n[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s2\"", "dvipa[1]", "two primaries"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\nbackups = [{ stack = \"s1\", rank = 3 }]", "dvipa[0]", "both primary and backup"),
+            ("[[dvipa]]\naddress = \"198.18.0.11/24\"\nprimary = \"s2\"", "dvipa[0]", "own address"),
+            ("[[dvipa]]\naddress = \"198.18.0.300/24\"\nprimary = \"s2\"", "dvipa[0]", "not an IPv4 address"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\ngiveback = \"handoff\"", "dvipa[0]", "not built yet"),
+            ("[[dvipa]]\naddress = \"198.18.0.130/24\"\nprimary = \"s1\"\n[[vipa_range]]\nprefix = \"198.18.0.128/28\"", "vipa_range[0]", "overlaps the primary/backup DVIPA 198.18.0.130"),
+            ("[[vipa_range]]\nprefix = \"198.18.0.129/28\"", "vipa_range[0]", "host bits"),
+            ("[[vipa_range]]\nprefix = \"198.18.0.0/24\"", "vipa_range[0]", "contains stack s1's own address"),
+            ("[[vipa_range]]\nprefix = \"198.18.0.128/28\"\n[[vipa_range]]\nprefix = \"198.18.0.128/27\"", "vipa_range[1]", "overlaps vipa_range"),
+            ("[[vipa_range]]\nprefix = \"198.18.0.128/28\"\nstacks = [\"nope\"]", "vipa_range[0]", "\"nope\" is not defined"),
+            ("[[stack]]\nname = \"s1\"\ninterface = \"x\"\naddress = \"198.18.0.13/24\"", "stack[2] (s1)", "defined twice"),
+            ("[[stack]]\nname = \"s3\"\ninterface = \"x\"\naddress = \"198.18.0.12/24\"", "stack[2] (s3)", "also stack s2's"),
+            ("[[stack]]\nname = \"s3\"\ninterface = \"x\"\naddress = \"198.18.0.13/24\"\nqueues = 2", "stack[2] (s3)", "one queue"),
+            ("[[stack]]\nname = \"s3\"\ninterface = \"a-very-long-interface-name\"\naddress = \"198.18.0.13/24\"", "stack[2]", "not an interface name"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\ncolour = 3", "test.toml", "unknown field `colour`"),
+        ];
+        for (extra, statement, reason) in cases {
+            let e = parse_with(extra).unwrap_err();
+            assert!(e.statement.starts_with(statement), "{extra}: {e}");
+            assert!(e.reason.contains(reason), "{extra}: {e}");
+        }
+        let e = ClusterConfig::parse("[cluster]\nname = \"t\"\nlease_ms = 10\nheartbeat_ms = 10\n", "x").unwrap_err();
+        assert!(e.to_string().contains("twice heartbeat_ms"), "{e}");
+        let e = ClusterConfig::parse("[cluster]\nname = \"t\"\n", "x").unwrap_err();
+        assert!(e.to_string().contains("no [[stack]]"), "{e}");
+        let e = ClusterConfig::parse("this is not toml", "cfg.toml").unwrap_err();
+        assert!(e.to_string().starts_with("cfg.toml: "), "{e}");
+    }
+}

@@ -1,0 +1,474 @@
+//! The DVIPA protocol with several stacks in one process: the seed's worked examples as
+//! fixtures, and the races of spec/01. Time is simulated (ns); nothing sleeps.
+
+use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const MS: u64 = 1_000_000;
+
+/// Stacks sharing one anonymous region, each with the address set its stack would have.
+struct Harness {
+    region: Arc<Region>,
+    cfg: Arc<ClusterConfig>,
+    nodes: BTreeMap<String, Node>,
+    /// What each stack has in its home list (applied from actions).
+    homes: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Connections per (stack, address).
+    conns: BTreeMap<(String, Ipv4Addr), usize>,
+    /// Every action taken, per stack.
+    log: Vec<(String, Action)>,
+    now: u64,
+}
+
+impl Harness {
+    fn new(toml: &str) -> Harness {
+        let cfg = Arc::new(ClusterConfig::parse(toml, "test").unwrap());
+        let region = Arc::new(Region::anonymous(&cfg.name, cfg.hash()));
+        Harness { region, cfg, nodes: BTreeMap::new(), homes: BTreeMap::new(), conns: BTreeMap::new(), log: Vec::new(), now: 1_000 * MS }
+    }
+
+    fn join(&mut self, name: &str) {
+        let ident = Identity { pid: 1000 + self.cfg.slot(name).unwrap() as u32, ..Identity::default() };
+        let n = Node::join(self.region.clone(), self.cfg.clone(), name, ident, self.now).unwrap();
+        self.nodes.insert(name.to_string(), n);
+        self.homes.entry(name.to_string()).or_default();
+        self.settle();
+    }
+
+    fn tick(&mut self, name: &str) {
+        let Some(node) = self.nodes.get_mut(name) else { return };
+        let mut out = Vec::new();
+        let conns = &self.conns;
+        let n = name.to_string();
+        node.tick(self.now, &|a| conns.get(&(n.clone(), a)).copied().unwrap_or(0), &mut out);
+        self.apply(name, out);
+    }
+
+    fn apply(&mut self, name: &str, out: Vec<Action>) {
+        for a in out {
+            let home = self.homes.entry(name.to_string()).or_default();
+            match &a {
+                Action::Activate { addr, .. } => {
+                    home.insert(*addr);
+                }
+                Action::Deactivate { addr, .. } => {
+                    home.remove(addr);
+                    self.conns.remove(&(name.to_string(), *addr));
+                }
+            }
+            self.log.push((name.to_string(), a));
+        }
+        self.check_exclusive();
+    }
+
+    /// Never two stacks with one address in their home lists.
+    fn check_exclusive(&self) {
+        let mut seen: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
+        for (name, home) in &self.homes {
+            for a in home {
+                if let Some(other) = seen.insert(*a, name) {
+                    panic!("{a} active on {other} and {name} at once");
+                }
+            }
+        }
+    }
+
+    /// Advance time by one heartbeat and tick every live stack.
+    fn step(&mut self) {
+        self.now += 10 * MS;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.tick(&n);
+        }
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..5 {
+            self.step();
+        }
+    }
+
+    /// The process dies: no more ticks; a survivor's pidfd fires.
+    fn kill(&mut self, name: &str) {
+        let node = self.nodes.remove(name).unwrap();
+        self.homes.remove(name);
+        let (slot, inc) = (node.slot(), node.incarnation());
+        if let Some(other) = self.nodes.values_mut().next() {
+            assert!(other.declare_failed(self.now, slot, inc));
+        }
+    }
+
+    fn owner(&self, addr: &str) -> Option<String> {
+        let a: Ipv4Addr = addr.parse().unwrap();
+        let holders: Vec<&String> = self.homes.iter().filter(|(_, h)| h.contains(&a)).map(|(n, _)| n).collect();
+        assert!(holders.len() <= 1);
+        holders.first().map(|s| s.to_string())
+    }
+
+    fn hierarchy(&self, addr: &str) -> Vec<String> {
+        let i = self.cfg.dvipa_index(addr.parse().unwrap()).unwrap();
+        // Every stack reads the same region; compute it through each node's region handle.
+        let views: Vec<Vec<u8>> = self.nodes.values().map(|n| Node::hierarchy(n.region(), &n.region().dvipas()[i])).collect();
+        assert!(views.windows(2).all(|w| w[0] == w[1]), "stacks disagree: {views:?}");
+        let h = views.first().cloned().unwrap_or_default();
+        h.into_iter().map(|s| self.cfg.stacks[s as usize].name.clone()).collect()
+    }
+}
+
+fn stacks(names: &[&str]) -> String {
+    let mut s = String::from("[cluster]\nname = \"t\"\nlease_ms = 100\nheartbeat_ms = 10\n");
+    for (i, n) in names.iter().enumerate() {
+        s += &format!("[[stack]]\nname = \"{n}\"\ninterface = \"plx-{i}\"\naddress = \"198.18.0.{}/24\"\n", 11 + i);
+    }
+    s
+}
+
+fn dvipa(addr: &str, primary: &str, backups: &[(&str, u8)]) -> String {
+    let b: Vec<String> = backups.iter().map(|(s, r)| format!("{{ stack = \"{s}\", rank = {r} }}")).collect();
+    format!("[[dvipa]]\naddress = \"{addr}/24\"\nprimary = \"{primary}\"\nbackups = [{}]\n", b.join(", "))
+}
+
+// The seed's four-stack example (spec/01).
+const V: [&str; 9] = ["", "198.18.0.101", "198.18.0.102", "198.18.0.103", "198.18.0.104", "198.18.0.105", "198.18.0.106", "198.18.0.107", "198.18.0.108"];
+
+fn four_stacks() -> Harness {
+    let mut t = stacks(&["TCP1", "TCP2", "TCP3", "TCP4"]);
+    t += &dvipa(V[1], "TCP1", &[("TCP2", 20)]);
+    t += &dvipa(V[2], "TCP1", &[("TCP2", 20), ("TCP3", 30)]);
+    t += &dvipa(V[3], "TCP2", &[("TCP1", 10), ("TCP3", 30)]);
+    t += &dvipa(V[4], "TCP2", &[("TCP3", 30)]);
+    t += &dvipa(V[5], "TCP3", &[("TCP1", 10)]);
+    t += &dvipa(V[6], "TCP3", &[("TCP2", 20)]);
+    t += &dvipa(V[7], "TCP4", &[("TCP1", 10), ("TCP2", 20)]);
+    t += &dvipa(V[8], "TCP4", &[("TCP1", 10), ("TCP3", 30)]);
+    Harness::new(&t)
+}
+
+fn names(s: &[&str]) -> Vec<String> {
+    s.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn four_stacks_join_in_order_with_identical_hierarchies() {
+    let mut h = four_stacks();
+    let full: [(usize, &[&str]); 8] = [
+        (1, &["TCP1", "TCP2"]),
+        (2, &["TCP1", "TCP3", "TCP2"]),
+        (3, &["TCP2", "TCP3", "TCP1"]),
+        (4, &["TCP2", "TCP3"]),
+        (5, &["TCP3", "TCP1"]),
+        (6, &["TCP3", "TCP2"]),
+        (7, &["TCP4", "TCP2", "TCP1"]),
+        (8, &["TCP4", "TCP3", "TCP1"]),
+    ];
+    let order = ["TCP1", "TCP2", "TCP3", "TCP4"];
+    for (k, joined) in order.iter().enumerate() {
+        h.join(joined);
+        let up = &order[..=k];
+        for (v, expect) in full {
+            let expect: Vec<String> = expect.iter().filter(|s| up.contains(s)).map(|s| s.to_string()).collect();
+            assert_eq!(h.hierarchy(V[v]), expect, "V{v} after {joined} joined");
+            // Active on its primary once that has joined; a backup never activates a DVIPA
+            // whose primary has not started.
+            let primary = expect.first().filter(|p| *p == full_primary(v)).cloned();
+            assert_eq!(h.owner(V[v]), primary, "V{v} after {joined} joined");
+        }
+    }
+}
+
+fn full_primary(v: usize) -> &'static str {
+    ["", "TCP1", "TCP1", "TCP2", "TCP2", "TCP3", "TCP3", "TCP4", "TCP4"][v]
+}
+
+#[test]
+fn four_stacks_takeover_and_immediate_and_delayed_giveback() {
+    let mut h = four_stacks();
+    for s in ["TCP1", "TCP2", "TCP3", "TCP4"] {
+        h.join(s);
+    }
+    let before = h.log.len();
+    h.kill("TCP4");
+    h.step();
+    assert!(!h.log[before..].iter().any(|(n, _)| n == "TCP1"), "TCP1 does nothing: {:?}", &h.log[before..]);
+    assert_eq!(h.owner(V[7]).as_deref(), Some("TCP2"));
+    assert_eq!(h.owner(V[8]).as_deref(), Some("TCP3"));
+    assert_eq!(h.nodes["TCP1"].stats.takeovers, 0);
+
+    // Clients connect to V7 on TCP2; none on V8 at TCP3.
+    h.conns.insert(("TCP2".into(), V[7].parse().unwrap()), 3);
+    h.join("TCP4");
+    assert_eq!(h.owner(V[8]).as_deref(), Some("TCP4"), "TCP3 had no connections: gives V8 back at once");
+    assert_eq!(h.owner(V[7]).as_deref(), Some("TCP2"), "TCP2 has connections: delayed giveback");
+    assert_eq!(h.hierarchy(V[7]), names(&["TCP2", "TCP4", "TCP1"]), "TCP4 is backup rank 255 for V7");
+    let region = h.region.clone();
+    let row = &region.dvipas()[6];
+    assert_eq!(row.roles[3].load(Ordering::Relaxed), ROLE_GIVEBACK);
+    assert_eq!(OwnerWord::unpack(row.owner.load(Ordering::Relaxed)).state, DvipaState::DelayedGiveback);
+    assert_eq!(row.conns.load(Ordering::Relaxed), 3);
+    assert!(h.nodes["TCP4"].stats.messages_in >= 1, "the delayed giveback was announced by message");
+
+    // The last connection ends: TCP2 lets go, TCP4 activates.
+    h.conns.remove(&("TCP2".into(), V[7].parse().unwrap()));
+    h.settle();
+    assert_eq!(h.owner(V[7]).as_deref(), Some("TCP4"));
+    assert_eq!(h.hierarchy(V[7]), names(&["TCP4", "TCP2", "TCP1"]));
+    assert_eq!(row.roles[3].load(Ordering::Relaxed), ROLE_PRIMARY);
+}
+
+#[test]
+fn five_stacks_mvs2_fails() {
+    let mut t = stacks(&["MVS1", "MVS2", "MVS3", "MVS4", "MVS5"]);
+    t += &dvipa("198.18.0.201", "MVS1", &[("MVS2", 20), ("MVS4", 40)]); // VA1
+    t += &dvipa("198.18.0.202", "MVS2", &[("MVS1", 30), ("MVS4", 40)]); // VA2
+    t += &dvipa("198.18.0.203", "MVS4", &[("MVS1", 30), ("MVS2", 20)]); // VA3
+    t += &dvipa("198.18.0.211", "MVS2", &[("MVS3", 30), ("MVS5", 10)]); // VB1
+    t += &dvipa("198.18.0.212", "MVS3", &[("MVS2", 20), ("MVS5", 10)]); // VB2
+    t += &dvipa("198.18.0.213", "MVS5", &[("MVS2", 20), ("MVS3", 30)]); // VB3
+    let mut h = Harness::new(&t);
+    for s in ["MVS1", "MVS2", "MVS3", "MVS4", "MVS5"] {
+        h.join(s);
+    }
+    assert_eq!(h.hierarchy("198.18.0.202"), names(&["MVS2", "MVS4", "MVS1"]));
+    assert_eq!(h.hierarchy("198.18.0.211"), names(&["MVS2", "MVS3", "MVS5"]));
+    h.kill("MVS2");
+    h.step();
+    assert_eq!(h.owner("198.18.0.202").as_deref(), Some("MVS4"));
+    assert_eq!(h.owner("198.18.0.211").as_deref(), Some("MVS3"));
+    for (a, o) in [("198.18.0.201", "MVS1"), ("198.18.0.203", "MVS4"), ("198.18.0.212", "MVS3"), ("198.18.0.213", "MVS5")] {
+        assert_eq!(h.owner(a).as_deref(), Some(o), "{a} does not move");
+    }
+}
+
+fn three() -> Harness {
+    let mut t = stacks(&["s1", "s2", "s3"]);
+    t += &dvipa("198.18.0.100", "s1", &[("s2", 20), ("s3", 10)]);
+    t += "[[vipa_range]]\nprefix = \"198.18.1.0/24\"\n";
+    Harness::new(&t)
+}
+
+#[test]
+fn lease_expiry_detects_a_silent_stack() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    // s1 stops ticking (hung) without dying: no pidfd, only its lease.
+    let s1 = h.nodes.remove("s1").unwrap();
+    let mut steps = 0;
+    while h.owner("198.18.0.100").as_deref() != Some("s2") {
+        h.homes.get_mut("s1").map(|x| x.clear()); // what it has is irrelevant: it is silent
+        h.step();
+        steps += 1;
+        assert!(steps < 30, "no takeover after {steps} heartbeats");
+    }
+    // Not before the lease (100 ms = 10 heartbeats) has run out.
+    assert!(steps >= 10, "took over after {steps} heartbeats, lease is 10");
+    drop(s1);
+}
+
+#[test]
+fn a_stalled_owner_resumed_after_takeover_never_answers_again() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s1"));
+    // SIGSTOP: s1 keeps its state but does not run.
+    let mut s1 = h.nodes.remove("s1").unwrap();
+    let s1_home = h.homes.remove("s1").unwrap();
+    for _ in 0..20 {
+        h.step();
+    }
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+    // SIGCONT: before touching a frame the poll loop asks whether the lease is still valid.
+    assert!(!s1.lease_valid(h.now), "the stalled stack must know its lease lapsed");
+    let mut out = Vec::new();
+    s1.tick(h.now, &|_| 5, &mut out);
+    assert_eq!(out, vec![Action::Deactivate { addr: "198.18.0.100".parse().unwrap(), connections: Departure::Silent, why: "fenced: this stack was declared failed" }]);
+    assert_eq!(s1.stats.fenced, 1);
+    assert_eq!(s1.active().count(), 0);
+    assert!(s1_home.contains(&"198.18.0.100".parse().unwrap()));
+    // It rejoined with a new incarnation and, as primary, gets the address back by giveback
+    // (s2 has no connections) - through the owner word, never by answering on its own.
+    assert!(s1.incarnation() >= 2);
+    h.nodes.insert("s1".into(), s1);
+    h.homes.insert("s1".into(), BTreeSet::new());
+    h.settle();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s1"));
+}
+
+#[test]
+fn backup_dying_mid_takeover_passes_it_on() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    h.kill("s1");
+    // s2 takes over in its tick and dies before it ever announces the address.
+    h.now += 10 * MS;
+    h.tick("s2");
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+    h.kill("s2");
+    h.step();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s3"));
+    assert_eq!(h.hierarchy("198.18.0.100"), names(&["s3"]));
+}
+
+#[test]
+fn primary_dying_while_a_delayed_giveback_is_pending() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    h.kill("s1");
+    h.step();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+    h.conns.insert(("s2".into(), "198.18.0.100".parse().unwrap()), 1);
+    h.join("s1");
+    let region = h.region.clone();
+    let row = &region.dvipas()[0];
+    assert_eq!(OwnerWord::unpack(row.owner.load(Ordering::Relaxed)).state, DvipaState::DelayedGiveback);
+    h.kill("s1");
+    h.settle();
+    // s2 keeps it, as an ordinary takeover again; nobody else touched it.
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+    assert_eq!(OwnerWord::unpack(row.owner.load(Ordering::Relaxed)).state, DvipaState::Active);
+    // Connections end: there is no primary to give it to, so s2 stays owner.
+    h.conns.clear();
+    h.settle();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+}
+
+#[test]
+fn bind_activation_inside_a_range() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    let a: Ipv4Addr = "198.18.1.7".parse().unwrap();
+    let now = h.now;
+    assert_eq!(h.nodes.get_mut("s1").unwrap().bind_activate(now, "198.18.2.7".parse().unwrap()), Err(BindError::NotInRange("198.18.2.7".parse().unwrap())));
+    assert_eq!(h.nodes.get_mut("s1").unwrap().bind_activate(now, a), Ok(24));
+    h.homes.get_mut("s1").unwrap().insert(a);
+    assert_eq!(h.nodes.get_mut("s1").unwrap().bind_activate(now, a), Ok(24), "binding twice on the owner is fine");
+    assert_eq!(h.nodes.get_mut("s2").unwrap().bind_activate(now, a), Err(BindError::InUse { addr: a, stack: "s1".into() }));
+    h.settle();
+    assert_eq!(h.owner("198.18.1.7").as_deref(), Some("s1"));
+    let v = crate::ops::dvipas(&h.region);
+    let r = v.iter().find(|d| d.addr == a).unwrap();
+    assert_eq!((r.owner.as_deref(), r.origin, r.configured), (Some("s1"), Origin::Bind, false));
+
+    // s1 dies: the address is not moved, its bind status is cleared; another stack may bind it.
+    h.kill("s1");
+    h.settle();
+    assert_eq!(h.owner("198.18.1.7"), None);
+    let r = crate::ops::dvipas(&h.region).into_iter().find(|d| d.addr == a).unwrap();
+    assert_eq!(r.state, DvipaState::Inactive);
+    let now = h.now;
+    assert_eq!(h.nodes.get_mut("s3").unwrap().bind_activate(now, a), Ok(24));
+}
+
+#[test]
+fn two_stacks_binding_the_same_address_at_once_exactly_one_wins() {
+    let h = three();
+    let region = h.region.clone();
+    let cfg = h.cfg.clone();
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    #[allow(clippy::disallowed_methods)]
+    let threads: Vec<_> = ["s1", "s2"]
+        .into_iter()
+        .map(|name| {
+            let (region, cfg, barrier) = (region.clone(), cfg.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut node = Node::join(region, cfg, name, Identity::default(), 1000 * MS).unwrap();
+                let mut wins = Vec::new();
+                for i in 1..=200u32 {
+                    barrier.wait();
+                    let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i % 254 + 1);
+                    match node.bind_activate(1000 * MS, a) {
+                        Ok(_) => wins.push(a),
+                        Err(BindError::InUse { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    barrier.wait();
+                    // Release for the next round (the owner leaves the address).
+                    if wins.last() == Some(&a) {
+                        let i = find_range_row(node.region(), a).unwrap();
+                        let row = &node.region().range_dvipas()[i];
+                        let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
+                        row.owner.store(w.next(NO_SLOT, w.owner, DvipaState::Inactive, Origin::None).pack(), Ordering::Release);
+                        node.local.clear();
+                    }
+                    barrier.wait();
+                }
+                wins.len()
+            })
+        })
+        .collect();
+    let wins: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(wins.iter().sum::<usize>(), 200, "exactly one winner per round: {wins:?}");
+}
+
+#[test]
+fn operator_commands_move_and_delete() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    let a: Ipv4Addr = "198.18.1.9".parse().unwrap();
+    let (region, cfg, now) = (h.region.clone(), h.cfg.clone(), h.now);
+    // Refusals.
+    assert!(crate::ops::activate(&region, &cfg, "198.18.0.11".parse().unwrap(), "s1", now).unwrap_err().0.contains("own address"));
+    assert!(crate::ops::activate(&region, &cfg, "198.18.0.100".parse().unwrap(), "s1", now).unwrap_err().0.contains("primary/backup"));
+    assert!(crate::ops::activate(&region, &cfg, "198.18.9.9".parse().unwrap(), "s1", now).unwrap_err().0.contains("outside every vipa_range"));
+    assert!(crate::ops::activate(&region, &cfg, a, "s9", now).unwrap_err().0.contains("no stack"));
+    assert!(crate::ops::delete(&region, &cfg, a, now).unwrap_err().0.contains("not a DVIPA"));
+
+    // Activate on s2, then move it to s3: s2 resets its connections and lets go first.
+    crate::ops::activate(&region, &cfg, a, "s2", now).unwrap();
+    h.settle();
+    assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s2"));
+    h.conns.insert(("s2".into(), a), 2);
+    let msg = crate::ops::activate(&region, &cfg, a, "s3", h.now).unwrap();
+    assert!(msg.contains("moving from s2 to s3"), "{msg}");
+    h.settle();
+    assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s3"));
+    assert!(h.log.iter().any(|(n, act)| n == "s2" && matches!(act, Action::Deactivate { addr, connections: Departure::Reset, .. } if *addr == a)));
+
+    // Delete the configured DVIPA: its owner resets connections, nobody takes it over.
+    let msg = crate::ops::delete(&region, &cfg, "198.18.0.100".parse().unwrap(), h.now).unwrap();
+    assert!(msg.contains("deleted from s1"), "{msg}");
+    h.settle();
+    assert_eq!(h.owner("198.18.0.100"), None);
+    assert!(crate::ops::delete(&region, &cfg, "198.18.0.100".parse().unwrap(), h.now).unwrap_err().0.contains("not active"));
+    // It returns when its primary restarts.
+    h.kill("s1");
+    h.settle();
+    assert_eq!(h.owner("198.18.0.100"), None, "a deleted DVIPA is not taken over");
+    h.join("s1");
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s1"));
+}
+
+#[test]
+fn a_second_process_for_a_running_stack_is_refused() {
+    let mut h = three();
+    h.join("s1");
+    let ident = Identity { pid: 4242, ..Identity::default() };
+    let e = Node::join(h.region.clone(), h.cfg.clone(), "s1", ident.clone(), h.now).unwrap_err();
+    assert_eq!(e, JoinError::AlreadyRunning { name: "s1".into(), pid: 1000 });
+    assert_eq!(Node::join(h.region.clone(), h.cfg.clone(), "nope", ident, h.now).unwrap_err(), JoinError::UnknownStack("nope".into()));
+}
+
+#[test]
+fn members_view_shows_state_and_incarnation() {
+    let mut h = three();
+    for s in ["s1", "s2"] {
+        h.join(s);
+    }
+    h.kill("s2");
+    let v = crate::ops::members(&h.region, h.now);
+    assert_eq!(v.len(), 2);
+    assert_eq!((v[0].name.as_str(), v[0].state, v[0].incarnation), ("s1", MemberState::Up, 1));
+    assert_eq!((v[1].name.as_str(), v[1].state), ("s2", MemberState::Failed));
+    assert_eq!(v[0].addr, "198.18.0.11".parse::<Ipv4Addr>().unwrap());
+}

@@ -1,0 +1,208 @@
+//! What `plex ctl` does with a region: read-only views of members and DVIPAs, and the
+//! privileged commands (activate a range address on a stack, delete an active DVIPA).
+//! Commands are CAS on owner words like everything else; the stacks act on them in their
+//! next tick.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
+
+use crate::config::ClusterConfig;
+use crate::layout::*;
+use crate::node::{claim_range_row, find_range_row, RowRef};
+use crate::region::Region;
+use crate::words::{MemberWord, OwnerWord};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub slot: usize,
+    pub name: String,
+    pub state: MemberState,
+    pub incarnation: u64,
+    pub pid: u32,
+    pub mac: [u8; 6],
+    pub iface: String,
+    pub addr: Ipv4Addr,
+    /// Milliseconds since the last heartbeat.
+    pub heartbeat_age_ms: u64,
+    pub lease_ms: u64,
+    pub join_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DvipaView {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+    pub configured: bool,
+    pub owner: Option<String>,
+    pub state: DvipaState,
+    pub origin: Origin,
+    pub hierarchy: Vec<String>,
+    pub conns: u32,
+    pub generation: u32,
+    pub moves: u64,
+}
+
+fn member_name(region: &Region, slot: u8) -> String {
+    match region.members().get(slot as usize) {
+        Some(m) => {
+            let w: Vec<u64> = m.name.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+            let n = unpack_name(&w);
+            if n.is_empty() { format!("#{slot}") } else { n }
+        }
+        None => "-".into(),
+    }
+}
+
+pub fn members(region: &Region, now: u64) -> Vec<MemberView> {
+    region
+        .members()
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, m)| {
+            let w = MemberWord::unpack(m.word.load(Ordering::Acquire));
+            if w.state == MemberState::Free {
+                return None;
+            }
+            let mac = m.mac.load(Ordering::Relaxed).to_le_bytes();
+            let iface: Vec<u64> = m.iface.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+            Some(MemberView {
+                slot,
+                name: member_name(region, slot as u8),
+                state: w.state,
+                incarnation: m.incarnation.load(Ordering::Relaxed),
+                pid: m.pid.load(Ordering::Relaxed),
+                mac: [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]],
+                iface: unpack_name(&iface),
+                addr: Ipv4Addr::from(m.addr.load(Ordering::Relaxed)),
+                heartbeat_age_ms: (now / 1_000_000).saturating_sub(w.heartbeat_ms),
+                lease_ms: m.lease_ms.load(Ordering::Relaxed),
+                join_seq: m.join_seq.load(Ordering::Relaxed),
+            })
+        })
+        .collect()
+}
+
+fn view(region: &Region, row: &DvipaRow, configured: bool) -> DvipaView {
+    let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
+    DvipaView {
+        addr: Ipv4Addr::from(row.addr.load(Ordering::Acquire)),
+        prefix: (row.prefix.load(Ordering::Relaxed) & 0xff) as u8,
+        configured,
+        owner: w.held().then(|| member_name(region, w.owner)),
+        state: w.state,
+        origin: w.origin,
+        hierarchy: if configured {
+            crate::node::Node::hierarchy(region, row).into_iter().map(|s| member_name(region, s)).collect()
+        } else {
+            Vec::new()
+        },
+        conns: if w.held() { row.conns.load(Ordering::Relaxed) } else { 0 },
+        generation: w.generation,
+        moves: row.moves.load(Ordering::Relaxed),
+    }
+}
+
+/// Every DVIPA the region knows: configured ones (published by a joined stack), then range
+/// addresses ever activated.
+pub fn dvipas(region: &Region) -> Vec<DvipaView> {
+    let mut out: Vec<DvipaView> =
+        region.dvipas().iter().filter(|r| r.addr.load(Ordering::Acquire) != 0).map(|r| view(region, r, true)).collect();
+    let mut ranges: Vec<DvipaView> =
+        region.range_dvipas().iter().filter(|r| r.addr.load(Ordering::Acquire) != 0).map(|r| view(region, r, false)).collect();
+    ranges.sort_by_key(|v| v.addr);
+    out.extend(ranges);
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlError(pub String);
+
+impl std::fmt::Display for CtlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CtlError {}
+
+fn refuse(s: impl Into<String>) -> CtlError {
+    CtlError(s.into())
+}
+
+fn is_up(region: &Region, slot: u8) -> bool {
+    region.members().get(slot as usize).is_some_and(|m| MemberWord::unpack(m.word.load(Ordering::Acquire)).state == MemberState::Up)
+}
+
+/// `plex ctl dvipa activate ADDR --stack NAME`: activate a range address on a stack, taking it
+/// from another stack if it is active there (that stack resets its connections).
+pub fn activate(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, stack: &str, now: u64) -> Result<String, CtlError> {
+    if !region.writable() {
+        return Err(refuse("the region is mapped read-only: activating needs privilege"));
+    }
+    if let Some(s) = cfg.stacks.iter().find(|s| s.addr == addr) {
+        return Err(refuse(format!("{addr} is stack {}'s own address, not a DVIPA", s.name)));
+    }
+    if cfg.dvipa_index(addr).is_some() {
+        return Err(refuse(format!("{addr} is a primary/backup DVIPA: it moves by takeover and giveback, not by command")));
+    }
+    let slot = cfg.slot(stack).ok_or_else(|| refuse(format!("no stack {stack:?} in the cluster config")))?;
+    let range = cfg.range_for(addr).ok_or_else(|| refuse(format!("{addr} is outside every vipa_range")))?;
+    if !range.stacks.contains(&slot) {
+        return Err(refuse(format!("stack {stack} may not activate addresses of vipa_range {}/{}", range.net, range.prefix)));
+    }
+    let me = slot as u8;
+    if !is_up(region, me) {
+        return Err(refuse(format!("stack {stack} is not running")));
+    }
+    let i = claim_range_row(region, addr, range.prefix).ok_or_else(|| refuse("the range DVIPA table is full"))?;
+    let row = &region.range_dvipas()[i];
+    loop {
+        let cur = row.owner.load(Ordering::Acquire);
+        let w = OwnerWord::unpack(cur);
+        let next = if w.held() && w.owner == me && w.state == DvipaState::Active {
+            return Ok(format!("{addr} is already active on {stack}"));
+        } else if w.held() && w.owner != me && is_up(region, w.owner) {
+            w.next(me, w.owner, DvipaState::Moving, Origin::Command)
+        } else {
+            w.next(me, w.owner, DvipaState::Active, Origin::Command)
+        };
+        if row.owner.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            row.changed_ns.store(now, Ordering::Relaxed);
+            row.moves.fetch_add(1, Ordering::Relaxed);
+            return Ok(if next.state == DvipaState::Moving {
+                format!("{addr} moving from {} to {stack} (its connections there are reset)", member_name(region, w.owner))
+            } else {
+                format!("{addr} activated on {stack}")
+            });
+        }
+    }
+}
+
+/// `plex ctl dvipa delete ADDR`: deactivate an active DVIPA; its owner resets its connections
+/// and no other stack takes it over.
+pub fn delete(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, now: u64) -> Result<String, CtlError> {
+    if !region.writable() {
+        return Err(refuse("the region is mapped read-only: deleting needs privilege"));
+    }
+    let r = match cfg.dvipa_index(addr) {
+        Some(i) => RowRef::Config(i),
+        None => RowRef::Range(find_range_row(region, addr).ok_or_else(|| refuse(format!("{addr} is not a DVIPA of this cluster")))?),
+    };
+    let row = match r {
+        RowRef::Config(i) => &region.dvipas()[i],
+        RowRef::Range(i) => &region.range_dvipas()[i],
+    };
+    loop {
+        let cur = row.owner.load(Ordering::Acquire);
+        let w = OwnerWord::unpack(cur);
+        if !w.held() {
+            return Err(refuse(format!("{addr} is not active ({})", w.state.name())));
+        }
+        let next = w.next(NO_SLOT, w.owner, DvipaState::Deleted, Origin::None);
+        if row.owner.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            row.changed_ns.store(now, Ordering::Relaxed);
+            row.moves.fetch_add(1, Ordering::Relaxed);
+            return Ok(format!("{addr} deleted from {} (its connections are reset)", member_name(region, w.owner)));
+        }
+    }
+}
