@@ -32,3 +32,74 @@ pub mod words;
 pub use config::ClusterConfig;
 pub use node::{Action, Departure, Node};
 pub use region::{Region, RegionError};
+
+#[cfg(test)]
+mod tests {
+    use crate::layout::*;
+    use core::mem::{offset_of, size_of};
+
+    fn size_of_field<T, F>(_: fn(&T) -> &F) -> usize {
+        size_of::<F>()
+    }
+
+    /// (table heading, field, offset, size) of every field of every row.
+    fn code_fields() -> Vec<(&'static str, &'static str, usize, usize)> {
+        macro_rules! rows {
+            ($($t:literal, $ty:ty: [$($field:ident),*]);*) => {
+                vec![$($(($t, stringify!($field), offset_of!($ty, $field), size_of_field(|v: &$ty| &v.$field))),*),*]
+            };
+        }
+        let v = rows![
+            "Header", Header: [magic, major, minor, region_len, config_hash, created_ns, join_seq, name, section_count, _pad, sections, _reserved];
+            "Section row", SectionRow: [kind, entry_size, offset, count];
+            "Member row", MemberRow: [word, incarnation, pid, ifindex, mac, lease_ms, join_seq, addr, queues, failed_ns, name, iface, joined_ns, _reserved];
+            "DVIPA row", DvipaRow: [owner, addr, prefix, conns, _pad, changed_ns, activator_pid, roles, moves, _reserved];
+            "Message ring", RingRow: [head, _pad0, tail, _pad1, slots];
+            "Message slot", MessageSlot: [words]
+        ];
+        v
+    }
+
+    /// Parse the `| offset | size | field |` tables of LAYOUT.md, by `##`/`###` heading.
+    fn doc_fields() -> Vec<(String, String, usize, usize)> {
+        let doc = include_str!("../LAYOUT.md");
+        let mut heading = String::new();
+        let mut out = Vec::new();
+        for line in doc.lines() {
+            if let Some(h) = line.strip_prefix("### ").or_else(|| line.strip_prefix("## ")) {
+                heading = h.split(" (").next().unwrap_or(h).to_string();
+                continue;
+            }
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 5 {
+                continue;
+            }
+            if let (Ok(off), Ok(size)) = (cells[1].parse::<usize>(), cells[2].parse::<usize>()) {
+                if !cells[3].is_empty() && !cells[3].chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                    out.push((heading.clone(), cells[3].to_string(), off, size));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn layout_md_matches_the_code() {
+        let code: Vec<(String, String, usize, usize)> =
+            code_fields().into_iter().map(|(t, f, o, s)| (t.to_string(), f.to_string(), o, s)).collect();
+        let doc = doc_fields();
+        assert_eq!(doc, code, "LAYOUT.md and src/layout.rs disagree");
+        // Row sizes, and the section table of LAYOUT.md against `SectionKind::shape`.
+        let text = include_str!("../LAYOUT.md");
+        for k in SectionKind::ALL {
+            let (size, count) = k.shape();
+            let row = format!("| {} | {:?} | {size} | {count} |", k as u32, k);
+            assert!(text.contains(&row), "LAYOUT.md lacks the section row {row:?}");
+        }
+        assert!(text.contains(&format!("**{MAJOR}.{MINOR}**")));
+        assert!(text.contains("(offset 0, 512 bytes)") && size_of::<Header>() == 512);
+        assert!(text.contains("## Member row (128 bytes)") && size_of::<MemberRow>() == 128);
+        assert!(text.contains("## DVIPA row (128 bytes") && size_of::<DvipaRow>() == 128);
+        assert!(text.contains(&format!("## Message ring ({} bytes)", size_of::<RingRow>())));
+    }
+}
