@@ -47,6 +47,13 @@ pub trait Cluster: core::fmt::Debug + Send {
     /// A port proposed by `ephemeral_port` is no longer used.
     fn release_port(&mut self, now: Instant, local: SocketAddrV4);
 
+    /// An application binds `addr`, which is not (yet) an address of this stack: may the
+    /// cluster activate it here (a DVIPA inside a VIPA range, spec/01)? `Some(prefix_len)`:
+    /// it is now this stack's, the stack adds and announces it. `None`: `EADDRNOTAVAIL`.
+    fn bind_address(&mut self, _now: Instant, _addr: Ipv4Addr) -> Option<u8> {
+        None
+    }
+
     fn listener_opened(&mut self, now: Instant, local: SocketAddrV4);
     fn listener_closed(&mut self, now: Instant, local: SocketAddrV4);
     fn connection_opened(&mut self, now: Instant, tuple: &Tuple);

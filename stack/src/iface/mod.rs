@@ -296,10 +296,7 @@ impl Stack {
             self.connections.iter().filter(|(t, _)| *t.local.ip() == addr).map(|(_, h)| *h).collect();
         for h in victims {
             if let Some(c) = self.conn_mut(h) {
-                match departure {
-                    Departure::Reset => c.abort(),
-                    _ => c.abort_silently(),
-                }
+                c.abort_by_stack(departure == Departure::Reset);
             }
             self.after_tcp(now, h);
         }
@@ -443,11 +440,14 @@ impl Stack {
         local: SocketAddrV4,
         backlog: usize,
     ) -> Result<SocketHandle, ApiError> {
-        if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
-            return Err(ApiError::AddrNotAvailable);
-        }
         if local.port() == 0 {
             return Err(ApiError::AddrNotAvailable);
+        }
+        if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
+            // Bind activation: the cluster may make it ours (a range DVIPA).
+            let prefix = self.cluster.bind_address(now, *local.ip()).ok_or(ApiError::AddrNotAvailable)?;
+            self.add_address(*local.ip(), prefix, false);
+            self.announce(*local.ip());
         }
         if self.listeners.contains_key(&local) {
             return Err(ApiError::AddrInUse);
@@ -1277,6 +1277,13 @@ impl Stack {
             let Some(hop) = self.next_hop(remote_ip) else {
                 self.counters.drop(DropReason::NoRoute);
                 self.unready(h);
+                // A closed connection's last RST cannot leave: free it rather than keep it.
+                if let Some(c) = self.conn_mut(h) {
+                    if c.state() == State::Closed && c.rst_pending() {
+                        c.drop_pending_rst();
+                        self.after_tcp(now, h);
+                    }
+                }
                 if is_udp {
                     if let Some(Socket::Udp(u)) = self.socket_mut(h) {
                         u.tx.pop();
@@ -1350,8 +1357,16 @@ impl Stack {
             Some(Socket::Tcp(t)) => {
                 let n = t.conn.poll_transmit(now, &mut buf[l4_start..l4_start + l4_room]);
                 let tuple = t.conn.tuple();
+                let finished = t.conn.state() == State::Closed && !t.conn.rst_pending();
                 match n {
-                    Some(n) => (*tuple.local.ip(), *tuple.remote.ip(), IpProtocol::Tcp, n),
+                    Some(n) => {
+                        if finished {
+                            // Its last segment (a RST) is out: free the slot now, nothing
+                            // else will look at a closed connection again.
+                            self.after_tcp(now, h);
+                        }
+                        (*tuple.local.ip(), *tuple.remote.ip(), IpProtocol::Tcp, n)
+                    }
                     None => {
                         // It may have changed its timers (persist) while deciding.
                         self.after_tcp(now, h);

@@ -325,3 +325,94 @@ fn random_frames_never_panic_and_are_accounted() {
     }
     let _ = Duration::ZERO;
 }
+
+/// A cluster double that grants bind activation for one address.
+#[derive(Debug)]
+struct GrantOne(Ipv4Addr);
+
+impl Cluster for GrantOne {
+    fn route_inbound(&mut self, _: Instant, _: &crate::tcp::Tuple, _: bool) -> InboundRoute {
+        InboundRoute::Local
+    }
+    fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: SocketAddrV4, rng: &mut crate::rand::Rng) -> Option<u16> {
+        SingleStack.ephemeral_port(now, l, r, rng)
+    }
+    fn bind_address(&mut self, _: Instant, addr: Ipv4Addr) -> Option<u8> {
+        (addr == self.0).then_some(28)
+    }
+    fn release_port(&mut self, _: Instant, _: SocketAddrV4) {}
+    fn listener_opened(&mut self, _: Instant, _: SocketAddrV4) {}
+    fn listener_closed(&mut self, _: Instant, _: SocketAddrV4) {}
+    fn connection_opened(&mut self, _: Instant, _: &crate::tcp::Tuple) {}
+    fn connection_closed(&mut self, _: Instant, _: &crate::tcp::Tuple) {}
+}
+
+#[test]
+fn bind_to_a_cluster_address_activates_and_announces_it() {
+    let vip = Ipv4Addr::new(198, 18, 0, 130);
+    let mut cfg = StackConfig::new(A_MAC);
+    cfg.tcp.delayed_ack = None;
+    let mut a = Stack::with_cluster(cfg, Box::new(GrantOne(vip)));
+    a.add_address(A_IP, 24, false);
+    assert_eq!(
+        a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 131), 80), 8).err(),
+        Some(ApiError::AddrNotAvailable)
+    );
+    assert!(a.tcp_listen(t(0), SocketAddrV4::new(vip, 80), 8).is_ok());
+    assert!(a.homes().contains(&HomeAddr { addr: vip, prefix_len: 28, internal: false }));
+    assert_eq!(a.counters().gratuitous_arp_out, 2, "announced in request and reply form");
+}
+
+/// Open a connection from `b` to `addr:80` on `a`; returns (a's socket, b's socket).
+fn connected(a: &mut Stack, b: &mut Stack, addr: Ipv4Addr) -> (SocketHandle, SocketHandle) {
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 16).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(addr, 80)).unwrap();
+    pump(a, b, t(1));
+    (a.tcp_accept(l).unwrap(), c)
+}
+
+#[test]
+fn an_address_leaving_silently_sends_nothing_and_a_reset_departure_sends_rst() {
+    let vip = Ipv4Addr::new(198, 18, 0, 100);
+    for departure in [Departure::Silent, Departure::Reset] {
+        let (mut a, mut b) = pair();
+        a.add_address(vip, 24, false);
+        let (s, c) = connected(&mut a, &mut b, vip);
+        a.tcp_send(t(2), s, b"unsent data").unwrap();
+        let _ = events(&mut a);
+        assert_eq!(a.connections_on(vip), 1);
+        a.remove_address(t(2), vip, departure);
+        assert!(events(&mut a).contains(&(s, SocketEvent::Tcp(Event::Reset))), "{departure:?}: the application learns");
+        let mut buf = vec![0u8; 1600];
+        let mut sent = Vec::new();
+        while let Some(n) = a.poll_transmit(t(3), &mut buf) {
+            sent.push(buf[..n].to_vec());
+        }
+        // Nothing more for a silent departure, not even after the retransmission timeout.
+        a.handle_timeout(t(10_000));
+        while let Some(n) = a.poll_transmit(t(10_000), &mut buf) {
+            sent.push(buf[..n].to_vec());
+        }
+        assert_eq!(a.connections_on(vip), 0, "{departure:?}");
+        match departure {
+            Departure::Silent => assert!(sent.is_empty(), "a fenced stack must not speak: {} frames", sent.len()),
+            _ => {
+                assert_eq!(sent.len(), 1);
+                b.receive(t(3), &sent[0]);
+                assert!(events(&mut b).contains(&(c, SocketEvent::Tcp(Event::Reset))));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_reset_that_cannot_be_routed_does_not_leak_the_connection() {
+    let (mut a, mut b) = pair();
+    let (_s, _c) = connected(&mut a, &mut b, A_IP);
+    // The only address (and so the route to the peer) leaves with a reset departure.
+    a.remove_address(t(2), A_IP, Departure::Reset);
+    let mut buf = vec![0u8; 1600];
+    while a.poll_transmit(t(3), &mut buf).is_some() {}
+    assert_eq!(a.connection_count(), 0);
+    assert!(a.counters().dropped(DropReason::NoRoute) >= 1);
+}

@@ -547,6 +547,11 @@ impl Connection {
         self.tx.free()
     }
     /// A RST is waiting to be sent.
+    /// Give up a RST that cannot be sent (no route to the peer any more).
+    pub fn drop_pending_rst(&mut self) {
+        self.rst_due = false;
+        self.rst_reply = None;
+    }
     pub fn rst_pending(&self) -> bool {
         self.rst_due || self.rst_reply.is_some()
     }
@@ -761,11 +766,16 @@ impl Connection {
         self.orphan = true;
     }
 
-    /// Drop the connection without a word to the peer: its address left this stack (the
-    /// stack was fenced, or the address moved away), so nothing may be sent from it any more.
-    /// The application sees a reset.
-    pub fn abort_silently(&mut self) {
-        self.rst_due = false;
+    /// The stack ends the connection because its local address left (an operator delete or a
+    /// move resets it, `send_rst`; a fenced stack or a departed address forgets it without a
+    /// word, since nothing may be sent from that address any more). The application sees a
+    /// reset either way.
+    pub fn abort_by_stack(&mut self, send_rst: bool) {
+        self.rst_due = send_rst
+            && matches!(
+                self.state,
+                State::SynReceived | State::Established | State::FinWait1 | State::FinWait2 | State::CloseWait
+            );
         self.enter_closed(Some(Error::Reset));
         self.orphan = true;
     }
