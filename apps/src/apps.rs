@@ -12,11 +12,16 @@ use stack::iface::{ApiError, SocketEvent, SocketHandle, Stack};
 use stack::tcp::Event;
 use stack::time::Instant;
 
+/// The address the built-in servers listen on: every address of the stack (unspecified)
+/// unless `plex run --bind` names one (inside a VIPA range, that activates it).
+pub static LISTEN_IP: std::sync::OnceLock<Ipv4Addr> = std::sync::OnceLock::new();
+
 fn listen(now: Instant, stack: &mut Stack, port: u16) -> SocketHandle {
-    match stack.tcp_listen(now, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), 4096) {
+    let ip = LISTEN_IP.get().copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    match stack.tcp_listen(now, SocketAddrV4::new(ip, port), 4096) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("plex: cannot listen on port {port}: {e}");
+            eprintln!("plex: cannot listen on {ip}:{port}: {e}");
             std::process::exit(1);
         }
     }

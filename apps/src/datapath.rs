@@ -27,7 +27,18 @@ struct Setup {
     stop: Arc<AtomicBool>,
 }
 
+/// Join a plex cluster as this stack (`plex run`).
+#[derive(Debug, Clone)]
+pub struct ClusterJoin {
+    pub cfg: Arc<coupling::ClusterConfig>,
+    pub stack: String,
+}
+
 fn setup(dp: &DataPath, queues: u32) -> Result<Setup, String> {
+    setup_in(dp, queues, None)
+}
+
+fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result<Setup, String> {
     let mac: MacAddr = read_sys(&dp.iface, "address")?.parse().map_err(|e| format!("{}: {e}", dp.iface))?;
     let mtu: usize = read_sys(&dp.iface, "mtu")?.parse().unwrap_or(1500);
     if mtu > 3000 {
@@ -69,13 +80,28 @@ fn setup(dp: &DataPath, queues: u32) -> Result<Setup, String> {
         cfg.tcp.congestion = dp.cc;
         cfg.tcp.nodelay = dp.nodelay;
         cfg.tcp.mss = (mtu - 40) as u16;
-        let mut stack = Stack::new(cfg);
+        let clock = poll_loop::clock::Clock::default();
+        let (mut stack, member) = match cluster {
+            None => (Stack::new(cfg), None),
+            Some(j) => {
+                let ident = coupling::node::Identity {
+                    pid: std::process::id(),
+                    mac: mac.0,
+                    ifindex: poll_loop::xdp::ifindex(&dp.iface).map_err(|e| e.to_string())? as u32,
+                };
+                let (member, handle) = poll_loop::cluster::ClusterMember::join(j.cfg.clone(), &j.stack, ident, steering.home_map()?, clock)?;
+                (Stack::with_cluster(cfg, Box::new(handle)), Some(member))
+            }
+        };
         stack.add_address(addr, prefix, false);
         // Tell the segment where the address lives now.
         stack.announce(addr);
         let pcap = dp.pcap.as_ref().map(|p| if q == 0 { p.clone() } else { format!("{p}.{q}") });
         let device = Device::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
-        runners.push(Runner::new(xsk, stack, device, dp.poll, stop.clone()));
+        let mut runner = Runner::new(xsk, stack, device, dp.poll, stop.clone());
+        runner.clock = clock;
+        runner.cluster = member;
+        runners.push(runner);
     }
     Ok(Setup { steering, runners, stop })
 }
@@ -94,6 +120,13 @@ pub fn serve<A: App + Send + 'static>(dp: &DataPath, make: impl Fn(u32) -> A) ->
         dp.poll
     );
     run(dp, s, apps)
+}
+
+/// Run `app` as a member of a cluster (one queue).
+pub fn serve_in_cluster<A: App + Send + 'static>(dp: &DataPath, join: &ClusterJoin, app: A) -> Result<(), String> {
+    let s = setup_in(dp, 1, Some(join))?;
+    eprintln!("plex: stack {} of cluster {}: {} on {} ({} mode, {:?} polling)", join.stack, join.cfg.name, dp.addr.0, dp.iface, s.steering.mode().name(), dp.poll);
+    run(dp, s, vec![app])
 }
 
 /// Run the blocking API's bridge on one queue's poll thread and hand `main` the application

@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod apps;
+mod cluster_cmd;
 mod datapath;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -109,6 +110,14 @@ enum Cmd {
         /// Where to connect, IP:PORT.
         to: SocketAddrV4,
     },
+    /// Run a stack instance of a cluster (interface and address from the cluster config) with
+    /// an application; it joins the coupling region and serves the DVIPAs it owns.
+    Run(cluster_cmd::RunArgs),
+    /// Look at a cluster's coupling region (`show members|dvipas`), or act on its DVIPAs
+    /// (`dvipa activate|delete`, privileged). Exit code 0 or 1.
+    Ctl(cluster_cmd::CtlArgs),
+    /// Print the embedded testbed cluster config, or check a config file (--check FILE).
+    Config(cluster_cmd::ConfigArgs),
 }
 
 /// Options of the data path, common to every subcommand.
@@ -203,6 +212,9 @@ fn main() -> ExitCode {
         Cmd::Pingpong { dp, to, size, count, warmup, hgrm } => {
             datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, hgrm))
         }
+        Cmd::Run(args) => cluster_cmd::run(args),
+        Cmd::Ctl(args) => cluster_cmd::ctl(args).map(|out| print!("{out}")),
+        Cmd::Config(args) => cluster_cmd::config(args).map(|out| print!("{out}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -292,6 +292,11 @@ impl Node {
         now + self.cfg.heartbeat_ms * 1_000_000 < self.lease_until
     }
 
+    /// Until when (CLOCK_MONOTONIC ns) [`Node::lease_valid`] holds without a tick.
+    pub fn lease_valid_until(&self) -> u64 {
+        self.lease_until.saturating_sub(self.cfg.heartbeat_ms * 1_000_000)
+    }
+
     /// When the next tick is due at the latest.
     pub fn heartbeat_ns(&self) -> u64 {
         self.cfg.heartbeat_ms * 1_000_000

@@ -1,30 +1,44 @@
 //! The one place in plex that reads CLOCK_MONOTONIC, once per poll-loop iteration, converting
-//! it to the core's `stack::time::Instant` (microseconds since the clock was created).
+//! it to the core's `stack::time::Instant` (microseconds since the clock was created) and, for
+//! the coupling region, to absolute CLOCK_MONOTONIC nanoseconds (comparable between the
+//! processes of a cluster).
 
 // This module exists to read the clock; the sans-IO rule is for stack and coupling.
 #![allow(clippy::disallowed_methods)]
 
-use std::time::Instant as Mono;
-
+use rustix::time::{clock_gettime, ClockId};
 use stack::time::Instant;
+
+fn mono_ns() -> u64 {
+    let t = clock_gettime(ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    origin: Mono,
+    origin_ns: u64,
 }
 
 impl Default for Clock {
     fn default() -> Self {
-        Clock { origin: Mono::now() }
+        Clock { origin_ns: mono_ns() }
     }
 }
 
 impl Clock {
     pub fn now(&self) -> Instant {
-        Instant::from_micros(self.origin.elapsed().as_micros() as u64)
+        Instant::from_micros((mono_ns() - self.origin_ns) / 1000)
     }
-    /// The std instant for a core instant (for sleeping until a deadline).
-    pub fn to_std(&self, t: Instant) -> Mono {
-        self.origin + std::time::Duration::from_micros(t.total_micros())
+    /// CLOCK_MONOTONIC nanoseconds of a core instant (the coupling region's time).
+    pub fn mono_ns(&self, t: Instant) -> u64 {
+        self.origin_ns + t.total_micros() * 1000
+    }
+    /// The core instant of CLOCK_MONOTONIC nanoseconds (zero if before the clock's origin).
+    pub fn instant_of(&self, ns: u64) -> Instant {
+        Instant::from_micros(ns.saturating_sub(self.origin_ns) / 1000)
+    }
+    /// CLOCK_MONOTONIC nanoseconds, read now.
+    pub fn read_mono_ns() -> u64 {
+        mono_ns()
     }
 }

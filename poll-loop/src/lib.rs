@@ -10,6 +10,9 @@
 //! - [`device`]: middleware between the socket and the stack: pcap capture and a seeded fault
 //!   injector (this kernel has no netem).
 //! - [`clock`]: the only place that reads CLOCK_MONOTONIC, once per loop iteration.
+//! - [`cluster`]: a stack as a member of a plex cluster: the coupling region's heartbeat,
+//!   failure detection (pidfds), and DVIPAs entering and leaving the home list and the
+//!   steering map.
 //! - [`runner`]: the pinned poll thread, busy-poll or adaptive, driving a `Stack` and a
 //!   run-to-completion application.
 //!
@@ -22,6 +25,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod device;
 pub mod error;
 pub mod runner;

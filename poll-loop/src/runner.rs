@@ -75,11 +75,13 @@ pub struct Runner {
     pub stats: LoopStats,
     /// Woken by application threads (the blocking API) while the loop sleeps.
     pub waker: Option<Arc<crate::xsk::Waker>>,
+    /// Membership of a plex cluster (heartbeat, fencing, DVIPAs), if the stack is in one.
+    pub cluster: Option<crate::cluster::ClusterMember>,
 }
 
 impl Runner {
     pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
-        Runner { xsk, stack, device, mode, batch: 64, stop, clock: Clock::default(), stats: LoopStats::default(), waker: None }
+        Runner { xsk, stack, device, mode, batch: 64, stop, clock: Clock::default(), stats: LoopStats::default(), waker: None, cluster: None }
     }
 
     /// Pin the calling thread to `core` (if given and it exists).
@@ -95,6 +97,11 @@ impl Runner {
     pub fn turn(&mut self, app: &mut impl App) -> bool {
         let now = self.clock.now();
         self.stats.iterations += 1;
+        // Before any frame: a stack whose lease lapsed (it was stalled) learns here whether it
+        // was fenced, and drops the addresses it lost before it could answer for them.
+        if let Some(c) = &mut self.cluster {
+            c.turn(now, &mut self.stack);
+        }
         let Runner { xsk, stack, device, batch, .. } = self;
         let batch = *batch;
         let rx = xsk.engine.rx_batch(batch, |f| device.on_rx(now, f, &mut |g| stack.receive(now, g)));
@@ -148,6 +155,11 @@ impl Runner {
                 }
             }
         }
+        if let Some(mut c) = self.cluster.take() {
+            let now = self.clock.now();
+            c.leave(now, &mut self.stack);
+            self.cluster = Some(c);
+        }
         // Let the last segments (FINs, ACKs) go out.
         for _ in 0..100 {
             if !self.turn(app) {
@@ -161,7 +173,8 @@ impl Runner {
     /// the stop flag is seen).
     fn sleep(&mut self) {
         let now = self.clock.now();
-        let next = [self.stack.poll_timeout(), self.device.next_due()].into_iter().flatten().min();
+        let cluster = self.cluster.as_ref().map(|c| c.next_deadline());
+        let next = [self.stack.poll_timeout(), self.device.next_due(), cluster].into_iter().flatten().min();
         let max = Duration::from_millis(10);
         let wait = next.map(|t| t.saturating_since(now)).unwrap_or(max).min(max);
         let ms = wait.total_micros().div_ceil(1000) as i32;

@@ -1,0 +1,289 @@
+//! A stack instance as a member of a plex cluster: the poll thread's side of the coupling
+//! region.
+//!
+//! [`ClusterMember`] runs inside the poll loop (never on another thread, never blocking): at
+//! every heartbeat, and before touching any frame whenever the lease might have lapsed (a
+//! stalled process that wakes up must not answer for addresses it lost), it
+//! - watches the other members' processes through pidfds (a killed stack is declared failed at
+//!   once, without waiting for its lease),
+//! - ticks the coupling [`Node`] (lease renewal, failure detection, the DVIPA protocol),
+//! - applies what the node decided: a DVIPA that leaves is removed from the XDP steering map
+//!   *before* the stack forgets it; one that arrives is added to the stack and the map, then
+//!   announced by gratuitous ARP (request and reply forms, repeated three times).
+//!
+//! [`StackCluster`] is the [`stack::cluster::Cluster`] the stack holds: bind activation of
+//! range DVIPAs goes through it. Both share the node behind a mutex that only this poll thread
+//! takes (the cluster runs one queue per stack).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use coupling::layout::{MemberState, MAX_STACKS};
+use coupling::node::{Action, Departure, Identity, Node};
+use coupling::{ClusterConfig, Region};
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
+use stack::cluster::{Cluster, InboundRoute, SingleStack};
+use stack::iface::Stack;
+use stack::rand::Rng;
+use stack::tcp::Tuple;
+use stack::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::xdp::HomeMap;
+
+struct Shared {
+    node: Node,
+    home: HomeMap,
+    /// Addresses activated by bind since the last turn: announce them.
+    bound: Vec<Ipv4Addr>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("node", &self.node.name()).finish()
+    }
+}
+
+struct Watch {
+    incarnation: u64,
+    fd: OwnedFd,
+}
+
+/// The cluster side of one stack's poll loop.
+pub struct ClusterMember {
+    shared: Arc<Mutex<Shared>>,
+    clock: Clock,
+    name: String,
+    heartbeat: Duration,
+    next_tick: Instant,
+    /// The lease holds until here without a tick (the fast path takes no lock).
+    lease_ok: Instant,
+    watches: Vec<Option<Watch>>,
+    actions: Vec<Action>,
+    /// Gratuitous ARP still to repeat: (when, address, repeats left).
+    reannounce: Vec<(Instant, Ipv4Addr, u8)>,
+    /// Left the cluster (stopping): no more ticks.
+    left: bool,
+}
+
+impl std::fmt::Debug for ClusterMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterMember").field("name", &self.name).finish()
+    }
+}
+
+/// What the stack holds: bind activation through the node.
+#[derive(Debug)]
+pub struct StackCluster {
+    shared: Arc<Mutex<Shared>>,
+    clock: Clock,
+}
+
+fn log(name: &str, msg: std::fmt::Arguments) {
+    let ms = Clock::read_mono_ns() as f64 / 1e6;
+    eprintln!("plex[{name}] {ms:.3}: {msg}");
+}
+
+impl ClusterMember {
+    /// Attach to (or create) the cluster's region and join it as stack `name`.
+    pub fn join(cfg: Arc<ClusterConfig>, name: &str, ident: Identity, home: HomeMap, clock: Clock) -> Result<(ClusterMember, StackCluster), String> {
+        let now = clock.now();
+        let region = Region::create_or_attach(&cfg.region, &cfg.name, cfg.hash(), clock.mono_ns(now)).map_err(|e| e.to_string())?;
+        let node = Node::join(Arc::new(region), cfg.clone(), name, ident, clock.mono_ns(now)).map_err(|e| e.to_string())?;
+        log(name, format_args!("joined cluster {} as slot {} incarnation {}", cfg.name, node.slot(), node.incarnation()));
+        let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
+        let shared = Arc::new(Mutex::new(Shared { node, home, bound: Vec::new() }));
+        let member = ClusterMember {
+            shared: shared.clone(),
+            clock,
+            name: name.to_string(),
+            heartbeat,
+            next_tick: now,
+            lease_ok: now,
+            watches: (0..MAX_STACKS).map(|_| None).collect(),
+            actions: Vec::new(),
+            reannounce: Vec::new(),
+            left: false,
+        };
+        Ok((member, StackCluster { shared, clock }))
+    }
+
+    /// When the loop must come back at the latest (adaptive sleep).
+    pub fn next_deadline(&self) -> Instant {
+        self.reannounce.iter().map(|r| r.0).fold(self.next_tick, Instant::min)
+    }
+
+    /// Called at the top of every poll-loop iteration, before any frame is handled.
+    pub fn turn(&mut self, now: Instant, stack: &mut Stack) {
+        if self.left || (now < self.next_tick && now < self.lease_ok && self.reannounce.is_empty()) {
+            return;
+        }
+        let ns = self.clock.mono_ns(now);
+        let shared_arc = self.shared.clone();
+        let mut shared = match shared_arc.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for a in shared.bound.drain(..) {
+            self.reannounce.push((now + Duration::from_millis(20), a, 2));
+            log(&self.name, format_args!("{a} active (bound by an application)"));
+        }
+        if !self.reannounce.is_empty() {
+            for r in self.reannounce.iter_mut().filter(|r| r.0 <= now) {
+                if stack.has_address(r.1) {
+                    stack.announce(r.1);
+                }
+                r.2 -= 1;
+                r.0 = now + Duration::from_millis(100);
+            }
+            self.reannounce.retain(|r| r.2 > 0);
+        }
+        if now < self.next_tick && shared.node.lease_valid(ns) {
+            return;
+        }
+        self.next_tick = now + self.heartbeat;
+        self.watch_members(&mut shared.node, ns);
+        let mut actions = std::mem::take(&mut self.actions);
+        shared.node.tick(ns, &|a| stack.connections_on(a), &mut actions);
+        for a in actions.drain(..) {
+            match a {
+                Action::Activate { addr, prefix, why } => {
+                    stack.add_address(addr, prefix, false);
+                    if let Err(e) = shared.home.add(addr) {
+                        log(&self.name, format_args!("{e}"));
+                    }
+                    stack.announce(addr);
+                    self.reannounce.push((now + Duration::from_millis(20), addr, 2));
+                    log(&self.name, format_args!("{addr} active ({why})"));
+                }
+                Action::Deactivate { addr, connections, why } => {
+                    // Out of the steering map first: from here on its frames go to the kernel.
+                    if let Err(e) = shared.home.remove(addr) {
+                        log(&self.name, format_args!("{e}"));
+                    }
+                    let n = stack.connections_on(addr);
+                    stack.remove_address(now, addr, match connections {
+                        Departure::Reset => stack::iface::Departure::Reset,
+                        Departure::Silent => stack::iface::Departure::Silent,
+                    });
+                    self.reannounce.retain(|r| r.1 != addr);
+                    log(&self.name, format_args!("{addr} inactive ({why}; {n} connections {})", match connections {
+                        Departure::Reset => "reset",
+                        Departure::Silent => "dropped silently",
+                    }));
+                }
+            }
+        }
+        self.actions = actions;
+        self.lease_ok = self.clock.instant_of(shared.node.lease_valid_until());
+    }
+
+    /// Open a pidfd for every live member we do not watch yet; declare failed those whose
+    /// process has exited.
+    fn watch_members(&mut self, node: &mut Node, ns: u64) {
+        let region = node.region().clone();
+        for (slot, m) in region.members().iter().enumerate().take(node.config().stacks.len()) {
+            if slot == node.slot() {
+                continue;
+            }
+            let w = coupling::words::MemberWord::unpack(m.word.load(std::sync::atomic::Ordering::Acquire));
+            let inc = m.incarnation.load(std::sync::atomic::Ordering::Relaxed);
+            if w.state != MemberState::Up {
+                self.watches[slot] = None;
+                continue;
+            }
+            if self.watches[slot].as_ref().is_some_and(|x| x.incarnation == inc) {
+                continue;
+            }
+            let pid = m.pid.load(std::sync::atomic::Ordering::Relaxed);
+            self.watches[slot] = Pid::from_raw(pid as i32).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok()).map(|fd| Watch { incarnation: inc, fd });
+            if self.watches[slot].is_none() {
+                // No such process: it died before we could watch it.
+                if node.declare_failed(ns, slot, inc) {
+                    log(&self.name, format_args!("stack in slot {slot} (pid {pid}) is gone: declared failed"));
+                }
+            }
+        }
+        let mut fds: Vec<PollFd> = Vec::new();
+        let mut slots = Vec::new();
+        for (slot, w) in self.watches.iter().enumerate() {
+            if let Some(w) = w {
+                fds.push(PollFd::new(&w.fd, PollFlags::IN));
+                slots.push(slot);
+            }
+        }
+        if fds.is_empty() {
+            return;
+        }
+        let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+        if poll(&mut fds, Some(&zero)).unwrap_or(0) == 0 {
+            return;
+        }
+        let dead: Vec<usize> = fds.iter().zip(&slots).filter(|(f, _)| !f.revents().is_empty()).map(|(_, s)| *s).collect();
+        drop(fds);
+        for slot in dead {
+            if let Some(w) = self.watches[slot].take() {
+                if node.declare_failed(ns, slot, w.incarnation) {
+                    log(&self.name, format_args!("stack {} exited: declared failed", node.config().stacks[slot].name));
+                }
+            }
+        }
+    }
+
+    /// Leave the cluster (the process is stopping): backups take over configured DVIPAs, range
+    /// DVIPAs activated here are released.
+    pub fn leave(&mut self, now: Instant, stack: &mut Stack) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        let mut shared = match self.shared.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut out = Vec::new();
+        shared.node.leave(self.clock.mono_ns(now), &mut out);
+        for a in out {
+            if let Action::Deactivate { addr, .. } = a {
+                let _ = shared.home.remove(addr);
+                stack.remove_address(now, addr, stack::iface::Departure::Reset);
+            }
+        }
+        log(&self.name, format_args!("left the cluster"));
+    }
+}
+
+impl Cluster for StackCluster {
+    fn route_inbound(&mut self, _now: Instant, _tuple: &Tuple, _syn: bool) -> InboundRoute {
+        InboundRoute::Local
+    }
+    fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: SocketAddrV4, rng: &mut Rng) -> Option<u16> {
+        SingleStack.ephemeral_port(now, local, remote, rng)
+    }
+    fn bind_address(&mut self, now: Instant, addr: Ipv4Addr) -> Option<u8> {
+        let mut shared = match self.shared.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let name = shared.node.name().to_string();
+        match shared.node.bind_activate(self.clock.mono_ns(now), addr) {
+            Ok(prefix) => {
+                if let Err(e) = shared.home.add(addr) {
+                    log(&name, format_args!("{e}"));
+                }
+                shared.bound.push(addr);
+                Some(prefix)
+            }
+            Err(e) => {
+                log(&name, format_args!("bind {addr}: {e}"));
+                None
+            }
+        }
+    }
+    fn release_port(&mut self, _now: Instant, _local: SocketAddrV4) {}
+    fn listener_opened(&mut self, _now: Instant, _local: SocketAddrV4) {}
+    fn listener_closed(&mut self, _now: Instant, _local: SocketAddrV4) {}
+    fn connection_opened(&mut self, _now: Instant, _tuple: &Tuple) {}
+    fn connection_closed(&mut self, _now: Instant, _tuple: &Tuple) {}
+}
