@@ -48,6 +48,19 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
         return Err("--queues must be at least 1".into());
     }
     let (addr, prefix) = dp.addr;
+    let clock = poll_loop::clock::Clock::default();
+    // A cluster member joins before it touches the interface (a duplicate is refused here).
+    let mut member = match cluster {
+        None => None,
+        Some(j) => {
+            let ident = coupling::node::Identity {
+                pid: std::process::id(),
+                mac: mac.0,
+                ifindex: poll_loop::xdp::ifindex(&dp.iface).map_err(|e| e.to_string())? as u32,
+            };
+            Some(poll_loop::cluster::ClusterMember::join(j.cfg.clone(), &j.stack, ident, clock)?)
+        }
+    };
     let steering = Steering::attach(&dp.iface, dp.xdp_mode).map_err(|e| e.to_string())?;
     steering.add_home(addr, false)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -80,17 +93,11 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
         cfg.tcp.congestion = dp.cc;
         cfg.tcp.nodelay = dp.nodelay;
         cfg.tcp.mss = (mtu - 40) as u16;
-        let clock = poll_loop::clock::Clock::default();
-        let (mut stack, member) = match cluster {
+        let (mut stack, member) = match member.take() {
             None => (Stack::new(cfg), None),
-            Some(j) => {
-                let ident = coupling::node::Identity {
-                    pid: std::process::id(),
-                    mac: mac.0,
-                    ifindex: poll_loop::xdp::ifindex(&dp.iface).map_err(|e| e.to_string())? as u32,
-                };
-                let (member, handle) = poll_loop::cluster::ClusterMember::join(j.cfg.clone(), &j.stack, ident, steering.home_map()?, clock)?;
-                (Stack::with_cluster(cfg, Box::new(handle)), Some(member))
+            Some((mut m, handle)) => {
+                m.set_steering(steering.home_map()?);
+                (Stack::with_cluster(cfg, Box::new(handle)), Some(m))
             }
         };
         stack.add_address(addr, prefix, false);

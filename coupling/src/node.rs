@@ -526,7 +526,12 @@ impl Node {
                 }
             }
             DvipaState::Active | DvipaState::DelayedGiveback if w.owner == me => {
-                self.activate_local(r, out, "owned here");
+                let why = match w.origin {
+                    Origin::Command => "activated by command",
+                    _ if w.prev != me && w.prev != NO_SLOT => "given back by its holder",
+                    _ => "owned here",
+                };
+                self.activate_local(r, out, why);
                 let n = conns(addr);
                 self.row(r).conns.store(n as u32, Ordering::Relaxed);
                 let Some(d) = def else { return };

@@ -35,7 +35,8 @@ use crate::xdp::HomeMap;
 
 struct Shared {
     node: Node,
-    home: HomeMap,
+    /// The steering map (set once the interface is attached, after joining).
+    home: Option<HomeMap>,
     /// Addresses activated by bind since the last turn: announce them.
     bound: Vec<Ipv4Addr>,
 }
@@ -87,14 +88,16 @@ fn log(name: &str, msg: std::fmt::Arguments) {
 }
 
 impl ClusterMember {
-    /// Attach to (or create) the cluster's region and join it as stack `name`.
-    pub fn join(cfg: Arc<ClusterConfig>, name: &str, ident: Identity, home: HomeMap, clock: Clock) -> Result<(ClusterMember, StackCluster), String> {
+    /// Attach to (or create) the cluster's region and join it as stack `name`. Done before
+    /// touching the interface: a second process for a running stack is refused here, before it
+    /// could replace the running one's XDP program.
+    pub fn join(cfg: Arc<ClusterConfig>, name: &str, ident: Identity, clock: Clock) -> Result<(ClusterMember, StackCluster), String> {
         let now = clock.now();
         let region = Region::create_or_attach(&cfg.region, &cfg.name, cfg.hash(), clock.mono_ns(now)).map_err(|e| e.to_string())?;
         let node = Node::join(Arc::new(region), cfg.clone(), name, ident, clock.mono_ns(now)).map_err(|e| e.to_string())?;
         log(name, format_args!("joined cluster {} as slot {} incarnation {}", cfg.name, node.slot(), node.incarnation()));
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
-        let shared = Arc::new(Mutex::new(Shared { node, home, bound: Vec::new() }));
+        let shared = Arc::new(Mutex::new(Shared { node, home: None, bound: Vec::new() }));
         let member = ClusterMember {
             shared: shared.clone(),
             clock,
@@ -108,6 +111,14 @@ impl ClusterMember {
             left: false,
         };
         Ok((member, StackCluster { shared, clock }))
+    }
+
+    /// The interface is attached: DVIPAs go into (and out of) this steering map.
+    pub fn set_steering(&mut self, home: HomeMap) {
+        match self.shared.lock() {
+            Ok(mut g) => g.home = Some(home),
+            Err(p) => p.into_inner().home = Some(home),
+        }
     }
 
     /// When the loop must come back at the latest (adaptive sleep).
@@ -151,7 +162,7 @@ impl ClusterMember {
             match a {
                 Action::Activate { addr, prefix, why } => {
                     stack.add_address(addr, prefix, false);
-                    if let Err(e) = shared.home.add(addr) {
+                    if let Some(Err(e)) = shared.home.as_ref().map(|h| h.add(addr)) {
                         log(&self.name, format_args!("{e}"));
                     }
                     stack.announce(addr);
@@ -160,7 +171,7 @@ impl ClusterMember {
                 }
                 Action::Deactivate { addr, connections, why } => {
                     // Out of the steering map first: from here on its frames go to the kernel.
-                    if let Err(e) = shared.home.remove(addr) {
+                    if let Some(Err(e)) = shared.home.as_ref().map(|h| h.remove(addr)) {
                         log(&self.name, format_args!("{e}"));
                     }
                     let n = stack.connections_on(addr);
@@ -246,7 +257,9 @@ impl ClusterMember {
         shared.node.leave(self.clock.mono_ns(now), &mut out);
         for a in out {
             if let Action::Deactivate { addr, .. } = a {
-                let _ = shared.home.remove(addr);
+                if let Some(h) = &shared.home {
+                    let _ = h.remove(addr);
+                }
                 stack.remove_address(now, addr, stack::iface::Departure::Reset);
             }
         }
@@ -269,7 +282,7 @@ impl Cluster for StackCluster {
         let name = shared.node.name().to_string();
         match shared.node.bind_activate(self.clock.mono_ns(now), addr) {
             Ok(prefix) => {
-                if let Err(e) = shared.home.add(addr) {
+                if let Some(Err(e)) = shared.home.as_ref().map(|h| h.add(addr)) {
                     log(&name, format_args!("{e}"));
                 }
                 shared.bound.push(addr);

@@ -102,7 +102,7 @@ impl Runner {
         if let Some(c) = &mut self.cluster {
             c.turn(now, &mut self.stack);
         }
-        let Runner { xsk, stack, device, batch, .. } = self;
+        let Runner { xsk, stack, device, batch, cluster, clock, .. } = self;
         let batch = *batch;
         let rx = xsk.engine.rx_batch(batch, |f| device.on_rx(now, f, &mut |g| stack.receive(now, g)));
         device.release_due(now, &mut |g| stack.receive(now, g));
@@ -118,6 +118,11 @@ impl Runner {
         // Events raised by the application's own calls (e.g. an immediate reset).
         while let Some((h, ev)) = stack.poll_event() {
             app.event(now, stack, h, ev);
+        }
+        // The process may have been stopped since `now` was read (SIGSTOP, preemption): a
+        // cluster member checks its lease again with a fresh clock before anything leaves.
+        if let Some(c) = cluster {
+            c.turn(clock.now(), stack);
         }
         let mut tx = 0;
         loop {

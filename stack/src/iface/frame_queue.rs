@@ -66,9 +66,51 @@ impl FrameQueue {
     }
 }
 
+impl FrameQueue {
+    /// Keep only the frames `keep` accepts, in order (no allocation: kept frames slide down).
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        let n = self.lens.len();
+        let mut kept = 0;
+        for k in 0..self.count {
+            let src = (self.head + k) % n;
+            let len = self.lens[src];
+            let frame = &self.slots[src * self.slot_size..src * self.slot_size + len];
+            if keep(frame) {
+                let dst = (self.head + kept) % n;
+                if dst != src {
+                    self.slots.copy_within(src * self.slot_size..src * self.slot_size + len, dst * self.slot_size);
+                    self.lens[dst] = len;
+                }
+                kept += 1;
+            }
+        }
+        self.count = kept;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retain_keeps_order_and_frees_slots() {
+        let mut q = FrameQueue::new(4, 8);
+        // Wrap around first.
+        q.push_with(|b| { b[0] = 0; Some(1) });
+        let mut out = [0u8; 8];
+        q.pop_into(&mut out);
+        for v in 1..=4u8 {
+            assert!(q.push_with(|b| { b[0] = v; Some(1) }));
+        }
+        q.retain(|f| f[0] % 2 == 0);
+        assert_eq!(q.len(), 2);
+        assert!(q.push_with(|b| { b[0] = 6; Some(1) }));
+        let mut got = Vec::new();
+        while q.pop_into(&mut out).is_some() {
+            got.push(out[0]);
+        }
+        assert_eq!(got, vec![2, 4, 6]);
+    }
 
     #[test]
     fn fifo_and_bounded() {

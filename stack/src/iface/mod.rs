@@ -289,6 +289,13 @@ impl Stack {
     /// it is the caller's `departure`.
     pub fn remove_address(&mut self, now: Instant, addr: Ipv4Addr, departure: Departure) {
         self.homes.retain(|h| h.addr != addr);
+        // Answers already queued for it (ARP replies, ICMP, RSTs) must not leave either.
+        let a = addr.octets();
+        self.control.retain(|f| {
+            let ip_src = f.len() >= 30 && f[12..14] == [0x08, 0x00] && f[26..30] == a;
+            let arp_sender = f.len() >= 32 && f[12..14] == [0x08, 0x06] && f[28..32] == a;
+            !(ip_src || arp_sender)
+        });
         if departure == Departure::Keep {
             return;
         }

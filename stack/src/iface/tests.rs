@@ -406,6 +406,27 @@ fn an_address_leaving_silently_sends_nothing_and_a_reset_departure_sends_rst() {
 }
 
 #[test]
+fn answers_queued_for_a_departing_address_are_not_sent() {
+    let (mut a, mut b) = pair();
+    let vip = Ipv4Addr::new(198, 18, 0, 100);
+    a.add_address(vip, 24, false);
+    // b asks for the VIP and for a's own address; a queues both ARP replies.
+    let _ = b.tcp_connect(t(0), None, SocketAddrV4::new(vip, 80)).unwrap();
+    let _ = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    let mut buf = vec![0u8; 1600];
+    while let Some(n) = b.poll_transmit(t(0), &mut buf) {
+        a.receive(t(0), &buf[..n]);
+    }
+    a.remove_address(t(0), vip, Departure::Silent);
+    let mut senders = Vec::new();
+    while let Some(n) = a.poll_transmit(t(0), &mut buf) {
+        let arp = ArpPacket::new_checked(&buf[14..n]).unwrap();
+        senders.push(ArpRepr::parse(&arp).unwrap().source_protocol_addr);
+    }
+    assert_eq!(senders, vec![A_IP], "only the reply for the address that stays");
+}
+
+#[test]
 fn a_reset_that_cannot_be_routed_does_not_leak_the_connection() {
     let (mut a, mut b) = pair();
     let (_s, _c) = connected(&mut a, &mut b, A_IP);
