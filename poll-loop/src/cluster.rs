@@ -157,7 +157,14 @@ impl ClusterMember {
         self.next_tick = now + self.heartbeat;
         self.watch_members(&mut shared.node, ns);
         let mut actions = std::mem::take(&mut self.actions);
+        let fenced = shared.node.stats.fenced;
         shared.node.tick(ns, &|a| stack.connections_on(a), &mut actions);
+        if shared.node.stats.fenced != fenced {
+            log(&self.name, format_args!(
+                "fenced: declared failed while stalled (lease lapsed); dropped its DVIPAs, rejoined as incarnation {}",
+                shared.node.incarnation()
+            ));
+        }
         for a in actions.drain(..) {
             match a {
                 Action::Activate { addr, prefix, why } => {

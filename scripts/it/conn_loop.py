@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Connect to ADDR:PORT in a loop for SECONDS: connect (20 ms budget), one byte each way, close.
+"""Connect to ADDR:PORT in a loop for SECONDS: connect and one byte each way (20 ms budget each), close.
 Writes one line per attempt to OUT: "<start_ns> <end_ns> <ok>" (CLOCK_MONOTONIC, comparable
 with other processes on the host)."""
 import select, socket, sys, time
@@ -21,7 +21,7 @@ with open(out, "w") as f:
         _, w, _ = select.select([], [s], [], 0.02)
         if w and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
             s.setblocking(True)
-            s.settimeout(0.1)
+            s.settimeout(0.02)
             try:
                 s.sendall(b"x")
                 ok = s.recv(1) == b"x"
