@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: on a fresh machine, install what is needed, build plex, bring up the namespace
-# testbed, run `plex http` on AF_XDP and drive it from a Linux client with ping, curl and wrk,
-# show what happened, and tear everything down. Run as root.
+# testbed, run `plex http` on AF_XDP and drive it from a Linux client with ping, curl and wrk;
+# then the cluster act: three plex stacks share a coupling region and a dynamic VIPA that
+# survives the death of its stack and comes back to its primary. Tears everything down.
+# Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -16,9 +18,13 @@ cargo build --release --locked -p apps 2>&1 | tail -2
 
 PLEX=target/release/plex
 LOG=$(mktemp /tmp/plx-demo.XXXXXX)
+SPIDS=()
 cleanup() {
   [ -n "${PID:-}" ] && kill -INT "$PID" 2>/dev/null && sleep 0.5
+  for p in "${SPIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 0.3
   scripts/testbed.sh down
+  rm -f /dev/shm/plex-plx-testbed
 }
 trap cleanup EXIT
 
@@ -48,4 +54,43 @@ wait "$PID" 2>/dev/null || true
 PID=
 echo "== plex's counters at exit"
 grep -E '^(xdp|queue)' "$LOG" | sed 's/^/   /'
+
+echo
+echo "== the cluster act: three plex stacks, one coupling region, a DVIPA that survives its stack"
+scripts/testbed.sh down
+scripts/testbed.sh up 3
+rm -f /dev/shm/plex-plx-testbed
+echo "   the embedded cluster config (plex config):"
+"$PLEX" config | grep -vE '^\s*(#|$)' | sed 's/^/     /'
+start_stack() { # I
+  ip netns exec "plx-s$1" "$PLEX" run --stack "s$1" echo >>"$LOG.s$1" 2>&1 &
+  SPIDS[$1]=$!
+  disown "$!" 2>/dev/null || true  # no "Killed" job notices: kill -9 is the point
+  for _ in $(seq 1 50); do grep -q '^plex: stack' "$LOG.s$1" && break; sleep 0.1; done
+}
+owner() { "$PLEX" ctl show dvipas | awk '$1 == "198.18.0.100/24" {print $3}'; }
+wait_owner() { for _ in $(seq 1 60); do [ "$(owner)" = "$1" ] && return 0; sleep 0.05; done; return 1; }
+echo_via() { echo "${2:-hello}" | ip netns exec plx-client timeout 3 socat -t 1 - "TCP:$1:7,connect-timeout=1" 2>/dev/null; }
+for i in 1 2 3; do start_stack "$i"; done
+wait_owner s1 || true
+echo "== plex ctl show members"
+"$PLEX" ctl show members | sed 's/^/   /'
+echo "== plex ctl show dvipas"
+"$PLEX" ctl show dvipas | sed 's/^/   /'
+echo "== echo through the DVIPA 198.18.0.100: $(echo_via 198.18.0.100 'hello from the client')"
+echo "   client ARP: $(ip netns exec plx-client ip neigh show 198.18.0.100)   (s1 is $(ip netns exec plx-s1 cat /sys/class/net/plx-s1/address))"
+echo "== kill -9 stack s1, the owner"
+kill -9 "${SPIDS[1]}"
+wait_owner s2 || true
+echo "   $(grep 'took over' "$LOG.s2")"
+echo "== echo through 198.18.0.100 now: $(echo_via 198.18.0.100 'still here')"
+echo "   client ARP: $(ip netns exec plx-client ip neigh show 198.18.0.100)   (s2 is $(ip netns exec plx-s2 cat /sys/class/net/plx-s2/address))"
+"$PLEX" ctl show dvipas | sed 's/^/   /'
+echo "== s1 restarts: s2 has no connections on the address, so it gives it back at once"
+start_stack 1
+wait_owner s1 || true
+echo "   $(grep 'given back' "$LOG.s2" | tail -1)"
+echo "   $(grep 'given back' "$LOG.s1" | tail -1)"
+echo "== echo through 198.18.0.100: $(echo_via 198.18.0.100 'home again')"
+"$PLEX" ctl show dvipas | sed 's/^/   /'
 echo "== done: the testbed is torn down on exit"

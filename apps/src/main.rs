@@ -249,4 +249,22 @@ mod tests {
         assert!(e.to_string().contains("lazy"), "{e}");
         assert!(Cli::try_parse_from(["plex", "source", "--iface", "x", "--addr", "198.18.0.1", "--to", "198.18.0.2:5001"]).is_ok());
     }
+
+    #[test]
+    fn cluster_commands_parse() {
+        assert!(Cli::try_parse_from(["plex", "run", "--stack", "s1", "echo"]).is_ok());
+        assert!(Cli::try_parse_from(["plex", "run", "--stack", "s1", "--bind", "198.18.0.130", "http", "--size", "10"]).is_ok());
+        assert!(Cli::try_parse_from(["plex", "run", "echo"]).unwrap_err().to_string().contains("--stack"));
+        assert!(Cli::try_parse_from(["plex", "ctl", "show", "dvipas"]).is_ok());
+        assert!(Cli::try_parse_from(["plex", "ctl", "dvipa", "activate", "198.18.0.130", "--stack", "s2"]).is_ok());
+        assert!(Cli::try_parse_from(["plex", "ctl", "dvipa", "delete", "nope"]).unwrap_err().to_string().contains("nope"));
+        assert!(Cli::try_parse_from(["plex", "ctl", "show", "routes"]).is_err());
+    }
+
+    #[test]
+    fn run_names_a_stack_the_config_lacks() {
+        let Cmd::Run(args) = Cli::try_parse_from(["plex", "run", "--stack", "s9", "echo"]).unwrap().cmd else { panic!() };
+        let e = cluster_cmd::run(args).unwrap_err();
+        assert!(e.contains("\"s9\"") && e.contains("s1, s2, s3"), "{e}");
+    }
 }

@@ -174,6 +174,32 @@ impl Drop for Steering {
     }
 }
 
+/// The steering program's home map: which addresses reach plex.
+pub struct HomeMap {
+    map: MapHandle,
+}
+
+impl core::fmt::Debug for HomeMap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("HomeMap")
+    }
+}
+
+impl HomeMap {
+    pub fn add(&self, addr: Ipv4Addr) -> Result<(), String> {
+        self.map
+            .update(&addr.octets(), &0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| format!("adding {addr} to the steering map: {e}"))
+    }
+    pub fn remove(&self, addr: Ipv4Addr) -> Result<(), String> {
+        match self.map.delete(&addr.octets()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {addr} from the steering map: {e}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,31 +224,5 @@ mod tests {
         let e = Steering::attach("plx-nonexistent0", AttachMode::Generic).unwrap_err();
         assert!(matches!(e, StartError::NoSuchInterface(_)), "{e}");
         assert!(e.to_string().contains("no such interface"));
-    }
-}
-
-/// The steering program's home map: which addresses reach plex.
-pub struct HomeMap {
-    map: MapHandle,
-}
-
-impl core::fmt::Debug for HomeMap {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("HomeMap")
-    }
-}
-
-impl HomeMap {
-    pub fn add(&self, addr: Ipv4Addr) -> Result<(), String> {
-        self.map
-            .update(&addr.octets(), &0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| format!("adding {addr} to the steering map: {e}"))
-    }
-    pub fn remove(&self, addr: Ipv4Addr) -> Result<(), String> {
-        match self.map.delete(&addr.octets()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("removing {addr} from the steering map: {e}")),
-        }
     }
 }

@@ -27,6 +27,7 @@ start_stack() {
   local i=$1; shift
   ip netns exec "plx-s$i" "$PLEX" run --stack "s$i" "$@" >>"$LOGDIR/s$i.log" 2>&1 &
   SPID[$i]=$!
+  disown "$!" 2>/dev/null || true  # no "Killed" job notices: kill -9 is the point
   PIDS+=($!)
   for _ in $(seq 1 50); do
     grep -q "^plex: stack s$i" "$LOGDIR/s$i.log" 2>/dev/null && return 0
