@@ -310,14 +310,15 @@ impl App for Http {
 pub struct Sink {
     port: u16,
     once: bool,
+    hash: bool,
     finished: bool,
     conns: HashMap<SocketHandle, (u64, Sha256, Instant)>,
     buf: Vec<u8>,
 }
 
 impl Sink {
-    pub fn new(port: u16, once: bool) -> Sink {
-        Sink { port, once, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
+    pub fn new(port: u16, once: bool, hash: bool) -> Sink {
+        Sink { port, once, hash, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
     }
 }
 
@@ -339,11 +340,10 @@ impl App for Sink {
                     match stack.tcp_recv(now, h, &mut self.buf) {
                         Ok(0) => {
                             let secs = (now - *start).as_secs_f64().max(1e-6);
-                            let digest = std::mem::take(hash).finalize();
+                            let digest = if self.hash { hex(&std::mem::take(hash).finalize()) } else { "-".into() };
                             let peer = stack.tcp(h).map(|c| c.tuple().remote.to_string()).unwrap_or_default();
                             println!(
-                                "sink: {peer} sent {n} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
-                                hex(&digest),
+                                "sink: {peer} sent {n} bytes sha256 {digest} in {secs:.3} s ({:.1} Mbit/s)",
                                 *n as f64 * 8.0 / secs / 1e6
                             );
                             let _ = std::io::stdout().flush();
@@ -356,7 +356,9 @@ impl App for Sink {
                         }
                         Ok(k) => {
                             *n += k as u64;
-                            hash.update(&self.buf[..k]);
+                            if self.hash {
+                                hash.update(&self.buf[..k]);
+                            }
                         }
                         Err(_) => return,
                     }
@@ -386,7 +388,7 @@ pub struct Source {
     sent: u64,
     conn: Option<SocketHandle>,
     connected_at: Option<Instant>,
-    hash: Sha256,
+    hash: Option<Sha256>,
     data: Vec<u8>,
     shut: bool,
     finished: bool,
@@ -394,10 +396,11 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(to: SocketAddrV4, total: u64) -> Source {
+    /// `hash`: compute the SHA-256 of the stream (printed at the end; "-" without it).
+    pub fn new(to: SocketAddrV4, total: u64, hash: bool) -> Source {
         let mut data = vec![0u8; 64 * 1024 + 7];
         stack::rand::Rng::new(0x5eed).fill(&mut data);
-        Source { to, total, sent: 0, conn: None, connected_at: None, hash: Sha256::new(), data, shut: false, finished: false, failed: false }
+        Source { to, total, sent: 0, conn: None, connected_at: None, hash: hash.then(Sha256::new), data, shut: false, finished: false, failed: false }
     }
 
     /// Everything was sent and acknowledged and the peer closed too (TIME-WAIT is left to
@@ -408,11 +411,10 @@ impl Source {
         }
         if self.sent == self.total && !self.failed {
             let secs = self.connected_at.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
-            let digest = std::mem::take(&mut self.hash).finalize();
+            let digest = self.hash.take().map(|h| hex(&h.finalize())).unwrap_or_else(|| "-".into());
             println!(
-                "source: sent {} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
+                "source: sent {} bytes sha256 {digest} in {secs:.3} s ({:.1} Mbit/s)",
                 self.sent,
-                hex(&digest),
                 self.sent as f64 * 8.0 / secs / 1e6
             );
             let _ = std::io::stdout().flush();
@@ -474,7 +476,9 @@ impl App for Source {
             let off = (self.sent % self.data.len() as u64) as usize;
             match stack.tcp_send(now, h, &self.data[off..off + chunk_len]) {
                 Ok(k) if k > 0 => {
-                    self.hash.update(&self.data[off..off + k]);
+                    if let Some(hash) = &mut self.hash {
+                        hash.update(&self.data[off..off + k]);
+                    }
                     self.sent += k as u64;
                     did = true;
                 }

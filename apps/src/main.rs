@@ -64,6 +64,9 @@ enum Cmd {
         /// Exit after the first connection ends.
         #[arg(long)]
         once: bool,
+        /// Do not compute SHA-256 (benchmarks: the Linux sink does not hash either).
+        #[arg(long)]
+        no_hash: bool,
     },
     /// Connect and send --bytes of data; print SHA-256 of what was sent.
     Source {
@@ -74,6 +77,9 @@ enum Cmd {
         to: SocketAddrV4,
         #[arg(long, default_value_t = 100 << 20)]
         bytes: u64,
+        /// Do not compute SHA-256 (benchmarks: the Linux source does not hash either).
+        #[arg(long)]
+        no_hash: bool,
     },
     /// Measure TCP round trips against an echo server (HdrHistogram percentiles).
     Pingpong {
@@ -196,8 +202,8 @@ fn main() -> ExitCode {
         Cmd::Echo { dp, port, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, port)),
         Cmd::Echo { dp, port, blocking: false } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
         Cmd::Http { dp, port, size } => datapath::serve(&dp, move |_| apps::Http::new(port, size)),
-        Cmd::Sink { dp, port, once } => datapath::serve(&dp, move |_| apps::Sink::new(port, once)),
-        Cmd::Source { dp, to, bytes } => datapath::client(&dp, apps::Source::new(to, bytes)),
+        Cmd::Sink { dp, port, once, no_hash } => datapath::serve(&dp, move |_| apps::Sink::new(port, once, !no_hash)),
+        Cmd::Source { dp, to, bytes, no_hash } => datapath::client(&dp, apps::Source::new(to, bytes, !no_hash)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
         Cmd::Connrate { dp, to, count } => datapath::client(&dp, apps::ConnRate::new(to, count)),
         Cmd::Pingpong { dp, to, size, count, warmup, hgrm } => {
