@@ -720,21 +720,14 @@ impl Stack {
     /// it when it is closed and nobody holds it.
     fn after_tcp(&mut self, now: Instant, h: SocketHandle) {
         let Some(Socket::Tcp(t)) = self.socket_mut(h) else { return };
-        let mut evs = [None; 8];
-        let mut n = 0;
-        while let Some(e) = t.conn.poll_event() {
-            if n < evs.len() {
-                evs[n] = Some(e);
-                n += 1;
-            }
-        }
+        let mut evs = t.conn.take_events();
         let parent = t.parent;
         let state = t.conn.state();
         let orphan = t.conn.is_orphan();
         let tuple = t.conn.tuple();
         let ephemeral = t.ephemeral;
         let deadline = t.conn.poll_timeout();
-        for e in evs.into_iter().flatten() {
+        while let Some(e) = Event::pop(&mut evs) {
             match (parent, e) {
                 (Some(p), Event::Connected) => {
                     // Established from the SYN queue onto the accept queue.

@@ -75,6 +75,18 @@ pub enum Event {
     Closed,
 }
 
+impl Event {
+    /// Take the first event out of a set from [`Connection::take_events`].
+    pub(crate) fn pop(set: &mut u8) -> Option<Event> {
+        if *set == 0 {
+            return None;
+        }
+        let i = set.trailing_zeros() as usize;
+        *set &= !(1 << i);
+        EVENTS.get(i).copied()
+    }
+}
+
 const EVENTS: [Event; 7] = [
     Event::Connected,
     Event::Readable,
@@ -573,6 +585,12 @@ impl Connection {
 
     fn push_event(&mut self, e: Event) {
         self.events |= 1 << (e as u8);
+    }
+
+    /// Every pending event at once, as a set: [`Event::pop`] takes them out in the order
+    /// [`Connection::poll_event`] would give them.
+    pub(crate) fn take_events(&mut self) -> u8 {
+        core::mem::take(&mut self.events)
     }
 
     /// The next event for the application, oldest kind first.
