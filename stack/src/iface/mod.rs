@@ -1235,7 +1235,13 @@ impl Stack {
         while budget > 0 {
             budget -= 1;
             let h = *self.ready.front()?;
-            let (remote_ip, is_udp) = match self.socket(h) {
+            let (remote_ip, is_udp) = match self.socket_mut(h) {
+                Some(Socket::Tcp(t)) if !t.conn.may_transmit() => {
+                    // Nothing to send: skip the route and ARP lookups.
+                    t.conn.nothing_to_transmit();
+                    self.unready(h);
+                    continue;
+                }
                 Some(Socket::Tcp(t)) => (*t.conn.tuple().remote.ip(), false),
                 Some(Socket::Udp(u)) => match u.tx.front() {
                     Some((peer, _)) => (*peer.ip(), true),

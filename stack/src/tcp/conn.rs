@@ -1658,11 +1658,43 @@ impl Connection {
             let ack = self.rcv_nxt;
             return Some(self.emit_rst(out, seq, Some(ack)));
         }
+        if !self.may_transmit() {
+            self.nothing_to_transmit();
+            return None;
+        }
         let Some(plan) = self.plan() else {
             self.update_persist(now);
             return None;
         };
         Some(self.emit(now, out, plan))
+    }
+
+    /// What `poll_transmit` does when [`Connection::may_transmit`] is false, without
+    /// planning: nothing is unsent, so no persist timer either.
+    pub(crate) fn nothing_to_transmit(&mut self) {
+        // The unit tests (and the simulations under src/) check the shortcut against the
+        // planner; `plan` has no side effects when it finds nothing.
+        #[cfg(test)]
+        assert!(self.plan().is_none(), "may_transmit() said no but plan() has a segment: {self:?}");
+        self.disarm(Timer::Persist);
+    }
+
+    /// False only when [`Connection::poll_transmit`] certainly has nothing to send: no RST,
+    /// SYN, ACK, probe or retransmission is due, every byte and the FIN (if any) went out, and
+    /// nothing is marked lost. A cheap test run before planning (most visits to a connection
+    /// after it received something find nothing to send).
+    pub fn may_transmit(&self) -> bool {
+        self.rst_reply.is_some()
+            || self.rst_due
+            || self.ack_now
+            || self.syn_due
+            || self.probe_due
+            || self.probe_rtx
+            || self.rtx_now
+            || self.tx.len() > self.sent_data()
+            || self.fin_seq.is_some_and(|f| self.snd_nxt <= f)
+            || self.lost_until > self.snd_una
+            || !self.scoreboard.is_empty()
     }
 
     fn emit_rst(&mut self, out: &mut [u8], seq: SeqNumber, ack: Option<SeqNumber>) -> usize {
