@@ -163,8 +163,8 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
         for (q, r) in runners.iter().enumerate() {
             let x = r.xsk.engine.stats;
             eprintln!(
-                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
-                r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, x.tx_no_frame,
+                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
+                r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk.tx_budget(), x.tx_no_frame,
                 r.device.stats.dropped, r.device.stats.delayed, r.device.stats.duplicated, r.device.stats.corrupted
             );
             let counters: Vec<String> =

@@ -112,9 +112,12 @@ impl Runner {
         while let Some((h, ev)) = stack.poll_event() {
             app.event(now, stack, h, ev);
         }
+        // Queue what the stack has, up to one kick's worth, then kick once: in copy mode every
+        // kick is a sendto that moves at most the socket's TX budget.
+        let budget = (xsk.tx_budget() as usize).max(batch);
         let mut tx = 0;
-        loop {
-            let n = xsk.engine.tx_batch(batch, |buf| {
+        while tx < budget {
+            let n = xsk.engine.tx_fill(batch.min(budget - tx), |buf| {
                 let n = stack.poll_transmit(now, buf)?;
                 device.on_tx(now, &buf[..n]);
                 Some(n)
@@ -123,6 +126,9 @@ impl Runner {
             if n < batch {
                 break;
             }
+        }
+        if tx > 0 || xsk.engine.in_tx() > 0 {
+            xsk.engine.kick_if_needed();
         }
         xsk.engine.reap();
         self.stats.rx_frames += rx as u64;
