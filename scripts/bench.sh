@@ -89,11 +89,11 @@ started() {
 
 BULK=$((512 << 20))
 run_bulk() { # round
-  ip netns exec plx-mqs timeout 300 "$PLEX" sink --iface plx-mq1 --addr 198.18.1.2/24 --poll busy --cores 1 --once >"$OUT/plex-sink-$1.txt" 2>&1 &
+  ip netns exec plx-mqs timeout 300 "$PLEX" sink --iface plx-mq1 --addr 198.18.1.2/24 --poll busy --cores 1 --once --no-hash >"$OUT/plex-sink-$1.txt" 2>&1 &
   PIDS+=($!)
   started "$OUT/plex-sink-$1.txt"
   ip netns exec plx-mqc timeout 120 "$PLEX" source --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
-    --to 198.18.1.2:5001 --bytes "$BULK" >/dev/null
+    --to 198.18.1.2:5001 --bytes "$BULK" --no-hash >/dev/null
   for _ in $(seq 1 100); do grep -q '^sink:' "$OUT/plex-sink-$1.txt" && break; sleep 0.1; done
   kill -INT "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
   ip netns exec plx-mqs timeout 300 "$LNX" sink 198.18.1.4:7001 --core 1 >"$OUT/linux-sink-$1.txt" 2>&1 &
