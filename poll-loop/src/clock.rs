@@ -21,7 +21,9 @@ impl Default for Clock {
 
 impl Clock {
     pub fn now(&self) -> Instant {
-        Instant::from_micros(self.origin.elapsed().as_micros() as u64)
+        let d = self.origin.elapsed();
+        // Not as_micros(): that goes through u128 arithmetic, once per loop turn.
+        Instant::from_micros(d.as_secs() * 1_000_000 + d.subsec_micros() as u64)
     }
     /// The std instant for a core instant (for sleeping until a deadline).
     pub fn to_std(&self, t: Instant) -> Mono {

@@ -1217,6 +1217,12 @@ impl Stack {
     // ----------------------------------------------------------------------------------------
     // Transmit path.
 
+    /// False when [`Stack::poll_transmit`] certainly returns `None`: no control frame is
+    /// queued and no socket is on the ready queue (a cheap test for idle poll loops).
+    pub fn may_transmit(&self) -> bool {
+        !self.control.is_empty() || !self.ready.is_empty()
+    }
+
     /// Write the next outbound Ethernet frame into `buf` (at least MTU + 14 bytes); `None` when
     /// nothing is due now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
