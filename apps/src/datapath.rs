@@ -39,6 +39,9 @@ fn setup(dp: &DataPath, queues: u32) -> Result<Setup, String> {
     let (addr, prefix) = dp.addr;
     let steering = Steering::attach(&dp.iface, dp.xdp_mode).map_err(|e| e.to_string())?;
     steering.add_home(addr, false)?;
+    for extra in &dp.extra_addr {
+        steering.add_home(*extra, false)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -73,6 +76,10 @@ fn setup(dp: &DataPath, queues: u32) -> Result<Setup, String> {
         stack.add_address(addr, prefix, false);
         // Tell the segment where the address lives now.
         stack.announce(addr);
+        for extra in &dp.extra_addr {
+            stack.add_address(*extra, prefix, false);
+            stack.announce(*extra);
+        }
         let pcap = dp.pcap.as_ref().map(|p| if q == 0 { p.clone() } else { format!("{p}.{q}") });
         let device = Device::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
         runners.push(Runner::new(xsk, stack, device, dp.poll, stop.clone()));
