@@ -49,7 +49,9 @@ pub fn checksum(data: &[u8]) -> u16 {
 /// Sum of the IPv4 pseudo-header for an upper-layer protocol.
 #[inline]
 pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u64 {
-    sum(&src.octets()) + sum(&dst.octets()) + protocol as u64 + length as u64
+    // Each address is two big-endian 16-bit words (plain arithmetic: no buffer to sum).
+    let (s, d) = (src.to_bits() as u64, dst.to_bits() as u64);
+    (s >> 16) + (s & 0xffff) + (d >> 16) + (d & 0xffff) + protocol as u64 + length as u64
 }
 
 /// True when `data` (with its checksum field in place) plus the pseudo-header verifies.
@@ -77,6 +79,16 @@ mod tests {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(&data)), 0xddf2);
         assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn pseudo_header_sums_the_address_words() {
+        let (src, dst) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 255, 254));
+        let mut b = Vec::new();
+        b.extend_from_slice(&src.octets());
+        b.extend_from_slice(&dst.octets());
+        b.extend_from_slice(&[0, 6, 0x05, 0xdc]);
+        assert_eq!(fold(pseudo_header(src, dst, 6, 1500)), fold(sum(&b)));
     }
 
     #[test]
