@@ -34,7 +34,7 @@ def main():
     ymax = max((p[1] for _, pts in data for p in pts if p[0] <= 1000), default=1) * 1.2
     lx = lambda x: M + (W - 2 * M) * math.log10(max(x, 1)) / math.log10(max(xmax, 10))
     ly = lambda y: H - M - (H - 2 * M) * y / ymax
-    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<line x1="{M}" y1="{H-M}" x2="{W-M}" y2="{H-M}" stroke="black"/>',

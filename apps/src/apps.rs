@@ -315,14 +315,15 @@ impl App for Http {
 pub struct Sink {
     port: u16,
     once: bool,
+    hash: bool,
     finished: bool,
     conns: HashMap<SocketHandle, (u64, Sha256, Instant)>,
     buf: Vec<u8>,
 }
 
 impl Sink {
-    pub fn new(port: u16, once: bool) -> Sink {
-        Sink { port, once, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
+    pub fn new(port: u16, once: bool, hash: bool) -> Sink {
+        Sink { port, once, hash, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
     }
 }
 
@@ -344,11 +345,10 @@ impl App for Sink {
                     match stack.tcp_recv(now, h, &mut self.buf) {
                         Ok(0) => {
                             let secs = (now - *start).as_secs_f64().max(1e-6);
-                            let digest = std::mem::take(hash).finalize();
+                            let digest = if self.hash { hex(&std::mem::take(hash).finalize()) } else { "-".into() };
                             let peer = stack.tcp(h).map(|c| c.tuple().remote.to_string()).unwrap_or_default();
                             println!(
-                                "sink: {peer} sent {n} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
-                                hex(&digest),
+                                "sink: {peer} sent {n} bytes sha256 {digest} in {secs:.3} s ({:.1} Mbit/s)",
                                 *n as f64 * 8.0 / secs / 1e6
                             );
                             let _ = std::io::stdout().flush();
@@ -361,7 +361,9 @@ impl App for Sink {
                         }
                         Ok(k) => {
                             *n += k as u64;
-                            hash.update(&self.buf[..k]);
+                            if self.hash {
+                                hash.update(&self.buf[..k]);
+                            }
                         }
                         Err(_) => return,
                     }
@@ -391,7 +393,7 @@ pub struct Source {
     sent: u64,
     conn: Option<SocketHandle>,
     connected_at: Option<Instant>,
-    hash: Sha256,
+    hash: Option<Sha256>,
     data: Vec<u8>,
     shut: bool,
     finished: bool,
@@ -399,10 +401,11 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(to: SocketAddrV4, total: u64) -> Source {
+    /// `hash`: compute the SHA-256 of the stream (printed at the end; "-" without it).
+    pub fn new(to: SocketAddrV4, total: u64, hash: bool) -> Source {
         let mut data = vec![0u8; 64 * 1024 + 7];
         stack::rand::Rng::new(0x5eed).fill(&mut data);
-        Source { to, total, sent: 0, conn: None, connected_at: None, hash: Sha256::new(), data, shut: false, finished: false, failed: false }
+        Source { to, total, sent: 0, conn: None, connected_at: None, hash: hash.then(Sha256::new), data, shut: false, finished: false, failed: false }
     }
 
     /// Everything was sent and acknowledged and the peer closed too (TIME-WAIT is left to
@@ -413,11 +416,10 @@ impl Source {
         }
         if self.sent == self.total && !self.failed {
             let secs = self.connected_at.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
-            let digest = std::mem::take(&mut self.hash).finalize();
+            let digest = self.hash.take().map(|h| hex(&h.finalize())).unwrap_or_else(|| "-".into());
             println!(
-                "source: sent {} bytes sha256 {} in {secs:.3} s ({:.1} Mbit/s)",
+                "source: sent {} bytes sha256 {digest} in {secs:.3} s ({:.1} Mbit/s)",
                 self.sent,
-                hex(&digest),
                 self.sent as f64 * 8.0 / secs / 1e6
             );
             let _ = std::io::stdout().flush();
@@ -479,7 +481,9 @@ impl App for Source {
             let off = (self.sent % self.data.len() as u64) as usize;
             match stack.tcp_send(now, h, &self.data[off..off + chunk_len]) {
                 Ok(k) if k > 0 => {
-                    self.hash.update(&self.data[off..off + k]);
+                    if let Some(hash) = &mut self.hash {
+                        hash.update(&self.data[off..off + k]);
+                    }
                     self.sent += k as u64;
                     did = true;
                 }
@@ -632,48 +636,57 @@ impl App for Connect {
 
 // ---- pingpong --------------------------------------------------------------------------
 
-/// Round-trip latency client: sends `size`-byte messages to an echo server one at a time and
-/// records each round trip in nanoseconds (its own clock reads: the loop's `now` has 1 us
-/// resolution and is read once per turn).
+/// One connection of the ping-pong client.
+struct PingConn {
+    h: SocketHandle,
+    sent_at: Option<std::time::Instant>,
+    got: usize,
+}
+
+/// Round-trip latency client: over `conns` connections to an echo server, each with one
+/// `size`-byte message in flight at a time, records every round trip in nanoseconds (its own
+/// clock reads: the loop's `now` has 1 us resolution and is not read every turn). The next
+/// message of a connection goes out as soon as its echo is complete.
 pub struct PingPong {
     to: SocketAddrV4,
     size: usize,
     count: u64,
     warmup: u64,
+    nconns: usize,
     done_rounds: u64,
-    conn: Option<SocketHandle>,
-    connected: bool,
-    sent_at: Option<std::time::Instant>,
-    got: usize,
+    conns: Vec<PingConn>,
+    /// Connection index by socket handle.
+    index: HashMap<SocketHandle, usize>,
+    connected: usize,
     msg: Vec<u8>,
     buf: Vec<u8>,
     pub hist: hdrhistogram::Histogram<u64>,
     hgrm: Option<String>,
     finished: bool,
-    measure_start: Option<Instant>,
-    pub elapsed_us: u64,
+    measure_start: Option<std::time::Instant>,
+    pub elapsed_ns: u64,
 }
 
 impl PingPong {
-    pub fn new(to: SocketAddrV4, size: usize, count: u64, warmup: u64, hgrm: Option<String>) -> PingPong {
+    pub fn new(to: SocketAddrV4, size: usize, count: u64, warmup: u64, conns: usize, hgrm: Option<String>) -> PingPong {
         let hist = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds");
         PingPong {
             to,
             size: size.max(1),
             count,
             warmup,
+            nconns: conns.max(1),
             done_rounds: 0,
-            conn: None,
-            connected: false,
-            sent_at: None,
-            got: 0,
+            conns: Vec::new(),
+            index: HashMap::new(),
+            connected: 0,
             msg: vec![0x42; size.max(1)],
             buf: vec![0u8; size.max(1)],
             hist,
             hgrm,
             finished: false,
             measure_start: None,
-            elapsed_us: 0,
+            elapsed_ns: 0,
         }
     }
 
@@ -681,16 +694,17 @@ impl PingPong {
         let h = &self.hist;
         let us = |ns: u64| ns as f64 / 1000.0;
         println!(
-            "pingpong: {} round trips of {} bytes: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us tps {:.0}",
+            "pingpong: {} round trips of {} bytes{}: p50 {:.1} us p90 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us mean {:.1} us tps {:.0}",
             h.len(),
             self.size,
+            if self.nconns > 1 { format!(" over {} connections", self.nconns) } else { String::new() },
             us(h.value_at_quantile(0.5)),
             us(h.value_at_quantile(0.9)),
             us(h.value_at_quantile(0.99)),
             us(h.value_at_quantile(0.999)),
             us(h.max()),
             h.mean() / 1000.0,
-            h.len() as f64 * 1e6 / self.elapsed_us.max(1) as f64
+            h.len() as f64 * 1e9 / self.elapsed_ns.max(1) as f64
         );
         if let Some(path) = &self.hgrm {
             if let Err(e) = std::fs::write(path, percentile_distribution(h)) {
@@ -698,6 +712,25 @@ impl PingPong {
             }
         }
         let _ = std::io::stdout().flush();
+    }
+
+    /// Send connection `i`'s next message.
+    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize) {
+        let c = &mut self.conns[i];
+        if stack.tcp_send(now, c.h, &self.msg).ok() == Some(self.size) {
+            c.sent_at = Some(std::time::Instant::now());
+        } else {
+            eprintln!("pingpong: the send buffer refused a {}-byte message", self.size);
+            self.finished = true;
+        }
+    }
+
+    fn finish(&mut self, now: Instant, stack: &mut Stack) {
+        self.report();
+        for c in &self.conns {
+            let _ = stack.close(now, c.h);
+        }
+        self.finished = true;
     }
 }
 
@@ -722,66 +755,67 @@ pub fn percentile_distribution(h: &hdrhistogram::Histogram<u64>) -> String {
 
 impl App for PingPong {
     fn start(&mut self, now: Instant, stack: &mut Stack) {
-        match stack.tcp_connect(now, None, self.to) {
-            Ok(h) => {
-                if let Some(c) = stack.tcp_mut(h) {
-                    c.set_nodelay(true);
+        for i in 0..self.nconns {
+            match stack.tcp_connect(now, None, self.to) {
+                Ok(h) => {
+                    if let Some(c) = stack.tcp_mut(h) {
+                        c.set_nodelay(true);
+                    }
+                    self.index.insert(h, i);
+                    self.conns.push(PingConn { h, sent_at: None, got: 0 });
                 }
-                self.conn = Some(h);
-            }
-            Err(e) => {
-                eprintln!("pingpong: cannot connect to {}: {e}", self.to);
-                self.finished = true;
+                Err(e) => {
+                    eprintln!("pingpong: cannot connect to {}: {e}", self.to);
+                    self.finished = true;
+                    return;
+                }
             }
         }
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
-        if Some(h) != self.conn {
+        let Some(&i) = self.index.get(&h) else { return };
+        if self.finished {
             return;
         }
         match ev {
-            SocketEvent::Tcp(Event::Connected) => self.connected = true,
-            SocketEvent::Tcp(Event::Readable) => {
-                while let Ok(n) = stack.tcp_recv(now, h, &mut self.buf[self.got..]) {
-                    if n == 0 {
-                        break;
-                    }
-                    self.got += n;
-                    if self.got == self.size {
-                        self.got = 0;
-                        if let Some(t) = self.sent_at.take() {
-                            if self.done_rounds >= self.warmup {
-                                let _ = self.hist.record((t.elapsed().as_nanos() as u64).max(1));
-                            }
-                        }
-                        self.done_rounds += 1;
-                        if self.done_rounds == self.warmup {
-                            self.measure_start = Some(now);
-                        }
-                        if self.done_rounds >= self.warmup + self.count {
-                            self.elapsed_us = self.measure_start.map(|t| (now - t).total_micros()).unwrap_or(0);
-                            self.report();
-                            let _ = stack.close(now, h);
-                            self.finished = true;
-                            return;
-                        }
+            SocketEvent::Tcp(Event::Connected) => {
+                self.connected += 1;
+                self.send(now, stack, i);
+            }
+            SocketEvent::Tcp(Event::Readable) => loop {
+                let got = self.conns[i].got;
+                let n = match stack.tcp_recv(now, h, &mut self.buf[got..]) {
+                    Ok(n) if n > 0 => n,
+                    _ => return,
+                };
+                let c = &mut self.conns[i];
+                c.got += n;
+                if c.got < self.size {
+                    continue;
+                }
+                c.got = 0;
+                if let Some(t) = c.sent_at.take() {
+                    if self.done_rounds >= self.warmup {
+                        let _ = self.hist.record((t.elapsed().as_nanos() as u64).max(1));
                     }
                 }
-            }
-            SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
-                eprintln!("pingpong: connection to {} failed: {ev:?}", self.to);
+                self.done_rounds += 1;
+                if self.done_rounds == self.warmup {
+                    self.measure_start = Some(std::time::Instant::now());
+                }
+                if self.done_rounds >= self.warmup + self.count {
+                    self.elapsed_ns = self.measure_start.map(|t| t.elapsed().as_nanos() as u64).unwrap_or(0);
+                    self.finish(now, stack);
+                    return;
+                }
+                self.send(now, stack, i);
+            },
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut | Event::PeerClosed) => {
+                eprintln!("pingpong: connection {i} to {} failed: {ev:?}", self.to);
                 self.finished = true;
             }
             _ => {}
         }
-    }
-    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
-        let (Some(h), true) = (self.conn, self.connected) else { return false };
-        if self.sent_at.is_none() && !self.finished && stack.tcp_send(now, h, &self.msg).ok() == Some(self.size) {
-            self.sent_at = Some(std::time::Instant::now());
-            return true;
-        }
-        false
     }
     fn done(&self) -> bool {
         self.finished
@@ -865,5 +899,117 @@ impl App for ConnRate {
     }
     fn done(&self) -> bool {
         self.finished
+    }
+}
+
+// ---- hold ------------------------------------------------------------------------------
+
+/// Opens `count` connections and holds them idle (memory per connection, at both ends):
+/// handshakes are paced (`inflight` at most), source addresses taken round robin from the
+/// stack's addresses so more than one address's ephemeral ports can be used.
+pub struct Hold {
+    to: Vec<SocketAddrV4>,
+    count: u64,
+    inflight: usize,
+    secs: u64,
+    sources: Vec<Ipv4Addr>,
+    opened: u64,
+    pending: usize,
+    established: u64,
+    conns: Vec<SocketHandle>,
+    start: Option<Instant>,
+    held_since: Option<Instant>,
+    finished: bool,
+}
+
+impl Hold {
+    pub fn new(to: Vec<SocketAddrV4>, count: u64, inflight: usize, secs: u64) -> Hold {
+        Hold {
+            to,
+            count,
+            inflight: inflight.max(1),
+            secs,
+            sources: Vec::new(),
+            opened: 0,
+            pending: 0,
+            established: 0,
+            conns: Vec::with_capacity(count as usize),
+            start: None,
+            held_since: None,
+            finished: false,
+        }
+    }
+}
+
+impl App for Hold {
+    fn start(&mut self, now: Instant, stack: &mut Stack) {
+        self.sources = stack.homes().iter().filter(|h| !h.internal).map(|h| h.addr).collect();
+        self.start = Some(now);
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        match ev {
+            SocketEvent::Tcp(Event::Connected) => {
+                self.pending = self.pending.saturating_sub(1);
+                self.established += 1;
+                if self.established == self.count {
+                    let secs = self.start.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
+                    println!(
+                        "hold: {} established in {secs:.2} s ({:.0} handshakes/s) over {} source addresses",
+                        self.established,
+                        self.established as f64 / secs,
+                        self.sources.len()
+                    );
+                    let _ = std::io::stdout().flush();
+                    self.held_since = Some(now);
+                }
+            }
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
+                eprintln!("hold: connection failed ({ev:?}) after {} established", self.established);
+                let _ = stack.close(now, h);
+                self.finished = true;
+            }
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        if self.finished {
+            return false;
+        }
+        if let Some(t) = self.held_since {
+            if (now - t).as_secs_f64() >= self.secs as f64 {
+                self.finished = true;
+            }
+            return false;
+        }
+        let mut did = false;
+        while self.opened < self.count && self.pending < self.inflight {
+            let src = self.sources[(self.opened % self.sources.len().max(1) as u64) as usize];
+            let to = self.to[(self.opened % self.to.len().max(1) as u64) as usize];
+            match stack.tcp_connect(now, Some(src), to) {
+                Ok(h) => {
+                    self.conns.push(h);
+                    self.opened += 1;
+                    self.pending += 1;
+                    did = true;
+                }
+                Err(e) => {
+                    eprintln!("hold: connect {to} from {src} failed after {} connections: {e}", self.opened);
+                    self.finished = true;
+                    return false;
+                }
+            }
+        }
+        did
+    }
+    fn done(&self) -> bool {
+        self.finished
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.held_since.is_none() && !self.conns.is_empty() {
+            eprintln!("hold: {} of {} established when stopped", self.established, self.count);
+        }
     }
 }

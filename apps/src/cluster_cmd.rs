@@ -88,6 +88,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     let dp = DataPath {
         iface: def.interface.clone(),
         addr: (def.addr, def.prefix),
+        extra_addr: Vec::new(),
         gateway: None,
         queues: 1,
         cores: def.cores.clone(),
@@ -109,7 +110,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     match args.app {
         RunApp::Echo { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Echo::new(port)),
         RunApp::Http { port, size } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Http::new(port, size)),
-        RunApp::Sink { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Sink::new(port, false)),
+        RunApp::Sink { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Sink::new(port, false, true)),
     }
 }
 

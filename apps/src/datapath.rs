@@ -63,6 +63,9 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
     };
     let steering = Steering::attach(&dp.iface, dp.xdp_mode).map_err(|e| e.to_string())?;
     steering.add_home(addr, false)?;
+    for extra in &dp.extra_addr {
+        steering.add_home(*extra, false)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -103,6 +106,10 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
         stack.add_address(addr, prefix, false);
         // Tell the segment where the address lives now.
         stack.announce(addr);
+        for extra in &dp.extra_addr {
+            stack.add_address(*extra, prefix, false);
+            stack.announce(*extra);
+        }
         let pcap = dp.pcap.as_ref().map(|p| if q == 0 { p.clone() } else { format!("{p}.{q}") });
         let device = Device::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
         let mut runner = Runner::new(xsk, stack, device, dp.poll, stop.clone());
@@ -203,8 +210,8 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
         for (q, r) in runners.iter().enumerate() {
             let x = r.xsk.engine.stats;
             eprintln!(
-                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
-                r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, x.tx_no_frame,
+                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
+                r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk.tx_budget(), x.tx_no_frame,
                 r.device.stats.dropped, r.device.stats.delayed, r.device.stats.duplicated, r.device.stats.corrupted
             );
             let counters: Vec<String> =

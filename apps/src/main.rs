@@ -65,6 +65,9 @@ enum Cmd {
         /// Exit after the first connection ends.
         #[arg(long)]
         once: bool,
+        /// Do not compute SHA-256 (benchmarks: the Linux sink does not hash either).
+        #[arg(long)]
+        no_hash: bool,
     },
     /// Connect and send --bytes of data; print SHA-256 of what was sent.
     Source {
@@ -75,6 +78,9 @@ enum Cmd {
         to: SocketAddrV4,
         #[arg(long, default_value_t = 100 << 20)]
         bytes: u64,
+        /// Do not compute SHA-256 (benchmarks: the Linux source does not hash either).
+        #[arg(long)]
+        no_hash: bool,
     },
     /// Measure TCP round trips against an echo server (HdrHistogram percentiles).
     Pingpong {
@@ -90,6 +96,10 @@ enum Cmd {
         count: u64,
         #[arg(long, default_value_t = 1_000)]
         warmup: u64,
+        /// Concurrent connections, each with one message in flight (--count and --warmup
+        /// are totals over all of them).
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
         /// Write the percentile distribution (.hgrm) here.
         #[arg(long)]
         hgrm: Option<String>,
@@ -102,6 +112,26 @@ enum Cmd {
         to: SocketAddrV4,
         #[arg(long, default_value_t = 10_000)]
         count: u64,
+    },
+    /// Open --count idle connections to IP:PORT (round robin over the stack's addresses,
+    /// --addr and every --extra-addr) and hold them: prints "hold: N established" once all
+    /// are, then waits for SIGINT/SIGTERM or --secs and resets them (memory-per-connection
+    /// benchmark).
+    Hold {
+        #[command(flatten)]
+        dp: DataPath,
+        /// Server IP:PORT; repeat it to spread the connections over several servers
+        /// (round robin).
+        #[arg(long, required = true)]
+        to: Vec<SocketAddrV4>,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Handshakes in flight at most.
+        #[arg(long, default_value_t = 128)]
+        inflight: usize,
+        /// Give up holding after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        secs: u64,
     },
     /// Connect to IP:PORT; copy stdin to the connection and the connection to stdout.
     Connect {
@@ -129,6 +159,10 @@ pub struct DataPath {
     /// plex's address with its prefix, e.g. 198.18.0.11/24 (must not be a kernel address of the interface).
     #[arg(long, value_parser = parse_cidr)]
     pub addr: (Ipv4Addr, u8),
+    /// More addresses for plex on the same interface and prefix (repeatable; e.g. source
+    /// addresses for more than ~28 000 connections to one server).
+    #[arg(long)]
+    pub extra_addr: Vec<Ipv4Addr>,
     /// Default gateway.
     #[arg(long)]
     pub gateway: Option<Ipv4Addr>,
@@ -205,12 +239,13 @@ fn main() -> ExitCode {
         Cmd::Echo { dp, port, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, port)),
         Cmd::Echo { dp, port, blocking: false } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
         Cmd::Http { dp, port, size } => datapath::serve(&dp, move |_| apps::Http::new(port, size)),
-        Cmd::Sink { dp, port, once } => datapath::serve(&dp, move |_| apps::Sink::new(port, once)),
-        Cmd::Source { dp, to, bytes } => datapath::client(&dp, apps::Source::new(to, bytes)),
+        Cmd::Sink { dp, port, once, no_hash } => datapath::serve(&dp, move |_| apps::Sink::new(port, once, !no_hash)),
+        Cmd::Source { dp, to, bytes, no_hash } => datapath::client(&dp, apps::Source::new(to, bytes, !no_hash)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
+        Cmd::Hold { dp, to, count, inflight, secs } => datapath::client(&dp, apps::Hold::new(to, count, inflight, secs)),
         Cmd::Connrate { dp, to, count } => datapath::client(&dp, apps::ConnRate::new(to, count)),
-        Cmd::Pingpong { dp, to, size, count, warmup, hgrm } => {
-            datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, hgrm))
+        Cmd::Pingpong { dp, to, size, count, warmup, conns, hgrm } => {
+            datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, conns, hgrm))
         }
         Cmd::Run(args) => cluster_cmd::run(args),
         Cmd::Ctl(args) => cluster_cmd::ctl(args).map(|out| print!("{out}")),
@@ -248,6 +283,18 @@ mod tests {
         let e = Cli::try_parse_from(["plex", "echo", "--iface", "x", "--addr", "198.18.0.1", "--poll", "lazy"]).unwrap_err();
         assert!(e.to_string().contains("lazy"), "{e}");
         assert!(Cli::try_parse_from(["plex", "source", "--iface", "x", "--addr", "198.18.0.1", "--to", "198.18.0.2:5001"]).is_ok());
+        let hold = ["plex", "hold", "--iface", "x", "--addr", "198.18.1.3", "--extra-addr", "198.18.1.10", "--to", "198.18.1.2:7"];
+        let cli = Cli::try_parse_from(hold.iter().copied().chain(["--to", "198.18.1.4:7011"])).expect("hold parses");
+        match cli.cmd {
+            Cmd::Hold { dp, to, .. } => {
+                assert_eq!(to.len(), 2);
+                assert_eq!(dp.extra_addr, vec![Ipv4Addr::new(198, 18, 1, 10)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["plex", "hold", "--iface", "x", "--addr", "198.18.1.3"]).is_err(), "--to is required");
+        let pp = ["plex", "pingpong", "--iface", "x", "--addr", "198.18.1.3", "--to", "198.18.1.2:7", "--conns", "32"];
+        assert!(matches!(Cli::try_parse_from(pp).expect("parses").cmd, Cmd::Pingpong { conns: 32, .. }));
     }
 
     #[test]

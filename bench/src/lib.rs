@@ -52,6 +52,16 @@ pub fn exchange(a: &mut Stack, b: &mut Stack, now: Instant, buf: &mut [u8]) -> u
     }
 }
 
+/// Move every pending frame from `from` to `to` (one direction, one pass). Returns frames moved.
+pub fn deliver(from: &mut Stack, to: &mut Stack, now: Instant, buf: &mut [u8]) -> u64 {
+    let mut moved = 0;
+    while let Some(n) = from.poll_transmit(now, buf) {
+        to.receive(now, &buf[..n]);
+        moved += 1;
+    }
+    moved
+}
+
 /// The one-line round-trip summary `scripts/bench.sh` parses, from nanosecond samples.
 pub fn pingpong_summary(hist: &hdrhistogram::Histogram<u64>, size: usize) -> String {
     let us = |ns: u64| ns as f64 / 1000.0;

@@ -77,11 +77,20 @@ pub struct Runner {
     pub waker: Option<Arc<crate::xsk::Waker>>,
     /// Membership of a plex cluster (heartbeat, fencing, DVIPAs), if the stack is in one.
     pub cluster: Option<crate::cluster::ClusterMember>,
+    /// The time of the last turn that read the clock.
+    now: Instant,
+    /// Turns in a row that did nothing (the clock is read on every CLOCK_EVERY-th).
+    idle_turns: u32,
 }
+
+/// An idle turn reads the clock once in this many.
+pub const CLOCK_EVERY: u32 = 8;
 
 impl Runner {
     pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
-        Runner { xsk, stack, device, mode, batch: 64, stop, clock: Clock::default(), stats: LoopStats::default(), waker: None, cluster: None }
+        let clock = Clock::default();
+        let now = clock.now();
+        Runner { xsk, stack, device, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0 }
     }
 
     /// Pin the calling thread to `core` (if given and it exists).
@@ -94,17 +103,32 @@ impl Runner {
     }
 
     /// One iteration; returns whether anything happened.
+    ///
+    /// The clock is read when the first frame of the turn is there, and otherwise only every
+    /// [`CLOCK_EVERY`] idle turns: an idle turn is then little more than a look at the RX
+    /// ring, so a frame that arrives waits less for the loop to come round. (The core's time
+    /// has microsecond resolution; the cached time lags by a few idle turns at most.)
     pub fn turn(&mut self, app: &mut impl App) -> bool {
-        let now = self.clock.now();
         self.stats.iterations += 1;
+        let Runner { xsk, stack, device, batch, cluster, clock, now: cached, idle_turns, .. } = self;
         // Before any frame: a stack whose lease lapsed (it was stalled) learns here whether it
-        // was fenced, and drops the addresses it lost before it could answer for them.
-        if let Some(c) = &mut self.cluster {
-            c.turn(now, &mut self.stack);
+        // was fenced, and drops the addresses it lost before it could answer for them. (A
+        // cluster member reads the clock every turn.)
+        if let Some(c) = cluster.as_mut() {
+            c.turn(clock.now(), stack);
         }
-        let Runner { xsk, stack, device, batch, cluster, clock, .. } = self;
         let batch = *batch;
-        let rx = xsk.engine.rx_batch(batch, |f| device.on_rx(now, f, &mut |g| stack.receive(now, g)));
+        let mut fresh = None;
+        let rx = xsk.engine.rx_batch(batch, |f| {
+            let now = *fresh.get_or_insert_with(|| clock.now());
+            device.on_rx(now, f, &mut |g| stack.receive(now, g))
+        });
+        let now = match fresh {
+            Some(t) => t,
+            None if *idle_turns % CLOCK_EVERY == 0 => clock.now(),
+            None => *cached,
+        };
+        *cached = now;
         device.release_due(now, &mut |g| stack.receive(now, g));
         if stack.poll_timeout().is_some_and(|t| t <= now) {
             stack.handle_timeout(now);
@@ -121,12 +145,15 @@ impl Runner {
         }
         // The process may have been stopped since `now` was read (SIGSTOP, preemption): a
         // cluster member checks its lease again with a fresh clock before anything leaves.
-        if let Some(c) = cluster {
+        if let Some(c) = cluster.as_mut() {
             c.turn(clock.now(), stack);
         }
+        // Queue what the stack has, up to one kick's worth, then kick once: in copy mode every
+        // kick is a sendto that moves at most the socket's TX budget.
+        let budget = (xsk.tx_budget() as usize).max(batch);
         let mut tx = 0;
-        loop {
-            let n = xsk.engine.tx_batch(batch, |buf| {
+        while tx < budget && stack.may_transmit() {
+            let n = xsk.engine.tx_fill(batch.min(budget - tx), |buf| {
                 let n = stack.poll_transmit(now, buf)?;
                 device.on_tx(now, &buf[..n]);
                 Some(n)
@@ -136,10 +163,15 @@ impl Runner {
                 break;
             }
         }
+        if tx > 0 || xsk.engine.in_tx() > 0 {
+            xsk.engine.kick_if_needed();
+        }
         xsk.engine.reap();
         self.stats.rx_frames += rx as u64;
         self.stats.tx_frames += tx as u64;
-        busy || tx > 0
+        let busy = busy || tx > 0;
+        self.idle_turns = if busy { 0 } else { self.idle_turns.wrapping_add(1) };
+        busy
     }
 
     /// Run until the stop flag is set or the application is done.
@@ -188,5 +220,7 @@ impl Runner {
         }
         self.stats.sleeps += 1;
         self.xsk.wait(ms, self.waker.as_deref());
+        // Time passed: the next turn reads the clock.
+        self.idle_turns = 0;
     }
 }

@@ -149,19 +149,35 @@ impl<R: Rings> FrameEngine<R> {
 
     /// Take back frames the kernel finished sending.
     pub fn reap(&mut self) -> usize {
-        if self.in_tx == 0 {
-            return 0;
+        let mut total = 0;
+        while self.in_tx > 0 {
+            let n = self.rings.comp_consume(&mut self.scratch[..]);
+            self.free.extend_from_slice(&self.scratch[..n]);
+            self.in_tx -= n;
+            self.stats.completions += n as u64;
+            total += n;
+            if n < self.scratch.len() {
+                break;
+            }
         }
-        let n = self.rings.comp_consume(&mut self.scratch[..]);
-        self.free.extend_from_slice(&self.scratch[..n]);
-        self.in_tx -= n;
-        self.stats.completions += n as u64;
-        n
+        total
     }
 
     /// Send up to `max` frames: `f` writes each into a free frame and returns its length, or
     /// `None` when it has nothing more. Kicks the kernel once if it asks for it.
-    pub fn tx_batch(&mut self, max: usize, mut f: impl FnMut(&mut [u8]) -> Option<usize>) -> usize {
+    pub fn tx_batch(&mut self, max: usize, f: impl FnMut(&mut [u8]) -> Option<usize>) -> usize {
+        let n = self.tx_fill(max, f);
+        if n > 0 || self.in_tx > 0 {
+            self.kick_if_needed();
+        }
+        n
+    }
+
+    /// Queue up to `max` frames on the TX ring like [`tx_batch`](Self::tx_batch), without
+    /// kicking: a caller that fills several batches kicks once at the end
+    /// ([`kick_if_needed`](Self::kick_if_needed)). In copy mode every kick is a `sendto`
+    /// that moves at most the socket's TX budget of frames.
+    pub fn tx_fill(&mut self, max: usize, mut f: impl FnMut(&mut [u8]) -> Option<usize>) -> usize {
         self.reap();
         let room = self.rings.tx_free(max as u32) as usize;
         let max = max.min(room).min(self.staged.capacity().max(1));
@@ -186,9 +202,6 @@ impl<R: Rings> FrameEngine<R> {
             self.stats.tx_frames += n as u64;
         }
         self.staged.clear();
-        if n > 0 || self.in_tx > 0 {
-            self.kick_if_needed();
-        }
         n
     }
 
@@ -287,11 +300,15 @@ pub struct XskConfig {
     pub ring_size: u32,
     /// Batch size for RX/TX calls.
     pub batch: usize,
+    /// Frames one TX kick may move in copy mode (`XDP_MAX_TX_SKB_BUDGET`, kernel 6.17+;
+    /// 32 before). One batch: a larger budget sends a whole window in one `sendto`, during
+    /// which no ACK is read (measured: 2048 cut bulk throughput to a quarter).
+    pub tx_budget: u32,
 }
 
 impl Default for XskConfig {
     fn default() -> Self {
-        XskConfig { ifname: String::new(), queue: 0, frames: 8192, frame_size: 4096, ring_size: 2048, batch: 64 }
+        XskConfig { ifname: String::new(), queue: 0, frames: 8192, frame_size: 4096, ring_size: 2048, batch: 64, tx_budget: 64 }
     }
 }
 
@@ -301,6 +318,7 @@ pub struct Xsk {
     pub engine: FrameEngine<XskRings>,
     fd: RawFd,
     queue: u32,
+    tx_budget: u32,
 }
 
 impl Xsk {
@@ -341,10 +359,17 @@ impl Xsk {
         })?;
         let (fq, cq) = rings.ok_or_else(|| StartError::Other("xsk-rs returned no fill/completion rings".into()))?;
         let fd = rx.fd().as_raw_fd();
+        let tx_budget = set_tx_budget(fd, cfg.tx_budget.clamp(KERNEL_TX_BATCH, cfg.ring_size));
         let rings = XskRings { umem, fq, cq, tx, rx };
         let rx_quota = (cfg.frames as usize / 2).min(cfg.ring_size as usize);
         let engine = FrameEngine::new(rings, descs, rx_quota, cfg.batch);
-        Ok(Xsk { engine, fd, queue: cfg.queue })
+        Ok(Xsk { engine, fd, queue: cfg.queue, tx_budget })
+    }
+
+    /// Frames one TX kick moves in copy mode: the ring size when the kernel (6.17+) took
+    /// `XDP_MAX_TX_SKB_BUDGET`, else the kernel's fixed 32.
+    pub fn tx_budget(&self) -> u32 {
+        self.tx_budget
     }
 
     pub fn fd(&self) -> RawFd {
@@ -413,6 +438,32 @@ pub fn ifindex(ifname: &str) -> Result<i32, StartError> {
         Err(StartError::NoSuchInterface(ifname.to_string()))
     } else {
         Ok(idx as i32)
+    }
+}
+
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, kernel 6.17): descriptors one `sendto` handles in
+/// copy mode, 32 by default and before 6.17.
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+const KERNEL_TX_BATCH: u32 = 32;
+
+/// Let one TX kick move up to `budget` frames (copy mode handles 32 per `sendto` otherwise).
+/// Returns the budget in force; an older kernel refuses the option, which is harmless.
+fn set_tx_budget(fd: RawFd, budget: u32) -> u32 {
+    // SAFETY: passes a valid pointer to an initialised u32 and its exact size; the kernel
+    // only reads it. `fd` is our own open AF_XDP socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&budget as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        budget
+    } else {
+        KERNEL_TX_BATCH
     }
 }
 

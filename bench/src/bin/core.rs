@@ -2,7 +2,7 @@
 //! no AF_XDP). Prints bulk-transfer segments per second and ping-pong round trips per second,
 //! with the per-segment cost in nanoseconds.
 //!
-//! Usage: plex-bench-core [--mib N] [--round-trips N]
+//! Usage: plex-bench-core [--mib N] [--round-trips N] [--idle N,N]  (0 skips a part)
 
 // Benchmarks measure wall-clock time: the sans-IO rule is for stack and coupling.
 #![allow(clippy::disallowed_methods)]
@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::Instant as WallClock;
 
-use bench::{exchange, Clock};
+use bench::{deliver, exchange, Clock};
 use stack::iface::{Stack, StackConfig};
 use stack::tcp;
 use stack::wire::MacAddr;
@@ -25,9 +25,10 @@ fn stack(last: u8, ip: Ipv4Addr, tcp: &tcp::Config) -> Stack {
     s
 }
 
-fn parse_args() -> Result<(u64, u64), String> {
+fn parse_args() -> Result<(u64, u64, Vec<usize>), String> {
     let mut mib = 512u64;
     let mut rts = 200_000u64;
+    let mut idle = vec![10_000usize, 100_000];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> Result<u64, String> {
@@ -37,18 +38,26 @@ fn parse_args() -> Result<(u64, u64), String> {
         match a.as_str() {
             "--mib" => mib = value("--mib")?,
             "--round-trips" => rts = value("--round-trips")?,
+            "--idle" => {
+                let v = args.next().ok_or("--idle needs a list of counts")?;
+                idle = v
+                    .split(',')
+                    .map(|n| n.parse::<usize>().map_err(|_| format!("--idle: {n:?} is not a number")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                idle.retain(|&n| n > 0);
+            }
             "-h" | "--help" => {
-                println!("usage: plex-bench-core [--mib N] [--round-trips N]");
+                println!("usage: plex-bench-core [--mib N] [--round-trips N] [--idle N,N]  (0 skips a part)");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
-    Ok((mib, rts))
+    Ok((mib, rts, idle))
 }
 
 fn main() -> ExitCode {
-    let (mib, rts) = match parse_args() {
+    let (mib, rts, idle) = match parse_args() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("plex-bench-core: {e}");
@@ -95,8 +104,10 @@ fn main() -> ExitCode {
     println!("  {:.0} segments/s ({} segments incl. ACKs, {} frames), {:.0} ns per segment, {:.2} Gbit/s of payload",
         segs as f64 / bulk, segs, frames, bulk * 1e9 / segs.max(1) as f64, got as f64 * 8.0 / bulk / 1e9);
 
-    // Ping-pong: 64-byte request and response, TCP_NODELAY, one connection.
-    let tcp_cfg = tcp::Config { nodelay: true, delayed_ack: None, ..tcp::Config::default() };
+    // Ping-pong: 64-byte request and response, TCP_NODELAY, one connection. Like the echo
+    // server on a poll thread, the server answers before it transmits, so its ACK rides on
+    // the response (two frames per round trip).
+    let tcp_cfg = tcp::Config { nodelay: true, ..tcp::Config::default() };
     let (mut a, mut b) = (stack(10, a_ip, &tcp_cfg), stack(1, b_ip, &tcp_cfg));
     let l = a.tcp_listen(clock.now(), SocketAddrV4::new(a_ip, 5002), 8).expect("listen");
     let c = b.tcp_connect(clock.now(), None, SocketAddrV4::new(a_ip, 5002)).expect("connect");
@@ -109,17 +120,18 @@ fn main() -> ExitCode {
     for _ in 0..rts {
         let now = clock.now();
         b.tcp_send(now, c, &msg).expect("send");
-        frames += exchange(&mut a, &mut b, now, &mut buf);
+        frames += deliver(&mut b, &mut a, now, &mut buf);
         let n = a.tcp_recv(now, s, &mut rbuf).expect("request");
         a.tcp_send(now, s, &rbuf[..n]).expect("reply");
-        frames += exchange(&mut a, &mut b, now, &mut buf);
+        frames += deliver(&mut a, &mut b, now, &mut buf);
         b.tcp_recv(now, c, &mut rbuf).expect("response");
+        frames += exchange(&mut a, &mut b, now, &mut buf);
     }
     let pp = t0.elapsed().as_secs_f64();
     println!("ping-pong: {rts} round trips of 64 bytes in {pp:.3} s");
     println!("  {:.0} round trips/s, {:.0} ns per round trip, {:.0} ns per frame ({} frames)",
         rts as f64 / pp, pp * 1e9 / rts as f64, pp * 1e9 / frames.max(1) as f64, frames);
-    for n in [10_000usize, 100_000] {
+    for n in idle {
         idle_connections(n);
     }
     ExitCode::SUCCESS

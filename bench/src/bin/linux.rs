@@ -4,7 +4,9 @@
 //!
 //! Usage:
 //!   plex-bench-linux echo ADDR:PORT [--core N]
-//!   plex-bench-linux pingpong ADDR:PORT [--size 64] [--count N] [--warmup N] [--core N] [--hgrm FILE]
+//!   plex-bench-linux pingpong ADDR:PORT [--size 64] [--count N] [--warmup N] [--conns N] [--core N] [--hgrm FILE]
+//!   plex-bench-linux echo-many ADDR:PORT [--core N]     (any number of connections, epoll)
+//!   plex-bench-linux hold-server ADDR:PORT [--count N] [--core N]   (accept and keep)
 //!   plex-bench-linux sink ADDR:PORT [--core N]
 //!   plex-bench-linux connrate ADDR:PORT [--count N] [--core N]
 //!   plex-bench-linux source ADDR:PORT [--bytes N] [--core N]
@@ -99,6 +101,170 @@ fn pingpong(addr: SocketAddr, size: usize, count: u64, warmup: u64, core: Option
     Ok(())
 }
 
+/// Busy-polling epoll: `epoll_wait` with a zero timeout in a loop (the fair counterpart of a
+/// busy-polling plex loop over many connections; one connection uses the plain spin above).
+struct Epoll {
+    ep: nix::sys::epoll::Epoll,
+    events: Vec<nix::sys::epoll::EpollEvent>,
+}
+
+impl Epoll {
+    fn new(max: usize) -> std::io::Result<Epoll> {
+        use nix::sys::epoll::{EpollCreateFlags, EpollEvent};
+        let ep = nix::sys::epoll::Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
+        Ok(Epoll { ep, events: vec![EpollEvent::empty(); max.max(1)] })
+    }
+    fn add(&self, fd: impl std::os::fd::AsFd, token: u64) -> std::io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        self.ep.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token)).map_err(std::io::Error::from)
+    }
+    /// Ready tokens, without sleeping.
+    fn poll(&mut self, out: &mut Vec<u64>) -> std::io::Result<()> {
+        out.clear();
+        match self.ep.wait(&mut self.events, nix::sys::epoll::EpollTimeout::ZERO) {
+            Ok(n) => out.extend(self.events[..n].iter().map(|e| e.data())),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+/// Echo for any number of connections: non-blocking sockets under a busy-polled epoll.
+fn echo_many(addr: SocketAddr, core: Option<usize>) -> std::io::Result<()> {
+    pin(core);
+    let l = TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    let mut ep = Epoll::new(1024)?;
+    ep.add(&l, u64::MAX)?;
+    eprintln!("linux echo-many on {addr}");
+    let mut conns: Vec<Option<TcpStream>> = Vec::new();
+    let mut ready = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        ep.poll(&mut ready)?;
+        for &t in &ready {
+            if t == u64::MAX {
+                while let Ok((s, _)) = l.accept() {
+                    s.set_nodelay(true)?;
+                    s.set_nonblocking(true)?;
+                    ep.add(&s, conns.len() as u64)?;
+                    conns.push(Some(s));
+                }
+                continue;
+            }
+            let Some(slot) = conns.get_mut(t as usize) else { continue };
+            let Some(s) = slot else { continue };
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        *slot = None;
+                        break;
+                    }
+                    Ok(n) => {
+                        if write_full(s, &buf[..n]).is_err() {
+                            *slot = None;
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        *slot = None;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ping-pong over `conns` connections, one message in flight on each, busy-polling epoll.
+fn pingpong_many(addr: SocketAddr, size: usize, count: u64, warmup: u64, conns: usize, core: Option<usize>, hgrm: Option<String>) -> std::io::Result<()> {
+    pin(core);
+    let mut ep = Epoll::new(conns)?;
+    let mut socks = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        ep.add(&s, i as u64)?;
+        socks.push(s);
+    }
+    let msg = vec![0x42u8; size];
+    let mut buf = vec![0u8; size];
+    let mut got = vec![0usize; conns];
+    let mut sent_at = vec![Instant::now(); conns];
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| std::io::Error::other(e.to_string()))?;
+    for (i, s) in socks.iter_mut().enumerate() {
+        sent_at[i] = Instant::now();
+        write_full(s, &msg)?;
+    }
+    let (mut done, mut start) = (0u64, Instant::now());
+    let mut ready = Vec::new();
+    while done < warmup + count {
+        ep.poll(&mut ready)?;
+        for &t in &ready {
+            let i = t as usize;
+            loop {
+                match socks[i].read(&mut buf[got[i]..]) {
+                    Ok(0) => return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "echo server closed")),
+                    Ok(n) => {
+                        got[i] += n;
+                        if got[i] < size {
+                            continue;
+                        }
+                        got[i] = 0;
+                        if done >= warmup {
+                            let _ = hist.record(sent_at[i].elapsed().as_nanos() as u64);
+                        }
+                        done += 1;
+                        if done == warmup {
+                            start = Instant::now();
+                        }
+                        sent_at[i] = Instant::now();
+                        write_full(&mut socks[i], &msg)?;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    println!(
+        "{} over {conns} connections tps {:.0}",
+        bench::pingpong_summary(&hist, size),
+        hist.len() as f64 / start.elapsed().as_secs_f64()
+    );
+    if let Some(path) = hgrm {
+        bench::write_hgrm(&path, &hist)?;
+    }
+    Ok(())
+}
+
+/// Accept connections and keep them open (memory per connection: the bench script reads the
+/// kernel's slab and this process's RSS around it); prints a line when `count` are accepted.
+fn hold_server(addr: SocketAddr, count: u64, core: Option<usize>) -> std::io::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    pin(core);
+    // 100 000 sockets need as many descriptors.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
+    let want = (count + 1024).max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
+    }
+    let l = TcpListener::bind(addr)?;
+    eprintln!("linux hold-server on {addr}");
+    let mut held = Vec::with_capacity(count as usize);
+    loop {
+        let (s, _) = l.accept()?;
+        held.push(s);
+        if held.len() as u64 == count {
+            println!("hold-server: {count} accepted");
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
 /// Receive until EOF; print the rate.
 fn sink(addr: SocketAddr, core: Option<usize>) -> std::io::Result<()> {
     pin(core);
@@ -154,7 +320,7 @@ fn connrate(addr: SocketAddr, count: u64, core: Option<usize>) -> std::io::Resul
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: plex-bench-linux echo ADDR:PORT [--core N] | pingpong ADDR:PORT [--size N] [--count N] [--warmup N] [--core N] [--hgrm FILE]";
+    let usage = "usage: plex-bench-linux echo|echo-many ADDR:PORT [--core N] | pingpong ADDR:PORT [--size N] [--count N] [--warmup N] [--conns N] [--core N] [--hgrm FILE] | sink ADDR:PORT | source ADDR:PORT [--bytes N] | connrate ADDR:PORT [--count N]";
     let (Some(cmd), Some(addr)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         return ExitCode::from(2);
@@ -180,7 +346,13 @@ fn main() -> ExitCode {
     };
     let r = match cmd.as_str() {
         "echo" => echo(addr, core),
-        "pingpong" => pingpong(addr, size.max(1), count, warmup, core, opt("--hgrm")),
+        "echo-many" => echo_many(addr, core),
+        "hold-server" => num("--count", 100_000).map_err(std::io::Error::other).and_then(|n| hold_server(addr, n, core)),
+        "pingpong" => match num("--conns", 1) {
+            Ok(1) => pingpong(addr, size.max(1), count, warmup, core, opt("--hgrm")),
+            Ok(n) => pingpong_many(addr, size.max(1), count, warmup, n.max(1) as usize, core, opt("--hgrm")),
+            Err(e) => Err(std::io::Error::other(e)),
+        },
         "sink" => sink(addr, core),
         "connrate" => connrate(addr, count, core),
         "source" => num("--bytes", 1 << 30).map_err(std::io::Error::other).and_then(|b| source(addr, b, core)),

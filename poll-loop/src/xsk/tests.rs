@@ -199,6 +199,25 @@ fn transmit_reaps_completions_and_kicks() {
 }
 
 #[test]
+fn fill_queues_batches_and_one_kick_sends_them() {
+    let mut e = engine(64, 128);
+    for _ in 0..3 {
+        assert_eq!(e.tx_fill(4, |b| {
+            b[0] = 9;
+            Some(1)
+        }), 4);
+    }
+    assert_eq!(e.rings.kicks, 0, "tx_fill never kicks");
+    assert_eq!(e.in_tx(), 12);
+    e.kick_if_needed();
+    assert_eq!(e.rings.kicks, 1);
+    e.rings.transmit(100);
+    assert_eq!(e.rings.sent.len(), 12);
+    assert_eq!(e.reap(), 12);
+    assert!(e.accounted());
+}
+
+#[test]
 fn running_out_of_frames_is_counted_not_fatal() {
     let mut e = engine(8, 128);
     // 4 frames in fill, 4 free: a 10-frame burst gets 4.

@@ -744,21 +744,14 @@ impl Stack {
     /// it when it is closed and nobody holds it.
     fn after_tcp(&mut self, now: Instant, h: SocketHandle) {
         let Some(Socket::Tcp(t)) = self.socket_mut(h) else { return };
-        let mut evs = [None; 8];
-        let mut n = 0;
-        while let Some(e) = t.conn.poll_event() {
-            if n < evs.len() {
-                evs[n] = Some(e);
-                n += 1;
-            }
-        }
+        let mut evs = t.conn.take_events();
         let parent = t.parent;
         let state = t.conn.state();
         let orphan = t.conn.is_orphan();
         let tuple = t.conn.tuple();
         let ephemeral = t.ephemeral;
         let deadline = t.conn.poll_timeout();
-        for e in evs.into_iter().flatten() {
+        while let Some(e) = Event::pop(&mut evs) {
             match (parent, e) {
                 (Some(p), Event::Connected) => {
                     // Established from the SYN queue onto the accept queue.
@@ -1248,6 +1241,12 @@ impl Stack {
     // ----------------------------------------------------------------------------------------
     // Transmit path.
 
+    /// False when [`Stack::poll_transmit`] certainly returns `None`: no control frame is
+    /// queued and no socket is on the ready queue (a cheap test for idle poll loops).
+    pub fn may_transmit(&self) -> bool {
+        !self.control.is_empty() || !self.ready.is_empty()
+    }
+
     /// Write the next outbound Ethernet frame into `buf` (at least MTU + 14 bytes); `None` when
     /// nothing is due now.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
@@ -1266,7 +1265,13 @@ impl Stack {
         while budget > 0 {
             budget -= 1;
             let h = *self.ready.front()?;
-            let (remote_ip, is_udp) = match self.socket(h) {
+            let (remote_ip, is_udp) = match self.socket_mut(h) {
+                Some(Socket::Tcp(t)) if !t.conn.may_transmit() => {
+                    // Nothing to send: skip the route and ARP lookups.
+                    t.conn.nothing_to_transmit();
+                    self.unready(h);
+                    continue;
+                }
                 Some(Socket::Tcp(t)) => (*t.conn.tuple().remote.ip(), false),
                 Some(Socket::Udp(u)) => match u.tx.front() {
                     Some((peer, _)) => (*peer.ip(), true),

@@ -75,6 +75,18 @@ pub enum Event {
     Closed,
 }
 
+impl Event {
+    /// Take the first event out of a set from [`Connection::take_events`].
+    pub(crate) fn pop(set: &mut u8) -> Option<Event> {
+        if *set == 0 {
+            return None;
+        }
+        let i = set.trailing_zeros() as usize;
+        *set &= !(1 << i);
+        EVENTS.get(i).copied()
+    }
+}
+
 const EVENTS: [Event; 7] = [
     Event::Connected,
     Event::Readable,
@@ -578,6 +590,12 @@ impl Connection {
 
     fn push_event(&mut self, e: Event) {
         self.events |= 1 << (e as u8);
+    }
+
+    /// Every pending event at once, as a set: [`Event::pop`] takes them out in the order
+    /// [`Connection::poll_event`] would give them.
+    pub(crate) fn take_events(&mut self) -> u8 {
+        core::mem::take(&mut self.events)
     }
 
     /// The next event for the application, oldest kind first.
@@ -1659,11 +1677,43 @@ impl Connection {
             let ack = self.rcv_nxt;
             return Some(self.emit_rst(out, seq, Some(ack)));
         }
+        if !self.may_transmit() {
+            self.nothing_to_transmit();
+            return None;
+        }
         let Some(plan) = self.plan() else {
             self.update_persist(now);
             return None;
         };
         Some(self.emit(now, out, plan))
+    }
+
+    /// What `poll_transmit` does when [`Connection::may_transmit`] is false, without
+    /// planning: nothing is unsent, so no persist timer either.
+    pub(crate) fn nothing_to_transmit(&mut self) {
+        // The unit tests (and the simulations under src/) check the shortcut against the
+        // planner; `plan` has no side effects when it finds nothing.
+        #[cfg(test)]
+        assert!(self.plan().is_none(), "may_transmit() said no but plan() has a segment: {self:?}");
+        self.disarm(Timer::Persist);
+    }
+
+    /// False only when [`Connection::poll_transmit`] certainly has nothing to send: no RST,
+    /// SYN, ACK, probe or retransmission is due, every byte and the FIN (if any) went out, and
+    /// nothing is marked lost. A cheap test run before planning (most visits to a connection
+    /// after it received something find nothing to send).
+    pub fn may_transmit(&self) -> bool {
+        self.rst_reply.is_some()
+            || self.rst_due
+            || self.ack_now
+            || self.syn_due
+            || self.probe_due
+            || self.probe_rtx
+            || self.rtx_now
+            || self.tx.len() > self.sent_data()
+            || self.fin_seq.is_some_and(|f| self.snd_nxt <= f)
+            || self.lost_until > self.snd_una
+            || !self.scoreboard.is_empty()
     }
 
     fn emit_rst(&mut self, out: &mut [u8], seq: SeqNumber, ack: Option<SeqNumber>) -> usize {

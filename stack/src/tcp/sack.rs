@@ -154,6 +154,18 @@ impl Scoreboard {
         lost_until: SeqNumber,
         mss: usize,
     ) -> usize {
+        if self.blocks.is_empty() {
+            // One hole, [snd_una, snd_nxt), lost below lost_until (the common case, computed
+            // without the iterator: this runs for every segment the connection considers).
+            if snd_una >= snd_nxt {
+                return 0;
+            }
+            let lost_end = lost_until.min(snd_nxt).max(snd_una);
+            let len = snd_nxt.distance_from(snd_una);
+            let lost = lost_end.distance_from(snd_una);
+            let rtx = high_rxt.min(snd_nxt).distance_from(snd_una);
+            return len - lost + rtx;
+        }
         self.holes(snd_una, snd_nxt, lost_until, mss)
             .map(|h| {
                 let len = h.end.distance_from(h.start);
@@ -174,6 +186,12 @@ impl Scoreboard {
         lost_until: SeqNumber,
         mss: usize,
     ) -> Option<(SeqNumber, usize)> {
+        if self.blocks.is_empty() {
+            // No SACK information: only what lies below lost_until is lost.
+            if lost_until <= snd_una || snd_una >= snd_nxt {
+                return None;
+            }
+        }
         self.holes(snd_una, snd_nxt, lost_until, mss).find_map(|h| {
             let from = h.start.max(high_rxt);
             (from < h.lost_end).then(|| (from, h.lost_end.distance_from(from)))
@@ -187,6 +205,27 @@ mod tests {
 
     fn s(n: u32) -> SeqNumber {
         SeqNumber(n)
+    }
+
+    #[test]
+    fn empty_scoreboard_fast_paths_match_the_hole_walk() {
+        let sb = Scoreboard::new();
+        let mut rng = crate::rand::Rng::new(7);
+        for _ in 0..20_000 {
+            let base = rng.next_u32();
+            let at = |rng: &mut crate::rand::Rng| SeqNumber(base.wrapping_add(rng.below(4000) as u32));
+            let (una, nxt, rxt, lost) = (at(&mut rng), at(&mut rng), at(&mut rng), at(&mut rng));
+            let pipe: usize = sb
+                .holes(una, nxt, lost, 100)
+                .map(|h| h.end.distance_from(h.start) - h.lost_end.distance_from(h.start) + rxt.min(h.end).distance_from(h.start))
+                .sum();
+            assert_eq!(sb.pipe(una, nxt, rxt, lost, 100), pipe, "una {una:?} nxt {nxt:?} rxt {rxt:?} lost {lost:?}");
+            let next = sb.holes(una, nxt, lost, 100).find_map(|h| {
+                let from = h.start.max(rxt);
+                (from < h.lost_end).then(|| (from, h.lost_end.distance_from(from)))
+            });
+            assert_eq!(sb.next_lost(una, nxt, rxt, lost, 100), next);
+        }
     }
 
     #[test]
