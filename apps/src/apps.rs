@@ -709,12 +709,12 @@ impl PingPong {
         let _ = std::io::stdout().flush();
     }
 
-    /// Send connection `i`'s next message.
-    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize) {
+    /// Send connection `i`'s next message; its round trip starts at `t` (taken before the
+    /// send, as the Linux client and the floor do).
+    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize, t: std::time::Instant) {
         let c = &mut self.conns[i];
-        if stack.tcp_send(now, c.h, &self.msg).ok() == Some(self.size) {
-            c.sent_at = Some(std::time::Instant::now());
-        } else {
+        c.sent_at = Some(t);
+        if stack.tcp_send(now, c.h, &self.msg).ok() != Some(self.size) {
             eprintln!("pingpong: the send buffer refused a {}-byte message", self.size);
             self.finished = true;
         }
@@ -775,7 +775,7 @@ impl App for PingPong {
         match ev {
             SocketEvent::Tcp(Event::Connected) => {
                 self.connected += 1;
-                self.send(now, stack, i);
+                self.send(now, stack, i, std::time::Instant::now());
             }
             SocketEvent::Tcp(Event::Readable) => loop {
                 let got = self.conns[i].got;
@@ -789,21 +789,23 @@ impl App for PingPong {
                     continue;
                 }
                 c.got = 0;
-                if let Some(t) = c.sent_at.take() {
+                // One clock read ends this round trip and starts the next.
+                let t = std::time::Instant::now();
+                if let Some(t0) = c.sent_at.take() {
                     if self.done_rounds >= self.warmup {
-                        let _ = self.hist.record((t.elapsed().as_nanos() as u64).max(1));
+                        let _ = self.hist.record(((t - t0).as_nanos() as u64).max(1));
                     }
                 }
                 self.done_rounds += 1;
                 if self.done_rounds == self.warmup {
-                    self.measure_start = Some(std::time::Instant::now());
+                    self.measure_start = Some(t);
                 }
                 if self.done_rounds >= self.warmup + self.count {
                     self.elapsed_ns = self.measure_start.map(|t| t.elapsed().as_nanos() as u64).unwrap_or(0);
                     self.finish(now, stack);
                     return;
                 }
-                self.send(now, stack, i);
+                self.send(now, stack, i, t);
             },
             SocketEvent::Tcp(Event::Reset | Event::TimedOut | Event::PeerClosed) => {
                 eprintln!("pingpong: connection {i} to {} failed: {ev:?}", self.to);
