@@ -650,8 +650,8 @@ pub struct PingPong {
     nconns: usize,
     done_rounds: u64,
     conns: Vec<PingConn>,
-    /// Connection index by socket handle.
-    index: HashMap<SocketHandle, usize>,
+    /// Connection index by the socket handle's slot (a plain vector: looked up per event).
+    index: Vec<Option<usize>>,
     connected: usize,
     msg: Vec<u8>,
     buf: Vec<u8>,
@@ -673,7 +673,7 @@ impl PingPong {
             nconns: conns.max(1),
             done_rounds: 0,
             conns: Vec::new(),
-            index: HashMap::new(),
+            index: Vec::new(),
             connected: 0,
             msg: vec![0x42; size.max(1)],
             buf: vec![0u8; size.max(1)],
@@ -756,7 +756,11 @@ impl App for PingPong {
                     if let Some(c) = stack.tcp_mut(h) {
                         c.set_nodelay(true);
                     }
-                    self.index.insert(h, i);
+                    let slot = h.index() as usize;
+                    if self.index.len() <= slot {
+                        self.index.resize(slot + 1, None);
+                    }
+                    self.index[slot] = Some(i);
                     self.conns.push(PingConn { h, sent_at: None, got: 0 });
                 }
                 Err(e) => {
@@ -768,7 +772,7 @@ impl App for PingPong {
         }
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
-        let Some(&i) = self.index.get(&h) else { return };
+        let Some(i) = self.index.get(h.index() as usize).copied().flatten().filter(|&i| self.conns[i].h == h) else { return };
         if self.finished {
             return;
         }
