@@ -149,10 +149,13 @@ run_connrate() { # round
 
 # Memory per connection: the plex client (`plex hold`, 5 source addresses: ~28 000 ephemeral
 # ports each) opens MEMCONNS idle connections to the server under test; the growth of the
-# server's RSS plus the kernel's slab (the Linux sockets live there; plex's live in its RSS),
-# divided by the connections. The plex client's own memory is user memory of another process
-# and counts in neither.
-slab() { awk '/^Slab:/ { print $2 * 1024 }' /proc/meminfo; }
+# server's RSS plus the kernel's socket slabs (the Linux sockets live there, plex's in its
+# RSS), divided by the connections. The slabs are the objects a socket descriptor holds: TCP
+# (struct tcp_sock), sock_inode_cache, dentry and filp, active objects times object size, from
+# /proc/slabinfo (the machine-wide Slab total moves by more than the measurement when
+# unrelated caches or dying sockets of earlier runs shrink). The plex client's own memory is
+# user memory of another process and counts in neither.
+slab() { awk '$1 == "TCP" || $1 == "sock_inode_cache" || $1 == "dentry" || $1 == "filp" { s += $2 * $4 } END { print s }' /proc/slabinfo; }
 rss_of() { # pid of a `timeout` wrapper: the RSS of its child
   awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$(pgrep -P "$1")/status"
 }
@@ -175,7 +178,7 @@ run_mem() {
   hold "$OUT/plex-hold.txt" --to 198.18.1.2:7
   sleep 1
   r1=$(rss_of "$server"); s1=$(slab)
-  echo "plex server, $MEMCONNS connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel slab +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/plex-mem.txt"
+  echo "plex server, $MEMCONNS connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel socket slabs +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/plex-mem.txt"
   echo "mem_per_conn $(( (r1 - r0 + s1 - s0) / MEMCONNS ))" >>"$OUT/plex-mem.txt"
   stop_last INT  # the client
   stop_last INT  # the server
@@ -195,10 +198,16 @@ run_mem() {
   sleep 1
   s1=$(slab); r1=0
   for p in "${servers[@]}"; do r1=$(( r1 + $(rss_of "$p") )); done
-  echo "Linux servers ($k processes), $((n * k)) connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel slab +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/linux-mem.txt"
+  echo "Linux servers ($k processes), $((n * k)) connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel socket slabs +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/linux-mem.txt"
   echo "mem_per_conn $(( (r1 - r0 + s1 - s0) / (n * k) ))" >>"$OUT/linux-mem.txt"
-  stop_last INT  # the client
+  # Servers first, while the client still answers their FINs: otherwise 100 000 orphaned
+  # sockets retransmit FINs to nobody for minutes (and distort the next run's slab figures).
+  local client=${PIDS[-1]}
+  unset 'PIDS[-1]'
   for _ in "${servers[@]}"; do stop_last TERM; done
+  sleep 2
+  PIDS+=("$client")
+  stop_last INT
 }
 
 for r in $(seq 1 "$ROUNDS"); do
