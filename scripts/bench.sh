@@ -23,9 +23,11 @@ MEMCONNS=100000
 QUICK=
 JSON=
 OUT=$(mktemp -d /tmp/plx-bench.XXXXXX)
+# Warm-up round trips, not recorded (every program: plex, Linux, floor).
+WARMUP=20000
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) COUNT=30000; ROUNDS=1; QUICK=1 ;;
+    --quick) COUNT=30000; WARMUP=5000; ROUNDS=1; QUICK=1 ;;
     --json) JSON=$2; shift ;;
     --out) OUT=$2; mkdir -p "$OUT"; shift ;;
     *) echo "usage: $0 [--quick] [--json FILE] [--out DIR]" >&2; exit 2 ;;
@@ -79,23 +81,23 @@ plex_echo() { # log
 run_plex() { # round
   plex_echo "$OUT/plex-echo.log"
   ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
-    --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
+    --to 198.18.1.2:7 --count "$COUNT" --warmup "$WARMUP" --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
   ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
-    --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --conns "$NCONNS" --hgrm "$OUT/plex-n-$1.hgrm" >"$OUT/plex-n-$1.txt"
+    --to 198.18.1.2:7 --count "$COUNT" --warmup "$WARMUP" --conns "$NCONNS" --hgrm "$OUT/plex-n-$1.hgrm" >"$OUT/plex-n-$1.txt"
   stop_last INT
 }
 run_linux() { # round
   ip netns exec plx-mqs timeout 300 "$LNX" echo 198.18.1.4:7000 --core 1 >"$OUT/linux-echo.log" 2>&1 &
   PIDS+=($!)
   sleep 0.3
-  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup 2000 \
+  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup "$WARMUP" \
     --hgrm "$OUT/linux-$1.hgrm" >"$OUT/linux-$1.txt"
   stop_last TERM
   # Many connections: a busy-polled epoll server (the one-connection server spins on read).
   ip netns exec plx-mqs timeout 300 "$LNX" echo-many 198.18.1.4:7003 --core 1 >"$OUT/linux-echo-many.log" 2>&1 &
   PIDS+=($!)
   sleep 0.3
-  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7003 --core 0 --count "$COUNT" --warmup 2000 \
+  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7003 --core 0 --count "$COUNT" --warmup "$WARMUP" \
     --conns "$NCONNS" --hgrm "$OUT/linux-n-$1.hgrm" >"$OUT/linux-n-$1.txt"
   stop_last TERM
 }
@@ -107,7 +109,7 @@ run_floor() { # round
   local mac
   mac=$(ip netns exec plx-mqs cat /sys/class/net/plx-mq1/address)
   ip netns exec plx-mqc timeout 300 "$FLOOR" ping plx-mq0 198.18.1.6 198.18.1.5 "$mac" --core 0 \
-    --count "$COUNT" --warmup 2000 --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
+    --count "$COUNT" --warmup "$WARMUP" --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
   stop_last TERM
   # The kernel releases the queue's AF_XDP binding a moment after the process dies.
   sleep 1
