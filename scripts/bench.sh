@@ -23,9 +23,11 @@ MEMCONNS=100000
 QUICK=
 JSON=
 OUT=$(mktemp -d /tmp/plx-bench.XXXXXX)
+# Warm-up round trips, not recorded (every program: plex, Linux, floor).
+WARMUP=20000
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) COUNT=30000; ROUNDS=1; QUICK=1 ;;
+    --quick) COUNT=30000; WARMUP=5000; ROUNDS=1; QUICK=1 ;;
     --json) JSON=$2; shift ;;
     --out) OUT=$2; mkdir -p "$OUT"; shift ;;
     *) echo "usage: $0 [--quick] [--json FILE] [--out DIR]" >&2; exit 2 ;;
@@ -79,23 +81,23 @@ plex_echo() { # log
 run_plex() { # round
   plex_echo "$OUT/plex-echo.log"
   ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
-    --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
+    --to 198.18.1.2:7 --count "$COUNT" --warmup "$WARMUP" --hgrm "$OUT/plex-$1.hgrm" >"$OUT/plex-$1.txt"
   ip netns exec plx-mqc timeout 300 "$PLEX" pingpong --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
-    --to 198.18.1.2:7 --count "$COUNT" --warmup 2000 --conns "$NCONNS" --hgrm "$OUT/plex-n-$1.hgrm" >"$OUT/plex-n-$1.txt"
+    --to 198.18.1.2:7 --count "$COUNT" --warmup "$WARMUP" --conns "$NCONNS" --hgrm "$OUT/plex-n-$1.hgrm" >"$OUT/plex-n-$1.txt"
   stop_last INT
 }
 run_linux() { # round
   ip netns exec plx-mqs timeout 300 "$LNX" echo 198.18.1.4:7000 --core 1 >"$OUT/linux-echo.log" 2>&1 &
   PIDS+=($!)
   sleep 0.3
-  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup 2000 \
+  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7000 --core 0 --count "$COUNT" --warmup "$WARMUP" \
     --hgrm "$OUT/linux-$1.hgrm" >"$OUT/linux-$1.txt"
   stop_last TERM
   # Many connections: a busy-polled epoll server (the one-connection server spins on read).
   ip netns exec plx-mqs timeout 300 "$LNX" echo-many 198.18.1.4:7003 --core 1 >"$OUT/linux-echo-many.log" 2>&1 &
   PIDS+=($!)
   sleep 0.3
-  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7003 --core 0 --count "$COUNT" --warmup 2000 \
+  ip netns exec plx-mqc timeout 300 "$LNX" pingpong 198.18.1.4:7003 --core 0 --count "$COUNT" --warmup "$WARMUP" \
     --conns "$NCONNS" --hgrm "$OUT/linux-n-$1.hgrm" >"$OUT/linux-n-$1.txt"
   stop_last TERM
 }
@@ -107,7 +109,7 @@ run_floor() { # round
   local mac
   mac=$(ip netns exec plx-mqs cat /sys/class/net/plx-mq1/address)
   ip netns exec plx-mqc timeout 300 "$FLOOR" ping plx-mq0 198.18.1.6 198.18.1.5 "$mac" --core 0 \
-    --count "$COUNT" --warmup 2000 --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
+    --count "$COUNT" --warmup "$WARMUP" --hgrm "$OUT/floor-$1.hgrm" >"$OUT/floor-$1.txt"
   stop_last TERM
   # The kernel releases the queue's AF_XDP binding a moment after the process dies.
   sleep 1
@@ -129,9 +131,12 @@ run_bulk() { # round
   wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
 }
 
-# Sequential connections leave TIME-WAIT behind on the client: stay below one source
-# address's ~28 000 ephemeral ports.
-CONNS=$((COUNT / 6)); [ "$CONNS" -gt 20000 ] && CONNS=20000
+# Sequential connections leave TIME-WAIT behind on the client (60 s): a round stays far below
+# one source address's ~28 000 ephemeral ports (Linux's connect() slows down badly as they
+# fill), and the Linux client may reuse TIME-WAIT ports of earlier rounds (tcp_tw_reuse, in
+# the client namespace only). plex's client starts afresh each round.
+CONNS=5000
+ip netns exec plx-mqc sysctl -qw net.ipv4.tcp_tw_reuse=1
 run_connrate() { # round
   plex_echo "$OUT/plex-echo2.log"
   ip netns exec plx-mqc timeout 120 "$PLEX" connrate --iface plx-mq0 --addr 198.18.1.3/24 --poll busy --cores 0 \
@@ -146,10 +151,13 @@ run_connrate() { # round
 
 # Memory per connection: the plex client (`plex hold`, 5 source addresses: ~28 000 ephemeral
 # ports each) opens MEMCONNS idle connections to the server under test; the growth of the
-# server's RSS plus the kernel's slab (the Linux sockets live there; plex's live in its RSS),
-# divided by the connections. The plex client's own memory is user memory of another process
-# and counts in neither.
-slab() { awk '/^Slab:/ { print $2 * 1024 }' /proc/meminfo; }
+# server's RSS plus the kernel's socket slabs (the Linux sockets live there, plex's in its
+# RSS), divided by the connections. The slabs are the objects a socket descriptor holds: TCP
+# (struct tcp_sock), sock_inode_cache, dentry and filp, active objects times object size, from
+# /proc/slabinfo (the machine-wide Slab total moves by more than the measurement when
+# unrelated caches or dying sockets of earlier runs shrink). The plex client's own memory is
+# user memory of another process and counts in neither.
+slab() { awk '$1 == "TCP" || $1 == "sock_inode_cache" || $1 == "dentry" || $1 == "filp" { s += $2 * $4 } END { print s }' /proc/slabinfo; }
 rss_of() { # pid of a `timeout` wrapper: the RSS of its child
   awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$(pgrep -P "$1")/status"
 }
@@ -172,7 +180,7 @@ run_mem() {
   hold "$OUT/plex-hold.txt" --to 198.18.1.2:7
   sleep 1
   r1=$(rss_of "$server"); s1=$(slab)
-  echo "plex server, $MEMCONNS connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel slab +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/plex-mem.txt"
+  echo "plex server, $MEMCONNS connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel socket slabs +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/plex-mem.txt"
   echo "mem_per_conn $(( (r1 - r0 + s1 - s0) / MEMCONNS ))" >>"$OUT/plex-mem.txt"
   stop_last INT  # the client
   stop_last INT  # the server
@@ -192,10 +200,16 @@ run_mem() {
   sleep 1
   s1=$(slab); r1=0
   for p in "${servers[@]}"; do r1=$(( r1 + $(rss_of "$p") )); done
-  echo "Linux servers ($k processes), $((n * k)) connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel slab +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/linux-mem.txt"
+  echo "Linux servers ($k processes), $((n * k)) connections: RSS +$(( (r1 - r0) >> 10 )) KiB, kernel socket slabs +$(( (s1 - s0) >> 10 )) KiB" | tee "$OUT/linux-mem.txt"
   echo "mem_per_conn $(( (r1 - r0 + s1 - s0) / (n * k) ))" >>"$OUT/linux-mem.txt"
-  stop_last INT  # the client
+  # Servers first, while the client still answers their FINs: otherwise 100 000 orphaned
+  # sockets retransmit FINs to nobody for minutes (and distort the next run's slab figures).
+  local client=${PIDS[-1]}
+  unset 'PIDS[-1]'
   for _ in "${servers[@]}"; do stop_last TERM; done
+  sleep 2
+  PIDS+=("$client")
+  stop_last INT
 }
 
 for r in $(seq 1 "$ROUNDS"); do

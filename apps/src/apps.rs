@@ -655,8 +655,8 @@ pub struct PingPong {
     nconns: usize,
     done_rounds: u64,
     conns: Vec<PingConn>,
-    /// Connection index by socket handle.
-    index: HashMap<SocketHandle, usize>,
+    /// Connection index by the socket handle's slot (a plain vector: looked up per event).
+    index: Vec<Option<usize>>,
     connected: usize,
     msg: Vec<u8>,
     buf: Vec<u8>,
@@ -678,7 +678,7 @@ impl PingPong {
             nconns: conns.max(1),
             done_rounds: 0,
             conns: Vec::new(),
-            index: HashMap::new(),
+            index: Vec::new(),
             connected: 0,
             msg: vec![0x42; size.max(1)],
             buf: vec![0u8; size.max(1)],
@@ -714,12 +714,12 @@ impl PingPong {
         let _ = std::io::stdout().flush();
     }
 
-    /// Send connection `i`'s next message.
-    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize) {
+    /// Send connection `i`'s next message; its round trip starts at `t` (taken before the
+    /// send, as the Linux client and the floor do).
+    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize, t: std::time::Instant) {
         let c = &mut self.conns[i];
-        if stack.tcp_send(now, c.h, &self.msg).ok() == Some(self.size) {
-            c.sent_at = Some(std::time::Instant::now());
-        } else {
+        c.sent_at = Some(t);
+        if stack.tcp_send(now, c.h, &self.msg).ok() != Some(self.size) {
             eprintln!("pingpong: the send buffer refused a {}-byte message", self.size);
             self.finished = true;
         }
@@ -761,7 +761,11 @@ impl App for PingPong {
                     if let Some(c) = stack.tcp_mut(h) {
                         c.set_nodelay(true);
                     }
-                    self.index.insert(h, i);
+                    let slot = h.index() as usize;
+                    if self.index.len() <= slot {
+                        self.index.resize(slot + 1, None);
+                    }
+                    self.index[slot] = Some(i);
                     self.conns.push(PingConn { h, sent_at: None, got: 0 });
                 }
                 Err(e) => {
@@ -773,14 +777,14 @@ impl App for PingPong {
         }
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
-        let Some(&i) = self.index.get(&h) else { return };
+        let Some(i) = self.index.get(h.index() as usize).copied().flatten().filter(|&i| self.conns[i].h == h) else { return };
         if self.finished {
             return;
         }
         match ev {
             SocketEvent::Tcp(Event::Connected) => {
                 self.connected += 1;
-                self.send(now, stack, i);
+                self.send(now, stack, i, std::time::Instant::now());
             }
             SocketEvent::Tcp(Event::Readable) => loop {
                 let got = self.conns[i].got;
@@ -794,21 +798,23 @@ impl App for PingPong {
                     continue;
                 }
                 c.got = 0;
-                if let Some(t) = c.sent_at.take() {
+                // One clock read ends this round trip and starts the next.
+                let t = std::time::Instant::now();
+                if let Some(t0) = c.sent_at.take() {
                     if self.done_rounds >= self.warmup {
-                        let _ = self.hist.record((t.elapsed().as_nanos() as u64).max(1));
+                        let _ = self.hist.record(((t - t0).as_nanos() as u64).max(1));
                     }
                 }
                 self.done_rounds += 1;
                 if self.done_rounds == self.warmup {
-                    self.measure_start = Some(std::time::Instant::now());
+                    self.measure_start = Some(t);
                 }
                 if self.done_rounds >= self.warmup + self.count {
                     self.elapsed_ns = self.measure_start.map(|t| t.elapsed().as_nanos() as u64).unwrap_or(0);
                     self.finish(now, stack);
                     return;
                 }
-                self.send(now, stack, i);
+                self.send(now, stack, i, t);
             },
             SocketEvent::Tcp(Event::Reset | Event::TimedOut | Event::PeerClosed) => {
                 eprintln!("pingpong: connection {i} to {} failed: {ev:?}", self.to);

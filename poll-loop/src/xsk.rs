@@ -63,6 +63,10 @@ pub struct FrameEngine<R: Rings> {
     total: usize,
     /// Frames at most kept in the fill ring (the rest serve TX).
     rx_quota: usize,
+    /// The fill ring is topped up once this many frames are missing: its producer index and
+    /// descriptors are cache lines the kernel reads on the peer's CPU, so writing them once
+    /// per frame moves them between cores once per frame.
+    refill_batch: usize,
     in_fill: usize,
     in_tx: usize,
     scratch: Vec<R::Desc>,
@@ -87,6 +91,7 @@ impl<R: Rings> FrameEngine<R> {
             free,
             total,
             rx_quota: rx_quota.min(total),
+            refill_batch: (rx_quota.min(total) / 8).clamp(1, 64),
             in_fill: 0,
             in_tx: 0,
             scratch: vec![placeholder; batch.max(64)],
@@ -141,7 +146,7 @@ impl<R: Rings> FrameEngine<R> {
         }
         self.in_fill -= n;
         self.stats.rx_frames += n as u64;
-        if n > 0 {
+        if n > 0 && self.rx_quota - self.in_fill >= self.refill_batch {
             self.refill();
         }
         n

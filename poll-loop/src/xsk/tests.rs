@@ -199,6 +199,21 @@ fn transmit_reaps_completions_and_kicks() {
 }
 
 #[test]
+fn the_fill_ring_is_topped_up_in_batches() {
+    // Quota 32: topped up once 4 frames are missing.
+    let mut e = engine(64, 128);
+    e.rings.deliver(&[1; 60]);
+    e.rx_batch(8, |_| {});
+    assert_eq!(e.in_fill(), 31, "one frame missing: not yet");
+    for _ in 0..3 {
+        e.rings.deliver(&[1; 60]);
+    }
+    e.rx_batch(8, |_| {});
+    assert_eq!(e.in_fill(), 32, "four missing: topped up");
+    assert!(e.accounted());
+}
+
+#[test]
 fn fill_queues_batches_and_one_kick_sends_them() {
     let mut e = engine(64, 128);
     for _ in 0..3 {

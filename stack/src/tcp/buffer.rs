@@ -262,9 +262,14 @@ impl RecvBuffer {
     /// Copy in-order bytes to `out` and consume them.
     pub fn read(&mut self, out: &mut [u8]) -> usize {
         let n = self.peek(out);
+        self.consume(n);
+        n
+    }
+    /// Drop `n` in-order bytes already copied out with [`RecvBuffer::peek`].
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.readable);
         self.ring.advance(n);
         self.readable -= n;
-        n
     }
     /// Copy `out.len()` bytes stored at offset `off` from the read position (in-order or
     /// out-of-order region) without consuming anything.

@@ -679,7 +679,8 @@ impl Connection {
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let n = self.peek(buf)?;
         if n > 0 {
-            self.rx.read(&mut buf[..n]);
+            // peek copied the bytes already: consume them without a second copy.
+            self.rx.consume(n);
             self.window_opened();
         }
         Ok(n)
