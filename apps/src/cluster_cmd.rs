@@ -158,11 +158,6 @@ pub enum DvipaCmd {
     Delete { addr: Ipv4Addr },
 }
 
-fn mono_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
 fn mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -170,7 +165,7 @@ fn mac(m: [u8; 6]) -> String {
 /// Returns the text to print; an error is printed by main with exit code 1.
 pub fn ctl(args: CtlArgs) -> Result<String, String> {
     let cfg = load_config(args.config.as_deref())?;
-    let now = mono_ns();
+    let now = poll_loop::clock::Clock::read_mono_ns();
     match args.cmd {
         CtlCmd::Show { what } => {
             let region = Region::attach(&cfg.region, false).map_err(|e| e.to_string())?;

@@ -35,8 +35,6 @@ use crate::words::{MemberWord, OwnerWord};
 pub mod msg {
     /// payload[0] = DVIPA row index: the holder keeps the address until its connections end.
     pub const DELAYED_GIVEBACK: u16 = 1;
-    /// payload[0] = DVIPA row index: the holder gave the address to you.
-    pub const GIVEN_BACK: u16 = 2;
 }
 
 /// Which table a DVIPA row is in.
@@ -46,6 +44,33 @@ pub enum RowRef {
     Config(usize),
     /// A range DVIPA (index in the open-addressing table).
     Range(usize),
+}
+
+impl RowRef {
+    pub fn of(self, region: &Region) -> &DvipaRow {
+        match self {
+            RowRef::Config(i) => &region.dvipas()[i],
+            RowRef::Range(i) => &region.range_dvipas()[i],
+        }
+    }
+}
+
+/// Is the member in `slot` up (joined, not failed, not left)?
+pub fn member_up(region: &Region, slot: u8) -> bool {
+    region
+        .members()
+        .get(slot as usize)
+        .is_some_and(|m| MemberWord::unpack(m.word.load(Ordering::Acquire)).state == MemberState::Up)
+}
+
+/// Change a DVIPA's owner word from `cur` to `next` (one CAS), recording when and counting it.
+pub fn cas_owner(row: &DvipaRow, cur: OwnerWord, next: OwnerWord, now: u64) -> bool {
+    let ok = row.owner.compare_exchange(cur.pack(), next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok();
+    if ok {
+        row.changed_ns.store(now, Ordering::Relaxed);
+        row.moves.fetch_add(1, Ordering::Relaxed);
+    }
+    ok
 }
 
 /// What the stack must do.
@@ -303,18 +328,11 @@ impl Node {
     }
 
     fn row(&self, r: RowRef) -> &DvipaRow {
-        match r {
-            RowRef::Config(i) => &self.region.dvipas()[i],
-            RowRef::Range(i) => &self.region.range_dvipas()[i],
-        }
-    }
-
-    fn member_word(&self, slot: usize) -> MemberWord {
-        MemberWord::unpack(self.region.members()[slot].word.load(Ordering::Acquire))
+        r.of(&self.region)
     }
 
     fn is_up(&self, slot: u8) -> bool {
-        (slot as usize) < MAX_STACKS && self.member_word(slot as usize).state == MemberState::Up
+        member_up(&self.region, slot)
     }
 
     /// One step of the protocol. `conns(addr)` counts the stack's connections on `addr`.
@@ -426,7 +444,6 @@ impl Node {
                 }
             }
         }
-        // GIVEN_BACK needs no action: the owner word already names us (the tick activates).
     }
 
     fn send(&mut self, to: usize, kind: u16, payload0: u64) {
@@ -441,36 +458,17 @@ impl Node {
 
     fn complete_releases(&mut self, now: u64) {
         for r in std::mem::take(&mut self.releasing) {
-            let row = self.row(r.row);
-            if row.owner.compare_exchange(r.expect.pack(), r.next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                row.changed_ns.store(now, Ordering::Relaxed);
-                row.moves.fetch_add(1, Ordering::Relaxed);
-                if r.next.owner != NO_SLOT && matches!(r.row, RowRef::Config(_)) {
-                    self.stats.givebacks += 1;
-                    self.send(r.next.owner as usize, msg::GIVEN_BACK, match r.row {
-                        RowRef::Config(i) | RowRef::Range(i) => i as u64,
-                    });
-                }
+            // If the CAS fails the word changed under us (the primary died, an operator
+            // deleted it...): the next step sees the new word and acts on it. On success the
+            // primary activates when its own tick sees itself as owner.
+            if cas_owner(r.row.of(&self.region), r.expect, r.next, now) {
+                self.stats.givebacks += 1;
             }
-            // If the CAS failed the word changed under us (the primary died, an operator
-            // deleted it...): the next step sees the new word and acts on it.
         }
     }
 
-    /// The live stacks that may hold a configured DVIPA, in takeover order: the active owner,
-    /// then role descending (primary, 255, ranks), then join order, then slot.
-    pub fn hierarchy(region: &Region, row: &DvipaRow) -> Vec<u8> {
-        hierarchy(region, row)
-    }
-
-    fn cas(&mut self, r: RowRef, cur: OwnerWord, next: OwnerWord, now: u64) -> bool {
-        let row = self.row(r);
-        let ok = row.owner.compare_exchange(cur.pack(), next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok();
-        if ok {
-            row.changed_ns.store(now, Ordering::Relaxed);
-            row.moves.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
+    fn cas(&self, r: RowRef, cur: OwnerWord, next: OwnerWord, now: u64) -> bool {
+        cas_owner(r.of(&self.region), cur, next, now)
     }
 
     fn activate_local(&mut self, r: RowRef, out: &mut Vec<Action>, why: &'static str) {
@@ -664,12 +662,16 @@ impl Node {
 /// Find the range row of `addr`, claiming a free one if none (open addressing, linear probe
 /// from a hash of the address). Racing claimers of one address probe the same sequence, so
 /// they meet on the same row.
+/// The order range rows are probed in for `key` (LAYOUT.md: from `(addr * 0x9e3779b1) >> 24`).
+fn probe(key: u32, len: usize) -> impl Iterator<Item = usize> {
+    let start = (key.wrapping_mul(0x9e37_79b1) >> 24) as usize % len;
+    (0..len).map(move |k| (start + k) % len)
+}
+
 pub fn claim_range_row(region: &Region, addr: Ipv4Addr, prefix: u8) -> Option<usize> {
     let rows = region.range_dvipas();
     let key = u32::from(addr);
-    let start = (key.wrapping_mul(0x9e37_79b1) >> 24) as usize % rows.len();
-    for k in 0..rows.len() {
-        let i = (start + k) % rows.len();
+    for i in probe(key, rows.len()) {
         match rows[i].addr.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
                 rows[i].prefix.store(prefix as u32 | 2 << 8, Ordering::Release);
@@ -686,9 +688,7 @@ pub fn claim_range_row(region: &Region, addr: Ipv4Addr, prefix: u8) -> Option<us
 pub fn find_range_row(region: &Region, addr: Ipv4Addr) -> Option<usize> {
     let rows = region.range_dvipas();
     let key = u32::from(addr);
-    let start = (key.wrapping_mul(0x9e37_79b1) >> 24) as usize % rows.len();
-    for k in 0..rows.len() {
-        let i = (start + k) % rows.len();
+    for i in probe(key, rows.len()) {
         match rows[i].addr.load(Ordering::Acquire) {
             0 => return None,
             v if v == key => return Some(i),
@@ -698,9 +698,12 @@ pub fn find_range_row(region: &Region, addr: Ipv4Addr) -> Option<usize> {
     None
 }
 
-fn hierarchy(region: &Region, row: &DvipaRow) -> Vec<u8> {
+/// The live stacks that may hold a configured DVIPA, in takeover order: the active owner,
+/// then role descending (primary, 255, ranks), then join order, then slot. Every stack computes
+/// it from the same rows, so every stack gets the same order.
+pub fn hierarchy(region: &Region, row: &DvipaRow) -> Vec<u8> {
     let members = region.members();
-    let up = |s: usize| MemberWord::unpack(members[s].word.load(Ordering::Acquire)).state == MemberState::Up;
+    let up = |s: usize| member_up(region, s as u8);
     let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
     let mut out = Vec::new();
     if w.held() && up(w.owner as usize) {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::ClusterConfig;
 use crate::layout::*;
-use crate::node::{claim_range_row, find_range_row, RowRef};
+use crate::node::{cas_owner, claim_range_row, find_range_row, hierarchy, member_up, RowRef};
 use crate::region::Region;
 use crate::words::{MemberWord, OwnerWord};
 
@@ -92,7 +92,7 @@ fn view(region: &Region, row: &DvipaRow, configured: bool) -> DvipaView {
         state: w.state,
         origin: w.origin,
         hierarchy: if configured {
-            crate::node::Node::hierarchy(region, row).into_iter().map(|s| member_name(region, s)).collect()
+            hierarchy(region, row).into_iter().map(|s| member_name(region, s)).collect()
         } else {
             Vec::new()
         },
@@ -129,10 +129,6 @@ fn refuse(s: impl Into<String>) -> CtlError {
     CtlError(s.into())
 }
 
-fn is_up(region: &Region, slot: u8) -> bool {
-    region.members().get(slot as usize).is_some_and(|m| MemberWord::unpack(m.word.load(Ordering::Acquire)).state == MemberState::Up)
-}
-
 /// `plex ctl dvipa activate ADDR --stack NAME`: activate a range address on a stack, taking it
 /// from another stack if it is active there (that stack resets its connections).
 pub fn activate(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, stack: &str, now: u64) -> Result<String, CtlError> {
@@ -151,24 +147,21 @@ pub fn activate(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, stack: &st
         return Err(refuse(format!("stack {stack} may not activate addresses of vipa_range {}/{}", range.net, range.prefix)));
     }
     let me = slot as u8;
-    if !is_up(region, me) {
+    if !member_up(region, me) {
         return Err(refuse(format!("stack {stack} is not running")));
     }
     let i = claim_range_row(region, addr, range.prefix).ok_or_else(|| refuse("the range DVIPA table is full"))?;
     let row = &region.range_dvipas()[i];
     loop {
-        let cur = row.owner.load(Ordering::Acquire);
-        let w = OwnerWord::unpack(cur);
+        let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
         let next = if w.held() && w.owner == me && w.state == DvipaState::Active {
             return Ok(format!("{addr} is already active on {stack}"));
-        } else if w.held() && w.owner != me && is_up(region, w.owner) {
+        } else if w.held() && w.owner != me && member_up(region, w.owner) {
             w.next(me, w.owner, DvipaState::Moving, Origin::Command)
         } else {
             w.next(me, w.owner, DvipaState::Active, Origin::Command)
         };
-        if row.owner.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            row.changed_ns.store(now, Ordering::Relaxed);
-            row.moves.fetch_add(1, Ordering::Relaxed);
+        if cas_owner(row, w, next, now) {
             return Ok(if next.state == DvipaState::Moving {
                 format!("{addr} moving from {} to {stack} (its connections there are reset)", member_name(region, w.owner))
             } else {
@@ -188,20 +181,14 @@ pub fn delete(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, now: u64) ->
         Some(i) => RowRef::Config(i),
         None => RowRef::Range(find_range_row(region, addr).ok_or_else(|| refuse(format!("{addr} is not a DVIPA of this cluster")))?),
     };
-    let row = match r {
-        RowRef::Config(i) => &region.dvipas()[i],
-        RowRef::Range(i) => &region.range_dvipas()[i],
-    };
+    let row = r.of(region);
     loop {
-        let cur = row.owner.load(Ordering::Acquire);
-        let w = OwnerWord::unpack(cur);
+        let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
         if !w.held() {
             return Err(refuse(format!("{addr} is not active ({})", w.state.name())));
         }
         let next = w.next(NO_SLOT, w.owner, DvipaState::Deleted, Origin::None);
-        if row.owner.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            row.changed_ns.store(now, Ordering::Relaxed);
-            row.moves.fetch_add(1, Ordering::Relaxed);
+        if cas_owner(row, w, next, now) {
             return Ok(format!("{addr} deleted from {} (its connections are reset)", member_name(region, w.owner)));
         }
     }

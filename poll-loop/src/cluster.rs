@@ -82,6 +82,12 @@ pub struct StackCluster {
     clock: Clock,
 }
 
+/// Only this poll thread takes the lock (the stack's handle is called from the same thread), so
+/// a poisoned mutex can only mean our own earlier panic: carry on with the state.
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn log(name: &str, msg: std::fmt::Arguments) {
     let ms = Clock::read_mono_ns() as f64 / 1e6;
     eprintln!("plex[{name}] {ms:.3}: {msg}");
@@ -115,10 +121,7 @@ impl ClusterMember {
 
     /// The interface is attached: DVIPAs go into (and out of) this steering map.
     pub fn set_steering(&mut self, home: HomeMap) {
-        match self.shared.lock() {
-            Ok(mut g) => g.home = Some(home),
-            Err(p) => p.into_inner().home = Some(home),
-        }
+        lock(&self.shared).home = Some(home);
     }
 
     /// When the loop must come back at the latest (adaptive sleep).
@@ -133,10 +136,7 @@ impl ClusterMember {
         }
         let ns = self.clock.mono_ns(now);
         let shared_arc = self.shared.clone();
-        let mut shared = match shared_arc.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut shared = lock(&shared_arc);
         for a in shared.bound.drain(..) {
             self.reannounce.push((now + Duration::from_millis(20), a, 2));
             log(&self.name, format_args!("{a} active (bound by an application)"));
@@ -256,10 +256,7 @@ impl ClusterMember {
         if std::mem::replace(&mut self.left, true) {
             return;
         }
-        let mut shared = match self.shared.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut shared = lock(&self.shared);
         let mut out = Vec::new();
         shared.node.leave(self.clock.mono_ns(now), &mut out);
         for a in out {
@@ -282,10 +279,7 @@ impl Cluster for StackCluster {
         SingleStack.ephemeral_port(now, local, remote, rng)
     }
     fn bind_address(&mut self, now: Instant, addr: Ipv4Addr) -> Option<u8> {
-        let mut shared = match self.shared.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut shared = lock(&self.shared);
         let name = shared.node.name().to_string();
         match shared.node.bind_activate(self.clock.mono_ns(now), addr) {
             Ok(prefix) => {

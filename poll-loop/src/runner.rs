@@ -113,12 +113,13 @@ impl Runner {
         let Runner { xsk, stack, device, batch, cluster, clock, now: cached, idle_turns, .. } = self;
         // Before any frame: a stack whose lease lapsed (it was stalled) learns here whether it
         // was fenced, and drops the addresses it lost before it could answer for them. (A
-        // cluster member reads the clock every turn.)
-        if let Some(c) = cluster.as_mut() {
-            c.turn(clock.now(), stack);
-        }
+        // cluster member reads the clock every turn, and the turn uses that reading.)
+        let mut fresh = cluster.as_mut().map(|c| {
+            let t = clock.now();
+            c.turn(t, stack);
+            t
+        });
         let batch = *batch;
-        let mut fresh = None;
         let rx = xsk.engine.rx_batch(batch, |f| {
             let now = *fresh.get_or_insert_with(|| clock.now());
             device.on_rx(now, f, &mut |g| stack.receive(now, g))

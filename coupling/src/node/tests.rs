@@ -108,7 +108,7 @@ impl Harness {
     fn hierarchy(&self, addr: &str) -> Vec<String> {
         let i = self.cfg.dvipa_index(addr.parse().unwrap()).unwrap();
         // Every stack reads the same region; compute it through each node's region handle.
-        let views: Vec<Vec<u8>> = self.nodes.values().map(|n| Node::hierarchy(n.region(), &n.region().dvipas()[i])).collect();
+        let views: Vec<Vec<u8>> = self.nodes.values().map(|n| hierarchy(n.region(), &n.region().dvipas()[i])).collect();
         assert!(views.windows(2).all(|w| w[0] == w[1]), "stacks disagree: {views:?}");
         let h = views.first().cloned().unwrap_or_default();
         h.into_iter().map(|s| self.cfg.stacks[s as usize].name.clone()).collect()

@@ -28,6 +28,17 @@ pub struct Hole {
     pub lost_end: SeqNumber,
 }
 
+impl Hole {
+    /// The hole's share of RFC 6675 `pipe`: its bytes not deemed lost, plus those
+    /// retransmitted (below `high_rxt`).
+    fn pipe(&self, high_rxt: SeqNumber) -> usize {
+        let len = self.end.distance_from(self.start);
+        let lost = self.lost_end.distance_from(self.start);
+        let rtx = high_rxt.min(self.end).distance_from(self.start);
+        len - lost + rtx
+    }
+}
+
 impl Scoreboard {
     pub const MAX_BLOCKS: usize = 32;
 
@@ -161,19 +172,9 @@ impl Scoreboard {
                 return 0;
             }
             let lost_end = lost_until.min(snd_nxt).max(snd_una);
-            let len = snd_nxt.distance_from(snd_una);
-            let lost = lost_end.distance_from(snd_una);
-            let rtx = high_rxt.min(snd_nxt).distance_from(snd_una);
-            return len - lost + rtx;
+            return Hole { start: snd_una, end: snd_nxt, lost_end }.pipe(high_rxt);
         }
-        self.holes(snd_una, snd_nxt, lost_until, mss)
-            .map(|h| {
-                let len = h.end.distance_from(h.start);
-                let lost = h.lost_end.distance_from(h.start);
-                let rtx = high_rxt.min(h.end).distance_from(h.start);
-                len - lost + rtx
-            })
-            .sum()
+        self.holes(snd_una, snd_nxt, lost_until, mss).map(|h| h.pipe(high_rxt)).sum()
     }
 
     /// RFC 6675 `NextSeg` rule 1: the first lost byte not yet retransmitted, and how many lost
