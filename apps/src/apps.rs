@@ -253,6 +253,7 @@ impl Http {
             let text = String::from_utf8_lossy(req).to_ascii_lowercase();
             let http10 = text.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
             let close = text.contains("\r\nconnection: close") || (http10 && !text.contains("\r\nconnection: keep-alive"));
+            let size = body_size(&text, self.size);
             c.inbuf.drain(..end + 4);
             self.requests += 1;
             c.head.clear();
@@ -260,13 +261,20 @@ impl Http {
             let _ = write!(
                 c.head,
                 "HTTP/1.1 200 OK\r\nServer: plex\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n",
-                self.size,
+                size,
                 if close { "Connection: close\r\n" } else { "" }
             );
-            c.body_left = self.size;
+            c.body_left = size;
             c.close_after = close;
         }
     }
+}
+
+/// The body size a request asks for: `GET /bytes/N` gets N bytes (at most 1 GiB), any other
+/// path the server's default.
+fn body_size(request: &str, default: u64) -> u64 {
+    let path = request.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("");
+    path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()).map_or(default, |n| n.min(1 << 30))
 }
 
 impl App for Http {
@@ -1017,5 +1025,19 @@ impl Drop for Hold {
         if self.held_since.is_none() && !self.conns.is_empty() {
             eprintln!("hold: {} of {} established when stopped", self.established, self.count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body_size;
+
+    #[test]
+    fn a_request_for_bytes_n_gets_n_bytes() {
+        assert_eq!(body_size("get /bytes/1048576 http/1.1\r\nhost: x", 1024), 1 << 20);
+        assert_eq!(body_size("get / http/1.1", 1024), 1024);
+        assert_eq!(body_size("get /bytes/x http/1.1", 7), 7);
+        assert_eq!(body_size("get /bytes/99999999999999 http/1.1", 7), 1 << 30);
+        assert_eq!(body_size("", 7), 7);
     }
 }

@@ -52,7 +52,7 @@ enum Cmd {
         dp: DataPath,
         #[arg(long, default_value_t = 80)]
         port: u16,
-        /// Response body size in bytes.
+        /// Response body size in bytes (a request for `/bytes/N` gets N bytes instead).
         #[arg(long, default_value_t = 1024)]
         size: u64,
     },
