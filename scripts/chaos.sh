@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# The chaos suite: plex tried as an attacker and an operator would, on the namespace testbed,
+# with the project's own flood and fuzz tool (bench: plex-flood) and legitimate client
+# (plex-httpprobe), Linux measured in the same run where a Linux figure means something.
+#
+#   synflood      spoofed-SYN flood at the highest rate the client namespace generates, against
+#                 plex (http) and against Linux (nginx, tcp_syncookies=1); a legitimate client
+#                 starts a connection every 10 ms fetching /bytes/1024 and /bytes/1048576:
+#                 success fraction and latency before, during and from 1 s after the flood
+#   abandoned     connections opened with half an HTTP request and abandoned: plex's memory
+#                 per connection, its connection limit holding, the header timeout freeing them
+#   fuzz          seeded malformed frames of every kind at the highest rate: plex alive, still
+#                 serving, every frame accounted for in its drop counters
+#   region_faults the cluster: kill -9, SIGSTOP, region truncated/zeroed/overwritten, squatting
+#   sim_sweep     every simulation test over many seeds
+#
+# Usage: scripts/chaos.sh [--quick] [--json FILE] [--only NAME[,NAME]]
+#   --quick: under 3 minutes (run by scripts/test.sh); the full run takes ~15 minutes.
+# Prints a table `experiment | figure | verdict`; exits 1 if a verdict is FAIL.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+here=$(pwd)
+
+QUICK=0
+JSON=""
+ONLY=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --json) JSON=${2:?--json needs a file}; shift ;;
+    --only) ONLY=${2:?--only needs names}; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "chaos.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$(id -u)" = 0 ] || { echo "chaos.sh: needs root (network namespaces, AF_XDP)" >&2; exit 2; }
+
+source scripts/deps.sh
+install_deps
+install_nginx
+
+echo "== building (release)"
+cargo build --release --locked -p apps -p bench 2>&1 | tail -1
+PLEX=$here/target/release/plex
+FLOOD=$here/target/release/plex-flood
+PROBE=$here/target/release/plex-httpprobe
+TB=$here/scripts/testbed.sh
+OUT=$(mktemp -d /tmp/plx-chaos.XXXXXX)
+echo "== logs in $OUT"
+
+# One user of the testbed at a time (every script that uses it takes this lock).
+exec 9>/tmp/plx-testbed.lock
+flock 9
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  "$TB" down >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+ROWS=()      # "experiment|figure|verdict"
+JPARTS=()    # "key": value
+FAILED=0
+row() { ROWS+=("$1|$2|$3"); [ "$3" = FAIL ] && FAILED=1; printf '  %-14s %-70s %s\n' "$1" "$2" "$3"; }
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+# json_get FILE KEY.PATH : a number from a JSON file (python: no jq on a fresh machine).
+json_get() { python3 -c 'import json,sys
+d=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."): d=d[k]
+print(d)' "$1" "$2" 2>/dev/null || echo 0; }
+ge() { python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "$1" "$2"; }
+
+mac_of() { ip netns exec "$1" cat "/sys/class/net/$2/address"; }
+# stat_of LOG NAME: a counter from plex's --stats output (0 when absent).
+stat_of() { grep -o "\b$2=[0-9]*" "$1" | head -1 | cut -d= -f2 | grep . || echo 0; }
+# start_bg NS LOG CMD...: run in a namespace in the background (ip netns exec execs: $! is it).
+start_bg() { local ns=$1 log=$2; shift 2; ip netns exec "$ns" "$@" >"$log" 2>&1 & PIDS+=($!); }
+stop_bg() { kill -INT "$1" 2>/dev/null; for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null; }
+wait_log() { for _ in $(seq 1 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not started: $(tail -3 "$1")"; return 1; }
+
+if [ $QUICK = 1 ]; then FLOOD_SECS=8; FUZZ_SECS=10; SEEDS=200; else FLOOD_SECS=30; FUZZ_SECS=30; SEEDS=10000; fi
+
+# --- SYN flood ---------------------------------------------------------------------------------
+# The probe runs before (2 s), during (FLOOD_SECS) and after (3 s, counted from 1 s after the
+# flood stops). plex: http on plx-s1 (198.18.0.11); Linux: nginx on plx-s2 (198.18.0.12).
+synflood_run() { # NAME ADDR NS IFACE
+  local name=$1 addr=$2 ns=$3 ifc=$4
+  local mac total; mac=$(mac_of "$ns" "$ifc")
+  total=$((2 + FLOOD_SECS + 4))
+  ip netns exec plx-client "$PROBE" "$addr:80" --secs "$total" --interval-ms 10 --timeout-ms 5000 \
+    --window "before:0:2" --window "during:2:$((2 + FLOOD_SECS))" --window "after:$((3 + FLOOD_SECS)):$total" \
+    --json "$OUT/probe-$name.json" >"$OUT/probe-$name.txt" 2>&1 &
+  local probe=$!
+  sleep 2
+  ip netns exec plx-client "$FLOOD" synflood plx-c "$addr:80" "$mac" --secs "$FLOOD_SECS" >"$OUT/flood-$name.txt" 2>&1
+  wait "$probe"
+  grep -v '^probe: ' "$OUT/probe-$name.txt" | sed "s/^/     $name /"
+  tail -1 "$OUT/flood-$name.txt" | sed "s/^/     $name /"
+}
+
+if want synflood; then
+  echo "== synflood ($FLOOD_SECS s flood)"
+  "$TB" down; "$TB" up 2 >/dev/null
+  # Linux victim: nginx with syncookies on plx-s2, which gets a kernel address.
+  ip netns exec plx-s2 ip addr add 198.18.0.12/24 dev plx-s2
+  ip netns exec plx-s2 sysctl -qw net.ipv4.tcp_syncookies=1
+  mkdir -p "$OUT/www/bytes"
+  head -c 1024 /dev/zero | tr '\0' x >"$OUT/www/bytes/1024"
+  head -c 1048576 /dev/zero | tr '\0' x >"$OUT/www/bytes/1048576"
+  chmod -R a+rX "$OUT"
+  cat >"$OUT/nginx.conf" <<NGINX
+user root;
+worker_processes 1;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx-error.log;
+events { worker_connections 65536; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_timeout 75s;
+  server { listen 198.18.0.12:80 backlog=4096; root $OUT/www; }
+}
+NGINX
+  start_bg plx-s2 "$OUT/nginx.log" nginx -c "$OUT/nginx.conf" -g 'daemon off;'
+  start_bg plx-s1 "$OUT/plex-http.log" "$PLEX" http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --stats
+  plexpid=$!
+  wait_log "$OUT/plex-http.log" '^plex: ' || true
+  sleep 0.5
+  synflood_run plex 198.18.0.11 plx-s1 plx-s1
+  synflood_run linux 198.18.0.12 plx-s2 plx-s2
+  stop_bg "$plexpid"
+  grep -E 'listener|xsk|xdp' "$OUT/plex-http.log" | sed 's/^/     plex /'
+  for who in plex linux; do
+    for w in during after; do
+      v=$(json_get "$OUT/probe-$who.json" "$w.success")
+      [ "$w" = during ] && k=success || k=success_after
+      JPARTS+=("\"synflood.${who}_$k\": $v")
+    done
+    JPARTS+=("\"synflood.${who}_p99_ms_during\": $(json_get "$OUT/probe-$who.json" during.p99_ms)")
+  done
+  pd=$(json_get "$OUT/probe-plex.json" during.success); pa=$(json_get "$OUT/probe-plex.json" after.success)
+  ld=$(json_get "$OUT/probe-linux.json" during.success); la=$(json_get "$OUT/probe-linux.json" after.success)
+  rate=$(grep -o '([0-9]* frames/s)' "$OUT/flood-plex.txt" | tr -dc 0-9)
+  row synflood "plex during ${rate:-?} SYN/s: $pd success (Linux $ld)" "$(ge "$pd" 0.99 && echo ok || echo FAIL)"
+  row synflood "plex from 1 s after: $pa success (Linux $la)" "$(ge "$pa" 1.0 && echo ok || echo FAIL)"
+  "$TB" down
+fi
+
+# --- malformed-frame fuzzing ---------------------------------------------------------------------
+if want fuzz; then
+  echo "== fuzz ($FUZZ_SECS s)"
+  "$TB" up 1 >/dev/null
+  start_bg plx-s1 "$OUT/plex-fuzz.log" "$PLEX" http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --stats
+  plexpid=$!
+  wait_log "$OUT/plex-fuzz.log" '^plex: ' || true
+  mac=$(mac_of plx-s1 plx-s1)
+  ip netns exec plx-client "$FLOOD" fuzz plx-c 198.18.0.11 "$mac" --ports 80,7 --secs "$FUZZ_SECS" --seed "${PLEX_CHAOS_SEED:-$RANDOM}" \
+    >"$OUT/fuzz.txt" 2>&1
+  tail -1 "$OUT/fuzz.txt" | sed 's/^/     /'
+  frames=$(grep -o 'sent [0-9]*' "$OUT/fuzz.txt" | tr -dc 0-9)
+  alive=false
+  kill -0 "$plexpid" 2>/dev/null && alive=true
+  ip netns exec plx-client "$PROBE" 198.18.0.11:80 --secs 1 --interval-ms 20 --timeout-ms 3000 \
+    --json "$OUT/probe-fuzz.json" >"$OUT/probe-fuzz.txt" 2>&1
+  served=$(json_get "$OUT/probe-fuzz.json" all.success)
+  stop_bg "$plexpid"
+  rx=$(stat_of "$OUT/plex-fuzz.log" rx_frames)
+  JPARTS+=("\"fuzz.frames\": ${frames:-0}" "\"fuzz.alive\": $alive" "\"fuzz.served_after\": $served" "\"fuzz.plex_rx_frames\": ${rx:-0}")
+  row fuzz "${frames:-0} frames in ${FUZZ_SECS} s; plex received $rx; alive $alive; served after: $served" \
+    "$([ "$alive" = true ] && ge "$served" 1.0 && echo ok || echo FAIL)"
+  # Every counter of the stack line that is not a plain traffic counter is a named drop reason.
+  python3 - "$OUT/plex-fuzz.log" >"$OUT/fuzz-drops.txt" <<'PY'
+import re, sys
+plain = {"rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "arp_requests_in", "arp_replies_in",
+         "arp_requests_out", "arp_replies_out", "gratuitous_arp_out", "icmp_echo_in", "icmp_echo_out",
+         "icmp_unreachable_in", "icmp_unreachable_out", "tcp_segs_in", "tcp_rst_out",
+         "tcp_syn_cookies_ok", "udp_datagrams_in", "udp_datagrams_out"}
+c = {}
+for line in open(sys.argv[1]):
+    if re.match(r"queue \d+ stack:", line):
+        for k, v in re.findall(r"(\w+)=(\d+)", line):
+            c[k] = c.get(k, 0) + int(v)
+drops = {k: v for k, v in c.items() if k not in plain and "_ok" not in k and "reassembled" not in k}
+print(sum(drops.values()))
+for k, v in sorted(drops.items(), key=lambda kv: -kv[1])[:8]:
+    print(f"{k}={v}")
+PY
+  ndrops=$(head -1 "$OUT/fuzz-drops.txt")
+  echo "     plex dropped $ndrops frames under named reasons; the largest: $(tail -n +2 "$OUT/fuzz-drops.txt" | tr '\n' ' ')"
+  JPARTS+=("\"fuzz.plex_dropped\": ${ndrops:-0}")
+  "$TB" down
+fi
+
+# --- cluster and region faults -------------------------------------------------------------------
+if want region_faults && [ -x scripts/chaos/region_faults.sh ]; then
+  echo "== region and cluster faults"
+  if PLEX_CHAOS_NESTED=1 scripts/chaos/region_faults.sh "$OUT/region.json" $([ $QUICK = 1 ] && echo --quick) >"$OUT/region.txt" 2>&1; then rv=ok; else rv=FAIL; fi
+  sed 's/^/     /' "$OUT/region.txt" | tail -20
+  survived=$(json_get "$OUT/region.json" survived)
+  stacks=$(json_get "$OUT/region.json" stacks)
+  JPARTS+=("\"region_faults.survived\": $survived")
+  row region_faults "stacks alive after every fault: $survived of $stacks" "$rv"
+  "$TB" down
+fi
+
+# --- simulation sweep ------------------------------------------------------------------------------
+if want sim_sweep && [ -x scripts/sim-sweep.sh ]; then
+  echo "== simulation sweep ($SEEDS seeds)"
+  if scripts/sim-sweep.sh --seeds "$SEEDS" >"$OUT/sweep.txt" 2>&1; then sv=ok; else sv=FAIL; fi
+  summary=$(grep '^sim-sweep:' "$OUT/sweep.txt" | tail -1)
+  grep -E 'seed=' "$OUT/sweep.txt" | head -10 | sed 's/^/     /'
+  runs=$(echo "$summary" | grep -o '[0-9]* runs' | tr -dc 0-9); fails=$(echo "$summary" | grep -o '[0-9]* failures' | tr -dc 0-9)
+  JPARTS+=("\"sim_sweep.runs\": ${runs:-0}" "\"sim_sweep.failures\": ${fails:-0}")
+  row sim_sweep "${summary:-no summary}" "$sv"
+fi
+
+echo
+echo "experiment     | figure                                                                 | verdict"
+for r in "${ROWS[@]}"; do IFS='|' read -r a b c <<<"$r"; printf '%-14s | %-70s | %s\n' "$a" "$b" "$c"; done
+if [ -n "$JSON" ]; then
+  { printf '{'; (IFS=,; printf '%s' "${JPARTS[*]}"); printf '}\n'; } | python3 -c 'import json,sys
+flat = json.load(sys.stdin); out = {}
+for k, v in flat.items():
+    a, b = k.split(".", 1); out.setdefault(a, {})[b] = v
+print(json.dumps(out, indent=1))' >"$JSON"
+  echo "== JSON in $JSON"
+fi
+exit $FAILED
