@@ -934,10 +934,18 @@ pub struct Hold {
     start: Option<Instant>,
     held_since: Option<Instant>,
     finished: bool,
+    /// Sent on every connection once established (e.g. half an HTTP request: an attacker).
+    request: Vec<u8>,
+    /// Count refused and timed-out connections and go on, instead of stopping at the first.
+    keep_going: bool,
+    failed: u64,
+    /// Slots of the established connections (a reset one was pending or established).
+    up: std::collections::HashSet<u32>,
+    last_report: Option<Instant>,
 }
 
 impl Hold {
-    pub fn new(to: Vec<SocketAddrV4>, count: u64, inflight: usize, secs: u64) -> Hold {
+    pub fn new(to: Vec<SocketAddrV4>, count: u64, inflight: usize, secs: u64, request: Vec<u8>, keep_going: bool) -> Hold {
         Hold {
             to,
             count,
@@ -951,7 +959,29 @@ impl Hold {
             start: None,
             held_since: None,
             finished: false,
+            request,
+            keep_going,
+            failed: 0,
+            up: std::collections::HashSet::new(),
+            last_report: None,
         }
+    }
+
+    /// All connections are settled (established or failed): start holding.
+    fn settled(&mut self, now: Instant) {
+        if self.held_since.is_some() || self.opened < self.count || self.pending > 0 {
+            return;
+        }
+        let secs = self.start.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
+        println!(
+            "hold: {} established in {secs:.2} s ({:.0} handshakes/s) over {} source addresses{}",
+            self.established,
+            self.established as f64 / secs,
+            self.sources.len(),
+            if self.keep_going { format!(", {} failed", self.failed) } else { String::new() }
+        );
+        let _ = std::io::stdout().flush();
+        self.held_since = Some(now);
     }
 }
 
@@ -965,17 +995,21 @@ impl App for Hold {
             SocketEvent::Tcp(Event::Connected) => {
                 self.pending = self.pending.saturating_sub(1);
                 self.established += 1;
-                if self.established == self.count {
-                    let secs = self.start.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
-                    println!(
-                        "hold: {} established in {secs:.2} s ({:.0} handshakes/s) over {} source addresses",
-                        self.established,
-                        self.established as f64 / secs,
-                        self.sources.len()
-                    );
-                    let _ = std::io::stdout().flush();
-                    self.held_since = Some(now);
+                if self.keep_going {
+                    self.up.insert(h.index());
                 }
+                if !self.request.is_empty() {
+                    let _ = stack.tcp_send(now, h, &self.request);
+                }
+                self.settled(now);
+            }
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut) if self.keep_going => {
+                if !self.up.remove(&h.index()) {
+                    self.pending = self.pending.saturating_sub(1);
+                }
+                self.failed += 1;
+                let _ = stack.close(now, h);
+                self.settled(now);
             }
             SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
                 eprintln!("hold: connection failed ({ev:?}) after {} established", self.established);
@@ -988,6 +1022,10 @@ impl App for Hold {
     fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
         if self.finished {
             return false;
+        }
+        if self.keep_going && self.last_report.is_none_or(|t| (now - t).as_secs_f64() >= 1.0) {
+            self.last_report = Some(now);
+            eprintln!("hold: {} established, {} pending, {} failed", self.established, self.pending, self.failed);
         }
         if let Some(t) = self.held_since {
             if (now - t).as_secs_f64() >= self.secs as f64 {

@@ -132,6 +132,14 @@ enum Cmd {
         /// Give up holding after this many seconds.
         #[arg(long, default_value_t = 300)]
         secs: u64,
+        /// Send these bytes on every connection once it is established (escapes \r and \n
+        /// understood), e.g. half an HTTP request: the abandoned-connection attack.
+        #[arg(long, default_value = "")]
+        request: String,
+        /// Count refused and timed-out connections and go on (an attacker against a
+        /// connection limit) instead of stopping at the first.
+        #[arg(long)]
+        keep_going: bool,
     },
     /// Connect to IP:PORT; copy stdin to the connection and the connection to stdout.
     Connect {
@@ -242,7 +250,10 @@ fn main() -> ExitCode {
         Cmd::Sink { dp, port, once, no_hash } => datapath::serve(&dp, move |_| apps::Sink::new(port, once, !no_hash)),
         Cmd::Source { dp, to, bytes, no_hash } => datapath::client(&dp, apps::Source::new(to, bytes, !no_hash)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
-        Cmd::Hold { dp, to, count, inflight, secs } => datapath::client(&dp, apps::Hold::new(to, count, inflight, secs)),
+        Cmd::Hold { dp, to, count, inflight, secs, request, keep_going } => {
+            let request = request.replace("\\r", "\r").replace("\\n", "\n").into_bytes();
+            datapath::client(&dp, apps::Hold::new(to, count, inflight, secs, request, keep_going))
+        }
         Cmd::Connrate { dp, to, count } => datapath::client(&dp, apps::ConnRate::new(to, count)),
         Cmd::Pingpong { dp, to, size, count, warmup, conns, hgrm } => {
             datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, conns, hgrm))
