@@ -150,6 +150,80 @@ NGINX
   "$TB" down
 fi
 
+# --- abandoned connections ---------------------------------------------------------------------
+# An attacker (plex hold on plx-s2) opens connections to plex's http server, sends half an HTTP
+# request on each and goes quiet. plex runs with a connection limit and a header timeout.
+# Shown: memory per abandoned connection, the limit holds (the rest refused), a keep-alive
+# connection opened before the attack is served throughout, and once the header timeout has
+# closed the abandoned ones, new connections are served again.
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+if want abandoned; then
+  if [ $QUICK = 1 ]; then ATTACK=12000; MAXC=8000; HT=6; else ATTACK=60000; MAXC=40000; HT=10; fi
+  echo "== abandoned connections ($ATTACK attempted, limit $MAXC, header timeout $HT s)"
+  "$TB" up 2 >/dev/null
+  start_bg plx-s1 "$OUT/plex-abandon.log" "$PLEX" http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --stats \
+    --max-conns "$MAXC" --header-timeout "$HT"
+  plexpid=$!
+  wait_log "$OUT/plex-abandon.log" '^plex: ' || true
+  sleep 0.3
+  rss0=$(rss_kb "$plexpid")
+  # The keep-alive connection of a legitimate user, opened before the attack.
+  ip netns exec plx-client python3 - "$OUT/keepalive-go" >"$OUT/keepalive.txt" 2>&1 <<'PY' &
+import os, socket, sys, time
+def get(s):
+    s.sendall(b"GET /bytes/100 HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"x" * 100):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("closed")
+        data += chunk
+s = socket.create_connection(("198.18.0.11", 80), timeout=5)
+get(s)
+print("first request ok", flush=True)
+for _ in range(600):
+    if os.path.exists(sys.argv[1]):
+        break
+    time.sleep(0.1)
+    get(s)   # a request every 100 ms: the connection is busy, not idle
+print("served throughout", flush=True)
+PY
+  kpid=$!
+  sleep 0.5
+  start_bg plx-s2 "$OUT/hold.log" "$PLEX" hold --iface plx-s2 --addr 198.18.0.12/24 --to 198.18.0.11:80 \
+    --count "$ATTACK" --inflight 512 --keep-going --secs 600 --request 'GET / HTTP/1.1\r\nHost: x\r\n'
+  holdpid=$!
+  peak=$rss0
+  for _ in $(seq 1 $((HT * 10 - 10))); do
+    r=$(rss_kb "$plexpid"); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.1
+  done
+  est=$(grep -o '^hold: [0-9]* established' "$OUT/hold.log" | tail -1 | tr -dc 0-9)
+  # Within the header timeout the attacker holds what it got; a new legitimate connection
+  # meets the limit (refused) while the old keep-alive one is still served.
+  ip netns exec plx-client "$PROBE" 198.18.0.11:80 --secs 1 --interval-ms 100 --timeout-ms 1500 \
+    --paths /bytes/100 --json "$OUT/probe-atcap.json" >/dev/null 2>&1
+  # After the header timeout plex closes the abandoned connections: new ones are served.
+  sleep $((HT / 2 + 2))
+  ip netns exec plx-client "$PROBE" 198.18.0.11:80 --secs 1 --interval-ms 50 --timeout-ms 3000 \
+    --paths /bytes/100 --json "$OUT/probe-afterht.json" >/dev/null 2>&1
+  touch "$OUT/keepalive-go"; wait "$kpid"
+  stop_bg "$holdpid"
+  stop_bg "$plexpid"
+  atcap=$(json_get "$OUT/probe-atcap.json" all.success)
+  afterht=$(json_get "$OUT/probe-afterht.json" all.success)
+  est=${est:-$(grep -o '^hold: [0-9]* established' "$OUT/hold.log" | tail -1 | tr -dc 0-9)}
+  refused=$(grep -oE '(conn_limit|connection_limit|over_limit)[a-z_]*=[0-9]*' "$OUT/plex-abandon.log" | head -1)
+  per=$(python3 -c 'import sys; e=int(sys.argv[3] or 0); print(int((int(sys.argv[2])-int(sys.argv[1]))*1024/e) if e else 0)' "$rss0" "$peak" "${est:-0}")
+  ka=$(grep -c 'served throughout' "$OUT/keepalive.txt")
+  echo "     plex RSS $((rss0 / 1024)) MiB -> peak $((peak / 1024)) MiB with ${est:-?} abandoned connections held (limit $MAXC; refused: ${refused:-?})"
+  echo "     new connections at the limit: $atcap served; after the header timeout: $afterht served; keep-alive user served throughout: $ka"
+  JPARTS+=("\"abandoned.mem_bytes_per_conn\": $per" "\"abandoned.held\": ${est:-0}" "\"abandoned.limit\": $MAXC" "\"abandoned.peak_rss_bytes\": $((peak * 1024))" "\"abandoned.served_after_timeout\": $afterht")
+  row abandoned "${est:-0} held (limit $MAXC): $per bytes/conn, peak RSS $((peak / 1024)) MiB" "$([ "${est:-0}" -le "$MAXC" ] && [ "${est:-0}" -gt 0 ] && echo ok || echo FAIL)"
+  row abandoned "keep-alive user served throughout: $ka; new conns after header timeout: $afterht" "$([ "$ka" = 1 ] && ge "$afterht" 1.0 && echo ok || echo FAIL)"
+  "$TB" down
+fi
+
 # --- malformed-frame fuzzing ---------------------------------------------------------------------
 if want fuzz; then
   echo "== fuzz ($FUZZ_SECS s)"
