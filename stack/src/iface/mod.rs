@@ -282,6 +282,15 @@ impl Stack {
     pub fn counters(&self) -> &IfaceCounters {
         &self.counters
     }
+    /// MMS_R (RFC 1122 3.3.2, MUST be available to the transport layer): the largest transport
+    /// message that can be received, EMTU_R - 20: 65 515 with reassembly, MTU - 20 without.
+    pub fn mms_r(&self) -> usize {
+        if self.reasm.enabled() {
+            wire::ipv4::MAX_PAYLOAD
+        } else {
+            self.cfg.mtu - IP_HDR
+        }
+    }
     pub fn cluster_mut(&mut self) -> &mut dyn Cluster {
         self.cluster.as_mut()
     }

@@ -33,7 +33,9 @@
 //!   death"): `ip_frag_too_big`;
 //! - a second final fragment with another end, a final fragment below data already received,
 //!   a fragment beyond a known end: the datagram is discarded (`ip_frag_bad_end`, as Linux);
-//! - an overlap: RFC 5722 section 4 (applied to IPv4, as Linux does): the whole datagram is
+//! - an overlap: RFC 5722 section 4 (applied to IPv4, as Linux does; RFC 1122 3.3.2 still
+//!   pictured overlapping retransmissions being copied in, which is how overlap attacks
+//!   work, so this follows the later rule): the whole datagram is
 //!   discarded and so are its later fragments until its timer expires (`ip_frag_overlap`, then
 //!   `ip_frag_of_discarded`). An exact duplicate, lying inside one fragment already received,
 //!   is dropped alone (`ip_frag_duplicate`; RFC 5722 errata 3089, Linux's `IPFRAG_DUP`): the
@@ -41,11 +43,16 @@
 //!
 //! ## Time
 //!
-//! A datagram lives `timeout` (Linux: 30 s, RFC 1122 3.3.2 suggests 60 s to 120 s) from its
-//! first fragment; the timer is not restarted by later fragments. Slots sit in a list in
-//! creation order, so the earliest deadline is the list head: `poll_timeout` is O(1). On
-//! expiry the caller gets fragment zero's header and first 8 bytes, for the ICMP Time Exceeded
-//! (code 1) that RFC 792 / RFC 1122 3.3.2 says SHOULD be sent when fragment zero was received.
+//! RFC 1122 3.3.2: "There MUST be a reassembly timeout", a fixed value (recommended 60 s to
+//! 120 s; plex uses Linux's 30 s, configurable). A datagram lives `timeout` from its first
+//! fragment; later fragments do not restart it. Slots sit in a list in creation order, so the
+//! earliest deadline is the list head: `poll_timeout` is O(1). On expiry the partial datagram
+//! is discarded (MUST) and the caller gets fragment zero's header and first 8 bytes for the
+//! ICMP Time Exceeded, code 1 (RFC 792), to send to the source "if fragment zero has been
+//! received" (RFC 1122 3.3.2).
+//!
+//! EMTU_R (RFC 1122 3.3.2: at least 576, SHOULD be at least the link MTU) is the maximum,
+//! 65 535 octets; [`crate::iface::Stack::mms_r`] tells the transport layer MMS_R (MUST).
 
 use std::net::Ipv4Addr;
 

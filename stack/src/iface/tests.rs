@@ -557,6 +557,7 @@ fn udp_datagrams_larger_than_the_mtu_both_ways() {
         assert!(n == len && buf[..n] == msg[..], "{len} bytes A -> B");
     }
     assert_eq!(b.udp_send_to(t(3), ub, SocketAddrV4::new(A_IP, 7), &[0u8; 65508]), Err(ApiError::MessageTooLarge));
+    assert_eq!(a.mms_r(), 65515);
     for s in [&a, &b] {
         assert_eq!((s.counters().ip_reasm_ok, s.counters().total_drops()), (4, 0));
     }
