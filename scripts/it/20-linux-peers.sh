@@ -88,6 +88,16 @@ for c in ip_bad_checksum tcp_bad_checksum udp_bad_checksum ip_truncated ip_frag_
 done
 got=$(counter "$LOGDIR/frag.log" ip_reasm_ok)
 check "plex reassembled the pings and datagrams (ip_reasm_ok=$got, at least 12)" test "$got" -ge 12
+# A flood of partial datagrams: plex holds 256 datagrams at most (StackConfig::reassembly), so
+# of the 1000 flood datagrams 255 are held (one slot holds the real one) and 745 refused, and
+# the datagram already in progress still completes.
+start_plex plx-s1 "$LOGDIR/flood.log" echo --iface plx-s1 --addr $S/24 --stats || exit 1
+ip netns exec plx-client timeout 30 python3 "$FRAMES" flood plx-c "$MAC" 198.18.0.1 $S 1000 >"$LOGDIR/flood.txt" 2>&1; rc=$?
+sed 's/^/     /' "$LOGDIR/flood.txt"
+stop_plex
+got=$(counter "$LOGDIR/flood.log" ip_frag_mem_limit)
+check "fragment flood: plex refused 745 of 1000 partial datagrams (ip_frag_mem_limit=$got), the one in progress came back (rc $rc)" \
+  sh -c "[ '$got' = 745 ] && [ $rc = 0 ]"
 if [ "$nf" = off ]; then
   # The premise: with the bridge's netfilter on, the bad IPv4 checksums never reach plex.
   ip netns exec plx-br sysctl -qw net.bridge.bridge-nf-call-iptables=1

@@ -6,6 +6,10 @@
       datagram with a bad checksum, an IPv4 total length beyond the frame (truncated), and a
       fragmented ICMP echo whose second fragment overlaps the first (then its last fragment),
       written byte by byte on an AF_PACKET socket so that nothing in the kernel fixes them.
+  frames.py flood IFACE DST_MAC SRC_IP DST_IP N
+      the first fragment of a 3000-byte UDP datagram to DST_IP:7, then the first fragments of
+      N datagrams that never complete (a flood), then the rest of the first datagram: its echo
+      must come back intact. Exit 1 otherwise.
   frames.py udp-echo DST_IP PORT SIZE...
       one datagram of each SIZE to DST_IP:PORT (Linux fragments what exceeds the MTU); the
       echo must come back identical. Prints one line per size; exit 1 on a mismatch.
@@ -70,6 +74,39 @@ def bad(iface, dst_mac, src, dst, n):
         s.send(eth + ip_header(src, dst, 1, 8, fid, frag=3) + body[24:32])
 
 
+def flood(iface, dst_mac, src, dst, n):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((iface, 0))
+    src_mac = bytes.fromhex(open(f"/sys/class/net/{iface}/address").read().strip().replace(":", ""))
+    eth = bytes.fromhex(dst_mac.replace(":", "")) + src_mac + b"\x08\x00"
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind((src, 40500))
+    u.settimeout(3)
+    data = os.urandom(3000)
+    udp = struct.pack("!HHHH", 40500, 7, 8 + len(data), 0) + data
+    c = l4_checksum(src, dst, 17, udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", c) + udp[8:]
+    frags = [udp[o:o + 1480] for o in range(0, len(udp), 1480)]
+
+    def send(ident, k, piece, last):
+        frag = (0 if last else 0x2000) | (k * 1480 // 8)
+        s.send(eth + ip_header(src, dst, 17, len(piece), ident, frag=frag) + piece)
+
+    send(0x4321, 0, frags[0], False)
+    junk = os.urandom(1480)
+    for i in range(n):
+        send(0x6000 + i, 0, junk, False)
+    for k in range(1, len(frags)):
+        send(0x4321, k, frags[k], k + 1 == len(frags))
+    try:
+        got = u.recv(70000)
+    except socket.timeout:
+        got = None
+    ok = got == data
+    print(f"3000-byte datagram around a flood of {n} partial ones: {'echoed intact' if ok else 'LOST or damaged'}")
+    sys.exit(0 if ok else 1)
+
+
 def udp_echo(dst, port, sizes):
     ok = True
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -95,6 +132,8 @@ def udp_echo(dst, port, sizes):
 if __name__ == "__main__":
     if sys.argv[1] == "bad":
         bad(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    elif sys.argv[1] == "flood":
+        flood(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
     elif sys.argv[1] == "udp-echo":
         udp_echo(sys.argv[2], int(sys.argv[3]), [int(x) for x in sys.argv[4:]])
     else:
