@@ -25,6 +25,11 @@
 //! partial datagrams cannot starve them (`flood_of_partial_datagrams_spares_the_others`). If
 //! the pool is exhausted anyway, the datagram that needed memory is discarded.
 //!
+//! What a flood can still do: fill every slot (256 by default) with partial datagrams, after
+//! which new datagrams are refused until those time out (30 s). Linux has the same property at
+//! its memory threshold (some 2000 fragments at 4 MiB); raise `max_datagrams` (2 KiB of bitmap
+//! each, allocated up front) to push it further.
+//!
 //! ## What is dropped
 //!
 //! - a fragment with no payload, or a non-final one whose length is not a multiple of 8
