@@ -6,7 +6,7 @@
 #   plx-sI      interface plx-sI, NO kernel address: plex takes 198.18.0.(10+I) on it
 #   plx-br      bridge plxbr0 joining plx-c-br and plx-sI-br
 #
-# Usage: scripts/testbed.sh up [N] [Q1,Q2,...] | up-mq [QUEUES] | down | status
+# Usage: scripts/testbed.sh up [N] [Q1,Q2,...] | up-mq [QUEUES] | down | status | bridge-nf
 # Idempotent: `up` twice is fine, `down` with nothing up is fine.
 set -euo pipefail
 
@@ -21,6 +21,33 @@ ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
 quiet_offloads() {
   local ns=$1 dev=$2
   ip netns exec "$ns" ethtool -K "$dev" tso off gso off gro off tx-checksumming off rx-checksumming off >/dev/null 2>&1 || true
+}
+
+# The bridge must hand plex every frame as sent. With br_netfilter loaded, a bridge passes IPv4
+# through netfilter (bridge-nf-call-iptables=1, the default in every new namespace): frames
+# with bad checksums or lengths are dropped there and fragments may be reassembled by conntrack,
+# so tests of plex's own checks would test the kernel's. Turn it off in the bridge's namespace
+# (the sysctls are per namespace); without br_netfilter the sysctls do not exist and nothing
+# is filtered.
+bridge_nf_off() {
+  local k
+  for k in iptables ip6tables arptables; do
+    if ip netns exec "$BR_NS" test -e "/proc/sys/net/bridge/bridge-nf-call-$k"; then
+      ip netns exec "$BR_NS" sysctl -qw "net.bridge.bridge-nf-call-$k=0"
+    fi
+  done
+}
+
+# bridge_nf_state: what the bridge namespace has (for tests): "off", or "absent" without
+# br_netfilter, else the values.
+bridge_nf_state() {
+  if ! ip netns exec "$BR_NS" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
+    echo absent
+    return
+  fi
+  local v
+  v=$(ip netns exec "$BR_NS" cat /proc/sys/net/bridge/bridge-nf-call-{iptables,ip6tables,arptables} | tr -d '\n')
+  if [ "$v" = 000 ]; then echo off; else echo "on ($v)"; fi
 }
 
 add_port() { # name ns queues
@@ -43,6 +70,7 @@ up() {
     ip netns exec "$BR_NS" ip link set plxbr0 up
     ip netns exec "$BR_NS" ip link set lo up
   fi
+  bridge_nf_off
   if ! ns_exists plx-client; then
     ip netns add plx-client
     # As many queues as the widest plex host, so flows from the client spread over queues
@@ -96,6 +124,7 @@ case "${1:-}" in
   up) up ;;
   up-mq) up_mq "${2:-2}" ;;
   down) down ;;
-  status) status ;;
-  *) echo "usage: $0 up [N] [Q1,Q2,...] | up-mq [QUEUES] | down | status" >&2; exit 2 ;;
+  status) status; if ns_exists "$BR_NS"; then echo "bridge netfilter: $(bridge_nf_state)"; fi ;;
+  bridge-nf) bridge_nf_state ;;
+  *) echo "usage: $0 up [N] [Q1,Q2,...] | up-mq [QUEUES] | down | status | bridge-nf" >&2; exit 2 ;;
 esac

@@ -70,13 +70,15 @@ impl Backlog {
 pub struct Echo {
     port: u16,
     listener: Option<SocketHandle>,
+    /// UDP echo on the same port (RFC 862).
+    udp: Option<SocketHandle>,
     backlog: Backlog,
     buf: Vec<u8>,
 }
 
 impl Echo {
     pub fn new(port: u16) -> Echo {
-        Echo { port, listener: None, backlog: Backlog::default(), buf: vec![0u8; 64 * 1024] }
+        Echo { port, listener: None, udp: None, backlog: Backlog::default(), buf: vec![0u8; 64 * 1024] }
     }
 
     /// Echo what can be echoed; true when input remains (the peer's data waits in our receive
@@ -106,9 +108,17 @@ impl Echo {
 impl App for Echo {
     fn start(&mut self, now: Instant, stack: &mut Stack) {
         self.listener = Some(listen(now, stack, self.port));
+        let ip = LISTEN_IP.get().copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        self.udp = stack.udp_bind(SocketAddrV4::new(ip, self.port)).ok();
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {
+            SocketEvent::UdpReadable if Some(h) == self.udp => {
+                // Datagrams of up to 65 507 bytes fit the 64 KiB buffer.
+                while let Ok((n, from)) = stack.udp_recv_from(h, &mut self.buf) {
+                    let _ = stack.udp_send_to(now, h, from, &self.buf[..n]);
+                }
+            }
             SocketEvent::Acceptable => {
                 let mut new = Vec::new();
                 accept_all(stack, h, |c| new.push(c));

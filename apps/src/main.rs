@@ -35,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Echo every byte back to its sender (TCP).
+    /// Echo every byte back to its sender (TCP), and every UDP datagram on the same port
+    /// (run-to-completion mode).
     Echo {
         #[command(flatten)]
         dp: DataPath,

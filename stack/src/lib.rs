@@ -21,7 +21,8 @@
 //!   congestion control (NewReno, CUBIC), RTT estimator, listener with SYN cookies, and the
 //!   versioned snapshot record used for live connection handoff.
 //! - [`iface`]: the interface: home list, ARP cache, routing, ICMP, demultiplexing to sockets,
-//!   the socket table and its API, per-interface counters and named drop reasons.
+//!   the socket table and its API, per-interface counters and named drop reasons, IPv4
+//!   reassembly (`iface::reassembly`, a preallocated pool) and outbound fragmentation.
 //! - [`cluster`]: the trait through which the stack asks the cluster (the coupling region in
 //!   production) who owns an address and which ephemeral port to use.
 //! - [`sim`]: the deterministic network simulator, the default integration test.

@@ -86,6 +86,19 @@ impl DatagramQueue {
     }
 }
 
+/// The datagram at the front of the send queue while it leaves in fragments (it is larger
+/// than the MTU): one fragment per `poll_transmit`, straight from the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxFragments {
+    /// Identification shared by its fragments (RFC 791 3.2).
+    pub ident: u16,
+    pub src: std::net::Ipv4Addr,
+    /// The UDP checksum over the whole datagram, computed before the first fragment.
+    pub checksum: u16,
+    /// Offset in the IP payload (UDP header + data) of the next fragment.
+    pub next: usize,
+}
+
 /// A bound UDP socket.
 #[derive(Debug, Clone)]
 pub struct UdpSocket {
@@ -93,6 +106,8 @@ pub struct UdpSocket {
     pub rx: DatagramQueue,
     pub tx: DatagramQueue,
     pub rx_dropped: u64,
+    /// The front datagram of `tx` is partly sent as fragments.
+    pub tx_frag: Option<TxFragments>,
 }
 
 impl UdpSocket {
@@ -102,7 +117,14 @@ impl UdpSocket {
             rx: DatagramQueue::new(rx_bytes, 1024),
             tx: DatagramQueue::new(tx_bytes, 1024),
             rx_dropped: 0,
+            tx_frag: None,
         }
+    }
+
+    /// Drop the front datagram of the send queue (sent, or unroutable).
+    pub fn pop_tx(&mut self) {
+        self.tx.pop();
+        self.tx_frag = None;
     }
 }
 

@@ -53,6 +53,14 @@ drop_reasons! {
     UdpQueueFull => "udp_queue_full",
     ControlQueueFull => "control_queue_full",
     NoRoute => "no_route",
+    // IPv4 reassembly (iface/reassembly.rs).
+    IpFragBadLength => "ip_frag_bad_length",
+    IpFragTooBig => "ip_frag_too_big",
+    IpFragBadEnd => "ip_frag_bad_end",
+    IpFragOverlap => "ip_frag_overlap",
+    IpFragOfDiscarded => "ip_frag_of_discarded",
+    IpFragDuplicate => "ip_frag_duplicate",
+    IpFragMemLimit => "ip_frag_mem_limit",
 }
 
 impl DropReason {
@@ -110,6 +118,19 @@ pub struct IfaceCounters {
     pub tcp_syn_cookies_ok: u64,
     pub udp_datagrams_in: u64,
     pub udp_datagrams_out: u64,
+    // IPv4 fragments and reassembly.
+    /// Fragments received (each is then held, completes a datagram, or is dropped).
+    pub ip_frags_in: u64,
+    /// Datagrams reassembled and delivered.
+    pub ip_reasm_ok: u64,
+    /// Datagrams whose reassembly timer expired.
+    pub ip_reasm_timeout: u64,
+    /// Datagrams discarded in reassembly (overlap, bad end, memory).
+    pub ip_reasm_discarded: u64,
+    /// ICMP Time Exceeded (fragment reassembly) sent.
+    pub icmp_time_exceeded_out: u64,
+    /// Fragments sent (of ICMP echo replies and UDP datagrams larger than the MTU).
+    pub ip_frags_out: u64,
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -134,6 +155,12 @@ impl Default for IfaceCounters {
             tcp_syn_cookies_ok: 0,
             udp_datagrams_in: 0,
             udp_datagrams_out: 0,
+            ip_frags_in: 0,
+            ip_reasm_ok: 0,
+            ip_reasm_timeout: 0,
+            ip_reasm_discarded: 0,
+            icmp_time_exceeded_out: 0,
+            ip_frags_out: 0,
             drops: [0; DropReason::COUNT],
         }
     }
@@ -170,6 +197,12 @@ impl IfaceCounters {
             ("tcp_syn_cookies_ok", self.tcp_syn_cookies_ok),
             ("udp_datagrams_in", self.udp_datagrams_in),
             ("udp_datagrams_out", self.udp_datagrams_out),
+            ("ip_frags_in", self.ip_frags_in),
+            ("ip_reasm_ok", self.ip_reasm_ok),
+            ("ip_reasm_timeout", self.ip_reasm_timeout),
+            ("ip_reasm_discarded", self.ip_reasm_discarded),
+            ("icmp_time_exceeded_out", self.icmp_time_exceeded_out),
+            ("ip_frags_out", self.ip_frags_out),
         ];
         plain.into_iter().chain(
             DropReason::ALL.iter().map(move |r| (r.name(), self.drops[*r as usize])),

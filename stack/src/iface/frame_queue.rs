@@ -29,6 +29,10 @@ impl FrameQueue {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+    /// Free slots.
+    pub fn free(&self) -> usize {
+        self.lens.len() - self.count
+    }
     pub fn slot_size(&self) -> usize {
         self.slot_size
     }

@@ -18,10 +18,13 @@
 mod arp_cache;
 mod counters;
 mod frame_queue;
+pub mod reassembly;
 
 pub use arp_cache::{ArpCache, Lookup};
 pub use counters::{DropReason, IfaceCounters};
 pub use frame_queue::FrameQueue;
+pub use reassembly::ReassemblyConfig;
+use reassembly::{Outcome, Reassembler};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -88,6 +91,8 @@ pub struct StackConfig {
     pub seed: u64,
     /// Slots for frames the interface builds itself.
     pub control_slots: usize,
+    /// IPv4 reassembly limits (memory, datagrams in flight, timeout).
+    pub reassembly: ReassemblyConfig,
 }
 
 impl StackConfig {
@@ -100,6 +105,7 @@ impl StackConfig {
             tcp: tcp::Config::default(),
             seed: 0,
             control_slots: 256,
+            reassembly: ReassemblyConfig::default(),
         }
     }
 }
@@ -222,6 +228,11 @@ pub struct Stack {
     isn: IsnGenerator,
     counters: IfaceCounters,
     scratch: (Vec<Ipv4Addr>, Vec<Ipv4Addr>),
+    /// IPv4 reassembly (preallocated).
+    reasm: Reassembler,
+    /// Where an ICMP echo reply too large for one frame is built before it is cut into
+    /// fragments (preallocated, one maximal datagram).
+    frag_tx: Vec<u8>,
 }
 
 fn ip_checked(buf: &[u8]) -> Result<Ipv4Packet<&[u8]>, wire::Error> {
@@ -237,6 +248,7 @@ impl Stack {
         let mut rng = Rng::new(cfg.seed);
         let isn = IsnGenerator::new(&mut rng);
         let control = FrameQueue::new(cfg.control_slots, cfg.mtu + ETH_HDR);
+        let reasm = Reassembler::new(cfg.reassembly);
         Stack {
             cfg,
             homes: Vec::new(),
@@ -256,6 +268,8 @@ impl Stack {
             isn,
             counters: IfaceCounters::default(),
             scratch: (Vec::new(), Vec::new()),
+            reasm,
+            frag_tx: vec![0u8; wire::ipv4::MAX_PAYLOAD],
         }
     }
 
@@ -267,6 +281,15 @@ impl Stack {
     }
     pub fn counters(&self) -> &IfaceCounters {
         &self.counters
+    }
+    /// MMS_R (RFC 1122 3.3.2, MUST be available to the transport layer): the largest transport
+    /// message that can be received, EMTU_R - 20: 65 515 with reassembly, MTU - 20 without.
+    pub fn mms_r(&self) -> usize {
+        if self.reasm.enabled() {
+            wire::ipv4::MAX_PAYLOAD
+        } else {
+            self.cfg.mtu - IP_HDR
+        }
     }
     pub fn cluster_mut(&mut self) -> &mut dyn Cluster {
         self.cluster.as_mut()
@@ -685,7 +708,9 @@ impl Stack {
         dst: SocketAddrV4,
         data: &[u8],
     ) -> Result<usize, ApiError> {
-        if data.len() + IP_HDR + 8 > self.cfg.mtu {
+        // Larger than the MTU leaves in fragments (as Linux without DF); the limit is the
+        // Total Length field.
+        if data.len() + 8 > wire::ipv4::MAX_PAYLOAD {
             return Err(ApiError::MessageTooLarge);
         }
         self.next_hop(*dst.ip()).ok_or(ApiError::NoRoute)?;
@@ -924,7 +949,7 @@ impl Stack {
             Ok(p) => p,
             Err(e) => return self.counters.drop(DropReason::ip(e)),
         };
-        let ip = match Ipv4Repr::parse(&packet, self.cfg.verify_checksums) {
+        let (ip, frag) = match Ipv4Repr::parse_fragment(&packet, self.cfg.verify_checksums) {
             Ok(r) => r,
             Err(e) => return self.counters.drop(DropReason::ip(e)),
         };
@@ -934,7 +959,31 @@ impl Stack {
         if ip.src_addr.is_broadcast() || ip.src_addr.is_multicast() || ip.src_addr.is_unspecified() {
             return self.counters.drop(DropReason::IpBadSource);
         }
-        let body = packet.payload();
+        if let Some(frag) = frag {
+            // RFC 1122 3.3.2: a host MUST reassemble (see reassembly.rs).
+            self.counters.ip_frags_in += 1;
+            return match self.reasm.push(now, &ip, frag, packet.payload()) {
+                Outcome::Held => {}
+                Outcome::Dropped { reason, discarded } => {
+                    self.counters.drop(reason);
+                    if discarded {
+                        self.counters.ip_reasm_discarded += 1;
+                    }
+                }
+                Outcome::Complete(ip) => {
+                    self.counters.ip_reasm_ok += 1;
+                    let whole = self.reasm.take_output();
+                    self.deliver_ipv4(now, src_mac, &ip, &whole[..ip.payload_len]);
+                    self.reasm.restore_output(whole);
+                }
+            };
+        }
+        self.deliver_ipv4(now, src_mac, &ip, packet.payload());
+    }
+
+    /// A whole datagram (received in one frame or reassembled) to its protocol.
+    fn deliver_ipv4(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
+        let ip = *ip;
         match ip.next_header {
             IpProtocol::Tcp => self.receive_tcp(now, src_mac, &ip, body),
             IpProtocol::Udp => self.receive_udp(src_mac, &ip, body),
@@ -954,7 +1003,19 @@ impl Stack {
             Icmpv4Repr::EchoRequest { ident, seq_no, data } => {
                 self.counters.icmp_echo_in += 1;
                 let reply = Icmpv4Repr::EchoReply { ident, seq_no, data };
-                if self.queue_ip(src_mac, ip.dst_addr, ip.src_addr, IpProtocol::Icmp, reply.buffer_len(), |b| {
+                if IP_HDR + reply.buffer_len() > self.cfg.mtu {
+                    // As large as the (reassembled) request: leaves in fragments.
+                    let mut msg = core::mem::take(&mut self.frag_tx);
+                    let n = reply.buffer_len();
+                    let ok = n <= msg.len() && {
+                        reply.emit(&mut Icmpv4Packet::new_unchecked(&mut msg[..n]));
+                        self.queue_ip_fragments(src_mac, ip.dst_addr, ip.src_addr, IpProtocol::Icmp, &msg[..n])
+                    };
+                    self.frag_tx = msg;
+                    if ok {
+                        self.counters.icmp_echo_out += 1;
+                    }
+                } else if self.queue_ip(src_mac, ip.dst_addr, ip.src_addr, IpProtocol::Icmp, reply.buffer_len(), |b| {
                     reply.emit(&mut Icmpv4Packet::new_unchecked(b))
                 }) {
                     self.counters.icmp_echo_out += 1;
@@ -1298,7 +1359,7 @@ impl Stack {
                 }
                 if is_udp {
                     if let Some(Socket::Udp(u)) = self.socket_mut(h) {
-                        u.tx.pop();
+                        u.pop_tx();
                     }
                 }
                 continue;
@@ -1389,6 +1450,9 @@ impl Stack {
             Some(Socket::Udp(u)) => {
                 let local = u.local;
                 let (peer, data) = u.tx.front()?;
+                if IP_HDR + 8 + data.len() > mtu {
+                    return self.emit_udp_fragment(h, mac, buf);
+                }
                 let repr = UdpRepr { src_port: local.port(), dst_port: peer.port(), payload: data };
                 let n = repr.buffer_len();
                 let src = if local.ip().is_unspecified() { None } else { Some(*local.ip()) };
@@ -1400,7 +1464,7 @@ impl Stack {
                 let (_, data) = u.tx.front()?;
                 let repr = UdpRepr { src_port: local.port(), dst_port: peer.port(), payload: data };
                 repr.emit(&mut UdpPacket::new_unchecked(&mut buf[l4_start..l4_start + n]), src, *peer.ip());
-                u.tx.pop();
+                u.pop_tx();
                 self.counters.udp_datagrams_out += 1;
                 (src, *peer.ip(), IpProtocol::Udp, n)
             }
@@ -1420,13 +1484,113 @@ impl Stack {
         Some(pad_to_minimum(buf, l4_start + len))
     }
 
+    /// The next fragment of the UDP datagram at the front of `h`'s send queue (larger than
+    /// the MTU), written into `buf`: straight from the queue, one per call; the datagram is
+    /// popped after its last fragment. DF is clear (RFC 791 3.2 fragmentation).
+    fn emit_udp_fragment(&mut self, h: SocketHandle, mac: MacAddr, buf: &mut [u8]) -> Option<usize> {
+        let l4_start = ETH_HDR + IP_HDR;
+        let room = (buf.len().min(ETH_HDR + self.cfg.mtu)).saturating_sub(l4_start) & !7;
+        if room == 0 {
+            return None;
+        }
+        let started = match self.socket(h) {
+            Some(Socket::Udp(u)) => u.tx_frag.is_some(),
+            _ => return None,
+        };
+        if !started {
+            let ident = self.rng.next_u32() as u16;
+            let Some(Socket::Udp(u)) = self.socket(h) else { return None };
+            let (local, (peer, data)) = (u.local, u.tx.front()?);
+            let src = if local.ip().is_unspecified() {
+                self.source_for(*peer.ip()).unwrap_or(Ipv4Addr::UNSPECIFIED)
+            } else {
+                *local.ip()
+            };
+            let len = (8 + data.len()) as u16;
+            let mut hdr = [0u8; 8];
+            hdr[0..2].copy_from_slice(&local.port().to_be_bytes());
+            hdr[2..4].copy_from_slice(&peer.port().to_be_bytes());
+            hdr[4..6].copy_from_slice(&len.to_be_bytes());
+            let sum = wire::checksum::pseudo_header(src, *peer.ip(), 17, len)
+                + wire::checksum::sum(&hdr)
+                + wire::checksum::sum(data);
+            // RFC 768: a computed zero is sent as all ones.
+            let checksum = match !wire::checksum::fold(sum) {
+                0 => 0xffff,
+                c => c,
+            };
+            let Some(Socket::Udp(u)) = self.socket_mut(h) else { return None };
+            u.tx_frag = Some(crate::udp::TxFragments { ident, src, checksum, next: 0 });
+        }
+        let Some(Socket::Udp(u)) = self.socket_mut(h) else { return None };
+        let (local, tf) = (u.local, u.tx_frag?);
+        let (peer, data) = u.tx.front()?;
+        let total = 8 + data.len();
+        let (off, end) = (tf.next, (tf.next + room).min(total));
+        let out = &mut buf[l4_start..l4_start + (end - off)];
+        if off == 0 {
+            out[0..2].copy_from_slice(&local.port().to_be_bytes());
+            out[2..4].copy_from_slice(&peer.port().to_be_bytes());
+            out[4..6].copy_from_slice(&(total as u16).to_be_bytes());
+            out[6..8].copy_from_slice(&tf.checksum.to_be_bytes());
+            out[8..].copy_from_slice(&data[..end - 8]);
+        } else {
+            out.copy_from_slice(&data[off - 8..end - 8]);
+        }
+        let dst = *peer.ip();
+        if end == total {
+            u.pop_tx();
+        } else {
+            u.tx_frag = Some(crate::udp::TxFragments { next: end, ..tf });
+        }
+        if end == total {
+            self.counters.udp_datagrams_out += 1;
+        }
+        self.counters.ip_frags_out += 1;
+        let frag = wire::Ipv4Fragment { offset: off, more_frags: end < total };
+        emit_ipv4_fragment(&mut buf[ETH_HDR..], tf.src, dst, IpProtocol::Udp, end - off, tf.ident, frag);
+        emit_eth(buf, self.cfg.mac, mac, EtherType::Ipv4);
+        Some(pad_to_minimum(buf, l4_start + end - off))
+    }
+
+    /// Queue the IP payload `msg` (larger than the MTU) as fragments in control slots, all or
+    /// nothing: one slot per fragment, DF clear.
+    fn queue_ip_fragments(&mut self, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, msg: &[u8]) -> bool {
+        let room = (self.control.slot_size() - ETH_HDR - IP_HDR) & !7;
+        if room == 0 || msg.len() > wire::ipv4::MAX_PAYLOAD {
+            return false;
+        }
+        let n = msg.len().div_ceil(room);
+        if self.control.free() < n {
+            self.counters.drop(DropReason::ControlQueueFull);
+            return false;
+        }
+        let ident = self.rng.next_u32() as u16;
+        let mac = self.cfg.mac;
+        for (k, piece) in msg.chunks(room).enumerate() {
+            let frag = wire::Ipv4Fragment { offset: k * room, more_frags: k + 1 < n };
+            self.control.push_with(|b| {
+                emit_eth(b, mac, dst_mac, EtherType::Ipv4);
+                b[ETH_HDR + IP_HDR..ETH_HDR + IP_HDR + piece.len()].copy_from_slice(piece);
+                emit_ipv4_fragment(&mut b[ETH_HDR..], src, dst, proto, piece.len(), ident, frag);
+                Some(pad_to_minimum(b, ETH_HDR + IP_HDR + piece.len()))
+            });
+        }
+        self.counters.ip_frags_out += n as u64;
+        true
+    }
+
     // ----------------------------------------------------------------------------------------
     // Timers.
 
     /// When [`Stack::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|Reverse((at, _))| *at);
-        match (t, self.arp.poll_timeout()) {
+        let t = match (t, self.arp.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (t, self.reasm.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -1475,6 +1639,44 @@ impl Stack {
             }
         }
         self.scratch = (retry, failed);
+        self.expire_reassembly(now);
+    }
+
+    /// Free the datagrams whose reassembly timer expired. RFC 1122 3.3.2 / RFC 792: when
+    /// fragment zero was received, an ICMP Time Exceeded (code 1) SHOULD be sent; it goes out
+    /// when the sender's MAC is in the ARP cache (no resolution is started for an error).
+    fn expire_reassembly(&mut self, now: Instant) {
+        while let Some(e) = self.reasm.expire(now) {
+            if !e.timed_out {
+                continue;
+            }
+            self.counters.ip_reasm_timeout += 1;
+            let Some((header, data)) = e.quote else { continue };
+            if !self.has_address(header.dst_addr) {
+                continue;
+            }
+            let Some(mac) = self.next_hop(header.src_addr).and_then(|hop| self.arp.get(now, hop)) else {
+                continue;
+            };
+            let icmp = Icmpv4Repr::DstUnreachable {
+                reason: wire::icmpv4::DstUnreachable::Other(1),
+                next_hop_mtu: 0,
+                header,
+                data: &data,
+            };
+            if self.queue_ip(mac, header.dst_addr, header.src_addr, IpProtocol::Icmp, icmp.buffer_len(), |b| {
+                // Same layout as Destination Unreachable (RFC 792): type 11 Time Exceeded,
+                // code 1 "fragment reassembly time exceeded".
+                icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut *b));
+                b[0] = 11;
+                b[1] = 1;
+                b[2..4].fill(0);
+                let c = wire::checksum::checksum(b);
+                b[2..4].copy_from_slice(&c.to_be_bytes());
+            }) {
+                self.counters.icmp_time_exceeded_out += 1;
+            }
+        }
     }
 }
 
@@ -1496,6 +1698,30 @@ fn emit_ipv4(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payl
         dont_frag: true,
     };
     repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]));
+}
+
+/// Write the 20-byte IPv4 header of one fragment (DF clear, TTL 64) in front of
+/// `payload_len` bytes at `b[20..]`.
+fn emit_ipv4_fragment(
+    b: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    payload_len: usize,
+    ident: u16,
+    frag: wire::Ipv4Fragment,
+) {
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len,
+        hop_limit: 64,
+        dscp_ecn: 0,
+        ident,
+        dont_frag: false,
+    };
+    repr.emit_fragment(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]), frag);
 }
 
 /// Zero-pad a frame of `len` bytes to the 60-byte Ethernet minimum (never sending whatever the

@@ -167,7 +167,8 @@ fn drops_are_named_and_counted() {
     });
     frag[24..26].copy_from_slice(&c.to_be_bytes());
     a.receive(t(0), &frag);
-    assert_eq!(a.counters().dropped(DropReason::IpFragment), 1);
+    // A non-final fragment of 9 bytes (not a multiple of 8, RFC 791 3.2).
+    assert_eq!(a.counters().dropped(DropReason::IpFragBadLength), 1);
     let mut bad = icmp_echo_frame(1, b"x", A_MAC, A_IP);
     bad[40] ^= 0xff;
     a.receive(t(0), &bad);
@@ -287,6 +288,10 @@ fn random_frames_never_panic_and_are_accounted() {
     b.tcp_send(t(1), c, &[9u8; 3000]).unwrap();
     // Collect real frames of every kind to mutate.
     let mut corpus = vec![icmp_echo_frame(3, b"0123456789", A_MAC, A_IP)];
+    // Fragments too: of a ping and of a UDP datagram larger than the MTU.
+    corpus.extend(fragment_frames(IpProtocol::Icmp, &echo_message(9, 3000), 1480, 5));
+    let u = b.udp_bind(SocketAddrV4::new(B_IP, 0)).unwrap();
+    b.udp_send_to(t(1), u, SocketAddrV4::new(A_IP, 7), &[5u8; 4000]).unwrap();
     let mut buf = vec![0u8; 1600];
     while let Some(n) = b.poll_transmit(t(2), &mut buf) {
         corpus.push(buf[..n].to_vec());
@@ -296,6 +301,7 @@ fn random_frames_never_panic_and_are_accounted() {
         let c = s.counters();
         c.tcp_segs_in + c.icmp_echo_in + c.icmp_unreachable_in + c.arp_requests_in + c.arp_replies_in
             + c.udp_datagrams_in
+            + c.ip_frags_in
             + c.total_drops()
     };
     for i in 0..20_000u64 {
@@ -436,4 +442,175 @@ fn a_reset_that_cannot_be_routed_does_not_leak_the_connection() {
     while a.poll_transmit(t(3), &mut buf).is_some() {}
     assert_eq!(a.connection_count(), 0);
     assert!(a.counters().dropped(DropReason::NoRoute) >= 1);
+}
+
+// ---- IPv4 fragments ------------------------------------------------------------------------
+
+/// An ICMP echo request message with `len` data bytes.
+fn echo_message(seq: u16, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let icmp = Icmpv4Repr::EchoRequest { ident: 0x4242, seq_no: seq, data: &data };
+    let mut m = vec![0u8; icmp.buffer_len()];
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut m[..]));
+    m
+}
+
+/// The IP payload `msg` from B to A, as fragments of `size` bytes (B's MAC to A's).
+fn fragment_frames(proto: IpProtocol, msg: &[u8], size: usize, ident: u16) -> Vec<Vec<u8>> {
+    let n = msg.len().div_ceil(size);
+    msg.chunks(size)
+        .enumerate()
+        .map(|(k, piece)| {
+            let mut f = vec![0u8; 34 + piece.len()];
+            EthernetRepr { src_addr: B_MAC, dst_addr: A_MAC, ethertype: EtherType::Ipv4 }
+                .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+            f[34..].copy_from_slice(piece);
+            let ip = Ipv4Repr {
+                src_addr: B_IP,
+                dst_addr: A_IP,
+                next_header: proto,
+                payload_len: piece.len(),
+                hop_limit: 64,
+                dscp_ecn: 0,
+                ident,
+                dont_frag: false,
+            };
+            let frag = wire::Ipv4Fragment { offset: k * size, more_frags: k + 1 < n };
+            ip.emit_fragment(&mut Ipv4Packet::new_unchecked(&mut f[14..]), frag);
+            f
+        })
+        .collect()
+}
+
+/// Everything `s` transmits now, reassembled with a fresh reassembler: the IP payloads of
+/// the whole datagrams, and the number of frames.
+fn transmitted_datagrams(s: &mut Stack, now: Instant) -> (Vec<(Ipv4Repr, Vec<u8>)>, usize) {
+    let mut r = Reassembler::new(ReassemblyConfig::default());
+    let mut buf = vec![0u8; 1600];
+    let (mut out, mut frames) = (Vec::new(), 0);
+    while let Some(n) = s.poll_transmit(now, &mut buf) {
+        frames += 1;
+        assert!(n <= 1514, "a frame within the MTU");
+        let p = Ipv4Packet::new_checked(&buf[14..n]).unwrap();
+        let (ip, frag) = Ipv4Repr::parse_fragment(&p, true).unwrap();
+        match frag {
+            None => out.push((ip, p.payload().to_vec())),
+            Some(f) => {
+                assert!(!ip.dont_frag, "fragments have DF clear");
+                if let reassembly::Outcome::Complete(ip) = r.push(now, &ip, f, p.payload()) {
+                    let b = r.take_output();
+                    out.push((ip, b[..ip.payload_len].to_vec()));
+                    r.restore_output(b);
+                }
+            }
+        }
+    }
+    (out, frames)
+}
+
+#[test]
+fn fragmented_pings_are_answered_in_fragments() {
+    let (mut a, _) = pair();
+    let mut rng = Rng::new(3);
+    // ping -s 3000, -s 8000, and the largest: -s 65507 (a 65 535-octet datagram).
+    for (seq, len) in [(1u16, 3000usize), (2, 8000), (3, 65507)] {
+        let msg = echo_message(seq, len);
+        let mut frames = fragment_frames(IpProtocol::Icmp, &msg, 1480, seq);
+        for i in (1..frames.len()).rev() {
+            frames.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for f in &frames {
+            a.receive(t(seq as u64), f);
+        }
+        let (got, n) = transmitted_datagrams(&mut a, t(seq as u64));
+        assert_eq!(n, frames.len(), "the reply has as many fragments as the request");
+        assert_eq!(got.len(), 1);
+        let (ip, payload) = &got[0];
+        assert_eq!((ip.src_addr, ip.dst_addr, ip.payload_len), (A_IP, B_IP, msg.len()));
+        let icmp = Icmpv4Repr::parse(&Icmpv4Packet::new_checked(&payload[..]).unwrap(), true).unwrap();
+        assert_eq!(icmp, Icmpv4Repr::EchoReply { ident: 0x4242, seq_no: seq, data: &msg[8..] });
+    }
+    let c = a.counters();
+    assert_eq!((c.icmp_echo_in, c.icmp_echo_out, c.ip_reasm_ok), (3, 3, 3));
+    assert_eq!(c.ip_frags_out, [3000, 8000, 65507].iter().map(|l: &usize| (l + 8).div_ceil(1480) as u64).sum::<u64>());
+    assert_eq!(c.total_drops(), 0);
+}
+
+#[test]
+fn udp_datagrams_larger_than_the_mtu_both_ways() {
+    let (mut a, mut b) = pair();
+    let ua = a.udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7)).unwrap();
+    let ub = b.udp_bind(SocketAddrV4::new(B_IP, 0)).unwrap();
+    let pb = b.udp_local_addr(ub).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    for len in [1473, 4000, 60000, 65507] {
+        let msg: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+        assert_eq!(b.udp_send_to(t(0), ub, SocketAddrV4::new(A_IP, 7), &msg), Ok(len));
+        pump(&mut a, &mut b, t(1));
+        let (n, from) = a.udp_recv_from(ua, &mut buf).unwrap();
+        assert_eq!((n, from), (len, pb));
+        assert!(buf[..n] == msg[..], "{len} bytes B -> A");
+        // And back (the echo).
+        assert_eq!(a.udp_send_to(t(1), ua, from, &buf[..n]), Ok(len));
+        pump(&mut a, &mut b, t(2));
+        let (n, _) = b.udp_recv_from(ub, &mut buf).unwrap();
+        assert!(n == len && buf[..n] == msg[..], "{len} bytes A -> B");
+    }
+    assert_eq!(b.udp_send_to(t(3), ub, SocketAddrV4::new(A_IP, 7), &[0u8; 65508]), Err(ApiError::MessageTooLarge));
+    assert_eq!(a.mms_r(), 65515);
+    for s in [&a, &b] {
+        assert_eq!((s.counters().ip_reasm_ok, s.counters().total_drops()), (4, 0));
+    }
+}
+
+#[test]
+fn an_incomplete_datagram_times_out_with_time_exceeded() {
+    let (mut a, mut b) = pair();
+    // A learns B's MAC (ARP) first.
+    let ua = a.udp_bind(SocketAddrV4::new(A_IP, 9)).unwrap();
+    a.udp_send_to(t(0), ua, SocketAddrV4::new(B_IP, 9), b"x").unwrap();
+    pump(&mut a, &mut b, t(0));
+    let mut msg = vec![0u8; 3008];
+    msg[..8].copy_from_slice(&[0x30, 0x39, 0, 9, 0x0b, 0xc0, 0, 0]);
+    let frames = fragment_frames(IpProtocol::Udp, &msg, 1480, 77);
+    a.receive(t(1000), &frames[0]);
+    a.receive(t(1000), &frames[2]);
+    assert_eq!(a.poll_timeout(), Some(t(31_000)), "30 s from the first fragment");
+    a.handle_timeout(t(30_999));
+    assert_eq!(a.counters().ip_reasm_timeout, 0);
+    a.handle_timeout(t(31_000));
+    assert_eq!((a.counters().ip_reasm_timeout, a.counters().icmp_time_exceeded_out), (1, 1));
+    let mut buf = vec![0u8; 1600];
+    let n = a.poll_transmit(t(31_000), &mut buf).expect("ICMP Time Exceeded");
+    let ip = Ipv4Packet::new_checked(&buf[14..n]).unwrap();
+    let icmp = ip.payload();
+    assert_eq!((icmp[0], icmp[1]), (11, 1), "Time Exceeded, fragment reassembly");
+    assert_eq!(wire::checksum::checksum(icmp), 0);
+    assert_eq!(&icmp[8 + 12..8 + 20], &[198, 18, 0, 1, 198, 18, 0, 10], "quotes the datagram");
+    assert_eq!(&icmp[28..36], &msg[..8], "and its first 8 bytes");
+    // Without fragment zero: freed silently.
+    a.receive(t(40_000), &frames[1]);
+    a.handle_timeout(t(70_000));
+    assert_eq!((a.counters().ip_reasm_timeout, a.counters().icmp_time_exceeded_out), (2, 1));
+    assert_eq!(a.poll_transmit(t(70_000), &mut buf), None);
+    assert_eq!(a.poll_timeout(), None, "no datagram left");
+}
+
+#[test]
+fn overlapping_fragments_are_dropped_and_counted() {
+    let (mut a, _) = pair();
+    let msg = echo_message(4, 3000);
+    let frames = fragment_frames(IpProtocol::Icmp, &msg, 1480, 4);
+    // The second fragment again, 8 bytes earlier: overlaps the first.
+    let mut evil = frames[1].clone();
+    let off = u16::from_be_bytes([evil[20], evil[21]]) & 0x1fff;
+    evil[20..22].copy_from_slice(&(0x2000 | (off - 1)).to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut evil[14..]).fill_checksum();
+    for f in [&frames[0], &evil, &frames[1], &frames[2]] {
+        a.receive(t(0), f);
+    }
+    let c = a.counters();
+    assert_eq!(c.dropped(DropReason::IpFragOverlap), 1);
+    assert_eq!(c.dropped(DropReason::IpFragOfDiscarded), 2);
+    assert_eq!((c.ip_frags_in, c.ip_reasm_discarded, c.ip_reasm_ok, c.icmp_echo_in), (4, 1, 0, 0));
 }

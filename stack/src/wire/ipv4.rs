@@ -1,5 +1,8 @@
-//! IPv4 headers (RFC 791). Options are skipped; fragments are refused (plex sets DF and
-//! relies on path MTU discovery, RFC 1191).
+//! IPv4 headers (RFC 791). Options are skipped. [`Ipv4Repr::parse`] refuses fragments;
+//! [`Ipv4Repr::parse_fragment`] accepts them and says where the fragment sits, for the
+//! interface's reassembly (`iface::reassembly`). plex sets DF on TCP and relies on path MTU
+//! discovery (RFC 1191); ICMP echo replies and UDP datagrams larger than the MTU leave as
+//! fragments written by [`Ipv4Repr::emit_fragment`].
 
 use std::net::Ipv4Addr;
 
@@ -147,6 +150,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+/// Where a fragment sits in its datagram (RFC 791 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Fragment {
+    /// Fragment Offset, in bytes (the field counts 8-octet units).
+    pub offset: usize,
+    /// More Fragments.
+    pub more_frags: bool,
+}
+
+/// Largest payload of a (reassembled) datagram: the Total Length field is 16 bits.
+pub const MAX_PAYLOAD: usize = u16::MAX as usize - HEADER_LEN;
+
 /// An IPv4 header as a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Repr {
@@ -162,6 +177,18 @@ pub struct Ipv4Repr {
 
 impl Ipv4Repr {
     pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &Ipv4Packet<&T>, verify_checksum: bool) -> Result<Ipv4Repr> {
+        match Self::parse_fragment(p, verify_checksum)? {
+            (r, None) => Ok(r),
+            (_, Some(_)) => Err(Error::Fragment),
+        }
+    }
+
+    /// Parse a datagram that may be a fragment: `Some` when MF is set or the offset is not
+    /// zero. The Repr's `payload_len` is then this fragment's payload.
+    pub fn parse_fragment<T: AsRef<[u8]> + ?Sized>(
+        p: &Ipv4Packet<&T>,
+        verify_checksum: bool,
+    ) -> Result<(Ipv4Repr, Option<Ipv4Fragment>)> {
         p.check_len()?;
         if p.version() != 4 {
             return Err(Error::BadVersion);
@@ -169,10 +196,9 @@ impl Ipv4Repr {
         if verify_checksum && !p.verify_checksum() {
             return Err(Error::BadChecksum);
         }
-        if p.more_frags() || p.frag_offset() != 0 {
-            return Err(Error::Fragment);
-        }
-        Ok(Ipv4Repr {
+        let frag = (p.more_frags() || p.frag_offset() != 0)
+            .then(|| Ipv4Fragment { offset: p.frag_offset() as usize, more_frags: p.more_frags() });
+        let repr = Ipv4Repr {
             src_addr: p.src_addr(),
             dst_addr: p.dst_addr(),
             next_header: p.next_header(),
@@ -181,7 +207,8 @@ impl Ipv4Repr {
             dscp_ecn: p.dscp_ecn(),
             ident: p.ident(),
             dont_frag: p.dont_frag(),
-        })
+        };
+        Ok((repr, frag))
     }
 
     pub const fn buffer_len(&self) -> usize {
@@ -202,6 +229,17 @@ impl Ipv4Repr {
         b[9] = u8::from(self.next_header);
         b[12..16].copy_from_slice(&self.src_addr.octets());
         b[16..20].copy_from_slice(&self.dst_addr.octets());
+        p.fill_checksum();
+    }
+
+    /// Write the header of one fragment: as [`Ipv4Repr::emit`], with `payload_len` this
+    /// fragment's payload, and the offset (a multiple of 8, RFC 791 3.2) and MF of `frag`.
+    pub fn emit_fragment<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Ipv4Packet<T>, frag: Ipv4Fragment) {
+        self.emit(p);
+        let units = ((frag.offset / 8) as u16) & 0x1fff;
+        let flags = (if self.dont_frag { 0x4000 } else { 0 }) | (if frag.more_frags { 0x2000 } else { 0 });
+        let b = p.buffer.as_mut();
+        b[6..8].copy_from_slice(&(flags | units).to_be_bytes());
         p.fill_checksum();
     }
 }
@@ -280,6 +318,25 @@ mod tests {
         x[7] = 0x10; // offset 128
         let x = with_checksum(x);
         assert_eq!(Ipv4Repr::parse(&Ipv4Packet::new_checked(&x[..]).unwrap(), true), Err(Error::Fragment));
+    }
+
+    #[test]
+    fn fragments_parse_and_emit() {
+        let r = Ipv4Repr::parse(&Ipv4Packet::new_checked(&with_checksum(PING.to_vec())[..]).unwrap(), true).unwrap();
+        let r = Ipv4Repr { dont_frag: false, ..r };
+        for (offset, more_frags) in [(0, true), (1480, true), (2960, false), (65528, false)] {
+            let f = Ipv4Fragment { offset, more_frags };
+            let mut b = PING.to_vec();
+            r.emit_fragment(&mut Ipv4Packet::new_unchecked(&mut b[..]), f);
+            let p = Ipv4Packet::new_checked(&b[..]).unwrap();
+            assert_eq!(Ipv4Repr::parse_fragment(&p, true), Ok((r, Some(f))));
+            assert_eq!(Ipv4Repr::parse(&p, true), Err(Error::Fragment));
+            let (h, _) = etherparse::Ipv4Header::from_slice(&b).unwrap();
+            assert_eq!((h.fragment_offset.byte_offset() as usize, h.more_fragments, h.dont_fragment), (offset, more_frags, false));
+        }
+        let b = with_checksum(PING.to_vec());
+        let (_, f) = Ipv4Repr::parse_fragment(&Ipv4Packet::new_checked(&b[..]).unwrap(), true).unwrap();
+        assert_eq!(f, None, "DF and offset 0: not a fragment");
     }
 
     #[test]

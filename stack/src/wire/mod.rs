@@ -20,7 +20,7 @@ pub use std::net::Ipv4Addr;
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddr};
 pub use icmpv4::{Icmpv4Packet, Icmpv4Repr};
-pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
+pub use ipv4::{IpProtocol, Ipv4Fragment, Ipv4Packet, Ipv4Repr};
 pub use tcp::{SackBlocks, SeqNumber, TcpControl, TcpPacket, TcpRepr, TcpTimestamp};
 pub use udp::{UdpPacket, UdpRepr};
 
