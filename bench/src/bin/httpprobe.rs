@@ -1,7 +1,8 @@
 //! `plex-httpprobe`: the legitimate client of the chaos suite. Starts one connection every
 //! `--interval-ms` on the Linux stack of the host it runs on; each connection fetches every
 //! path of `--paths` in turn over keep-alive (a small and a 1 MiB response by default) and
-//! counts as a success only if every response arrived whole before `--timeout-ms`. Attempts are
+//! counts as a success only if every response arrived whole within `--timeout-ms` of the
+//! attempt's start (one deadline for the connect, the requests and every byte). Attempts are
 //! grouped into time windows (`--window NAME:FROM:TO`, seconds since the probe started, by the
 //! attempt's start), so a script can ask "what fraction succeeded during the flood, and after".
 //!
@@ -27,13 +28,26 @@ struct Attempt {
     result: Result<Duration, &'static str>,
 }
 
-fn fetch(s: &mut TcpStream, path: &str, buf: &mut [u8]) -> Result<(), &'static str> {
+/// Read into `buf` with what is left before `deadline` as the socket's timeout.
+fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<usize, &'static str> {
+    let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or("timeout")?;
+    s.set_read_timeout(Some(left)).map_err(|_| "socket")?;
+    s.read(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout",
+        std::io::ErrorKind::ConnectionReset => "reset",
+        _ => "read",
+    })
+}
+
+fn fetch(s: &mut TcpStream, path: &str, buf: &mut [u8], deadline: Instant) -> Result<(), &'static str> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: plex\r\n\r\n");
+    let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).ok_or("timeout")?;
+    s.set_write_timeout(Some(left)).map_err(|_| "socket")?;
     s.write_all(req.as_bytes()).map_err(|_| "write")?;
     // Headers: read until the blank line (they fit in `buf`).
     let mut have = 0;
     let head_end = loop {
-        let n = s.read(&mut buf[have..]).map_err(|e| if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut { "timeout" } else { "read" })?;
+        let n = read_by(s, &mut buf[have..], deadline)?;
         if n == 0 {
             return Err("closed");
         }
@@ -58,7 +72,7 @@ fn fetch(s: &mut TcpStream, path: &str, buf: &mut [u8]) -> Result<(), &'static s
         .ok_or("no content-length")?;
     let mut body = have - head_end;
     while body < len {
-        let n = s.read(buf).map_err(|e| if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut { "timeout" } else { "read" })?;
+        let n = read_by(s, buf, deadline)?;
         if n == 0 {
             return Err("closed");
         }
@@ -80,11 +94,10 @@ fn attempt(to: SocketAddr, paths: &[String], timeout: Duration) -> Result<Durati
     })?;
     let _ = s.set_nodelay(true);
     let mut buf = vec![0u8; 64 * 1024];
+    // One deadline for the whole attempt: connect, every request, every byte of every body.
+    let deadline = t + timeout;
     for p in paths {
-        let left = timeout.checked_sub(t.elapsed()).filter(|d| !d.is_zero()).ok_or("timeout")?;
-        s.set_read_timeout(Some(left)).map_err(|_| "socket")?;
-        s.set_write_timeout(Some(left)).map_err(|_| "socket")?;
-        fetch(&mut s, p, &mut buf)?;
+        fetch(&mut s, p, &mut buf, deadline)?;
     }
     Ok(t.elapsed())
 }
