@@ -91,7 +91,7 @@ synflood_run() { # NAME ADDR NS IFACE
   local name=$1 addr=$2 ns=$3 ifc=$4
   local mac total; mac=$(mac_of "$ns" "$ifc")
   total=$((2 + FLOOD_SECS + 4))
-  ip netns exec plx-client "$PROBE" "$addr:80" --secs "$total" --interval-ms 10 --timeout-ms 5000 \
+  ip netns exec plx-client "$PROBE" "$addr:80" --secs "$total" --interval-ms 10 --timeout-ms 10000 \
     --window "before:0:2" --window "during:2:$((2 + FLOOD_SECS))" --window "after:$((3 + FLOOD_SECS)):$total" \
     --json "$OUT/probe-$name.json" >"$OUT/probe-$name.txt" 2>&1 &
   local probe=$!
