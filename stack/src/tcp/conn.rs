@@ -461,7 +461,14 @@ impl Connection {
         c.high_rxt = c.snd_una;
         c.lost_until = c.snd_una;
         c.syn_due = false;
-        c.update_window(ack);
+        // The ACK's window is the first the peer gives us (scaled: RFC 7323 2.2, only a SYN's
+        // is not). Take it as RFC 9293 3.10.7.3 does in SYN-RECEIVED, "set SND.WND <-
+        // SEG.WND, SND.WL1 <- SEG.SEQ, SND.WL2 <- SEG.ACK": from SND.WL1 = 0 the comparison
+        // SND.WL1 < SEG.SEQ fails for any SEG.SEQ at or above 2^31 and the window stays 0.
+        c.snd_wl1 = ack.seq_number;
+        c.snd_wl2 = c.snd_una;
+        c.snd_wnd = (ack.window_len as usize) << c.snd_wscale;
+        c.max_snd_wnd = c.snd_wnd;
         c.push_event(Event::Connected);
         c
     }
@@ -555,6 +562,10 @@ impl Connection {
         self.tx.len()
     }
     /// Room in the send buffer.
+    /// Bytes of buffer memory this connection holds (its rings, once allocated).
+    pub fn buffer_bytes(&self) -> usize {
+        self.tx.allocated() + self.rx.allocated()
+    }
     pub fn send_capacity(&self) -> usize {
         self.tx.free()
     }
@@ -1428,7 +1439,9 @@ impl Connection {
         match self.state {
             State::SynSent | State::SynReceived => {
                 self.retries += 1;
-                if self.retries > self.cfg.syn_retries {
+                // Linux: tcp_syn_retries for a SYN, tcp_synack_retries for a SYN-ACK.
+                let limit = if self.passive { self.cfg.synack_retries } else { self.cfg.syn_retries };
+                if self.retries > limit {
                     self.enter_closed(Some(Error::TimedOut));
                     return;
                 }
