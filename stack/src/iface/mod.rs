@@ -1265,6 +1265,10 @@ impl Stack {
                         let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
                         self.connections.insert(tuple, h);
                         self.cluster.connection_opened(now, &tuple);
+                        // As for a SYN-queue connection: the first data needs no ARP round.
+                        if self.arp.get(now, *tuple.remote.ip()).is_none() && self.next_hop(*tuple.remote.ip()) == Some(*tuple.remote.ip()) {
+                            self.arp.insert(now, *tuple.remote.ip(), src_mac);
+                        }
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.push_established(h);
                         }
@@ -1638,3 +1642,5 @@ fn pad_to_minimum(b: &mut [u8], len: usize) -> usize {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tcp;
