@@ -436,3 +436,110 @@ fn rsts_for_unowned_segments_are_rate_limited() {
     assert_eq!(drain(&mut s, t(5100)).iter().filter(|x| x.rst).count(), 10);
     assert_eq!(s.counters().tcp_rst_out, 20);
 }
+
+// ---- a spoofed-SYN flood and legitimate clients ---------------------------------------------
+
+/// 4 096 spoofed SYNs in 20 ms fill the SYN queue (backlog 128); meanwhile and afterwards a
+/// client like Linux (window scale 10, timestamps, SACK; about half its ISNs at or above
+/// 2^31) opens a connection every 10 ms and fetches 1 MiB on each. Every one completes,
+/// through a cookie.
+#[test]
+fn spoofed_syn_flood_then_every_legitimate_client_fetches_1_mib() {
+    const FETCH: usize = 1 << 20;
+    let mut a = server(|_| {});
+    let mut b = {
+        let mut c = StackConfig::new(B_MAC);
+        c.seed = 99;
+        c.tcp.recv_buffer = 40 << 20;
+        c.mem_budget = usize::MAX;
+        let mut s = Stack::new(c);
+        s.add_address(B_IP, 24, false);
+        s
+    };
+    assert_eq!(b.config().tcp.rcv_wscale(), 10);
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 128).unwrap();
+    let mut rng = crate::rand::Rng::new(4987);
+    let mut buf = vec![0u8; 1600];
+    let mut rbuf = vec![0u8; 65536];
+    let payload = vec![0x5au8; 65536];
+    // Client handles: (handle, bytes received, ISN at or above 2^31).
+    let mut clients: Vec<(SocketHandle, usize, bool)> = Vec::new();
+    // Server side: (handle, bytes left to send).
+    let mut served: Vec<(SocketHandle, usize)> = Vec::new();
+    let mut now = t(1000);
+    let end = t(1000 + 20_000);
+    while now < end {
+        let ms = (now - t(1000)).total_millis();
+        // The flood: 4 096 SYNs over the first 20 ms.
+        if ms < 20 {
+            for _ in 0..205 {
+                let src = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100 + (rng.next_u32() % 150) as u8), (rng.next_u32() % 60000 + 1024) as u16);
+                let syn = Out { src: Some(src), seq: rng.next_u32(), syn: true, win: 64240, mss: Some(1460), ws: Some(7), ts: Some((rng.next_u32(), 0)), sack_perm: true, ..Out::default() };
+                a.receive(now, &tcp_frame(&syn, SPOOF_MAC, 80));
+            }
+        }
+        // A legitimate connection every 10 ms for the first 2 s.
+        if ms % 10 == 0 && ms < 2000 {
+            let h = b.tcp_connect(now, None, SocketAddrV4::new(A_IP, 80)).unwrap();
+            let high = b.tcp(h).unwrap().snd_una().0 >= 0x8000_0000;
+            clients.push((h, 0, high));
+        }
+        // The wire (spoofed sources never answer: frames to SPOOF_MAC are dropped by b).
+        for _ in 0..1000 {
+            let mut moved = false;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.receive(now, &buf[..n]);
+                moved = true;
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.receive(now, &buf[..n]);
+                moved = true;
+            }
+            // The server application: accept, send 1 MiB on each.
+            while let Ok(h) = a.tcp_accept(l) {
+                served.push((h, FETCH));
+            }
+            for (h, left) in served.iter_mut().filter(|(_, left)| *left > 0) {
+                if let Ok(n) = a.tcp_send(now, *h, &payload[..(*left).min(payload.len())]) {
+                    *left -= n;
+                    moved |= n > 0;
+                    if *left == 0 {
+                        a.close(now, *h).unwrap();
+                    }
+                }
+            }
+            for (h, got, _) in clients.iter_mut().filter(|c| c.1 < FETCH) {
+                while let Ok(n) = b.tcp_recv(now, *h, &mut rbuf) {
+                    if n == 0 {
+                        break;
+                    }
+                    *got += n;
+                    moved = true;
+                }
+                if *got == FETCH {
+                    // Done: free its 40 MiB ring.
+                    b.close(now, *h).unwrap();
+                }
+            }
+            while a.poll_event().is_some() {}
+            while b.poll_event().is_some() {}
+            if !moved {
+                break;
+            }
+        }
+        if ms > 2000 && clients.iter().all(|c| c.1 == FETCH) {
+            break;
+        }
+        now = now + Duration::from_millis(1);
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+    }
+    let done = clients.iter().filter(|c| c.1 == FETCH).count();
+    let high = clients.iter().filter(|c| c.2).count();
+    let lc = a.listener(l).unwrap().counters;
+    assert_eq!(lc.syn_queue_overflows, lc.cookies_sent);
+    assert!(lc.cookies_sent >= 4096 - 128, "{lc:?}");
+    assert_eq!(lc.cookies_valid as usize, clients.len(), "every client came in through a cookie: {lc:?}");
+    assert!(high >= clients.len() / 4, "{high} of {} client ISNs at or above 2^31", clients.len());
+    assert_eq!(done, clients.len(), "{done} of {} fetched 1 MiB by {:?}", clients.len(), now - t(1000));
+}
