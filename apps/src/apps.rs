@@ -239,11 +239,6 @@ impl Http {
         self
     }
 
-    /// Connections being served.
-    pub fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Reset every connection whose timeout expired: the stack frees it (and its buffers) once
     /// the RST is out. Scans all connections, once a second.
     fn sweep(&mut self, now: Instant, stack: &mut Stack) {
@@ -1171,7 +1166,7 @@ mod tests {
                 if self.now >= end {
                     break;
                 }
-                self.now = self.now + Duration::from_millis(10);
+                self.now += Duration::from_millis(10);
                 self.server.handle_timeout(self.now);
                 self.client.handle_timeout(self.now);
             }
@@ -1180,7 +1175,7 @@ mod tests {
         fn connect(&mut self) -> SocketHandle {
             let c = self.client.tcp_connect(self.now, None, SocketAddrV4::new(S_IP, 80)).unwrap();
             self.run(10);
-            assert_eq!(self.app.connections(), 1);
+            assert_eq!(self.app.conns.len(), 1);
             c
         }
 
@@ -1195,11 +1190,11 @@ mod tests {
         let c = w.connect();
         w.client.tcp_send(w.now, c, b"GET / HTTP/1.1\r\nHost: x").unwrap();
         w.run(59_000);
-        assert_eq!(w.app.connections(), 1);
+        assert_eq!(w.app.conns.len(), 1);
         assert!(w.server.buffer_memory() > 0, "the half request sits in a receive ring");
         w.client_events();
         w.run(2_000);
-        assert_eq!(w.app.connections(), 0);
+        assert_eq!(w.app.conns.len(), 0);
         assert_eq!(w.app.header_timeouts, 1);
         assert!(w.client_events().contains(&SocketEvent::Tcp(Event::Reset)));
         assert_eq!(w.server.tcp_socket_count(), 0, "the stack freed it");
@@ -1211,7 +1206,7 @@ mod tests {
         let mut w = World::new();
         w.connect();
         w.run(61_000);
-        assert_eq!((w.app.connections(), w.app.header_timeouts), (0, 1));
+        assert_eq!((w.app.conns.len(), w.app.header_timeouts), (0, 1));
     }
 
     #[test]
@@ -1227,12 +1222,12 @@ mod tests {
             assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{:?}", String::from_utf8_lossy(&buf[..n]));
         }
         assert_eq!(w.app.requests, 6);
-        assert_eq!(w.app.connections(), 1);
+        assert_eq!(w.app.conns.len(), 1);
         // Then silence: 75 s (plus the one-second sweep) after the last response it is reset.
         w.run(44_000);
-        assert_eq!(w.app.connections(), 1, "30 + 44 s < 75 s");
+        assert_eq!(w.app.conns.len(), 1, "30 + 44 s < 75 s");
         w.run(2_000);
-        assert_eq!((w.app.connections(), w.app.idle_timeouts, w.app.header_timeouts), (0, 1, 0));
+        assert_eq!((w.app.conns.len(), w.app.idle_timeouts, w.app.header_timeouts), (0, 1, 0));
         assert_eq!(w.server.tcp_socket_count(), 0);
     }
 }
