@@ -545,3 +545,58 @@ fn spoofed_syn_flood_then_every_legitimate_client_fetches_1_mib() {
     assert!(high >= clients.len() / 4, "{high} of {} client ISNs at or above 2^31", clients.len());
     assert_eq!(done, clients.len(), "{done} of {} fetched 1 MiB by {:?}", clients.len(), now - t(1000));
 }
+
+/// A connection in TIME-WAIT (2 MSL) keeps its 4-tuple, not its buffers: a server closing
+/// after each response must not hold 512 KiB per connection for a minute, nor count it
+/// against the budget.
+#[test]
+fn time_wait_connections_hold_no_buffer_memory() {
+    let mut a = server(|_| {});
+    let mut b = server(|c| c.mac = B_MAC);
+    b.remove_address(t(0), A_IP, Departure::Silent);
+    b.add_address(B_IP, 24, false);
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 16).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    let mut buf = vec![0u8; 1600];
+    let mut wire = |a: &mut Stack, b: &mut Stack, now: Instant| {
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.receive(now, &buf[..n]);
+                moved = true;
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.receive(now, &buf[..n]);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+    };
+    wire(&mut a, &mut b, t(1));
+    let s = a.tcp_accept(l).unwrap();
+    b.tcp_send(t(2), c, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    wire(&mut a, &mut b, t(2));
+    let mut rbuf = [0u8; 64];
+    assert_eq!(a.tcp_recv(t(3), s, &mut rbuf), Ok(18));
+    a.tcp_send(t(3), s, &[b'x'; 5000]).unwrap();
+    assert!(a.buffer_memory() > 0);
+    a.close(t(3), s).unwrap();
+    wire(&mut a, &mut b, t(3));
+    let mut got = 0;
+    while let Ok(n) = b.tcp_recv(t(4), c, &mut rbuf) {
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert_eq!(got, 5000);
+    b.close(t(4), c).unwrap();
+    wire(&mut a, &mut b, t(4));
+    assert_eq!(a.connection_count(), 1, "the server is in TIME-WAIT");
+    assert_eq!(a.tcp(s).map(|x| x.state()), Some(State::TimeWait));
+    assert_eq!(a.buffer_memory(), 0);
+    a.handle_timeout(t(4 + 60_000));
+    assert_eq!((a.connection_count(), a.tcp_socket_count()), (0, 0));
+}

@@ -816,6 +816,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.timers = [None; TIMERS];
+        self.release_buffers();
         if let Some(e) = error {
             self.error = Some(e);
             self.push_event(match e {
@@ -1083,8 +1084,17 @@ impl Connection {
         }
     }
 
+    /// A connection that will move no more data (TIME-WAIT, CLOSED) gives its rings back
+    /// unless they still hold bytes the application has not read: 2 MSL of TIME-WAIT must not
+    /// hold a connection's buffers (nor count them against the stack's budget).
+    fn release_buffers(&mut self) {
+        self.tx.release_if_empty();
+        self.rx.release_if_empty();
+    }
+
     fn enter_time_wait(&mut self, now: Instant) {
         self.state = State::TimeWait;
+        self.release_buffers();
         let keep = self.timers;
         self.timers = [None; TIMERS];
         self.timers[Timer::DelayedAck as usize] = keep[Timer::DelayedAck as usize];
