@@ -1282,7 +1282,12 @@ impl Stack {
                         }
                         self.after_tcp(now, h);
                     }
-                    Some(_) => self.counters.drop(DropReason::TcpListenOverflow),
+                    Some(_) => {
+                        if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
+                            l.counters.accept_overflows += 1;
+                        }
+                        self.counters.drop(DropReason::TcpListenOverflow)
+                    }
                     None => {
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.counters.cookies_invalid += 1;
