@@ -105,6 +105,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         cc: stack::tcp::Algorithm::Cubic,
         nodelay: false,
         stats: args.stats,
+        limits: crate::Limits::default(),
     };
     let join = ClusterJoin { cfg, stack: args.stack };
     match args.app {

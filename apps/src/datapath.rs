@@ -96,6 +96,7 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
         cfg.tcp.congestion = dp.cc;
         cfg.tcp.nodelay = dp.nodelay;
         cfg.tcp.mss = (mtu - 40) as u16;
+        dp.limits.apply(&mut cfg);
         let (mut stack, member) = match member.take() {
             None => (Stack::new(cfg), None),
             Some((mut m, handle)) => {
@@ -217,6 +218,20 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
             let counters: Vec<String> =
                 r.stack.counters().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
             eprintln!("queue {q} stack: {}", counters.join(" "));
+            let lc: Vec<String> = r.stack.listener_counters().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!(
+                "queue {q} listeners: {} | tcp_sockets={} buffer_bytes={}",
+                lc.join(" "),
+                r.stack.tcp_socket_count(),
+                r.stack.buffer_memory()
+            );
+            match r.xsk.kernel_stats() {
+                Ok(k) => {
+                    let kc: Vec<String> = k.iter().map(|(n, v)| format!("{n}={v}")).collect();
+                    eprintln!("queue {q} xdp_statistics: {}", kc.join(" "));
+                }
+                Err(e) => eprintln!("queue {q} xdp_statistics: unavailable ({e})"),
+            }
         }
     }
     drop(steering);

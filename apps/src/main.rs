@@ -56,6 +56,13 @@ enum Cmd {
         /// Response body size in bytes (a request for `/bytes/N` gets N bytes instead).
         #[arg(long, default_value_t = 1024)]
         size: u64,
+        /// Seconds a client has to send a complete request header once a request (or the
+        /// connection) starts; then the connection is reset (nginx client_header_timeout).
+        #[arg(long, default_value_t = 60)]
+        header_timeout: u64,
+        /// Seconds an idle keep-alive connection is kept (nginx keepalive_timeout).
+        #[arg(long, default_value_t = 75)]
+        idle_timeout: u64,
     },
     /// Accept connections and read everything; print bytes and SHA-256 per connection.
     Sink {
@@ -219,6 +226,66 @@ pub struct DataPath {
     /// Print counters when exiting.
     #[arg(long)]
     pub stats: bool,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Resource limits of each stack shard (one per queue).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP connections per queue at most; SYNs beyond it are dropped and counted
+    /// (tcp_conn_limit).
+    #[arg(long, default_value_t = 262_144)]
+    pub max_conns: usize,
+    /// Socket-buffer memory per queue (bytes; K, M, G suffixes): connections whose buffers
+    /// would not fit are not admitted (tcp_mem_limit).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub mem_budget: usize,
+    /// SYN-ACK retransmissions of an embryonic connection (Linux tcp_synack_retries).
+    #[arg(long, default_value_t = 5)]
+    pub synack_retries: u32,
+    /// ICMP errors per second at most (0: unlimited; Linux icmp_msgs_per_sec).
+    #[arg(long, default_value_t = 1000)]
+    pub icmp_rate: u32,
+    /// ICMP error burst (Linux icmp_msgs_burst).
+    #[arg(long, default_value_t = 50)]
+    pub icmp_burst: u32,
+    /// RSTs per second at most for segments no socket owns (0: unlimited).
+    #[arg(long, default_value_t = 1000)]
+    pub rst_rate: u32,
+    #[arg(long, default_value_t = 50)]
+    pub rst_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_conns: 262_144, mem_budget: 4 << 30, synack_retries: 5, icmp_rate: 1000, icmp_burst: 50, rst_rate: 1000, rst_burst: 50 }
+    }
+}
+
+impl Limits {
+    /// Apply to a stack shard's configuration.
+    pub fn apply(&self, cfg: &mut stack::iface::StackConfig) {
+        use stack::iface::RateLimit;
+        cfg.max_connections = self.max_conns;
+        cfg.mem_budget = self.mem_budget;
+        cfg.tcp.synack_retries = self.synack_retries;
+        cfg.icmp_error_limit = RateLimit { per_sec: self.icmp_rate, burst: self.icmp_burst };
+        cfg.rst_limit = RateLimit { per_sec: self.rst_rate, burst: self.rst_burst };
+    }
+}
+
+/// `4096`, `64K`, `512M`, `4G` (powers of 1024).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size (bytes, or with K, M, G)"))?;
+    n.checked_mul(1usize << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -247,7 +314,12 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Echo { dp, port, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, port)),
         Cmd::Echo { dp, port, blocking: false } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
-        Cmd::Http { dp, port, size } => datapath::serve(&dp, move |_| apps::Http::new(port, size)),
+        Cmd::Http { dp, port, size, header_timeout, idle_timeout } => datapath::serve(&dp, move |_| {
+            apps::Http::new(port, size).with_timeouts(
+                std::time::Duration::from_secs(header_timeout),
+                std::time::Duration::from_secs(idle_timeout),
+            )
+        }),
         Cmd::Sink { dp, port, once, no_hash } => datapath::serve(&dp, move |_| apps::Sink::new(port, once, !no_hash)),
         Cmd::Source { dp, to, bytes, no_hash } => datapath::client(&dp, apps::Source::new(to, bytes, !no_hash)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
@@ -307,6 +379,29 @@ mod tests {
         assert!(Cli::try_parse_from(["plex", "hold", "--iface", "x", "--addr", "198.18.1.3"]).is_err(), "--to is required");
         let pp = ["plex", "pingpong", "--iface", "x", "--addr", "198.18.1.3", "--to", "198.18.1.2:7", "--conns", "32"];
         assert!(matches!(Cli::try_parse_from(pp).expect("parses").cmd, Cmd::Pingpong { conns: 32, .. }));
+    }
+
+    #[test]
+    fn limit_options() {
+        let cli = Cli::try_parse_from(["plex", "http", "--iface", "x", "--addr", "198.18.0.11"]).unwrap();
+        let Cmd::Http { dp, header_timeout, idle_timeout, .. } = cli.cmd else { panic!() };
+        assert_eq!(dp.limits, Limits::default(), "the defaults of clap and of Default agree");
+        assert_eq!((header_timeout, idle_timeout), (60, 75));
+        let cli = Cli::try_parse_from([
+            "plex", "http", "--iface", "x", "--addr", "198.18.0.11", "--max-conns", "1000", "--mem-budget", "64M",
+            "--icmp-rate", "0", "--header-timeout", "5", "--idle-timeout", "7",
+        ])
+        .unwrap();
+        let Cmd::Http { dp, header_timeout, idle_timeout, .. } = cli.cmd else { panic!() };
+        assert_eq!((dp.limits.max_conns, dp.limits.mem_budget, dp.limits.icmp_rate), (1000, 64 << 20, 0));
+        assert_eq!((header_timeout, idle_timeout), (5, 7));
+        let mut cfg = stack::iface::StackConfig::new(stack::wire::MacAddr([2, 0, 0, 0, 0, 1]));
+        dp.limits.apply(&mut cfg);
+        assert_eq!((cfg.max_connections, cfg.mem_budget), (1000, 64 << 20));
+        assert_eq!(cfg.icmp_error_limit.per_sec, 0, "unlimited");
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("12345"), Ok(12345));
+        assert!(parse_size("4T").is_err() && parse_size("").is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn io_error(e: ApiError, connecting: bool) -> io::Error {
         ApiError::Tcp(tcp::Error::Shutdown) => K::BrokenPipe,
         ApiError::Tcp(tcp::Error::WouldBlock) | ApiError::WouldBlock => K::WouldBlock,
         ApiError::MessageTooLarge => K::InvalidInput,
+        ApiError::NoBuffers => K::OutOfMemory,
         ApiError::InvalidHandle | ApiError::WrongSocketType => K::InvalidInput,
     };
     io::Error::new(kind, e)

@@ -400,6 +400,50 @@ impl Xsk {
     pub fn queue(&self) -> u32 {
         self.queue
     }
+
+    /// The kernel's counters of this socket (`getsockopt(SOL_XDP, XDP_STATISTICS)`, through
+    /// xsk-rs): frames the kernel dropped before plex saw them.
+    pub fn kernel_stats(&self) -> io::Result<KernelXdpStats> {
+        let s = self.engine.rings.rx.fd().xdp_statistics()?;
+        Ok(KernelXdpStats {
+            rx_dropped: s.rx_dropped(),
+            rx_invalid_descs: s.rx_invalid_descs(),
+            tx_invalid_descs: s.tx_invalid_descs(),
+            rx_ring_full: s.rx_ring_full(),
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs(),
+            tx_ring_empty_descs: s.tx_ring_empty_descs(),
+        })
+    }
+}
+
+/// `struct xdp_statistics` (linux/if_xdp.h) of one AF_XDP socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelXdpStats {
+    /// Received frames dropped for other reasons (e.g. no UMEM frame: the fill ring was empty
+    /// when the frame arrived, in copy mode).
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Received frames dropped because the RX ring was full (plex did not keep up).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl KernelXdpStats {
+    /// `(name, value)` pairs, for dumps.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("rx_dropped", self.rx_dropped),
+            ("rx_ring_full", self.rx_ring_full),
+            ("rx_fill_ring_empty", self.rx_fill_ring_empty_descs),
+            ("rx_invalid_descs", self.rx_invalid_descs),
+            ("tx_invalid_descs", self.tx_invalid_descs),
+            ("tx_ring_empty", self.tx_ring_empty_descs),
+        ]
+        .into_iter()
+    }
 }
 
 /// Wakes a poll thread sleeping in adaptive mode (an eventfd it polls beside its socket), so a

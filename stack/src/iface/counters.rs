@@ -45,6 +45,8 @@ drop_reasons! {
     TcpBadOption => "tcp_bad_option",
     TcpListenOverflow => "tcp_listen_overflow",
     TcpBadCookie => "tcp_bad_cookie",
+    TcpConnLimit => "tcp_conn_limit",
+    TcpMemLimit => "tcp_mem_limit",
     TcpNoSocket => "tcp_no_socket",
     TcpClusterDrop => "tcp_cluster_drop",
     UdpMalformed => "udp_malformed",
@@ -116,6 +118,10 @@ pub struct IfaceCounters {
     pub tcp_segs_in: u64,
     pub tcp_rst_out: u64,
     pub tcp_syn_cookies_ok: u64,
+    /// RSTs for unowned segments suppressed by `StackConfig::rst_limit`.
+    pub tcp_rst_rate_limited: u64,
+    /// ICMP errors suppressed by `StackConfig::icmp_error_limit`.
+    pub icmp_errors_rate_limited: u64,
     pub udp_datagrams_in: u64,
     pub udp_datagrams_out: u64,
     // IPv4 fragments and reassembly.
@@ -153,6 +159,8 @@ impl Default for IfaceCounters {
             tcp_segs_in: 0,
             tcp_rst_out: 0,
             tcp_syn_cookies_ok: 0,
+            tcp_rst_rate_limited: 0,
+            icmp_errors_rate_limited: 0,
             udp_datagrams_in: 0,
             udp_datagrams_out: 0,
             ip_frags_in: 0,
@@ -195,6 +203,8 @@ impl IfaceCounters {
             ("tcp_segs_in", self.tcp_segs_in),
             ("tcp_rst_out", self.tcp_rst_out),
             ("tcp_syn_cookies_ok", self.tcp_syn_cookies_ok),
+            ("tcp_rst_rate_limited", self.tcp_rst_rate_limited),
+            ("icmp_errors_rate_limited", self.icmp_errors_rate_limited),
             ("udp_datagrams_in", self.udp_datagrams_in),
             ("udp_datagrams_out", self.udp_datagrams_out),
             ("ip_frags_in", self.ip_frags_in),

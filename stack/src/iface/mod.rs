@@ -19,12 +19,14 @@ mod arp_cache;
 mod counters;
 mod frame_queue;
 pub mod reassembly;
+mod rate_limit;
 
 pub use arp_cache::{ArpCache, Lookup};
 pub use counters::{DropReason, IfaceCounters};
 pub use frame_queue::FrameQueue;
 pub use reassembly::ReassemblyConfig;
 use reassembly::{Outcome, Reassembler};
+pub use rate_limit::{RateLimit, TokenBucket};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -35,7 +37,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::cluster::{Cluster, InboundRoute, SingleStack};
 use crate::rand::Rng;
 use crate::tcp::isn::IsnGenerator;
-use crate::tcp::listener::{check_cookie_ack, SynDecision};
+use crate::tcp::listener::{check_cookie_ack, ListenerCounters, SynDecision};
 use crate::tcp::{self, Connection, Event, Listener, State, Tuple};
 use crate::time::Instant;
 use crate::udp::UdpSocket;
@@ -93,6 +95,24 @@ pub struct StackConfig {
     pub control_slots: usize,
     /// IPv4 reassembly limits (memory, datagrams in flight, timeout).
     pub reassembly: ReassemblyConfig,
+    /// TCP connections (embryonic, established, closing, or closed but still held by the
+    /// application) at most. A SYN or a valid cookie ACK beyond it is dropped and counted
+    /// ([`DropReason::TcpConnLimit`]), a `tcp_connect` fails with [`ApiError::NoBuffers`];
+    /// existing connections are not touched.
+    pub max_connections: usize,
+    /// Socket-buffer memory budget in bytes: the sum of the send and receive rings the live
+    /// connections have allocated (a ring is allocated whole, on first use). A new connection
+    /// is admitted only if its full capacity fits under the budget
+    /// ([`DropReason::TcpMemLimit`] otherwise). Connections already admitted may still
+    /// allocate their rings, so the bound on buffer memory is `mem_budget` plus the rings of
+    /// the connections admitted while buffer-less, and absolutely `max_connections` times one
+    /// connection's capacity.
+    pub mem_budget: usize,
+    /// ICMP errors (port unreachable) sent at most, [`RateLimit::LINUX_ICMP`] by default.
+    pub icmp_error_limit: RateLimit,
+    /// RSTs for segments nobody owns (closed ports, bad cookies, stray segments to a
+    /// listener) at most; the same 1000/s, burst 50. RSTs of a connection are not limited.
+    pub rst_limit: RateLimit,
 }
 
 impl StackConfig {
@@ -106,6 +126,10 @@ impl StackConfig {
             seed: 0,
             control_slots: 256,
             reassembly: ReassemblyConfig::default(),
+            max_connections: 262_144,
+            mem_budget: 4 << 30,
+            icmp_error_limit: RateLimit::LINUX_ICMP,
+            rst_limit: RateLimit::LINUX_ICMP,
         }
     }
 }
@@ -135,6 +159,9 @@ pub enum ApiError {
     /// Ephemeral ports exhausted for this destination.
     NoPorts,
     Tcp(tcp::Error),
+    /// The stack's connection limit or socket-buffer budget is reached
+    /// ([`StackConfig::max_connections`], [`StackConfig::mem_budget`]).
+    NoBuffers,
     /// A datagram too large for the MTU, or a full queue.
     MessageTooLarge,
     WouldBlock,
@@ -159,6 +186,7 @@ impl core::fmt::Display for ApiError {
             ApiError::NoRoute => f.write_str("no route to host"),
             ApiError::NoPorts => f.write_str("no ephemeral port available"),
             ApiError::Tcp(e) => core::fmt::Display::fmt(e, f),
+            ApiError::NoBuffers => f.write_str("connection limit or socket-buffer budget reached"),
             ApiError::MessageTooLarge => f.write_str("message too large"),
             ApiError::WouldBlock => f.write_str("operation would block"),
         }
@@ -192,6 +220,8 @@ struct TcpSlot {
     parent: Option<SocketHandle>,
     /// The cluster gave us this local port for an active open.
     ephemeral: bool,
+    /// Buffer bytes of this connection counted in `Stack::mem_allocated`.
+    mem: usize,
 }
 
 #[derive(Debug)]
@@ -233,6 +263,14 @@ pub struct Stack {
     /// Where an ICMP echo reply too large for one frame is built before it is cut into
     /// fragments (preallocated, one maximal datagram).
     frag_tx: Vec<u8>,
+    /// TCP sockets in the table (against `max_connections`).
+    tcp_sockets: usize,
+    /// Buffer bytes the TCP sockets have allocated (against `mem_budget`).
+    mem_allocated: usize,
+    icmp_bucket: TokenBucket,
+    rst_bucket: TokenBucket,
+    /// The `now` of the frame being received (for the answer buckets).
+    rx_now: Instant,
 }
 
 fn ip_checked(buf: &[u8]) -> Result<Ipv4Packet<&[u8]>, wire::Error> {
@@ -249,6 +287,7 @@ impl Stack {
         let isn = IsnGenerator::new(&mut rng);
         let control = FrameQueue::new(cfg.control_slots, cfg.mtu + ETH_HDR);
         let reasm = Reassembler::new(cfg.reassembly);
+        let (icmp_bucket, rst_bucket) = (TokenBucket::new(cfg.icmp_error_limit), TokenBucket::new(cfg.rst_limit));
         Stack {
             cfg,
             homes: Vec::new(),
@@ -270,6 +309,11 @@ impl Stack {
             scratch: (Vec::new(), Vec::new()),
             reasm,
             frag_tx: vec![0u8; wire::ipv4::MAX_PAYLOAD],
+            tcp_sockets: 0,
+            mem_allocated: 0,
+            icmp_bucket,
+            rst_bucket,
+            rx_now: Instant::ZERO,
         }
     }
 
@@ -365,6 +409,10 @@ impl Stack {
     // Sockets.
 
     fn alloc(&mut self, socket: Socket) -> SocketHandle {
+        if let Socket::Tcp(t) = &socket {
+            self.tcp_sockets += 1;
+            self.mem_allocated += t.mem;
+        }
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -389,6 +437,10 @@ impl Stack {
     fn release(&mut self, h: SocketHandle) {
         if let Some(slot) = self.slots.get_mut(h.index as usize) {
             if slot.generation == h.generation {
+                if let Some(Socket::Tcp(t)) = &slot.socket {
+                    self.tcp_sockets -= 1;
+                    self.mem_allocated -= t.mem;
+                }
                 slot.socket = None;
                 slot.generation = slot.generation.wrapping_add(1);
                 self.free.push(h.index);
@@ -441,6 +493,40 @@ impl Stack {
     /// Number of live TCP connections.
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// TCP sockets held (live connections and closed ones the application still holds): what
+    /// [`StackConfig::max_connections`] bounds.
+    pub fn tcp_socket_count(&self) -> usize {
+        self.tcp_sockets
+    }
+
+    /// Socket-buffer bytes the connections have allocated: what [`StackConfig::mem_budget`]
+    /// bounds.
+    pub fn buffer_memory(&self) -> usize {
+        self.mem_allocated
+    }
+
+    /// Why a new connection with this config may not be created now, if it may not.
+    fn over_limit(&self, cfg: &tcp::Config) -> Option<DropReason> {
+        if self.tcp_sockets >= self.cfg.max_connections {
+            Some(DropReason::TcpConnLimit)
+        } else if self.mem_allocated.saturating_add(cfg.send_buffer + cfg.recv_buffer) > self.cfg.mem_budget {
+            Some(DropReason::TcpMemLimit)
+        } else {
+            None
+        }
+    }
+
+    /// The counters of every listener, summed.
+    pub fn listener_counters(&self) -> ListenerCounters {
+        let mut sum = ListenerCounters::default();
+        for &h in self.listeners.values() {
+            if let Some(l) = self.listener(h) {
+                sum.add(&l.counters);
+            }
+        }
+        sum
     }
 
     /// Every connection, for views (`plex ctl`, counters).
@@ -540,11 +626,15 @@ impl Stack {
         }
         let port = port.ok_or(ApiError::NoPorts)?;
         let tuple = Tuple { local: SocketAddrV4::new(local_ip, port), remote };
+        if self.over_limit(cfg).is_some() {
+            self.cluster.release_port(now, tuple.local);
+            return Err(ApiError::NoBuffers);
+        }
         let mut cfg = cfg.clone();
         cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
         let iss = self.isn.isn(now, tuple.local, tuple.remote);
         let conn = Connection::connect(now, tuple, iss, self.rng.next_u32(), &cfg);
-        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: true }));
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: true, mem: 0 }));
         self.connections.insert(tuple, h);
         self.cluster.connection_opened(now, &tuple);
         self.after_tcp(now, h);
@@ -658,7 +748,7 @@ impl Stack {
         if self.connections.contains_key(&tuple) {
             return Err(tcp::SnapshotError::Invalid("a connection with this 4-tuple exists here"));
         }
-        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false }));
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
         self.connections.insert(tuple, h);
         self.cluster.connection_opened(now, &tuple);
         self.after_tcp(now, h);
@@ -769,6 +859,9 @@ impl Stack {
     /// it when it is closed and nobody holds it.
     fn after_tcp(&mut self, now: Instant, h: SocketHandle) {
         let Some(Socket::Tcp(t)) = self.socket_mut(h) else { return };
+        // Buffers are allocated on first use: keep the budget's sum current.
+        let mem = t.conn.buffer_bytes();
+        let old_mem = std::mem::replace(&mut t.mem, mem);
         let mut evs = t.conn.take_events();
         let parent = t.parent;
         let state = t.conn.state();
@@ -776,6 +869,7 @@ impl Stack {
         let tuple = t.conn.tuple();
         let ephemeral = t.ephemeral;
         let deadline = t.conn.poll_timeout();
+        self.mem_allocated = self.mem_allocated + mem - old_mem;
         while let Some(e) = Event::pop(&mut evs) {
             match (parent, e) {
                 (Some(p), Event::Connected) => {
@@ -871,6 +965,7 @@ impl Stack {
 
     /// Process one inbound Ethernet frame.
     pub fn receive(&mut self, now: Instant, frame: &[u8]) {
+        self.rx_now = now;
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len() as u64;
         let eth = match EthernetFrame::new_checked(frame) {
@@ -1095,6 +1190,11 @@ impl Stack {
         body: &[u8],
         reason: wire::icmpv4::DstUnreachable,
     ) {
+        // RFC 1122 3.2.2 / RFC 1812 4.3.2.8: limit the rate of ICMP errors.
+        if !self.icmp_bucket.allow(self.rx_now) {
+            self.counters.icmp_errors_rate_limited += 1;
+            return;
+        }
         let quoted = &body[..body.len().min(8)];
         let icmp = Icmpv4Repr::DstUnreachable { reason, next_hop_mtu: 0, header: *ip, data: quoted };
         if self.queue_ip(src_mac, ip.dst_addr, ip.src_addr, IpProtocol::Icmp, icmp.buffer_len(), |b| {
@@ -1163,6 +1263,17 @@ impl Stack {
         match (seg.control, seg.ack_number) {
             (TcpControl::Rst, _) => {}
             (TcpControl::Syn, None) => {
+                let Some(Socket::Listener(l)) = self.socket(lh) else { return };
+                // Over the connection limit or the buffer budget: drop (not RST) so the client
+                // retries its SYN later, as Linux does when it cannot allocate a request sock.
+                // No cookie either: its ACK would be refused the same way.
+                if let Some(reason) = self.over_limit(&l.config) {
+                    if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
+                        l.counters.syns += 1;
+                        l.counters.refused_limit += 1;
+                    }
+                    return self.counters.drop(reason);
+                }
                 let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
                 let decision = l.on_syn();
                 let mut cfg = l.config.clone();
@@ -1170,8 +1281,10 @@ impl Stack {
                     SynDecision::Accept => {
                         cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
                         let iss = self.isn.isn(now, tuple.local, tuple.remote);
-                        let conn = Connection::accept(now, tuple, seg, iss, self.rng.next_u32(), &cfg);
-                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: Some(lh), ephemeral: false }));
+                        // Keyed per 4-tuple, as a cookie SYN-ACK's (RFC 7323 5.4).
+                        let ts_offset = self.isn.ts_offset(tuple.local, tuple.remote);
+                        let conn = Connection::accept(now, tuple, seg, iss, ts_offset, &cfg);
+                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: Some(lh), ephemeral: false, mem: 0 }));
                         self.connections.insert(tuple, h);
                         self.cluster.connection_opened(now, &tuple);
                         // Learn the peer's MAC from its SYN so the SYN-ACK needs no ARP.
@@ -1191,17 +1304,32 @@ impl Stack {
             (TcpControl::None, Some(_)) => {
                 // Perhaps the end of a cookie handshake (RFC 4987 3.6).
                 let has_room = matches!(self.socket(lh), Some(Socket::Listener(l)) if l.has_room() && l.syn_cookies);
+                let limit = match self.socket(lh) {
+                    Some(Socket::Listener(l)) => self.over_limit(&l.config),
+                    _ => return,
+                };
                 match check_cookie_ack(now, &self.isn, tuple.local, tuple.remote, seg) {
+                    Some(_) if limit.is_some() => {
+                        if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
+                            l.counters.refused_limit += 1;
+                        }
+                        self.counters.drop(limit.unwrap_or(DropReason::TcpConnLimit));
+                    }
                     Some((iss, mss, ws, sack)) if has_room => {
                         self.counters.tcp_syn_cookies_ok += 1;
                         let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
                         l.counters.cookies_valid += 1;
                         let mut cfg = l.config.clone();
                         cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
-                        let conn = Connection::from_cookie(now, tuple, seg, iss, mss, ws, sack, self.rng.next_u32(), &cfg);
-                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false }));
+                        let ts_offset = self.isn.ts_offset(tuple.local, tuple.remote);
+                        let conn = Connection::from_cookie(now, tuple, seg, iss, mss, ws, sack, ts_offset, &cfg);
+                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
                         self.connections.insert(tuple, h);
                         self.cluster.connection_opened(now, &tuple);
+                        // As for a SYN-queue connection: the first data needs no ARP round.
+                        if self.arp.get(now, *tuple.remote.ip()).is_none() && self.next_hop(*tuple.remote.ip()) == Some(*tuple.remote.ip()) {
+                            self.arp.insert(now, *tuple.remote.ip(), src_mac);
+                        }
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.push_established(h);
                         }
@@ -1215,7 +1343,12 @@ impl Stack {
                         }
                         self.after_tcp(now, h);
                     }
-                    Some(_) => self.counters.drop(DropReason::TcpListenOverflow),
+                    Some(_) => {
+                        if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
+                            l.counters.accept_overflows += 1;
+                        }
+                        self.counters.drop(DropReason::TcpListenOverflow)
+                    }
                     None => {
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.counters.cookies_invalid += 1;
@@ -1235,6 +1368,10 @@ impl Stack {
     /// RST for a segment nobody owns (RFC 9293 3.10.7.1): never in answer to a RST.
     fn reply_rst(&mut self, src_mac: MacAddr, tuple: Tuple, seg: &TcpRepr<'_>) {
         if seg.control == TcpControl::Rst {
+            return;
+        }
+        if !self.rst_bucket.allow(self.rx_now) {
+            self.counters.tcp_rst_rate_limited += 1;
             return;
         }
         let mut r = TcpRepr::new(tuple.local.port(), tuple.remote.port(), SeqNumber(0));
@@ -1736,3 +1873,5 @@ fn pad_to_minimum(b: &mut [u8], len: usize) -> usize {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tcp;

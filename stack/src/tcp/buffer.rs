@@ -64,6 +64,12 @@ impl Ring {
         let rest = out.len() - first;
         out[first..].copy_from_slice(&self.buf[..rest]);
     }
+    /// Give the memory back (the ring holds nothing the caller still needs); a later write
+    /// allocates it again.
+    fn release(&mut self) {
+        self.buf = Vec::new();
+        self.head = 0;
+    }
     fn advance(&mut self, n: usize) {
         if self.cap == 0 {
             return;
@@ -111,6 +117,12 @@ impl SendBuffer {
     /// Memory held by the buffer.
     pub fn allocated(&self) -> usize {
         self.ring.allocated()
+    }
+    /// Free the ring's memory if it holds no byte.
+    pub fn release_if_empty(&mut self) {
+        if self.len == 0 {
+            self.ring.release();
+        }
     }
     /// Drop `n` acknowledged bytes from the front.
     pub fn consume(&mut self, n: usize) {
@@ -232,6 +244,12 @@ impl RecvBuffer {
     /// Memory held by the buffer.
     pub fn allocated(&self) -> usize {
         self.ring.allocated()
+    }
+    /// Free the ring's memory if it holds no byte, in order or not.
+    pub fn release_if_empty(&mut self) {
+        if self.readable == 0 && self.assembler.is_empty() {
+            self.ring.release();
+        }
     }
     /// Free space for the window computation.
     pub fn window(&self) -> usize {

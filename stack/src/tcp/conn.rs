@@ -461,7 +461,14 @@ impl Connection {
         c.high_rxt = c.snd_una;
         c.lost_until = c.snd_una;
         c.syn_due = false;
-        c.update_window(ack);
+        // The ACK's window is the first the peer gives us (scaled: RFC 7323 2.2, only a SYN's
+        // is not). Take it as RFC 9293 3.10.7.3 does in SYN-RECEIVED, "set SND.WND <-
+        // SEG.WND, SND.WL1 <- SEG.SEQ, SND.WL2 <- SEG.ACK": from SND.WL1 = 0 the comparison
+        // SND.WL1 < SEG.SEQ fails for any SEG.SEQ at or above 2^31 and the window stays 0.
+        c.snd_wl1 = ack.seq_number;
+        c.snd_wl2 = c.snd_una;
+        c.snd_wnd = (ack.window_len as usize) << c.snd_wscale;
+        c.max_snd_wnd = c.snd_wnd;
         c.push_event(Event::Connected);
         c
     }
@@ -555,6 +562,10 @@ impl Connection {
         self.tx.len()
     }
     /// Room in the send buffer.
+    /// Bytes of buffer memory this connection holds (its rings, once allocated).
+    pub fn buffer_bytes(&self) -> usize {
+        self.tx.allocated() + self.rx.allocated()
+    }
     pub fn send_capacity(&self) -> usize {
         self.tx.free()
     }
@@ -805,6 +816,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.timers = [None; TIMERS];
+        self.release_buffers();
         if let Some(e) = error {
             self.error = Some(e);
             self.push_event(match e {
@@ -1072,8 +1084,17 @@ impl Connection {
         }
     }
 
+    /// A connection that will move no more data (TIME-WAIT, CLOSED) gives its rings back
+    /// unless they still hold bytes the application has not read: 2 MSL of TIME-WAIT must not
+    /// hold a connection's buffers (nor count them against the stack's budget).
+    fn release_buffers(&mut self) {
+        self.tx.release_if_empty();
+        self.rx.release_if_empty();
+    }
+
     fn enter_time_wait(&mut self, now: Instant) {
         self.state = State::TimeWait;
+        self.release_buffers();
         let keep = self.timers;
         self.timers = [None; TIMERS];
         self.timers[Timer::DelayedAck as usize] = keep[Timer::DelayedAck as usize];
@@ -1428,7 +1449,9 @@ impl Connection {
         match self.state {
             State::SynSent | State::SynReceived => {
                 self.retries += 1;
-                if self.retries > self.cfg.syn_retries {
+                // Linux: tcp_syn_retries for a SYN, tcp_synack_retries for a SYN-ACK.
+                let limit = if self.passive { self.cfg.synack_retries } else { self.cfg.syn_retries };
+                if self.retries > limit {
                     self.enter_closed(Some(Error::TimedOut));
                     return;
                 }

@@ -5,9 +5,16 @@
 //!
 //! A SYN cookie is the ISN of a SYN-ACK sent without keeping state. Layout (32 bits):
 //! `[31..27] minute counter mod 32 | [26..24] MSS index | [23..0] hash(secret, 4-tuple,
-//! counter, peer ISN)`. A cookie is valid for the current and the previous minute. Window scale
-//! and SACK-permitted ride in the low bits of our TSval when the peer uses timestamps (as Linux
-//! does); without timestamps a cookie connection has neither.
+//! counter, peer ISN)`. A cookie is valid for the current and the previous minute. The *peer's*
+//! window scale and SACK-permitted ride in the low bits of our TSval when the peer uses
+//! timestamps (as Linux does, `cookie_init_timestamp`); without timestamps a cookie connection
+//! has neither (RFC 4987 3.6: "the server [...] cannot [...] encode [...] all the options").
+//!
+//! The TSval offset of a passive connection (RFC 7323 5.4 and 7.1: a random offset per
+//! connection) is not drawn from the RNG but derived from the 4-tuple with a keyed hash
+//! ([`IsnGenerator::ts_offset`], Linux's `tsoff = secure_tcp_ts_off(net, daddr, saddr)`), so
+//! the stateless cookie SYN-ACK and the connection its ACK creates use the same clock: the
+//! peer's PAWS check (RFC 7323 5.3) sees one monotonic TSval sequence.
 
 use std::net::SocketAddrV4;
 
@@ -54,6 +61,14 @@ impl IsnGenerator {
         rng.fill(&mut secret);
         rng.fill(&mut cookie_secret);
         IsnGenerator { secret, cookie_secret }
+    }
+
+    /// The TSval offset of a connection on this 4-tuple (RFC 7323 5.4: TSval = clock +
+    /// per-connection offset; keyed so that it cannot be predicted from outside, and the same
+    /// for the cookie SYN-ACK and the connection it completes).
+    pub fn ts_offset(&self, local: SocketAddrV4, remote: SocketAddrV4) -> u32 {
+        let (b, n) = tuple_bytes(local, remote, b"tsoff");
+        (siphash24(&self.secret, &b[..n]) >> 32) as u32
     }
 
     /// RFC 6528 section 3.
@@ -121,11 +136,21 @@ impl IsnGenerator {
     }
 }
 
-/// Options a cookie connection keeps in the low 5 bits of our TSval: window scale (4 bits,
-/// 15 = none) and SACK-permitted (1 bit).
+/// Options a cookie connection keeps in the low 5 bits of our TSval: the *peer's* window
+/// scale (4 bits, 15 = none; RFC 7323 2.3: a shift above 14 is used as 14) and SACK-permitted
+/// (1 bit).
+///
+/// The result is never above `tsval` (Linux: `if (after(ts, ts_now)) ts -= (1 << TSBITS)`):
+/// the connection's next TSval is `tsval` or later, and RFC 7323 5.4 wants our TSvals
+/// monotonically non-decreasing, or the peer's PAWS test (5.3) drops our segments.
 pub fn encode_ts_options(tsval: u32, wscale: Option<u8>, sack: bool) -> u32 {
     let ws = wscale.map(|w| w.min(14) as u32).unwrap_or(15);
-    (tsval & !0x1f) | (ws << 1) | sack as u32
+    let encoded = (tsval & !0x1f) | (ws << 1) | sack as u32;
+    if (encoded.wrapping_sub(tsval) as i32) > 0 {
+        encoded.wrapping_sub(0x20)
+    } else {
+        encoded
+    }
 }
 
 pub fn decode_ts_options(tsecr: u32) -> (Option<u8>, bool) {
@@ -181,5 +206,30 @@ mod tests {
         assert_eq!(decode_ts_options(t), (Some(7), true));
         let t = encode_ts_options(0x1234_5678, None, false);
         assert_eq!(decode_ts_options(t), (None, false));
+        assert_eq!(decode_ts_options(encode_ts_options(5, Some(15), false)), (Some(14), false));
+    }
+
+    #[test]
+    fn encoded_tsval_never_runs_ahead_of_the_clock() {
+        // Low bits 0b00000 with options 0b11101 would be 29 ms in the future.
+        for tsval in [0x1000_0000u32, 0x1000_001f, 0xffff_ffe0, 0, 3] {
+            for ws in [None, Some(0), Some(10), Some(14)] {
+                for sack in [false, true] {
+                    let e = encode_ts_options(tsval, ws, sack);
+                    let behind = tsval.wrapping_sub(e);
+                    assert!(behind < 0x20, "{tsval:#x} -> {e:#x}");
+                    assert_eq!(decode_ts_options(e), (ws, sack));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ts_offset_is_keyed_per_tuple_and_stable() {
+        let g = IsnGenerator::new(&mut Rng::new(3));
+        let (l, r) = tuple();
+        assert_eq!(g.ts_offset(l, r), g.ts_offset(l, r));
+        assert_ne!(g.ts_offset(l, r), g.ts_offset(l, SocketAddrV4::new(*r.ip(), 40001)));
+        assert_ne!(g.ts_offset(l, r), IsnGenerator::new(&mut Rng::new(4)).ts_offset(l, r));
     }
 }

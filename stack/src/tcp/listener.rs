@@ -31,11 +31,45 @@ pub enum SynDecision {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListenerCounters {
     pub syns: u64,
+    /// SYNs that found the SYN queue full (answered with a cookie, or dropped without
+    /// cookies: Linux's `TCPReqQFullDoCookies` + `TCPReqQFullDrop`).
+    pub syn_queue_overflows: u64,
     pub cookies_sent: u64,
     pub cookies_valid: u64,
     pub cookies_invalid: u64,
+    /// SYNs or cookie ACKs dropped because the accept queue was full (`ListenOverflows`).
     pub accept_overflows: u64,
+    /// SYNs and valid cookie ACKs refused by the stack's connection limit or buffer budget.
+    pub refused_limit: u64,
     pub accepted: u64,
+}
+
+impl ListenerCounters {
+    pub fn add(&mut self, o: &ListenerCounters) {
+        self.syns += o.syns;
+        self.syn_queue_overflows += o.syn_queue_overflows;
+        self.cookies_sent += o.cookies_sent;
+        self.cookies_valid += o.cookies_valid;
+        self.cookies_invalid += o.cookies_invalid;
+        self.accept_overflows += o.accept_overflows;
+        self.refused_limit += o.refused_limit;
+        self.accepted += o.accepted;
+    }
+
+    /// `(name, value)` pairs, for dumps.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("syns", self.syns),
+            ("syn_queue_overflows", self.syn_queue_overflows),
+            ("cookies_sent", self.cookies_sent),
+            ("cookies_valid", self.cookies_valid),
+            ("cookies_invalid", self.cookies_invalid),
+            ("accept_overflows", self.accept_overflows),
+            ("refused_limit", self.refused_limit),
+            ("accepted", self.accepted),
+        ]
+        .into_iter()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +107,7 @@ impl<H> Listener<H> {
             self.counters.accept_overflows += 1;
             SynDecision::Drop
         } else if self.syn_queue >= self.backlog {
+            self.counters.syn_queue_overflows += 1;
             if self.syn_cookies {
                 self.counters.cookies_sent += 1;
                 SynDecision::Cookie
@@ -147,21 +182,24 @@ impl<H> Listener<H> {
         if let (Some(ts), true) = (syn.timestamp, self.config.timestamps) {
             // Options survive in our TSval; without timestamps the connection has neither
             // window scaling nor SACK (RFC 4987 3.6's limitation).
-            let ws = (syn.window_scale.is_some() && self.config.window_scaling)
-                .then(|| self.config.rcv_wscale());
+            //
+            // What the cookie must remember is the *peer's* shift (RFC 7323 2.3: it scales
+            // the windows the peer sends us); ours is a function of our config and is offered
+            // in the SYN-ACK as usual.
+            let peer_ws = syn.window_scale.filter(|_| self.config.window_scaling);
             let sack = syn.sack_permitted && self.config.sack;
-            r.window_scale = ws;
+            r.window_scale = peer_ws.map(|_| self.config.rcv_wscale());
             r.sack_permitted = sack;
-            r.timestamp = Some(TcpTimestamp {
-                tsval: encode_ts_options(now.total_millis() as u32, ws, sack),
-                tsecr: ts.tsval,
-            });
+            // RFC 7323 5.4: the same per-connection offset as the connection will use.
+            let clock = (now.total_millis() as u32).wrapping_add(isn.ts_offset(local, remote));
+            r.timestamp = Some(TcpTimestamp { tsval: encode_ts_options(clock, peer_ws, sack), tsecr: ts.tsval });
         }
         r
     }
 }
 
-/// Validate the ACK completing a cookie handshake; returns (our ISN, MSS, window scale, SACK).
+/// Validate the ACK completing a cookie handshake; returns (our ISN, MSS, the peer's window
+/// scale, SACK).
 pub fn check_cookie_ack(
     now: Instant,
     isn: &IsnGenerator,
@@ -204,6 +242,7 @@ mod tests {
         assert_eq!(l.accept(), Some(1));
         assert_eq!(l.on_syn(), SynDecision::Accept);
         assert_eq!(l.counters.cookies_sent, 1);
+        assert_eq!(l.counters.syn_queue_overflows, 1);
         assert_eq!(l.counters.accept_overflows, 1);
     }
 
@@ -229,7 +268,8 @@ mod tests {
         let (iss, mss, ws, sack) = check_cookie_ack(now, &isn, local, remote, &ack).unwrap();
         assert_eq!(iss, sa.seq_number);
         assert_eq!(mss, 1460);
-        assert_eq!(ws, Some(Config::default().rcv_wscale()));
+        assert_eq!(ws, Some(7), "the client's shift, not ours");
+        assert_eq!(sa.window_scale, Some(Config::default().rcv_wscale()), "ours is offered");
         assert!(sack);
         ack.ack_number = Some(sa.seq_number + 2);
         assert!(check_cookie_ack(now, &isn, local, remote, &ack).is_none());

@@ -61,8 +61,14 @@ pub struct Config {
     pub initial_rto: Duration,
     pub min_rto: Duration,
     pub max_rto: Duration,
-    /// SYN (or SYN-ACK) retransmissions before giving up (Linux `tcp_syn_retries`).
+    /// SYN retransmissions of an active open before giving up (Linux `tcp_syn_retries`, 6:
+    /// about 127 s with a 1 s initial RTO).
     pub syn_retries: u32,
+    /// SYN-ACK retransmissions of an embryonic (SYN-RECEIVED) connection before it is dropped
+    /// (Linux `tcp_synack_retries`, 5: the last at 31 s, given up at 63 s). Spoofed SYNs
+    /// hold a SYN-queue entry this long; the queue being full only switches new SYNs to
+    /// cookies (RFC 4987 3.6), so it bounds the work, not who gets in.
+    pub synack_retries: u32,
     /// Data retransmissions before giving up (Linux `tcp_retries2`).
     pub max_retries: u32,
     /// Maximum segment lifetime; TIME-WAIT lasts 2 MSL.
@@ -89,6 +95,7 @@ impl Default for Config {
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(120),
             syn_retries: 6,
+            synack_retries: 5,
             max_retries: 15,
             msl: Duration::from_secs(30),
             fin_timeout: Duration::from_secs(60),
