@@ -78,7 +78,7 @@ mac_of() { ip netns exec "$1" cat "/sys/class/net/$2/address"; }
 # stat_of LOG NAME: a counter from plex's --stats output (0 when absent).
 stat_of() { grep -o "\b$2=[0-9]*" "$1" | head -1 | cut -d= -f2 | grep . || echo 0; }
 # start_bg NS LOG CMD...: run in a namespace in the background (ip netns exec execs: $! is it).
-start_bg() { local ns=$1 log=$2; shift 2; ip netns exec "$ns" "$@" >"$log" 2>&1 & PIDS+=($!); }
+start_bg() { local ns=$1 log=$2; shift 2; ip netns exec "$ns" "$@" >"$log" 2>&1 & PIDS+=($!); disown $! 2>/dev/null || true; }
 stop_bg() { kill -INT "$1" 2>/dev/null; for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null; }
 wait_log() { for _ in $(seq 1 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not started: $(tail -3 "$1")"; return 1; }
 
@@ -92,7 +92,7 @@ synflood_run() { # NAME ADDR NS IFACE
   local mac total; mac=$(mac_of "$ns" "$ifc")
   total=$((2 + FLOOD_SECS + 4))
   ip netns exec plx-client "$PROBE" "$addr:80" --secs "$total" --interval-ms 10 --timeout-ms 10000 \
-    --window "before:0:2" --window "during:2:$((2 + FLOOD_SECS))" --window "after:$((3 + FLOOD_SECS)):$total" \
+    --window "before:0:1.5" --window "during:2:$((2 + FLOOD_SECS))" --window "after:$((3 + FLOOD_SECS)):$total" \
     --json "$OUT/probe-$name.json" >"$OUT/probe-$name.txt" 2>&1 &
   local probe=$!
   sleep 2
@@ -126,6 +126,7 @@ http {
 }
 NGINX
   start_bg plx-s2 "$OUT/nginx.log" nginx -c "$OUT/nginx.conf" -g 'daemon off;'
+  nginxpid=$!
   start_bg plx-s1 "$OUT/plex-http.log" "$PLEX" http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --stats
   plexpid=$!
   wait_log "$OUT/plex-http.log" '^plex: ' || true
@@ -133,6 +134,7 @@ NGINX
   synflood_run plex 198.18.0.11 plx-s1 plx-s1
   synflood_run linux 198.18.0.12 plx-s2 plx-s2
   stop_bg "$plexpid"
+  stop_bg "$nginxpid"
   grep -E 'listener|xsk|xdp' "$OUT/plex-http.log" | sed 's/^/     plex /'
   for who in plex linux; do
     for w in during after; do
@@ -246,23 +248,10 @@ if want fuzz; then
   JPARTS+=("\"fuzz.frames\": ${frames:-0}" "\"fuzz.alive\": $alive" "\"fuzz.served_after\": $served" "\"fuzz.plex_rx_frames\": ${rx:-0}")
   row fuzz "${frames:-0} frames in ${FUZZ_SECS} s; plex received $rx; alive $alive; served after: $served" \
     "$([ "$alive" = true ] && ge "$served" 1.0 && echo ok || echo FAIL)"
-  # Every counter of the stack line that is not a plain traffic counter is a named drop reason.
-  python3 - "$OUT/plex-fuzz.log" >"$OUT/fuzz-drops.txt" <<'PY'
-import re, sys
-plain = {"rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "arp_requests_in", "arp_replies_in",
-         "arp_requests_out", "arp_replies_out", "gratuitous_arp_out", "icmp_echo_in", "icmp_echo_out",
-         "icmp_unreachable_in", "icmp_unreachable_out", "tcp_segs_in", "tcp_rst_out",
-         "tcp_syn_cookies_ok", "udp_datagrams_in", "udp_datagrams_out"}
-c = {}
-for line in open(sys.argv[1]):
-    if re.match(r"queue \d+ stack:", line):
-        for k, v in re.findall(r"(\w+)=(\d+)", line):
-            c[k] = c.get(k, 0) + int(v)
-drops = {k: v for k, v in c.items() if k not in plain and "_ok" not in k and "reassembled" not in k}
-print(sum(drops.values()))
-for k, v in sorted(drops.items(), key=lambda kv: -kv[1])[:8]:
-    print(f"{k}={v}")
-PY
+  # plex prints its drops by named reason at exit (--stats): "queue N drops: total=T r=n ...".
+  grep -o 'drops: total=[0-9]*' "$OUT/plex-fuzz.log" | awk -F= '{t += $2} END {print t + 0}' >"$OUT/fuzz-drops.txt"
+  grep '^queue [0-9]* drops:' "$OUT/plex-fuzz.log" | head -1 | tr ' ' '\n' | grep '=' | grep -v '^total=' \
+    | sort -t= -k2 -nr | head -8 >>"$OUT/fuzz-drops.txt"
   ndrops=$(head -1 "$OUT/fuzz-drops.txt")
   echo "     plex dropped $ndrops frames under named reasons; the largest: $(tail -n +2 "$OUT/fuzz-drops.txt" | tr '\n' ' ')"
   JPARTS+=("\"fuzz.plex_dropped\": ${ndrops:-0}")

@@ -215,9 +215,17 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
                 r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk.tx_budget(), x.tx_no_frame,
                 r.device.stats.dropped, r.device.stats.delayed, r.device.stats.duplicated, r.device.stats.corrupted
             );
-            let counters: Vec<String> =
-                r.stack.counters().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
-            eprintln!("queue {q} stack: {}", counters.join(" "));
+            let c = r.stack.counters();
+            let is_drop = |k: &str| stack::iface::DropReason::ALL.iter().any(|d| d.name() == k);
+            let traffic: Vec<String> =
+                c.iter().filter(|(k, v)| *v > 0 && !is_drop(k)).map(|(k, v)| format!("{k}={v}")).collect();
+            eprintln!("queue {q} stack: {}", traffic.join(" "));
+            let drops: Vec<String> = stack::iface::DropReason::ALL
+                .iter()
+                .filter(|d| c.dropped(**d) > 0)
+                .map(|d| format!("{}={}", d.name(), c.dropped(*d)))
+                .collect();
+            eprintln!("queue {q} drops: total={} {}", c.total_drops(), drops.join(" "));
             let lc: Vec<String> = r.stack.listener_counters().iter().map(|(k, v)| format!("{k}={v}")).collect();
             eprintln!(
                 "queue {q} listeners: {} | tcp_sockets={} buffer_bytes={}",
