@@ -437,3 +437,178 @@ fn a_reset_that_cannot_be_routed_does_not_leak_the_connection() {
     assert_eq!(a.connection_count(), 0);
     assert!(a.counters().dropped(DropReason::NoRoute) >= 1);
 }
+
+// ----------------------------------------------------------------------------------------------
+// Neighbour cache (arp_cache.rs): parked sockets, bogus MACs, MAC changes.
+
+/// Drive both stacks from `from` until `done` or `to`: frames move instantly, through `wire`,
+/// which may edit a frame or drop it (false); `a_to_b` says which way it goes. Returns the time
+/// `done` held.
+fn drive(
+    a: &mut Stack,
+    b: &mut Stack,
+    from: Instant,
+    to: Instant,
+    mut wire: impl FnMut(bool, &mut Vec<u8>) -> bool,
+    mut done: impl FnMut(&mut Stack, &mut Stack) -> bool,
+) -> Option<Instant> {
+    let mut now = from;
+    let mut buf = vec![0u8; 1600];
+    for _ in 0..100_000 {
+        loop {
+            let mut any = false;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                let mut f = buf[..n].to_vec();
+                if wire(true, &mut f) {
+                    b.receive(now, &f);
+                }
+                any = true;
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                let mut f = buf[..n].to_vec();
+                if wire(false, &mut f) {
+                    a.receive(now, &f);
+                }
+                any = true;
+            }
+            if !any {
+                break;
+            }
+        }
+        if done(a, b) {
+            return Some(now);
+        }
+        let next = [a.poll_timeout(), b.poll_timeout()].into_iter().flatten().min();
+        match next {
+            Some(n) if n <= to => now = now.max(n),
+            _ => return None,
+        }
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+    }
+    None
+}
+
+fn is_arp(f: &[u8]) -> bool {
+    f.len() >= 42 && f[12..14] == [0x08, 0x06]
+}
+
+fn established(s: &mut Stack, c: SocketHandle) -> bool {
+    s.tcp(c).is_some_and(|c| c.state() == State::Established)
+}
+
+#[test]
+fn parked_socket_is_retried_after_its_arp_resolution_fails() {
+    // Every ARP reply of the first resolution is lost. The SYN parked behind it never left,
+    // so its connection had no timer: before the fix, the failed resolution handed the socket
+    // "back to its own timers" that did not exist, and it stayed silent forever.
+    let (mut a, mut b) = pair();
+    a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    let mut replies_lost = 0;
+    let at = drive(
+        &mut a,
+        &mut b,
+        t(0),
+        t(60_000),
+        |a_to_b, f| {
+            if a_to_b && is_arp(f) && replies_lost < 3 {
+                replies_lost += 1;
+                return false;
+            }
+            true
+        },
+        |_, b| established(b, c),
+    );
+    assert_eq!(replies_lost, 3);
+    assert_eq!(b.counters().dropped(DropReason::ArpFailed), 1, "the SYN was dropped when the resolution failed");
+    // Failed after 3 broadcast requests (0, 1, 2 s) at 3 s; the SYN's RTO (1 s) resolves again.
+    assert_eq!(at, Some(t(4000)));
+    assert_eq!(b.counters().arp_requests_out, 4);
+    assert_eq!(b.arp.state(A_IP), Some(NudState::Reachable));
+}
+
+#[test]
+fn bogus_mac_from_a_corrupt_reply_is_probed_and_re_resolved() {
+    // ARP has no checksum: the first reply arrives with a damaged sender MAC. Nothing from
+    // the peer confirms it, a retransmission timeout makes it STALE, DELAY and unicast PROBEs
+    // get no answer, the entry is deleted, and a broadcast finds the right MAC (RFC 1122
+    // 2.3.2.1). Before, the bogus MAC was trusted for the cache's whole 60 s TTL.
+    let (mut a, mut b) = pair();
+    a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    let bogus = MacAddr([2, 0, 0, 0, 0x40, 10]);
+    let mut damaged = false;
+    let mut to_bogus = 0;
+    let at = drive(
+        &mut a,
+        &mut b,
+        t(0),
+        t(60_000),
+        |a_to_b, f| {
+            if a_to_b && is_arp(f) && !damaged {
+                damaged = true;
+                f[14 + 8..14 + 14].copy_from_slice(&bogus.0); // ARP sender hardware address
+            }
+            if !a_to_b && f[..6] == bogus.0 {
+                to_bogus += 1;
+            }
+            true
+        },
+        |_, b| established(b, c),
+    )
+    .expect("connected");
+    assert!(damaged);
+    assert!(at <= t(16_000), "re-resolved within a few retransmissions, not after 60 s: {at:?}");
+    assert_eq!(b.arp.get(at, A_IP), Some(A_MAC));
+    // SYNs at 0, 1, 3, 7 s and three unicast probes went to the bogus MAC, which a dropped.
+    assert!(to_bogus >= 7, "{to_bogus}");
+    assert!(a.counters().dropped(DropReason::EthNotForUs) >= 7);
+}
+
+#[test]
+fn a_peer_mac_change_is_learned_without_any_arp_from_it() {
+    // The connection moves to a stack with another MAC (a replaced NIC, a failover) that
+    // announces nothing and already knows b: b's segments go to the old MAC until the
+    // neighbour entry, not confirmed by forward progress, is probed and re-resolved.
+    let (mut a, mut b) = pair();
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(0));
+    let s = a.tcp_accept(l).unwrap();
+    assert_eq!(b.arp.get(t(0), A_IP), Some(A_MAC));
+    let rec = a.tcp_snapshot(t(1), s, 1, b"").unwrap();
+    let new_mac = MacAddr([2, 0, 0, 0, 0, 11]);
+    let mut a2 = stack(new_mac, A_IP, 3);
+    a2.arp.insert(t(1), B_IP, B_MAC);
+    let (s2, _) = a2.tcp_restore(t(1), &rec).unwrap();
+    b.tcp_send(t(1), c, b"hello").unwrap();
+    let mut got = [0u8; 16];
+    let at = drive(&mut a2, &mut b, t(1), t(120_000), |_, _| true, |a2, _| a2.tcp_peek(s2, &mut got).unwrap_or(0) == 5)
+        .expect("data got through");
+    assert_eq!(&got[..5], b"hello");
+    assert_eq!(b.arp.get(at, A_IP), Some(new_mac));
+    assert!(at < t(20_000), "{at:?}");
+    assert!(a2.counters().dropped(DropReason::EthNotForUs) >= 1, "segments went to the old MAC first");
+}
+
+#[test]
+fn an_arp_request_from_a_new_mac_replaces_the_entry_as_stale() {
+    let (_, mut b) = pair();
+    b.arp.learn(t(0), A_IP, A_MAC, true);
+    let new_mac = MacAddr([2, 0, 0, 0, 0, 11]);
+    let req = ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: new_mac,
+        source_protocol_addr: A_IP,
+        target_hardware_addr: MacAddr([0; 6]),
+        target_protocol_addr: B_IP,
+    };
+    let mut f = vec![0u8; 60];
+    EthernetRepr { src_addr: new_mac, dst_addr: MacAddr::BROADCAST, ethertype: EtherType::Arp }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+    req.emit(&mut ArpPacket::new_unchecked(&mut f[14..42]));
+    b.receive(t(1), &f);
+    assert_eq!(b.arp.get(t(1), A_IP), Some(new_mac));
+    assert_eq!(b.arp.state(A_IP), Some(NudState::Stale));
+}
