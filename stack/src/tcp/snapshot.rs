@@ -354,9 +354,18 @@ impl Connection {
         (now.total_millis() as u32).wrapping_add(self.ts_offset)
     }
 
-    /// Rebuild a connection from a record at `now`. `defaults` supplies the knobs the record
-    /// does not carry (RTO bounds, retry limits, MSL). The connection resumes in the state it
+    /// Rebuild a connection from a record at `now`. The connection resumes in the state it
     /// was snapshotted in, with one ACK due so the peer hears the current window at once.
+    ///
+    /// The target's config (`defaults`) need not be the giver's: restore adapts to it.
+    /// What the peer agreed to, or has seen, comes from the record and cannot change (window
+    /// scale, SACK, timestamps, the MSS advertised, the window already offered: the receive
+    /// ring is sized for it), and so do the connection's own options (buffers, congestion
+    /// control, Nagle, delayed ACK, keepalive, user timeout). `defaults` supplies the local
+    /// policy the record does not carry (RTO bounds, which clamp the restored estimator; retry
+    /// limits; MSL; FIN timeout) and the largest segment the target sends: a target whose MSS
+    /// is smaller than the giver's sends smaller segments from the first one on (its path MTU
+    /// is lowered to `defaults.mss + 40`).
     pub fn restore(record: &[u8], now: Instant, defaults: &Config) -> Result<(Connection, Snapshot), SnapshotError> {
         let mut r = R { buf: record };
         if r.take(4)? != MAGIC {
@@ -502,7 +511,8 @@ impl Connection {
         c.rcv_wscale = rcv_wscale;
         c.ws_ok = flags & flag::WSCALE != 0;
         c.peer_mss = peer_mss;
-        c.path_mtu = path_mtu;
+        // The target may not carry the giver's segment size (a smaller MTU).
+        c.path_mtu = path_mtu.min(defaults.mss.saturating_add(40));
         c.sack_ok = flags & flag::SACK != 0;
         c.ts_ok = flags & flag::TIMESTAMPS != 0;
         c.ts_recent = ts_recent;
@@ -617,6 +627,38 @@ mod tests {
         let sent = TcpRepr::parse(&p, *L.ip(), *P.ip(), true).unwrap();
         assert!(sent.timestamp.unwrap().tsval > c.tsval_now(now));
         assert_eq!(sent.ack_number, Some(c.rcv_nxt));
+    }
+
+    #[test]
+    fn restore_adapts_to_the_targets_config() {
+        let mut c = established();
+        let now = Instant::from_millis(50);
+        c.send(&[1u8; 5000]).unwrap();
+        let rec = c.snapshot(now, 0, &[]).unwrap();
+        // A target configured quite differently: smaller MTU, other buffers and options.
+        let target = Config {
+            mss: 536,
+            send_buffer: 1024,
+            recv_buffer: 1024,
+            sack: false,
+            timestamps: false,
+            window_scaling: false,
+            congestion: crate::tcp::Algorithm::NewReno,
+            min_rto: Duration::from_secs(2),
+            ..Config::default()
+        };
+        let (mut r, _) = Connection::restore(&rec, now, &target).unwrap();
+        // What the peer agreed to is kept.
+        assert!(r.sack_ok && r.ts_ok && r.ws_ok);
+        assert_eq!((r.snd_wscale, r.rcv_wscale), (c.snd_wscale, c.rcv_wscale));
+        assert_eq!(r.cc.algorithm(), c.cc.algorithm());
+        assert_eq!(r.send_queue(), 5000, "the record's send buffer, not the target's 1024");
+        // The target's segment size and RTO floor apply.
+        assert_eq!(r.mss, 536 - 12, "timestamps still take 12 bytes");
+        assert!(r.rto() >= Duration::from_secs(2));
+        let mut buf = vec![0u8; 2000];
+        let n = r.poll_transmit(now, &mut buf).unwrap();
+        assert!(n <= 536 + 20, "{n}");
     }
 
     #[test]
