@@ -375,6 +375,13 @@ impl<N: Node> Sim<N> {
         }
     }
 
+    /// Nothing left to happen: no frame in flight, no node with a timer or a frame to send.
+    /// A run that goes idle before its goal is met has a stuck socket somewhere.
+    pub fn is_idle(&mut self) -> bool {
+        self.kick();
+        self.next_event_time().is_none()
+    }
+
     /// Drain every node's transmit queue (after the test called into a node directly).
     pub fn kick(&mut self) {
         for i in 0..self.ports.len() {
