@@ -171,7 +171,7 @@ fn heavy(seed: u64, download: bool) -> Scenario {
         bytes: 512 * 1024,
         download,
         link,
-        tcp: tcp_cfg(if seed % 2 == 0 { Algorithm::Cubic } else { Algorithm::NewReno }, 64 * 1024),
+        tcp: tcp_cfg(if seed.is_multiple_of(2) { Algorithm::Cubic } else { Algorithm::NewReno }, 64 * 1024),
         deadline: Duration::from_secs(600),
     }
 }

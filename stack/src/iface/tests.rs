@@ -580,7 +580,7 @@ fn a_peer_mac_change_is_learned_without_any_arp_from_it() {
     let rec = a.tcp_snapshot(t(1), s, 1, b"").unwrap();
     let new_mac = MacAddr([2, 0, 0, 0, 0, 11]);
     let mut a2 = stack(new_mac, A_IP, 3);
-    a2.arp.insert(t(1), B_IP, B_MAC);
+    a2.arp.learn(t(1), B_IP, B_MAC, true); // REACHABLE: a2 sends no probe of its own
     let (s2, _) = a2.tcp_restore(t(1), &rec).unwrap();
     b.tcp_send(t(1), c, b"hello").unwrap();
     let mut got = [0u8; 16];
@@ -611,4 +611,39 @@ fn an_arp_request_from_a_new_mac_replaces_the_entry_as_stale() {
     b.receive(t(1), &f);
     assert_eq!(b.arp.get(t(1), A_IP), Some(new_mac));
     assert_eq!(b.arp.state(A_IP), Some(NudState::Stale));
+}
+
+#[test]
+fn a_lost_window_update_does_not_stall_a_small_window() {
+    // sim_handoff seeds 1077 and 1210: data queued, nothing in flight, the peer's window too
+    // small to send into under sender SWS avoidance (RFC 9293 3.8.6.2.1), and the window
+    // update that would open it lost. Only a timer can get out of that: the persist timer,
+    // which used to run for a zero window only.
+    let mut a = {
+        let mut cfg = StackConfig::new(A_MAC);
+        cfg.seed = 1;
+        cfg.tcp.delayed_ack = None;
+        cfg.tcp.recv_buffer = 2000;
+        let mut s = Stack::new(cfg);
+        s.add_address(A_IP, 24, false);
+        s
+    };
+    let mut b = stack(B_MAC, B_IP, 2);
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(0));
+    let s = a.tcp_accept(l).unwrap();
+    assert_eq!(b.tcp_send(t(1), c, &[7u8; 3000]), Ok(3000));
+    pump(&mut a, &mut b, t(1));
+    // a holds one full segment and offers the 540 bytes left: b keeps the rest back.
+    let mut buf = vec![0u8; 4000];
+    let got = a.tcp_recv(t(2), s, &mut buf).unwrap();
+    assert!(got < 2000, "{got}");
+    // The application read: a's window update (and everything after it) is lost.
+    let mut more = 0;
+    drive(&mut a, &mut b, t(2), t(30_000), |a_to_b, _| !a_to_b, |a, _| {
+        more += a.tcp_recv(t(2), s, &mut buf).unwrap_or(0);
+        more > 0
+    })
+    .expect("the sender got past the small window on its own timer");
 }
