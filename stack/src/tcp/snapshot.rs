@@ -58,6 +58,8 @@ pub enum SnapshotError {
     UnsupportedVersion(u16),
     /// A field holds a value no connection can have.
     Invalid(&'static str),
+    /// The target's config cannot carry this connection (restore adapts to everything else).
+    Incompatible(&'static str),
 }
 
 impl core::fmt::Display for SnapshotError {
@@ -68,6 +70,7 @@ impl core::fmt::Display for SnapshotError {
             SnapshotError::BadMagic => f.write_str("not a plex connection record"),
             SnapshotError::UnsupportedVersion(v) => write!(f, "unsupported record version {v}"),
             SnapshotError::Invalid(what) => write!(f, "invalid record: {what}"),
+            SnapshotError::Incompatible(what) => write!(f, "the target cannot take this connection: {what}"),
         }
     }
 }
@@ -363,9 +366,10 @@ impl Connection {
     /// ring is sized for it), and so do the connection's own options (buffers, congestion
     /// control, Nagle, delayed ACK, keepalive, user timeout). `defaults` supplies the local
     /// policy the record does not carry (RTO bounds, which clamp the restored estimator; retry
-    /// limits; MSL; FIN timeout) and the largest segment the target sends: a target whose MSS
-    /// is smaller than the giver's sends smaller segments from the first one on (its path MTU
-    /// is lowered to `defaults.mss + 40`).
+    /// limits; MSL; FIN timeout). One thing it cannot adapt to: a target whose largest segment
+    /// (`defaults.mss`, its MTU minus 40) is smaller than the segments the connection sends
+    /// refuses the record with [`SnapshotError::Incompatible`] (shrinking the MSS of a
+    /// connection with data in flight is not supported here; see the handoff notes).
     pub fn restore(record: &[u8], now: Instant, defaults: &Config) -> Result<(Connection, Snapshot), SnapshotError> {
         let mut r = R { buf: record };
         if r.take(4)? != MAGIC {
@@ -511,14 +515,16 @@ impl Connection {
         c.rcv_wscale = rcv_wscale;
         c.ws_ok = flags & flag::WSCALE != 0;
         c.peer_mss = peer_mss;
-        // The target may not carry the giver's segment size (a smaller MTU).
-        c.path_mtu = path_mtu.min(defaults.mss.saturating_add(40));
+        c.path_mtu = path_mtu;
         c.sack_ok = flags & flag::SACK != 0;
         c.ts_ok = flags & flag::TIMESTAMPS != 0;
         c.ts_recent = ts_recent;
         c.ts_recent_age = ts_recent_age;
         c.cc = CongestionControl::from_state(&cc_state, now);
         c.update_mss();
+        if c.mss + if c.ts_ok { 12 } else { 0 } > defaults.mss as usize {
+            return Err(SnapshotError::Incompatible("the target's MSS is smaller than the connection's segments"));
+        }
         c.rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
         c.recovery = recovery;
         c.high_rxt = high_rxt;
@@ -635,9 +641,8 @@ mod tests {
         let now = Instant::from_millis(50);
         c.send(&[1u8; 5000]).unwrap();
         let rec = c.snapshot(now, 0, &[]).unwrap();
-        // A target configured quite differently: smaller MTU, other buffers and options.
+        // A target configured quite differently: other buffers, options, RTO floor.
         let target = Config {
-            mss: 536,
             send_buffer: 1024,
             recv_buffer: 1024,
             sack: false,
@@ -653,12 +658,12 @@ mod tests {
         assert_eq!((r.snd_wscale, r.rcv_wscale), (c.snd_wscale, c.rcv_wscale));
         assert_eq!(r.cc.algorithm(), c.cc.algorithm());
         assert_eq!(r.send_queue(), 5000, "the record's send buffer, not the target's 1024");
-        // The target's segment size and RTO floor apply.
-        assert_eq!(r.mss, 536 - 12, "timestamps still take 12 bytes");
+        // The target's RTO floor applies.
         assert!(r.rto() >= Duration::from_secs(2));
-        let mut buf = vec![0u8; 2000];
-        let n = r.poll_transmit(now, &mut buf).unwrap();
-        assert!(n <= 536 + 20, "{n}");
+        assert_eq!(r.mss, c.mss);
+        // A target that cannot send the connection's segments refuses it clearly.
+        let small = Config { mss: 536, ..Config::default() };
+        assert!(matches!(Connection::restore(&rec, now, &small), Err(SnapshotError::Incompatible(_))));
     }
 
     #[test]
