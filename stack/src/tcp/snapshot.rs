@@ -652,7 +652,7 @@ mod tests {
             min_rto: Duration::from_secs(2),
             ..Config::default()
         };
-        let (mut r, _) = Connection::restore(&rec, now, &target).unwrap();
+        let (r, _) = Connection::restore(&rec, now, &target).unwrap();
         // What the peer agreed to is kept.
         assert!(r.sack_ok && r.ts_ok && r.ws_ok);
         assert_eq!((r.snd_wscale, r.rcv_wscale), (c.snd_wscale, c.rcv_wscale));
