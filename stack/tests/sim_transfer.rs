@@ -157,8 +157,7 @@ fn transfer_matrix_is_byte_exact_and_matches_golden_throughput() {
     }
 }
 
-#[test]
-fn several_seeds_under_heavy_impairment() {
+fn heavy(seed: u64, download: bool) -> Scenario {
     let link = LinkConfig {
         loss: 0.05,
         duplicate: 0.03,
@@ -167,17 +166,50 @@ fn several_seeds_under_heavy_impairment() {
         reorder_delay: Duration::from_millis(2),
         ..base_link()
     };
+    Scenario {
+        name: format!("heavy-{}", if download { "down" } else { "up" }),
+        bytes: 512 * 1024,
+        download,
+        link,
+        tcp: tcp_cfg(if seed.is_multiple_of(2) { Algorithm::Cubic } else { Algorithm::NewReno }, 64 * 1024),
+        deadline: Duration::from_secs(600),
+    }
+}
+
+#[test]
+fn several_seeds_under_heavy_impairment() {
     for seed in seeds(&[11, 12, 13, 14, 15, 16]) {
         for download in [false, true] {
-            let sc = Scenario {
-                name: format!("heavy-{}", if download { "down" } else { "up" }),
-                bytes: 512 * 1024,
-                download,
-                link: link.clone(),
-                tcp: tcp_cfg(if seed % 2 == 0 { Algorithm::Cubic } else { Algorithm::NewReno }, 64 * 1024),
-                deadline: Duration::from_secs(600),
-            };
-            run_transfer(seed, &sc);
+            run_transfer(seed, &heavy(seed, download));
         }
     }
+}
+
+/// Seeds that failed once (issue 9), each with the scenario it failed, run by default.
+/// 144, 145, 208 (loss10-up-newreno-small) and 234 (heavy-up): no handshake in 60 s. In 145,
+/// 208 and 234 every ARP reply (or request) of the client's resolution was lost; the cache
+/// gave up and left the parked SYN's socket without a timer: silent forever. 144 lost all six
+/// SYNs (five on the client's uplink, one on the server's downlink): the harness now retries
+/// a connect, as an application would. 113 (corrupt02): a corrupted ARP reply's bogus MAC was
+/// trusted for 60 s. 114 (everything): a frame corrupted on both hops, with cancelling deltas,
+/// got past the checksum: a simulator bug. The random streams have shifted since (the
+/// neighbour cache sends other ARP frames), so these seeds no longer replay those exact
+/// losses; the literal-frame tests in iface/tests.rs and sim/tests.rs pin each cause.
+#[test]
+fn regression_seeds() {
+    if std::env::var("PLEX_SIM_SEED").is_ok() {
+        return; // a pinned seed runs the other tests
+    }
+    let m = matrix();
+    for (seed, name) in [
+        (113, "corrupt02"),
+        (114, "everything"),
+        (144, "loss10-up-newreno-small"),
+        (145, "loss10-up-newreno-small"),
+        (208, "loss10-up-newreno-small"),
+    ] {
+        let sc = m.iter().find(|s| s.name == name).expect("scenario");
+        run_transfer(seed, sc);
+    }
+    run_transfer(234, &heavy(234, false));
 }

@@ -1,9 +1,36 @@
-//! The ARP cache (RFC 826) with resolution state.
+//! The neighbour cache: ARP (RFC 826) with neighbour unreachability detection.
 //!
-//! Entries expire after `ttl`; a lookup for an unknown address starts a resolution that
-//! retries every `retry` up to `max_retries` times. The interface keeps the sockets waiting for
-//! an address and re-queues them when the answer comes (or lets their own timers deal with an
-//! address that never answers), so no packet is copied while it waits.
+//! ARP has no checksum and no authentication, so what it caches must be validated
+//! (RFC 1122 2.3.2.1: "the link-layer address [...] may become invalid", and a host must
+//! detect it). The states and their transitions follow the neighbour-unreachability model of
+//! RFC 4861 7.3 as Linux applies it to ARP (`NUD_*` in `include/net/neighbour.h`):
+//!
+//! ```text
+//!   (none) --send--> INCOMPLETE --reply--> REACHABLE --reachable_time--> STALE
+//!   INCOMPLETE: broadcast request every retrans_time, mcast_probes times, then FAILED
+//!   STALE --send--> DELAY --delay_first_probe_time--> PROBE (unicast request, ucast_probes
+//!                   times, then the entry is deleted: the next send resolves by broadcast)
+//!   REACHABLE / STALE / DELAY / PROBE --forward progress or solicited reply--> REACHABLE
+//!   FAILED: sends are dropped (their sockets' own retransmission timers try again) until
+//!   retrans_time has passed; the next send then starts a new INCOMPLETE
+//! ```
+//!
+//! Reachability is confirmed (RFC 4861 7.3.1) by a solicited ARP reply, or by TCP's forward
+//! progress: an ACK that advances `snd_una`, or in-order data, received from the neighbour's
+//! MAC ([`NeighbourCache::confirm`]). A retransmission timeout on a connection through a
+//! REACHABLE neighbour is taken as a hint that it may not be ([`NeighbourCache::suspect`]):
+//! the entry goes STALE, so the next send starts DELAY and, unless progress confirms it, a
+//! unicast PROBE. An unsolicited ARP (a request, a gratuitous ARP) that changes a known MAC
+//! installs the new MAC as STALE, as Linux's `neigh_update` does, so a peer whose MAC changes
+//! (failover, a replaced NIC) is learned whichever way the news arrives.
+//!
+//! The interface keeps the sockets waiting for an INCOMPLETE address (parked: no packet is
+//! copied while it waits) and wakes them when the answer comes, or when the resolution FAILS
+//! (their segment is then dropped under `DropReason::ArpFailed`, which arms their own
+//! retransmission timer, so a socket is never left parked without a timer).
+//!
+//! No allocation per packet: entries live in one map keyed by address; the next timer
+//! deadline is cached, so [`NeighbourCache::poll_timeout`] is O(1).
 
 use crate::Map;
 use std::net::Ipv4Addr;
@@ -11,114 +38,268 @@ use std::net::Ipv4Addr;
 use crate::time::{Duration, Instant};
 use crate::wire::MacAddr;
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    mac: MacAddr,
-    expires: Instant,
+/// Linux's `NUD_*` states (RFC 4861 7.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NudState {
+    /// Resolution in progress: broadcast requests, no MAC yet.
+    Incomplete,
+    /// Confirmed within `reachable_time`.
+    Reachable,
+    /// Usable but unconfirmed: the next send starts DELAY.
+    Stale,
+    /// Sent to while STALE: waiting `delay_first_probe_time` for forward progress.
+    Delay,
+    /// Unicast requests to the cached MAC.
+    Probe,
+    /// Resolution failed: sends are dropped until `until`.
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Pending {
-    next_try: Instant,
-    tries: u32,
+struct Entry {
+    state: NudState,
+    /// Valid in REACHABLE, STALE, DELAY and PROBE.
+    mac: MacAddr,
+    /// Last confirmation (REACHABLE until `confirmed + reachable_time`).
+    confirmed: Instant,
+    /// INCOMPLETE / DELAY / PROBE: the next transition; FAILED: end of the hold-down.
+    timer: Instant,
+    /// Requests sent in this INCOMPLETE or PROBE round.
+    probes: u32,
+}
+
+impl Entry {
+    fn has_mac(&self) -> bool {
+        !matches!(self.state, NudState::Incomplete | NudState::Failed)
+    }
+    fn timed(&self) -> bool {
+        matches!(self.state, NudState::Incomplete | NudState::Delay | NudState::Probe)
+    }
+}
+
+/// What [`NeighbourCache::due`] asks the interface to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourAction {
+    /// Broadcast a request (INCOMPLETE retry).
+    Broadcast,
+    /// Unicast a request to the cached MAC (PROBE).
+    Unicast(MacAddr),
+    /// Resolution failed: wake the parked sockets (their segments are dropped).
+    Failed,
 }
 
 #[derive(Debug, Clone)]
-pub struct ArpCache {
+pub struct NeighbourCache {
     entries: Map<Ipv4Addr, Entry>,
-    pending: Map<Ipv4Addr, Pending>,
-    pub ttl: Duration,
-    pub retry: Duration,
-    pub max_retries: u32,
+    /// Earliest timer of any entry (may be early, never late).
+    next_due: Option<Instant>,
+    /// How long a confirmation keeps an entry REACHABLE (Linux `base_reachable_time`, 30 s).
+    pub reachable_time: Duration,
+    /// Between requests (Linux `retrans_time`, 1 s); also FAILED's hold-down.
+    pub retrans_time: Duration,
+    /// DELAY before the first unicast probe (Linux `delay_first_probe_time`, 5 s).
+    pub delay_first_probe_time: Duration,
+    /// Broadcast requests per resolution (Linux `mcast_solicit`, 3).
+    pub mcast_probes: u32,
+    /// Unicast probes before the entry is deleted (Linux `ucast_solicit`, 3).
+    pub ucast_probes: u32,
 }
+
+/// The historical name.
+pub type ArpCache = NeighbourCache;
 
 /// What a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     Found(MacAddr),
-    /// Unknown: send an ARP request now.
+    /// Unknown: send an ARP request now (the entry is INCOMPLETE).
     Request,
-    /// Unknown, a request is already out.
+    /// INCOMPLETE, a request is already out: park.
     Waiting,
+    /// FAILED: drop what would be sent.
+    Failed,
 }
 
-impl Default for ArpCache {
+impl Default for NeighbourCache {
     fn default() -> Self {
-        ArpCache {
+        NeighbourCache {
             entries: Map::default(),
-            pending: Map::default(),
-            ttl: Duration::from_secs(60),
-            retry: Duration::from_secs(1),
-            max_retries: 5,
+            next_due: None,
+            reachable_time: Duration::from_secs(30),
+            retrans_time: Duration::from_secs(1),
+            delay_first_probe_time: Duration::from_secs(5),
+            mcast_probes: 3,
+            ucast_probes: 3,
         }
     }
 }
 
-impl ArpCache {
-    pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Lookup {
-        if let Some(e) = self.entries.get(&ip) {
-            if e.expires > now {
-                return Lookup::Found(e.mac);
-            }
+impl NeighbourCache {
+    fn arm(&mut self, at: Instant) {
+        if self.next_due.is_none_or(|t| at < t) {
+            self.next_due = Some(at);
         }
-        match self.pending.get(&ip) {
-            Some(_) => Lookup::Waiting,
-            None => {
-                self.pending.insert(ip, Pending { next_try: now + self.retry, tries: 1 });
+    }
+
+    fn incomplete(&mut self, now: Instant, ip: Ipv4Addr) {
+        let timer = now + self.retrans_time;
+        self.entries.insert(ip, Entry { state: NudState::Incomplete, mac: MacAddr([0; 6]), confirmed: now, timer, probes: 1 });
+        self.arm(timer);
+    }
+
+    /// The MAC to send to `ip` now, driving the state machine as a send does (RFC 4861 7.3.3).
+    pub fn lookup(&mut self, now: Instant, ip: Ipv4Addr) -> Lookup {
+        let (reachable, delay) = (self.reachable_time, self.delay_first_probe_time);
+        let Some(e) = self.entries.get_mut(&ip) else {
+            self.incomplete(now, ip);
+            return Lookup::Request;
+        };
+        match e.state {
+            NudState::Incomplete => Lookup::Waiting,
+            NudState::Failed if now < e.timer => Lookup::Failed,
+            NudState::Failed => {
+                self.incomplete(now, ip);
                 Lookup::Request
             }
+            NudState::Reachable if now < e.confirmed + reachable => Lookup::Found(e.mac),
+            NudState::Reachable | NudState::Stale => {
+                e.state = NudState::Delay;
+                e.timer = now + delay;
+                let (mac, t) = (e.mac, e.timer);
+                self.arm(t);
+                Lookup::Found(mac)
+            }
+            NudState::Delay | NudState::Probe => Lookup::Found(e.mac),
         }
     }
 
-    /// A peek that starts nothing.
-    pub fn get(&self, now: Instant, ip: Ipv4Addr) -> Option<MacAddr> {
-        self.entries.get(&ip).filter(|e| e.expires > now).map(|e| e.mac)
+    /// A peek that changes nothing: the MAC a send would use, if any.
+    pub fn get(&self, _now: Instant, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.entries.get(&ip).filter(|e| e.has_mac()).map(|e| e.mac)
     }
 
-    /// Learn or refresh a mapping. Returns true when a resolution was pending for it.
-    pub fn insert(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
-        self.entries.insert(ip, Entry { mac, expires: now + self.ttl });
-        self.pending.remove(&ip).is_some()
+    /// The entry's state, for tests and `plex ctl`.
+    pub fn state(&self, ip: Ipv4Addr) -> Option<NudState> {
+        self.entries.get(&ip).map(|e| e.state)
     }
 
-    /// RFC 826 merge: refresh only an address already known (used for ARP traffic not aimed at
-    /// us, such as another host's gratuitous ARP).
-    pub fn update_existing(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
+    /// An ARP packet from `ip` at `mac`, aimed at us (Linux `arp_process` -> `neigh_update`):
+    /// a reply we solicited makes the entry REACHABLE; anything else (a request, an unsolicited
+    /// reply) installs or changes the MAC as STALE, and leaves a known, unchanged MAC's state
+    /// alone. Returns true when an INCOMPLETE resolution completed (wake its sockets).
+    pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr, solicited_reply: bool) -> bool {
         match self.entries.get_mut(&ip) {
             Some(e) => {
-                e.mac = mac;
-                e.expires = now + self.ttl;
+                let was_incomplete = e.state == NudState::Incomplete;
+                let was_failed = e.state == NudState::Failed;
+                if solicited_reply && (e.state != NudState::Reachable || e.mac == mac) {
+                    *e = Entry { state: NudState::Reachable, mac, confirmed: now, timer: now, probes: 0 };
+                } else if !e.has_mac() || e.mac != mac {
+                    // New or changed MAC, not confirmed: usable, validated on first use.
+                    *e = Entry { state: NudState::Stale, mac, confirmed: now, timer: now, probes: 0 };
+                } else if solicited_reply {
+                    e.confirmed = now;
+                }
+                was_incomplete || was_failed
+            }
+            None => {
+                let state = if solicited_reply { NudState::Reachable } else { NudState::Stale };
+                self.entries.insert(ip, Entry { state, mac, confirmed: now, timer: now, probes: 0 });
+                false
+            }
+        }
+    }
+
+    /// Learn `ip` at `mac` from something other than ARP (a SYN's source MAC): installed as
+    /// STALE, so its first use is validated. Returns true when a resolution was pending.
+    pub fn insert(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
+        self.learn(now, ip, mac, false)
+    }
+
+    /// RFC 826 merge: refresh only an address already known (ARP traffic not aimed at us, such
+    /// as another host's gratuitous ARP). A changed MAC is installed as STALE.
+    pub fn update_existing(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
+        match self.entries.get(&ip) {
+            Some(e) if e.has_mac() || e.state == NudState::Incomplete => {
+                self.learn(now, ip, mac, false);
                 true
             }
-            None => false,
+            _ => false,
+        }
+    }
+
+    /// Forward progress from `ip` at `mac` (RFC 4861 7.3.1 upper-layer confirmation): the entry
+    /// becomes REACHABLE, if it holds that MAC.
+    pub fn confirm(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) {
+        if let Some(e) = self.entries.get_mut(&ip) {
+            if e.has_mac() && e.mac == mac {
+                e.state = NudState::Reachable;
+                e.confirmed = now;
+                e.probes = 0;
+            }
+        }
+    }
+
+    /// A hint that `ip` may be unreachable (a retransmission timeout through it): a REACHABLE
+    /// entry not confirmed since `since` goes STALE, so the next send validates it.
+    pub fn suspect(&mut self, ip: Ipv4Addr, since: Instant) {
+        if let Some(e) = self.entries.get_mut(&ip) {
+            if e.state == NudState::Reachable && e.confirmed <= since {
+                e.state = NudState::Stale;
+            }
         }
     }
 
     pub fn is_pending(&self, ip: Ipv4Addr) -> bool {
-        self.pending.contains_key(&ip)
+        self.state(ip) == Some(NudState::Incomplete)
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.next_try).min()
+        self.next_due
     }
 
-    /// Addresses whose request must be sent again now; gives up on those past `max_retries`
-    /// (returned in `failed`).
-    pub fn due(&mut self, now: Instant, retry: &mut Vec<Ipv4Addr>, failed: &mut Vec<Ipv4Addr>) {
-        let (retry_every, max) = (self.retry, self.max_retries);
-        self.pending.retain(|ip, p| {
-            if p.next_try > now {
-                return true;
+    /// Run the timers due at `now`; what the interface must send or wake is pushed to `out`.
+    pub fn due(&mut self, now: Instant, out: &mut Vec<(Ipv4Addr, NeighbourAction)>) {
+        if self.next_due.is_none_or(|t| t > now) {
+            return;
+        }
+        let (retrans, mcast, ucast) = (self.retrans_time, self.mcast_probes, self.ucast_probes);
+        let mut next: Option<Instant> = None;
+        self.entries.retain(|ip, e| {
+            if e.timed() && e.timer <= now {
+                match e.state {
+                    NudState::Incomplete if e.probes < mcast => {
+                        e.probes += 1;
+                        e.timer = now + retrans;
+                        out.push((*ip, NeighbourAction::Broadcast));
+                    }
+                    NudState::Incomplete => {
+                        e.state = NudState::Failed;
+                        e.timer = now + retrans;
+                        out.push((*ip, NeighbourAction::Failed));
+                    }
+                    NudState::Delay => {
+                        e.state = NudState::Probe;
+                        e.probes = 1;
+                        e.timer = now + retrans;
+                        out.push((*ip, NeighbourAction::Unicast(e.mac)));
+                    }
+                    NudState::Probe if e.probes < ucast => {
+                        e.probes += 1;
+                        e.timer = now + retrans;
+                        out.push((*ip, NeighbourAction::Unicast(e.mac)));
+                    }
+                    // RFC 4861 7.3.3: no answer to the unicast probes: delete the entry; the
+                    // next send resolves by broadcast.
+                    _ => return false,
+                }
             }
-            if p.tries >= max {
-                failed.push(*ip);
-                return false;
+            if e.timed() {
+                next = Some(next.map_or(e.timer, |n: Instant| n.min(e.timer)));
             }
-            p.tries += 1;
-            p.next_try = now + retry_every;
-            retry.push(*ip);
             true
         });
+        self.next_due = next;
     }
 
     pub fn len(&self) -> usize {
@@ -127,8 +308,9 @@ impl ArpCache {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+    /// Entries with a usable MAC.
     pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, MacAddr)> + '_ {
-        self.entries.iter().map(|(ip, e)| (*ip, e.mac))
+        self.entries.iter().filter(|(_, e)| e.has_mac()).map(|(ip, e)| (*ip, e.mac))
     }
 }
 
@@ -138,37 +320,105 @@ mod tests {
 
     const IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const BOGUS: MacAddr = MacAddr([2, 0, 0, 0, 0x40, 1]);
 
-    #[test]
-    fn resolve_then_expire() {
-        let mut c = ArpCache::default();
-        let t0 = Instant::from_secs(1);
-        assert_eq!(c.lookup(t0, IP), Lookup::Request);
-        assert_eq!(c.lookup(t0, IP), Lookup::Waiting);
-        assert!(c.insert(t0, IP, MAC));
-        assert_eq!(c.lookup(t0, IP), Lookup::Found(MAC));
-        assert_eq!(c.lookup(t0 + Duration::from_secs(61), IP), Lookup::Request, "expired");
+    fn s(x: u64) -> Instant {
+        Instant::from_secs(x)
+    }
+
+    fn due(c: &mut NeighbourCache, now: Instant) -> Vec<(Ipv4Addr, NeighbourAction)> {
+        let mut out = vec![];
+        c.due(now, &mut out);
+        out
     }
 
     #[test]
-    fn retries_then_fails() {
-        let mut c = ArpCache { max_retries: 2, ..ArpCache::default() };
-        let t0 = Instant::from_secs(1);
+    fn resolve_then_stale_then_delay() {
+        let mut c = NeighbourCache::default();
+        assert_eq!(c.lookup(s(1), IP), Lookup::Request);
+        assert_eq!(c.lookup(s(1), IP), Lookup::Waiting);
+        assert!(c.learn(s(1), IP, MAC, true));
+        assert_eq!(c.state(IP), Some(NudState::Reachable));
+        assert_eq!(c.lookup(s(1), IP), Lookup::Found(MAC));
+        // reachable_time passes unconfirmed: still used, but validated (DELAY).
+        assert_eq!(c.lookup(s(31), IP), Lookup::Found(MAC));
+        assert_eq!(c.state(IP), Some(NudState::Delay));
+        assert!(due(&mut c, s(31)).is_empty(), "the resolution's old deadline is spurious");
+        assert_eq!(c.poll_timeout(), Some(s(36)));
+        // Forward progress confirms it before the probe.
+        c.confirm(s(33), IP, MAC);
+        assert_eq!(c.state(IP), Some(NudState::Reachable));
+        assert!(due(&mut c, s(36)).is_empty());
+        assert_eq!(c.state(IP), Some(NudState::Reachable));
+    }
+
+    #[test]
+    fn incomplete_retries_then_fails_then_holds_down() {
+        let mut c = NeighbourCache::default();
+        let t0 = s(1);
         c.lookup(t0, IP);
-        let (mut retry, mut failed) = (vec![], vec![]);
-        c.due(t0, &mut retry, &mut failed);
-        assert!(retry.is_empty());
-        c.due(t0 + Duration::from_secs(1), &mut retry, &mut failed);
-        assert_eq!(retry, vec![IP]);
-        c.due(t0 + Duration::from_secs(2), &mut retry, &mut failed);
-        assert_eq!(failed, vec![IP]);
-        assert!(!c.is_pending(IP));
+        assert!(due(&mut c, t0).is_empty());
+        assert_eq!(due(&mut c, s(2)), vec![(IP, NeighbourAction::Broadcast)]);
+        assert_eq!(due(&mut c, s(3)), vec![(IP, NeighbourAction::Broadcast)]);
+        assert_eq!(due(&mut c, s(4)), vec![(IP, NeighbourAction::Failed)]);
+        assert_eq!(c.state(IP), Some(NudState::Failed));
+        assert_eq!(c.poll_timeout(), None, "FAILED needs no timer");
+        assert_eq!(c.lookup(s(4), IP), Lookup::Failed, "dropped during the hold-down");
+        assert_eq!(c.lookup(s(5), IP), Lookup::Request, "then a new resolution");
+        assert_eq!(c.poll_timeout(), Some(s(6)));
+    }
+
+    #[test]
+    fn unconfirmed_bogus_mac_is_probed_then_re_resolved() {
+        let mut c = NeighbourCache::default();
+        c.lookup(s(0), IP);
+        c.learn(s(0), IP, BOGUS, true);
+        c.suspect(IP, s(1)); // a retransmission timeout
+        assert_eq!(c.state(IP), Some(NudState::Stale));
+        assert_eq!(c.lookup(s(1), IP), Lookup::Found(BOGUS));
+        assert_eq!(c.state(IP), Some(NudState::Delay));
+        assert_eq!(due(&mut c, s(6)), vec![(IP, NeighbourAction::Unicast(BOGUS))]);
+        assert_eq!(c.state(IP), Some(NudState::Probe));
+        assert_eq!(due(&mut c, s(7)), vec![(IP, NeighbourAction::Unicast(BOGUS))]);
+        assert_eq!(due(&mut c, s(8)), vec![(IP, NeighbourAction::Unicast(BOGUS))]);
+        assert!(due(&mut c, s(9)).is_empty());
+        assert_eq!(c.state(IP), None, "deleted after ucast_probes");
+        assert_eq!(c.lookup(s(9), IP), Lookup::Request, "re-resolved by broadcast");
+        assert!(c.learn(s(9), IP, MAC, true));
+        assert_eq!(c.lookup(s(9), IP), Lookup::Found(MAC));
+    }
+
+    #[test]
+    fn confirmation_only_for_the_cached_mac() {
+        let mut c = NeighbourCache::default();
+        c.learn(s(0), IP, BOGUS, true);
+        c.suspect(IP, s(1));
+        c.confirm(s(1), IP, MAC);
+        assert_eq!(c.state(IP), Some(NudState::Stale), "progress from another MAC confirms nothing");
+        c.confirm(s(1), IP, BOGUS);
+        assert_eq!(c.state(IP), Some(NudState::Reachable));
+        c.suspect(IP, s(0));
+        assert_eq!(c.state(IP), Some(NudState::Reachable), "confirmed after the hint's start");
+    }
+
+    #[test]
+    fn changed_mac_is_learned_as_stale() {
+        let mut c = NeighbourCache::default();
+        c.learn(s(0), IP, MAC, true);
+        // A request from the peer's new NIC.
+        assert!(!c.learn(s(1), IP, BOGUS, false));
+        assert_eq!(c.state(IP), Some(NudState::Stale));
+        assert_eq!(c.get(s(1), IP), Some(BOGUS));
+        // The same MAC again does not downgrade a REACHABLE entry.
+        c.learn(s(2), IP, BOGUS, true);
+        c.learn(s(3), IP, BOGUS, false);
+        assert_eq!(c.state(IP), Some(NudState::Reachable));
     }
 
     #[test]
     fn merge_updates_only_known_entries() {
-        let mut c = ArpCache::default();
-        let t0 = Instant::from_secs(1);
+        let mut c = NeighbourCache::default();
+        let t0 = s(1);
         assert!(!c.update_existing(t0, IP, MAC));
         assert_eq!(c.get(t0, IP), None);
         c.insert(t0, IP, MAC);

@@ -27,6 +27,7 @@ drop_reasons! {
     ArpMalformed => "arp_malformed",
     ArpUnsupported => "arp_unsupported",
     ArpNotForUs => "arp_not_for_us",
+    ArpFailed => "arp_failed",
     IpTruncated => "ip_truncated",
     IpBadLength => "ip_bad_length",
     IpBadVersion => "ip_bad_version",

@@ -21,7 +21,7 @@ mod frame_queue;
 pub mod reassembly;
 mod rate_limit;
 
-pub use arp_cache::{ArpCache, Lookup};
+pub use arp_cache::{ArpCache, Lookup, NeighbourAction, NeighbourCache, NudState};
 pub use counters::{DropReason, IfaceCounters};
 pub use frame_queue::FrameQueue;
 pub use reassembly::ReassemblyConfig;
@@ -39,7 +39,7 @@ use crate::rand::Rng;
 use crate::tcp::isn::IsnGenerator;
 use crate::tcp::listener::{check_cookie_ack, ListenerCounters, SynDecision};
 use crate::tcp::{self, Connection, Event, Listener, State, Tuple};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::udp::UdpSocket;
 use crate::wire::{
     self, ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Icmpv4Packet,
@@ -257,7 +257,8 @@ pub struct Stack {
     rng: Rng,
     isn: IsnGenerator,
     counters: IfaceCounters,
-    scratch: (Vec<Ipv4Addr>, Vec<Ipv4Addr>),
+    /// Neighbour-cache timer actions, reused across calls.
+    scratch: Vec<(Ipv4Addr, NeighbourAction)>,
     /// IPv4 reassembly (preallocated).
     reasm: Reassembler,
     /// Where an ICMP echo reply too large for one frame is built before it is cut into
@@ -306,7 +307,7 @@ impl Stack {
             rng,
             isn,
             counters: IfaceCounters::default(),
-            scratch: (Vec::new(), Vec::new()),
+            scratch: Vec::new(),
             reasm,
             frag_tx: vec![0u8; wire::ipv4::MAX_PAYLOAD],
             tcp_sockets: 0,
@@ -999,9 +1000,12 @@ impl Stack {
         }
         let sender = arp.source_protocol_addr;
         let for_us = self.answers_arp_for(arp.target_protocol_addr);
-        // RFC 826 merge: refresh a known sender; learn it when the packet is for us.
+        // RFC 826 merge: refresh a known sender; learn it when the packet is for us. A reply
+        // to us is REACHABLE, anything else (a request) STALE: validated on first use
+        // (RFC 1122 2.3.2.1; arp_cache.rs has the state machine).
         let learned = if for_us && !sender.is_unspecified() && !arp.source_hardware_addr.is_multicast() {
-            self.arp.insert(now, sender, arp.source_hardware_addr);
+            let reply = arp.operation == ArpOperation::Reply;
+            self.arp.learn(now, sender, arp.source_hardware_addr, reply);
             true
         } else {
             self.arp.update_existing(now, sender, arp.source_hardware_addr)
@@ -1026,16 +1030,23 @@ impl Stack {
         }
     }
 
+    /// Wake the sockets parked on `ip`: its resolution completed (they send to the new MAC)
+    /// or failed (what they send now is dropped under `ArpFailed`, which arms their own
+    /// retransmission timers; a socket is never left parked without one). The waiter list
+    /// keeps its capacity: no allocation per resolution once a hop has been waited for.
     fn release_arp_waiters(&mut self, ip: Ipv4Addr) {
-        if let Some(waiters) = self.arp_waiters.remove(&ip) {
-            for h in waiters {
-                if let Some(slot) = self.slots.get_mut(h.index as usize) {
-                    if slot.generation == h.generation {
-                        slot.waiting_arp = None;
-                    }
+        let Some(list) = self.arp_waiters.get_mut(&ip) else { return };
+        let mut waiters = core::mem::take(list);
+        for h in waiters.drain(..) {
+            if let Some(slot) = self.slots.get_mut(h.index as usize) {
+                if slot.generation == h.generation && slot.waiting_arp == Some(ip) {
+                    slot.waiting_arp = None;
                 }
-                self.mark_ready(h);
             }
+            self.mark_ready(h);
+        }
+        if let Some(list) = self.arp_waiters.get_mut(&ip) {
+            *list = waiters;
         }
     }
 
@@ -1232,7 +1243,12 @@ impl Stack {
             // A new SYN to a TIME-WAIT connection is not reopened here (RFC 6191 is not
             // implemented): it gets the TIME-WAIT ACK, and the client retries later.
             if let Some(c) = self.conn_mut(h) {
+                let (una, nxt) = (c.snd_una(), c.rcv_nxt());
                 c.handle_segment(now, &seg);
+                if c.snd_una() != una || c.rcv_nxt() != nxt {
+                    // Forward progress confirms the neighbour (RFC 4861 7.3.1).
+                    self.confirm_neighbour(now, *tuple.remote.ip(), src_mac);
+                }
             }
             self.after_tcp(now, h);
             return;
@@ -1458,8 +1474,10 @@ impl Stack {
         if let Some(n) = self.control.pop_into(buf) {
             return Some(n);
         }
-        // Bounded: each ready socket is visited once per call at most.
+        // Bounded: each ready socket is visited once per call at most (plus the segments
+        // dropped towards a FAILED neighbour, each of which consumes the sender's window).
         let mut budget = self.ready.len();
+        let mut discards = 0usize;
         while budget > 0 {
             budget -= 1;
             let h = *self.ready.front()?;
@@ -1506,9 +1524,22 @@ impl Stack {
             } else {
                 match self.arp.lookup(now, hop) {
                     Lookup::Found(m) => m,
+                    Lookup::Failed => {
+                        // RFC 1122 2.3.2.2: the resolution failed; what is sent now is dropped
+                        // (as Linux drops an skb queued to a FAILED neighbour), so the sender's
+                        // own retransmission timer tries again, and gives up in its time.
+                        if discards < 4096 && self.emit_from(now, h, MacAddr::BROADCAST, buf).is_some() {
+                            self.counters.drop(DropReason::ArpFailed);
+                            discards += 1;
+                            budget += 1;
+                        } else {
+                            self.unready(h);
+                        }
+                        continue;
+                    }
                     lookup => {
                         if lookup == Lookup::Request {
-                            self.send_arp_request(hop);
+                            self.send_arp_request(hop, MacAddr::BROADCAST);
                         }
                         self.unready(h);
                         if let Some(slot) = self.slots.get_mut(h.index as usize) {
@@ -1543,16 +1574,34 @@ impl Stack {
         }
     }
 
-    fn send_arp_request(&mut self, ip: Ipv4Addr) {
+    /// TCP forward progress from `remote`, received from `src_mac`: its next hop is reachable.
+    fn confirm_neighbour(&mut self, now: Instant, remote: Ipv4Addr, src_mac: MacAddr) {
+        if let Some(hop) = self.next_hop(remote) {
+            self.arp.confirm(now, hop, src_mac);
+        }
+    }
+
+    /// A retransmission timeout towards `remote` after `rto` without an answer: a REACHABLE
+    /// next hop not confirmed in that time goes STALE, to be validated by the next send.
+    fn suspect_neighbour(&mut self, now: Instant, remote: Ipv4Addr, rto: Duration) {
+        if let Some(hop) = self.next_hop(remote) {
+            let since = Instant::from_micros(now.total_micros().saturating_sub(rto.total_micros()));
+            self.arp.suspect(hop, since);
+        }
+    }
+
+    /// An ARP request for `ip`: broadcast to resolve, or unicast to `dst` to probe a cached
+    /// MAC (NUD PROBE, RFC 1122 2.3.2.1 (b) "unicast poll").
+    fn send_arp_request(&mut self, ip: Ipv4Addr, dst: MacAddr) {
         let src = self.source_for(ip).unwrap_or(Ipv4Addr::UNSPECIFIED);
         let req = ArpRepr {
             operation: ArpOperation::Request,
             source_hardware_addr: self.cfg.mac,
             source_protocol_addr: src,
-            target_hardware_addr: MacAddr([0; 6]),
+            target_hardware_addr: if dst.is_broadcast() { MacAddr([0; 6]) } else { dst },
             target_protocol_addr: ip,
         };
-        if self.queue_arp(MacAddr::BROADCAST, &req) {
+        if self.queue_arp(dst, &req) {
             self.counters.arp_requests_out += 1;
         }
     }
@@ -1751,31 +1800,27 @@ impl Stack {
                 continue;
             }
             if let Some(c) = self.conn_mut(h) {
+                let (timeouts, rto) = (c.counters.timeouts, c.rto());
                 c.handle_timeout(now);
+                if c.counters.timeouts != timeouts {
+                    // A retransmission timeout hints that the neighbour may be unreachable.
+                    let remote = *c.tuple().remote.ip();
+                    self.suspect_neighbour(now, remote, rto);
+                }
             }
             self.after_tcp(now, h);
         }
-        let (mut retry, mut failed) = core::mem::take(&mut self.scratch);
-        retry.clear();
-        failed.clear();
-        self.arp.due(now, &mut retry, &mut failed);
-        for ip in retry.drain(..) {
-            self.send_arp_request(ip);
-        }
-        for ip in failed.drain(..) {
-            // Give the waiting sockets back to their own timers (they will retry and
-            // start a new resolution, or time out).
-            if let Some(waiters) = self.arp_waiters.remove(&ip) {
-                for h in waiters {
-                    if let Some(slot) = self.slots.get_mut(h.index as usize) {
-                        if slot.generation == h.generation {
-                            slot.waiting_arp = None;
-                        }
-                    }
-                }
+        let mut actions = core::mem::take(&mut self.scratch);
+        actions.clear();
+        self.arp.due(now, &mut actions);
+        for (ip, action) in actions.drain(..) {
+            match action {
+                NeighbourAction::Broadcast => self.send_arp_request(ip, MacAddr::BROADCAST),
+                NeighbourAction::Unicast(mac) => self.send_arp_request(ip, mac),
+                NeighbourAction::Failed => self.release_arp_waiters(ip),
             }
         }
-        self.scratch = (retry, failed);
+        self.scratch = actions;
         self.expire_reassembly(now);
     }
 

@@ -253,8 +253,29 @@ fn embryonic_connections_give_up_after_synack_retries() {
     s.receive(t(0), &tcp_frame(&spoofed, SPOOF_MAC, 80));
     let mut syn_acks = Vec::new();
     let mut now = t(0);
+    // The spoofed address answers ARP (a live host that ignores SYN-ACKs it never asked for):
+    // the neighbour cache re-probes an entry no TCP progress confirms, and without an answer
+    // the SYN-ACKs would wait for resolution instead of leaving.
+    let peer = Ipv4Addr::new(198, 18, 0, 99);
+    let arp_reply = {
+        let mut f = vec![0u8; 42];
+        EthernetRepr { src_addr: SPOOF_MAC, dst_addr: A_MAC, ethertype: EtherType::Arp }
+            .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+        ArpRepr {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: SPOOF_MAC,
+            source_protocol_addr: peer,
+            target_hardware_addr: A_MAC,
+            target_protocol_addr: A_IP,
+        }
+        .emit(&mut ArpPacket::new_unchecked(&mut f[14..]));
+        f
+    };
     while now < t(120_000) {
         syn_acks.extend(drain(&mut s, now).into_iter().filter(|x| x.syn).map(|_| now.total_millis() / 1000));
+        if s.counters().arp_requests_out > 0 && now.total_millis() % 1000 == 0 {
+            s.receive(now, &arp_reply);
+        }
         if s.connection_count() == 0 {
             break;
         }

@@ -60,7 +60,8 @@ pub struct LinkConfig {
     pub loss: f64,
     /// Probability a frame is delivered twice.
     pub duplicate: f64,
-    /// Probability 1..=3 bits of one random byte after the Ethernet header flip.
+    /// Probability 1..=3 bits of one random byte after the Ethernet header flip. A frame is
+    /// corrupted at most once end to end (see [`Sim`]).
     pub corrupt: f64,
     /// Probability a frame is held back by `reorder_delay` (later frames overtake it).
     pub reorder: f64,
@@ -171,7 +172,20 @@ impl Direction {
     }
 
     /// Impair a frame entering this direction at `now`: the arrival times of its copies.
-    fn transit(&mut self, now: Instant, frame: &mut [u8], stats: &mut LinkStats, out: &mut [Option<Instant>; 2]) {
+    /// `corrupted` says whether an earlier hop already damaged it, and becomes true when this
+    /// one does: a frame is damaged at most once end to end, as on real links, where every
+    /// hop's CRC discards a damaged frame, so the only damage a receiver ever sees is one
+    /// burst (which the Internet checksum always detects). Two bursts, on two hops, can
+    /// cancel in a ones'-complement sum: a simulator that made them would report stack bugs
+    /// that are not.
+    fn transit(
+        &mut self,
+        now: Instant,
+        frame: &mut [u8],
+        corrupted: &mut bool,
+        stats: &mut LinkStats,
+        out: &mut [Option<Instant>; 2],
+    ) {
         *out = [None, None];
         stats.frames += 1;
         stats.bytes += frame.len() as u64;
@@ -197,7 +211,10 @@ impl Direction {
             stats.lost += 1;
             return;
         }
-        if frame.len() > 14 && self.rng.chance(self.cfg.corrupt) {
+        // The draw is made whether or not the frame may still be damaged, so that sparing an
+        // already damaged frame does not shift the random choices of every later frame.
+        if frame.len() > 14 && self.rng.chance(self.cfg.corrupt) && !*corrupted {
+            *corrupted = true;
             stats.corrupted += 1;
             // A burst inside one byte: the Internet checksum detects every such error, so a
             // transfer must still be byte-exact. (Flips spread over several 16-bit words can
@@ -230,8 +247,8 @@ impl Direction {
 
 #[derive(Debug)]
 enum Event {
-    /// A frame reaches the switch from a port.
-    AtSwitch { from: usize, frame: Vec<u8> },
+    /// A frame reaches the switch from a port (`corrupted`: damaged on the uplink).
+    AtSwitch { from: usize, frame: Vec<u8>, corrupted: bool },
     /// A frame reaches a node.
     Deliver { to: usize, frame: Vec<u8> },
 }
@@ -349,12 +366,20 @@ impl<N: Node> Sim<N> {
             let n = n.min(self.buf.len());
             let mut frame = self.buf[..n].to_vec();
             let mut arrivals = [None, None];
+            let mut corrupted = false;
             let port = &mut self.ports[i];
-            port.up.transit(now, &mut frame, &mut self.stats.uplink[i], &mut arrivals);
+            port.up.transit(now, &mut frame, &mut corrupted, &mut self.stats.uplink[i], &mut arrivals);
             for at in arrivals.into_iter().flatten() {
-                self.schedule(at, Event::AtSwitch { from: i, frame: frame.clone() });
+                self.schedule(at, Event::AtSwitch { from: i, frame: frame.clone(), corrupted });
             }
         }
+    }
+
+    /// Nothing left to happen: no frame in flight, no node with a timer or a frame to send.
+    /// A run that goes idle before its goal is met has a stuck socket somewhere.
+    pub fn is_idle(&mut self) -> bool {
+        self.kick();
+        self.next_event_time().is_none()
     }
 
     /// Drain every node's transmit queue (after the test called into a node directly).
@@ -373,7 +398,7 @@ impl<N: Node> Sim<N> {
         }
     }
 
-    fn switch(&mut self, from: usize, frame: Vec<u8>) {
+    fn switch(&mut self, from: usize, frame: Vec<u8>, corrupted: bool) {
         let mut dst = [0u8; 6];
         if frame.len() >= 12 {
             dst.copy_from_slice(&frame[..6]);
@@ -388,8 +413,9 @@ impl<N: Node> Sim<N> {
         let now = self.now;
         let deliver = |sim: &mut Self, to: usize, mut f: Vec<u8>| {
             let mut arrivals = [None, None];
+            let mut corrupted = corrupted;
             let port = &mut sim.ports[to];
-            port.down.transit(now, &mut f, &mut sim.stats.downlink[to], &mut arrivals);
+            port.down.transit(now, &mut f, &mut corrupted, &mut sim.stats.downlink[to], &mut arrivals);
             for at in arrivals.into_iter().flatten() {
                 sim.schedule(at, Event::Deliver { to, frame: f.clone() });
             }
@@ -423,7 +449,7 @@ impl<N: Node> Sim<N> {
             self.events.pop();
             self.stats.events += 1;
             match self.payloads.remove(&seq) {
-                Some(Event::AtSwitch { from, frame }) => self.switch(from, frame),
+                Some(Event::AtSwitch { from, frame, corrupted }) => self.switch(from, frame, corrupted),
                 Some(Event::Deliver { to, frame }) => {
                     if let Some(c) = &mut self.capture {
                         c.push((self.now, frame.clone()));

@@ -215,3 +215,23 @@ fn time_jumps_to_far_timeouts() {
     assert!(sim.node(n).fired.len() == 1);
     assert_eq!(sim.now(), Instant::from_secs(50));
 }
+
+#[test]
+fn a_frame_is_corrupted_at_most_once_end_to_end() {
+    // Both hops corrupt every frame: each still arrives with exactly one damaged byte, as a
+    // real path of CRC-checked links would deliver it (a second burst on the second hop could
+    // cancel the first in the Internet checksum; seed 114 of sim_transfer once did).
+    let always = LinkConfig { corrupt: 1.0, ..LinkConfig::default() };
+    let mut sim = Sim::new(10);
+    let a = sim.add_node(Toy::new(1, 2, 500, Duration::from_micros(100)), always.clone(), LinkConfig::default());
+    let b = sim.add_node(Toy::new(2, 1, 0, Duration::ZERO), LinkConfig::default(), always);
+    run(&mut sim);
+    assert_eq!(sim.node(b).received.len(), 500);
+    for (_, _, f) in &sim.node(b).received {
+        let damaged = f[18..].iter().filter(|&&x| x != 0x5a).count()
+            + usize::from(u32::from_be_bytes([f[14], f[15], f[16], f[17]]) >= 500);
+        assert!(damaged <= 1, "a frame was damaged in {damaged} bytes: {:?}", &f[14..]);
+    }
+    assert_eq!(sim.stats().uplink[a.0].corrupted, 500);
+    assert_eq!(sim.stats().downlink[b.0].corrupted, 0, "the second hop spares a damaged frame");
+}

@@ -1319,8 +1319,12 @@ impl Connection {
     }
 
     fn update_persist(&mut self, now: Instant) {
-        let unsent = self.tx.len() > self.sent_data();
-        if self.snd_wnd == 0 && unsent && self.snd_una == self.snd_nxt {
+        let unsent = self.tx.len() - self.sent_data();
+        // Nothing in flight and a window too small for the next segment under sender SWS
+        // avoidance (zero, or below both the MSS and what is queued): no ACK will come to
+        // open it if the peer's window update was lost, so the persist timer doubles as
+        // RFC 9293 3.8.6.2.1's override timeout (Linux arms its probe timer the same way).
+        if unsent > 0 && self.snd_wnd < unsent.min(self.mss) && self.snd_una == self.snd_nxt {
             if self.timers[Timer::Persist as usize].is_none() {
                 let backoff = self.persist_backoff.min(10);
                 let t = self.rtt.rto().saturating_mul(1 << backoff).min(self.cfg.max_rto);
@@ -1414,7 +1418,7 @@ impl Connection {
                 }
             }
             Timer::Persist => {
-                if self.snd_wnd == 0 && self.state.can_send_data() {
+                if self.state.can_send_data() {
                     self.counters.window_probes += 1;
                     self.probe_due = true;
                     self.persist_backoff += 1;

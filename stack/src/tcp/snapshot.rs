@@ -58,6 +58,8 @@ pub enum SnapshotError {
     UnsupportedVersion(u16),
     /// A field holds a value no connection can have.
     Invalid(&'static str),
+    /// The target's config cannot carry this connection (restore adapts to everything else).
+    Incompatible(&'static str),
 }
 
 impl core::fmt::Display for SnapshotError {
@@ -68,6 +70,7 @@ impl core::fmt::Display for SnapshotError {
             SnapshotError::BadMagic => f.write_str("not a plex connection record"),
             SnapshotError::UnsupportedVersion(v) => write!(f, "unsupported record version {v}"),
             SnapshotError::Invalid(what) => write!(f, "invalid record: {what}"),
+            SnapshotError::Incompatible(what) => write!(f, "the target cannot take this connection: {what}"),
         }
     }
 }
@@ -354,9 +357,19 @@ impl Connection {
         (now.total_millis() as u32).wrapping_add(self.ts_offset)
     }
 
-    /// Rebuild a connection from a record at `now`. `defaults` supplies the knobs the record
-    /// does not carry (RTO bounds, retry limits, MSL). The connection resumes in the state it
+    /// Rebuild a connection from a record at `now`. The connection resumes in the state it
     /// was snapshotted in, with one ACK due so the peer hears the current window at once.
+    ///
+    /// The target's config (`defaults`) need not be the giver's: restore adapts to it.
+    /// What the peer agreed to, or has seen, comes from the record and cannot change (window
+    /// scale, SACK, timestamps, the MSS advertised, the window already offered: the receive
+    /// ring is sized for it), and so do the connection's own options (buffers, congestion
+    /// control, Nagle, delayed ACK, keepalive, user timeout). `defaults` supplies the local
+    /// policy the record does not carry (RTO bounds, which clamp the restored estimator; retry
+    /// limits; MSL; FIN timeout). One thing it cannot adapt to: a target whose largest segment
+    /// (`defaults.mss`, its MTU minus 40) is smaller than the segments the connection sends
+    /// refuses the record with [`SnapshotError::Incompatible`] (shrinking the MSS of a
+    /// connection with data in flight is not supported here; see the handoff notes).
     pub fn restore(record: &[u8], now: Instant, defaults: &Config) -> Result<(Connection, Snapshot), SnapshotError> {
         let mut r = R { buf: record };
         if r.take(4)? != MAGIC {
@@ -509,6 +522,9 @@ impl Connection {
         c.ts_recent_age = ts_recent_age;
         c.cc = CongestionControl::from_state(&cc_state, now);
         c.update_mss();
+        if c.mss + if c.ts_ok { 12 } else { 0 } > defaults.mss as usize {
+            return Err(SnapshotError::Incompatible("the target's MSS is smaller than the connection's segments"));
+        }
         c.rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
         c.recovery = recovery;
         c.high_rxt = high_rxt;
@@ -617,6 +633,37 @@ mod tests {
         let sent = TcpRepr::parse(&p, *L.ip(), *P.ip(), true).unwrap();
         assert!(sent.timestamp.unwrap().tsval > c.tsval_now(now));
         assert_eq!(sent.ack_number, Some(c.rcv_nxt));
+    }
+
+    #[test]
+    fn restore_adapts_to_the_targets_config() {
+        let mut c = established();
+        let now = Instant::from_millis(50);
+        c.send(&[1u8; 5000]).unwrap();
+        let rec = c.snapshot(now, 0, &[]).unwrap();
+        // A target configured quite differently: other buffers, options, RTO floor.
+        let target = Config {
+            send_buffer: 1024,
+            recv_buffer: 1024,
+            sack: false,
+            timestamps: false,
+            window_scaling: false,
+            congestion: crate::tcp::Algorithm::NewReno,
+            min_rto: Duration::from_secs(2),
+            ..Config::default()
+        };
+        let (r, _) = Connection::restore(&rec, now, &target).unwrap();
+        // What the peer agreed to is kept.
+        assert!(r.sack_ok && r.ts_ok && r.ws_ok);
+        assert_eq!((r.snd_wscale, r.rcv_wscale), (c.snd_wscale, c.rcv_wscale));
+        assert_eq!(r.cc.algorithm(), c.cc.algorithm());
+        assert_eq!(r.send_queue(), 5000, "the record's send buffer, not the target's 1024");
+        // The target's RTO floor applies.
+        assert!(r.rto() >= Duration::from_secs(2));
+        assert_eq!(r.mss, c.mss);
+        // A target that cannot send the connection's segments refuses it clearly.
+        let small = Config { mss: 536, ..Config::default() };
+        assert!(matches!(Connection::restore(&rec, now, &small), Err(SnapshotError::Incompatible(_))));
     }
 
     #[test]

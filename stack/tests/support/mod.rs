@@ -99,6 +99,8 @@ pub struct Pair {
     pub sim: Sim<Stack>,
     pub server: NodeId,
     pub client: NodeId,
+    /// Connection attempts the handshake took.
+    pub handshake_attempts: u32,
 }
 
 impl Pair {
@@ -107,25 +109,46 @@ impl Pair {
         sim.capture(std::env::var("PLEX_SIM_PCAP_DIR").is_ok());
         let server = sim.add_node(new_stack(10, SERVER_IP, seed ^ 0xaaaa, tcp), link.clone(), link.clone());
         let client = sim.add_node(new_stack(1, CLIENT_IP, seed ^ 0x5555, tcp), link.clone(), link.clone());
-        Pair { sim, server, client }
+        Pair { sim, server, client, handshake_attempts: 0 }
     }
 
     /// Listen on the server, connect from the client, run until accepted.
+    ///
+    /// A handshake over a lossy link can legitimately fail to finish in 60 s: at 10 % loss a
+    /// hop, every SYN (0, 1, 3, 7, 15, 31 s), or every SYN-ACK and ACK pair, can be lost. Then
+    /// the client tries again from a new port, as an application whose connect timed out
+    /// would, up to three times. A handshake that stalls with nothing scheduled any more (a
+    /// socket parked forever) is a stack bug and fails at once.
     pub fn connect(&mut self) -> (SocketHandle, SocketHandle) {
         let now = self.sim.now();
         let l = self.sim.node_mut(self.server).tcp_listen(now, SocketAddrV4::new(SERVER_IP, PORT), 64).expect("listen");
-        let c = self.sim.node_mut(self.client).tcp_connect(now, None, SocketAddrV4::new(SERVER_IP, PORT)).expect("connect");
-        let server = self.server;
-        let mut accepted = None;
-        let ok = self.sim.run_until(now + Duration::from_secs(60), |sim| {
-            if accepted.is_none() {
-                accepted = sim.node_mut(server).tcp_accept(l).ok();
+        let (server, client) = (self.server, self.client);
+        for attempt in 1..=3 {
+            let start = self.sim.now();
+            let c = self.sim.node_mut(client).tcp_connect(start, None, SocketAddrV4::new(SERVER_IP, PORT)).expect("connect");
+            let local = self.sim.node(client).tcp(c).expect("client conn").tuple().local;
+            let mut accepted = None;
+            let ok = self.sim.run_until(start + Duration::from_secs(60), |sim| {
+                while accepted.is_none() {
+                    let Ok(s) = sim.node_mut(server).tcp_accept(l) else { break };
+                    if sim.node(server).tcp(s).is_some_and(|t| t.tuple().remote == local) {
+                        accepted = Some(s);
+                    } else {
+                        // A late handshake of an abandoned attempt.
+                        let _ = sim.node_mut(server).tcp_abort(start, s);
+                    }
+                }
+                accepted.is_some()
+            });
+            if let Some(s) = accepted.filter(|_| ok) {
+                self.handshake_attempts = attempt;
+                return (s, c);
             }
-            accepted.is_some()
-        });
-        assert!(ok, "handshake did not complete");
-        let s = accepted.expect("accepted");
-        (s, c)
+            assert!(!self.sim.is_idle(), "handshake stalled with nothing scheduled (attempt {attempt})");
+            let now = self.sim.now();
+            let _ = self.sim.node_mut(client).tcp_abort(now, c);
+        }
+        panic!("handshake did not complete in three attempts of 60 s");
     }
 }
 
