@@ -272,6 +272,9 @@ pub struct Stack {
     rst_bucket: TokenBucket,
     /// The `now` of the frame being received (for the answer buckets).
     rx_now: Instant,
+    /// Whether the last frame transmitted came from the control queue (control frames and
+    /// socket segments take turns).
+    tx_control_last: bool,
 }
 
 fn ip_checked(buf: &[u8]) -> Result<Ipv4Packet<&[u8]>, wire::Error> {
@@ -315,6 +318,7 @@ impl Stack {
             icmp_bucket,
             rst_bucket,
             rx_now: Instant::ZERO,
+            tx_control_last: false,
         }
     }
 
@@ -1470,10 +1474,31 @@ impl Stack {
         Some(n)
     }
 
+    /// Frames the interface built itself (ARP, ICMP, RSTs, cookie SYN-ACKs) and segments of the
+    /// sockets take turns when both are waiting: under a SYN flood the cookie SYN-ACKs fill
+    /// the control queue faster than the link drains it, and strict priority would starve
+    /// every established connection (their data and ACKs would wait behind an endless queue
+    /// of answers to spoofed addresses). With turns, each class gets at least half the
+    /// frames; the control queue overflows under a flood and its excess is dropped and counted
+    /// (`control_queue_full`), as Linux drops what its backlog cannot take.
     fn poll_transmit_inner(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
-        if let Some(n) = self.control.pop_into(buf) {
+        if !self.tx_control_last || self.ready.is_empty() {
+            if let Some(n) = self.control.pop_into(buf) {
+                self.tx_control_last = true;
+                return Some(n);
+            }
+        }
+        if let Some(n) = self.poll_sockets(now, buf) {
+            self.tx_control_last = false;
             return Some(n);
         }
+        let n = self.control.pop_into(buf)?;
+        self.tx_control_last = true;
+        Some(n)
+    }
+
+    /// The next segment or datagram of a ready socket, resolving its next hop first.
+    fn poll_sockets(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         // Bounded: each ready socket is visited once per call at most (plus the segments
         // dropped towards a FAILED neighbour, each of which consumes the sender's window).
         let mut budget = self.ready.len();

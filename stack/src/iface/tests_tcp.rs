@@ -167,6 +167,36 @@ fn send_data(s: &mut Stack, h: SocketHandle, now: Instant, n: usize) -> Vec<In> 
 
 // ---- SYN cookies (RFC 4987 3.6) -----------------------------------------------------------
 
+/// Under a SYN flood the cookie SYN-ACKs queue up faster than they leave; an established
+/// connection's data must still get out: control frames and socket segments take turns
+/// (with strict priority the first 40 frames were all SYN-ACKs).
+#[test]
+fn a_syn_flood_does_not_starve_established_connections() {
+    let now = t(5_000);
+    let (mut s, l) = cookie_mode_listener(now);
+    let syn = Out { seq: 5, win: 65535, mss: Some(1460), ..Out::default() };
+    let (h, _) = cookie_handshake(&mut s, l, now, syn, 65535);
+    assert!(s.tcp_send(now, h, &[7u8; 64 * 1024]).unwrap() > 0);
+    for i in 0..200u16 {
+        let src = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 128 + (i % 100) as u8), 1000 + i);
+        let spoofed = Out { src: Some(src), seq: i as u32 * 7919, syn: true, win: 1000, ..Out::default() };
+        s.receive(now, &tcp_frame(&spoofed, SPOOF_MAC, 80));
+    }
+    let mut buf = vec![0u8; 1600];
+    let (mut data, mut synacks) = (0, 0);
+    for _ in 0..40 {
+        let n = s.poll_transmit(now, &mut buf).expect("frames to send");
+        let ip = Ipv4Packet::new_checked(&buf[14..n]).unwrap();
+        let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+        if ip.dst_addr() == B_IP && !seg.payload().is_empty() {
+            data += 1;
+        } else if seg.flags() & 0x12 == 0x12 {
+            synacks += 1;
+        }
+    }
+    assert!(data >= 10 && synacks >= 10, "{data} data segments, {synacks} cookie SYN-ACKs in the first 40 frames");
+}
+
 /// A client ISN at or above 2^31: with SND.WL1 left at 0 the window of the ACK was never
 /// taken (0 < SEG.SEQ is false in sequence space), so plex never sent a byte.
 #[test]
