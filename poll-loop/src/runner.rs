@@ -85,6 +85,8 @@ pub struct Runner {
 
 /// An idle turn reads the clock once in this many.
 pub const CLOCK_EVERY: u32 = 8;
+/// Receive batches a turn may take at most (see [`Runner::turn`]).
+pub const RX_ROUNDS: usize = 4;
 
 impl Runner {
     pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
@@ -120,10 +122,25 @@ impl Runner {
             t
         });
         let batch = *batch;
-        let rx = xsk.engine.rx_batch(batch, |f| {
-            let now = *fresh.get_or_insert_with(|| clock.now());
-            device.on_rx(now, f, &mut |g| stack.receive(now, g))
-        });
+        // Receive up to RX_ROUNDS batches while the ring keeps delivering full ones, against
+        // one kick's worth of transmit: under a flood every received frame may ask for an
+        // answer (a cookie SYN-ACK), and answers cost more than receiving (in copy mode the
+        // kernel runs the whole path to the peer inside our sendto). A turn that received as
+        // much as it sent would leave the RX ring to the kernel's fill-ring-empty drops, which
+        // fall on legitimate segments as much as on the flood; receiving first keeps the
+        // legitimate ones, and the answers the link cannot take are dropped and counted in the
+        // stack (`control_queue_full`).
+        let mut rx = 0;
+        for _ in 0..RX_ROUNDS {
+            let n = xsk.engine.rx_batch(batch, |f| {
+                let now = *fresh.get_or_insert_with(|| clock.now());
+                device.on_rx(now, f, &mut |g| stack.receive(now, g))
+            });
+            rx += n;
+            if n < batch {
+                break;
+            }
+        }
         let now = match fresh {
             Some(t) => t,
             None if *idle_turns % CLOCK_EVERY == 0 => clock.now(),
