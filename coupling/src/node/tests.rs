@@ -108,7 +108,7 @@ impl Harness {
     fn hierarchy(&self, addr: &str) -> Vec<String> {
         let i = self.cfg.dvipa_index(addr.parse().unwrap()).unwrap();
         // Every stack reads the same region; compute it through each node's region handle.
-        let views: Vec<Vec<u8>> = self.nodes.values().map(|n| hierarchy(n.region(), &n.region().dvipas()[i])).collect();
+        let views: Vec<Vec<u8>> = self.nodes.values().map(|n| hierarchy_with(n.region(), n.config(), i, None, &|s| n.live(s as usize) == Live::Up)).collect();
         assert!(views.windows(2).all(|w| w[0] == w[1]), "stacks disagree: {views:?}");
         let h = views.first().cloned().unwrap_or_default();
         h.into_iter().map(|s| self.cfg.stacks[s as usize].name.clone()).collect()
@@ -356,7 +356,7 @@ fn bind_activation_inside_a_range() {
     assert_eq!(h.nodes.get_mut("s2").unwrap().bind_activate(now, a), Err(BindError::InUse { addr: a, stack: "s1".into() }));
     h.settle();
     assert_eq!(h.owner("198.18.1.7").as_deref(), Some("s1"));
-    let v = crate::ops::dvipas(&h.region);
+    let v = crate::ops::dvipas(&h.region, &h.cfg, h.now);
     let r = v.iter().find(|d| d.addr == a).unwrap();
     assert_eq!((r.owner.as_deref(), r.origin, r.configured), (Some("s1"), Origin::Bind, false));
 
@@ -364,7 +364,7 @@ fn bind_activation_inside_a_range() {
     h.kill("s1");
     h.settle();
     assert_eq!(h.owner("198.18.1.7"), None);
-    let r = crate::ops::dvipas(&h.region).into_iter().find(|d| d.addr == a).unwrap();
+    let r = crate::ops::dvipas(&h.region, &h.cfg, h.now).into_iter().find(|d| d.addr == a).unwrap();
     assert_eq!(r.state, DvipaState::Inactive);
     let now = h.now;
     assert_eq!(h.nodes.get_mut("s3").unwrap().bind_activate(now, a), Ok(24));
@@ -468,7 +468,7 @@ fn members_view_shows_state_and_incarnation() {
         h.join(s);
     }
     h.kill("s2");
-    let v = crate::ops::members(&h.region, h.now);
+    let v = crate::ops::members(&h.region, &h.cfg, h.now);
     assert_eq!(v.len(), 2);
     assert_eq!((v[0].name.as_str(), v[0].state, v[0].incarnation), ("s1", MemberState::Up, 1));
     assert_eq!((v[1].name.as_str(), v[1].state), ("s2", MemberState::Failed));
