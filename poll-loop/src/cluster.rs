@@ -194,7 +194,9 @@ impl ClusterMember {
             return;
         }
         self.next_tick = now + self.heartbeat;
-        if shared.node.detached().is_none() {
+        // (The member rows are read only from a region that still checks out; the tick
+        // itself starts with the same check and leaves the cluster if it fails.)
+        if shared.node.detached().is_none() && shared.node.region().health().is_ok() {
             self.watch_members(&mut shared.node, ns);
         }
         let mut actions = std::mem::take(&mut self.actions);

@@ -9,7 +9,7 @@
 #   stay and repair them), and a squatting attempt by an unprivileged user.
 # Prints one line per fault: `fault | figure | verdict`; writes a JSON object to $1 (if given):
 #   {"survived": <fewest stacks alive after a region fault>, "stacks": 3, "faults": [...]}
-# Exit status: the number of failed verdicts. `--quick` truncates once instead of three times.
+# Exit status: the number of failed verdicts. `--quick` truncates once instead of five times.
 #
 # The caller holds the testbed lock (scripts/chaos.sh). Standalone:
 #   flock /tmp/plx-testbed.lock scripts/chaos/region_faults.sh [--quick] [out.json]
@@ -115,14 +115,14 @@ record "SIGSTOP s1 past the lease" "$r" "s2 served after stop; s1 fenced=$([ $fe
 # then a restart of the cluster replaces the stale region and serves the DVIPAs again.
 region_fault() {
   local name=$1; shift
-  local before; before=$(grep -c "left the cluster: its coupling region" "$LOGDIR"/s*.log | awk -F: '{ s += $2 } END { print s }')
+  local before; before=$(grep -c "serving its own address" "$LOGDIR"/s*.log | awk -F: '{ s += $2 } END { print s }')
   traffic 198.18.0.12 1.5 "$LOGDIR/traffic.txt"
   sleep 0.3
   "$@"
   sleep 0.6
   local n; n=$(alive)
   [ "$n" -lt "$SURVIVED" ] && SURVIVED=$n
-  local left; left=$(grep -c "left the cluster: its coupling region" "$LOGDIR"/s*.log | awk -F: '{ s += $2 } END { print s }')
+  local left; left=$(grep -c "serving its own address" "$LOGDIR"/s*.log | awk -F: '{ s += $2 } END { print s }')
   left=$((left - before))
   local own=0; for i in 1 2 3; do echo_ok "198.18.0.1$i" && own=$((own + 1)); done
   wait "$TRAFFIC" 2>/dev/null
@@ -135,7 +135,7 @@ region_fault() {
   record "$name" "$r" "$n/3 alive, $left/3 left, $own/3 own addr" "echo on 198.18.0.12 during it $tr; after restart: stale region replaced=$replaced, $V served=$served"
 }
 size=$(stat -c %s "$REGION")
-reps=3; [ "$QUICK" = 1 ] && reps=1
+reps=5; [ "$QUICK" = 1 ] && reps=1
 for k in $(seq 1 $reps); do region_fault "region truncated to 0 (#$k)" truncate -s 0 "$REGION"; done
 region_fault "region zeroed" dd if=/dev/zero of="$REGION" bs=1M count=$(( size / 1048576 + 1 )) conv=notrunc status=none
 region_fault "region overwritten with random" sh -c "head -c $size /dev/urandom | dd of=$REGION conv=notrunc status=none"
