@@ -269,6 +269,13 @@ pub const fn announced_mark(owner: u8, generation: u32) -> u64 {
     1 << 63 | (owner as u64) << 32 | generation as u64
 }
 
+/// The value of [`DvipaRow::announced`] while a command moves the address to stack `owner`
+/// (owner word `generation`, state moving) and `owner` is watching for it: the holder may let
+/// go, the new owner picks it up at its next turn (bit 62).
+pub const fn ready_mark(owner: u8, generation: u32) -> u64 {
+    1 << 62 | (owner as u64) << 32 | generation as u64
+}
+
 /// An SPSC message ring header, followed by its slots. Producer and consumer indices are on
 /// separate cache lines.
 #[repr(C)]

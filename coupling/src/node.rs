@@ -226,6 +226,11 @@ pub struct Node {
     absent_since: BTreeMap<usize, u64>,
     /// A command is moving an address here: tick every turn until it arrives.
     moving_in: bool,
+    /// Since when a command has been moving an address away from here (we keep serving it
+    /// until the new owner says it is watching, or a lease passes).
+    moving_out_since: BTreeMap<RowRef, u64>,
+    /// Range rows found invalid (row, address): counted once each.
+    bad_ranges: BTreeMap<usize, u32>,
     /// The region went bad: this stack left the cluster and runs alone.
     detached: Option<RegionFault>,
 }
@@ -262,6 +267,8 @@ impl Node {
             row_unknown_since: BTreeMap::new(),
             absent_since: BTreeMap::new(),
             moving_in: false,
+            moving_out_since: BTreeMap::new(),
+            bad_ranges: BTreeMap::new(),
             detached: None,
         };
         node.enter(now)?;
@@ -496,8 +503,11 @@ impl Node {
                     // ignored, never activated.
                     if self.local.values().any(|l| l.row == RowRef::Range(i)) {
                         self.step_row(now, RowRef::Range(i), conns, out);
-                    } else if self.invalid.get(r) < 1_000_000 {
-                        self.invalid.add(r);
+                    } else {
+                        let a = self.region.range_dvipas()[i].addr.load(Ordering::Relaxed);
+                        if self.bad_ranges.insert(i, a) != Some(a) {
+                            self.ignored(r, format!("range row {i} (address {})", Ipv4Addr::from(a)));
+                        }
                     }
                 }
             }
@@ -628,9 +638,11 @@ impl Node {
             }
             Err(actual) => {
                 let a = MemberWord::unpack(actual);
+                // A failure declaration: "failed" with our incarnation (the heartbeat may be an
+                // older one of ours when it was declared over an unreadable row).
                 let fenced = actual as u8 == MemberState::Failed as u8
                     && a.inc == self.word.inc
-                    && a.heartbeat_ms == self.word.heartbeat_ms
+                    && a.heartbeat_ms <= self.word.heartbeat_ms
                     && row.incarnation.load(Ordering::Relaxed) == self.incarnation;
                 if !fenced {
                     // Not a failure declaration: our own row was overwritten. Nobody takes
@@ -860,9 +872,21 @@ impl Node {
         };
         let Some((raw, w)) = self.owner_of(now, r) else { return };
         let is_local = self.local.get(&addr).is_some_and(|l| l.row == r);
+        // A command moves it away from here: keep answering until the new owner says it is
+        // watching (it then picks the address up at its next turn), or a lease has passed.
+        let moving_out = w.state == DvipaState::Moving && w.prev == me && w.owner != me;
+        let let_go = moving_out && {
+            let since = *self.moving_out_since.entry(r).or_insert(now);
+            !is_local
+                || self.row(r).announced.load(Ordering::Acquire) == ready_mark(w.owner, w.generation)
+                || now.saturating_sub(since) >= self.cfg.lease_ms * 1_000_000
+        };
+        if !moving_out {
+            self.moving_out_since.remove(&r);
+        }
 
         // Lost it: moved away by a command, deleted, taken while we were fenced.
-        if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) {
+        if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) && !(moving_out && !let_go) {
             let (dep, why) = match w.state {
                 DvipaState::Deleted => (Departure::Reset, "deleted by the operator"),
                 DvipaState::Moving if w.prev == me => (Departure::Reset, "moved to another stack by command"),
@@ -973,9 +997,14 @@ impl Node {
             }
             DvipaState::Moving => {
                 if w.prev == me {
-                    // We were asked to let go (deactivated above): complete the move.
+                    if !let_go {
+                        return;
+                    }
+                    // We let go (deactivated above): complete the move.
                     let next = w.next(w.owner, me, DvipaState::Active, w.origin);
-                    self.cas(r, raw, next, now);
+                    if self.cas(r, raw, next, now) {
+                        self.moving_out_since.remove(&r);
+                    }
                 } else if w.owner == me {
                     if self.is_down(w.prev) {
                         let next = w.next(me, w.prev, DvipaState::Active, w.origin);
@@ -983,8 +1012,10 @@ impl Node {
                             self.activate_local(r, addr, prefix, out, "activated by command");
                         }
                     } else {
-                        // Coming here: look again at every turn, not a heartbeat later.
+                        // Coming here: look again at every turn, not a heartbeat later, and
+                        // tell the holder it may let go.
                         self.moving_in = true;
+                        self.row(r).announced.store(ready_mark(me, w.generation), Ordering::Release);
                     }
                 }
             }

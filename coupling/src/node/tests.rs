@@ -731,3 +731,40 @@ fn a_truncated_region_file_makes_stacks_leave_without_a_fault() {
     assert_eq!(out.len(), 1, "s1 dropped its DVIPA: {out:?}");
     std::fs::remove_file(&p).unwrap();
 }
+
+/// The holder of an address a command moves keeps answering until the new owner watches for
+/// it (so the address is unanswered only from the release to the new owner's next turn); if
+/// the new owner never looks, the holder lets go after a lease.
+#[test]
+fn the_holder_keeps_a_moving_address_until_the_new_owner_watches() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    let a: Ipv4Addr = "198.18.1.9".parse().unwrap();
+    let (region, cfg) = (h.region.clone(), h.cfg.clone());
+    crate::ops::activate(&region, &cfg, a, "s3", h.now).unwrap();
+    h.settle();
+    crate::ops::activate(&region, &cfg, a, "s2", h.now).unwrap();
+    for _ in 0..3 {
+        h.now += 10 * MS;
+        h.tick("s3");
+        assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s3"), "s3 let go before s2 was watching");
+    }
+    h.tick("s2");
+    h.tick("s3");
+    h.tick("s2");
+    assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s2"));
+    // A move to s1, which hangs before it ever looks: s2 lets go only after a lease.
+    crate::ops::activate(&region, &cfg, a, "s1", h.now).unwrap();
+    let s1 = h.nodes.remove("s1").unwrap();
+    h.homes.remove("s1");
+    let mut steps = 0;
+    while h.owner("198.18.1.9").as_deref() == Some("s2") {
+        h.step();
+        steps += 1;
+        assert!(steps < 30);
+    }
+    assert!(steps >= 10, "let go after {steps} heartbeats, before the lease");
+    drop(s1);
+}
