@@ -886,7 +886,7 @@ impl Node {
         }
 
         // Lost it: moved away by a command, deleted, taken while we were fenced.
-        if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) && !(moving_out && !let_go) {
+        if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) && (!moving_out || let_go) {
             let (dep, why) = match w.state {
                 DvipaState::Deleted => (Departure::Reset, "deleted by the operator"),
                 DvipaState::Moving if w.prev == me => (Departure::Reset, "moved to another stack by command"),
