@@ -31,7 +31,14 @@ T0=$(date +%s.%N)
 "$TB" up 3 >/dev/null || { echo "testbed up failed"; exit 1; }
 rm -f "$REGION" "${REGION%.*}.lock"
 
-start_stack() { # I: plex run --stack sI echo (ip netns exec execs plex: $! is its pid)
+# start_stack I: plex run --stack sI echo (ip netns exec execs plex: $! is its pid); tried up to
+# three times (a just-stopped stack's AF_XDP socket may not be released yet).
+start_stack() {
+  local k
+  for k in 1 2 3; do start_stack_once "$1" && return 0; sleep 0.3; done
+  return 1
+}
+start_stack_once() {
   local i=$1
   ip netns exec "plx-s$i" "$PLEX" run --stack "s$i" echo >>"$LOGDIR/s$i.log" 2>&1 &
   SPID[$i]=$!
@@ -53,7 +60,7 @@ stop_all() {
     kill -9 "${SPID[$i]:-}" 2>/dev/null
   done
 }
-restart_all() { stop_all; for i in 1 2 3; do start_stack "$i" || return 1; done; }
+restart_all() { stop_all; sleep 0.2; for i in 1 2 3; do start_stack "$i" || return 1; done; }
 alive() { local n=0; for i in 1 2 3; do kill -0 "${SPID[$i]}" 2>/dev/null && n=$((n + 1)); done; echo $n; }
 owner_of() { "$PLEX" ctl show dvipas 2>/dev/null | awk -v a="$1" 'index($1, a "/") == 1 {print $3}'; }
 wait_owner() { # ADDR STACK SECONDS
@@ -62,14 +69,23 @@ wait_owner() { # ADDR STACK SECONDS
   return 1
 }
 echo_ok() { [ "$(echo hello | ip netns exec plx-client timeout 2 socat -t 1 - "TCP:$1:7,connect-timeout=1" 2>/dev/null)" = hello ]; }
-# ms_until_echo ADDR SECONDS: milliseconds until an echo through ADDR succeeds ("none").
-ms_until_echo() {
-  local t0 t1; t0=$(date +%s%N)
-  while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt $(( $2 * 1000 )) ]; do
-    if echo_ok "$1"; then t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); return 0; fi
-  done
-  echo none; return 1
+# kill_at SIG PID...: send SIG to each PID (in order) and print CLOCK_MONOTONIC ns of the first.
+kill_at() { python3 -c 'import os, sys, time
+t = time.monotonic_ns()
+for p in sys.argv[2:]: os.kill(int(p), int(sys.argv[1])); time.sleep(0.02)
+print(t)' "$@"; }
+# loop_start VAR ADDR SECONDS: the client's connect loop (one line per attempt: start end ok,
+# 20 ms budget each, CLOCK_MONOTONIC) into a new file named in VAR; ms_after FILE T0: milliseconds from
+# T0 until the end of the first successful attempt started after it ("none").
+loop_start() { # VAR ADDR SECONDS: the file's name goes into VAR
+  local f; f=$(mktemp "$LOGDIR/loop.XXXXXX")
+  ip netns exec plx-client python3 "$HERE/conn_loop.py" "$2" 7 "$3" "$f" >/dev/null 2>&1 &
+  LOOPS+=($!)
+  printf -v "$1" '%s' "$f"
 }
+loops_wait() { for p in "${LOOPS[@]}"; do wait "$p" 2>/dev/null; done; LOOPS=(); }
+ms_after() { awk -v t0="$2" '$1 >= t0 && $3 == 1 { printf "%d\n", ($2 - t0) / 1e6; found = 1; exit } END { if (!found) print "none" }' "$1"; }
+LOOPS=()
 record() { # NAME OK FIGURE DETAIL
   local v=FAIL; [ "$2" = true ] && v=ok
   [ "$2" = true ] || FAILS=$((FAILS + 1))
@@ -84,30 +100,33 @@ for i in 1 2 3; do start_stack "$i" || exit 1; done
 wait_owner $V s1 3 && wait_owner $W s2 3 || { echo "cluster did not form"; exit 1; }
 
 # --- kill -9 of the owner --------------------------------------------------------------------
-kill -9 "${SPID[1]}"
-ms=$(ms_until_echo $V 3)
+loop_start fv $V 1.5; sleep 0.4
+t0=$(kill_at 9 "${SPID[1]}")
+loops_wait; ms=$(ms_after "$fv" "$t0")
 o=$(owner_of $V)
 [ "$ms" != none ] && [ "$o" = s2 ] && r=true || r=false
-record "kill -9 owner s1" "$r" "$V served by $o after ${ms} ms" "takeover by the rank-20 backup"
+record "kill -9 owner s1" "$r" "$V served by $o ${ms} ms after" "takeover by the rank-20 backup; ms from the kill to the first echoed connection"
 start_stack 1; wait_owner $V s1 3
 
 # --- kill -9 of two stacks in a row ----------------------------------------------------------
-kill -9 "${SPID[1]}"; sleep 0.05; kill -9 "${SPID[2]}"
-ms=$(ms_until_echo $V 3); ms2=$(ms_until_echo $W 3)
+loop_start fv $V 1.5; loop_start fw $W 1.5; sleep 0.4
+t0=$(kill_at 9 "${SPID[1]}" "${SPID[2]}")
+loops_wait; ms=$(ms_after "$fv" "$t0"); ms2=$(ms_after "$fw" "$t0")
 ov=$(owner_of $V); ow=$(owner_of $W)
 [ "$ms" != none ] && [ "$ms2" != none ] && [ "$ov" = s3 ] && [ "$ow" = s3 ] && r=true || r=false
-record "kill -9 s1 then s2" "$r" "$V, $W on $ov, $ow (${ms}, ${ms2} ms)" "the last stack holds both"
+record "kill -9 s1 then s2" "$r" "$V, $W on $ov, $ow (${ms}, ${ms2} ms)" "the last stack holds both; ms from the first kill (s2 killed 20 ms later)"
 start_stack 1; start_stack 2; wait_owner $V s1 3; wait_owner $W s2 3
 
 # --- SIGSTOP of the owner past its lease -------------------------------------------------------
-kill -STOP "${SPID[1]}"
-wait_owner $V s2 3; ms=$(ms_until_echo $V 3)
+loop_start fv $V 1.5; sleep 0.4
+t0=$(kill_at 19 "${SPID[1]}")
+loops_wait; ms=$(ms_after "$fv" "$t0"); wait_owner $V s2 3
 kill -CONT "${SPID[1]}"
 sleep 0.3
 grep -q "fenced: declared failed while stalled" "$LOGDIR/s1.log"; fenced=$?
 wait_owner $V s1 3; back=$?
 [ "$ms" != none ] && [ $fenced = 0 ] && [ $back = 0 ] && r=true || r=false
-record "SIGSTOP s1 past the lease" "$r" "s2 served after stop; s1 fenced=$([ $fenced = 0 ] && echo yes || echo no)" "then given back to s1"
+record "SIGSTOP s1 past the lease" "$r" "s2 served ${ms} ms after; s1 fenced=$([ $fenced = 0 ] && echo yes || echo no)" "lease 250 ms; then given back to s1"
 
 # --- the region file goes bad under the running cluster ---------------------------------------
 # region_fault NAME COMMAND...: run COMMAND on the region while echo traffic runs against s2's
