@@ -146,11 +146,12 @@ region_fault() {
   local own=0; for i in 1 2 3; do echo_ok "198.18.0.1$i" && own=$((own + 1)); done
   wait "$TRAFFIC" 2>/dev/null
   local tr; tr=$(ok_ratio "$LOGDIR/traffic.txt")
+  local stale0; stale0=$(cat "$LOGDIR"/s*.log | grep -c "found a stale coupling region")
   restart_all
-  local replaced=no; grep -q "found a stale coupling region" "$LOGDIR"/s*.log && replaced=yes
+  local replaced=no; [ "$(cat "$LOGDIR"/s*.log | grep -c "found a stale coupling region")" -gt "$stale0" ] && replaced=yes
   local served=no; wait_owner $V s1 3 && echo_ok $V && served=yes
   local r=false
-  [ "$n" = 3 ] && [ "$left" = 3 ] && [ "$own" = 3 ] && [ "$served" = yes ] && r=true
+  [ "$n" = 3 ] && [ "$left" = 3 ] && [ "$own" = 3 ] && [ "$replaced" = yes ] && [ "$served" = yes ] && r=true
   record "$name" "$r" "$n/3 alive, $left/3 left, $own/3 own addr" "echo on 198.18.0.12 during it $tr; after restart: stale region replaced=$replaced, $V served=$served"
 }
 size=$(stat -c %s "$REGION")
