@@ -566,34 +566,32 @@ impl Node {
 
     fn validate_member(&mut self, slot: usize, now: u64) {
         let lease = self.cfg.lease_ms * 1_000_000;
-        {
-            if slot == self.slot {
-                self.live[slot] = Live::Up;
-                return;
+        if slot == self.slot {
+            self.live[slot] = Live::Up;
+            return;
+        }
+        let checked = check::member(&self.region, &self.cfg, slot, now).and_then(|s| match self.seen_members[slot] {
+            Some((last, _)) if s.incarnation < last.incarnation => Err(Invalid::MemberIncarnation),
+            _ => Ok(s),
+        });
+        match checked {
+            Ok(s) => {
+                self.seen_members[slot] = Some((s, now));
+                self.unknown_since[slot] = 0;
+                self.live[slot] = if s.word.state == MemberState::Up { Live::Up } else { Live::Down };
             }
-            let checked = check::member(&self.region, &self.cfg, slot, now).and_then(|s| match self.seen_members[slot] {
-                Some((last, _)) if s.incarnation < last.incarnation => Err(Invalid::MemberIncarnation),
-                _ => Ok(s),
-            });
-            match checked {
-                Ok(s) => {
-                    self.seen_members[slot] = Some((s, now));
-                    self.unknown_since[slot] = 0;
-                    self.live[slot] = if s.word.state == MemberState::Up { Live::Up } else { Live::Down };
+            Err(r) => {
+                let name = self.cfg.stacks[slot].name.clone();
+                self.ignored(r, format!("member row of {name} (slot {slot})"));
+                self.live[slot] = Live::Unknown;
+                if self.unknown_since[slot] == 0 {
+                    self.unknown_since[slot] = now;
                 }
-                Err(r) => {
-                    let name = self.cfg.stacks[slot].name.clone();
-                    self.ignored(r, format!("member row of {name} (slot {slot})"));
-                    self.live[slot] = Live::Unknown;
-                    if self.unknown_since[slot] == 0 {
-                        self.unknown_since[slot] = now;
-                    }
-                    let since = self.seen_members[slot].map_or(self.unknown_since[slot], |(_, at)| at);
-                    // Unreadable for a whole lease: a live stack would have repaired its row.
-                    if now.saturating_sub(since) > lease && self.declare_unreadable_failed(slot, now) {
-                        self.live[slot] = Live::Down;
-                        self.event(format!("member row of {name} unreadable for a lease: declared it failed (rewrote the row as failed)"));
-                    }
+                let since = self.seen_members[slot].map_or(self.unknown_since[slot], |(_, at)| at);
+                // Unreadable for a whole lease: a live stack would have repaired its row.
+                if now.saturating_sub(since) > lease && self.declare_unreadable_failed(slot, now) {
+                    self.live[slot] = Live::Down;
+                    self.event(format!("member row of {name} unreadable for a lease: declared it failed (rewrote the row as failed)"));
                 }
             }
         }
