@@ -812,10 +812,15 @@ impl Node {
                 let me = self.slot as u8;
                 match self.seen_words.get(&r).copied() {
                     Some(last) => {
+                        // Held: its holder repairs it. Not held: a configured row's primary, and
+                        // any stack for a range row (nobody answers for it; one CAS wins).
                         let responsible = if last.held() {
                             last.owner == me
                         } else {
-                            matches!(r, RowRef::Config(i) if self.cfg.dvipas[i].primary == self.slot)
+                            match r {
+                                RowRef::Config(i) => self.cfg.dvipas[i].primary == self.slot,
+                                RowRef::Range(_) => true,
+                            }
                         };
                         if responsible {
                             let fixed = OwnerWord { generation: last.generation.wrapping_add(1), ..last };
@@ -830,7 +835,10 @@ impl Node {
                     }
                     None => {
                         let since = *self.row_unknown_since.entry(r).or_insert(now);
-                        let primary = matches!(r, RowRef::Config(i) if self.cfg.dvipas[i].primary == self.slot);
+                        let primary = match r {
+                            RowRef::Config(i) => self.cfg.dvipas[i].primary == self.slot,
+                            RowRef::Range(_) => true,
+                        };
                         if primary && now.saturating_sub(since) > self.cfg.lease_ms * 1_000_000 {
                             // Nobody who held it repaired it within a lease: start it afresh.
                             let fresh = OwnerWord { generation: (raw >> 32) as u32 ^ 0x8000_0000, ..OwnerWord::EMPTY };

@@ -768,3 +768,32 @@ fn the_holder_keeps_a_moving_address_until_the_new_owner_watches() {
     assert!(steps >= 10, "let go after {steps} heartbeats, before the lease");
     drop(s1);
 }
+
+/// A range address nobody holds whose owner word is scribbled over is repaired by the stacks
+/// (from the last valid word, or reset after a lease when none saw it valid), so a later bind
+/// is not refused forever.
+#[test]
+fn an_unheld_range_row_with_a_garbage_owner_word_is_repaired() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    let a: Ipv4Addr = "198.18.1.5".parse().unwrap();
+    let i = claim_range_row(&h.region, a, 24).unwrap();
+    h.settle();
+    let region = h.region.clone();
+    let row = &region.range_dvipas()[i];
+    row.owner.store(0x0102_0304_0506_0708, Ordering::Release);
+    assert!(matches!(h.nodes.get_mut("s2").unwrap().bind_activate(h.now, a), Err(BindError::Corrupt(_))));
+    h.step();
+    assert!(crate::check::owner_word(&h.cfg, false, row.owner.load(Ordering::Acquire)).is_ok(), "repaired from the last valid word");
+    // Never seen valid by anyone (a fresh row scribbled over): reset after a lease.
+    let b: Ipv4Addr = "198.18.1.6".parse().unwrap();
+    let j = claim_range_row(&h.region, b, 24).unwrap();
+    region.range_dvipas()[j].owner.store(0x0102_0304_0506_0708, Ordering::Release);
+    for _ in 0..15 {
+        h.step();
+    }
+    assert!(crate::check::owner_word(&h.cfg, false, region.range_dvipas()[j].owner.load(Ordering::Acquire)).is_ok());
+    assert_eq!(h.nodes.get_mut("s2").unwrap().bind_activate(h.now, b), Ok(24));
+}
