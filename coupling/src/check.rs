@@ -125,6 +125,16 @@ pub struct MemberSeen {
     pub incarnation: u64,
     pub pid: u32,
     pub join_seq: u64,
+    /// CLOCK_MONOTONIC ns of its join.
+    pub joined_ns: u64,
+}
+
+impl MemberSeen {
+    /// Has the member renewed its lease since it joined, i.e. is its poll loop running (a
+    /// stack joins before it attaches its interface, which takes a while)?
+    pub fn ticking(&self) -> bool {
+        self.word.heartbeat_ms > self.joined_ns / 1_000_000
+    }
 }
 
 const PID_MAX: u32 = 1 << 22;
@@ -134,7 +144,13 @@ pub fn member(region: &Region, cfg: &ClusterConfig, slot: usize, now: u64) -> Re
     let row = &region.members()[slot];
     let raw = row.word.load(Ordering::Acquire);
     let incarnation = row.incarnation.load(Ordering::Relaxed);
-    let seen = |w| MemberSeen { word: w, incarnation, pid: row.pid.load(Ordering::Relaxed), join_seq: row.join_seq.load(Ordering::Relaxed) };
+    let seen = |w| MemberSeen {
+        word: w,
+        incarnation,
+        pid: row.pid.load(Ordering::Relaxed),
+        join_seq: row.join_seq.load(Ordering::Relaxed),
+        joined_ns: row.joined_ns.load(Ordering::Relaxed),
+    };
     if raw as u8 > MemberState::Left as u8 {
         return Err(Invalid::MemberState);
     }

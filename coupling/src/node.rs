@@ -954,7 +954,11 @@ impl Node {
                 let RowRef::Config(i) = r else { return };
                 let p = d.primary as u8;
                 let primary_role = check::role(&self.region, &self.cfg, i, d.primary);
-                let primary_back = self.is_up(p) && (primary_role == ROLE_PRIMARY || primary_role == ROLE_GIVEBACK);
+                // Back, and running: a stack joins before it attaches its interface, so a
+                // giveback to a primary that has not ticked yet would leave the address
+                // unanswered until it does.
+                let primary_ticking = self.seen_members[d.primary].is_some_and(|(s, _)| s.ticking());
+                let primary_back = self.is_up(p) && primary_ticking && (primary_role == ROLE_PRIMARY || primary_role == ROLE_GIVEBACK);
                 if !primary_back {
                     if w.state == DvipaState::DelayedGiveback && self.is_down(p) {
                         // The primary died while waiting: keep it as an ordinary takeover.

@@ -797,3 +797,28 @@ fn an_unheld_range_row_with_a_garbage_owner_word_is_repaired() {
     assert!(crate::check::owner_word(&h.cfg, false, region.range_dvipas()[j].owner.load(Ordering::Acquire)).is_ok());
     assert_eq!(h.nodes.get_mut("s2").unwrap().bind_activate(h.now, b), Ok(24));
 }
+
+/// A stack joins before it attaches its interface (which takes a while): the holder gives a
+/// DVIPA back only once the returning primary has ticked (renewed its lease since joining),
+/// not the moment it joins - else the address is unanswered until the primary's loop runs.
+#[test]
+fn giveback_waits_until_the_returning_primary_ticks() {
+    let mut h = three();
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    h.kill("s1");
+    h.step();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+    // s1 joins (no tick yet: its interface is being attached).
+    let ident = Identity { pid: 1000, ..Identity::default() };
+    let s1 = Node::join(h.region.clone(), h.cfg.clone(), "s1", ident, h.now).unwrap();
+    for _ in 0..10 {
+        h.step();
+        assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"), "given back before s1 could answer");
+    }
+    h.nodes.insert("s1".into(), s1);
+    h.homes.insert("s1".into(), BTreeSet::new());
+    h.settle();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s1"));
+}
