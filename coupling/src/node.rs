@@ -191,6 +191,8 @@ struct Release {
     /// The raw owner word the release was decided from.
     expect: u64,
     next: OwnerWord,
+    /// A giveback to the primary (counted), or a command move.
+    giveback: bool,
 }
 
 #[derive(Debug)]
@@ -392,10 +394,11 @@ impl Node {
     pub fn detached(&self) -> Option<&RegionFault> {
         self.detached.as_ref()
     }
-    /// A command is moving an address to this stack: the caller ticks every turn until it
-    /// arrives, so the address is unanswered for no longer than it takes to see it.
+    /// Tick again at the next turn, not a heartbeat later: a command is moving an address to
+    /// this stack (so it is unanswered for no longer than it takes to see it), or this stack
+    /// let an address go and hands its word over once it has left the steering map.
     pub fn awaiting_move(&self) -> bool {
-        self.moving_in
+        self.moving_in || !self.releasing.is_empty()
     }
     /// What happened to rows since the last call (for the stack's log).
     pub fn take_events(&mut self) -> Vec<String> {
@@ -759,7 +762,10 @@ impl Node {
             // deleted it...): the next step sees the new word and acts on it. On success the
             // primary activates when its own tick sees itself as owner.
             if self.cas(r.row, r.expect, r.next, now) {
-                self.stats.givebacks += 1;
+                if r.giveback {
+                    self.stats.givebacks += 1;
+                }
+                self.moving_out_since.remove(&r.row);
             }
         }
     }
@@ -970,7 +976,7 @@ impl Node {
                 if n == 0 {
                     // Immediate giveback: leave the steering map first, hand the word over next tick.
                     self.deactivate_local(addr, Departure::Silent, out, "given back to its primary");
-                    self.releasing.push(Release { row: r, expect: raw, next: w.next(p, me, DvipaState::Active, Origin::Config) });
+                    self.releasing.push(Release { row: r, expect: raw, next: w.next(p, me, DvipaState::Active, Origin::Config), giveback: true });
                 } else if w.state == DvipaState::Active {
                     let next = w.next(me, w.prev, DvipaState::DelayedGiveback, w.origin);
                     if self.cas(r, raw, next, now) {
@@ -1010,9 +1016,12 @@ impl Node {
                     if !let_go {
                         return;
                     }
-                    // We let go (deactivated above): complete the move.
+                    // We let go (deactivated above). The word moves on only once the address
+                    // has left our steering map: at our next turn (see `awaiting_move`).
                     let next = w.next(w.owner, me, DvipaState::Active, w.origin);
-                    if self.cas(r, raw, next, now) {
+                    if is_local {
+                        self.releasing.push(Release { row: r, expect: raw, next, giveback: false });
+                    } else if self.cas(r, raw, next, now) {
                         self.moving_out_since.remove(&r);
                     }
                 } else if w.owner == me {

@@ -670,8 +670,12 @@ fn a_command_move_is_watched_every_turn_and_done_when_announced() {
     assert_eq!(crate::ops::activation_done(&region, &cfg, a, "s2", h.now), Ok(false));
     h.tick("s2");
     assert!(h.nodes["s2"].awaiting_move(), "s2 must look again at its next turn");
-    h.tick("s3"); // lets go and hands the word over
+    h.tick("s3"); // lets go (out of its steering map when the actions are applied)
     assert_eq!(h.owner("198.18.1.9"), None);
+    assert!(h.nodes["s3"].awaiting_move(), "s3 hands the word over at its next turn");
+    h.tick("s2");
+    assert_eq!(h.owner("198.18.1.9"), None, "the word moved on before the address left s3's steering map");
+    h.tick("s3"); // hands the word over
     h.tick("s2"); // the next turn, not the next heartbeat
     assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s2"));
     assert!(!h.nodes["s2"].awaiting_move());
@@ -752,6 +756,7 @@ fn the_holder_keeps_a_moving_address_until_the_new_owner_watches() {
         assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s3"), "s3 let go before s2 was watching");
     }
     h.tick("s2");
+    h.tick("s3");
     h.tick("s3");
     h.tick("s2");
     assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s2"));
