@@ -59,6 +59,13 @@ echo_ok() { # ADDR [PORT]
 # exited_with CODE RC TEXT PATTERN: the command exited with CODE and said PATTERN.
 exited_with() { [ "$2" = "$1" ] && printf '%s' "$3" | grep -q -- "$4"; }
 no_echo() { ! echo_ok "$@"; }
+wait_log() { # FILE PATTERN COUNT: until FILE has COUNT lines with PATTERN (bounded: 2 s)
+  for _ in $(seq 1 40); do
+    [ "$(grep -cF -- "$2" "$1")" -ge "$3" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
 neigh_mac() { ip netns exec plx-client ip neigh show "$1" | awk '{print $5}'; }
 
 # --- squatting: no region from an unprivileged run; none of another uid is used -----------
@@ -115,9 +122,12 @@ check "capture: s2 announced $V by gratuitous ARP from its MAC" \
   grep -qiE "^.* $(mac_of 2) > ff:ff:ff:ff:ff:ff.*(Request who-has $V tell $V|Reply $V is-at)" "$LOGDIR/client-arp.txt"
 
 # --- immediate giveback: the primary returns, no connections on the holder ----------------
+n_active=$(grep -c "$V active" "$LOGDIR/s1.log")
 start_stack 1 echo
 check "s1 is back: s2 (no connections) gave $V back at once" wait_owner $V s1 2
 check "s2 logged the giveback" grep -q "$V inactive (given back to its primary" "$LOGDIR/s2.log"
+# The owner word moves before s1's next tick activates and announces the address: wait for that.
+check "s1 activated and announced $V" wait_log "$LOGDIR/s1.log" "$V active (given back by its holder)" $((n_active + 1))
 check "echo through $V after the giveback" echo_ok $V
 check "the client's ARP entry for $V is s1's again" test "$(neigh_mac $V)" = "$(mac_of 1)"
 
