@@ -122,7 +122,7 @@ check "capture: s2 announced $V by gratuitous ARP from its MAC" \
   grep -qiE "^.* $(mac_of 2) > ff:ff:ff:ff:ff:ff.*(Request who-has $V tell $V|Reply $V is-at)" "$LOGDIR/client-arp.txt"
 
 # --- immediate giveback: the primary returns, no connections on the holder ----------------
-n_active=$(grep -c "$V active" "$LOGDIR/s1.log")
+n_active=$(grep -cF "$V active (given back by its holder)" "$LOGDIR/s1.log")
 start_stack 1 echo
 check "s1 is back: s2 (no connections) gave $V back at once" wait_owner $V s1 2
 check "s2 logged the giveback" grep -q "$V inactive (given back to its primary" "$LOGDIR/s2.log"
