@@ -71,6 +71,31 @@ pub enum RunApp {
     },
 }
 
+/// Capabilities a stack needs (attach XDP, load BPF, open AF_XDP sockets), from the effective
+/// set in /proc/self/status: checked before anything is created, so an unprivileged `plex run`
+/// leaves no coupling region behind for root's stacks to trip over.
+fn check_stack_privilege() -> Result<(), String> {
+    const NET_ADMIN: u32 = 12;
+    const NET_RAW: u32 = 13;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("reading /proc/self/status: {e}"))?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or("no CapEff line in /proc/self/status")?;
+    let has = |c: u32| eff & (1 << c) != 0;
+    if has(NET_ADMIN) && has(NET_RAW) && (has(BPF) || has(SYS_ADMIN)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "plex run needs root (or CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF) to attach XDP and open AF_XDP sockets; you are uid {} with capabilities {eff:#x}. Nothing was created.",
+            rustix::process::geteuid().as_raw()
+        ))
+    }
+}
+
 pub fn run(args: RunArgs) -> Result<(), String> {
     let cfg = Arc::new(load_config(args.config.as_deref())?);
     let def = cfg
@@ -82,6 +107,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             format!("--stack {:?}: the cluster config has no such stack (it has {})", args.stack, names.join(", "))
         })?
         .clone();
+    // Before the region (and anything else) is created.
+    check_stack_privilege()?;
     if let Some(ip) = args.bind {
         let _ = crate::apps::LISTEN_IP.set(ip);
     }
@@ -144,6 +171,9 @@ pub enum ShowWhat {
     Members,
     /// DVIPAs: owner, state, hierarchy, connections.
     Dvipas,
+    /// Rows of the region that fail validation now (per reason), and each stack's count of
+    /// rows it ignored.
+    Counters,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,33 +201,91 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
         CtlCmd::Show { what } => {
             let region = Region::attach(&cfg.region, false).map_err(|e| e.to_string())?;
             Ok(match what {
-                ShowWhat::Members => show_members(&region, now),
-                ShowWhat::Dvipas => show_dvipas(&region),
+                ShowWhat::Members => show_members(&region, &cfg, now),
+                ShowWhat::Dvipas => show_dvipas(&region, &cfg, now),
+                ShowWhat::Counters => show_counters(&region, &cfg, now),
             })
         }
         CtlCmd::Dvipa { cmd } => {
-            let owner = Region::owner_uid(&cfg.region).map_err(|e| e.to_string())?;
             let euid = rustix::process::geteuid().as_raw();
-            if euid != 0 && euid != owner {
-                return Err(format!(
-                    "refused: DVIPA commands need privilege (root or uid {owner}, the owner of {}); you are uid {euid}",
-                    cfg.region.display()
-                ));
+            if euid != 0 {
+                let owner = Region::owner_uid(&cfg.region).map_err(|e| e.to_string())?;
+                if owner != euid {
+                    return Err(format!(
+                        "refused: DVIPA commands need privilege (root or the uid the cluster's stacks run as); you are uid {euid} and {} is owned by uid {owner}",
+                        cfg.region.display()
+                    ));
+                }
             }
             let region = Region::attach(&cfg.region, true).map_err(|e| e.to_string())?;
-            match cmd {
-                DvipaCmd::Activate { addr, stack } => coupling::ops::activate(&region, &cfg, addr, &stack, now),
-                DvipaCmd::Delete { addr } => coupling::ops::delete(&region, &cfg, addr, now),
+            if euid != 0 {
+                check_ctl_privilege(&region, &cfg, euid, now)?;
             }
-            .map_err(|e| format!("refused: {e}"))
+            match cmd {
+                DvipaCmd::Activate { addr, stack } => {
+                    let said = coupling::ops::activate(&region, &cfg, addr, &stack, now).map_err(|e| format!("refused: {e}"))?;
+                    wait_announced(&region, &cfg, addr, &stack)?;
+                    Ok(format!("{said}; {stack} has announced it\n"))
+                }
+                DvipaCmd::Delete { addr } => coupling::ops::delete(&region, &cfg, addr, now).map(|s| s + "\n").map_err(|e| format!("refused: {e}")),
+            }
         }
     }
 }
 
-fn show_members(region: &Region, now: u64) -> String {
+/// `plex ctl dvipa` privilege for a non-root user: the uid the cluster's stacks run as. The
+/// region's owner must be the caller and so must every live stack's process (a region some
+/// other user created is not the cluster's: its stacks refuse to attach to it).
+fn check_ctl_privilege(region: &Region, cfg: &coupling::ClusterConfig, euid: u32, now: u64) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = Region::owner_uid(&cfg.region).map_err(|e| e.to_string())?;
+    let stacks: Vec<(String, u32)> = coupling::ops::members(region, cfg, now)
+        .into_iter()
+        .filter(|m| m.state == MemberState::Up && m.invalid.is_none())
+        .filter_map(|m| std::fs::metadata(format!("/proc/{}", m.pid)).ok().map(|md| (m.name, md.uid())))
+        .collect();
+    let others: Vec<String> = stacks.iter().filter(|(_, u)| *u != euid).map(|(n, u)| format!("{n} runs as uid {u}")).collect();
+    if owner != euid || !others.is_empty() {
+        return Err(format!(
+            "refused: DVIPA commands need privilege (root or the uid the cluster's stacks run as); you are uid {euid}, {} is owned by uid {owner}{}",
+            cfg.region.display(),
+            if others.is_empty() { String::new() } else { format!(", {}", others.join(", ")) }
+        ));
+    }
+    Ok(())
+}
+
+/// Wait until the new owner has announced the address (bounded: a few leases).
+fn wait_announced(region: &Region, cfg: &coupling::ClusterConfig, addr: Ipv4Addr, stack: &str) -> Result<(), String> {
+    let limit = std::time::Duration::from_millis((cfg.lease_ms * 8).max(2000));
+    let start = std::time::Instant::now();
+    loop {
+        let now = poll_loop::clock::Clock::read_mono_ns();
+        match coupling::ops::activation_done(region, cfg, addr, stack, now) {
+            Ok(true) => return Ok(()),
+            Ok(false) if start.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Ok(false) => {
+                return Err(format!(
+                    "{addr}: the command was recorded but {stack} has not announced the address within {} ms; see `plex ctl show dvipas`",
+                    limit.as_millis()
+                ))
+            }
+            Err(e) => return Err(format!("{addr}: {e}")),
+        }
+    }
+}
+
+fn show_members(region: &Region, cfg: &coupling::ClusterConfig, now: u64) -> String {
     let mut out = format!("cluster {} ({})\n", region.cluster_name(), region.path().map(|p| p.display().to_string()).unwrap_or_default());
-    out += &format!("{:<4} {:<10} {:<7} {:>4} {:>8} {:<17} {:<10} {:<15} {}\n", "SLOT", "NAME", "STATE", "INC", "PID", "MAC", "IFACE", "ADDRESS", "HEARTBEAT");
-    for m in coupling::ops::members(region, now) {
+    out += &format!(
+        "{:<4} {:<10} {:<7} {:>4} {:>8} {:<17} {:<10} {:<15} {:>7} {}\n",
+        "SLOT", "NAME", "STATE", "INC", "PID", "MAC", "IFACE", "ADDRESS", "IGNORED", "HEARTBEAT"
+    );
+    for m in coupling::ops::members(region, cfg, now) {
+        if let Some(r) = m.invalid {
+            out += &format!("{:<4} invalid row ({r}): ignored\n", m.slot);
+            continue;
+        }
         let state = match m.state {
             MemberState::Up => "up",
             MemberState::Failed => "failed",
@@ -205,22 +293,39 @@ fn show_members(region: &Region, now: u64) -> String {
             MemberState::Free => "free",
         };
         out += &format!(
-            "{:<4} {:<10} {:<7} {:>4} {:>8} {:<17} {:<10} {:<15} {} ms ago (lease {} ms)\n",
-            m.slot, m.name, state, m.incarnation, m.pid, mac(m.mac), m.iface, m.addr, m.heartbeat_age_ms, m.lease_ms
+            "{:<4} {:<10} {:<7} {:>4} {:>8} {:<17} {:<10} {:<15} {:>7} {} ms ago (lease {} ms)\n",
+            m.slot, m.name, state, m.incarnation, m.pid, mac(m.mac), m.iface, m.addr, m.ignored, m.heartbeat_age_ms, m.lease_ms
         );
     }
     out
 }
 
-fn show_dvipas(region: &Region) -> String {
+fn show_counters(region: &Region, cfg: &coupling::ClusterConfig, now: u64) -> String {
+    let c = coupling::ops::invalid_rows(region, cfg, now);
+    let mut out = String::from("rows failing validation now (ignored by every stack):\n");
+    for r in coupling::check::Invalid::ALL {
+        out += &format!("  {:<22} {}\n", r.name(), c.get(r));
+    }
+    out += "rows each stack has ignored so far:\n";
+    for m in coupling::ops::members(region, cfg, now).into_iter().filter(|m| m.invalid.is_none()) {
+        out += &format!("  {:<22} {}\n", m.name, m.ignored);
+    }
+    out
+}
+
+fn show_dvipas(region: &Region, cfg: &coupling::ClusterConfig, now: u64) -> String {
     let mut out = format!("{:<18} {:<6} {:<6} {:<16} {:<7} {:>5} {:>5}  {}\n", "ADDRESS", "KIND", "OWNER", "STATE", "ORIGIN", "CONNS", "MOVES", "HIERARCHY");
-    for d in coupling::ops::dvipas(region) {
+    for d in coupling::ops::dvipas(region, cfg, now) {
+        let state = match d.invalid {
+            Some(r) => format!("invalid({r})"),
+            None => d.state.name().to_string(),
+        };
         out += &format!(
             "{:<18} {:<6} {:<6} {:<16} {:<7} {:>5} {:>5}  {}\n",
             format!("{}/{}", d.addr, d.prefix),
             if d.configured { "config" } else { "range" },
             d.owner.as_deref().unwrap_or("-"),
-            d.state.name(),
+            state,
             d.origin.name(),
             d.conns,
             d.moves,

@@ -9,6 +9,8 @@
 //! region = "/dev/shm/plex-plx"
 //! lease_ms = 250          # a member whose heartbeat is older is declared failed
 //! heartbeat_ms = 10
+//! primary_grace_ms = 3000 # a DVIPA whose primary has not started is activated by its first
+//!                         # live backup after this long ("never": only its primary does)
 //!
 //! [[stack]]
 //! name = "s1"
@@ -31,6 +33,12 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::layout::{MAX_DVIPAS, MAX_STACKS};
+
+/// Default of `primary_grace_ms`: how long the backups of a DVIPA wait for a primary that has
+/// not started before the first of them activates it. An operator who lists backups expects
+/// the address to be served while any of them runs; waiting a few seconds keeps a cluster that
+/// starts in any order from moving addresses it would give back a moment later.
+pub const DEFAULT_PRIMARY_GRACE_MS: u64 = 3000;
 
 /// The testbed's cluster (`scripts/testbed.sh up 3`): three stacks, two DVIPAs, one range.
 pub const TESTBED: &str = include_str!("testbed.toml");
@@ -58,6 +66,9 @@ fn err(statement: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct ClusterConfig {
     pub name: String,
     pub region: PathBuf,
+    /// Backups activate a DVIPA whose primary has not started after this long (from when they
+    /// see it inactive with its primary down); `None`: never, only its primary activates it.
+    pub primary_grace_ms: Option<u64>,
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
     pub stacks: Vec<StackDef>,
@@ -161,6 +172,14 @@ struct RawCluster {
     region: Option<PathBuf>,
     lease_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
+    primary_grace_ms: Option<RawGrace>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawGrace {
+    Ms(u64),
+    Word(String),
 }
 
 #[derive(Deserialize)]
@@ -212,6 +231,12 @@ impl ClusterConfig {
             return Err(err("[cluster]", format!("lease_ms ({lease_ms}) must be at least twice heartbeat_ms ({heartbeat_ms}), and heartbeat_ms at least 1")));
         }
         let region = c.region.clone().unwrap_or_else(|| PathBuf::from(format!("/dev/shm/plex-{}", c.name)));
+        let primary_grace_ms = match &c.primary_grace_ms {
+            None => Some(DEFAULT_PRIMARY_GRACE_MS),
+            Some(RawGrace::Ms(ms)) => Some(*ms),
+            Some(RawGrace::Word(w)) if w == "never" => None,
+            Some(RawGrace::Word(w)) => return Err(err("[cluster]", format!("primary_grace_ms = {w:?}: expected milliseconds or \"never\""))),
+        };
 
         if raw.stack.is_empty() {
             return Err(err(origin, "no [[stack]]: a cluster needs at least one stack"));
@@ -305,7 +330,7 @@ impl ClusterConfig {
             };
             ranges.push(RangeDef { net, prefix, stacks: slots });
         }
-        Ok(ClusterConfig { name: c.name.clone(), region, lease_ms, heartbeat_ms, stacks, dvipas, ranges })
+        Ok(ClusterConfig { name: c.name.clone(), region, primary_grace_ms, lease_ms, heartbeat_ms, stacks, dvipas, ranges })
     }
 
     pub fn testbed() -> ClusterConfig {
@@ -419,6 +444,14 @@ stacks = ["s2"]
         }
         let e = ClusterConfig::parse("[cluster]\nname = \"t\"\nlease_ms = 10\nheartbeat_ms = 10\n", "x").unwrap_err();
         assert!(e.to_string().contains("twice heartbeat_ms"), "{e}");
+        let e = parse_with("").map(|c| c.primary_grace_ms);
+        assert_eq!(e, Ok(Some(DEFAULT_PRIMARY_GRACE_MS)));
+        let c = ClusterConfig::parse(&BASE.replace("name = \"t\"", "name = \"t\"\nprimary_grace_ms = \"never\""), "x").unwrap();
+        assert_eq!(c.primary_grace_ms, None);
+        let c = ClusterConfig::parse(&BASE.replace("name = \"t\"", "name = \"t\"\nprimary_grace_ms = 500"), "x").unwrap();
+        assert_eq!(c.primary_grace_ms, Some(500));
+        let e = ClusterConfig::parse(&BASE.replace("name = \"t\"", "name = \"t\"\nprimary_grace_ms = \"soon\""), "x").unwrap_err();
+        assert!(e.to_string().contains("\"never\""), "{e}");
         let e = ClusterConfig::parse("[cluster]\nname = \"t\"\n", "x").unwrap_err();
         assert!(e.to_string().contains("no [[stack]]"), "{e}");
         let e = ClusterConfig::parse("this is not toml", "cfg.toml").unwrap_err();

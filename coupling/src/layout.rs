@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 /// "PLEXCPL1", little-endian: written last, with Release, when the creator has filled the header.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PLEXCPL1");
 pub const MAJOR: u32 = 1;
-pub const MINOR: u32 = 0;
+pub const MINOR: u32 = 1;
 
 /// Stacks per cluster; a stack's slot is its index in the cluster config.
 pub const MAX_STACKS: usize = 16;
@@ -157,7 +157,8 @@ pub struct MemberRow {
     pub name: [AtomicU64; 4],
     pub iface: [AtomicU64; 2],
     pub joined_ns: AtomicU64,
-    pub _reserved: AtomicU64,
+    /// (minor 1) Rows this stack has ignored because they failed validation (its counter).
+    pub ignored: AtomicU64,
 }
 
 /// DVIPA state (byte 2 of [`DvipaRow::owner`]).
@@ -256,7 +257,23 @@ pub struct DvipaRow {
     pub roles: [AtomicU16; MAX_STACKS],
     /// Ownership changes since the region was created.
     pub moves: AtomicU64,
-    pub _reserved: [AtomicU64; 6],
+    /// (minor 1) The owner has announced the address (gratuitous ARP sent) for this owner word:
+    /// [`announced_mark`] of `owner` and `generation`. `plex ctl dvipa activate` waits for it.
+    pub announced: AtomicU64,
+    pub _reserved: [AtomicU64; 5],
+}
+
+/// The value of [`DvipaRow::announced`] once stack `owner` has announced the address it holds
+/// under owner-word generation `generation` (bit 63 set, so a zeroed row never matches).
+pub const fn announced_mark(owner: u8, generation: u32) -> u64 {
+    1 << 63 | (owner as u64) << 32 | generation as u64
+}
+
+/// The value of [`DvipaRow::announced`] while a command moves the address to stack `owner`
+/// (owner word `generation`, state moving) and `owner` is watching for it: the holder may let
+/// go, the new owner picks it up at its next turn (bit 62).
+pub const fn ready_mark(owner: u8, generation: u32) -> u64 {
+    1 << 62 | (owner as u64) << 32 | generation as u64
 }
 
 /// An SPSC message ring header, followed by its slots. Producer and consumer indices are on
@@ -294,6 +311,7 @@ const _: () = {
     assert!(size_of::<DvipaRow>() == 128);
     assert!(core::mem::offset_of!(DvipaRow, roles) == 40);
     assert!(core::mem::offset_of!(DvipaRow, moves) == 72);
+    assert!(core::mem::offset_of!(DvipaRow, announced) == 80);
     assert!(size_of::<MessageSlot>() == 64);
     assert!(core::mem::offset_of!(RingRow, tail) == 64);
     assert!(size_of::<RingRow>() == 128 + 64 * RING_SLOTS);

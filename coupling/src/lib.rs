@@ -12,6 +12,7 @@
 //! - [`node`]: one stack's membership (incarnation, lease, fencing) and its part of the
 //!   dynamic VIPA protocol of spec/01: activation, takeover, immediate and delayed giveback,
 //!   bind activation inside VIPA ranges.
+//! - [`check`]: validation of every row read from the region (named reasons, counted).
 //! - [`ops`]: read-only views and operator commands for `plex ctl`.
 //! - [`config`]: the cluster config (TOML).
 //!
@@ -21,6 +22,7 @@
 //! Reserved sections (distributor tables, port registry, frame rings, handoff records) are
 //! laid out and zeroed for the features that follow.
 
+pub mod check;
 pub mod config;
 pub mod layout;
 pub mod node;
@@ -52,8 +54,8 @@ mod tests {
         let v = rows![
             "Header", Header: [magic, major, minor, region_len, config_hash, created_ns, join_seq, name, section_count, _pad, sections, _reserved];
             "Section row", SectionRow: [kind, entry_size, offset, count];
-            "Member row", MemberRow: [word, incarnation, pid, ifindex, mac, lease_ms, join_seq, addr, queues, failed_ns, name, iface, joined_ns, _reserved];
-            "DVIPA row", DvipaRow: [owner, addr, prefix, conns, _pad, changed_ns, activator_pid, roles, moves, _reserved];
+            "Member row", MemberRow: [word, incarnation, pid, ifindex, mac, lease_ms, join_seq, addr, queues, failed_ns, name, iface, joined_ns, ignored];
+            "DVIPA row", DvipaRow: [owner, addr, prefix, conns, _pad, changed_ns, activator_pid, roles, moves, announced, _reserved];
             "Message ring", RingRow: [head, _pad0, tail, _pad1, slots];
             "Message slot", MessageSlot: [words]
         ];

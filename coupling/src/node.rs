@@ -25,9 +25,10 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::check::{self, Invalid, InvalidCounts, MemberSeen};
 use crate::config::ClusterConfig;
 use crate::layout::*;
-use crate::region::Region;
+use crate::region::{Region, RegionFault};
 use crate::ring::{Consumer, Message, Producer};
 use crate::words::{MemberWord, OwnerWord};
 
@@ -55,12 +56,9 @@ impl RowRef {
     }
 }
 
-/// Is the member in `slot` up (joined, not failed, not left)?
-pub fn member_up(region: &Region, slot: u8) -> bool {
-    region
-        .members()
-        .get(slot as usize)
-        .is_some_and(|m| MemberWord::unpack(m.word.load(Ordering::Acquire)).state == MemberState::Up)
+/// Is the member in `slot` up (joined, not failed, not left), by a row that validates?
+pub fn member_up(region: &Region, cfg: &ClusterConfig, slot: u8, now: u64) -> bool {
+    (slot as usize) < cfg.stacks.len() && check::member(region, cfg, slot as usize, now).is_ok_and(|s| s.word.state == MemberState::Up)
 }
 
 /// Change a DVIPA's owner word from `cur` to `next` (one CAS), recording when and counting it.
@@ -123,6 +121,10 @@ pub enum BindError {
     TableFull,
     /// This stack is fenced (its lease lapsed): it may not take addresses now.
     Fenced,
+    /// This stack left the cluster (its coupling region went bad): it runs alone.
+    Detached,
+    /// The address's row in the region is unreadable (a named reason); the stacks repair it.
+    Corrupt(Invalid),
 }
 
 impl std::fmt::Display for BindError {
@@ -132,6 +134,8 @@ impl std::fmt::Display for BindError {
             BindError::InUse { addr, stack } => write!(f, "{addr} is active on stack {stack}"),
             BindError::TableFull => write!(f, "the range DVIPA table is full"),
             BindError::Fenced => write!(f, "this stack's lease lapsed; it is rejoining"),
+            BindError::Detached => write!(f, "this stack left the cluster (its coupling region went bad)"),
+            BindError::Corrupt(r) => write!(f, "the address's row in the coupling region is unreadable ({r})"),
         }
     }
 }
@@ -157,6 +161,21 @@ pub struct NodeStats {
     pub messages_in: u64,
     pub messages_out: u64,
     pub messages_dropped: u64,
+    /// Rows repaired after they failed validation (our own member row, owner words we hold).
+    pub repaired: u64,
+    /// Configured DVIPAs activated by a backup because their primary never started.
+    pub grace_activations: u64,
+}
+
+/// What this stack knows of another member, from the rows it validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Live {
+    Up,
+    /// Validated and not up (failed, left, free).
+    Down,
+    /// Its row failed validation: neither adopted nor counted as failed (a live stack repairs
+    /// its own row at its next heartbeat; after a lease it is declared failed).
+    Unknown,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -169,8 +188,11 @@ struct Local {
 #[derive(Debug, Clone, Copy)]
 struct Release {
     row: RowRef,
-    expect: OwnerWord,
+    /// The raw owner word the release was decided from.
+    expect: u64,
     next: OwnerWord,
+    /// A giveback to the primary (counted), or a command move.
+    giveback: bool,
 }
 
 #[derive(Debug)]
@@ -187,6 +209,32 @@ pub struct Node {
     local: BTreeMap<Ipv4Addr, Local>,
     releasing: Vec<Release>,
     pub stats: NodeStats,
+    /// Rows ignored, per reason.
+    pub invalid: InvalidCounts,
+    /// What happened to rows this tick (ignored, repaired), for the stack's log; drained by
+    /// [`Node::take_events`], bounded.
+    events: Vec<String>,
+    /// Liveness of every member, from this tick's validated rows.
+    live: [Live; MAX_STACKS],
+    /// Last valid row of each member and when it was seen.
+    seen_members: [Option<(MemberSeen, u64)>; MAX_STACKS],
+    /// Since when a member row without a valid past has failed validation.
+    unknown_since: [u64; MAX_STACKS],
+    /// Last valid owner word of each row.
+    seen_words: BTreeMap<RowRef, OwnerWord>,
+    /// Since when a row never seen valid has failed validation.
+    row_unknown_since: BTreeMap<RowRef, u64>,
+    /// Since when a configured DVIPA has been inactive with its primary down (grace timer).
+    absent_since: BTreeMap<usize, u64>,
+    /// A command is moving an address here: tick every turn until it arrives.
+    moving_in: bool,
+    /// Since when a command has been moving an address away from here (we keep serving it
+    /// until the new owner says it is watching, or a lease passes).
+    moving_out_since: BTreeMap<RowRef, u64>,
+    /// Range rows found invalid (row, address): counted once each.
+    bad_ranges: BTreeMap<usize, u32>,
+    /// The region went bad: this stack left the cluster and runs alone.
+    detached: Option<RegionFault>,
 }
 
 fn ms(ns: u64) -> u64 {
@@ -212,6 +260,18 @@ impl Node {
             local: BTreeMap::new(),
             releasing: Vec::new(),
             stats: NodeStats::default(),
+            invalid: InvalidCounts::default(),
+            events: Vec::new(),
+            live: [Live::Down; MAX_STACKS],
+            seen_members: [None; MAX_STACKS],
+            unknown_since: [0; MAX_STACKS],
+            seen_words: BTreeMap::new(),
+            row_unknown_since: BTreeMap::new(),
+            absent_since: BTreeMap::new(),
+            moving_in: false,
+            moving_out_since: BTreeMap::new(),
+            bad_ranges: BTreeMap::new(),
+            detached: None,
         };
         node.enter(now)?;
         Ok(node)
@@ -219,37 +279,34 @@ impl Node {
 
     fn enter(&mut self, now: u64) -> Result<(), JoinError> {
         let region = self.region.clone();
+        let cfg = self.cfg.clone();
         let row = &region.members()[self.slot];
-        let def = &self.cfg.stacks[self.slot];
+        let def = &cfg.stacks[self.slot];
         loop {
             let cur = row.word.load(Ordering::Acquire);
-            let w = MemberWord::unpack(cur);
-            let pid = row.pid.load(Ordering::Relaxed);
-            if w.state == MemberState::Up
-                && pid != self.ident.pid
-                && ms(now) < w.heartbeat_ms + row.lease_ms.load(Ordering::Relaxed)
-            {
-                return Err(JoinError::AlreadyRunning { name: def.name.clone(), pid });
+            // Only a row that validates counts: garbage neither refuses the start nor lends
+            // us its incarnation.
+            let valid = match check::member(&region, &self.cfg, self.slot, now) {
+                Ok(s) => Some(s),
+                Err(r) => {
+                    self.ignored(r, format!("own member row (slot {}) at join", self.slot));
+                    None
+                }
+            };
+            if let Some(s) = valid {
+                if s.word.state == MemberState::Up && s.pid != self.ident.pid && ms(now) < s.word.heartbeat_ms + self.cfg.lease_ms {
+                    return Err(JoinError::AlreadyRunning { name: def.name.clone(), pid: s.pid });
+                }
             }
-            let inc = row.incarnation.load(Ordering::Relaxed) + 1;
+            let inc = match (self.incarnation, valid) {
+                (0, Some(s)) => s.incarnation + 1,
+                (0, None) => ms(now).max(1),
+                (mine, Some(s)) => mine.max(s.incarnation) + 1,
+                (mine, None) => mine + 1,
+            };
             // Identity and roles first; the CAS (Release) publishes them with the Up state.
-            row.incarnation.store(inc, Ordering::Relaxed);
-            row.pid.store(self.ident.pid, Ordering::Relaxed);
-            row.ifindex.store(self.ident.ifindex, Ordering::Relaxed);
-            let mut mac = [0u8; 8];
-            mac[..6].copy_from_slice(&self.ident.mac);
-            row.mac.store(u64::from_le_bytes(mac), Ordering::Relaxed);
-            row.lease_ms.store(self.cfg.lease_ms, Ordering::Relaxed);
-            row.addr.store(u32::from(def.addr), Ordering::Relaxed);
-            row.queues.store(def.queues, Ordering::Relaxed);
-            row.failed_ns.store(0, Ordering::Relaxed);
+            self.publish_identity(inc, now);
             row.joined_ns.store(now, Ordering::Relaxed);
-            for (w, v) in row.name.iter().zip(pack_name::<4>(&def.name)) {
-                w.store(v, Ordering::Relaxed);
-            }
-            for (w, v) in row.iface.iter().zip(pack_name::<2>(&def.interface)) {
-                w.store(v, Ordering::Relaxed);
-            }
             let seq = region.header().join_seq.fetch_add(1, Ordering::AcqRel) + 1;
             row.join_seq.store(seq, Ordering::Relaxed);
             self.publish_roles();
@@ -272,7 +329,7 @@ impl Node {
             if d.primary == self.slot {
                 let row = &region.dvipas()[i];
                 let cur = row.owner.load(Ordering::Acquire);
-                let w = OwnerWord::unpack(cur);
+                let Ok(w) = check::owner_word(&self.cfg, true, cur) else { continue };
                 if w.state == DvipaState::Deleted {
                     let next = w.next(NO_SLOT, w.prev, DvipaState::Inactive, Origin::None);
                     let _ = row.owner.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire);
@@ -280,6 +337,33 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Write this stack's identity into its member row (before the CAS that publishes it).
+    fn publish_identity(&self, inc: u64, now: u64) {
+        let row = &self.region.members()[self.slot];
+        let def = &self.cfg.stacks[self.slot];
+        row.incarnation.store(inc, Ordering::Relaxed);
+        row.pid.store(self.ident.pid, Ordering::Relaxed);
+        row.ifindex.store(self.ident.ifindex, Ordering::Relaxed);
+        let mut mac = [0u8; 8];
+        mac[..6].copy_from_slice(&self.ident.mac);
+        row.mac.store(u64::from_le_bytes(mac), Ordering::Relaxed);
+        row.lease_ms.store(self.cfg.lease_ms, Ordering::Relaxed);
+        row.addr.store(u32::from(def.addr), Ordering::Relaxed);
+        row.queues.store(def.queues, Ordering::Relaxed);
+        row.failed_ns.store(0, Ordering::Relaxed);
+        for (w, v) in row.name.iter().zip(pack_name::<4>(&def.name)) {
+            w.store(v, Ordering::Relaxed);
+        }
+        for (w, v) in row.iface.iter().zip(pack_name::<2>(&def.interface)) {
+            w.store(v, Ordering::Relaxed);
+        }
+        let seq = row.join_seq.load(Ordering::Relaxed);
+        if seq == 0 || seq > self.region.header().join_seq.load(Ordering::Acquire) {
+            row.join_seq.store(self.region.header().join_seq.fetch_add(1, Ordering::AcqRel) + 1, Ordering::Relaxed);
+        }
+        let _ = now;
     }
 
     fn publish_roles(&self) {
@@ -306,6 +390,52 @@ impl Node {
     pub fn region(&self) -> &Arc<Region> {
         &self.region
     }
+    /// Why this stack left the cluster, if its region went bad.
+    pub fn detached(&self) -> Option<&RegionFault> {
+        self.detached.as_ref()
+    }
+    /// Tick again at the next turn, not a heartbeat later: a command is moving an address to
+    /// this stack (so it is unanswered for no longer than it takes to see it), or this stack
+    /// let an address go and hands its word over once it has left the steering map.
+    pub fn awaiting_move(&self) -> bool {
+        self.moving_in || !self.releasing.is_empty()
+    }
+    /// What happened to rows since the last call (for the stack's log).
+    pub fn take_events(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.events)
+    }
+    /// The liveness of member `slot` as of the last tick.
+    pub fn live(&self, slot: usize) -> Live {
+        self.live.get(slot).copied().unwrap_or(Live::Down)
+    }
+
+    fn ignored(&mut self, r: Invalid, what: String) {
+        self.invalid.add(r);
+        if self.events.len() < 32 {
+            self.events.push(format!("ignored {what}: {r} ({} so far)", self.invalid.get(r)));
+        }
+    }
+
+    fn event(&mut self, what: String) {
+        if self.events.len() < 32 {
+            self.events.push(what);
+        }
+    }
+
+    /// The stack has announced `addr` (its gratuitous ARP went out): mark the row so
+    /// `plex ctl dvipa activate` can return.
+    pub fn announced(&mut self, addr: Ipv4Addr) {
+        if self.detached.is_some() {
+            return;
+        }
+        let Some(l) = self.local.get(&addr).copied() else { return };
+        let row = self.row(l.row);
+        let Ok(w) = check::owner_word(&self.cfg, matches!(l.row, RowRef::Config(_)), row.owner.load(Ordering::Acquire)) else { return };
+        if w.owner == self.slot as u8 && w.held() {
+            row.announced.store(announced_mark(w.owner, w.generation), Ordering::Release);
+        }
+    }
+
     /// Addresses active here, with their prefix lengths.
     pub fn active(&self) -> impl Iterator<Item = (Ipv4Addr, u8)> + '_ {
         self.local.iter().map(|(a, l)| (*a, l.prefix))
@@ -332,31 +462,174 @@ impl Node {
     }
 
     fn is_up(&self, slot: u8) -> bool {
-        member_up(&self.region, slot)
+        self.live(slot as usize) == Live::Up
+    }
+    fn is_down(&self, slot: u8) -> bool {
+        self.live(slot as usize) == Live::Down
     }
 
     /// One step of the protocol. `conns(addr)` counts the stack's connections on `addr`.
     pub fn tick(&mut self, now: u64, conns: &dyn Fn(Ipv4Addr) -> usize, out: &mut Vec<Action>) {
         self.stats.ticks += 1;
+        if self.detached.is_some() {
+            return;
+        }
+        // Nothing is read from a region that went bad (truncated, zeroed, overwritten, replaced).
+        if let Err(f) = self.region.health() {
+            self.detach(f, out);
+            return;
+        }
+        let first = out.len();
+        self.moving_in = false;
         if !self.renew(now, out) {
             return;
         }
+        self.validate_members(now);
         self.detect_failures(now);
         self.read_mail();
         self.complete_releases(now);
         for i in 0..self.cfg.dvipas.len() {
+            if let Err(r) = check::configured_row(&self.region, &self.cfg, i) {
+                self.ignored(r, format!("DVIPA row {i} ({})", self.cfg.dvipas[i].addr));
+                self.repair_configured_row(i);
+            }
             self.step_row(now, RowRef::Config(i), conns, out);
         }
         for i in 0..MAX_RANGE_DVIPAS {
-            if self.region.range_dvipas()[i].addr.load(Ordering::Acquire) != 0 {
-                self.step_row(now, RowRef::Range(i), conns, out);
+            if self.region.range_dvipas()[i].addr.load(Ordering::Acquire) == 0 {
+                continue;
             }
+            match check::range_row(&self.region, &self.cfg, i) {
+                Ok(_) => self.step_row(now, RowRef::Range(i), conns, out),
+                Err(r) => {
+                    // A row we serve from keeps being served (its word decides); others are
+                    // ignored, never activated.
+                    if self.local.values().any(|l| l.row == RowRef::Range(i)) {
+                        self.step_row(now, RowRef::Range(i), conns, out);
+                    } else {
+                        let a = self.region.range_dvipas()[i].addr.load(Ordering::Relaxed);
+                        if self.bad_ranges.insert(i, a) != Some(a) {
+                            self.ignored(r, format!("range row {i} (address {})", Ipv4Addr::from(a)));
+                        }
+                    }
+                }
+            }
+        }
+        self.region.members()[self.slot].ignored.store(self.invalid.total(), Ordering::Relaxed);
+        // An access that faulted during this tick (the guard replaced the mapping by zeros)
+        // voids what the tick decided from it.
+        if let Err(f) = self.region.health() {
+            let mut i = first;
+            while i < out.len() {
+                if let Action::Activate { addr, .. } = out[i] {
+                    self.local.remove(&addr);
+                    out.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            self.detach(f, out);
+        }
+    }
+
+    /// Leave the cluster because its region went bad: drop every DVIPA (silently: another
+    /// stack may hold it by now) and never read the region again. The stack keeps its own
+    /// address.
+    fn detach(&mut self, f: RegionFault, out: &mut Vec<Action>) {
+        for (addr, _) in std::mem::take(&mut self.local) {
+            out.push(Action::Deactivate { addr, connections: Departure::Silent, why: "left the cluster: its coupling region went bad" });
+        }
+        self.releasing.clear();
+        // Standalone: no lease to keep.
+        self.lease_until = u64::MAX;
+        self.detached = Some(f);
+    }
+
+    /// Re-publish what the config says about configured row `i` (any stack may: it is the
+    /// same config everywhere), keeping a primary's legitimate rank 255.
+    fn repair_configured_row(&mut self, i: usize) {
+        let (row, d) = (&self.region.dvipas()[i], &self.cfg.dvipas[i]);
+        row.addr.store(u32::from(d.addr), Ordering::Relaxed);
+        row.prefix.store(d.prefix as u32 | 1 << 8, Ordering::Relaxed);
+        for (s, role) in row.roles.iter().enumerate() {
+            let v = role.load(Ordering::Acquire);
+            if v != d.role_of(s) && !(s == d.primary && v == ROLE_GIVEBACK) && !(v == 0 && s != self.slot && s < self.cfg.stacks.len()) {
+                role.store(d.role_of(s), Ordering::Release);
+            }
+        }
+        self.stats.repaired += 1;
+    }
+
+    /// Validate every member row; members whose rows fail are `Unknown`.
+    fn validate_members(&mut self, now: u64) {
+        for slot in 0..self.cfg.stacks.len() {
+            self.validate_member(slot, now);
+        }
+    }
+
+    fn validate_member(&mut self, slot: usize, now: u64) {
+        let lease = self.cfg.lease_ms * 1_000_000;
+        if slot == self.slot {
+            self.live[slot] = Live::Up;
+            return;
+        }
+        let checked = check::member(&self.region, &self.cfg, slot, now).and_then(|s| match self.seen_members[slot] {
+            Some((last, _)) if s.incarnation < last.incarnation => Err(Invalid::MemberIncarnation),
+            _ => Ok(s),
+        });
+        match checked {
+            Ok(s) => {
+                self.seen_members[slot] = Some((s, now));
+                self.unknown_since[slot] = 0;
+                self.live[slot] = if s.word.state == MemberState::Up { Live::Up } else { Live::Down };
+            }
+            Err(r) => {
+                let name = self.cfg.stacks[slot].name.clone();
+                self.ignored(r, format!("member row of {name} (slot {slot})"));
+                self.live[slot] = Live::Unknown;
+                if self.unknown_since[slot] == 0 {
+                    self.unknown_since[slot] = now;
+                }
+                let since = self.seen_members[slot].map_or(self.unknown_since[slot], |(_, at)| at);
+                // Unreadable for a whole lease: a live stack would have repaired its row.
+                if now.saturating_sub(since) > lease && self.declare_unreadable_failed(slot, now) {
+                    self.live[slot] = Live::Down;
+                    self.event(format!("member row of {name} unreadable for a lease: declared it failed (rewrote the row as failed)"));
+                }
+            }
+        }
+    }
+
+    /// Overwrite an unreadable member row with a valid "failed" row (its last valid identity,
+    /// or a fresh one): its stack, if it ever wakes, finds itself fenced.
+    fn declare_unreadable_failed(&mut self, slot: usize, now: u64) -> bool {
+        let row = &self.region.members()[slot];
+        let def = &self.cfg.stacks[slot];
+        let last = self.seen_members[slot].map(|(s, _)| s);
+        let inc = last.map_or(ms(now).max(1), |s| s.incarnation);
+        let cur = row.word.load(Ordering::Acquire);
+        row.incarnation.store(inc, Ordering::Relaxed);
+        row.pid.store(last.map_or(1, |s| s.pid), Ordering::Relaxed);
+        row.lease_ms.store(self.cfg.lease_ms, Ordering::Relaxed);
+        row.addr.store(u32::from(def.addr), Ordering::Relaxed);
+        row.join_seq.store(last.map_or(1, |s| s.join_seq.max(1)), Ordering::Relaxed);
+        for (w, v) in row.name.iter().zip(pack_name::<4>(&def.name)) {
+            w.store(v, Ordering::Relaxed);
+        }
+        let next = MemberWord { state: MemberState::Failed, inc: inc as u16, heartbeat_ms: last.map_or(ms(now), |s| s.word.heartbeat_ms).min(ms(now)) };
+        if row.word.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            row.failed_ns.store(now, Ordering::Relaxed);
+            self.stats.declared_failed += 1;
+            true
+        } else {
+            false
         }
     }
 
     /// Renew the lease; on failure (declared failed while stalled) drop everything and rejoin.
     fn renew(&mut self, now: u64, out: &mut Vec<Action>) -> bool {
-        let row = &self.region.members()[self.slot];
+        let region = self.region.clone();
+        let row = &region.members()[self.slot];
         let next = MemberWord { heartbeat_ms: ms(now).max(self.word.heartbeat_ms), ..self.word };
         match row.word.compare_exchange(self.word.pack(), next.pack(), Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => {
@@ -364,7 +637,30 @@ impl Node {
                 self.lease_until = now + self.cfg.lease_ms * 1_000_000;
                 true
             }
-            Err(_) => {
+            Err(actual) => {
+                let a = MemberWord::unpack(actual);
+                // A failure declaration: "failed" with our incarnation (the heartbeat may be an
+                // older one of ours when it was declared over an unreadable row).
+                let fenced = actual as u8 == MemberState::Failed as u8
+                    && a.inc == self.word.inc
+                    && a.heartbeat_ms <= self.word.heartbeat_ms
+                    && row.incarnation.load(Ordering::Relaxed) == self.incarnation;
+                if !fenced {
+                    // Not a failure declaration: our own row was overwritten. Nobody takes
+                    // anything from a member whose row does not validate, so repair it and
+                    // carry on (never adopt what we found).
+                    let r = check::member(&self.region, &self.cfg, self.slot, now).err().unwrap_or(Invalid::MemberState);
+                    self.ignored(r, format!("own member row (slot {}), found {actual:#018x}", self.slot));
+                    self.publish_identity(self.incarnation, now);
+                    if row.word.compare_exchange(actual, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        self.stats.repaired += 1;
+                        self.event(format!("repaired own member row (incarnation {} kept)", self.incarnation));
+                        self.word = next;
+                        self.lease_until = now + self.cfg.lease_ms * 1_000_000;
+                        return true;
+                    }
+                    return false;
+                }
                 self.stats.fenced += 1;
                 self.lease_until = 0;
                 for (addr, _) in std::mem::take(&mut self.local) {
@@ -384,11 +680,10 @@ impl Node {
             if slot == self.slot {
                 continue;
             }
-            let row = &self.region.members()[slot];
-            let cur = row.word.load(Ordering::Acquire);
-            let w = MemberWord::unpack(cur);
-            if w.state == MemberState::Up && ms(now) > w.heartbeat_ms + row.lease_ms.load(Ordering::Relaxed) {
-                self.fail(slot, cur, now);
+            // Only rows that validated this tick (`Up`), with the config's lease.
+            let Some((s, _)) = self.seen_members[slot].filter(|_| self.live[slot] == Live::Up) else { continue };
+            if ms(now) > s.word.heartbeat_ms + self.cfg.lease_ms && self.fail(slot, s.word.pack(), now) {
+                self.live[slot] = Live::Down;
             }
         }
     }
@@ -411,13 +706,18 @@ impl Node {
         if slot >= MAX_STACKS || slot == self.slot {
             return false;
         }
-        let row = &self.region.members()[slot];
-        let cur = row.word.load(Ordering::Acquire);
-        let w = MemberWord::unpack(cur);
-        if w.state != MemberState::Up || row.incarnation.load(Ordering::Relaxed) != incarnation {
+        if slot >= self.cfg.stacks.len() {
             return false;
         }
-        self.fail(slot, cur, now)
+        let Ok(s) = check::member(&self.region, &self.cfg, slot, now) else { return false };
+        if s.word.state != MemberState::Up || s.incarnation != incarnation {
+            return false;
+        }
+        let ok = self.fail(slot, s.word.pack(), now);
+        if ok {
+            self.live[slot] = Live::Down;
+        }
+        ok
     }
 
     fn read_mail(&mut self) {
@@ -436,13 +736,13 @@ impl Node {
 
     fn handle_message(&mut self, m: &Message) {
         let i = m.payload[0] as usize;
-        if m.kind == msg::DELAYED_GIVEBACK {
-            if let Some(d) = self.cfg.dvipas.get(i) {
-                if d.primary == self.slot {
-                    // Re-register at the top of the chain until the holder lets go.
-                    self.region.dvipas()[i].roles[self.slot].store(ROLE_GIVEBACK, Ordering::Release);
-                }
+        let from_ok = (m.from_slot as usize) < self.cfg.stacks.len() && m.from_slot as usize != self.slot;
+        match (m.kind, self.cfg.dvipas.get(i)) {
+            (msg::DELAYED_GIVEBACK, Some(d)) if from_ok && d.primary == self.slot => {
+                // Re-register at the top of the chain until the holder lets go.
+                self.region.dvipas()[i].roles[self.slot].store(ROLE_GIVEBACK, Ordering::Release);
             }
+            _ => self.ignored(Invalid::Message, format!("message kind {} from slot {}", m.kind, m.from_slot)),
         }
     }
 
@@ -461,20 +761,29 @@ impl Node {
             // If the CAS fails the word changed under us (the primary died, an operator
             // deleted it...): the next step sees the new word and acts on it. On success the
             // primary activates when its own tick sees itself as owner.
-            if cas_owner(r.row.of(&self.region), r.expect, r.next, now) {
-                self.stats.givebacks += 1;
+            if self.cas(r.row, r.expect, r.next, now) {
+                if r.giveback {
+                    self.stats.givebacks += 1;
+                }
+                self.moving_out_since.remove(&r.row);
             }
         }
     }
 
-    fn cas(&self, r: RowRef, cur: OwnerWord, next: OwnerWord, now: u64) -> bool {
-        cas_owner(r.of(&self.region), cur, next, now)
+    /// CAS the owner word of `r` from the raw value read this step (`cur`: which may be a
+    /// word that failed validation, being replaced) to `next`.
+    fn cas(&mut self, r: RowRef, cur: u64, next: OwnerWord, now: u64) -> bool {
+        let row = r.of(&self.region);
+        let ok = row.owner.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if ok {
+            row.changed_ns.store(now, Ordering::Relaxed);
+            row.moves.fetch_add(1, Ordering::Relaxed);
+            self.seen_words.insert(r, next);
+        }
+        ok
     }
 
-    fn activate_local(&mut self, r: RowRef, out: &mut Vec<Action>, why: &'static str) {
-        let row = self.row(r);
-        let addr = Ipv4Addr::from(row.addr.load(Ordering::Acquire));
-        let prefix = (row.prefix.load(Ordering::Relaxed) & 0xff) as u8;
+    fn activate_local(&mut self, r: RowRef, addr: Ipv4Addr, prefix: u8, out: &mut Vec<Action>, why: &'static str) {
         if self.local.insert(addr, Local { row: r, prefix }).is_none() {
             out.push(Action::Activate { addr, prefix, why });
         }
@@ -486,22 +795,110 @@ impl Node {
         }
     }
 
+    /// The owner word of `r`, validated: `(raw, word)`. A word that fails validation is never
+    /// adopted: the step goes on from the last valid word this stack saw (and CASes from the
+    /// raw value, so whoever acts replaces the garbage); the stack that held the address by
+    /// that word repairs it at once; a row never seen valid is reset by its primary after a
+    /// lease. `None`: skip the row this tick.
+    fn owner_of(&mut self, now: u64, r: RowRef) -> Option<(u64, OwnerWord)> {
+        let configured = matches!(r, RowRef::Config(_));
+        let raw = r.of(&self.region).owner.load(Ordering::Acquire);
+        let checked = check::owner_word(&self.cfg, configured, raw).and_then(|w| match self.seen_words.get(&r) {
+            Some(last) if check::generation_back(last.generation, w.generation) => Err(Invalid::OwnerGeneration),
+            _ => Ok(w),
+        });
+        match checked {
+            Ok(w) => {
+                self.seen_words.insert(r, w);
+                self.row_unknown_since.remove(&r);
+                Some((raw, w))
+            }
+            Err(reason) => {
+                self.ignored(reason, format!("owner word of {r:?}: {raw:#018x}"));
+                let me = self.slot as u8;
+                match self.seen_words.get(&r).copied() {
+                    Some(last) => {
+                        // Held: its holder repairs it. Not held: a configured row's primary, and
+                        // any stack for a range row (nobody answers for it; one CAS wins).
+                        let responsible = if last.held() {
+                            last.owner == me
+                        } else {
+                            match r {
+                                RowRef::Config(i) => self.cfg.dvipas[i].primary == self.slot,
+                                RowRef::Range(_) => true,
+                            }
+                        };
+                        if responsible {
+                            let fixed = OwnerWord { generation: last.generation.wrapping_add(1), ..last };
+                            if self.cas(r, raw, fixed, now) {
+                                self.stats.repaired += 1;
+                                self.event(format!("repaired the owner word of {r:?} from the last valid one ({})", last.state.name()));
+                                return Some((fixed.pack(), fixed));
+                            }
+                            return None;
+                        }
+                        Some((raw, last))
+                    }
+                    None => {
+                        let since = *self.row_unknown_since.entry(r).or_insert(now);
+                        let primary = match r {
+                            RowRef::Config(i) => self.cfg.dvipas[i].primary == self.slot,
+                            RowRef::Range(_) => true,
+                        };
+                        if primary && now.saturating_sub(since) > self.cfg.lease_ms * 1_000_000 {
+                            // Nobody who held it repaired it within a lease: start it afresh.
+                            let fresh = OwnerWord { generation: (raw >> 32) as u32 ^ 0x8000_0000, ..OwnerWord::EMPTY };
+                            if self.cas(r, raw, fresh, now) {
+                                self.stats.repaired += 1;
+                                self.event(format!("reset the unreadable owner word of {r:?} (no stack repaired it within a lease)"));
+                                return Some((fresh.pack(), fresh));
+                            }
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+
     fn step_row(&mut self, now: u64, r: RowRef, conns: &dyn Fn(Ipv4Addr) -> usize, out: &mut Vec<Action>) {
         if self.releasing.iter().any(|x| x.row == r) {
             return;
         }
         let me = self.slot as u8;
-        let row = self.row(r);
-        let addr = Ipv4Addr::from(row.addr.load(Ordering::Acquire));
-        let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
-        let is_local = self.local.contains_key(&addr);
         let def = match r {
             RowRef::Config(i) => self.cfg.dvipas.get(i).cloned(),
             RowRef::Range(_) => None,
         };
+        // The address comes from the config (configured rows) or from the validated row.
+        let (addr, prefix) = match (&def, r) {
+            (Some(d), _) => (d.addr, d.prefix),
+            (None, RowRef::Range(i)) => match check::range_row(&self.region, &self.cfg, i) {
+                Ok(a) => a,
+                Err(_) => match self.local.iter().find(|(_, l)| l.row == r) {
+                    Some((a, l)) => (*a, l.prefix),
+                    None => return,
+                },
+            },
+            (None, RowRef::Config(_)) => return,
+        };
+        let Some((raw, w)) = self.owner_of(now, r) else { return };
+        let is_local = self.local.get(&addr).is_some_and(|l| l.row == r);
+        // A command moves it away from here: keep answering until the new owner says it is
+        // watching (it then picks the address up at its next turn), or a lease has passed.
+        let moving_out = w.state == DvipaState::Moving && w.prev == me && w.owner != me;
+        let let_go = moving_out && {
+            let since = *self.moving_out_since.entry(r).or_insert(now);
+            !is_local
+                || self.row(r).announced.load(Ordering::Acquire) == ready_mark(w.owner, w.generation)
+                || now.saturating_sub(since) >= self.cfg.lease_ms * 1_000_000
+        };
+        if !moving_out {
+            self.moving_out_since.remove(&r);
+        }
 
         // Lost it: moved away by a command, deleted, taken while we were fenced.
-        if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) {
+        if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) && (!moving_out || let_go) {
             let (dep, why) = match w.state {
                 DvipaState::Deleted => (Departure::Reset, "deleted by the operator"),
                 DvipaState::Moving if w.prev == me => (Departure::Reset, "moved to another stack by command"),
@@ -512,14 +909,33 @@ impl Node {
 
         match w.state {
             DvipaState::Inactive => {
-                // Only its primary activates a configured DVIPA that nobody holds: a backup
-                // never takes one whose primary has simply not started (spec/01, 1).
-                if let Some(d) = &def {
-                    if d.primary == self.slot {
-                        let next = w.next(me, w.owner, DvipaState::Active, Origin::Config);
-                        if self.cas(r, w, next, now) {
-                            self.activate_local(r, out, "primary started");
-                        }
+                let Some(d) = &def else { return };
+                let RowRef::Config(i) = r else { return };
+                if d.primary == self.slot {
+                    let next = w.next(me, w.owner, DvipaState::Active, Origin::Config);
+                    if self.cas(r, raw, next, now) {
+                        self.activate_local(r, addr, prefix, out, "primary started");
+                    }
+                    return;
+                }
+                // A backup activates a DVIPA whose primary has not started only after the
+                // configured grace (spec/01, 1), and only the first live stack of its hierarchy.
+                let Some(grace) = self.cfg.primary_grace_ms else { return };
+                if !self.is_down(d.primary as u8) {
+                    self.absent_since.remove(&i);
+                    return;
+                }
+                let since = *self.absent_since.entry(i).or_insert(now);
+                if now.saturating_sub(since) < grace * 1_000_000 {
+                    return;
+                }
+                let h = self.hierarchy_of(i, None);
+                if h.first() == Some(&me) {
+                    let next = w.next(me, w.owner, DvipaState::Active, Origin::Config);
+                    if self.cas(r, raw, next, now) {
+                        self.absent_since.remove(&i);
+                        self.stats.grace_activations += 1;
+                        self.activate_local(r, addr, prefix, out, "its primary has not started within the grace period");
                     }
                 }
             }
@@ -529,7 +945,7 @@ impl Node {
                     _ if w.prev != me && w.prev != NO_SLOT => "given back by its holder",
                     _ => "owned here",
                 };
-                self.activate_local(r, out, why);
+                self.activate_local(r, addr, prefix, out, why);
                 let n = conns(addr);
                 self.row(r).conns.store(n as u32, Ordering::Relaxed);
                 let Some(d) = def else { return };
@@ -541,51 +957,55 @@ impl Node {
                     }
                     return;
                 }
+                let RowRef::Config(i) = r else { return };
                 let p = d.primary as u8;
-                let primary_role = self.row(r).roles[d.primary].load(Ordering::Acquire);
-                let primary_back = self.is_up(p) && (primary_role == ROLE_PRIMARY || primary_role == ROLE_GIVEBACK);
+                let primary_role = check::role(&self.region, &self.cfg, i, d.primary);
+                // Back, and running: a stack joins before it attaches its interface, so a
+                // giveback to a primary that has not ticked yet would leave the address
+                // unanswered until it does.
+                let primary_ticking = self.seen_members[d.primary].is_some_and(|(s, _)| s.ticking());
+                let primary_back = self.is_up(p) && primary_ticking && (primary_role == ROLE_PRIMARY || primary_role == ROLE_GIVEBACK);
                 if !primary_back {
-                    if w.state == DvipaState::DelayedGiveback {
+                    if w.state == DvipaState::DelayedGiveback && self.is_down(p) {
                         // The primary died while waiting: keep it as an ordinary takeover.
                         let next = w.next(me, w.prev, DvipaState::Active, w.origin);
-                        self.cas(r, w, next, now);
+                        self.cas(r, raw, next, now);
                     }
                     return;
                 }
                 if n == 0 {
                     // Immediate giveback: leave the steering map first, hand the word over next tick.
                     self.deactivate_local(addr, Departure::Silent, out, "given back to its primary");
-                    self.releasing.push(Release { row: r, expect: w, next: w.next(p, me, DvipaState::Active, Origin::Config) });
+                    self.releasing.push(Release { row: r, expect: raw, next: w.next(p, me, DvipaState::Active, Origin::Config), giveback: true });
                 } else if w.state == DvipaState::Active {
                     let next = w.next(me, w.prev, DvipaState::DelayedGiveback, w.origin);
-                    if self.cas(r, w, next, now) {
+                    if self.cas(r, raw, next, now) {
                         self.stats.delayed_givebacks += 1;
-                        if let RowRef::Config(i) = r {
-                            self.send(d.primary, msg::DELAYED_GIVEBACK, i as u64);
-                        }
+                        self.send(d.primary, msg::DELAYED_GIVEBACK, i as u64);
                     }
                 }
             }
             DvipaState::Active | DvipaState::DelayedGiveback => {
-                if self.is_up(w.owner) {
+                // Nothing is taken from a stack before it is declared failed (validated down).
+                if !self.is_down(w.owner) {
                     return;
                 }
-                match def {
+                match r {
                     // Takeover: only the first live stack of the hierarchy.
-                    Some(_) => {
-                        let h = hierarchy(&self.region, self.row(r));
+                    RowRef::Config(i) => {
+                        let h = self.hierarchy_of(i, Some(w));
                         if h.first() == Some(&me) {
                             let next = w.next(me, w.owner, DvipaState::Active, Origin::Config);
-                            if self.cas(r, w, next, now) {
+                            if self.cas(r, raw, next, now) {
                                 self.stats.takeovers += 1;
-                                self.activate_local(r, out, "took over from a failed stack");
+                                self.activate_local(r, addr, prefix, out, "took over from a failed stack");
                             }
                         }
                     }
                     // A range address is not moved: its bind status is cleared (spec/01, 4).
-                    None => {
+                    RowRef::Range(_) => {
                         let next = w.next(NO_SLOT, w.owner, DvipaState::Inactive, Origin::None);
-                        if self.cas(r, w, next, now) {
+                        if self.cas(r, raw, next, now) {
                             self.row(r).conns.store(0, Ordering::Relaxed);
                         }
                     }
@@ -593,22 +1013,48 @@ impl Node {
             }
             DvipaState::Moving => {
                 if w.prev == me {
-                    // We were asked to let go (deactivated above): complete the move.
+                    if !let_go {
+                        return;
+                    }
+                    // We let go (deactivated above). The word moves on only once the address
+                    // has left our steering map: at our next turn (see `awaiting_move`).
                     let next = w.next(w.owner, me, DvipaState::Active, w.origin);
-                    self.cas(r, w, next, now);
-                } else if w.owner == me && !self.is_up(w.prev) {
-                    let next = w.next(me, w.prev, DvipaState::Active, w.origin);
-                    self.cas(r, w, next, now);
+                    if is_local {
+                        self.releasing.push(Release { row: r, expect: raw, next, giveback: false });
+                    } else if self.cas(r, raw, next, now) {
+                        self.moving_out_since.remove(&r);
+                    }
+                } else if w.owner == me {
+                    if self.is_down(w.prev) {
+                        let next = w.next(me, w.prev, DvipaState::Active, w.origin);
+                        if self.cas(r, raw, next, now) {
+                            self.activate_local(r, addr, prefix, out, "activated by command");
+                        }
+                    } else {
+                        // Coming here: look again at every turn, not a heartbeat later, and
+                        // tell the holder it may let go.
+                        self.moving_in = true;
+                        self.row(r).announced.store(ready_mark(me, w.generation), Ordering::Release);
+                    }
                 }
             }
             DvipaState::Deleted => {}
         }
     }
 
+    /// The takeover order of configured DVIPA `i` as this stack sees it (validated members and
+    /// roles); `w`: its owner word, if valid.
+    fn hierarchy_of(&self, i: usize, w: Option<OwnerWord>) -> Vec<u8> {
+        hierarchy_with(&self.region, &self.cfg, i, w, &|s| self.is_up(s))
+    }
+
     /// An application binds `addr`: activate it here if it lies in one of this stack's VIPA
     /// ranges and no other live stack holds it (spec/01, 4). On success the caller adds the
     /// address to the stack (the returned prefix) and announces it.
     pub fn bind_activate(&mut self, now: u64, addr: Ipv4Addr) -> Result<u8, BindError> {
+        if self.detached.is_some() {
+            return Err(BindError::Detached);
+        }
         if !self.lease_valid(now) {
             return Err(BindError::Fenced);
         }
@@ -618,16 +1064,27 @@ impl Node {
         let r = RowRef::Range(i);
         let me = self.slot as u8;
         loop {
-            let w = OwnerWord::unpack(self.row(r).owner.load(Ordering::Acquire));
+            let raw = self.row(r).owner.load(Ordering::Acquire);
+            let w = match check::owner_word(&self.cfg, false, raw) {
+                Ok(w) => w,
+                Err(reason) => {
+                    self.ignored(reason, format!("owner word of {addr} at bind"));
+                    return Err(BindError::Corrupt(reason));
+                }
+            };
             if w.held() && w.owner == me {
                 self.local.insert(addr, Local { row: r, prefix });
                 return Ok(prefix);
             }
-            if w.held() && self.is_up(w.owner) {
+            if w.held() && w.owner != me {
+                // Between ticks: look at the holder's row now.
+                self.validate_member(w.owner as usize, now);
+            }
+            if w.held() && !self.is_down(w.owner) {
                 return Err(BindError::InUse { addr, stack: self.stack_name(w.owner) });
             }
             let next = w.next(me, w.owner, DvipaState::Active, Origin::Bind);
-            if self.cas(r, w, next, now) {
+            if self.cas(r, raw, next, now) {
                 self.row(r).activator_pid.store(self.ident.pid as u64, Ordering::Relaxed);
                 self.local.insert(addr, Local { row: r, prefix });
                 return Ok(prefix);
@@ -642,13 +1099,22 @@ impl Node {
     /// Leave the cluster cleanly: range addresses activated here are released, configured
     /// ones are taken over by their backups.
     pub fn leave(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.detached.is_some() || self.region.health().is_err() {
+            // Nothing to tell a region we no longer trust.
+            for (addr, _) in std::mem::take(&mut self.local) {
+                out.push(Action::Deactivate { addr, connections: Departure::Reset, why: "stack stopping" });
+            }
+            return;
+        }
         for (addr, l) in std::mem::take(&mut self.local) {
             out.push(Action::Deactivate { addr, connections: Departure::Reset, why: "stack stopping" });
             if let RowRef::Range(_) = l.row {
-                let w = OwnerWord::unpack(self.row(l.row).owner.load(Ordering::Acquire));
-                if w.owner == self.slot as u8 {
-                    let next = w.next(NO_SLOT, w.owner, DvipaState::Inactive, Origin::None);
-                    self.cas(l.row, w, next, now);
+                let raw = self.row(l.row).owner.load(Ordering::Acquire);
+                if let Ok(w) = check::owner_word(&self.cfg, false, raw) {
+                    if w.owner == self.slot as u8 && w.held() {
+                        let next = w.next(NO_SLOT, w.owner, DvipaState::Inactive, Origin::None);
+                        self.cas(l.row, raw, next, now);
+                    }
                 }
             }
         }
@@ -698,28 +1164,35 @@ pub fn find_range_row(region: &Region, addr: Ipv4Addr) -> Option<usize> {
     None
 }
 
-/// The live stacks that may hold a configured DVIPA, in takeover order: the active owner,
+/// The live stacks that may hold configured DVIPA `i`, in takeover order: the active owner,
 /// then role descending (primary, 255, ranks), then join order, then slot. Every stack computes
-/// it from the same rows, so every stack gets the same order.
-pub fn hierarchy(region: &Region, row: &DvipaRow) -> Vec<u8> {
+/// it from the same rows, so every stack gets the same order. Only rows that validate count:
+/// `w` is the DVIPA's validated owner word (None: read and check it here), `up` says which
+/// members are (validated) up, and roles that fail validation count as the config's.
+pub fn hierarchy_with(region: &Region, cfg: &ClusterConfig, i: usize, w: Option<OwnerWord>, up: &dyn Fn(u8) -> bool) -> Vec<u8> {
     let members = region.members();
-    let up = |s: usize| member_up(region, s as u8);
-    let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
+    let w = w.or_else(|| check::owner_word(cfg, true, region.dvipas()[i].owner.load(Ordering::Acquire)).ok()).unwrap_or(OwnerWord::EMPTY);
     let mut out = Vec::new();
-    if w.held() && up(w.owner as usize) {
+    if w.held() && up(w.owner) {
         out.push(w.owner);
     }
-    let mut rest: Vec<(u16, u64, u8)> = (0..MAX_STACKS)
+    let mut rest: Vec<(u16, u64, u8)> = (0..cfg.stacks.len())
         .filter(|&s| s as u8 != w.owner || !w.held())
-        .filter(|&s| up(s))
+        .filter(|&s| up(s as u8))
         .filter_map(|s| {
-            let role = row.roles[s].load(Ordering::Acquire);
+            let role = check::role(region, cfg, i, s);
             (role != 0).then(|| (role, members[s].join_seq.load(Ordering::Relaxed), s as u8))
         })
         .collect();
     rest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     out.extend(rest.into_iter().map(|(_, _, s)| s));
     out
+}
+
+/// [`hierarchy_with`] as any observer sees it (`plex ctl`): members up by their rows as they
+/// validate now.
+pub fn hierarchy(region: &Region, cfg: &ClusterConfig, i: usize, now: u64) -> Vec<u8> {
+    hierarchy_with(region, cfg, i, None, &|s| member_up(region, cfg, s, now))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 
+use crate::check::{self, Invalid, InvalidCounts};
 use crate::config::ClusterConfig;
 use crate::layout::*;
 use crate::node::{cas_owner, claim_range_row, find_range_row, hierarchy, member_up, RowRef};
@@ -26,6 +27,10 @@ pub struct MemberView {
     pub heartbeat_age_ms: u64,
     pub lease_ms: u64,
     pub join_seq: u64,
+    /// The row fails validation (shown, never trusted).
+    pub invalid: Option<Invalid>,
+    /// Rows the stack has ignored (its own counter, published in its row).
+    pub ignored: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +45,8 @@ pub struct DvipaView {
     pub conns: u32,
     pub generation: u32,
     pub moves: u64,
+    /// The owner word fails validation.
+    pub invalid: Option<Invalid>,
 }
 
 fn member_name(region: &Region, slot: u8) -> String {
@@ -53,14 +60,16 @@ fn member_name(region: &Region, slot: u8) -> String {
     }
 }
 
-pub fn members(region: &Region, now: u64) -> Vec<MemberView> {
+pub fn members(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<MemberView> {
     region
         .members()
         .iter()
         .enumerate()
         .filter_map(|(slot, m)| {
-            let w = MemberWord::unpack(m.word.load(Ordering::Acquire));
-            if w.state == MemberState::Free {
+            let raw = m.word.load(Ordering::Acquire);
+            let w = MemberWord::unpack(raw);
+            let invalid = check::member(region, cfg, slot, now).err();
+            if raw == 0 && invalid.is_none() {
                 return None;
             }
             let mac = m.mac.load(Ordering::Relaxed).to_le_bytes();
@@ -77,41 +86,90 @@ pub fn members(region: &Region, now: u64) -> Vec<MemberView> {
                 heartbeat_age_ms: (now / 1_000_000).saturating_sub(w.heartbeat_ms),
                 lease_ms: m.lease_ms.load(Ordering::Relaxed),
                 join_seq: m.join_seq.load(Ordering::Relaxed),
+                invalid,
+                ignored: m.ignored.load(Ordering::Relaxed),
             })
         })
         .collect()
 }
 
-fn view(region: &Region, row: &DvipaRow, configured: bool) -> DvipaView {
-    let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
+fn view(region: &Region, cfg: &ClusterConfig, r: RowRef, now: u64) -> DvipaView {
+    let row = r.of(region);
+    let (configured, addr, prefix) = match r {
+        RowRef::Config(i) => (true, cfg.dvipas[i].addr, cfg.dvipas[i].prefix),
+        RowRef::Range(_) => (false, Ipv4Addr::from(row.addr.load(Ordering::Acquire)), (row.prefix.load(Ordering::Relaxed) & 0xff) as u8),
+    };
+    let raw = row.owner.load(Ordering::Acquire);
+    let checked = check::owner_word(cfg, configured, raw);
+    let w = checked.unwrap_or(OwnerWord::unpack(raw));
+    let ok = checked.is_ok();
     DvipaView {
-        addr: Ipv4Addr::from(row.addr.load(Ordering::Acquire)),
-        prefix: (row.prefix.load(Ordering::Relaxed) & 0xff) as u8,
+        addr,
+        prefix,
         configured,
-        owner: w.held().then(|| member_name(region, w.owner)),
+        owner: (ok && w.held()).then(|| member_name(region, w.owner)),
         state: w.state,
         origin: w.origin,
-        hierarchy: if configured {
-            hierarchy(region, row).into_iter().map(|s| member_name(region, s)).collect()
-        } else {
-            Vec::new()
+        hierarchy: match r {
+            RowRef::Config(i) => hierarchy(region, cfg, i, now).into_iter().map(|s| member_name(region, s)).collect(),
+            RowRef::Range(_) => Vec::new(),
         },
-        conns: if w.held() { row.conns.load(Ordering::Relaxed) } else { 0 },
+        conns: if ok && w.held() { row.conns.load(Ordering::Relaxed) } else { 0 },
         generation: w.generation,
         moves: row.moves.load(Ordering::Relaxed),
+        invalid: checked.err(),
     }
 }
 
 /// Every DVIPA the region knows: configured ones (published by a joined stack), then range
-/// addresses ever activated.
-pub fn dvipas(region: &Region) -> Vec<DvipaView> {
-    let mut out: Vec<DvipaView> =
-        region.dvipas().iter().filter(|r| r.addr.load(Ordering::Acquire) != 0).map(|r| view(region, r, true)).collect();
-    let mut ranges: Vec<DvipaView> =
-        region.range_dvipas().iter().filter(|r| r.addr.load(Ordering::Acquire) != 0).map(|r| view(region, r, false)).collect();
+/// addresses ever activated. Range rows that fail validation are left out (see [`invalid_rows`]).
+pub fn dvipas(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<DvipaView> {
+    let mut out: Vec<DvipaView> = (0..cfg.dvipas.len())
+        .filter(|i| region.dvipas()[*i].addr.load(Ordering::Acquire) != 0)
+        .map(|i| view(region, cfg, RowRef::Config(i), now))
+        .collect();
+    let mut ranges: Vec<DvipaView> = (0..region.range_dvipas().len())
+        .filter(|i| region.range_dvipas()[*i].addr.load(Ordering::Acquire) != 0 && check::range_row(region, cfg, *i).is_ok())
+        .map(|i| view(region, cfg, RowRef::Range(i), now))
+        .collect();
     ranges.sort_by_key(|v| v.addr);
     out.extend(ranges);
     out
+}
+
+/// Rows of the region that fail validation right now, per reason (`plex ctl show counters`).
+pub fn invalid_rows(region: &Region, cfg: &ClusterConfig, now: u64) -> InvalidCounts {
+    let mut c = InvalidCounts::default();
+    for slot in 0..region.members().len() {
+        if let Err(r) = check::member(region, cfg, slot, now) {
+            c.add(r);
+        }
+    }
+    for i in 0..cfg.dvipas.len() {
+        if region.dvipas()[i].addr.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        if let Err(r) = check::configured_row(region, cfg, i) {
+            c.add(r);
+        }
+        if let Err(r) = check::owner_word(cfg, true, region.dvipas()[i].owner.load(Ordering::Acquire)) {
+            c.add(r);
+        }
+    }
+    for i in 0..region.range_dvipas().len() {
+        if region.range_dvipas()[i].addr.load(Ordering::Acquire) == 0 {
+            continue;
+        }
+        match check::range_row(region, cfg, i) {
+            Err(r) => c.add(r),
+            Ok(_) => {
+                if let Err(r) = check::owner_word(cfg, false, region.range_dvipas()[i].owner.load(Ordering::Acquire)) {
+                    c.add(r);
+                }
+            }
+        }
+    }
+    c
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,16 +205,17 @@ pub fn activate(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, stack: &st
         return Err(refuse(format!("stack {stack} may not activate addresses of vipa_range {}/{}", range.net, range.prefix)));
     }
     let me = slot as u8;
-    if !member_up(region, me) {
+    if !member_up(region, cfg, me, now) {
         return Err(refuse(format!("stack {stack} is not running")));
     }
     let i = claim_range_row(region, addr, range.prefix).ok_or_else(|| refuse("the range DVIPA table is full"))?;
     let row = &region.range_dvipas()[i];
     loop {
-        let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
+        let w = check::owner_word(cfg, false, row.owner.load(Ordering::Acquire))
+            .map_err(|r| refuse(format!("{addr}: its row in the region is unreadable ({r}); the stacks repair it, try again")))?;
         let next = if w.held() && w.owner == me && w.state == DvipaState::Active {
             return Ok(format!("{addr} is already active on {stack}"));
-        } else if w.held() && w.owner != me && member_up(region, w.owner) {
+        } else if w.held() && w.owner != me && member_up(region, cfg, w.owner, now) {
             w.next(me, w.owner, DvipaState::Moving, Origin::Command)
         } else {
             w.next(me, w.owner, DvipaState::Active, Origin::Command)
@@ -183,7 +242,8 @@ pub fn delete(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, now: u64) ->
     };
     let row = r.of(region);
     loop {
-        let w = OwnerWord::unpack(row.owner.load(Ordering::Acquire));
+        let w = check::owner_word(cfg, matches!(r, RowRef::Config(_)), row.owner.load(Ordering::Acquire))
+            .map_err(|e| refuse(format!("{addr}: its row in the region is unreadable ({e}); the stacks repair it, try again")))?;
         if !w.held() {
             return Err(refuse(format!("{addr} is not active ({})", w.state.name())));
         }
@@ -191,5 +251,30 @@ pub fn delete(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, now: u64) ->
         if cas_owner(row, w, next, now) {
             return Ok(format!("{addr} deleted from {} (its connections are reset)", member_name(region, w.owner)));
         }
+    }
+}
+
+/// Where a command's activation of `addr` on stack `stack` stands: `Ok(true)` once that stack
+/// owns the address and has announced it (gratuitous ARP sent); `Ok(false)` while the move is
+/// on its way; an error when it will not happen (another command, a delete, the stack died).
+pub fn activation_done(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, stack: &str, now: u64) -> Result<bool, CtlError> {
+    let slot = cfg.slot(stack).ok_or_else(|| refuse(format!("no stack {stack:?} in the cluster config")))? as u8;
+    let i = find_range_row(region, addr).ok_or_else(|| refuse(format!("{addr} is not a DVIPA of this cluster")))?;
+    let row = &region.range_dvipas()[i];
+    let w = match check::owner_word(cfg, false, row.owner.load(Ordering::Acquire)) {
+        Ok(w) => w,
+        Err(_) => return Ok(false),
+    };
+    if !member_up(region, cfg, slot, now) {
+        return Err(refuse(format!("stack {stack} is not running any more")));
+    }
+    match w.state {
+        DvipaState::Moving if w.owner == slot => Ok(false),
+        DvipaState::Active if w.owner == slot => Ok(row.announced.load(Ordering::Acquire) == announced_mark(slot, w.generation)),
+        _ => Err(refuse(format!(
+            "{addr} is now {} on {} (another command or stack changed it)",
+            w.state.name(),
+            if w.held() { member_name(region, w.owner) } else { "no stack".into() }
+        ))),
     }
 }

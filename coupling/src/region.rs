@@ -7,10 +7,28 @@
 //! stored last with Release, so an attacher that sees it (Acquire) sees the whole header.
 //!
 //! Tests and single-process simulations use [`Region::anonymous`]: the same layout on the heap.
+//!
+//! ## A region that goes bad under a running stack
+//! Anyone with write access (the cluster's user, root) can truncate, zero or overwrite the file
+//! while stacks have it mapped. Touching a mapped page past the end of a truncated file raises
+//! SIGBUS, which would kill every stack at once. So:
+//! - every mapping is registered with a process-wide SIGBUS guard: a fault inside a registered
+//!   mapping replaces that whole mapping with private zero pages (`MAP_FIXED` anonymous, the
+//!   faulting access is then retried and reads zeros) and marks it faulted. Faults elsewhere
+//!   restore the previous disposition and re-fault as before (the process dies as it would have);
+//! - [`Region::health`] (every heartbeat) reports the guard's mark, a file shorter than the
+//!   mapping (`fstat`), a path that no longer names the mapped file, and a header that is no
+//!   longer this region's (magic, version, length, config hash, section table). The node then
+//!   leaves the cluster and its stack serves its own address alone.
+//! - A stack that starts and finds a stale region (bad magic, truncated, bad section table)
+//!   owned by its own uid replaces it (under a lock file, so racing starters agree on one) and
+//!   says so; stacks still mapping the old file see the path change and leave.
 
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use rustix::fd::OwnedFd;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -33,6 +51,10 @@ pub enum RegionError {
     BadSection { path: PathBuf, kind: u32, reason: &'static str },
     /// Created for another cluster config.
     ConfigMismatch { path: PathBuf, region: u64, ours: u64, cluster: String },
+    /// Owned by another uid than this stack's (a squatter, or another user's cluster).
+    Owner { path: PathBuf, owner: u32, ours: u32 },
+    /// Readable or writable by others than its owner.
+    Mode { path: PathBuf, mode: u32 },
     Io { path: PathBuf, what: &'static str, err: String },
 }
 
@@ -46,6 +68,8 @@ impl std::fmt::Display for RegionError {
             RegionError::Version { path, major, minor } => write!(f, "coupling region {} has layout version {major}.{minor}; this plex speaks {MAJOR}.x: stop every stack of the cluster and remove the file", path.display()),
             RegionError::BadSection { path, kind, reason } => write!(f, "coupling region {}: section kind {kind}: {reason}", path.display()),
             RegionError::ConfigMismatch { path, region, ours, cluster } => write!(f, "coupling region {} of cluster {cluster:?} was created from another cluster config (hash {region:016x}, ours {ours:016x}): every stack must run the same config; remove the file if no stack uses it", path.display()),
+            RegionError::Owner { path, owner, ours } => write!(f, "coupling region {} is owned by uid {owner}, not by this stack's uid {ours}: refusing to attach to a region another user controls; if no stack of the cluster uses it, remove it (rm {})", path.display(), path.display()),
+            RegionError::Mode { path, mode } => write!(f, "coupling region {} has mode {mode:03o}: a region must be 0600 (only its owner may read or write it); remove it if no stack uses it", path.display()),
             RegionError::Io { path, what, err } => write!(f, "coupling region {}: {what}: {err}", path.display()),
         }
     }
@@ -53,8 +77,131 @@ impl std::fmt::Display for RegionError {
 
 impl std::error::Error for RegionError {}
 
+/// Why a mapped region can no longer be trusted ([`Region::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegionFault {
+    /// An access faulted (SIGBUS: a page past the end of the file); the mapping now reads zeros.
+    Faulted,
+    /// The file is shorter than the mapping.
+    Truncated { len: u64, mapped: u64 },
+    /// The path names no file any more.
+    Removed,
+    /// The path names another file (a new region was created in its place).
+    Replaced,
+    /// The magic word is gone (zeroed or overwritten).
+    BadMagic(u64),
+    /// Version, length, config hash or section table changed under us.
+    BadHeader(&'static str),
+    /// `fstat`/`stat` failed.
+    Io(String),
+}
+
+impl std::fmt::Display for RegionFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegionFault::Faulted => write!(f, "an access to it faulted (SIGBUS: the file shrank); the mapping was replaced by zeros"),
+            RegionFault::Truncated { len, mapped } => write!(f, "it was truncated to {len} bytes (mapped {mapped})"),
+            RegionFault::Removed => write!(f, "its file was removed"),
+            RegionFault::Replaced => write!(f, "its path now names another file (a new region)"),
+            RegionFault::BadMagic(m) => write!(f, "its magic word is {m:#018x}, not PLEXCPL1 (zeroed or overwritten)"),
+            RegionFault::BadHeader(what) => write!(f, "its header changed: {what}"),
+            RegionFault::Io(e) => write!(f, "checking it failed: {e}"),
+        }
+    }
+}
+
+/// The process-wide SIGBUS guard: the mappings it covers (start, length, faulted).
+struct Guard {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    faulted: AtomicBool,
+}
+
+const GUARD_SLOTS: usize = 64;
+#[allow(clippy::declare_interior_mutable_const)]
+const GUARD_FREE: Guard = Guard { start: AtomicUsize::new(0), len: AtomicUsize::new(0), faulted: AtomicBool::new(false) };
+static GUARDS: [Guard; GUARD_SLOTS] = [GUARD_FREE; GUARD_SLOTS];
+/// The SIGBUS disposition before ours (restored for faults outside our mappings).
+static OLD_SIGBUS: std::sync::OnceLock<libc::sigaction> = std::sync::OnceLock::new();
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    for g in &GUARDS {
+        let (start, len) = (g.start.load(Ordering::Acquire), g.len.load(Ordering::Acquire));
+        if start != 0 && addr >= start && addr < start + len {
+            // SAFETY: [start, start + len) is a live mapping of a `Region` (registered after
+            // mmap, unregistered before munmap); replacing it with anonymous zero pages keeps
+            // the address range valid for every reference into it, and atomics are valid for
+            // all-zero bytes. mmap is a plain system call, safe to make from a signal handler.
+            let p = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                g.faulted.store(true, Ordering::Release);
+                // Returning retries the access, which now reads zeros.
+                return;
+            }
+        }
+    }
+    // Not ours: put back the previous disposition; the access faults again and gets it.
+    if let Some(old) = OLD_SIGBUS.get() {
+        // SAFETY: `old` is the sigaction the kernel gave us when we installed ours.
+        unsafe { libc::sigaction(libc::SIGBUS, old, std::ptr::null_mut()) };
+    } else {
+        // SAFETY: resetting a signal to its default disposition.
+        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
+    }
+}
+
+fn install_sigbus_guard() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is a valid "no handler, empty mask" value; we fill in our
+        // handler (an extern "C" fn with the SA_SIGINFO signature) and install it, keeping the
+        // old one for faults that are not ours.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+            libc::sigemptyset(&mut act.sa_mask);
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, &act, &mut old) == 0 {
+                let _ = OLD_SIGBUS.set(old);
+            }
+        }
+    });
+}
+
+/// Cover `[start, start + len)`; `None` when every guard slot is taken (the mapping is then
+/// unguarded: [`Region::health`] still sees a truncation at the next heartbeat).
+fn guard(start: usize, len: usize) -> Option<usize> {
+    install_sigbus_guard();
+    for (i, g) in GUARDS.iter().enumerate() {
+        if g.len.compare_exchange(0, len, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            g.faulted.store(false, Ordering::Relaxed);
+            g.start.store(start, Ordering::Release);
+            return Some(i);
+        }
+    }
+    None
+}
+
+fn unguard(slot: usize) {
+    let g = &GUARDS[slot];
+    g.start.store(0, Ordering::Release);
+    g.len.store(0, Ordering::Release);
+}
+
 enum Memory {
-    Mapped { ptr: NonNull<u8>, len: usize },
+    Mapped { ptr: NonNull<u8>, len: usize, fd: OwnedFd, guard: Option<usize> },
     Heap(Box<[AtomicU64]>),
 }
 
@@ -65,6 +212,8 @@ pub struct Region {
     path: Option<PathBuf>,
     /// (offset, count) per [`SectionKind`], indexed by kind - 1.
     sections: [(usize, usize); SectionKind::ALL.len()],
+    /// The header's config hash when attached (it never changes in a live region).
+    config_hash: u64,
 }
 
 // SAFETY: the mapping is only ever accessed through shared references to rows made of atomics
@@ -82,7 +231,10 @@ impl std::fmt::Debug for Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if let Memory::Mapped { ptr, len } = self.mem {
+        if let Memory::Mapped { ptr, len, guard: g, .. } = self.mem {
+            if let Some(g) = g {
+                unguard(g);
+            }
             // SAFETY: `ptr`/`len` came from a successful mmap in `map` and are unmapped once;
             // every reference handed out borrows `self`, so none outlives this.
             let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
@@ -99,13 +251,54 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl Fn(Errno) -> RegionError +
 }
 
 impl Region {
-    /// Attach to the cluster's region at `path`, creating it if no stack has yet.
+    /// Attach to the cluster's region at `path`, creating it if no stack has yet. A stack
+    /// attaches only to a region its own effective uid owns, with mode 0600. A stale region
+    /// (bad magic, truncated, bad section table: a region file is published complete, so no
+    /// live cluster leaves one like that) owned by this uid is replaced; `replaced` is then
+    /// `Some(why)` for the caller to log.
     pub fn create_or_attach(path: &Path, cluster: &str, config_hash: u64, now_ns: u64) -> Result<Region, RegionError> {
-        match Region::attach(path, true) {
-            Ok(r) => return r.check_config(cluster, config_hash),
+        Region::create_or_attach_logged(path, cluster, config_hash, now_ns).map(|(r, _)| r)
+    }
+
+    /// [`Region::create_or_attach`], also saying whether (and why) a stale region was replaced.
+    pub fn create_or_attach_logged(
+        path: &Path,
+        cluster: &str,
+        config_hash: u64,
+        now_ns: u64,
+    ) -> Result<(Region, Option<RegionError>), RegionError> {
+        let ours = rustix::process::geteuid().as_raw();
+        match Region::attach_owned(path, ours) {
+            Ok(r) => return r.check_config(cluster, config_hash).map(|r| (r, None)),
             Err(RegionError::NotFound(_)) => {}
+            Err(e @ (RegionError::Truncated { .. } | RegionError::Foreign(_) | RegionError::BadSection { .. })) => {
+                // Stale: replace it, one replacer at a time (racing starters queue on the lock
+                // file and find the first one's region valid).
+                let lock = path.with_extension("lock");
+                let lfd = rustix::fs::open(&lock, OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+                    .map_err(io(&lock, "opening the lock file"))?;
+                rustix::fs::flock(&lfd, rustix::fs::FlockOperation::LockExclusive).map_err(io(&lock, "locking"))?;
+                match Region::attach_owned(path, ours) {
+                    Ok(r) => return r.check_config(cluster, config_hash).map(|r| (r, None)),
+                    Err(RegionError::NotFound(_)) => {}
+                    Err(RegionError::Truncated { .. } | RegionError::Foreign(_) | RegionError::BadSection { .. }) => {
+                        match rustix::fs::unlink(path) {
+                            Ok(()) | Err(Errno::NOENT) => {}
+                            Err(e) => return Err(io(path, "removing the stale region")(e)),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+                let r = Region::create(path, cluster, config_hash, now_ns)?;
+                return Ok((r, Some(e)));
+            }
             Err(e) => return Err(e),
         }
+        Region::create(path, cluster, config_hash, now_ns).map(|r| (r, None))
+    }
+
+    fn create(path: &Path, cluster: &str, config_hash: u64, now_ns: u64) -> Result<Region, RegionError> {
+        let ours = rustix::process::geteuid().as_raw();
         let (_, len) = plan();
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let tmp = path.with_extension(format!(
@@ -118,7 +311,7 @@ impl Region {
         let built = (|| {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600)).map_err(io(&tmp, "chmod 0600"))?;
             rustix::fs::ftruncate(&fd, len as u64).map_err(io(&tmp, "sizing"))?;
-            let mut r = Region::map(&fd, len, true, Some(path.to_path_buf()))?;
+            let mut r = Region::map(fd, len, true, Some(path.to_path_buf()))?;
             r.init(cluster, config_hash, now_ns)?;
             Ok::<_, RegionError>(r)
         })();
@@ -128,29 +321,46 @@ impl Region {
         match linked {
             Some(Ok(())) => Ok(r),
             // Another stack created it first: use theirs.
-            Some(Err(Errno::EXIST)) => Region::attach(path, true)?.check_config(cluster, config_hash),
+            Some(Err(Errno::EXIST)) => Region::attach_owned(path, ours)?.check_config(cluster, config_hash),
             Some(Err(e)) => Err(io(path, "publishing")(e)),
             None => Err(RegionError::Io { path: path.to_path_buf(), what: "publishing", err: "not built".into() }),
         }
+    }
+
+    /// Attach writable for a stack: the file must belong to `uid` and be 0600.
+    fn attach_owned(path: &Path, uid: u32) -> Result<Region, RegionError> {
+        let fd = rustix::fs::open(path, OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty()).map_err(io(path, "opening"))?;
+        let st = rustix::fs::fstat(&fd).map_err(io(path, "stat"))?;
+        if st.st_uid != uid {
+            return Err(RegionError::Owner { path: path.to_path_buf(), owner: st.st_uid, ours: uid });
+        }
+        if st.st_mode & 0o077 != 0 {
+            return Err(RegionError::Mode { path: path.to_path_buf(), mode: st.st_mode & 0o7777 });
+        }
+        Region::map_checked(fd, path, true)
     }
 
     /// Attach to an existing region (`writable: false` maps it read-only, for `plex ctl show`).
     pub fn attach(path: &Path, writable: bool) -> Result<Region, RegionError> {
         let flags = if writable { OFlags::RDWR } else { OFlags::RDONLY };
         let fd = rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty()).map_err(io(path, "opening"))?;
+        Region::map_checked(fd, path, writable)
+    }
+
+    fn map_checked(fd: OwnedFd, path: &Path, writable: bool) -> Result<Region, RegionError> {
         let st = rustix::fs::fstat(&fd).map_err(io(path, "stat"))?;
         let len = st.st_size.max(0) as u64;
         if len < 4096 {
             return Err(RegionError::Truncated { path: path.to_path_buf(), len, need: 4096 });
         }
-        Region::map(&fd, len as usize, writable, Some(path.to_path_buf()))?.validate()
+        Region::map(fd, len as usize, writable, Some(path.to_path_buf()))?.validate()
     }
 
     /// A region of this layout on the heap (tests, simulations of several stacks in one process).
     pub fn anonymous(cluster: &str, config_hash: u64) -> Region {
         let (_, len) = plan();
         let words: Box<[AtomicU64]> = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
-        let mut r = Region { mem: Memory::Heap(words), writable: true, path: None, sections: [(0, 0); SectionKind::ALL.len()] };
+        let mut r = Region { mem: Memory::Heap(words), writable: true, path: None, sections: [(0, 0); SectionKind::ALL.len()], config_hash: 0 };
         if let Err(e) = r.init(cluster, config_hash, 0) {
             // The layout is fixed at compile time and the memory was sized by `plan`.
             unreachable!("initialising an anonymous region: {e}");
@@ -158,15 +368,16 @@ impl Region {
         r
     }
 
-    fn map(fd: &rustix::fd::OwnedFd, len: usize, writable: bool, path: Option<PathBuf>) -> Result<Region, RegionError> {
+    fn map(fd: OwnedFd, len: usize, writable: bool, path: Option<PathBuf>) -> Result<Region, RegionError> {
         let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
         let p = path.clone().unwrap_or_default();
         // SAFETY: a fresh shared mapping of `len` bytes of `fd` at an address the kernel picks;
         // it aliases no Rust object. Other processes write it concurrently, which is why every
         // access goes through atomics.
-        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }.map_err(io(&p, "mapping"))?;
+        let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, &fd, 0) }.map_err(io(&p, "mapping"))?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(RegionError::Io { path: p, what: "mapping", err: "null mapping".into() })?;
-        Ok(Region { mem: Memory::Mapped { ptr, len }, writable, path, sections: [(0, 0); SectionKind::ALL.len()] })
+        let guard = guard(ptr.as_ptr() as usize, len);
+        Ok(Region { mem: Memory::Mapped { ptr, len, fd, guard }, writable, path, sections: [(0, 0); SectionKind::ALL.len()], config_hash: 0 })
     }
 
     fn base(&self) -> *const u8 {
@@ -247,6 +458,7 @@ impl Region {
         }
         h.section_count.store(plan.len() as u32, Ordering::Relaxed);
         self.sections = self.read_sections()?;
+        self.config_hash = config_hash;
         for row in self.dvipas().iter().chain(self.range_dvipas()) {
             row.owner.store(crate::words::OwnerWord::EMPTY.pack(), Ordering::Relaxed);
         }
@@ -305,6 +517,7 @@ impl Region {
             return Err(RegionError::Truncated { path, len: self.len() as u64, need });
         }
         self.sections = self.read_sections()?;
+        self.config_hash = self.header().config_hash.load(Ordering::Relaxed);
         Ok(self)
     }
 
@@ -314,6 +527,47 @@ impl Region {
             return Err(RegionError::ConfigMismatch { path: self.path.clone().unwrap_or_default(), region, ours, cluster: cluster.to_string() });
         }
         Ok(self)
+    }
+
+    /// Can this region still be trusted? Checked by the node on every heartbeat, before it
+    /// reads anything else: the SIGBUS guard's mark, then (for a file) its size and that the
+    /// path still names it, then the header fields that never change after creation.
+    pub fn health(&self) -> Result<(), RegionFault> {
+        if let Memory::Mapped { len, fd, guard, .. } = &self.mem {
+            if guard.is_some_and(|g| GUARDS[g].faulted.load(Ordering::Acquire)) {
+                return Err(RegionFault::Faulted);
+            }
+            let st = rustix::fs::fstat(fd).map_err(|e| RegionFault::Io(e.to_string()))?;
+            if (st.st_size.max(0) as u64) < *len as u64 {
+                return Err(RegionFault::Truncated { len: st.st_size.max(0) as u64, mapped: *len as u64 });
+            }
+            if let Some(p) = &self.path {
+                match rustix::fs::stat(p) {
+                    Ok(now) if now.st_ino == st.st_ino && now.st_dev == st.st_dev => {}
+                    Ok(_) => return Err(RegionFault::Replaced),
+                    Err(Errno::NOENT) => return Err(RegionFault::Removed),
+                    Err(e) => return Err(RegionFault::Io(e.to_string())),
+                }
+            }
+        }
+        let h = self.header();
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(RegionFault::BadMagic(magic));
+        }
+        if h.major.load(Ordering::Relaxed) != MAJOR {
+            return Err(RegionFault::BadHeader("major version"));
+        }
+        if h.region_len.load(Ordering::Relaxed) > self.len() as u64 {
+            return Err(RegionFault::BadHeader("region length"));
+        }
+        if h.config_hash.load(Ordering::Relaxed) != self.config_hash {
+            return Err(RegionFault::BadHeader("config hash"));
+        }
+        match self.read_sections() {
+            Ok(s) if s == self.sections => Ok(()),
+            _ => Err(RegionFault::BadHeader("section table")),
+        }
     }
 
     pub fn cluster_name(&self) -> String {

@@ -9,7 +9,14 @@
 //! - ticks the coupling [`Node`] (lease renewal, failure detection, the DVIPA protocol),
 //! - applies what the node decided: a DVIPA that leaves is removed from the XDP steering map
 //!   *before* the stack forgets it; one that arrives is added to the stack and the map, then
-//!   announced by gratuitous ARP (request and reply forms, repeated three times).
+//!   announced by gratuitous ARP (request and reply forms, repeated three times); once the
+//!   first announcement has left (two turns later) the node marks the row announced, which is
+//!   what `plex ctl dvipa activate` waits for,
+//! - ticks at every turn, not every heartbeat, while a command moves an address here (the
+//!   address is then unanswered only from the old owner's release to our next turn),
+//! - logs rows the node ignored or repaired, and leaves the cluster if the region went bad
+//!   (truncated, zeroed, overwritten, replaced): its DVIPAs are dropped and the stack serves
+//!   its own address alone until it is restarted.
 //!
 //! [`StackCluster`] is the [`stack::cluster::Cluster`] the stack holds: bind activation of
 //! range DVIPAs goes through it. Both share the node behind a mutex that only this poll thread
@@ -67,6 +74,13 @@ pub struct ClusterMember {
     reannounce: Vec<(Instant, Ipv4Addr, u8)>,
     /// Left the cluster (stopping): no more ticks.
     left: bool,
+    /// Activated addresses to mark announced, with the turns to wait (their first gratuitous
+    /// ARP leaves in the TX of the turn that activated them).
+    marks: Vec<(Ipv4Addr, u8)>,
+    /// The region went bad and we said so.
+    detached_logged: bool,
+    /// Addresses this stack serves as its own (kept when it leaves the cluster).
+    own: Ipv4Addr,
 }
 
 impl std::fmt::Debug for ClusterMember {
@@ -99,9 +113,16 @@ impl ClusterMember {
     /// could replace the running one's XDP program.
     pub fn join(cfg: Arc<ClusterConfig>, name: &str, ident: Identity, clock: Clock) -> Result<(ClusterMember, StackCluster), String> {
         let now = clock.now();
-        let region = Region::create_or_attach(&cfg.region, &cfg.name, cfg.hash(), clock.mono_ns(now)).map_err(|e| e.to_string())?;
+        let (region, stale) =
+            Region::create_or_attach_logged(&cfg.region, &cfg.name, cfg.hash(), clock.mono_ns(now)).map_err(|e| e.to_string())?;
+        if let Some(why) = stale {
+            log(name, format_args!(
+                "found a stale coupling region ({why}); replaced it with a new one (stacks still attached to the old file leave the cluster; restart them to rejoin)"
+            ));
+        }
         let node = Node::join(Arc::new(region), cfg.clone(), name, ident, clock.mono_ns(now)).map_err(|e| e.to_string())?;
         log(name, format_args!("joined cluster {} as slot {} incarnation {}", cfg.name, node.slot(), node.incarnation()));
+        let own = cfg.stacks[node.slot()].addr;
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
         let shared = Arc::new(Mutex::new(Shared { node, home: None, bound: Vec::new() }));
         let member = ClusterMember {
@@ -115,6 +136,9 @@ impl ClusterMember {
             actions: Vec::new(),
             reannounce: Vec::new(),
             left: false,
+            marks: Vec::new(),
+            detached_logged: false,
+            own,
         };
         Ok((member, StackCluster { shared, clock }))
     }
@@ -126,17 +150,32 @@ impl ClusterMember {
 
     /// When the loop must come back at the latest (adaptive sleep).
     pub fn next_deadline(&self) -> Instant {
-        self.reannounce.iter().map(|r| r.0).fold(self.next_tick, Instant::min)
+        let d = self.reannounce.iter().map(|r| r.0).fold(self.next_tick, Instant::min);
+        if self.marks.is_empty() {
+            d
+        } else {
+            // Come straight back: an operator's command waits for the mark.
+            Instant::ZERO
+        }
     }
 
     /// Called at the top of every poll-loop iteration, before any frame is handled.
     pub fn turn(&mut self, now: Instant, stack: &mut Stack) {
-        if self.left || (now < self.next_tick && now < self.lease_ok && self.reannounce.is_empty()) {
+        if self.left || (now < self.next_tick && now < self.lease_ok && self.reannounce.is_empty() && self.marks.is_empty()) {
             return;
         }
         let ns = self.clock.mono_ns(now);
         let shared_arc = self.shared.clone();
         let mut shared = lock(&shared_arc);
+        if !self.marks.is_empty() {
+            for m in self.marks.iter_mut() {
+                m.1 = m.1.saturating_sub(1);
+                if m.1 == 0 && stack.has_address(m.0) {
+                    shared.node.announced(m.0);
+                }
+            }
+            self.marks.retain(|m| m.1 > 0);
+        }
         for a in shared.bound.drain(..) {
             self.reannounce.push((now + Duration::from_millis(20), a, 2));
             log(&self.name, format_args!("{a} active (bound by an application)"));
@@ -155,10 +194,21 @@ impl ClusterMember {
             return;
         }
         self.next_tick = now + self.heartbeat;
-        self.watch_members(&mut shared.node, ns);
+        // (The member rows are read only from a region that still checks out; the tick
+        // itself starts with the same check and leaves the cluster if it fails.)
+        if shared.node.detached().is_none() && shared.node.region().health().is_ok() {
+            self.watch_members(&mut shared.node, ns);
+        }
         let mut actions = std::mem::take(&mut self.actions);
         let fenced = shared.node.stats.fenced;
         shared.node.tick(ns, &|a| stack.connections_on(a), &mut actions);
+        if shared.node.awaiting_move() {
+            // A command moves an address here: tick again at the next turn.
+            self.next_tick = now;
+        }
+        for e in shared.node.take_events() {
+            log(&self.name, format_args!("coupling region: {e}"));
+        }
         if shared.node.stats.fenced != fenced {
             log(&self.name, format_args!(
                 "fenced: declared failed while stalled (lease lapsed); dropped its DVIPAs, rejoined as incarnation {}",
@@ -174,7 +224,11 @@ impl ClusterMember {
                     }
                     stack.announce(addr);
                     self.reannounce.push((now + Duration::from_millis(20), addr, 2));
+                    self.marks.push((addr, 2));
                     log(&self.name, format_args!("{addr} active ({why})"));
+                }
+                Action::Deactivate { addr, .. } if addr == self.own || !stack.has_address(addr) => {
+                    self.reannounce.retain(|r| r.1 != addr);
                 }
                 Action::Deactivate { addr, connections, why } => {
                     // Out of the steering map first: from here on its frames go to the kernel.
@@ -195,7 +249,26 @@ impl ClusterMember {
             }
         }
         self.actions = actions;
-        self.lease_ok = self.clock.instant_of(shared.node.lease_valid_until());
+        if let (Some(f), false) = (shared.node.detached(), self.detached_logged) {
+            self.detached_logged = true;
+            self.marks.clear();
+            log(&self.name, format_args!(
+                "left the cluster: its coupling region {} went bad: {f}; serving its own address {} alone (standalone stack). To rejoin: restart this stack (the first stack that starts replaces a stale region)",
+                shared.node.config().region.display(),
+                self.own
+            ));
+            log(&self.name, format_args!("rows ignored while in the cluster: {}", shared.node.invalid.summary()));
+        }
+        self.lease_ok = if shared.node.detached().is_some() {
+            Instant::from_micros(u64::MAX / 4)
+        } else {
+            self.clock.instant_of(shared.node.lease_valid_until())
+        };
+    }
+
+    /// Rows the node ignored, per reason (`--stats`).
+    pub fn ignored_rows(&self) -> String {
+        lock(&self.shared).node.invalid.summary()
     }
 
     /// Open a pidfd for every live member we do not watch yet; declare failed those whose

@@ -6,7 +6,10 @@
 # client's ARP entry moved by the backup's gratuitous ARP (capture), immediate giveback,
 # delayed giveback while a connection is open, a SIGSTOP'd owner fenced when it resumes (it
 # sends nothing for the address), bind activation in the VIPA range, operator commands and
-# their refusals, and `plex ctl` without privilege.
+# their refusals, and `plex ctl` without privilege; an unprivileged `plex run` creates no region
+# and a root stack refuses a region another uid owns (squatting); a command move returns once
+# the new owner has announced the address (the gap is printed); a DVIPA whose primary never
+# started is activated by its first backup after the grace (primary_grace_ms, default 3000).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
@@ -56,7 +59,23 @@ echo_ok() { # ADDR [PORT]
 # exited_with CODE RC TEXT PATTERN: the command exited with CODE and said PATTERN.
 exited_with() { [ "$2" = "$1" ] && printf '%s' "$3" | grep -q -- "$4"; }
 no_echo() { ! echo_ok "$@"; }
+wait_log() { # FILE PATTERN COUNT: until FILE has COUNT lines with PATTERN (bounded: 2 s)
+  for _ in $(seq 1 40); do
+    [ "$(grep -cF -- "$2" "$1")" -ge "$3" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
 neigh_mac() { ip netns exec plx-client ip neigh show "$1" | awk '{print $5}'; }
+
+# --- squatting: no region from an unprivileged run; none of another uid is used -----------
+out=$(ip netns exec plx-s1 setpriv --reuid=nobody --regid=nogroup --clear-groups "$PLEX" run --stack s1 echo 2>&1); rc=$?
+check "plex run as nobody is refused (exit $rc: $out)" exited_with 1 "$rc" "$out" "needs root"
+check "... and created no coupling region" test ! -e "$REGION"
+setpriv --reuid=nobody --regid=nogroup --clear-groups sh -c "umask 077; : > $REGION"
+out=$(ip netns exec plx-s1 timeout 5 "$PLEX" run --stack s1 echo 2>&1); rc=$?
+check "a root stack refuses a region owned by nobody, naming the owner (exit $rc: $out)" exited_with 1 "$rc" "$out" "owned by uid 65534"
+rm -f "$REGION"
 
 for i in 1 2 3; do start_stack "$i" echo || exit 1; done
 check "s1 activates its primary DVIPA $V" wait_owner $V s1 3
@@ -103,9 +122,12 @@ check "capture: s2 announced $V by gratuitous ARP from its MAC" \
   grep -qiE "^.* $(mac_of 2) > ff:ff:ff:ff:ff:ff.*(Request who-has $V tell $V|Reply $V is-at)" "$LOGDIR/client-arp.txt"
 
 # --- immediate giveback: the primary returns, no connections on the holder ----------------
+n_active=$(grep -cF "$V active (given back by its holder)" "$LOGDIR/s1.log")
 start_stack 1 echo
 check "s1 is back: s2 (no connections) gave $V back at once" wait_owner $V s1 2
 check "s2 logged the giveback" grep -q "$V inactive (given back to its primary" "$LOGDIR/s2.log"
+# The owner word moves before s1's next tick activates and announces the address: wait for that.
+check "s1 activated and announced $V" wait_log "$LOGDIR/s1.log" "$V active (given back by its holder)" $((n_active + 1))
 check "echo through $V after the giveback" echo_ok $V
 check "the client's ARP entry for $V is s1's again" test "$(neigh_mac $V)" = "$(mac_of 1)"
 
@@ -159,7 +181,11 @@ check "ctl shows $R as a range address activated by bind" test "$(dvipa_field $R
 check "echo through $R" echo_ok $R
 "$PLEX" ctl dvipa activate $R --stack s2 >"$LOGDIR/activate.txt" 2>&1; rc=$?
 check "ctl dvipa activate $R --stack s2 (exit $rc): $(cat "$LOGDIR/activate.txt")" test "$rc" = 0
-check "$R moved to s2" wait_owner $R s2 2
+check "the command returned once s2 had announced $R" grep -q "s2 has announced it" "$LOGDIR/activate.txt"
+check "$R moved to s2" test "$(owner_of $R)" = s2
+off=$(awk -v a="$R" '$0 ~ a " inactive \\(moved" { sub(":", "", $2); print $2 }' "$LOGDIR/s3.log" | tail -1)
+on=$(awk -v a="$R" '$0 ~ a " active \\(activated by command" { sub(":", "", $2); print $2 }' "$LOGDIR/s2.log" | tail -1)
+echo "     move gap (s3 left $R -> s2 activated it, from their logs): $(awk -v a="${off:-0}" -v b="${on:-0}" 'BEGIN { printf "%.3f", b - a }') ms (heartbeat 10 ms)"
 check "echo through $R on s2" echo_ok $R
 "$PLEX" ctl dvipa activate $V --stack s2 >"$LOGDIR/refused.txt" 2>&1; rc=$?
 check "activating a primary/backup DVIPA by command is refused (exit $rc: $(cat "$LOGDIR/refused.txt"))" exited_with 1 "$rc" "$(cat "$LOGDIR/refused.txt")" refused
@@ -168,6 +194,18 @@ check "ctl dvipa delete $R (exit $rc)" test "$rc" = 0
 sleep 0.3
 check "after the delete nobody answers for $R" no_echo $R
 check "ctl shows $R deleted" test "$(dvipa_field $R 4)" = deleted
+
+# --- a DVIPA whose primary never started: its first backup activates it after the grace ----
+for i in 1 2 3; do kill -INT "${SPID[$i]}" 2>/dev/null; done
+sleep 0.5
+rm -f "$REGION"
+start_stack 3 echo
+start_stack 2 echo
+check "primary s1 absent: s2 (rank 20) activates $V after the grace" wait_owner $V s2 6
+check "s2 logged why" grep -q "$V active (its primary has not started within the grace period)" "$LOGDIR/s2.log"
+check "echo through $V on s2" echo_ok $V
+start_stack 1 echo
+check "s1 starts: $V is given back to it" wait_owner $V s1 3
 
 printf 'cluster = "x"\n' >"$LOGDIR/bad.toml"
 out=$("$PLEX" config --check "$LOGDIR/bad.toml" 2>&1); rc=$?
