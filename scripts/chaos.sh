@@ -82,7 +82,7 @@ start_bg() { local ns=$1 log=$2; shift 2; ip netns exec "$ns" "$@" >"$log" 2>&1 
 stop_bg() { kill -INT "$1" 2>/dev/null; for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null; }
 wait_log() { for _ in $(seq 1 50); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "not started: $(tail -3 "$1")"; return 1; }
 
-if [ $QUICK = 1 ]; then FLOOD_SECS=8; FUZZ_SECS=10; SEEDS=200; else FLOOD_SECS=30; FUZZ_SECS=30; SEEDS=10000; fi
+if [ $QUICK = 1 ]; then FLOOD_SECS=8; FUZZ_SECS=10; else FLOOD_SECS=30; FUZZ_SECS=30; fi
 
 # --- SYN flood ---------------------------------------------------------------------------------
 # The probe runs before (2 s), during (FLOOD_SECS) and after (3 s, counted from 1 s after the
@@ -147,7 +147,14 @@ NGINX
   pd=$(json_get "$OUT/probe-plex.json" during.success); pa=$(json_get "$OUT/probe-plex.json" after.success)
   ld=$(json_get "$OUT/probe-linux.json" during.success); la=$(json_get "$OUT/probe-linux.json" after.success)
   rate=$(grep -o '([0-9]* frames/s)' "$OUT/flood-plex.txt" | tr -dc 0-9)
-  row synflood "plex during ${rate:-?} SYN/s: $pd success (Linux $ld)" "$(ge "$pd" 0.99 && echo ok || echo FAIL)"
+  # The goal is 0.99 during the flood (Linux measured 1.0 here). The quick run in CI shares
+  # two cores with everything else and holds a looser line (0.9) so that noise cannot fail a
+  # build; the after-flood line (every connection within 10 s, the cookie bugs) is the same.
+  need=0.99; [ $QUICK = 1 ] && need=0.9
+  pl50=$(json_get "$OUT/probe-plex.json" during.p50_ms); pl99=$(json_get "$OUT/probe-plex.json" during.p99_ms)
+  ll50=$(json_get "$OUT/probe-linux.json" during.p50_ms); ll99=$(json_get "$OUT/probe-linux.json" during.p99_ms)
+  row synflood "plex during ${rate:-?} SYN/s: $pd success, need $need (Linux $ld)" "$(ge "$pd" "$need" && echo ok || echo FAIL)"
+  row synflood "  latency during: plex p50 ${pl50} ms p99 ${pl99} ms; Linux ${ll50} / ${ll99} ms" "-"
   row synflood "plex from 1 s after: $pa success (Linux $la)" "$(ge "$pa" 1.0 && echo ok || echo FAIL)"
   "$TB" down
 fi
@@ -271,14 +278,22 @@ if want region_faults && [ -x scripts/chaos/region_faults.sh ]; then
 fi
 
 # --- simulation sweep ------------------------------------------------------------------------------
+# Every seeded simulation test over many seeds. The 41-scenario transfer matrix costs ~15 s a
+# seed, so it gets fewer seeds (each seed is 41 runs) than the per-seed tests.
 if want sim_sweep && [ -x scripts/sim-sweep.sh ]; then
-  echo "== simulation sweep ($SEEDS seeds)"
-  if scripts/sim-sweep.sh --seeds "$SEEDS" >"$OUT/sweep.txt" 2>&1; then sv=ok; else sv=FAIL; fi
-  summary=$(grep '^sim-sweep:' "$OUT/sweep.txt" | tail -1)
+  if [ $QUICK = 1 ]; then SEEDS=150; MATRIX_SEEDS=2; else SEEDS=10000; MATRIX_SEEDS=200; fi
+  echo "== simulation sweep ($SEEDS seeds per test, $MATRIX_SEEDS of the transfer matrix)"
+  sv=ok
+  PLEX_SWEEP_LOG=$OUT/sweep-a scripts/sim-sweep.sh --seeds "$SEEDS" --start 5000 --only 'sim_handoff|several_seeds|sim_fragments' \
+    >"$OUT/sweep.txt" 2>&1 || sv=FAIL
+  PLEX_SWEEP_LOG=$OUT/sweep-b scripts/sim-sweep.sh --seeds "$MATRIX_SEEDS" --start 5000 --only 'transfer_matrix' \
+    >>"$OUT/sweep.txt" 2>&1 || sv=FAIL
   grep -E 'seed=' "$OUT/sweep.txt" | head -10 | sed 's/^/     /'
-  runs=$(echo "$summary" | grep -o '[0-9]* runs' | tr -dc 0-9); fails=$(echo "$summary" | grep -o '[0-9]* failures' | tr -dc 0-9)
+  runs=$(grep '^sim-sweep:' "$OUT/sweep.txt" | grep -o '[0-9]* runs' | tr -dc '0-9\n' | awk '{t += $1} END {print t + 0}')
+  fails=$(grep '^sim-sweep:' "$OUT/sweep.txt" | grep -o '[0-9]* failures' | tr -dc '0-9\n' | awk '{t += $1} END {print t + 0}')
+  grep '^sim-sweep:' "$OUT/sweep.txt" | sed 's/^/     /'
   JPARTS+=("\"sim_sweep.runs\": ${runs:-0}" "\"sim_sweep.failures\": ${fails:-0}")
-  row sim_sweep "${summary:-no summary}" "$sv"
+  row sim_sweep "$runs seeded runs ($SEEDS seeds per test, $MATRIX_SEEDS x 41 matrix), $fails failures" "$sv"
 fi
 
 echo

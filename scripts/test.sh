@@ -21,6 +21,8 @@ if [ -d scripts/it ] && [ "$(id -u)" = 0 ]; then
     log "real-interface test: $t"
     "$t"
   done
+  log "chaos suite, quick: SYN flood, abandoned connections, fuzzing, region faults, simulation sweep"
+  scripts/chaos.sh --quick --json target/chaos-quick.json
 elif [ -d scripts/it ]; then
   echo "skipping real-interface tests: they need root (network namespaces, XDP)" >&2
 fi

@@ -6,6 +6,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+mod support;
+
 use stack::iface::{DropReason, Stack, StackConfig};
 use stack::rand::Rng;
 use stack::sim::{LinkConfig, Sim};
@@ -38,7 +40,7 @@ fn link() -> LinkConfig {
 
 #[test]
 fn fragmented_udp_echo_over_an_impaired_link() {
-    for seed in [1u64, 2, 3] {
+    for seed in support::seeds(&[1, 2, 3]) {
         let mut sim = Sim::new(seed);
         let a = sim.add_node(node(10, A_IP, seed), link(), link());
         let b = sim.add_node(node(1, B_IP, seed + 100), link(), link());
