@@ -289,9 +289,11 @@ if want sim_sweep && [ -x scripts/sim-sweep.sh ]; then
   PLEX_SWEEP_LOG=$OUT/sweep-b scripts/sim-sweep.sh --seeds "$MATRIX_SEEDS" --start 5000 --only 'transfer_matrix' \
     >>"$OUT/sweep.txt" 2>&1 || sv=FAIL
   grep -E 'seed=' "$OUT/sweep.txt" | head -10 | sed 's/^/     /'
-  runs=$(grep '^sim-sweep:' "$OUT/sweep.txt" | grep -o '[0-9]* runs' | tr -dc '0-9\n' | awk '{t += $1} END {print t + 0}')
-  fails=$(grep '^sim-sweep:' "$OUT/sweep.txt" | grep -o '[0-9]* failures' | tr -dc '0-9\n' | awk '{t += $1} END {print t + 0}')
-  grep '^sim-sweep:' "$OUT/sweep.txt" | sed 's/^/     /'
+  # The summary lines: "sim-sweep: N runs, F failures (T s)".
+  summary() { grep -E '^sim-sweep: [0-9]+ runs, [0-9]+ failures' "$OUT/sweep.txt"; }
+  runs=$(summary | awk '{t += $2} END {print t + 0}')
+  fails=$(summary | awk '{t += $4} END {print t + 0}')
+  summary | sed 's/^/     /'
   JPARTS+=("\"sim_sweep.runs\": ${runs:-0}" "\"sim_sweep.failures\": ${fails:-0}")
   row sim_sweep "$runs seeded runs ($SEEDS seeds per test, $MATRIX_SEEDS x 41 matrix), $fails failures" "$sv"
 fi
