@@ -66,7 +66,7 @@ MAC=$(ip netns exec plx-s1 cat /sys/class/net/plx-s1/address)
 FRAMES="$here/scripts/it/frames.py"
 counter() { # LOG NAME: plex's counter NAME from its --stats dump (0 when absent)
   local v
-  v=$(grep '^queue 0 stack:' "$1" | grep -o " $2=[0-9]*" | cut -d= -f2)
+  v=$(grep -E '^queue 0 (stack|drops):' "$1" | grep -o " $2=[0-9]*" | cut -d= -f2)
   echo "${v:-0}"
 }
 start_plex plx-s1 "$LOGDIR/frag.log" echo --iface plx-s1 --addr $S/24 --stats || exit 1
