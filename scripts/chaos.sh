@@ -49,9 +49,12 @@ TB=$here/scripts/testbed.sh
 OUT=$(mktemp -d /tmp/plx-chaos.XXXXXX)
 echo "== logs in $OUT"
 
-# One user of the testbed at a time (every script that uses it takes this lock).
-exec 9>/tmp/plx-testbed.lock
-flock 9
+# One user of the testbed at a time (every script that uses it takes this lock), unless the
+# caller holds it already (scripts/test.sh, itself run under the lock, says so).
+if [ -z "${PLX_TESTBED_LOCK_HELD:-}" ]; then
+  exec 9>/tmp/plx-testbed.lock
+  flock 9
+fi
 
 PIDS=()
 cleanup() {
