@@ -1,6 +1,6 @@
 //! Connection bookkeeping: the connection and memory limits every new connection passes, the
 //! ready queue and the timer heap (one live entry per socket), what happens after a connection
-//! was touched ([`Stack::after_tcp`]: events, accept queue, TIME-WAIT/CLOSED), and freeing.
+//! was touched (`Stack::after_tcp`: events, accept queue, TIME-WAIT/CLOSED), and freeing.
 
 use super::*;
 
