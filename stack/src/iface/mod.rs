@@ -14,6 +14,26 @@
 //! something to send sit on a ready queue (no scan of all sockets), timers sit in a heap with
 //! one live entry per socket, frames the interface answers itself (ARP, ICMP, RSTs, SYN
 //! cookies, UDP) are built into preallocated slots.
+//!
+//! ## Rooms
+//! [`Stack`], its fields and the public types live here, with construction, the home list
+//! and routing; the `impl Stack` blocks are spread over files by job:
+//!
+//! - `input.rs`: where a frame is received ([`Stack::receive`]): Ethernet, ARP, IPv4 (the
+//!   reassembly hook), ICMP, UDP, TCP demultiplexing, port unreachable, RSTs;
+//! - `listen.rs`: a segment for a listener: SYN queue, SYN cookies, a cookie ACK's connection;
+//! - `connections.rs`: what follows every touch of a connection (`after_tcp`: ready queue,
+//!   timer heap, events) and where it is freed (`free_connection`, [`Stack::release_closed`]),
+//!   and the connection/memory limits. A connection is installed (`alloc` + 4-tuple insert)
+//!   where it is born: `listen.rs` (SYN, cookie ACK) and `api.rs` (`tcp_connect_with`,
+//!   `tcp_restore`);
+//! - `output.rs`: where frames are transmitted ([`Stack::poll_transmit`]): the control queue,
+//!   socket segments, headers, padding, fragments;
+//! - `neighbours.rs`: sockets parked on ARP, ARP requests, neighbour hints;
+//! - `timers.rs`: [`Stack::poll_timeout`], [`Stack::handle_timeout`], reassembly expiry;
+//! - `sockets.rs`: the socket table and handle accessors; `api.rs`: the application calls;
+//! - helpers with their own types: `arp_cache.rs`, `counters.rs`, `frame_queue.rs`,
+//!   `rate_limit.rs`, `reassembly.rs`.
 
 mod arp_cache;
 mod counters;
