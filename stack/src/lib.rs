@@ -23,6 +23,10 @@
 //! - [`iface`]: the interface: home list, ARP cache, routing, ICMP, demultiplexing to sockets,
 //!   the socket table and its API, per-interface counters and named drop reasons, IPv4
 //!   reassembly (`iface::reassembly`, a preallocated pool) and outbound fragmentation.
+//!   One `Stack` type whose `impl` is spread over rooms by job: frames are received in
+//!   `iface/input.rs`, connections installed in `iface/listen.rs` (passive) and
+//!   `iface/api.rs` (connect, restore) and freed in `iface/connections.rs`, frames
+//!   transmitted in `iface/output.rs` (the [`iface`] docs list every room).
 //! - [`cluster`]: the trait through which the stack asks the cluster (the coupling region in
 //!   production) who owns an address and which ephemeral port to use.
 //! - [`sim`]: the deterministic network simulator, the default integration test.

@@ -1,0 +1,306 @@
+//! The application calls: TCP listen/accept/connect/send/recv/peek/shutdown/abort/close/touch,
+//! handoff snapshot and restore, the UDP calls, and the event queue ([`Stack::poll_event`]).
+
+use super::*;
+
+impl Stack {
+    fn with_tcp<R>(
+        &mut self,
+        now: Instant,
+        h: SocketHandle,
+        f: impl FnOnce(&mut Connection) -> R,
+    ) -> Result<R, ApiError> {
+        let r = match self.socket_mut(h) {
+            Some(Socket::Tcp(t)) => f(&mut t.conn),
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        };
+        self.after_tcp(now, h);
+        Ok(r)
+    }
+
+    /// Listen on `local` (the unspecified address listens on every local address).
+    pub fn tcp_listen(
+        &mut self,
+        now: Instant,
+        local: SocketAddrV4,
+        backlog: usize,
+    ) -> Result<SocketHandle, ApiError> {
+        if local.port() == 0 {
+            return Err(ApiError::AddrNotAvailable);
+        }
+        if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
+            // Bind activation: the cluster may make it ours (a range DVIPA).
+            let prefix = self.cluster.bind_address(now, *local.ip()).ok_or(ApiError::AddrNotAvailable)?;
+            self.add_address(*local.ip(), prefix, false);
+            self.announce(*local.ip());
+        }
+        if self.listeners.contains_key(&local) {
+            return Err(ApiError::AddrInUse);
+        }
+        let l = Listener::new(local, backlog, self.cfg.tcp.clone());
+        let h = self.alloc(Socket::Listener(l));
+        self.listeners.insert(local, h);
+        self.cluster.listener_opened(now, local);
+        Ok(h)
+    }
+
+    /// Take an established connection from a listener's accept queue.
+    pub fn tcp_accept(&mut self, listener: SocketHandle) -> Result<SocketHandle, ApiError> {
+        let h = match self.socket_mut(listener) {
+            Some(Socket::Listener(l)) => l.accept().ok_or(ApiError::WouldBlock)?,
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        };
+        if let Some(Socket::Tcp(t)) = self.socket_mut(h) {
+            t.parent = None;
+        }
+        Ok(h)
+    }
+
+    /// Active open to `remote`, from `local_ip` or the home address on the route to it.
+    pub fn tcp_connect(
+        &mut self,
+        now: Instant,
+        local_ip: Option<Ipv4Addr>,
+        remote: SocketAddrV4,
+    ) -> Result<SocketHandle, ApiError> {
+        let cfg = self.cfg.tcp.clone();
+        self.tcp_connect_with(now, local_ip, remote, &cfg)
+    }
+
+    pub fn tcp_connect_with(
+        &mut self,
+        now: Instant,
+        local_ip: Option<Ipv4Addr>,
+        remote: SocketAddrV4,
+        cfg: &tcp::Config,
+    ) -> Result<SocketHandle, ApiError> {
+        let local_ip = match local_ip {
+            Some(ip) if self.has_address(ip) => ip,
+            Some(_) => return Err(ApiError::AddrNotAvailable),
+            None => self.source_for(*remote.ip()).ok_or(ApiError::NoRoute)?,
+        };
+        self.next_hop(*remote.ip()).ok_or(ApiError::NoRoute)?;
+        let mut port = None;
+        for _ in 0..64 {
+            let Some(p) = self.cluster.ephemeral_port(now, local_ip, remote, &mut self.rng) else {
+                break;
+            };
+            let t = Tuple { local: SocketAddrV4::new(local_ip, p), remote };
+            if !self.connections.contains_key(&t) && !self.listeners.contains_key(&t.local) {
+                port = Some(p);
+                break;
+            }
+            self.cluster.release_port(now, t.local);
+        }
+        let port = port.ok_or(ApiError::NoPorts)?;
+        let tuple = Tuple { local: SocketAddrV4::new(local_ip, port), remote };
+        if self.over_limit(cfg).is_some() {
+            self.cluster.release_port(now, tuple.local);
+            return Err(ApiError::NoBuffers);
+        }
+        let mut cfg = cfg.clone();
+        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+        let iss = self.isn.isn(now, tuple.local, tuple.remote);
+        let conn = Connection::connect(now, tuple, iss, self.rng.next_u32(), &cfg);
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: true, mem: 0 }));
+        self.connections.insert(tuple, h);
+        self.cluster.connection_opened(now, &tuple);
+        self.after_tcp(now, h);
+        Ok(h)
+    }
+
+    pub fn tcp_send(&mut self, now: Instant, h: SocketHandle, data: &[u8]) -> Result<usize, ApiError> {
+        self.with_tcp(now, h, |c| c.send(data))?.map_err(ApiError::from)
+    }
+
+    pub fn tcp_recv(&mut self, now: Instant, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
+        self.with_tcp(now, h, |c| c.recv(buf))?.map_err(ApiError::from)
+    }
+
+    pub fn tcp_peek(&self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
+        match self.socket(h) {
+            Some(Socket::Tcp(t)) => t.conn.peek(buf).map_err(ApiError::from),
+            Some(_) => Err(ApiError::WrongSocketType),
+            None => Err(ApiError::InvalidHandle),
+        }
+    }
+
+    /// Half-close: FIN after the queued data.
+    pub fn tcp_shutdown(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        self.with_tcp(now, h, |c| c.shutdown())
+    }
+
+    pub fn tcp_abort(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        self.with_tcp(now, h, |c| c.abort())
+    }
+
+    /// After changing options through [`Stack::tcp_mut`].
+    pub fn touch(&mut self, now: Instant, h: SocketHandle) {
+        self.after_tcp(now, h);
+    }
+
+    /// Close any socket: a TCP connection closes gracefully and is freed when done (the handle
+    /// is invalid from now on); a listener aborts the connections it has not handed out.
+    pub fn close(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        match self.socket_mut(h) {
+            Some(Socket::Tcp(t)) => {
+                t.conn.close();
+                self.after_tcp(now, h);
+            }
+            Some(Socket::Listener(l)) => {
+                let local = l.local;
+                let children: Vec<SocketHandle> = l.drain().collect();
+                self.listeners.remove(&local);
+                self.cluster.listener_closed(now, local);
+                // Embryonic children point at this listener; abort them too.
+                let embryos: Vec<SocketHandle> = self
+                    .connections
+                    .values()
+                    .copied()
+                    .filter(|&c| matches!(self.socket(c), Some(Socket::Tcp(t)) if t.parent == Some(h)))
+                    .collect();
+                for c in children.into_iter().chain(embryos) {
+                    if let Some(Socket::Tcp(t)) = self.socket_mut(c) {
+                        t.parent = None;
+                        t.conn.abort();
+                    }
+                    self.after_tcp(now, c);
+                }
+                self.release(h);
+            }
+            Some(Socket::Udp(u)) => {
+                let local = u.local;
+                self.udp.remove(&local);
+                self.release(h);
+            }
+            None => return Err(ApiError::InvalidHandle),
+        }
+        Ok(())
+    }
+
+    /// Serialize an established connection for handoff (spec/04) and detach it silently: no
+    /// FIN, no RST, no timers; the handle becomes invalid. Frames for it that still arrive here
+    /// must be forwarded by the cluster layer (or they draw a RST as for any unknown tuple).
+    pub fn tcp_snapshot(
+        &mut self,
+        now: Instant,
+        h: SocketHandle,
+        giver: u32,
+        app_state: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
+        let (record, tuple) = match self.socket(h) {
+            Some(Socket::Tcp(t)) => (
+                t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
+                t.conn.tuple(),
+            ),
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        };
+        if self.connections.get(&tuple) == Some(&h) {
+            self.connections.remove(&tuple);
+            // The port stays in use cluster-wide: the connection lives on elsewhere.
+            self.cluster.connection_closed(now, &tuple);
+        }
+        self.release(h);
+        Ok(record)
+    }
+
+    /// Install a connection from a handoff record. It resumes at once and sends one ACK so
+    /// the peer's retransmissions are recovered immediately.
+    pub fn tcp_restore(&mut self, now: Instant, record: &[u8]) -> Result<(SocketHandle, tcp::Snapshot), tcp::SnapshotError> {
+        let (conn, snap) = Connection::restore(record, now, &self.cfg.tcp)?;
+        let tuple = conn.tuple();
+        if !self.has_address(*tuple.local.ip()) {
+            return Err(tcp::SnapshotError::Invalid("local address is not on this stack"));
+        }
+        if self.connections.contains_key(&tuple) {
+            return Err(tcp::SnapshotError::Invalid("a connection with this 4-tuple exists here"));
+        }
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
+        self.connections.insert(tuple, h);
+        self.cluster.connection_opened(now, &tuple);
+        self.after_tcp(now, h);
+        Ok((h, snap))
+    }
+
+    // UDP ------------------------------------------------------------------------------------
+
+    pub fn udp_bind(&mut self, local: SocketAddrV4) -> Result<SocketHandle, ApiError> {
+        if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
+            return Err(ApiError::AddrNotAvailable);
+        }
+        let mut local = local;
+        if local.port() == 0 {
+            let mut found = None;
+            for _ in 0..64 {
+                let span = (*crate::cluster::EPHEMERAL_PORTS.end()
+                    - *crate::cluster::EPHEMERAL_PORTS.start()) as u64;
+                let p = crate::cluster::EPHEMERAL_PORTS.start() + self.rng.below(span) as u16;
+                let cand = SocketAddrV4::new(*local.ip(), p);
+                if !self.udp.contains_key(&cand) {
+                    found = Some(cand);
+                    break;
+                }
+            }
+            local = found.ok_or(ApiError::NoPorts)?;
+        }
+        if self.udp.contains_key(&local) {
+            return Err(ApiError::AddrInUse);
+        }
+        let h = self.alloc(Socket::Udp(UdpSocket::new(local, 256 * 1024, 256 * 1024)));
+        self.udp.insert(local, h);
+        Ok(h)
+    }
+
+    pub fn udp_local_addr(&self, h: SocketHandle) -> Option<SocketAddrV4> {
+        match self.socket(h) {
+            Some(Socket::Udp(u)) => Some(u.local),
+            _ => None,
+        }
+    }
+
+    pub fn udp_send_to(
+        &mut self,
+        _now: Instant,
+        h: SocketHandle,
+        dst: SocketAddrV4,
+        data: &[u8],
+    ) -> Result<usize, ApiError> {
+        // Larger than the MTU leaves in fragments (as Linux without DF); the limit is the
+        // Total Length field.
+        if data.len() + 8 > wire::ipv4::MAX_PAYLOAD {
+            return Err(ApiError::MessageTooLarge);
+        }
+        self.next_hop(*dst.ip()).ok_or(ApiError::NoRoute)?;
+        match self.socket_mut(h) {
+            Some(Socket::Udp(u)) => {
+                if !u.tx.push(dst, data) {
+                    return Err(ApiError::WouldBlock);
+                }
+            }
+            Some(_) => return Err(ApiError::WrongSocketType),
+            None => return Err(ApiError::InvalidHandle),
+        }
+        self.mark_ready(h);
+        Ok(data.len())
+    }
+
+    pub fn udp_recv_from(
+        &mut self,
+        h: SocketHandle,
+        buf: &mut [u8],
+    ) -> Result<(usize, SocketAddrV4), ApiError> {
+        match self.socket_mut(h) {
+            Some(Socket::Udp(u)) => u.rx.pop_into(buf).ok_or(ApiError::WouldBlock),
+            Some(_) => Err(ApiError::WrongSocketType),
+            None => Err(ApiError::InvalidHandle),
+        }
+    }
+
+    /// The next socket event.
+    pub fn poll_event(&mut self) -> Option<(SocketHandle, SocketEvent)> {
+        self.events.pop_front()
+    }
+}
