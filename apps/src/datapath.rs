@@ -209,7 +209,7 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
             st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed
         );
         for (q, r) in runners.iter().enumerate() {
-            let x = r.xsk.engine.stats;
+            let x = r.xsk.stats();
             eprintln!(
                 "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
                 r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk.tx_budget(), x.tx_no_frame,

@@ -132,7 +132,7 @@ impl Runner {
         // stack (`control_queue_full`).
         let mut rx = 0;
         for _ in 0..RX_ROUNDS {
-            let n = xsk.engine.rx_batch(batch, |f| {
+            let n = xsk.rx_batch(batch, |f| {
                 let now = *fresh.get_or_insert_with(|| clock.now());
                 device.on_rx(now, f, &mut |g| stack.receive(now, g))
             });
@@ -171,7 +171,7 @@ impl Runner {
         let budget = (xsk.tx_budget() as usize).max(batch);
         let mut tx = 0;
         while tx < budget && stack.may_transmit() {
-            let n = xsk.engine.tx_fill(batch.min(budget - tx), |buf| {
+            let n = xsk.tx_fill(batch.min(budget - tx), |buf| {
                 let n = stack.poll_transmit(now, buf)?;
                 device.on_tx(now, &buf[..n]);
                 Some(n)
@@ -181,10 +181,10 @@ impl Runner {
                 break;
             }
         }
-        if tx > 0 || xsk.engine.in_tx() > 0 {
-            xsk.engine.kick_if_needed();
+        if tx > 0 || xsk.in_tx() > 0 {
+            xsk.kick_if_needed();
         }
-        xsk.engine.reap();
+        xsk.reap();
         self.stats.rx_frames += rx as u64;
         self.stats.tx_frames += tx as u64;
         let busy = busy || tx > 0;
