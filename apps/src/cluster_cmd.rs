@@ -258,12 +258,12 @@ fn check_ctl_privilege(region: &Region, cfg: &coupling::ClusterConfig, euid: u32
 /// Wait until the new owner has announced the address (bounded: a few leases).
 fn wait_announced(region: &Region, cfg: &coupling::ClusterConfig, addr: Ipv4Addr, stack: &str) -> Result<(), String> {
     let limit = std::time::Duration::from_millis((cfg.lease_ms * 8).max(2000));
-    let start = std::time::Instant::now();
+    let start = poll_loop::clock::Clock::read_mono_ns();
     loop {
         let now = poll_loop::clock::Clock::read_mono_ns();
         match coupling::ops::activation_done(region, cfg, addr, stack, now) {
             Ok(true) => return Ok(()),
-            Ok(false) if start.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Ok(false) if now.saturating_sub(start) < limit.as_nanos() as u64 => std::thread::sleep(std::time::Duration::from_millis(1)),
             Ok(false) => {
                 return Err(format!(
                     "{addr}: the command was recorded but {stack} has not announced the address within {} ms; see `plex ctl show dvipas`",

@@ -5,9 +5,6 @@
 //! stream) and `connect` (netcat-like). Every subcommand takes the same data-path options
 //! (interface, address, queues, cores, poll mode, XDP mode, capture, fault injection).
 
-// The sans-IO rule of clippy.toml binds `stack` and `coupling`, not the applications.
-#![allow(clippy::disallowed_methods)]
-
 mod apps;
 mod cluster_cmd;
 mod datapath;

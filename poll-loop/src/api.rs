@@ -368,6 +368,8 @@ impl App for Bridge {
 }
 
 #[cfg(test)]
+// The tests play the application threads of the blocking API.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};

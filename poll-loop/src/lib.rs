@@ -19,9 +19,6 @@
 //! Invariant: a poll thread never blocks on anything but its own socket's fd (adaptive mode's
 //! sleep), and does no allocation per packet.
 
-// The sans-IO rule of clippy.toml (no clock reads, no thread spawns) binds `stack` and
-// `coupling`; the data path reads the clock and runs threads by design.
-#![allow(clippy::disallowed_methods)]
 // `unsafe` is confined to the AF_XDP wrapper: the one module allowed it below.
 #![deny(unsafe_code)]
 

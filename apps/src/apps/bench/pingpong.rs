@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::net::SocketAddrV4;
 
+use poll_loop::clock::Clock;
 use poll_loop::runner::App;
 use stack::iface::{SocketEvent, SocketHandle, Stack};
 use stack::tcp::Event;
@@ -15,7 +16,7 @@ use crate::apps::percentile_distribution;
 /// One connection of the ping-pong client.
 struct PingConn {
     h: SocketHandle,
-    sent_at: Option<std::time::Instant>,
+    sent_at: Option<u64>,
     got: usize,
 }
 
@@ -39,7 +40,7 @@ pub struct PingPong {
     pub hist: hdrhistogram::Histogram<u64>,
     hgrm: Option<String>,
     finished: bool,
-    measure_start: Option<std::time::Instant>,
+    measure_start: Option<u64>,
     pub elapsed_ns: u64,
 }
 
@@ -92,7 +93,7 @@ impl PingPong {
 
     /// Send connection `i`'s next message; its round trip starts at `t` (taken before the
     /// send, as the Linux client and the floor do).
-    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize, t: std::time::Instant) {
+    fn send(&mut self, now: Instant, stack: &mut Stack, i: usize, t: u64) {
         let c = &mut self.conns[i];
         c.sent_at = Some(t);
         if stack.tcp_send(now, c.h, &self.msg).ok() != Some(self.size) {
@@ -142,7 +143,7 @@ impl App for PingPong {
         match ev {
             SocketEvent::Tcp(Event::Connected) => {
                 self.connected += 1;
-                self.send(now, stack, i, std::time::Instant::now());
+                self.send(now, stack, i, Clock::read_mono_ns());
             }
             SocketEvent::Tcp(Event::Readable) => loop {
                 let got = self.conns[i].got;
@@ -157,10 +158,10 @@ impl App for PingPong {
                 }
                 c.got = 0;
                 // One clock read ends this round trip and starts the next.
-                let t = std::time::Instant::now();
+                let t = Clock::read_mono_ns();
                 if let Some(t0) = c.sent_at.take() {
                     if self.done_rounds >= self.warmup {
-                        let _ = self.hist.record(((t - t0).as_nanos() as u64).max(1));
+                        let _ = self.hist.record(t.saturating_sub(t0).max(1));
                     }
                 }
                 self.done_rounds += 1;
@@ -168,7 +169,7 @@ impl App for PingPong {
                     self.measure_start = Some(t);
                 }
                 if self.done_rounds >= self.warmup + self.count {
-                    self.elapsed_ns = self.measure_start.map(|t| t.elapsed().as_nanos() as u64).unwrap_or(0);
+                    self.elapsed_ns = self.measure_start.map(|t| Clock::read_mono_ns().saturating_sub(t)).unwrap_or(0);
                     self.finish(now, stack);
                     return;
                 }
