@@ -63,20 +63,23 @@ pub struct LoopStats {
     pub sleeps: u64,
 }
 
+/// One poll thread's state: built with [`Runner::new`] and the `with_*` options, run with
+/// [`Runner::run`], read afterwards through its accessors.
 #[derive(Debug)]
 pub struct Runner {
-    pub xsk: Xsk,
-    pub stack: Stack,
-    pub device: Device,
-    pub mode: PollMode,
-    pub batch: usize,
-    pub stop: Arc<AtomicBool>,
-    pub clock: Clock,
-    pub stats: LoopStats,
+    xsk: Xsk,
+    stack: Stack,
+    device: Device,
+    mode: PollMode,
+    /// Frames per receive or transmit batch.
+    batch: usize,
+    stop: Arc<AtomicBool>,
+    clock: Clock,
+    stats: LoopStats,
     /// Woken by application threads (the blocking API) while the loop sleeps.
-    pub waker: Option<Arc<crate::xsk::Waker>>,
+    waker: Option<Arc<crate::xsk::Waker>>,
     /// Membership of a plex cluster (heartbeat, fencing, DVIPAs), if the stack is in one.
-    pub cluster: Option<crate::cluster::ClusterMember>,
+    cluster: Option<crate::cluster::ClusterMember>,
     /// The time of the last turn that read the clock.
     now: Instant,
     /// Turns in a row that did nothing (the clock is read on every CLOCK_EVERY-th).
@@ -89,10 +92,53 @@ pub const CLOCK_EVERY: u32 = 8;
 pub const RX_ROUNDS: usize = 4;
 
 impl Runner {
+    /// A poll loop over `xsk`, `stack` and `device`, polling in `mode` until `stop` is set,
+    /// with its own clock, batches of 64 frames, no waker and no cluster.
     pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
         let clock = Clock::default();
         let now = clock.now();
         Runner { xsk, stack, device, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0 }
+    }
+
+    /// Read time from `clock` (a cluster member's clock must be the one its node was given).
+    pub fn with_clock(mut self, clock: Clock) -> Runner {
+        self.clock = clock;
+        self.now = clock.now();
+        self
+    }
+
+    /// Run as a member of a plex cluster (heartbeat, fencing, DVIPAs).
+    pub fn with_cluster(mut self, member: crate::cluster::ClusterMember) -> Runner {
+        self.cluster = Some(member);
+        self
+    }
+
+    /// Frames per receive or transmit batch (at least 1).
+    pub fn with_batch(mut self, frames: usize) -> Runner {
+        self.batch = frames.max(1);
+        self
+    }
+
+    /// Let application threads (the blocking API) wake the loop from adaptive mode's sleep.
+    pub fn set_waker(&mut self, waker: Arc<crate::xsk::Waker>) {
+        self.waker = Some(waker);
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> LoopStats {
+        self.stats
+    }
+    /// The stack shard this loop drives.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+    /// The AF_XDP socket (its counters: [`Xsk::stats`], [`Xsk::kernel_stats`]).
+    pub fn xsk(&self) -> &Xsk {
+        &self.xsk
+    }
+    /// The device middleware (capture, fault injection) and its counters.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Pin the calling thread to `core` (if given and it exists).
