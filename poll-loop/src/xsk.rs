@@ -5,7 +5,7 @@
 //! RX ring, the TX ring or the completion ring) is unit-tested against an in-process fake
 //! kernel ([`tests`]), and used unchanged with the real xsk-rs rings ([`XskRings`]).
 //!
-//! This module is one of the three rooms of plex allowed `unsafe`: the xsk-rs ring and frame
+//! This module is one of the two rooms of plex allowed `unsafe` (the other is coupling's `region.rs`): the xsk-rs ring and frame
 //! calls are `unsafe` because the compiler cannot know a descriptor belongs to this UMEM and is
 //! not in the kernel's hands. `FrameEngine` guarantees both: descriptors are created only by
 //! `Umem::new` for this UMEM, and a descriptor is handed to a ring only after it was taken from
