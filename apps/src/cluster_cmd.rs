@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use coupling::layout::MemberState;
 use coupling::{ClusterConfig, Region};
 
+use crate::apps::servers::ServerCmd;
 use crate::datapath::ClusterJoin;
 use crate::DataPath;
 
@@ -47,28 +48,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub bind: Option<Ipv4Addr>,
     #[command(subcommand)]
-    pub app: RunApp,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum RunApp {
-    /// Echo every byte back.
-    Echo {
-        #[arg(long, default_value_t = 7)]
-        port: u16,
-    },
-    /// HTTP/1.1 with keep-alive, --size byte bodies.
-    Http {
-        #[arg(long, default_value_t = 80)]
-        port: u16,
-        #[arg(long, default_value_t = 1024)]
-        size: u64,
-    },
-    /// Read everything; print bytes and SHA-256 per connection.
-    Sink {
-        #[arg(long, default_value_t = 5001)]
-        port: u16,
-    },
+    pub app: ServerCmd,
 }
 
 /// Capabilities a stack needs (attach XDP, load BPF, open AF_XDP sockets), from the effective
@@ -136,9 +116,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     };
     let join = ClusterJoin { cfg, stack: args.stack };
     match args.app {
-        RunApp::Echo { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Echo::new(port)),
-        RunApp::Http { port, size } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Http::new(port, size)),
-        RunApp::Sink { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Sink::new(port, false, true)),
+        ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
+        ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
+        ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(false, true)),
     }
 }
 

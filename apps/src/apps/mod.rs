@@ -88,6 +88,4 @@ pub use bench::hold::Hold;
 pub use bench::pingpong::PingPong;
 pub use clients::connect::Connect;
 pub use clients::source::Source;
-pub use servers::echo::{echo_blocking, Echo};
-pub use servers::http::Http;
-pub use servers::sink::Sink;
+pub use servers::echo::echo_blocking;
