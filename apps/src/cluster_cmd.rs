@@ -89,9 +89,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         .clone();
     // Before the region (and anything else) is created.
     check_stack_privilege()?;
-    if let Some(ip) = args.bind {
-        let _ = crate::apps::LISTEN_IP.set(ip);
-    }
+    // The built-in servers listen on every address of the stack unless --bind names one.
+    let listen_ip = args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let dp = DataPath {
         iface: def.interface.clone(),
         addr: (def.addr, def.prefix),
@@ -116,9 +115,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     };
     let join = ClusterJoin { cfg, stack: args.stack };
     match args.app {
-        ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
-        ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
-        ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(false, true)),
+        ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
+        ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
+        ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip, false, true)),
     }
 }
 

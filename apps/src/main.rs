@@ -300,9 +300,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.cmd {
         Cmd::Echo { dp, app, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, app.port)),
-        Cmd::Echo { dp, app, blocking: false } => datapath::serve(&dp, move |_| app.app()),
-        Cmd::Http { dp, app } => datapath::serve(&dp, move |_| app.app()),
-        Cmd::Sink { dp, app, once, no_hash } => datapath::serve(&dp, move |_| app.app(once, !no_hash)),
+        Cmd::Echo { dp, app, blocking: false } => datapath::serve(&dp, move |_| app.app(Ipv4Addr::UNSPECIFIED)),
+        Cmd::Http { dp, app } => datapath::serve(&dp, move |_| app.app(Ipv4Addr::UNSPECIFIED)),
+        Cmd::Sink { dp, app, once, no_hash } => datapath::serve(&dp, move |_| app.app(Ipv4Addr::UNSPECIFIED, once, !no_hash)),
         Cmd::Source { dp, to, bytes, no_hash } => datapath::client(&dp, apps::Source::new(to, bytes, !no_hash)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
         Cmd::Hold { dp, to, count, inflight, secs, request, keep_going } => {

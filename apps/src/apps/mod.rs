@@ -2,21 +2,19 @@
 //! thread, between receiving and transmitting, with no locks and no copies beyond the socket
 //! buffers.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 
 use stack::iface::{SocketHandle, Stack};
 use stack::time::Instant;
 
-/// The address the built-in servers listen on: every address of the stack (unspecified)
-/// unless `plex run --bind` names one (inside a VIPA range, that activates it).
-pub static LISTEN_IP: std::sync::OnceLock<Ipv4Addr> = std::sync::OnceLock::new();
-
-fn listen(now: Instant, stack: &mut Stack, port: u16) -> SocketHandle {
-    let ip = LISTEN_IP.get().copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
-    match stack.tcp_listen(now, SocketAddrV4::new(ip, port), 4096) {
+/// Listen on `addr`: the servers get it from their constructor, with the unspecified address
+/// (every address of the stack) unless `plex run --bind` names one (inside a VIPA range, that
+/// activates it).
+fn listen(now: Instant, stack: &mut Stack, addr: SocketAddrV4) -> SocketHandle {
+    match stack.tcp_listen(now, addr, 4096) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("plex: cannot listen on {ip}:{port}: {e}");
+            eprintln!("plex: cannot listen on {addr}: {e}");
             std::process::exit(1);
         }
     }

@@ -8,12 +8,13 @@ use stack::iface::{SocketEvent, SocketHandle, Stack};
 use stack::tcp::Event;
 use stack::time::Instant;
 
-use crate::apps::{accept_all, listen, Backlog, LISTEN_IP};
+use crate::apps::{accept_all, listen, Backlog};
 
 // ---- echo ------------------------------------------------------------------------------
 
 pub struct Echo {
-    port: u16,
+    /// TCP and UDP listen here.
+    addr: SocketAddrV4,
     listener: Option<SocketHandle>,
     /// UDP echo on the same port (RFC 862).
     udp: Option<SocketHandle>,
@@ -22,8 +23,8 @@ pub struct Echo {
 }
 
 impl Echo {
-    pub fn new(port: u16) -> Echo {
-        Echo { port, listener: None, udp: None, backlog: Backlog::default(), buf: vec![0u8; 64 * 1024] }
+    pub fn new(addr: SocketAddrV4) -> Echo {
+        Echo { addr, listener: None, udp: None, backlog: Backlog::default(), buf: vec![0u8; 64 * 1024] }
     }
 
     /// Echo what can be echoed; true when input remains (the peer's data waits in our receive
@@ -52,9 +53,8 @@ impl Echo {
 
 impl App for Echo {
     fn start(&mut self, now: Instant, stack: &mut Stack) {
-        self.listener = Some(listen(now, stack, self.port));
-        let ip = LISTEN_IP.get().copied().unwrap_or(Ipv4Addr::UNSPECIFIED);
-        self.udp = stack.udp_bind(SocketAddrV4::new(ip, self.port)).ok();
+        self.listener = Some(listen(now, stack, self.addr));
+        self.udp = stack.udp_bind(self.addr).ok();
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddrV4;
 
 use poll_loop::runner::App;
 use stack::iface::{SocketEvent, SocketHandle, Stack};
@@ -39,7 +40,7 @@ struct HttpConn {
 }
 
 pub struct Http {
-    port: u16,
+    addr: SocketAddrV4,
     size: u64,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -58,9 +59,9 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(port: u16, size: u64) -> Http {
+    pub fn new(addr: SocketAddrV4, size: u64) -> Http {
         Http {
-            port,
+            addr,
             size,
             header_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(75),
@@ -199,7 +200,7 @@ fn body_size(request: &str, default: u64) -> u64 {
 
 impl App for Http {
     fn start(&mut self, now: Instant, stack: &mut Stack) {
-        self.listener = Some(listen(now, stack, self.port));
+        self.listener = Some(listen(now, stack, self.addr));
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {
@@ -251,7 +252,7 @@ impl App for Http {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::Ipv4Addr;
     use stack::iface::{Stack, StackConfig};
     use stack::time::Duration;
     use stack::wire::MacAddr;
@@ -277,8 +278,8 @@ mod tests {
 
     impl World {
         fn new() -> World {
-            let mut w = World { server: stack(11, S_IP), app: Http::new(80, 100), client: stack(1, C_IP), now: Instant::from_secs(1) };
-            w.app = Http::new(80, 100).with_timeouts(std::time::Duration::from_secs(60), std::time::Duration::from_secs(75));
+            let mut w = World { server: stack(11, S_IP), app: Http::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 100), client: stack(1, C_IP), now: Instant::from_secs(1) };
+            w.app = Http::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 100).with_timeouts(std::time::Duration::from_secs(60), std::time::Duration::from_secs(75));
             w.app.start(w.now, &mut w.server);
             w
         }

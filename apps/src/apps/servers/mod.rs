@@ -4,6 +4,8 @@ pub mod echo;
 pub mod http;
 pub mod sink;
 
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use clap::{Args, Subcommand};
 
 /// The server applications' own options, defined once for `plex echo|http|sink` (direct mode,
@@ -47,21 +49,24 @@ pub struct SinkArgs {
 }
 
 impl EchoArgs {
-    pub fn app(&self) -> echo::Echo {
-        echo::Echo::new(self.port)
+    /// The app, listening on `ip` (unspecified: every address of the stack).
+    pub fn app(&self, ip: Ipv4Addr) -> echo::Echo {
+        echo::Echo::new(SocketAddrV4::new(ip, self.port))
     }
 }
 
 impl HttpArgs {
-    pub fn app(&self) -> http::Http {
-        http::Http::new(self.port, self.size)
+    /// The app, listening on `ip` (unspecified: every address of the stack).
+    pub fn app(&self, ip: Ipv4Addr) -> http::Http {
+        http::Http::new(SocketAddrV4::new(ip, self.port), self.size)
             .with_timeouts(std::time::Duration::from_secs(self.header_timeout), std::time::Duration::from_secs(self.idle_timeout))
     }
 }
 
 impl SinkArgs {
-    /// `once`: exit after the first connection ends; `hash`: SHA-256 of every stream.
-    pub fn app(&self, once: bool, hash: bool) -> sink::Sink {
-        sink::Sink::new(self.port, once, hash)
+    /// The app, listening on `ip` (unspecified: every address of the stack); `once`: exit
+    /// after the first connection ends; `hash`: SHA-256 of every stream.
+    pub fn app(&self, ip: Ipv4Addr, once: bool, hash: bool) -> sink::Sink {
+        sink::Sink::new(SocketAddrV4::new(ip, self.port), once, hash)
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddrV4;
 
 use poll_loop::runner::App;
 use sha2::{Digest, Sha256};
@@ -14,7 +15,7 @@ use crate::apps::{accept_all, hex, listen};
 // ---- sink ------------------------------------------------------------------------------
 
 pub struct Sink {
-    port: u16,
+    addr: SocketAddrV4,
     once: bool,
     hash: bool,
     finished: bool,
@@ -23,14 +24,14 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(port: u16, once: bool, hash: bool) -> Sink {
-        Sink { port, once, hash, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
+    pub fn new(addr: SocketAddrV4, once: bool, hash: bool) -> Sink {
+        Sink { addr, once, hash, finished: false, conns: HashMap::new(), buf: vec![0u8; 256 * 1024] }
     }
 }
 
 impl App for Sink {
     fn start(&mut self, now: Instant, stack: &mut Stack) {
-        listen(now, stack, self.port);
+        listen(now, stack, self.addr);
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {
