@@ -188,16 +188,23 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
             .name(format!("plex-poll-{i}"))
             .spawn(move || {
                 Runner::pin(core);
-                runner.run(&mut app);
-                runner
+                let result = runner.run(&mut app);
+                (runner, result)
             })
             .map_err(|e| format!("spawning poll thread {i}: {e}"))?;
         handles.push(h);
     }
     let mut runners = Vec::new();
+    // The first application error (after every poll thread has torn down).
+    let mut failed = None;
     for h in handles {
         match h.join() {
-            Ok(r) => runners.push(r),
+            Ok((r, result)) => {
+                runners.push(r);
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
+                }
+            }
             Err(_) => return Err("a poll thread panicked".into()),
         }
         // One shard finishing (a client) ends the others too.
@@ -244,5 +251,8 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
         }
     }
     drop(steering);
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

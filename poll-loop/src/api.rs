@@ -345,7 +345,9 @@ impl Bridge {
 }
 
 impl App for Bridge {
-    fn start(&mut self, _now: Instant, _stack: &mut Stack) {}
+    fn start(&mut self, _now: Instant, _stack: &mut Stack) -> Result<(), String> {
+        Ok(())
+    }
 
     fn event(&mut self, now: Instant, stack: &mut Stack, _h: SocketHandle, ev: SocketEvent) {
         if let SocketEvent::Tcp(tcp::Event::Closed) = ev {

@@ -40,8 +40,10 @@ impl std::str::FromStr for PollMode {
 
 /// A run-to-completion application: its callbacks run on the poll thread.
 pub trait App {
-    /// Called once before the loop starts.
-    fn start(&mut self, now: Instant, stack: &mut Stack);
+    /// Called once before the loop starts. An error (e.g. a port already taken) ends the
+    /// loop before its first turn; [`Runner::run`] still tears down (cluster leave, last
+    /// segments, capture flush) and returns the error.
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String>;
     /// A socket event.
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent);
     /// Called every iteration; returns true when it did work (keeps the loop awake).
@@ -238,12 +240,17 @@ impl Runner {
         busy
     }
 
-    /// Run until the stop flag is set or the application is done.
-    pub fn run(&mut self, app: &mut impl App) {
+    /// Run until the stop flag is set or the application is done; the application's start
+    /// error, if it had one (the loop then sets the stop flag, so the other poll threads of
+    /// the process stop too, and tears down as after a normal run).
+    pub fn run(&mut self, app: &mut impl App) -> Result<(), String> {
         let now = self.clock.now();
-        app.start(now, &mut self.stack);
+        let started = app.start(now, &mut self.stack);
+        if started.is_err() {
+            self.stop.store(true, Ordering::Relaxed);
+        }
         let mut idle = 0u32;
-        while !self.stop.load(Ordering::Relaxed) && !app.done() {
+        while started.is_ok() && !self.stop.load(Ordering::Relaxed) && !app.done() {
             if self.turn(app) {
                 idle = 0;
                 continue;
@@ -268,6 +275,7 @@ impl Runner {
             }
         }
         self.device.flush();
+        started
     }
 
     /// Sleep on the socket fd until a frame arrives or the next deadline (at most 10 ms, so

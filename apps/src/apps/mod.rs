@@ -10,14 +10,8 @@ use stack::time::Instant;
 /// Listen on `addr`: the servers get it from their constructor, with the unspecified address
 /// (every address of the stack) unless `plex run --bind` names one (inside a VIPA range, that
 /// activates it).
-fn listen(now: Instant, stack: &mut Stack, addr: SocketAddrV4) -> SocketHandle {
-    match stack.tcp_listen(now, addr, 4096) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("plex: cannot listen on {addr}: {e}");
-            std::process::exit(1);
-        }
-    }
+fn listen(now: Instant, stack: &mut Stack, addr: SocketAddrV4) -> Result<SocketHandle, String> {
+    stack.tcp_listen(now, addr, 4096).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 fn hex(d: &[u8]) -> String {

@@ -45,9 +45,10 @@ impl ConnRate {
 }
 
 impl App for ConnRate {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         self.start = Some(now);
         self.next(now, stack);
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         if Some(h) != self.conn {

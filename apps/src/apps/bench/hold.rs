@@ -80,9 +80,10 @@ impl Hold {
 }
 
 impl App for Hold {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         self.sources = stack.homes().iter().filter(|h| !h.internal).map(|h| h.addr).collect();
         self.start = Some(now);
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {

@@ -113,7 +113,7 @@ impl PingPong {
 
 
 impl App for PingPong {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         for i in 0..self.nconns {
             match stack.tcp_connect(now, None, self.to) {
                 Ok(h) => {
@@ -130,10 +130,11 @@ impl App for PingPong {
                 Err(e) => {
                     eprintln!("pingpong: cannot connect to {}: {e}", self.to);
                     self.finished = true;
-                    return;
+                    return Ok(());
                 }
             }
         }
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         let Some(i) = self.index.get(h.index() as usize).copied().flatten().filter(|&i| self.conns[i].h == h) else { return };

@@ -88,7 +88,7 @@ impl Connect {
 }
 
 impl App for Connect {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         match stack.tcp_connect(now, None, self.to) {
             Ok(h) => self.conn = Some(h),
             Err(e) => {
@@ -96,6 +96,7 @@ impl App for Connect {
                 self.finished = true;
             }
         }
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {

@@ -63,7 +63,7 @@ impl Source {
 }
 
 impl App for Source {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         match stack.tcp_connect(now, None, self.to) {
             Ok(h) => self.conn = Some(h),
             Err(e) => {
@@ -72,6 +72,7 @@ impl App for Source {
                 self.finished = true;
             }
         }
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         if Some(h) != self.conn {

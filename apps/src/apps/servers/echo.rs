@@ -52,9 +52,10 @@ impl Echo {
 }
 
 impl App for Echo {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
-        self.listener = Some(listen(now, stack, self.addr));
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
+        self.listener = Some(listen(now, stack, self.addr)?);
         self.udp = stack.udp_bind(self.addr).ok();
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {

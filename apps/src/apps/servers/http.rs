@@ -199,8 +199,9 @@ fn body_size(request: &str, default: u64) -> u64 {
 }
 
 impl App for Http {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
-        self.listener = Some(listen(now, stack, self.addr));
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
+        self.listener = Some(listen(now, stack, self.addr)?);
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {
@@ -280,7 +281,7 @@ mod tests {
         fn new() -> World {
             let mut w = World { server: stack(11, S_IP), app: Http::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 100), client: stack(1, C_IP), now: Instant::from_secs(1) };
             w.app = Http::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 100).with_timeouts(std::time::Duration::from_secs(60), std::time::Duration::from_secs(75));
-            w.app.start(w.now, &mut w.server);
+            w.app.start(w.now, &mut w.server).expect("listens");
             w
         }
 
@@ -374,6 +375,14 @@ mod tests {
         w.run(2_000);
         assert_eq!((w.app.conns.len(), w.app.idle_timeouts, w.app.header_timeouts), (0, 1, 0));
         assert_eq!(w.server.tcp_socket_count(), 0);
+    }
+
+    #[test]
+    fn a_taken_port_is_a_start_error_not_an_exit() {
+        let mut w = World::new();
+        let mut second = Http::new(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 100);
+        let e = second.start(w.now, &mut w.server).unwrap_err();
+        assert!(e.starts_with("cannot listen on 0.0.0.0:80"), "{e}");
     }
 
     #[test]

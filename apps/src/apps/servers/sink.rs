@@ -30,8 +30,9 @@ impl Sink {
 }
 
 impl App for Sink {
-    fn start(&mut self, now: Instant, stack: &mut Stack) {
-        listen(now, stack, self.addr);
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
+        listen(now, stack, self.addr)?;
+        Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         match ev {
