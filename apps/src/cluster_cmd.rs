@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use coupling::layout::MemberState;
 use coupling::{ClusterConfig, Region};
 
+use crate::apps::servers::ServerCmd;
 use crate::datapath::ClusterJoin;
 use crate::DataPath;
 
@@ -47,28 +48,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub bind: Option<Ipv4Addr>,
     #[command(subcommand)]
-    pub app: RunApp,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum RunApp {
-    /// Echo every byte back.
-    Echo {
-        #[arg(long, default_value_t = 7)]
-        port: u16,
-    },
-    /// HTTP/1.1 with keep-alive, --size byte bodies.
-    Http {
-        #[arg(long, default_value_t = 80)]
-        port: u16,
-        #[arg(long, default_value_t = 1024)]
-        size: u64,
-    },
-    /// Read everything; print bytes and SHA-256 per connection.
-    Sink {
-        #[arg(long, default_value_t = 5001)]
-        port: u16,
-    },
+    pub app: ServerCmd,
 }
 
 /// Capabilities a stack needs (attach XDP, load BPF, open AF_XDP sockets), from the effective
@@ -109,9 +89,8 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         .clone();
     // Before the region (and anything else) is created.
     check_stack_privilege()?;
-    if let Some(ip) = args.bind {
-        let _ = crate::apps::LISTEN_IP.set(ip);
-    }
+    // The built-in servers listen on every address of the stack unless --bind names one.
+    let listen_ip = args.bind.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let dp = DataPath {
         iface: def.interface.clone(),
         addr: (def.addr, def.prefix),
@@ -136,9 +115,9 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     };
     let join = ClusterJoin { cfg, stack: args.stack };
     match args.app {
-        RunApp::Echo { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Echo::new(port)),
-        RunApp::Http { port, size } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Http::new(port, size)),
-        RunApp::Sink { port } => crate::datapath::serve_in_cluster(&dp, &join, crate::apps::Sink::new(port, false, true)),
+        ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
+        ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
+        ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip, false, true)),
     }
 }
 
@@ -258,12 +237,12 @@ fn check_ctl_privilege(region: &Region, cfg: &coupling::ClusterConfig, euid: u32
 /// Wait until the new owner has announced the address (bounded: a few leases).
 fn wait_announced(region: &Region, cfg: &coupling::ClusterConfig, addr: Ipv4Addr, stack: &str) -> Result<(), String> {
     let limit = std::time::Duration::from_millis((cfg.lease_ms * 8).max(2000));
-    let start = std::time::Instant::now();
+    let start = poll_loop::clock::Clock::read_mono_ns();
     loop {
         let now = poll_loop::clock::Clock::read_mono_ns();
         match coupling::ops::activation_done(region, cfg, addr, stack, now) {
             Ok(true) => return Ok(()),
-            Ok(false) if start.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Ok(false) if now.saturating_sub(start) < limit.as_nanos() as u64 => std::thread::sleep(std::time::Duration::from_millis(1)),
             Ok(false) => {
                 return Err(format!(
                     "{addr}: the command was recorded but {stack} has not announced the address within {} ms; see `plex ctl show dvipas`",

@@ -113,9 +113,10 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
         }
         let pcap = dp.pcap.as_ref().map(|p| if q == 0 { p.clone() } else { format!("{p}.{q}") });
         let device = Device::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
-        let mut runner = Runner::new(xsk, stack, device, dp.poll, stop.clone());
-        runner.clock = clock;
-        runner.cluster = member;
+        let mut runner = Runner::new(xsk, stack, device, dp.poll, stop.clone()).with_clock(clock);
+        if let Some(m) = member {
+            runner = runner.with_cluster(m);
+        }
         runners.push(runner);
     }
     Ok(Setup { steering, runners, stop })
@@ -153,7 +154,7 @@ pub fn blocking(dp: &DataPath, main: impl FnOnce(poll_loop::api::Net) + Send + '
     let mut s = setup(dp, 1)?;
     let waker = Arc::new(poll_loop::xsk::Waker::new().map_err(|e| format!("creating the wake-up eventfd: {e}"))?);
     for r in &mut s.runners {
-        r.waker = Some(waker.clone());
+        r.set_waker(waker.clone());
     }
     let (net, bridge) = poll_loop::api::bridge(Some(waker));
     eprintln!("plex: {} on {} (blocking API, {:?} polling)", dp.addr.0, dp.iface, dp.poll);
@@ -187,16 +188,23 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
             .name(format!("plex-poll-{i}"))
             .spawn(move || {
                 Runner::pin(core);
-                runner.run(&mut app);
-                runner
+                let result = runner.run(&mut app);
+                (runner, result)
             })
             .map_err(|e| format!("spawning poll thread {i}: {e}"))?;
         handles.push(h);
     }
     let mut runners = Vec::new();
+    // The first application error (after every poll thread has torn down).
+    let mut failed = None;
     for h in handles {
         match h.join() {
-            Ok(r) => runners.push(r),
+            Ok((r, result)) => {
+                runners.push(r);
+                if let Err(e) = result {
+                    failed.get_or_insert(e);
+                }
+            }
             Err(_) => return Err("a poll thread panicked".into()),
         }
         // One shard finishing (a client) ends the others too.
@@ -209,13 +217,13 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
             st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed
         );
         for (q, r) in runners.iter().enumerate() {
-            let x = r.xsk.engine.stats;
+            let x = r.xsk().stats();
             eprintln!(
                 "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
-                r.stats.iterations, r.stats.sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk.tx_budget(), x.tx_no_frame,
-                r.device.stats.dropped, r.device.stats.delayed, r.device.stats.duplicated, r.device.stats.corrupted
+                r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame,
+                r.device().stats.dropped, r.device().stats.delayed, r.device().stats.duplicated, r.device().stats.corrupted
             );
-            let c = r.stack.counters();
+            let c = r.stack().counters();
             let is_drop = |k: &str| stack::iface::DropReason::ALL.iter().any(|d| d.name() == k);
             let traffic: Vec<String> =
                 c.iter().filter(|(k, v)| *v > 0 && !is_drop(k)).map(|(k, v)| format!("{k}={v}")).collect();
@@ -226,14 +234,14 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
                 .map(|d| format!("{}={}", d.name(), c.dropped(*d)))
                 .collect();
             eprintln!("queue {q} drops: total={} {}", c.total_drops(), drops.join(" "));
-            let lc: Vec<String> = r.stack.listener_counters().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let lc: Vec<String> = r.stack().listener_counters().iter().map(|(k, v)| format!("{k}={v}")).collect();
             eprintln!(
                 "queue {q} listeners: {} | tcp_sockets={} buffer_bytes={}",
                 lc.join(" "),
-                r.stack.tcp_socket_count(),
-                r.stack.buffer_memory()
+                r.stack().tcp_socket_count(),
+                r.stack().buffer_memory()
             );
-            match r.xsk.kernel_stats() {
+            match r.xsk().kernel_stats() {
                 Ok(k) => {
                     let kc: Vec<String> = k.iter().map(|(n, v)| format!("{n}={v}")).collect();
                     eprintln!("queue {q} xdp_statistics: {}", kc.join(" "));
@@ -243,5 +251,8 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
         }
     }
     drop(steering);
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -5,9 +5,6 @@
 //! stream) and `connect` (netcat-like). Every subcommand takes the same data-path options
 //! (interface, address, queues, cores, poll mode, XDP mode, capture, fault injection).
 
-// The sans-IO rule of clippy.toml binds `stack` and `coupling`, not the applications.
-#![allow(clippy::disallowed_methods)]
-
 mod apps;
 mod cluster_cmd;
 mod datapath;
@@ -40,8 +37,8 @@ enum Cmd {
     Echo {
         #[command(flatten)]
         dp: DataPath,
-        #[arg(long, default_value_t = 7)]
-        port: u16,
+        #[command(flatten)]
+        app: apps::servers::EchoArgs,
         /// Serve through the blocking std-like API (a thread per connection, std::io::Read and
         /// Write) instead of run-to-completion on the poll thread.
         #[arg(long)]
@@ -51,25 +48,15 @@ enum Cmd {
     Http {
         #[command(flatten)]
         dp: DataPath,
-        #[arg(long, default_value_t = 80)]
-        port: u16,
-        /// Response body size in bytes (a request for `/bytes/N` gets N bytes instead).
-        #[arg(long, default_value_t = 1024)]
-        size: u64,
-        /// Seconds a client has to send a complete request header once a request (or the
-        /// connection) starts; then the connection is reset (nginx client_header_timeout).
-        #[arg(long, default_value_t = 60)]
-        header_timeout: u64,
-        /// Seconds an idle keep-alive connection is kept (nginx keepalive_timeout).
-        #[arg(long, default_value_t = 75)]
-        idle_timeout: u64,
+        #[command(flatten)]
+        app: apps::servers::HttpArgs,
     },
     /// Accept connections and read everything; print bytes and SHA-256 per connection.
     Sink {
         #[command(flatten)]
         dp: DataPath,
-        #[arg(long, default_value_t = 5001)]
-        port: u16,
+        #[command(flatten)]
+        app: apps::servers::SinkArgs,
         /// Exit after the first connection ends.
         #[arg(long)]
         once: bool,
@@ -312,15 +299,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.cmd {
-        Cmd::Echo { dp, port, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, port)),
-        Cmd::Echo { dp, port, blocking: false } => datapath::serve(&dp, move |_| apps::Echo::new(port)),
-        Cmd::Http { dp, port, size, header_timeout, idle_timeout } => datapath::serve(&dp, move |_| {
-            apps::Http::new(port, size).with_timeouts(
-                std::time::Duration::from_secs(header_timeout),
-                std::time::Duration::from_secs(idle_timeout),
-            )
-        }),
-        Cmd::Sink { dp, port, once, no_hash } => datapath::serve(&dp, move |_| apps::Sink::new(port, once, !no_hash)),
+        Cmd::Echo { dp, app, blocking: true } => datapath::blocking(&dp, move |net| apps::echo_blocking(net, app.port)),
+        Cmd::Echo { dp, app, blocking: false } => datapath::serve(&dp, move |_| app.app(Ipv4Addr::UNSPECIFIED)),
+        Cmd::Http { dp, app } => datapath::serve(&dp, move |_| app.app(Ipv4Addr::UNSPECIFIED)),
+        Cmd::Sink { dp, app, once, no_hash } => datapath::serve(&dp, move |_| app.app(Ipv4Addr::UNSPECIFIED, once, !no_hash)),
         Cmd::Source { dp, to, bytes, no_hash } => datapath::client(&dp, apps::Source::new(to, bytes, !no_hash)),
         Cmd::Connect { dp, to } => datapath::client(&dp, apps::Connect::new(to)),
         Cmd::Hold { dp, to, count, inflight, secs, request, keep_going } => {
@@ -384,7 +366,7 @@ mod tests {
     #[test]
     fn limit_options() {
         let cli = Cli::try_parse_from(["plex", "http", "--iface", "x", "--addr", "198.18.0.11"]).unwrap();
-        let Cmd::Http { dp, header_timeout, idle_timeout, .. } = cli.cmd else { panic!() };
+        let Cmd::Http { dp, app: apps::servers::HttpArgs { header_timeout, idle_timeout, .. } } = cli.cmd else { panic!() };
         assert_eq!(dp.limits, Limits::default(), "the defaults of clap and of Default agree");
         assert_eq!((header_timeout, idle_timeout), (60, 75));
         let cli = Cli::try_parse_from([
@@ -392,7 +374,7 @@ mod tests {
             "--icmp-rate", "0", "--header-timeout", "5", "--idle-timeout", "7",
         ])
         .unwrap();
-        let Cmd::Http { dp, header_timeout, idle_timeout, .. } = cli.cmd else { panic!() };
+        let Cmd::Http { dp, app: apps::servers::HttpArgs { header_timeout, idle_timeout, .. } } = cli.cmd else { panic!() };
         assert_eq!((dp.limits.max_conns, dp.limits.mem_budget, dp.limits.icmp_rate), (1000, 64 << 20, 0));
         assert_eq!((header_timeout, idle_timeout), (5, 7));
         let mut cfg = stack::iface::StackConfig::new(stack::wire::MacAddr([2, 0, 0, 0, 0, 1]));
@@ -413,6 +395,26 @@ mod tests {
         assert!(Cli::try_parse_from(["plex", "ctl", "dvipa", "activate", "198.18.0.130", "--stack", "s2"]).is_ok());
         assert!(Cli::try_parse_from(["plex", "ctl", "dvipa", "delete", "nope"]).unwrap_err().to_string().contains("nope"));
         assert!(Cli::try_parse_from(["plex", "ctl", "show", "routes"]).is_err());
+    }
+
+    #[test]
+    fn run_and_direct_mode_parse_a_server_command_alike() {
+        let Cmd::Run(run) = Cli::try_parse_from(["plex", "run", "--stack", "s1", "http", "--size", "5"]).unwrap().cmd else { panic!() };
+        let Cmd::Http { app, .. } = Cli::try_parse_from(["plex", "http", "--iface", "x", "--addr", "198.18.0.11", "--size", "5"]).unwrap().cmd
+        else {
+            panic!()
+        };
+        assert_eq!(run.app, apps::servers::ServerCmd::Http(app.clone()));
+        assert_eq!((app.port, app.size, app.header_timeout, app.idle_timeout), (80, 5, 60, 75));
+        let Cmd::Run(run) = Cli::try_parse_from(["plex", "run", "--stack", "s1", "sink"]).unwrap().cmd else { panic!() };
+        let Cmd::Sink { app, .. } = Cli::try_parse_from(["plex", "sink", "--iface", "x", "--addr", "198.18.0.11"]).unwrap().cmd else { panic!() };
+        assert_eq!(run.app, apps::servers::ServerCmd::Sink(app));
+        let Cmd::Run(run) = Cli::try_parse_from(["plex", "run", "--stack", "s1", "echo", "--port", "9"]).unwrap().cmd else { panic!() };
+        let Cmd::Echo { app, .. } = Cli::try_parse_from(["plex", "echo", "--iface", "x", "--addr", "198.18.0.11", "--port", "9"]).unwrap().cmd
+        else {
+            panic!()
+        };
+        assert_eq!(run.app, apps::servers::ServerCmd::Echo(app));
     }
 
     #[test]

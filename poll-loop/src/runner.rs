@@ -40,8 +40,10 @@ impl std::str::FromStr for PollMode {
 
 /// A run-to-completion application: its callbacks run on the poll thread.
 pub trait App {
-    /// Called once before the loop starts.
-    fn start(&mut self, now: Instant, stack: &mut Stack);
+    /// Called once before the loop starts. An error (e.g. a port already taken) ends the
+    /// loop before its first turn; [`Runner::run`] still tears down (cluster leave, last
+    /// segments, capture flush) and returns the error.
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String>;
     /// A socket event.
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent);
     /// Called every iteration; returns true when it did work (keeps the loop awake).
@@ -63,20 +65,23 @@ pub struct LoopStats {
     pub sleeps: u64,
 }
 
+/// One poll thread's state: built with [`Runner::new`] and the `with_*` options, run with
+/// [`Runner::run`], read afterwards through its accessors.
 #[derive(Debug)]
 pub struct Runner {
-    pub xsk: Xsk,
-    pub stack: Stack,
-    pub device: Device,
-    pub mode: PollMode,
-    pub batch: usize,
-    pub stop: Arc<AtomicBool>,
-    pub clock: Clock,
-    pub stats: LoopStats,
+    xsk: Xsk,
+    stack: Stack,
+    device: Device,
+    mode: PollMode,
+    /// Frames per receive or transmit batch.
+    batch: usize,
+    stop: Arc<AtomicBool>,
+    clock: Clock,
+    stats: LoopStats,
     /// Woken by application threads (the blocking API) while the loop sleeps.
-    pub waker: Option<Arc<crate::xsk::Waker>>,
+    waker: Option<Arc<crate::xsk::Waker>>,
     /// Membership of a plex cluster (heartbeat, fencing, DVIPAs), if the stack is in one.
-    pub cluster: Option<crate::cluster::ClusterMember>,
+    cluster: Option<crate::cluster::ClusterMember>,
     /// The time of the last turn that read the clock.
     now: Instant,
     /// Turns in a row that did nothing (the clock is read on every CLOCK_EVERY-th).
@@ -89,10 +94,53 @@ pub const CLOCK_EVERY: u32 = 8;
 pub const RX_ROUNDS: usize = 4;
 
 impl Runner {
+    /// A poll loop over `xsk`, `stack` and `device`, polling in `mode` until `stop` is set,
+    /// with its own clock, batches of 64 frames, no waker and no cluster.
     pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
         let clock = Clock::default();
         let now = clock.now();
         Runner { xsk, stack, device, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0 }
+    }
+
+    /// Read time from `clock` (a cluster member's clock must be the one its node was given).
+    pub fn with_clock(mut self, clock: Clock) -> Runner {
+        self.clock = clock;
+        self.now = clock.now();
+        self
+    }
+
+    /// Run as a member of a plex cluster (heartbeat, fencing, DVIPAs).
+    pub fn with_cluster(mut self, member: crate::cluster::ClusterMember) -> Runner {
+        self.cluster = Some(member);
+        self
+    }
+
+    /// Frames per receive or transmit batch (at least 1).
+    pub fn with_batch(mut self, frames: usize) -> Runner {
+        self.batch = frames.max(1);
+        self
+    }
+
+    /// Let application threads (the blocking API) wake the loop from adaptive mode's sleep.
+    pub fn set_waker(&mut self, waker: Arc<crate::xsk::Waker>) {
+        self.waker = Some(waker);
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> LoopStats {
+        self.stats
+    }
+    /// The stack shard this loop drives.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+    /// The AF_XDP socket (its counters: [`Xsk::stats`], [`Xsk::kernel_stats`]).
+    pub fn xsk(&self) -> &Xsk {
+        &self.xsk
+    }
+    /// The device middleware (capture, fault injection) and its counters.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Pin the calling thread to `core` (if given and it exists).
@@ -132,7 +180,7 @@ impl Runner {
         // stack (`control_queue_full`).
         let mut rx = 0;
         for _ in 0..RX_ROUNDS {
-            let n = xsk.engine.rx_batch(batch, |f| {
+            let n = xsk.rx_batch(batch, |f| {
                 let now = *fresh.get_or_insert_with(|| clock.now());
                 device.on_rx(now, f, &mut |g| stack.receive(now, g))
             });
@@ -171,7 +219,7 @@ impl Runner {
         let budget = (xsk.tx_budget() as usize).max(batch);
         let mut tx = 0;
         while tx < budget && stack.may_transmit() {
-            let n = xsk.engine.tx_fill(batch.min(budget - tx), |buf| {
+            let n = xsk.tx_fill(batch.min(budget - tx), |buf| {
                 let n = stack.poll_transmit(now, buf)?;
                 device.on_tx(now, &buf[..n]);
                 Some(n)
@@ -181,10 +229,10 @@ impl Runner {
                 break;
             }
         }
-        if tx > 0 || xsk.engine.in_tx() > 0 {
-            xsk.engine.kick_if_needed();
+        if tx > 0 || xsk.in_tx() > 0 {
+            xsk.kick_if_needed();
         }
-        xsk.engine.reap();
+        xsk.reap();
         self.stats.rx_frames += rx as u64;
         self.stats.tx_frames += tx as u64;
         let busy = busy || tx > 0;
@@ -192,12 +240,17 @@ impl Runner {
         busy
     }
 
-    /// Run until the stop flag is set or the application is done.
-    pub fn run(&mut self, app: &mut impl App) {
+    /// Run until the stop flag is set or the application is done; the application's start
+    /// error, if it had one (the loop then sets the stop flag, so the other poll threads of
+    /// the process stop too, and tears down as after a normal run).
+    pub fn run(&mut self, app: &mut impl App) -> Result<(), String> {
         let now = self.clock.now();
-        app.start(now, &mut self.stack);
+        let started = app.start(now, &mut self.stack);
+        if started.is_err() {
+            self.stop.store(true, Ordering::Relaxed);
+        }
         let mut idle = 0u32;
-        while !self.stop.load(Ordering::Relaxed) && !app.done() {
+        while started.is_ok() && !self.stop.load(Ordering::Relaxed) && !app.done() {
             if self.turn(app) {
                 idle = 0;
                 continue;
@@ -222,6 +275,7 @@ impl Runner {
             }
         }
         self.device.flush();
+        started
     }
 
     /// Sleep on the socket fd until a frame arrives or the next deadline (at most 10 ms, so

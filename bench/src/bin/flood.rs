@@ -232,12 +232,12 @@ fn run(iface: &str, opts: &Opts, mode: &str, mut make: impl FnMut(&mut Rng, &mut
             }
             budget = budget.min((due - sent) as usize);
         }
-        sent += xsk.engine.tx_batch(budget, |b| Some(make(&mut rng, b))) as u64;
+        sent += xsk.tx_batch(budget, |b| Some(make(&mut rng, b))) as u64;
     }
     // Let the last frames leave before the socket closes.
     for _ in 0..100 {
-        xsk.engine.kick_if_needed();
-        if xsk.engine.in_tx() == 0 {
+        xsk.kick_if_needed();
+        if xsk.in_tx() == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(1));

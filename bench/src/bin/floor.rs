@@ -53,17 +53,17 @@ fn reflect(iface: &str, addr: Ipv4Addr, mode: AttachMode) -> Result<(), String> 
     let mut frame = [0u8; 2048];
     loop {
         let mut n = 0usize;
-        xsk.engine.rx_batch(1, |f| {
+        xsk.rx_batch(1, |f| {
             n = f.len().min(frame.len());
             frame[..n].copy_from_slice(&f[..n]);
         });
         if n > 0 && reflect_in_place(&mut frame[..n]) {
-            xsk.engine.tx_batch(1, |buf| {
+            xsk.tx_batch(1, |buf| {
                 buf[..n].copy_from_slice(&frame[..n]);
                 Some(n)
             });
         }
-        xsk.engine.reap();
+        xsk.reap();
     }
 }
 
@@ -93,14 +93,14 @@ fn ping(iface: &str, addr: Ipv4Addr, peer: Ipv4Addr, peer_mac: MacAddr, mode: At
     let mut lost = 0u64;
     for i in 0..warmup + count {
         let t = Instant::now();
-        xsk.engine.tx_batch(1, |buf| {
+        xsk.tx_batch(1, |buf| {
             buf[..len].copy_from_slice(&frame[..len]);
             Some(len)
         });
         let mut got = false;
         while !got {
-            xsk.engine.rx_batch(1, |f| got = f.len() >= 42 && f[26..30] == peer.octets());
-            xsk.engine.reap();
+            xsk.rx_batch(1, |f| got = f.len() >= 42 && f[26..30] == peer.octets());
+            xsk.reap();
             if t.elapsed().as_millis() > 100 {
                 lost += 1;
                 break;

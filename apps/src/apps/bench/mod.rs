@@ -1,0 +1,5 @@
+//! Benchmark clients: latency, connection rate, idle connections.
+
+pub mod connrate;
+pub mod hold;
+pub mod pingpong;

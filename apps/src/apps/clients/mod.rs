@@ -1,0 +1,4 @@
+//! Clients: one connection to a server.
+
+pub mod connect;
+pub mod source;

@@ -1,0 +1,72 @@
+//! Servers: listen on a port, serve every connection.
+
+pub mod echo;
+pub mod http;
+pub mod sink;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use clap::{Args, Subcommand};
+
+/// The server applications' own options, defined once for `plex echo|http|sink` (direct mode,
+/// which adds data-path options and a few of its own) and `plex run ... echo|http|sink`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum ServerCmd {
+    /// Echo every byte back.
+    Echo(EchoArgs),
+    /// HTTP/1.1 with keep-alive, --size byte bodies.
+    Http(HttpArgs),
+    /// Read everything; print bytes and SHA-256 per connection.
+    Sink(SinkArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct EchoArgs {
+    #[arg(long, default_value_t = 7)]
+    pub port: u16,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct HttpArgs {
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    /// Response body size in bytes (a request for `/bytes/N` gets N bytes instead).
+    #[arg(long, default_value_t = 1024)]
+    pub size: u64,
+    /// Seconds a client has to send a complete request header once a request (or the
+    /// connection) starts; then the connection is reset (nginx client_header_timeout).
+    #[arg(long, default_value_t = 60)]
+    pub header_timeout: u64,
+    /// Seconds an idle keep-alive connection is kept (nginx keepalive_timeout).
+    #[arg(long, default_value_t = 75)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct SinkArgs {
+    #[arg(long, default_value_t = 5001)]
+    pub port: u16,
+}
+
+impl EchoArgs {
+    /// The app, listening on `ip` (unspecified: every address of the stack).
+    pub fn app(&self, ip: Ipv4Addr) -> echo::Echo {
+        echo::Echo::new(SocketAddrV4::new(ip, self.port))
+    }
+}
+
+impl HttpArgs {
+    /// The app, listening on `ip` (unspecified: every address of the stack).
+    pub fn app(&self, ip: Ipv4Addr) -> http::Http {
+        http::Http::new(SocketAddrV4::new(ip, self.port), self.size)
+            .with_timeouts(std::time::Duration::from_secs(self.header_timeout), std::time::Duration::from_secs(self.idle_timeout))
+    }
+}
+
+impl SinkArgs {
+    /// The app, listening on `ip` (unspecified: every address of the stack); `once`: exit
+    /// after the first connection ends; `hash`: SHA-256 of every stream.
+    pub fn app(&self, ip: Ipv4Addr, once: bool, hash: bool) -> sink::Sink {
+        sink::Sink::new(SocketAddrV4::new(ip, self.port), once, hash)
+    }
+}
