@@ -178,6 +178,7 @@ pub mod frames {
         }
 
         /// ICMP message (type, code, rest-of-header word, body).
+        #[allow(clippy::too_many_arguments)]
         pub fn icmp(&mut self, src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, word: u32, body: &[u8], ident: u16) -> usize {
             let il = 8 + body.len();
             self.ip(src, dst, 1, il, ident, 0);

@@ -303,7 +303,7 @@ fn embryonic_connections_give_up_after_synack_retries() {
     };
     while now < t(120_000) {
         syn_acks.extend(drain(&mut s, now).into_iter().filter(|x| x.syn).map(|_| now.total_millis() / 1000));
-        if s.counters().arp_requests_out > 0 && now.total_millis() % 1000 == 0 {
+        if s.counters().arp_requests_out > 0 && now.total_millis().is_multiple_of(1000) {
             s.receive(now, &arp_reply);
         }
         if s.connection_count() == 0 {
