@@ -34,7 +34,7 @@ use crate::words::{MemberWord, OwnerWord};
 
 /// Message kinds on the rings.
 pub mod msg {
-    /// payload[0] = DVIPA row index: the holder keeps the address until its connections end.
+    /// `payload[0]` = DVIPA row index: the holder keeps the address until its connections end.
     pub const DELAYED_GIVEBACK: u16 = 1;
 }
 

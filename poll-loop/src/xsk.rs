@@ -1,9 +1,10 @@
 //! The AF_XDP socket: one UMEM and its four rings as one owning type, with batch methods.
 //!
-//! Frame accounting lives in [`FrameEngine`], generic over a small [`Rings`] trait, so the
+//! Frame accounting lives in `FrameEngine`, generic over a small `Rings` trait (both private
+//! to the crate: safe code outside it cannot hand a frame the kernel owns to a ring), so the
 //! logic that keeps every UMEM frame in exactly one place (our free list, the fill ring, the
 //! RX ring, the TX ring or the completion ring) is unit-tested against an in-process fake
-//! kernel ([`tests`]), and used unchanged with the real xsk-rs rings ([`XskRings`]).
+//! kernel (`xsk/tests.rs`), and used unchanged with the real xsk-rs rings (`XskRings`).
 //!
 //! This module is one of the two rooms of plex allowed `unsafe` (the other is coupling's `region.rs`): the xsk-rs ring and frame
 //! calls are `unsafe` because the compiler cannot know a descriptor belongs to this UMEM and is

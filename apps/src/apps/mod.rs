@@ -1,4 +1,4 @@
-//! The built-in applications. Each is a run-to-completion [`App`]: its callbacks run on the poll
+//! The built-in applications. Each is a run-to-completion [`App`](poll_loop::runner::App): its callbacks run on the poll
 //! thread, between receiving and transmitting, with no locks and no copies beyond the socket
 //! buffers.
 
