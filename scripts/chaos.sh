@@ -170,11 +170,11 @@ fi
 # closed the abandoned ones, new connections are served again.
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 if want abandoned; then
-  if [ $QUICK = 1 ]; then ATTACK=12000; MAXC=8000; HT=6; else ATTACK=60000; MAXC=40000; HT=10; fi
+  if [ $QUICK = 1 ]; then ATTACK=12000; MAXC=8000; HT=6; else ATTACK=30000; MAXC=20000; HT=10; fi
   echo "== abandoned connections ($ATTACK attempted, limit $MAXC, header timeout $HT s)"
   "$TB" up 2 >/dev/null
   start_bg plx-s1 "$OUT/plex-abandon.log" "$PLEX" http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --stats \
-    --max-conns "$MAXC" --header-timeout "$HT"
+    --max-conns "$MAXC" --mem-budget 64G --header-timeout "$HT"
   plexpid=$!
   wait_log "$OUT/plex-abandon.log" '^plex: ' || true
   sleep 0.3
@@ -202,7 +202,9 @@ print("served throughout", flush=True)
 PY
   kpid=$!
   sleep 0.5
-  start_bg plx-s2 "$OUT/hold.log" "$PLEX" hold --iface plx-s2 --addr 198.18.0.12/24 --to 198.18.0.11:80 \
+  # ~28 000 ephemeral ports per source address: the attacker takes three addresses.
+  start_bg plx-s2 "$OUT/hold.log" "$PLEX" hold --iface plx-s2 --addr 198.18.0.12/24 --extra-addr 198.18.0.14 \
+    --extra-addr 198.18.0.15 --mem-budget 64G --to 198.18.0.11:80 \
     --count "$ATTACK" --inflight 512 --keep-going --secs 600 --request 'GET / HTTP/1.1\r\nHost: x\r\n'
   holdpid=$!
   peak=$rss0
@@ -210,7 +212,8 @@ PY
     r=$(rss_kb "$plexpid"); [ "$r" -gt "$peak" ] && peak=$r
     sleep 0.1
   done
-  est=$(grep -o '^hold: [0-9]* established' "$OUT/hold.log" | tail -1 | tr -dc 0-9)
+  held() { grep -oE '^hold: [0-9]+ (of [0-9]+ )?established' "$OUT/hold.log" | awk '{ if ($2 > m) m = $2 } END { print m + 0 }'; }
+  est=$(held)
   # Within the header timeout the attacker holds what it got; a new legitimate connection
   # meets the limit (refused) while the old keep-alive one is still served.
   ip netns exec plx-client "$PROBE" 198.18.0.11:80 --secs 1 --interval-ms 100 --timeout-ms 1500 \
@@ -224,7 +227,7 @@ PY
   stop_bg "$plexpid"
   atcap=$(json_get "$OUT/probe-atcap.json" all.success)
   afterht=$(json_get "$OUT/probe-afterht.json" all.success)
-  est=${est:-$(grep -o '^hold: [0-9]* established' "$OUT/hold.log" | tail -1 | tr -dc 0-9)}
+  [ "${est:-0}" -gt 0 ] || est=$(held)
   refused=$(grep -oE '(conn_limit|connection_limit|over_limit)[a-z_]*=[0-9]*' "$OUT/plex-abandon.log" | head -1)
   per=$(python3 -c 'import sys; e=int(sys.argv[3] or 0); print(int((int(sys.argv[2])-int(sys.argv[1]))*1024/e) if e else 0)' "$rss0" "$peak" "${est:-0}")
   ka=$(grep -c 'served throughout' "$OUT/keepalive.txt")
