@@ -617,13 +617,7 @@ impl Node {
             w.store(v, Ordering::Relaxed);
         }
         let next = MemberWord { state: MemberState::Failed, inc: inc as u16, heartbeat_ms: last.map_or(ms(now), |s| s.word.heartbeat_ms).min(ms(now)) };
-        if row.word.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            row.failed_ns.store(now, Ordering::Relaxed);
-            self.stats.declared_failed += 1;
-            true
-        } else {
-            false
-        }
+        self.cas_failed(slot, cur, next, now)
     }
 
     /// Renew the lease; on failure (declared failed while stalled) drop everything and rejoin.
@@ -689,8 +683,14 @@ impl Node {
     }
 
     fn fail(&mut self, slot: usize, cur: u64, now: u64) -> bool {
-        let row = &self.region.members()[slot];
         let next = MemberWord { state: MemberState::Failed, ..MemberWord::unpack(cur) };
+        self.cas_failed(slot, cur, next, now)
+    }
+
+    /// Declare `slot` failed: one CAS from the word read (`cur`) to `next`, with the failure
+    /// time and the counter when it wins.
+    fn cas_failed(&mut self, slot: usize, cur: u64, next: MemberWord, now: u64) -> bool {
+        let row = &self.region.members()[slot];
         if row.word.compare_exchange(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok() {
             row.failed_ns.store(now, Ordering::Relaxed);
             self.stats.declared_failed += 1;

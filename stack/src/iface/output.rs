@@ -347,19 +347,14 @@ fn emit_eth(b: &mut [u8], src: MacAddr, dst: MacAddr, ethertype: EtherType) {
     EthernetRepr { src_addr: src, dst_addr: dst, ethertype }.emit(&mut EthernetFrame::new_unchecked(&mut b[..ETH_HDR]));
 }
 
+/// The IPv4 header plex sends: TTL 64, no options; DF set unless it is a fragment.
+fn ipv4_repr(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload_len: usize, ident: u16, dont_frag: bool) -> Ipv4Repr {
+    Ipv4Repr { src_addr: src, dst_addr: dst, next_header: proto, payload_len, hop_limit: 64, dscp_ecn: 0, ident, dont_frag }
+}
+
 /// Write the 20-byte IPv4 header (DF set, TTL 64) in front of `payload_len` bytes at `b[20..]`.
 fn emit_ipv4(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload_len: usize, ident: u16) {
-    let repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len,
-        hop_limit: 64,
-        dscp_ecn: 0,
-        ident,
-        dont_frag: true,
-    };
-    repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]));
+    ipv4_repr(src, dst, proto, payload_len, ident, true).emit(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]));
 }
 
 /// Write the 20-byte IPv4 header of one fragment (DF clear, TTL 64) in front of
@@ -373,17 +368,8 @@ fn emit_ipv4_fragment(
     ident: u16,
     frag: wire::Ipv4Fragment,
 ) {
-    let repr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: proto,
-        payload_len,
-        hop_limit: 64,
-        dscp_ecn: 0,
-        ident,
-        dont_frag: false,
-    };
-    repr.emit_fragment(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]), frag);
+    ipv4_repr(src, dst, proto, payload_len, ident, false)
+        .emit_fragment(&mut Ipv4Packet::new_unchecked(&mut b[..IP_HDR + payload_len]), frag);
 }
 
 /// Zero-pad a frame of `len` bytes to the 60-byte Ethernet minimum (never sending whatever the
