@@ -66,6 +66,9 @@ struct Entry {
     timer: Instant,
     /// Requests sent in this INCOMPLETE or PROBE round.
     probes: u32,
+    /// When the MAC was last set or confirmed by ARP (Linux `neighbour.updated`): another
+    /// MAC is not taken before `locktime` has passed since.
+    updated: Instant,
 }
 
 impl Entry {
@@ -103,6 +106,12 @@ pub struct NeighbourCache {
     pub mcast_probes: u32,
     /// Unicast probes before the entry is deleted (Linux `ucast_solicit`, 3).
     pub ucast_probes: u32,
+    /// A known MAC is not replaced by another one (except by a gratuitous ARP) within this
+    /// time of its last update (Linux `locktime`, 1 s): ARP has no checksum and no
+    /// authentication, and the first answer wins against a flapping or damaged second one.
+    pub locktime: Duration,
+    /// Changes refused under `locktime`.
+    pub changes_locked: u64,
 }
 
 /// The historical name.
@@ -130,6 +139,8 @@ impl Default for NeighbourCache {
             delay_first_probe_time: Duration::from_secs(5),
             mcast_probes: 3,
             ucast_probes: 3,
+            locktime: Duration::from_secs(1),
+            changes_locked: 0,
         }
     }
 }
@@ -143,7 +154,7 @@ impl NeighbourCache {
 
     fn incomplete(&mut self, now: Instant, ip: Ipv4Addr) {
         let timer = now + self.retrans_time;
-        self.entries.insert(ip, Entry { state: NudState::Incomplete, mac: MacAddr([0; 6]), confirmed: now, timer, probes: 1 });
+        self.entries.insert(ip, Entry { state: NudState::Incomplete, mac: MacAddr([0; 6]), confirmed: now, timer, probes: 1, updated: now });
         self.arm(timer);
     }
 
@@ -186,42 +197,64 @@ impl NeighbourCache {
     /// An ARP packet from `ip` at `mac`, aimed at us (Linux `arp_process` -> `neigh_update`):
     /// a reply we solicited makes the entry REACHABLE; anything else (a request, an unsolicited
     /// reply) installs or changes the MAC as STALE, and leaves a known, unchanged MAC's state
-    /// alone. Returns true when an INCOMPLETE resolution completed (wake its sockets).
+    /// alone. A changed MAC within `locktime` of the entry's last update is refused (counted in
+    /// `changes_locked`). Returns true when an INCOMPLETE resolution completed (wake its
+    /// sockets).
     pub fn learn(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr, solicited_reply: bool) -> bool {
+        self.update(now, ip, mac, solicited_reply, false)
+    }
+
+    /// A gratuitous ARP (sender address = target address) from `ip` at `mac`: an address
+    /// that moved announces itself (a DVIPA takeover), so it changes the MAC at once,
+    /// whatever `locktime` says (Linux's `is_garp` override).
+    pub fn learn_gratuitous(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
+        self.update(now, ip, mac, false, true)
+    }
+
+    fn update(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr, solicited_reply: bool, override_lock: bool) -> bool {
+        let locktime = self.locktime;
         match self.entries.get_mut(&ip) {
             Some(e) => {
                 let was_incomplete = e.state == NudState::Incomplete;
                 let was_failed = e.state == NudState::Failed;
+                let changed = e.has_mac() && e.mac != mac;
+                if changed && !override_lock && now < e.updated + locktime {
+                    self.changes_locked += 1;
+                    return false;
+                }
                 if solicited_reply && (e.state != NudState::Reachable || e.mac == mac) {
-                    *e = Entry { state: NudState::Reachable, mac, confirmed: now, timer: now, probes: 0 };
+                    *e = Entry { state: NudState::Reachable, mac, confirmed: now, timer: now, probes: 0, updated: now };
                 } else if !e.has_mac() || e.mac != mac {
                     // New or changed MAC, not confirmed: usable, validated on first use.
-                    *e = Entry { state: NudState::Stale, mac, confirmed: now, timer: now, probes: 0 };
+                    *e = Entry { state: NudState::Stale, mac, confirmed: now, timer: now, probes: 0, updated: now };
                 } else if solicited_reply {
                     e.confirmed = now;
+                    e.updated = now;
                 }
                 was_incomplete || was_failed
             }
             None => {
                 let state = if solicited_reply { NudState::Reachable } else { NudState::Stale };
-                self.entries.insert(ip, Entry { state, mac, confirmed: now, timer: now, probes: 0 });
+                self.entries.insert(ip, Entry { state, mac, confirmed: now, timer: now, probes: 0, updated: now });
                 false
             }
         }
     }
 
-    /// Learn `ip` at `mac` from something other than ARP (a SYN's source MAC): installed as
-    /// STALE, so its first use is validated. Returns true when a resolution was pending.
+    /// Learn `ip` at `mac` from something other than ARP (a SYN's source MAC, a test's
+    /// setup): installed as STALE, so its first use is validated; not held by `locktime`.
+    /// Returns true when a resolution was pending.
     pub fn insert(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
-        self.learn(now, ip, mac, false)
+        self.update(now, ip, mac, false, true)
     }
 
     /// RFC 826 merge: refresh only an address already known (ARP traffic not aimed at us, such
-    /// as another host's gratuitous ARP). A changed MAC is installed as STALE.
-    pub fn update_existing(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) -> bool {
+    /// as another host's gratuitous ARP, `gratuitous` then). A changed MAC is installed as
+    /// STALE, subject to `locktime` unless gratuitous.
+    pub fn update_existing(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr, gratuitous: bool) -> bool {
         match self.entries.get(&ip) {
             Some(e) if e.has_mac() || e.state == NudState::Incomplete => {
-                self.learn(now, ip, mac, false);
+                self.update(now, ip, mac, false, gratuitous);
                 true
             }
             _ => false,
@@ -419,11 +452,35 @@ mod tests {
     fn merge_updates_only_known_entries() {
         let mut c = NeighbourCache::default();
         let t0 = s(1);
-        assert!(!c.update_existing(t0, IP, MAC));
+        assert!(!c.update_existing(t0, IP, MAC, false));
         assert_eq!(c.get(t0, IP), None);
         c.insert(t0, IP, MAC);
         let other = MacAddr([2, 0, 0, 0, 0, 2]);
-        assert!(c.update_existing(t0, IP, other));
-        assert_eq!(c.get(t0, IP), Some(other));
+        assert!(c.update_existing(s(2), IP, other, false));
+        assert_eq!(c.get(s(2), IP), Some(other));
+    }
+
+    /// Seed 4830 of sim_fragments: a request from the peer, damaged in its sender MAC, arrived
+    /// just after the peer's reply and replaced the good MAC: every datagram went to a MAC
+    /// nobody has until NUD noticed, seconds later. Linux's locktime keeps the first answer.
+    #[test]
+    fn a_second_mac_within_locktime_is_refused_unless_gratuitous() {
+        let mut c = NeighbourCache::default();
+        c.lookup(s(0), IP);
+        assert!(c.learn(s(0), IP, MAC, true));
+        let soon = s(0) + Duration::from_millis(20);
+        assert!(!c.learn(soon, IP, BOGUS, false));
+        c.update_existing(soon, IP, BOGUS, false);
+        assert_eq!((c.get(soon, IP), c.state(IP), c.changes_locked), (Some(MAC), Some(NudState::Reachable), 2));
+        // The same MAC is no change: a confirmation goes through.
+        c.learn(soon, IP, MAC, true);
+        assert_eq!(c.changes_locked, 2);
+        // An address that moved announces itself: taken at once.
+        assert!(c.update_existing(soon, IP, BOGUS, true));
+        assert_eq!(c.get(soon, IP), Some(BOGUS));
+        // After locktime, a changed MAC is learned (STALE, validated on use).
+        let later = soon + Duration::from_secs(1);
+        c.learn(later, IP, MAC, false);
+        assert_eq!((c.get(later, IP), c.state(IP)), (Some(MAC), Some(NudState::Stale)));
     }
 }

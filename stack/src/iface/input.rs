@@ -44,13 +44,18 @@ impl Stack {
         // RFC 826 merge: refresh a known sender; learn it when the packet is for us. A reply
         // to us is REACHABLE, anything else (a request) STALE: validated on first use
         // (RFC 1122 2.3.2.1; arp_cache.rs has the state machine).
+        // A gratuitous ARP (sender = target) announces a moved address and changes a known
+        // MAC at once; any other change waits out the cache's locktime (arp_cache.rs).
+        let gratuitous = sender == arp.target_protocol_addr;
+        let locked = self.arp.changes_locked;
         let learned = if for_us && !sender.is_unspecified() && !arp.source_hardware_addr.is_multicast() {
             let reply = arp.operation == ArpOperation::Reply;
             self.arp.learn(now, sender, arp.source_hardware_addr, reply);
             true
         } else {
-            self.arp.update_existing(now, sender, arp.source_hardware_addr)
+            self.arp.update_existing(now, sender, arp.source_hardware_addr, gratuitous)
         };
+        self.counters.arp_changes_locked += self.arp.changes_locked - locked;
         if learned {
             self.release_arp_waiters(sender);
         }

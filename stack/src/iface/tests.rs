@@ -792,8 +792,12 @@ fn an_arp_request_from_a_new_mac_replaces_the_entry_as_stale() {
     EthernetRepr { src_addr: new_mac, dst_addr: MacAddr::BROADCAST, ethertype: EtherType::Arp }
         .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
     req.emit(&mut ArpPacket::new_unchecked(&mut f[14..42]));
+    // Within locktime (1 s) of the reply, the first answer holds (arp_cache.rs).
     b.receive(t(1), &f);
-    assert_eq!(b.arp.get(t(1), A_IP), Some(new_mac));
+    assert_eq!(b.arp.get(t(1), A_IP), Some(A_MAC));
+    assert_eq!(b.counters().arp_changes_locked, 1);
+    b.receive(t(1_000), &f);
+    assert_eq!(b.arp.get(t(1_000), A_IP), Some(new_mac));
     assert_eq!(b.arp.state(A_IP), Some(NudState::Stale));
 }
 
