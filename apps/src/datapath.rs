@@ -99,8 +99,8 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
         dp.limits.apply(&mut cfg);
         let (mut stack, member) = match member.take() {
             None => (Stack::new(cfg), None),
-            Some((mut m, handle)) => {
-                m.set_steering(steering.home_map()?);
+            Some((m, mut handle)) => {
+                handle.set_steering(steering.home_map()?);
                 (Stack::with_cluster(cfg, Box::new(handle)), Some(m))
             }
         };

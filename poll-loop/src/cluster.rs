@@ -18,20 +18,23 @@
 //!   (truncated, zeroed, overwritten, replaced): its DVIPAs are dropped and the stack serves
 //!   its own address alone until it is restarted.
 //!
-//! [`StackCluster`] is the [`stack::cluster::Cluster`] the stack holds: bind activation of
-//! range DVIPAs goes through it. Both share the node behind a mutex that only this poll thread
-//! takes (the cluster runs one queue per stack).
+//! [`StackCluster`] is the [`stack::cluster::Cluster`] the stack holds, and it owns the
+//! coupling [`Node`]: the stack's synchronous questions (bind activation of range DVIPAs) are
+//! answered from it, and the member reaches it through the stack at its turns
+//! (`node_of`). One owner, one thread, no lock (the cluster runs one queue per stack). What
+//! the stack tells the cluster (listeners and connections coming and going) arrives as
+//! [`ClusterEvent`]s, drained at every turn.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use coupling::layout::{MemberState, MAX_STACKS};
 use coupling::node::{Action, Departure, Identity, Node};
 use coupling::{ClusterConfig, Region};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
-use stack::cluster::{Cluster, InboundRoute, SingleStack};
+use stack::cluster::{Cluster, ClusterEvent, InboundRoute, SingleStack};
 use stack::iface::Stack;
 use stack::rand::Rng;
 use stack::tcp::Tuple;
@@ -40,19 +43,6 @@ use stack::time::{Duration, Instant};
 use crate::clock::Clock;
 use crate::xdp::HomeMap;
 
-struct Shared {
-    node: Node,
-    /// The steering map (set once the interface is attached, after joining).
-    home: Option<HomeMap>,
-    /// Addresses activated by bind since the last turn: announce them.
-    bound: Vec<Ipv4Addr>,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("node", &self.node.name()).finish()
-    }
-}
 
 struct Watch {
     incarnation: u64,
@@ -61,7 +51,6 @@ struct Watch {
 
 /// The cluster side of one stack's poll loop.
 pub struct ClusterMember {
-    shared: Arc<Mutex<Shared>>,
     clock: Clock,
     name: String,
     heartbeat: Duration,
@@ -81,6 +70,36 @@ pub struct ClusterMember {
     detached_logged: bool,
     /// Addresses this stack serves as its own (kept when it leaves the cluster).
     own: Ipv4Addr,
+    /// The stack's cluster events drained so far.
+    events: EventTally,
+    /// Connections per local address, counted before a tick (the node asks).
+    conns: Vec<(Ipv4Addr, usize)>,
+}
+
+/// Counts of the [`ClusterEvent`]s a member drained (`--stats`): what the distributor and the
+/// port registry will be built from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventTally {
+    pub listeners_opened: u64,
+    pub listeners_closed: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub connections_moved: u64,
+    pub ports_released: u64,
+}
+
+impl EventTally {
+    fn count(&mut self, e: ClusterEvent) {
+        let n = match e {
+            ClusterEvent::ListenerOpened(_) => &mut self.listeners_opened,
+            ClusterEvent::ListenerClosed(_) => &mut self.listeners_closed,
+            ClusterEvent::ConnectionOpened(_) => &mut self.connections_opened,
+            ClusterEvent::ConnectionClosed(_) => &mut self.connections_closed,
+            ClusterEvent::ConnectionMoved(_) => &mut self.connections_moved,
+            ClusterEvent::PortReleased(_) => &mut self.ports_released,
+        };
+        *n += 1;
+    }
 }
 
 impl std::fmt::Debug for ClusterMember {
@@ -89,17 +108,35 @@ impl std::fmt::Debug for ClusterMember {
     }
 }
 
-/// What the stack holds: bind activation through the node.
-#[derive(Debug)]
+/// What the stack holds: the coupling node, and bind activation through it.
 pub struct StackCluster {
-    shared: Arc<Mutex<Shared>>,
+    node: Node,
+    /// The steering map (set once the interface is attached, after joining).
+    home: Option<HomeMap>,
+    /// Addresses activated by bind since the last turn: announce them.
+    bound: Vec<Ipv4Addr>,
     clock: Clock,
 }
 
-/// Only this poll thread takes the lock (the stack's handle is called from the same thread), so
-/// a poisoned mutex can only mean our own earlier panic: carry on with the state.
-fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+impl std::fmt::Debug for StackCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackCluster").field("node", &self.node.name()).finish()
+    }
+}
+
+impl StackCluster {
+    /// The interface is attached: DVIPAs go into (and out of) this steering map.
+    pub fn set_steering(&mut self, home: HomeMap) {
+        self.home = Some(home);
+    }
+}
+
+/// The member's way to the node: the stack's cluster, which [`ClusterMember::join`] made a
+/// [`StackCluster`]. `None` for a stack built with another cluster (then the member does
+/// nothing).
+fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
+    let c: &mut dyn std::any::Any = stack.cluster_mut();
+    c.downcast_mut::<StackCluster>()
 }
 
 fn log(name: &str, msg: std::fmt::Arguments) {
@@ -124,9 +161,7 @@ impl ClusterMember {
         log(name, format_args!("joined cluster {} as slot {} incarnation {}", cfg.name, node.slot(), node.incarnation()));
         let own = cfg.stacks[node.slot()].addr;
         let heartbeat = Duration::from_millis(cfg.heartbeat_ms);
-        let shared = Arc::new(Mutex::new(Shared { node, home: None, bound: Vec::new() }));
         let member = ClusterMember {
-            shared: shared.clone(),
             clock,
             name: name.to_string(),
             heartbeat,
@@ -139,13 +174,15 @@ impl ClusterMember {
             marks: Vec::new(),
             detached_logged: false,
             own,
+            events: EventTally::default(),
+            conns: Vec::new(),
         };
-        Ok((member, StackCluster { shared, clock }))
+        Ok((member, StackCluster { node, home: None, bound: Vec::new(), clock }))
     }
 
-    /// The interface is attached: DVIPAs go into (and out of) this steering map.
-    pub fn set_steering(&mut self, home: HomeMap) {
-        lock(&self.shared).home = Some(home);
+    /// The cluster events drained so far.
+    pub fn events(&self) -> EventTally {
+        self.events
     }
 
     /// When the loop must come back at the latest (adaptive sleep).
@@ -161,22 +198,26 @@ impl ClusterMember {
 
     /// Called at the top of every poll-loop iteration, before any frame is handled.
     pub fn turn(&mut self, now: Instant, stack: &mut Stack) {
+        while let Some(e) = stack.poll_cluster_event() {
+            self.events.count(e);
+        }
         if self.left || (now < self.next_tick && now < self.lease_ok && self.reannounce.is_empty() && self.marks.is_empty()) {
             return;
         }
         let ns = self.clock.mono_ns(now);
-        let shared_arc = self.shared.clone();
-        let mut shared = lock(&shared_arc);
         if !self.marks.is_empty() {
             for m in self.marks.iter_mut() {
                 m.1 = m.1.saturating_sub(1);
                 if m.1 == 0 && stack.has_address(m.0) {
-                    shared.node.announced(m.0);
+                    if let Some(sc) = node_of(stack) {
+                        sc.node.announced(m.0);
+                    }
                 }
             }
             self.marks.retain(|m| m.1 > 0);
         }
-        for a in shared.bound.drain(..) {
+        let Some(sc) = node_of(stack) else { return };
+        for a in sc.bound.drain(..) {
             self.reannounce.push((now + Duration::from_millis(20), a, 2));
             log(&self.name, format_args!("{a} active (bound by an application)"));
         }
@@ -190,36 +231,43 @@ impl ClusterMember {
             }
             self.reannounce.retain(|r| r.2 > 0);
         }
-        if now < self.next_tick && shared.node.lease_valid(ns) {
+        if now < self.next_tick && node_of(stack).is_some_and(|sc| sc.node.lease_valid(ns)) {
             return;
         }
         self.next_tick = now + self.heartbeat;
+        // What the node may ask about our connections, counted before it borrows the stack.
+        self.conns.clear();
+        for h in stack.homes() {
+            self.conns.push((h.addr, stack.connections_on(h.addr)));
+        }
+        let Some(sc) = node_of(stack) else { return };
         // (The member rows are read only from a region that still checks out; the tick
         // itself starts with the same check and leaves the cluster if it fails.)
-        if shared.node.detached().is_none() && shared.node.region().health().is_ok() {
-            self.watch_members(&mut shared.node, ns);
+        if sc.node.detached().is_none() && sc.node.region().health().is_ok() {
+            self.watch_members(&mut sc.node, ns);
         }
         let mut actions = std::mem::take(&mut self.actions);
-        let fenced = shared.node.stats.fenced;
-        shared.node.tick(ns, &|a| stack.connections_on(a), &mut actions);
-        if shared.node.awaiting_move() {
+        let fenced = sc.node.stats.fenced;
+        let conns = &self.conns;
+        sc.node.tick(ns, &|a| conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1), &mut actions);
+        if sc.node.awaiting_move() {
             // A command moves an address here: tick again at the next turn.
             self.next_tick = now;
         }
-        for e in shared.node.take_events() {
+        for e in sc.node.take_events() {
             log(&self.name, format_args!("coupling region: {e}"));
         }
-        if shared.node.stats.fenced != fenced {
+        if sc.node.stats.fenced != fenced {
             log(&self.name, format_args!(
                 "fenced: declared failed while stalled (lease lapsed); dropped its DVIPAs, rejoined as incarnation {}",
-                shared.node.incarnation()
+                sc.node.incarnation()
             ));
         }
         for a in actions.drain(..) {
             match a {
                 Action::Activate { addr, prefix, why } => {
                     stack.add_address(addr, prefix, false);
-                    if let Some(Err(e)) = shared.home.as_ref().map(|h| h.add(addr)) {
+                    if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.add(addr)) {
                         log(&self.name, format_args!("{e}"));
                     }
                     stack.announce(addr);
@@ -232,7 +280,7 @@ impl ClusterMember {
                 }
                 Action::Deactivate { addr, connections, why } => {
                     // Out of the steering map first: from here on its frames go to the kernel.
-                    if let Some(Err(e)) = shared.home.as_ref().map(|h| h.remove(addr)) {
+                    if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.remove(addr)) {
                         log(&self.name, format_args!("{e}"));
                     }
                     let n = stack.connections_on(addr);
@@ -249,26 +297,22 @@ impl ClusterMember {
             }
         }
         self.actions = actions;
-        if let (Some(f), false) = (shared.node.detached(), self.detached_logged) {
+        let Some(sc) = node_of(stack) else { return };
+        if let (Some(f), false) = (sc.node.detached(), self.detached_logged) {
             self.detached_logged = true;
             self.marks.clear();
             log(&self.name, format_args!(
                 "left the cluster: its coupling region {} went bad: {f}; serving its own address {} alone (standalone stack). To rejoin: restart this stack (the first stack that starts replaces a stale region)",
-                shared.node.config().region.display(),
+                sc.node.config().region.display(),
                 self.own
             ));
-            log(&self.name, format_args!("rows ignored while in the cluster: {}", shared.node.invalid.summary()));
+            log(&self.name, format_args!("rows ignored while in the cluster: {}", sc.node.invalid.summary()));
         }
-        self.lease_ok = if shared.node.detached().is_some() {
+        self.lease_ok = if sc.node.detached().is_some() {
             Instant::from_micros(u64::MAX / 4)
         } else {
-            self.clock.instant_of(shared.node.lease_valid_until())
+            self.clock.instant_of(sc.node.lease_valid_until())
         };
-    }
-
-    /// Rows the node ignored, per reason (`--stats`).
-    pub fn ignored_rows(&self) -> String {
-        lock(&self.shared).node.invalid.summary()
     }
 
     /// Open a pidfd for every live member we do not watch yet; declare failed those whose
@@ -329,12 +373,12 @@ impl ClusterMember {
         if std::mem::replace(&mut self.left, true) {
             return;
         }
-        let mut shared = lock(&self.shared);
+        let Some(sc) = node_of(stack) else { return };
         let mut out = Vec::new();
-        shared.node.leave(self.clock.mono_ns(now), &mut out);
+        sc.node.leave(self.clock.mono_ns(now), &mut out);
         for a in out {
             if let Action::Deactivate { addr, .. } = a {
-                if let Some(h) = &shared.home {
+                if let Some(h) = node_of(stack).and_then(|sc| sc.home.as_ref()) {
                     let _ = h.remove(addr);
                 }
                 stack.remove_address(now, addr, stack::iface::Departure::Reset);
@@ -352,14 +396,13 @@ impl Cluster for StackCluster {
         SingleStack.ephemeral_port(now, local, remote, rng)
     }
     fn bind_address(&mut self, now: Instant, addr: Ipv4Addr) -> Option<u8> {
-        let mut shared = lock(&self.shared);
-        let name = shared.node.name().to_string();
-        match shared.node.bind_activate(self.clock.mono_ns(now), addr) {
+        let name = self.node.name().to_string();
+        match self.node.bind_activate(self.clock.mono_ns(now), addr) {
             Ok(prefix) => {
-                if let Some(Err(e)) = shared.home.as_ref().map(|h| h.add(addr)) {
+                if let Some(Err(e)) = self.home.as_ref().map(|h| h.add(addr)) {
                     log(&name, format_args!("{e}"));
                 }
-                shared.bound.push(addr);
+                self.bound.push(addr);
                 Some(prefix)
             }
             Err(e) => {
@@ -368,9 +411,4 @@ impl Cluster for StackCluster {
             }
         }
     }
-    fn release_port(&mut self, _now: Instant, _local: SocketAddrV4) {}
-    fn listener_opened(&mut self, _now: Instant, _local: SocketAddrV4) {}
-    fn listener_closed(&mut self, _now: Instant, _local: SocketAddrV4) {}
-    fn connection_opened(&mut self, _now: Instant, _tuple: &Tuple) {}
-    fn connection_closed(&mut self, _now: Instant, _tuple: &Tuple) {}
 }

@@ -8,7 +8,11 @@
 //! - an inbound segment for a cluster address: handle it here, or forward it to another stack;
 //! - an outbound connection needs an ephemeral port that no other stack uses on the same source
 //!   address;
-//! - listeners and connections come and go (the distributor and the port registry track them).
+//! - an application binds an address this stack does not have yet (bind activation).
+//!
+//! Listeners and connections that come and go are not questions: the stack queues them as
+//! [`ClusterEvent`]s, which the poll loop drains (the distributor and the port registry track
+//! them), as quinn's endpoint queues what its connections tell it.
 //!
 //! [`SingleStack`] is the implementation for a stack alone: everything is local, ports are
 //! drawn at random from the ephemeral range.
@@ -30,12 +34,18 @@ pub enum InboundRoute {
     Drop,
 }
 
-pub trait Cluster: core::fmt::Debug + Send {
-    /// Route an inbound segment for `tuple` (`syn`: it opens a connection).
+/// The synchronous questions the stack asks the cluster, at the few points where the answer
+/// decides what happens to the frame or call at hand. Everything else the cluster learns from
+/// the stack's [`ClusterEvent`] queue, drained by the poll loop.
+pub trait Cluster: core::fmt::Debug + Send + core::any::Any {
+    /// Route an inbound segment for `tuple` that matches no connection of this stack (`syn`:
+    /// it opens one). Established traffic never gets here: the exact 4-tuple lookup comes
+    /// first.
     fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute;
 
     /// Propose an ephemeral port for a connection from `local` to `remote`; the stack checks it
-    /// against its own connection table and may ask again. `None`: the range is exhausted.
+    /// against its own connection table and may ask again (a refused proposal comes back as
+    /// [`ClusterEvent::PortReleased`]). `None`: the range is exhausted.
     fn ephemeral_port(
         &mut self,
         now: Instant,
@@ -44,20 +54,40 @@ pub trait Cluster: core::fmt::Debug + Send {
         rng: &mut Rng,
     ) -> Option<u16>;
 
-    /// A port proposed by `ephemeral_port` is no longer used.
-    fn release_port(&mut self, now: Instant, local: SocketAddrV4);
-
     /// An application binds `addr`, which is not (yet) an address of this stack: may the
-    /// cluster activate it here (a DVIPA inside a VIPA range, spec/01)? `Some(prefix_len)`:
-    /// it is now this stack's, the stack adds and announces it. `None`: `EADDRNOTAVAIL`.
+    /// cluster activate it here (a dynamic VIPA inside a range the cluster config gives this
+    /// stack, activated by the first bind)? `Some(prefix_len)`: it is now this stack's, the stack adds and announces it.
+    /// `None`: `EADDRNOTAVAIL`.
     fn bind_address(&mut self, _now: Instant, _addr: Ipv4Addr) -> Option<u8> {
         None
     }
 
-    fn listener_opened(&mut self, now: Instant, local: SocketAddrV4);
-    fn listener_closed(&mut self, now: Instant, local: SocketAddrV4);
-    fn connection_opened(&mut self, now: Instant, tuple: &Tuple);
-    fn connection_closed(&mut self, now: Instant, tuple: &Tuple);
+    /// Whether anyone drains the stack's [`ClusterEvent`] queue (a stack alone keeps none).
+    fn wants_events(&self) -> bool {
+        true
+    }
+}
+
+/// What the stack tells the cluster: listeners and connections as they come and go, and
+/// ports given back. Queued in order by the stack ([`crate::iface::Stack::poll_cluster_event`]);
+/// the poll loop drains the queue every turn (the distributor and the port registry are built
+/// from it). Raised in one place each: listeners in `tcp_listen`/`close`, connections in the
+/// connection table (`iface/table.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// A listener opened on this local address (the unspecified address: every address).
+    ListenerOpened(SocketAddrV4),
+    /// The listener on this local address closed.
+    ListenerClosed(SocketAddrV4),
+    /// A connection was installed: accepted, connected, completed by a SYN cookie, or
+    /// restored from another stack's handoff record.
+    ConnectionOpened(Tuple),
+    /// A connection closed here; its 4-tuple is free.
+    ConnectionClosed(Tuple),
+    /// A connection was serialized for another stack: it lives on there, with its port.
+    ConnectionMoved(Tuple),
+    /// A local port [`Cluster::ephemeral_port`] proposed is no longer used here.
+    PortReleased(SocketAddrV4),
 }
 
 /// Linux's default ephemeral range (`net.ipv4.ip_local_port_range`).
@@ -68,6 +98,10 @@ pub const EPHEMERAL_PORTS: core::ops::RangeInclusive<u16> = 32768..=60999;
 pub struct SingleStack;
 
 impl Cluster for SingleStack {
+    fn wants_events(&self) -> bool {
+        false
+    }
+
     fn route_inbound(&mut self, _now: Instant, _tuple: &Tuple, _syn: bool) -> InboundRoute {
         InboundRoute::Local
     }
@@ -82,10 +116,4 @@ impl Cluster for SingleStack {
         let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
         Some(*EPHEMERAL_PORTS.start() + rng.below(span) as u16)
     }
-
-    fn release_port(&mut self, _now: Instant, _local: SocketAddrV4) {}
-    fn listener_opened(&mut self, _now: Instant, _local: SocketAddrV4) {}
-    fn listener_closed(&mut self, _now: Instant, _local: SocketAddrV4) {}
-    fn connection_opened(&mut self, _now: Instant, _tuple: &Tuple) {}
-    fn connection_closed(&mut self, _now: Instant, _tuple: &Tuple) {}
 }

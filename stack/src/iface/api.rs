@@ -6,7 +6,6 @@ use super::*;
 impl Stack {
     fn with_tcp<R>(
         &mut self,
-        now: Instant,
         h: SocketHandle,
         f: impl FnOnce(&mut Connection) -> R,
     ) -> Result<R, ApiError> {
@@ -15,7 +14,7 @@ impl Stack {
             Some(_) => return Err(ApiError::WrongSocketType),
             None => return Err(ApiError::InvalidHandle),
         };
-        self.after_tcp(now, h);
+        self.after_tcp(h);
         Ok(r)
     }
 
@@ -41,7 +40,7 @@ impl Stack {
         let l = Listener::new(local, backlog, self.cfg.tcp.clone());
         let h = self.alloc(Socket::Listener(l));
         self.listeners.insert(local, h);
-        self.cluster.listener_opened(now, local);
+        self.cluster_event(ClusterEvent::ListenerOpened(local));
         Ok(h)
     }
 
@@ -92,31 +91,28 @@ impl Stack {
                 port = Some(p);
                 break;
             }
-            self.cluster.release_port(now, t.local);
+            self.cluster_event(ClusterEvent::PortReleased(t.local));
         }
         let port = port.ok_or(ApiError::NoPorts)?;
         let tuple = Tuple { local: SocketAddrV4::new(local_ip, port), remote };
         if self.over_limit(cfg).is_some() {
-            self.cluster.release_port(now, tuple.local);
+            self.cluster_event(ClusterEvent::PortReleased(tuple.local));
             return Err(ApiError::NoBuffers);
         }
-        let mut cfg = cfg.clone();
-        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+        let cfg = self.conn_config(cfg);
         let iss = self.isn.isn(now, tuple.local, tuple.remote);
         let conn = Connection::connect(now, tuple, iss, self.rng.next_u32(), &cfg);
-        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: true, mem: 0 }));
-        self.connections.insert(tuple, h);
-        self.cluster.connection_opened(now, &tuple);
-        self.after_tcp(now, h);
+        let h = self.install(now, conn, Origin::Connected, None);
+        self.after_tcp(h);
         Ok(h)
     }
 
-    pub fn tcp_send(&mut self, now: Instant, h: SocketHandle, data: &[u8]) -> Result<usize, ApiError> {
-        self.with_tcp(now, h, |c| c.send(data))?.map_err(ApiError::from)
+    pub fn tcp_send(&mut self, _now: Instant, h: SocketHandle, data: &[u8]) -> Result<usize, ApiError> {
+        self.with_tcp(h, |c| c.send(data))?.map_err(ApiError::from)
     }
 
-    pub fn tcp_recv(&mut self, now: Instant, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
-        self.with_tcp(now, h, |c| c.recv(buf))?.map_err(ApiError::from)
+    pub fn tcp_recv(&mut self, _now: Instant, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
+        self.with_tcp(h, |c| c.recv(buf))?.map_err(ApiError::from)
     }
 
     pub fn tcp_peek(&self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
@@ -128,32 +124,32 @@ impl Stack {
     }
 
     /// Half-close: FIN after the queued data.
-    pub fn tcp_shutdown(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
-        self.with_tcp(now, h, |c| c.shutdown())
+    pub fn tcp_shutdown(&mut self, _now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        self.with_tcp(h, |c| c.shutdown())
     }
 
-    pub fn tcp_abort(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
-        self.with_tcp(now, h, |c| c.abort())
+    pub fn tcp_abort(&mut self, _now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+        self.with_tcp(h, |c| c.abort())
     }
 
     /// After changing options through [`Stack::tcp_mut`].
-    pub fn touch(&mut self, now: Instant, h: SocketHandle) {
-        self.after_tcp(now, h);
+    pub fn touch(&mut self, _now: Instant, h: SocketHandle) {
+        self.after_tcp(h);
     }
 
     /// Close any socket: a TCP connection closes gracefully and is freed when done (the handle
     /// is invalid from now on); a listener aborts the connections it has not handed out.
-    pub fn close(&mut self, now: Instant, h: SocketHandle) -> Result<(), ApiError> {
+    pub fn close(&mut self, _now: Instant, h: SocketHandle) -> Result<(), ApiError> {
         match self.socket_mut(h) {
             Some(Socket::Tcp(t)) => {
                 t.conn.close();
-                self.after_tcp(now, h);
+                self.after_tcp(h);
             }
             Some(Socket::Listener(l)) => {
                 let local = l.local;
                 let children: Vec<SocketHandle> = l.drain().collect();
                 self.listeners.remove(&local);
-                self.cluster.listener_closed(now, local);
+                self.cluster_event(ClusterEvent::ListenerClosed(local));
                 // Embryonic children point at this listener; abort them too.
                 let embryos: Vec<SocketHandle> = self
                     .connections
@@ -166,7 +162,7 @@ impl Stack {
                         t.parent = None;
                         t.conn.abort();
                     }
-                    self.after_tcp(now, c);
+                    self.after_tcp(c);
                 }
                 self.release(h);
             }
@@ -190,19 +186,15 @@ impl Stack {
         giver: u32,
         app_state: &[u8],
     ) -> Result<Vec<u8>, ApiError> {
-        let (record, tuple) = match self.socket(h) {
-            Some(Socket::Tcp(t)) => (
-                t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
-                t.conn.tuple(),
-            ),
+        let record = match self.socket(h) {
+            Some(Socket::Tcp(t)) => {
+                t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?
+            }
             Some(_) => return Err(ApiError::WrongSocketType),
             None => return Err(ApiError::InvalidHandle),
         };
-        if self.connections.get(&tuple) == Some(&h) {
-            self.connections.remove(&tuple);
-            // The port stays in use cluster-wide: the connection lives on elsewhere.
-            self.cluster.connection_closed(now, &tuple);
-        }
+        // The port stays in use cluster-wide: the connection lives on elsewhere.
+        self.retire(h, Retirement::MovedAway);
         self.release(h);
         Ok(record)
     }
@@ -218,10 +210,8 @@ impl Stack {
         if self.connections.contains_key(&tuple) {
             return Err(tcp::SnapshotError::Invalid("a connection with this 4-tuple exists here"));
         }
-        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
-        self.connections.insert(tuple, h);
-        self.cluster.connection_opened(now, &tuple);
-        self.after_tcp(now, h);
+        let h = self.install(now, conn, Origin::Restored { owns_port: false }, None);
+        self.after_tcp(h);
         Ok((h, snap))
     }
 

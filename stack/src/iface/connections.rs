@@ -36,7 +36,7 @@ impl Stack {
 
     /// Collect a connection's events, reschedule its timer, put it on the ready queue, and free
     /// it when it is closed and nobody holds it.
-    pub(super) fn after_tcp(&mut self, now: Instant, h: SocketHandle) {
+    pub(super) fn after_tcp(&mut self, h: SocketHandle) {
         let Some(Socket::Tcp(t)) = self.socket_mut(h) else { return };
         // Buffers are allocated on first use: keep the budget's sum current.
         let mem = t.conn.buffer_bytes();
@@ -45,8 +45,6 @@ impl Stack {
         let parent = t.parent;
         let state = t.conn.state();
         let orphan = t.conn.is_orphan();
-        let tuple = t.conn.tuple();
-        let ephemeral = t.ephemeral;
         let deadline = t.conn.poll_timeout();
         self.mem_allocated = self.mem_allocated + mem - old_mem;
         while let Some(e) = Event::pop(&mut evs) {
@@ -79,28 +77,18 @@ impl Stack {
                         l.syn_done();
                     }
                 }
-                self.free_connection(now, h, tuple, ephemeral);
+                self.free_connection(h);
             } else if orphan {
-                self.free_connection(now, h, tuple, ephemeral);
-            } else if self.connections.get(&tuple) == Some(&h) {
+                self.free_connection(h);
+            } else {
                 // The application still holds the handle: the tuple is free for reuse.
-                self.connections.remove(&tuple);
-                self.cluster.connection_closed(now, &tuple);
-                if ephemeral {
-                    self.cluster.release_port(now, tuple.local);
-                }
+                self.retire(h, Retirement::Closed);
             }
         }
     }
 
-    fn free_connection(&mut self, now: Instant, h: SocketHandle, tuple: Tuple, ephemeral: bool) {
-        if self.connections.get(&tuple) == Some(&h) {
-            self.connections.remove(&tuple);
-            self.cluster.connection_closed(now, &tuple);
-            if ephemeral {
-                self.cluster.release_port(now, tuple.local);
-            }
-        }
+    fn free_connection(&mut self, h: SocketHandle) {
+        self.retire(h, Retirement::Closed);
         self.release(h);
     }
 

@@ -111,6 +111,8 @@ pub struct IfaceCounters {
     pub arp_replies_in: u64,
     /// ARP packets whose changed MAC was refused within the cache's locktime.
     pub arp_changes_locked: u64,
+    /// Cluster events lost because the cluster layer did not drain the queue.
+    pub cluster_events_lost: u64,
     pub arp_requests_out: u64,
     pub arp_replies_out: u64,
     pub gratuitous_arp_out: u64,
@@ -153,6 +155,7 @@ impl Default for IfaceCounters {
             arp_requests_in: 0,
             arp_replies_in: 0,
             arp_changes_locked: 0,
+            cluster_events_lost: 0,
             arp_requests_out: 0,
             arp_replies_out: 0,
             gratuitous_arp_out: 0,
@@ -198,6 +201,7 @@ impl IfaceCounters {
             ("arp_requests_in", self.arp_requests_in),
             ("arp_replies_in", self.arp_replies_in),
             ("arp_changes_locked", self.arp_changes_locked),
+            ("cluster_events_lost", self.cluster_events_lost),
             ("arp_requests_out", self.arp_requests_out),
             ("arp_replies_out", self.arp_replies_out),
             ("gratuitous_arp_out", self.gratuitous_arp_out),

@@ -119,12 +119,12 @@ impl Stack {
         match ip.next_header {
             IpProtocol::Tcp => self.receive_tcp(now, src_mac, &ip, body),
             IpProtocol::Udp => self.receive_udp(src_mac, &ip, body),
-            IpProtocol::Icmp => self.receive_icmp(now, src_mac, &ip, body),
+            IpProtocol::Icmp => self.receive_icmp(src_mac, &ip, body),
             _ => self.counters.drop(DropReason::IpUnsupportedProtocol),
         }
     }
 
-    fn receive_icmp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
+    fn receive_icmp(&mut self, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
         let icmp = match Icmpv4Packet::new_checked(body)
             .and_then(|p| Icmpv4Repr::parse(&p, self.cfg.verify_checksums))
         {
@@ -175,7 +175,7 @@ impl Stack {
                             c.handle_path_mtu(next_hop_mtu);
                         }
                     }
-                    self.after_tcp(now, h);
+                    self.after_tcp(h);
                 }
             }
             Icmpv4Repr::EchoReply { .. } => {}
@@ -276,7 +276,7 @@ impl Stack {
                     self.confirm_neighbour(now, *tuple.remote.ip(), src_mac);
                 }
             }
-            self.after_tcp(now, h);
+            self.after_tcp(h);
             return;
         }
         // 2. A listener: exact address, then wildcard.

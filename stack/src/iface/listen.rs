@@ -29,22 +29,17 @@ impl Stack {
                 }
                 let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
                 let decision = l.on_syn();
-                let mut cfg = l.config.clone();
+                let cfg = l.config.clone();
                 match decision {
                     SynDecision::Accept => {
-                        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+                        let cfg = self.conn_config(&cfg);
                         let iss = self.isn.isn(now, tuple.local, tuple.remote);
                         // Keyed per 4-tuple, as a cookie SYN-ACK's (RFC 7323 5.4).
                         let ts_offset = self.isn.ts_offset(tuple.local, tuple.remote);
                         let conn = Connection::accept(now, tuple, seg, iss, ts_offset, &cfg);
-                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: Some(lh), ephemeral: false, mem: 0 }));
-                        self.connections.insert(tuple, h);
-                        self.cluster.connection_opened(now, &tuple);
-                        // Learn the peer's MAC from its SYN so the SYN-ACK needs no ARP.
-                        if self.arp.get(now, *tuple.remote.ip()).is_none() && self.next_hop(*tuple.remote.ip()) == Some(*tuple.remote.ip()) {
-                            self.arp.insert(now, *tuple.remote.ip(), src_mac);
-                        }
-                        self.after_tcp(now, h);
+                        // The SYN's source MAC: the SYN-ACK needs no ARP.
+                        let h = self.install(now, conn, Origin::Accepted { listener: lh }, Some(src_mac));
+                        self.after_tcp(h);
                     }
                     SynDecision::Cookie => {
                         let Some(Socket::Listener(l)) = self.socket(lh) else { return };
@@ -72,17 +67,12 @@ impl Stack {
                         self.counters.tcp_syn_cookies_ok += 1;
                         let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
                         l.counters.cookies_valid += 1;
-                        let mut cfg = l.config.clone();
-                        cfg.mss = cfg.mss.min((self.cfg.mtu - 40) as u16);
+                        let cfg = l.config.clone();
+                        let cfg = self.conn_config(&cfg);
                         let ts_offset = self.isn.ts_offset(tuple.local, tuple.remote);
                         let conn = Connection::from_cookie(now, tuple, seg, iss, mss, ws, sack, ts_offset, &cfg);
-                        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
-                        self.connections.insert(tuple, h);
-                        self.cluster.connection_opened(now, &tuple);
                         // As for a SYN-queue connection: the first data needs no ARP round.
-                        if self.arp.get(now, *tuple.remote.ip()).is_none() && self.next_hop(*tuple.remote.ip()) == Some(*tuple.remote.ip()) {
-                            self.arp.insert(now, *tuple.remote.ip(), src_mac);
-                        }
+                        let h = self.install(now, conn, Origin::Cookie, Some(src_mac));
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.push_established(h);
                         }
@@ -94,7 +84,7 @@ impl Stack {
                             }
                             while c.poll_event().is_some() {}
                         }
-                        self.after_tcp(now, h);
+                        self.after_tcp(h);
                     }
                     Some(_) => {
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {

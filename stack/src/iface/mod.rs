@@ -22,11 +22,12 @@
 //! - `input.rs`: where a frame is received ([`Stack::receive`]): Ethernet, ARP, IPv4 (the
 //!   reassembly hook), ICMP, UDP, TCP demultiplexing, port unreachable, RSTs;
 //! - `listen.rs`: a segment for a listener: SYN queue, SYN cookies, a cookie ACK's connection;
+//! - `table.rs`: the connection table, the one place a connection is installed (`install`,
+//!   whatever its origin: SYN, cookie, active open, handoff) and retired (`retire`: closed, or
+//!   moved away), and so where the cluster's connection events are raised;
 //! - `connections.rs`: what follows every touch of a connection (`after_tcp`: ready queue,
 //!   timer heap, events) and where it is freed (`free_connection`, [`Stack::release_closed`]),
-//!   and the connection/memory limits. A connection is installed (`alloc` + 4-tuple insert)
-//!   where it is born: `listen.rs` (SYN, cookie ACK) and `api.rs` (`tcp_connect_with`,
-//!   `tcp_restore`);
+//!   and the connection/memory limits;
 //! - `output.rs`: where frames are transmitted ([`Stack::poll_transmit`]): the control queue,
 //!   socket segments, headers, padding, fragments;
 //! - `neighbours.rs`: sockets parked on ARP, ARP requests, neighbour hints;
@@ -47,6 +48,7 @@ mod listen;
 mod neighbours;
 mod output;
 mod sockets;
+mod table;
 mod timers;
 
 pub use arp_cache::{ArpCache, Lookup, NeighbourAction, NeighbourCache, NudState};
@@ -54,6 +56,7 @@ pub use counters::{DropReason, IfaceCounters};
 pub use frame_queue::FrameQueue;
 pub use reassembly::ReassemblyConfig;
 use reassembly::{Outcome, Reassembler};
+use table::{Origin, Retirement};
 pub use rate_limit::{RateLimit, TokenBucket};
 
 use std::cmp::Reverse;
@@ -62,7 +65,10 @@ use std::collections::{BinaryHeap, VecDeque};
 use crate::Map;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::cluster::{Cluster, InboundRoute, SingleStack};
+use crate::cluster::{Cluster, ClusterEvent, InboundRoute, SingleStack};
+
+/// Cluster events kept for a cluster layer that does not drain them (then the oldest go).
+const MAX_CLUSTER_EVENTS: usize = 65_536;
 use crate::rand::Rng;
 use crate::tcp::isn::IsnGenerator;
 use crate::tcp::listener::{check_cookie_ack, ListenerCounters, SynDecision};
@@ -246,8 +252,9 @@ struct TcpSlot {
     conn: Connection,
     /// The listener that created it, while it waits to be accepted.
     parent: Option<SocketHandle>,
-    /// The cluster gave us this local port for an active open.
-    ephemeral: bool,
+    /// The local port is this connection's own (the cluster gave it for an active open, or it
+    /// came with a handoff): released when the connection closes, never when it moves away.
+    owns_port: bool,
     /// Buffer bytes of this connection counted in `Stack::mem_allocated`.
     mem: usize,
 }
@@ -282,6 +289,8 @@ pub struct Stack {
     /// Sockets waiting for ARP, per next hop.
     arp_waiters: Map<Ipv4Addr, Vec<SocketHandle>>,
     cluster: Box<dyn Cluster>,
+    /// What the cluster is told, oldest first (empty when nobody drains it).
+    cluster_events: VecDeque<ClusterEvent>,
     rng: Rng,
     isn: IsnGenerator,
     counters: IfaceCounters,
@@ -331,6 +340,7 @@ impl Stack {
             control,
             arp_waiters: Map::default(),
             cluster,
+            cluster_events: VecDeque::new(),
             rng,
             isn,
             counters: IfaceCounters::default(),
@@ -364,6 +374,24 @@ impl Stack {
             self.cfg.mtu - IP_HDR
         }
     }
+    /// The next thing the cluster must be told (the poll loop drains these every turn).
+    pub fn poll_cluster_event(&mut self) -> Option<ClusterEvent> {
+        self.cluster_events.pop_front()
+    }
+
+    /// Queue `e` for the cluster, if anyone listens. Bounded: a cluster layer that stopped
+    /// draining loses the oldest events (counted), the stack's memory does not grow.
+    pub(super) fn cluster_event(&mut self, e: ClusterEvent) {
+        if !self.cluster.wants_events() {
+            return;
+        }
+        if self.cluster_events.len() >= MAX_CLUSTER_EVENTS {
+            self.cluster_events.pop_front();
+            self.counters.cluster_events_lost += 1;
+        }
+        self.cluster_events.push_back(e);
+    }
+
     pub fn cluster_mut(&mut self) -> &mut dyn Cluster {
         self.cluster.as_mut()
     }
@@ -383,7 +411,7 @@ impl Stack {
 
     /// Remove a local address: ARP and IP for it stop at once. What happens to connections on
     /// it is the caller's `departure`.
-    pub fn remove_address(&mut self, now: Instant, addr: Ipv4Addr, departure: Departure) {
+    pub fn remove_address(&mut self, _now: Instant, addr: Ipv4Addr, departure: Departure) {
         self.homes.retain(|h| h.addr != addr);
         // Answers already queued for it (ARP replies, ICMP, RSTs) must not leave either.
         let a = addr.octets();
@@ -401,7 +429,7 @@ impl Stack {
             if let Some(c) = self.conn_mut(h) {
                 c.abort_by_stack(departure == Departure::Reset);
             }
-            self.after_tcp(now, h);
+            self.after_tcp(h);
         }
     }
 

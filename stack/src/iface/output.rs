@@ -129,7 +129,7 @@ impl Stack {
                 if let Some(c) = self.conn_mut(h) {
                     if c.state() == State::Closed && c.rst_pending() {
                         c.drop_pending_rst();
-                        self.after_tcp(now, h);
+                        self.after_tcp(h);
                     }
                 }
                 if is_udp {
@@ -197,13 +197,13 @@ impl Stack {
                         if finished {
                             // Its last segment (a RST) is out: free the slot now, nothing
                             // else will look at a closed connection again.
-                            self.after_tcp(now, h);
+                            self.after_tcp(h);
                         }
                         (*tuple.local.ip(), *tuple.remote.ip(), IpProtocol::Tcp, n)
                     }
                     None => {
                         // It may have changed its timers (persist) while deciding.
-                        self.after_tcp(now, h);
+                        self.after_tcp(h);
                         return None;
                     }
                 }
@@ -239,7 +239,7 @@ impl Stack {
             let deadline = self.tcp(h).and_then(|c| c.poll_timeout());
             self.schedule(h, deadline);
             if self.tcp(h).is_some_and(|c| c.state() == State::Closed) {
-                self.after_tcp(now, h);
+                self.after_tcp(h);
             }
         }
         Some(pad_to_minimum(buf, l4_start + len))

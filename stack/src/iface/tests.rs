@@ -351,11 +351,56 @@ impl Cluster for GrantOne {
     fn bind_address(&mut self, _: Instant, addr: Ipv4Addr) -> Option<u8> {
         (addr == self.0).then_some(28)
     }
-    fn release_port(&mut self, _: Instant, _: SocketAddrV4) {}
-    fn listener_opened(&mut self, _: Instant, _: SocketAddrV4) {}
-    fn listener_closed(&mut self, _: Instant, _: SocketAddrV4) {}
-    fn connection_opened(&mut self, _: Instant, _: &crate::tcp::Tuple) {}
-    fn connection_closed(&mut self, _: Instant, _: &crate::tcp::Tuple) {}
+}
+
+fn cluster_events(s: &mut Stack) -> Vec<ClusterEvent> {
+    std::iter::from_fn(|| s.poll_cluster_event()).collect()
+}
+
+/// The connection table raises one event per change, in order: installed (accepted or
+/// connected), closed (and the active opener's port released), moved away (the port goes
+/// with it: nothing released); listeners open and close. A stack alone queues nothing.
+#[test]
+fn the_cluster_hears_of_every_listener_and_connection_once() {
+    let member = |mac, ip, seed| {
+        let mut cfg = StackConfig::new(mac);
+        cfg.seed = seed;
+        cfg.tcp.delayed_ack = None;
+        let mut s = Stack::with_cluster(cfg, Box::new(GrantOne(Ipv4Addr::UNSPECIFIED)));
+        s.add_address(ip, 24, false);
+        s
+    };
+    let (mut a, mut b) = (member(A_MAC, A_IP, 1), member(B_MAC, B_IP, 2));
+    let (s, c) = connected(&mut a, &mut b, A_IP);
+    let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
+    let tuple_a = a.tcp(s).unwrap().tuple();
+    let tuple_b = b.tcp(c).unwrap().tuple();
+    assert_eq!(cluster_events(&mut a), [ClusterEvent::ListenerOpened(any80), ClusterEvent::ConnectionOpened(tuple_a)]);
+    assert_eq!(cluster_events(&mut b), [ClusterEvent::ConnectionOpened(tuple_b)]);
+    // The client closes first and goes through TIME-WAIT; the server's side closes at once.
+    b.close(t(2), c).unwrap();
+    pump(&mut a, &mut b, t(2));
+    a.close(t(3), s).unwrap();
+    pump(&mut a, &mut b, t(3));
+    assert_eq!(cluster_events(&mut a), [ClusterEvent::ConnectionClosed(tuple_a)]);
+    assert!(cluster_events(&mut b).is_empty(), "TIME-WAIT still holds the 4-tuple and the port");
+    b.handle_timeout(t(200_000));
+    assert_eq!(cluster_events(&mut b), [ClusterEvent::ConnectionClosed(tuple_b), ClusterEvent::PortReleased(tuple_b.local)]);
+    // A connection that moves away: the 4-tuple and the port live on elsewhere.
+    let l = a.listeners.get(&any80).copied().unwrap();
+    b.tcp_connect(t(4), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(4));
+    let s = a.tcp_accept(l).unwrap();
+    let tuple_a = a.tcp(s).unwrap().tuple();
+    let _ = (cluster_events(&mut a), cluster_events(&mut b));
+    a.tcp_snapshot(t(4), s, 0, b"").unwrap();
+    assert_eq!(cluster_events(&mut a), [ClusterEvent::ConnectionMoved(tuple_a)]);
+    a.close(t(5), l).unwrap();
+    assert_eq!(cluster_events(&mut a), [ClusterEvent::ListenerClosed(any80)]);
+    // A stack alone keeps no queue.
+    let (mut x, mut y) = pair();
+    connected(&mut x, &mut y, A_IP);
+    assert!(cluster_events(&mut x).is_empty() && cluster_events(&mut y).is_empty());
 }
 
 #[test]

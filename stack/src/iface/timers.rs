@@ -44,7 +44,7 @@ impl Stack {
                     self.suspect_neighbour(now, remote, rto);
                 }
             }
-            self.after_tcp(now, h);
+            self.after_tcp(h);
         }
         let mut actions = core::mem::take(&mut self.scratch);
         actions.clear();
