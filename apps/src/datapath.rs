@@ -219,10 +219,16 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
         for (q, r) in runners.iter().enumerate() {
             let x = r.xsk().stats();
             eprintln!(
-                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} | device dropped {} reordered {} duplicated {} corrupted {}",
-                r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame,
+                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} unforwarded {} | device dropped {} reordered {} duplicated {} corrupted {}",
+                r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame, r.stats().unforwarded,
                 r.device().stats.dropped, r.device().stats.delayed, r.device().stats.duplicated, r.device().stats.corrupted
             );
+            if let Some(e) = r.cluster().map(|m| m.events()) {
+                eprintln!(
+                    "queue {q} cluster events: listeners opened {} closed {}, connections opened {} closed {} moved {}, ports released {}",
+                    e.listeners_opened, e.listeners_closed, e.connections_opened, e.connections_closed, e.connections_moved, e.ports_released
+                );
+            }
             let c = r.stack().counters();
             let is_drop = |k: &str| stack::iface::DropReason::ALL.iter().any(|d| d.name() == k);
             let traffic: Vec<String> =

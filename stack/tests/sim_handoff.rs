@@ -66,7 +66,7 @@ impl Node for Tapped {
                 }
             }
         }
-        self.stack.receive(now, frame)
+        self.stack.receive(now, frame);
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         let n = self.stack.poll_transmit(now, buf)?;

@@ -113,6 +113,8 @@ pub struct IfaceCounters {
     pub arp_changes_locked: u64,
     /// Cluster events lost because the cluster layer did not drain the queue.
     pub cluster_events_lost: u64,
+    /// TCP segments the cluster routed to another stack ([`super::Received::Forward`]).
+    pub tcp_forwarded: u64,
     pub arp_requests_out: u64,
     pub arp_replies_out: u64,
     pub gratuitous_arp_out: u64,
@@ -156,6 +158,7 @@ impl Default for IfaceCounters {
             arp_replies_in: 0,
             arp_changes_locked: 0,
             cluster_events_lost: 0,
+            tcp_forwarded: 0,
             arp_requests_out: 0,
             arp_replies_out: 0,
             gratuitous_arp_out: 0,
@@ -202,6 +205,7 @@ impl IfaceCounters {
             ("arp_replies_in", self.arp_replies_in),
             ("arp_changes_locked", self.arp_changes_locked),
             ("cluster_events_lost", self.cluster_events_lost),
+            ("tcp_forwarded", self.tcp_forwarded),
             ("arp_requests_out", self.arp_requests_out),
             ("arp_replies_out", self.arp_replies_out),
             ("gratuitous_arp_out", self.gratuitous_arp_out),

@@ -5,35 +5,49 @@
 use super::*;
 
 impl Stack {
-    /// Process one inbound Ethernet frame.
-    pub fn receive(&mut self, now: Instant, frame: &[u8]) {
+    /// Process one inbound Ethernet frame, and say what became of it: consumed here, dropped
+    /// (also counted under its reason), or to be handed to another stack of the cluster (the
+    /// caller does the forwarding; the stack keeps nothing of the frame).
+    pub fn receive(&mut self, now: Instant, frame: &[u8]) -> Received {
+        self.rx_outcome = Received::Consumed;
+        self.receive_frame(now, frame);
+        self.rx_outcome
+    }
+
+    /// A drop on the receive path: counted, and reported by [`Stack::receive`].
+    pub(super) fn drop_rx(&mut self, reason: DropReason) {
+        self.counters.drop(reason);
+        self.rx_outcome = Received::Dropped(reason);
+    }
+
+    fn receive_frame(&mut self, now: Instant, frame: &[u8]) {
         self.rx_now = now;
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len() as u64;
         let eth = match EthernetFrame::new_checked(frame) {
             Ok(e) => e,
-            Err(_) => return self.counters.drop(DropReason::EthTruncated),
+            Err(_) => return self.drop_rx(DropReason::EthTruncated),
         };
         let eth_repr = match EthernetRepr::parse(&eth) {
             Ok(r) => r,
-            Err(_) => return self.counters.drop(DropReason::EthTruncated),
+            Err(_) => return self.drop_rx(DropReason::EthTruncated),
         };
         if eth_repr.dst_addr != self.cfg.mac && !eth_repr.dst_addr.is_broadcast() {
-            return self.counters.drop(DropReason::EthNotForUs);
+            return self.drop_rx(DropReason::EthNotForUs);
         }
         let payload = &frame[ETH_HDR..];
         match eth_repr.ethertype {
             EtherType::Arp => self.receive_arp(now, payload),
             EtherType::Ipv4 => self.receive_ipv4(now, eth_repr.src_addr, payload),
-            _ => self.counters.drop(DropReason::EthUnsupportedType),
+            _ => self.drop_rx(DropReason::EthUnsupportedType),
         }
     }
 
     fn receive_arp(&mut self, now: Instant, payload: &[u8]) {
         let arp = match ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) {
             Ok(a) => a,
-            Err(wire::Error::Unsupported) => return self.counters.drop(DropReason::ArpUnsupported),
-            Err(_) => return self.counters.drop(DropReason::ArpMalformed),
+            Err(wire::Error::Unsupported) => return self.drop_rx(DropReason::ArpUnsupported),
+            Err(_) => return self.drop_rx(DropReason::ArpMalformed),
         };
         match arp.operation {
             ArpOperation::Request => self.counters.arp_requests_in += 1,
@@ -60,7 +74,7 @@ impl Stack {
             self.release_arp_waiters(sender);
         }
         if !for_us {
-            return self.counters.drop(DropReason::ArpNotForUs);
+            return self.drop_rx(DropReason::ArpNotForUs);
         }
         if arp.operation == ArpOperation::Request {
             let reply = ArpRepr {
@@ -79,17 +93,17 @@ impl Stack {
     fn receive_ipv4(&mut self, now: Instant, src_mac: MacAddr, payload: &[u8]) {
         let packet = match ip_checked(payload) {
             Ok(p) => p,
-            Err(e) => return self.counters.drop(DropReason::ip(e)),
+            Err(e) => return self.drop_rx(DropReason::ip(e)),
         };
         let (ip, frag) = match Ipv4Repr::parse_fragment(&packet, self.cfg.verify_checksums) {
             Ok(r) => r,
-            Err(e) => return self.counters.drop(DropReason::ip(e)),
+            Err(e) => return self.drop_rx(DropReason::ip(e)),
         };
         if !self.has_address(ip.dst_addr) {
-            return self.counters.drop(DropReason::IpNotForUs);
+            return self.drop_rx(DropReason::IpNotForUs);
         }
         if ip.src_addr.is_broadcast() || ip.src_addr.is_multicast() || ip.src_addr.is_unspecified() {
-            return self.counters.drop(DropReason::IpBadSource);
+            return self.drop_rx(DropReason::IpBadSource);
         }
         if let Some(frag) = frag {
             // RFC 1122 3.3.2: a host MUST reassemble (see reassembly.rs).
@@ -97,7 +111,7 @@ impl Stack {
             return match self.reasm.push(now, &ip, frag, packet.payload()) {
                 Outcome::Held => {}
                 Outcome::Dropped { reason, discarded } => {
-                    self.counters.drop(reason);
+                    self.drop_rx(reason);
                     if discarded {
                         self.counters.ip_reasm_discarded += 1;
                     }
@@ -107,6 +121,12 @@ impl Stack {
                     let whole = self.reasm.take_output();
                     self.deliver_ipv4(now, src_mac, &ip, &whole[..ip.payload_len]);
                     self.reasm.restore_output(whole);
+                    if let Received::Forward { .. } = self.rx_outcome {
+                        // The frame in hand is the last fragment, not the datagram: there is
+                        // nothing whole to hand over (the distributor forwards fragments
+                        // before reassembly, by their 3-tuple).
+                        self.drop_rx(DropReason::TcpClusterDrop);
+                    }
                 }
             };
         }
@@ -120,7 +140,7 @@ impl Stack {
             IpProtocol::Tcp => self.receive_tcp(now, src_mac, &ip, body),
             IpProtocol::Udp => self.receive_udp(src_mac, &ip, body),
             IpProtocol::Icmp => self.receive_icmp(src_mac, &ip, body),
-            _ => self.counters.drop(DropReason::IpUnsupportedProtocol),
+            _ => self.drop_rx(DropReason::IpUnsupportedProtocol),
         }
     }
 
@@ -129,7 +149,7 @@ impl Stack {
             .and_then(|p| Icmpv4Repr::parse(&p, self.cfg.verify_checksums))
         {
             Ok(r) => r,
-            Err(e) => return self.counters.drop(DropReason::icmp(e)),
+            Err(e) => return self.drop_rx(DropReason::icmp(e)),
         };
         match icmp {
             Icmpv4Repr::EchoRequest { ident, seq_no, data } => {
@@ -156,7 +176,7 @@ impl Stack {
             Icmpv4Repr::DstUnreachable { reason, next_hop_mtu, header, data } => {
                 self.counters.icmp_unreachable_in += 1;
                 if header.next_header != IpProtocol::Tcp || data.len() < 8 {
-                    return self.counters.drop(DropReason::IcmpNoConnection);
+                    return self.drop_rx(DropReason::IcmpNoConnection);
                 }
                 let sport = u16::from_be_bytes([data[0], data[1]]);
                 let dport = u16::from_be_bytes([data[2], data[3]]);
@@ -165,7 +185,7 @@ impl Stack {
                     remote: SocketAddrV4::new(header.dst_addr, dport),
                 };
                 let Some(&h) = self.connections.get(&tuple) else {
-                    return self.counters.drop(DropReason::IcmpNoConnection);
+                    return self.drop_rx(DropReason::IcmpNoConnection);
                 };
                 if reason == wire::icmpv4::DstUnreachable::FragRequired {
                     if let Some(c) = self.conn_mut(h) {
@@ -187,7 +207,7 @@ impl Stack {
             .and_then(|p| UdpRepr::parse(&p, ip.src_addr, ip.dst_addr, self.cfg.verify_checksums))
         {
             Ok(r) => r,
-            Err(e) => return self.counters.drop(DropReason::udp(e)),
+            Err(e) => return self.drop_rx(DropReason::udp(e)),
         };
         self.counters.udp_datagrams_in += 1;
         let local = SocketAddrV4::new(ip.dst_addr, udp.dst_port);
@@ -197,7 +217,7 @@ impl Stack {
             .or_else(|| self.udp.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, udp.dst_port)))
             .copied();
         let Some(h) = h else {
-            self.counters.drop(DropReason::UdpNoSocket);
+            self.drop_rx(DropReason::UdpNoSocket);
             // RFC 1122 4.1.3.1: port unreachable.
             self.send_unreachable(src_mac, ip, body, wire::icmpv4::DstUnreachable::PortUnreachable);
             return;
@@ -216,7 +236,7 @@ impl Stack {
         if ok {
             self.events.push_back((h, SocketEvent::UdpReadable));
         } else {
-            self.counters.drop(DropReason::UdpQueueFull);
+            self.drop_rx(DropReason::UdpQueueFull);
         }
     }
 
@@ -244,27 +264,18 @@ impl Stack {
     fn receive_tcp(&mut self, now: Instant, src_mac: MacAddr, ip: &Ipv4Repr, body: &[u8]) {
         let packet = match TcpPacket::new_checked(body) {
             Ok(p) => p,
-            Err(e) => return self.counters.drop(DropReason::tcp(e)),
+            Err(e) => return self.drop_rx(DropReason::tcp(e)),
         };
         let seg = match TcpRepr::parse(&packet, ip.src_addr, ip.dst_addr, self.cfg.verify_checksums) {
             Ok(s) => s,
-            Err(e) => return self.counters.drop(DropReason::tcp(e)),
+            Err(e) => return self.drop_rx(DropReason::tcp(e)),
         };
         self.counters.tcp_segs_in += 1;
         let tuple = Tuple {
             local: SocketAddrV4::new(ip.dst_addr, seg.dst_port),
             remote: SocketAddrV4::new(ip.src_addr, seg.src_port),
         };
-        let is_syn = seg.control == TcpControl::Syn && seg.ack_number.is_none();
-        match self.cluster.route_inbound(now, &tuple, is_syn) {
-            InboundRoute::Local => {}
-            InboundRoute::Forward { .. } | InboundRoute::Drop => {
-                // Forwarding to another stack is the cluster layer's job (distributor);
-                // the core never sees such frames in a single stack.
-                return self.counters.drop(DropReason::TcpClusterDrop);
-            }
-        }
-        // 1. An existing connection.
+        // 1. An existing connection: established traffic never asks the cluster anything.
         if let Some(&h) = self.connections.get(&tuple) {
             // A new SYN to a TIME-WAIT connection is not reopened here (RFC 6191 is not
             // implemented): it gets the TIME-WAIT ACK, and the client retries later.
@@ -279,7 +290,19 @@ impl Stack {
             self.after_tcp(h);
             return;
         }
-        // 2. A listener: exact address, then wildcard.
+        // 2. Not ours: the cluster may know where it belongs (the distributor's connection
+        // table, a handed-off connection).
+        let is_syn = seg.control == TcpControl::Syn && seg.ack_number.is_none();
+        match self.cluster.route_inbound(now, &tuple, is_syn) {
+            InboundRoute::Local => {}
+            InboundRoute::Forward { stack } => {
+                self.counters.tcp_forwarded += 1;
+                self.rx_outcome = Received::Forward { stack };
+                return;
+            }
+            InboundRoute::Drop => return self.drop_rx(DropReason::TcpClusterDrop),
+        }
+        // 3. A listener: exact address, then wildcard.
         let lh = self
             .listeners
             .get(&tuple.local)
@@ -288,8 +311,8 @@ impl Stack {
         if let Some(lh) = lh {
             return self.listen_segment(now, src_mac, lh, tuple, &seg);
         }
-        // 3. Nobody: RST (RFC 9293 3.10.7.1).
-        self.counters.drop(DropReason::TcpNoSocket);
+        // 4. Nobody: RST (RFC 9293 3.10.7.1).
+        self.drop_rx(DropReason::TcpNoSocket);
         self.reply_rst(src_mac, tuple, &seg);
     }
 

@@ -25,7 +25,7 @@ impl Stack {
                         l.counters.syns += 1;
                         l.counters.refused_limit += 1;
                     }
-                    return self.counters.drop(reason);
+                    return self.drop_rx(reason);
                 }
                 let Some(Socket::Listener(l)) = self.socket_mut(lh) else { return };
                 let decision = l.on_syn();
@@ -46,7 +46,7 @@ impl Stack {
                         let reply = l.cookie_syn_ack(now, &self.isn, tuple.local, tuple.remote, seg);
                         self.queue_tcp(src_mac, tuple, &reply);
                     }
-                    SynDecision::Drop => self.counters.drop(DropReason::TcpListenOverflow),
+                    SynDecision::Drop => self.drop_rx(DropReason::TcpListenOverflow),
                 }
             }
             (TcpControl::None, Some(_)) => {
@@ -61,7 +61,7 @@ impl Stack {
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.counters.refused_limit += 1;
                         }
-                        self.counters.drop(limit.unwrap_or(DropReason::TcpConnLimit));
+                        self.drop_rx(limit.unwrap_or(DropReason::TcpConnLimit));
                     }
                     Some((iss, mss, ws, sack)) if has_room => {
                         self.counters.tcp_syn_cookies_ok += 1;
@@ -90,13 +90,13 @@ impl Stack {
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.counters.accept_overflows += 1;
                         }
-                        self.counters.drop(DropReason::TcpListenOverflow)
+                        self.drop_rx(DropReason::TcpListenOverflow)
                     }
                     None => {
                         if let Some(Socket::Listener(l)) = self.socket_mut(lh) {
                             l.counters.cookies_invalid += 1;
                         }
-                        self.counters.drop(DropReason::TcpBadCookie);
+                        self.drop_rx(DropReason::TcpBadCookie);
                         self.reply_rst(src_mac, tuple, seg);
                     }
                 }

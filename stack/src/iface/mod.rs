@@ -84,6 +84,18 @@ use crate::wire::{
 const ETH_HDR: usize = 14;
 const IP_HDR: usize = 20;
 
+/// What became of a frame given to [`Stack::receive`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Handled here: delivered, answered, or held (a fragment, a datagram in a queue).
+    Consumed,
+    /// Dropped for this reason (counted in [`IfaceCounters`] too).
+    Dropped(DropReason),
+    /// A segment of a connection another stack of the cluster owns: the caller hands the
+    /// frame, unchanged, to stack `stack` ([`crate::cluster::InboundRoute::Forward`]).
+    Forward { stack: u32 },
+}
+
 /// What [`Stack::remove_address`] does with the connections on the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Departure {
@@ -309,6 +321,8 @@ pub struct Stack {
     rst_bucket: TokenBucket,
     /// The `now` of the frame being received (for the answer buckets).
     rx_now: Instant,
+    /// What became of the frame being received.
+    rx_outcome: Received,
     /// Whether the last frame transmitted came from the control queue (control frames and
     /// socket segments take turns).
     tx_control_last: bool,
@@ -352,6 +366,7 @@ impl Stack {
             icmp_bucket,
             rst_bucket,
             rx_now: Instant::ZERO,
+            rx_outcome: Received::Consumed,
             tx_control_last: false,
         }
     }

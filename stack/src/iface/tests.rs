@@ -353,6 +353,68 @@ impl Cluster for GrantOne {
     }
 }
 
+/// A cluster double that routes port 81 to stack 3 and counts the questions.
+#[derive(Debug, Default)]
+struct Port81ToStack3 {
+    asked: u32,
+}
+
+impl Cluster for Port81ToStack3 {
+    fn route_inbound(&mut self, _: Instant, tuple: &crate::tcp::Tuple, _: bool) -> InboundRoute {
+        self.asked += 1;
+        if tuple.local.port() == 81 {
+            InboundRoute::Forward { stack: 3 }
+        } else {
+            InboundRoute::Local
+        }
+    }
+    fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: SocketAddrV4, rng: &mut crate::rand::Rng) -> Option<u16> {
+        SingleStack.ephemeral_port(now, l, r, rng)
+    }
+}
+
+/// `receive` says what became of each frame: consumed, dropped (with the reason it counted),
+/// or to be forwarded to the stack the cluster names; established traffic is matched before
+/// the cluster is asked anything.
+#[test]
+fn receive_reports_consumed_dropped_or_forward() {
+    let mut cfg = StackConfig::new(A_MAC);
+    cfg.tcp.delayed_ack = None;
+    let mut a = Stack::with_cluster(cfg, Box::new(Port81ToStack3::default()));
+    a.add_address(A_IP, 24, false);
+    let mut b = stack(B_MAC, B_IP, 2);
+    let asked = |a: &mut Stack| {
+        let c: &mut dyn core::any::Any = a.cluster_mut();
+        c.downcast_mut::<Port81ToStack3>().map(|c| c.asked).unwrap_or(u32::MAX)
+    };
+    let (s, c) = connected(&mut a, &mut b, A_IP);
+    let asked_by_handshake = asked(&mut a);
+    assert_eq!(asked_by_handshake, 1, "only the SYN, which matched no connection");
+    // Established data: consumed, and the cluster is not asked.
+    b.tcp_send(t(2), c, b"hello").unwrap();
+    let mut buf = vec![0u8; 1600];
+    let n = b.poll_transmit(t(2), &mut buf).unwrap();
+    assert_eq!(a.receive(t(2), &buf[..n]), Received::Consumed);
+    assert_eq!(asked(&mut a), asked_by_handshake);
+    let mut got = [0u8; 8];
+    assert_eq!(a.tcp_recv(t(2), s, &mut got), Ok(5));
+    // The same frame damaged: dropped under its reason.
+    let mut bad = buf[..n].to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    assert_eq!(a.receive(t(2), &bad), Received::Dropped(DropReason::TcpBadChecksum));
+    // A connection another stack owns: to be forwarded, not answered with a RST, not dropped.
+    let c81 = b.tcp_connect(t(3), None, SocketAddrV4::new(A_IP, 81)).unwrap();
+    let n = b.poll_transmit(t(3), &mut buf).unwrap();
+    while a.poll_transmit(t(3), &mut vec![0u8; 1600]).is_some() {}
+    let drops_before: u64 = DropReason::ALL.iter().map(|d| a.counters().dropped(*d)).sum();
+    assert_eq!(a.receive(t(3), &buf[..n]), Received::Forward { stack: 3 });
+    assert_eq!(a.counters().tcp_forwarded, 1);
+    assert_eq!(DropReason::ALL.iter().map(|d| a.counters().dropped(*d)).sum::<u64>(), drops_before);
+    assert!(a.poll_transmit(t(3), &mut buf).is_none(), "no RST for a forwarded segment");
+    let _ = c81;
+}
+
 fn cluster_events(s: &mut Stack) -> Vec<ClusterEvent> {
     std::iter::from_fn(|| s.poll_cluster_event()).collect()
 }
