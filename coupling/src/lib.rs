@@ -8,7 +8,7 @@
 //! - [`region`]: creating, attaching and validating the mapping (magic, version, section
 //!   table, config hash). The only module here that makes system calls.
 //! - [`ring`]: lock-free single-producer single-consumer message rings, one per ordered pair
-//!   of stacks (the patent's XCF).
+//!   of stacks: the members' signalling path (as XCF is in a z/OS sysplex).
 //! - [`node`]: one stack's membership (incarnation, lease, fencing) and its part of the
 //!   dynamic VIPA protocol (addresses of the cluster, each held by one stack at a time):
 //!   activation, takeover, immediate and delayed giveback, bind activation inside VIPA ranges.

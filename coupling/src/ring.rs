@@ -1,5 +1,6 @@
-//! Message rings between stacks (the patent's XCF): one single-producer single-consumer ring
-//! per ordered pair of stacks, in the coupling region.
+//! Message rings between stacks (the signalling path between members, as XCF is between the
+//! systems of a z/OS sysplex): one single-producer single-consumer ring per ordered pair of
+//! stacks, in the coupling region.
 //!
 //! SPSC per pair rather than one multi-producer ring per receiver: a producer that dies
 //! between claiming and publishing a slot would block a shared ring for everyone; here it can

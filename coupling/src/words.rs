@@ -30,8 +30,8 @@ impl MemberWord {
 
 /// A DVIPA's owner word, [`DvipaRow::owner`](crate::layout::DvipaRow::owner), unpacked:
 /// `owner:8 | prev:8 | state:8 | origin:8 | generation:32` from the low bit up. It changes only
-/// by CAS, and every change goes through [`OwnerWord::next`] (or bumps the generation itself),
-/// so a CAS from a stale word fails.
+/// by CAS, and every change also changes the generation ([`OwnerWord::next`] adds one; a
+/// repair of a corrupt word sets one of its own), so a CAS from a stale word fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnerWord {
     /// Slot of the stack that holds (or is receiving) the address; [`NO_SLOT`] when nobody
@@ -43,7 +43,7 @@ pub struct OwnerWord {
     pub state: DvipaState,
     /// How the current holder got the address ([`Origin::None`] when not held).
     pub origin: Origin,
-    /// Count of changes of this word, wrapping; compared with wrapping arithmetic.
+    /// Advanced by every change of the word (wrapping; compared with wrapping arithmetic).
     pub generation: u32,
 }
 
