@@ -57,6 +57,7 @@ pub enum Invalid {
 }
 
 impl Invalid {
+    /// Every reason, in counter order (`Invalid::ALL[r as usize] == r`).
     pub const ALL: [Invalid; 13] = [
         Invalid::MemberState,
         Invalid::MemberIncarnation,
@@ -72,6 +73,7 @@ impl Invalid {
         Invalid::RangeRow,
         Invalid::Message,
     ];
+    /// The reason's name in logs and `plex ctl show counters` (`member-state`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Invalid::MemberState => "member-state",
@@ -97,33 +99,41 @@ impl std::fmt::Display for Invalid {
     }
 }
 
-/// Rows ignored, per reason.
+/// Rows ignored, per reason: entry `r as usize` counts [`Invalid`] `r`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InvalidCounts(pub [u64; Invalid::ALL.len()]);
 
 impl InvalidCounts {
+    /// Count one row ignored for `r`.
     pub fn add(&mut self, r: Invalid) {
         self.0[r as usize] += 1;
     }
+    /// Rows ignored for `r` so far.
     pub fn get(&self, r: Invalid) -> u64 {
         self.0[r as usize]
     }
+    /// Rows ignored for any reason (what a node publishes in
+    /// [`MemberRow::ignored`](crate::layout::MemberRow::ignored)).
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }
-    /// `reason=count` for every non-zero reason.
+    /// `reason=count` for every non-zero reason, space-separated; `none` when all are zero.
     pub fn summary(&self) -> String {
         let v: Vec<String> = Invalid::ALL.iter().filter(|r| self.get(**r) > 0).map(|r| format!("{}={}", r.name(), self.get(*r))).collect();
         if v.is_empty() { "none".into() } else { v.join(" ") }
     }
 }
 
-/// A member row that passed the checks.
+/// A member row that passed the checks: the fields the protocol decides from, as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberSeen {
+    /// The member word (state, incarnation bits, heartbeat in ms).
     pub word: MemberWord,
+    /// The full incarnation (0 only for a free row).
     pub incarnation: u64,
+    /// The member's process id (0 only for a free row).
     pub pid: u32,
+    /// Its place in the join order ([`MemberRow::join_seq`](crate::layout::MemberRow::join_seq)).
     pub join_seq: u64,
     /// CLOCK_MONOTONIC ns of its join.
     pub joined_ns: u64,
@@ -139,7 +149,9 @@ impl MemberSeen {
 
 const PID_MAX: u32 = 1 << 22;
 
-/// Check member row `slot` (stateless part). `now` in CLOCK_MONOTONIC ns.
+/// Check member row `slot` (stateless part). `now` in CLOCK_MONOTONIC ns. A free row of a
+/// configured slot, and an all-zero row of a slot beyond the config, pass (as state `Free`).
+/// Panics if `slot` is outside the region's member table ([`MAX_STACKS`] rows as created).
 pub fn member(region: &Region, cfg: &ClusterConfig, slot: usize, now: u64) -> Result<MemberSeen, Invalid> {
     let row = &region.members()[slot];
     let raw = row.word.load(Ordering::Acquire);
@@ -181,7 +193,9 @@ pub fn member(region: &Region, cfg: &ClusterConfig, slot: usize, now: u64) -> Re
     Ok(s)
 }
 
-/// Check an owner word of row `r` (stateless part).
+/// Check the raw owner word `raw` of a configured (`configured`) or range DVIPA row
+/// (stateless part: whether its generation went back is the caller's check, with
+/// [`generation_back`]).
 pub fn owner_word(cfg: &ClusterConfig, configured: bool, raw: u64) -> Result<OwnerWord, Invalid> {
     let (state, origin) = ((raw >> 16) as u8, (raw >> 24) as u8);
     if state > DvipaState::Deleted as u8 || origin > Origin::Command as u8 {
@@ -205,7 +219,9 @@ pub fn owner_word(cfg: &ClusterConfig, configured: bool, raw: u64) -> Result<Own
     Ok(w)
 }
 
-/// Check the fixed fields of configured row `i`: address, prefix, roles.
+/// Check the fixed fields of configured row `i`: address, prefix, roles. A role of 0 for a
+/// configured stack passes (that stack has not joined since the region was created), as does
+/// rank 255 ([`ROLE_GIVEBACK`]) for the primary. Panics if the config has no DVIPA `i`.
 pub fn configured_row(region: &Region, cfg: &ClusterConfig, i: usize) -> Result<(), Invalid> {
     let (row, d) = (&region.dvipas()[i], &cfg.dvipas[i]);
     if row.addr.load(Ordering::Acquire) != u32::from(d.addr) || row.prefix.load(Ordering::Relaxed) != d.prefix as u32 | 1 << 8 {
@@ -220,8 +236,10 @@ pub fn configured_row(region: &Region, cfg: &ClusterConfig, i: usize) -> Result<
     Ok(())
 }
 
-/// The role `slot` has for configured row `i`, validated: the config's when the row's is not
-/// one it could legitimately have.
+/// The role `slot` has for configured row `i`, validated: the row's value when it is the
+/// config's or the primary's [`ROLE_GIVEBACK`], the config's otherwise (so a stack that has
+/// not published its role yet counts with the config's). Panics if the config has no DVIPA
+/// `i` or `slot` is not below [`MAX_STACKS`].
 pub fn role(region: &Region, cfg: &ClusterConfig, i: usize, slot: usize) -> u16 {
     let d = &cfg.dvipas[i];
     let v = region.dvipas()[i].roles[slot].load(Ordering::Acquire);
@@ -232,7 +250,10 @@ pub fn role(region: &Region, cfg: &ClusterConfig, i: usize, slot: usize) -> u16 
     }
 }
 
-/// Check range row `i` (in use: address not 0): returns its address and prefix.
+/// Check range row `i` (in use: address not 0): returns its address and its range's prefix
+/// length. A prefix still 0 passes (a claim in flight: the claimer stores it just after the
+/// address). Panics if `i` is outside the region's range table ([`MAX_RANGE_DVIPAS`] rows as
+/// created).
 pub fn range_row(region: &Region, cfg: &ClusterConfig, i: usize) -> Result<(Ipv4Addr, u8), Invalid> {
     let row = &region.range_dvipas()[i];
     let addr = Ipv4Addr::from(row.addr.load(Ordering::Acquire));
@@ -248,7 +269,8 @@ pub fn range_row(region: &Region, cfg: &ClusterConfig, i: usize) -> Result<(Ipv4
     Ok((addr, range.prefix))
 }
 
-/// Did the generation go back from `last` to `now`? (wrapping, as every CAS adds one)
+/// Did the generation go back from `last` to `now`? Compared wrapping, as every CAS adds one:
+/// `now` equal to `last` or up to `2^31 - 1` ahead of it is not back; anything else is.
 pub fn generation_back(last: u32, now: u32) -> bool {
     now.wrapping_sub(last) > u32::MAX / 2
 }

@@ -43,10 +43,13 @@ pub const DEFAULT_PRIMARY_GRACE_MS: u64 = 3000;
 /// The testbed's cluster (`scripts/testbed.sh up 3`): three stacks, two DVIPAs, one range.
 pub const TESTBED: &str = include_str!("testbed.toml");
 
+/// Why a cluster config was rejected; displayed as `statement: reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The statement at fault, e.g. `dvipa[1] (198.18.0.101)`.
+    /// The statement at fault, e.g. `dvipa[1] (198.18.0.101)`; the config's origin (a file
+    /// path) when the TOML itself does not parse or a whole-file limit is exceeded.
     pub statement: String,
+    /// What is wrong with it, in words for the operator.
     pub reason: String,
 }
 
@@ -62,50 +65,77 @@ fn err(statement: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError { statement: statement.into(), reason: reason.into() }
 }
 
+/// A parsed and checked cluster config. Every stack of a cluster must run the same one: its
+/// [`ClusterConfig::hash`] is stored in the region and compared at attach. Stack slots (the
+/// indices of [`ClusterConfig::stacks`]) are the member slots of the region.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
+    /// The cluster's name (1 to 32 bytes), stored in the region header.
     pub name: String,
+    /// Path of the coupling region file (default `/dev/shm/plex-<name>`).
     pub region: PathBuf,
     /// Backups activate a DVIPA whose primary has not started after this long (from when they
     /// see it inactive with its primary down); `None`: never, only its primary activates it.
     pub primary_grace_ms: Option<u64>,
+    /// Lease in milliseconds (default 250, at least twice `heartbeat_ms`): a member whose last
+    /// renewal is older is declared failed, and a stack whose own lease may have lapsed stops
+    /// touching the network until it has renewed.
     pub lease_ms: u64,
+    /// Interval between ticks of a member's node in milliseconds (default 10, at least 1).
     pub heartbeat_ms: u64,
+    /// The stacks, in slot order (1 to [`MAX_STACKS`], unique names and addresses).
     pub stacks: Vec<StackDef>,
+    /// The configured (primary/backup) DVIPAs, in row order (at most [`MAX_DVIPAS`]).
     pub dvipas: Vec<DvipaDef>,
+    /// The VIPA ranges (non-overlapping, disjoint from stack addresses and configured DVIPAs).
     pub ranges: Vec<RangeDef>,
 }
 
+/// One `[[stack]]`: a member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackDef {
+    /// The stack's name (1 to 32 bytes), as given to `plex run --stack`.
     pub name: String,
+    /// The interface it runs on (1 to 15 bytes).
     pub interface: String,
+    /// The stack's own address: never moves, never a DVIPA.
     pub addr: Ipv4Addr,
+    /// Prefix length of `addr`'s subnet.
     pub prefix: u8,
+    /// CPU cores to pin the poll threads to, one per queue in order (empty: not pinned).
     pub cores: Vec<usize>,
+    /// Queues the stack polls; always 1 in this version (the parser refuses other values).
     pub queues: u32,
 }
 
 /// What the holder of a DVIPA does when its primary returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Giveback {
-    /// The patent's behaviour: at once without connections, delayed until they end otherwise.
+    /// Give the address back at once if the holder has no connections on it; otherwise keep it
+    /// (delayed giveback) until they have ended, then give it back. Connections are never
+    /// moved: `"handoff"` is refused until connection handoff exists.
     Auto,
 }
 
+/// One `[[dvipa]]`: a configured dynamic VIPA with its primary and ranked backups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DvipaDef {
+    /// The address (not a stack's own address, not inside a VIPA range).
     pub addr: Ipv4Addr,
+    /// Prefix length the address is added with.
     pub prefix: u8,
     /// Stack slot of the primary.
     pub primary: usize,
     /// (stack slot, rank 1..=254).
     pub backups: Vec<(usize, u8)>,
+    /// What a holder does when the primary returns.
     pub giveback: Giveback,
 }
 
 impl DvipaDef {
-    /// The role stack `slot` publishes for this DVIPA (see `layout::DvipaRow::roles`).
+    /// The role stack `slot` publishes for this DVIPA (see
+    /// [`DvipaRow::roles`](crate::layout::DvipaRow::roles)): [`ROLE_PRIMARY`](crate::layout::ROLE_PRIMARY)
+    /// for the primary, its rank for a backup, 0 for any other stack.
     pub fn role_of(&self, slot: usize) -> u16 {
         if slot == self.primary {
             crate::layout::ROLE_PRIMARY
@@ -115,15 +145,20 @@ impl DvipaDef {
     }
 }
 
+/// One `[[vipa_range]]`: a subnet whose addresses an application's bind() (or
+/// `plex ctl dvipa activate`) activates on one stack at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeDef {
+    /// Network address of the range (no host bits set).
     pub net: Ipv4Addr,
+    /// Prefix length of the range, also the prefix its addresses are added with.
     pub prefix: u8,
     /// Stack slots that may activate addresses in it.
     pub stacks: Vec<usize>,
 }
 
 impl RangeDef {
+    /// Does `a` lie in this range?
     pub fn contains(&self, a: Ipv4Addr) -> bool {
         contains(self.net, self.prefix, a)
     }
@@ -333,6 +368,7 @@ impl ClusterConfig {
         Ok(ClusterConfig { name: c.name.clone(), region, primary_grace_ms, lease_ms, heartbeat_ms, stacks, dvipas, ranges })
     }
 
+    /// The embedded testbed config ([`TESTBED`]), parsed. Cannot fail: a test parses it.
     pub fn testbed() -> ClusterConfig {
         match ClusterConfig::parse(TESTBED, "embedded testbed config") {
             Ok(c) => c,
@@ -341,6 +377,7 @@ impl ClusterConfig {
         }
     }
 
+    /// The slot of stack `name`, if the config has it.
     pub fn slot(&self, name: &str) -> Option<usize> {
         self.stacks.iter().position(|s| s.name == name)
     }
@@ -352,11 +389,13 @@ impl ClusterConfig {
         text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
     }
 
+    /// The row of configured DVIPA `addr` (its index in [`ClusterConfig::dvipas`]), if it is one.
     pub fn dvipa_index(&self, addr: Ipv4Addr) -> Option<usize> {
         self.dvipas.iter().position(|d| d.addr == addr)
     }
 
-    /// The ranges `slot` may activate `addr` in.
+    /// The VIPA range `addr` lies in, if any (ranges do not overlap, so there is at most one).
+    /// Which stacks may activate it there is [`RangeDef::stacks`].
     pub fn range_for(&self, addr: Ipv4Addr) -> Option<&RangeDef> {
         self.ranges.iter().find(|r| r.contains(addr))
     }

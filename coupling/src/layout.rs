@@ -10,7 +10,13 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 
 /// "PLEXCPL1", little-endian: written last, with Release, when the creator has filled the header.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PLEXCPL1");
+/// Layout major version, in [`Header::major`]. An attacher refuses a region of another major
+/// version ([`RegionError::Version`](crate::region::RegionError::Version)): a major change is
+/// one that a stack of the previous version could not read safely.
 pub const MAJOR: u32 = 1;
+/// Layout minor version, in [`Header::minor`]. Minor versions only append (sections, fields in
+/// reserved space), so it is recorded but not checked: minor 1 added [`MemberRow::ignored`] and
+/// [`DvipaRow::announced`], which read as zero in a minor-0 region.
 pub const MINOR: u32 = 1;
 
 /// Stacks per cluster; a stack's slot is its index in the cluster config.
@@ -31,23 +37,39 @@ pub const NO_SLOT: u8 = 0xff;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum SectionKind {
+    /// [`MemberRow`]s, one per stack slot ([`MAX_STACKS`]); a stack's slot is its index in the
+    /// cluster config.
     Members = 1,
+    /// [`DvipaRow`]s of the configured (primary/backup) DVIPAs ([`MAX_DVIPAS`]); row `i` is the
+    /// config's `i`-th `[[dvipa]]`.
     Dvipas = 2,
+    /// [`DvipaRow`]s of range (bind- or command-activated) DVIPAs ([`MAX_RANGE_DVIPAS`]): an
+    /// open-addressing table keyed by address; a row once claimed is never freed.
     RangeDvipas = 3,
+    /// [`RingRow`]s, one per ordered pair of stack slots: the ring from `from` to `to` is entry
+    /// `from * MAX_STACKS + to`.
     MessageRings = 4,
-    /// Reserved for the distributor (spec/02): one row per distributed port.
+    /// Reserved for the connection distributor (one stack receives an address's new
+    /// connections and spreads them over the members; not built yet): one row per distributed
+    /// port. Laid out and zeroed; nothing reads or writes it.
     DistributorPorts = 5,
-    /// Reserved for the distributor (spec/02): the connection routing table.
+    /// Reserved for the connection distributor (not built yet): the table that routes each
+    /// distributed connection to the stack serving it. Laid out and zeroed.
     DistributorConns = 6,
-    /// Reserved for cluster-wide ports (spec/03).
+    /// Reserved for cluster-wide ports (not built yet): ports, such as ephemeral ports on a
+    /// shared source address, that must not be used by two stacks at once. Laid out and zeroed.
     PortRegistry = 7,
-    /// Reserved for frame forwarding between stacks through the region (spec/02).
+    /// Reserved for forwarding frames between stacks through the region (the distributor's
+    /// path to a connection's stack; not built yet). Laid out and zeroed.
     FrameRings = 8,
-    /// Reserved for serialized TCP connections in flight (spec/04).
+    /// Reserved for live connection handoff (not built yet): serialized TCP connections in
+    /// flight from one stack to another, as written by the `stack` crate's connection snapshot.
+    /// Laid out and zeroed.
     HandoffRecords = 9,
 }
 
 impl SectionKind {
+    /// Every kind this version lays out, in the order [`plan`] places them (kind 1 first).
     pub const ALL: [SectionKind; 9] = [
         SectionKind::Members,
         SectionKind::Dvipas,
@@ -60,11 +82,14 @@ impl SectionKind {
         SectionKind::HandoffRecords,
     ];
 
+    /// The kind of a section row's `kind` value; `None` for a value this version does not
+    /// know (a section appended by a newer minor version, which readers skip).
     pub fn from_u32(v: u32) -> Option<SectionKind> {
         SectionKind::ALL.into_iter().find(|k| *k as u32 == v)
     }
 
-    /// Entry size and count this version lays out.
+    /// Entry size (bytes) and entry count this version lays out. An attacher requires the entry
+    /// size of every known section to match exactly.
     pub const fn shape(self) -> (usize, usize) {
         match self {
             SectionKind::Members => (size_of::<MemberRow>(), MAX_STACKS),
@@ -84,32 +109,45 @@ impl SectionKind {
 #[repr(C)]
 #[derive(Debug)]
 pub struct SectionRow {
+    /// A [`SectionKind`] as `u32`; unknown kinds (a newer minor version) are skipped.
     pub kind: AtomicU32,
+    /// Bytes per entry; must equal this version's [`SectionKind::shape`] for a known kind.
     pub entry_size: AtomicU32,
+    /// Byte offset of the section from the start of the region (4096-aligned as created;
+    /// an attacher requires 64-aligned, past the header, inside the file).
     pub offset: AtomicU64,
+    /// Number of entries.
     pub count: AtomicU64,
 }
 
-/// The region header (offset 0).
+/// The region header (offset 0). Written once by the creator before [`Header::magic`] is
+/// published; afterwards only [`Header::join_seq`] changes.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Header {
     /// [`MAGIC`], stored last by the creator (Release); attachers load it with Acquire.
     pub magic: AtomicU64,
+    /// Layout major version ([`MAJOR`]); another value refuses the attach.
     pub major: AtomicU32,
+    /// Layout minor version ([`MINOR`] of the creator); informative only.
     pub minor: AtomicU32,
     /// Total bytes of the region file.
     pub region_len: AtomicU64,
     /// Hash of the cluster config that created the region: every member must run the same one.
     pub config_hash: AtomicU64,
+    /// CLOCK_MONOTONIC ns at which the creator initialised the region (0 for an anonymous one).
     pub created_ns: AtomicU64,
     /// Join order counter: a joining stack takes the next value (fetch_add, AcqRel).
     pub join_seq: AtomicU64,
     /// Cluster name, NUL-padded bytes.
     pub name: [AtomicU64; 4],
+    /// Entries of [`Header::sections`] in use (at most [`MAX_SECTIONS`]).
     pub section_count: AtomicU32,
+    /// Padding to align [`Header::sections`]; zero.
     pub _pad: AtomicU32,
+    /// The section table: where each [`SectionKind`] lives.
     pub sections: [SectionRow; MAX_SECTIONS],
+    /// Room for fields of later minor versions; zero.
     pub _reserved: [AtomicU64; 5],
 }
 
@@ -117,7 +155,9 @@ pub struct Header {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum MemberState {
+    /// Never joined: the whole row is zero.
     Free = 0,
+    /// Joined and renewing its lease (the heartbeat in the word).
     Up = 1,
     /// Declared failed by another stack (lease expired or process gone): fenced.
     Failed = 2,
@@ -126,6 +166,8 @@ pub enum MemberState {
 }
 
 impl MemberState {
+    /// The state of a word's low byte. Unknown values read as `Free`: callers that must tell
+    /// garbage apart check the byte first (as [`check::member`](crate::check) does).
     pub fn from_u8(v: u8) -> MemberState {
         match v {
             1 => MemberState::Up,
@@ -144,18 +186,32 @@ pub struct MemberRow {
     /// declaration are both compare-and-swap on this word, so "renewed" and "declared failed"
     /// are linearised: a stalled stack learns it was fenced when its renewal fails.
     pub word: AtomicU64,
+    /// The full incarnation number, greater at every join of the slot; its low 16 bits are in
+    /// [`MemberRow::word`]. A message or a pidfd names the incarnation it belongs to.
     pub incarnation: AtomicU64,
+    /// Process id of the stack (for `plex ctl` and the pidfd that detects its exit).
     pub pid: AtomicU32,
+    /// Index of the interface the stack runs on.
     pub ifindex: AtomicU32,
+    /// The stack's MAC address in the low 6 bytes (little-endian byte order).
     pub mac: AtomicU64,
+    /// The lease (ms) this member runs with: the config's `lease_ms`; a member whose heartbeat
+    /// is older than this is declared failed.
     pub lease_ms: AtomicU64,
+    /// The value of [`Header::join_seq`] this member took at its join: the tie-break after
+    /// role in the takeover order (earlier joins first).
     pub join_seq: AtomicU64,
+    /// The stack's own IPv4 address (u32 of the octets, big-endian order).
     pub addr: AtomicU32,
+    /// Number of queues the stack polls.
     pub queues: AtomicU32,
     /// CLOCK_MONOTONIC ns at which the member was declared failed (0: never).
     pub failed_ns: AtomicU64,
+    /// Stack name (as in the config), NUL-padded bytes.
     pub name: [AtomicU64; 4],
+    /// Interface name, NUL-padded bytes.
     pub iface: [AtomicU64; 2],
+    /// CLOCK_MONOTONIC ns of the member's last join.
     pub joined_ns: AtomicU64,
     /// (minor 1) Rows this stack has ignored because they failed validation (its counter).
     pub ignored: AtomicU64,
@@ -167,6 +223,7 @@ pub struct MemberRow {
 pub enum DvipaState {
     /// Never activated, or released (a range address after its stack failed).
     Inactive = 0,
+    /// Held by the owner slot, which answers for it.
     Active = 1,
     /// The holder keeps it until its connections end, then gives it to the primary.
     DelayedGiveback = 2,
@@ -177,6 +234,8 @@ pub enum DvipaState {
 }
 
 impl DvipaState {
+    /// The state of an owner word's state byte; unknown values read as `Inactive` (the
+    /// validation in [`check`](crate::check) rejects them first).
     pub fn from_u8(v: u8) -> DvipaState {
         match v {
             1 => DvipaState::Active,
@@ -186,6 +245,7 @@ impl DvipaState {
             _ => DvipaState::Inactive,
         }
     }
+    /// The state's name as `plex ctl` prints it (`delayed-giveback`, ...).
     pub fn name(self) -> &'static str {
         match self {
             DvipaState::Inactive => "inactive",
@@ -201,6 +261,7 @@ impl DvipaState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Origin {
+    /// Not held (inactive or deleted).
     None = 0,
     /// Configured primary/backup: started, taken over or given back.
     Config = 1,
@@ -211,6 +272,8 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The origin of an owner word's origin byte; unknown values read as `None` (the
+    /// validation in [`check`](crate::check) rejects them first).
     pub fn from_u8(v: u8) -> Origin {
         match v {
             1 => Origin::Config,
@@ -219,6 +282,7 @@ impl Origin {
             _ => Origin::None,
         }
     }
+    /// The origin's name as `plex ctl` prints it (`-` for none).
     pub fn name(self) -> &'static str {
         match self {
             Origin::None => "-",
@@ -247,6 +311,7 @@ pub struct DvipaRow {
     pub prefix: AtomicU32,
     /// Connections on the address at its owner (published by the owner every tick).
     pub conns: AtomicU32,
+    /// Padding; zero.
     pub _pad: AtomicU32,
     /// CLOCK_MONOTONIC ns of the last ownership change.
     pub changed_ns: AtomicU64,
@@ -260,6 +325,7 @@ pub struct DvipaRow {
     /// (minor 1) The owner has announced the address (gratuitous ARP sent) for this owner word:
     /// [`announced_mark`] of `owner` and `generation`. `plex ctl dvipa activate` waits for it.
     pub announced: AtomicU64,
+    /// Room for fields of later minor versions; zero.
     pub _reserved: [AtomicU64; 5],
 }
 
@@ -283,10 +349,13 @@ pub const fn ready_mark(owner: u8, generation: u32) -> u64 {
 pub struct RingRow {
     /// Next slot the consumer reads (written by the consumer, Release).
     pub head: AtomicU64,
+    /// Keeps [`RingRow::head`] and [`RingRow::tail`] on separate cache lines.
     pub _pad0: [AtomicU64; 7],
     /// Next slot the producer writes (written by the producer, Release).
     pub tail: AtomicU64,
+    /// Pads the header to two cache lines.
     pub _pad1: [AtomicU64; 7],
+    /// The messages; index `i` of the ring lives in slot `i % RING_SLOTS`.
     pub slots: [MessageSlot; RING_SLOTS],
 }
 
@@ -294,9 +363,11 @@ pub struct RingRow {
 #[repr(C)]
 #[derive(Debug)]
 pub struct MessageSlot {
+    /// Word 0 is the message header, words 1..8 its payload (see [`crate::ring::Message`]).
     pub words: [AtomicU64; 8],
 }
 
+/// Bytes of [`Header`] (512): no section may start before this offset.
 pub const HEADER_SIZE: usize = size_of::<Header>();
 
 // Compile-time checks of the byte map (LAYOUT.md states the same numbers).
@@ -318,7 +389,8 @@ const _: () = {
 };
 
 /// Where each section lives in a region of this version: sections follow the header in
-/// [`SectionKind::ALL`] order, each aligned to 4096 bytes.
+/// [`SectionKind::ALL`] order, each aligned to 4096 bytes. Returns
+/// `(kind, entry size, offset, count)` per section and the total region length in bytes.
 pub fn plan() -> (Vec<(SectionKind, usize, usize, usize)>, usize) {
     let mut off = 4096;
     let mut out = Vec::new();
@@ -330,7 +402,8 @@ pub fn plan() -> (Vec<(SectionKind, usize, usize, usize)>, usize) {
     (out, off)
 }
 
-/// Pack a short name into NUL-padded words.
+/// Pack a short name into `N` NUL-padded little-endian words, as the region stores names;
+/// bytes beyond `N * 8` are cut off.
 pub fn pack_name<const N: usize>(s: &str) -> [u64; N] {
     let mut words = [0u64; N];
     for (i, b) in s.bytes().take(N * 8).enumerate() {
@@ -339,6 +412,8 @@ pub fn pack_name<const N: usize>(s: &str) -> [u64; N] {
     words
 }
 
+/// The name stored by [`pack_name`]: the bytes up to the first NUL, invalid UTF-8 replaced
+/// (the region may hold anything).
 pub fn unpack_name(words: &[u64]) -> String {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).take_while(|b| *b != 0).collect();
     String::from_utf8_lossy(&bytes).into_owned()

@@ -8,10 +8,11 @@
 //! - [`region`]: creating, attaching and validating the mapping (magic, version, section
 //!   table, config hash). The only module here that makes system calls.
 //! - [`ring`]: lock-free single-producer single-consumer message rings, one per ordered pair
-//!   of stacks (the patent's XCF).
+//!   of stacks: the members' signalling path (as XCF is in a z/OS sysplex).
 //! - [`node`]: one stack's membership (incarnation, lease, fencing) and its part of the
-//!   dynamic VIPA protocol of spec/01: activation, takeover, immediate and delayed giveback,
-//!   bind activation inside VIPA ranges.
+//!   dynamic VIPA protocol (addresses of the cluster, each held by one stack at a time):
+//!   activation, takeover, immediate and delayed giveback, bind activation inside VIPA ranges.
+//!   Its module documentation states the protocol.
 //! - [`check`]: validation of every row read from the region (named reasons, counted).
 //! - [`ops`]: read-only views and operator commands for `plex ctl`.
 //! - [`config`]: the cluster config (TOML).
@@ -21,6 +22,8 @@
 //! the whole protocol runs with several stacks in one test process and simulated time.
 //! Reserved sections (distributor tables, port registry, frame rings, handoff records) are
 //! laid out and zeroed for the features that follow.
+
+#![deny(missing_docs)]
 
 pub mod check;
 pub mod config;

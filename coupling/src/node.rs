@@ -1,4 +1,6 @@
-//! One stack's membership in the cluster and its part of the DVIPA protocol (spec/01).
+//! One stack's membership in the cluster and its part of the dynamic VIPA (DVIPA) protocol:
+//! addresses that belong to the cluster rather than to one stack, each held by one stack at a
+//! time and moved to another when its holder fails, returns or is told to by an operator.
 //!
 //! A [`Node`] is driven by its stack's poll loop: [`Node::tick`] every heartbeat interval (and
 //! whenever [`Node::lease_valid`] says the lease is about to lapse), with `now` in
@@ -19,6 +21,13 @@
 //!   holder first deactivates locally (one tick), then CASes the word to the primary, which
 //!   activates when it sees itself as owner. Delayed giveback marks the word and tells the
 //!   primary (a message), which re-registers as backup rank 255.
+//! - A configured DVIPA whose primary has not started is activated by the first live stack of
+//!   its hierarchy once the cluster's `primary_grace_ms` has passed (never, if it is "never").
+//! - Range DVIPAs belong to the application that bound them: an application's bind() of an
+//!   address inside a VIPA range the stack may serve activates it there
+//!   ([`Node::bind_activate`]) unless another live stack holds it. They are not taken over:
+//!   when their stack fails or leaves they go back to inactive, and the next bind (on any
+//!   allowed stack) activates them again. `plex ctl` can also activate or move them.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -33,7 +42,7 @@ use crate::ring::{Consumer, Message, Producer};
 use crate::words::{MemberWord, OwnerWord};
 
 /// Message kinds on the rings.
-pub mod msg {
+pub(crate) mod msg {
     /// `payload[0]` = DVIPA row index: the holder keeps the address until its connections end.
     pub const DELAYED_GIVEBACK: u16 = 1;
 }
@@ -48,6 +57,7 @@ pub enum RowRef {
 }
 
 impl RowRef {
+    /// The row in `region`. Panics if the index is outside its table.
     pub fn of(self, region: &Region) -> &DvipaRow {
         match self {
             RowRef::Config(i) => &region.dvipas()[i],
@@ -62,7 +72,7 @@ pub fn member_up(region: &Region, cfg: &ClusterConfig, slot: u8, now: u64) -> bo
 }
 
 /// Change a DVIPA's owner word from `cur` to `next` (one CAS), recording when and counting it.
-pub fn cas_owner(row: &DvipaRow, cur: OwnerWord, next: OwnerWord, now: u64) -> bool {
+pub(crate) fn cas_owner(row: &DvipaRow, cur: OwnerWord, next: OwnerWord, now: u64) -> bool {
     let ok = row.owner.compare_exchange(cur.pack(), next.pack(), Ordering::AcqRel, Ordering::Acquire).is_ok();
     if ok {
         row.changed_ns.store(now, Ordering::Relaxed);
@@ -71,13 +81,29 @@ pub fn cas_owner(row: &DvipaRow, cur: OwnerWord, next: OwnerWord, now: u64) -> b
     ok
 }
 
-/// What the stack must do.
+/// What the stack must do, returned by [`Node::tick`] and [`Node::leave`]; the caller applies
+/// every action before the node's next tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Add to the home list and the steering map, then announce (gratuitous ARP).
-    Activate { addr: Ipv4Addr, prefix: u8, why: &'static str },
+    /// Add to the home list and the steering map, then announce (gratuitous ARP) and report it
+    /// with [`Node::announced`].
+    Activate {
+        /// The DVIPA now held here.
+        addr: Ipv4Addr,
+        /// Prefix length to add it with.
+        prefix: u8,
+        /// Why, for the stack's log.
+        why: &'static str,
+    },
     /// Remove from the steering map and the home list, at once.
-    Deactivate { addr: Ipv4Addr, connections: Departure, why: &'static str },
+    Deactivate {
+        /// The address no longer held here.
+        addr: Ipv4Addr,
+        /// What to do with its connections.
+        connections: Departure,
+        /// Why, for the stack's log.
+        why: &'static str,
+    },
 }
 
 /// What happens to connections on an address that leaves (mirrors the stack's own enum;
@@ -90,12 +116,20 @@ pub enum Departure {
     Silent,
 }
 
+/// Why [`Node::join`] failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinError {
+    /// The cluster config has no stack of this name.
     UnknownStack(String),
+    /// The region is mapped read-only.
     ReadOnly,
     /// Another live process runs this stack.
-    AlreadyRunning { name: String, pid: u32 },
+    AlreadyRunning {
+        /// The stack's name.
+        name: String,
+        /// The process that holds its member slot with an unexpired lease.
+        pid: u32,
+    },
 }
 
 impl std::fmt::Display for JoinError {
@@ -116,7 +150,12 @@ pub enum BindError {
     /// Outside every VIPA range this stack may activate.
     NotInRange(Ipv4Addr),
     /// Active on another live stack.
-    InUse { addr: Ipv4Addr, stack: String },
+    InUse {
+        /// The address asked for.
+        addr: Ipv4Addr,
+        /// The name of the stack holding it.
+        stack: String,
+    },
     /// The range table is full.
     TableFull,
     /// This stack is fenced (its lease lapsed): it may not take addresses now.
@@ -142,24 +181,41 @@ impl std::fmt::Display for BindError {
 
 impl std::error::Error for BindError {}
 
-/// Who this stack is, published in its member slot.
+/// Who this stack is, published in its member slot (name, address and lease come from the
+/// config).
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
+    /// This process's id: other members watch it (pidfd) to declare the stack failed when it
+    /// exits, and a join refuses a slot whose live holder has another pid.
     pub pid: u32,
+    /// The interface's MAC address.
     pub mac: [u8; 6],
+    /// The interface's index.
     pub ifindex: u32,
 }
 
+/// Counters of one node, since it was created (across rejoins). Only the node writes them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStats {
+    /// Calls of [`Node::tick`] (including those after the node detached).
     pub ticks: u64,
+    /// Configured DVIPAs this node took over from a failed stack.
     pub takeovers: u64,
+    /// Addresses this node handed back to their primary (the owner word CAS won).
     pub givebacks: u64,
+    /// Givebacks this node delayed because it had connections on the address.
     pub delayed_givebacks: u64,
+    /// Members this node declared failed (lease expired, process gone, or row unreadable for
+    /// a lease), counting only the declarations whose CAS won.
     pub declared_failed: u64,
+    /// Times this node found itself declared failed when it renewed its lease (it dropped every
+    /// address and rejoined with a new incarnation).
     pub fenced: u64,
+    /// Messages read from the rings (valid or not).
     pub messages_in: u64,
+    /// Messages sent.
     pub messages_out: u64,
+    /// Messages not sent because the receiver's ring was full.
     pub messages_dropped: u64,
     /// Rows repaired after they failed validation (our own member row, owner words we hold).
     pub repaired: u64,
@@ -170,6 +226,7 @@ pub struct NodeStats {
 /// What this stack knows of another member, from the rows it validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Live {
+    /// Validated and up (this stack itself always is).
     Up,
     /// Validated and not up (failed, left, free).
     Down,
@@ -195,6 +252,9 @@ struct Release {
     giveback: bool,
 }
 
+/// One stack's member of the cluster: its slot and incarnation, its lease, the DVIPAs it holds
+/// and what it has seen of the others. Created by [`Node::join`]; driven by [`Node::tick`].
+/// Owned by the stack's poll thread (one node per stack process).
 #[derive(Debug)]
 pub struct Node {
     region: Arc<Region>,
@@ -208,6 +268,7 @@ pub struct Node {
     lease_until: u64,
     local: BTreeMap<Ipv4Addr, Local>,
     releasing: Vec<Release>,
+    /// The node's counters.
     pub stats: NodeStats,
     /// Rows ignored, per reason.
     pub invalid: InvalidCounts,
@@ -375,18 +436,23 @@ impl Node {
         }
     }
 
+    /// This stack's member slot (its index in the cluster config).
     pub fn slot(&self) -> usize {
         self.slot
     }
+    /// This stack's name in the cluster config.
     pub fn name(&self) -> &str {
         &self.cfg.stacks[self.slot].name
     }
+    /// The current incarnation (new at every join and rejoin after fencing).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
+    /// The cluster config the node was joined with.
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
     }
+    /// The region the node was joined to (the node reads it no more once it has detached).
     pub fn region(&self) -> &Arc<Region> {
         &self.region
     }
@@ -919,7 +985,9 @@ impl Node {
                     return;
                 }
                 // A backup activates a DVIPA whose primary has not started only after the
-                // configured grace (spec/01, 1), and only the first live stack of its hierarchy.
+                // configured grace (`primary_grace_ms`: a cluster started in any order does not
+                // move an address it would give back a moment later), and only the first live
+                // stack of its hierarchy.
                 let Some(grace) = self.cfg.primary_grace_ms else { return };
                 if !self.is_down(d.primary as u8) {
                     self.absent_since.remove(&i);
@@ -1002,7 +1070,9 @@ impl Node {
                             }
                         }
                     }
-                    // A range address is not moved: its bind status is cleared (spec/01, 4).
+                    // A range address is not moved: it belongs to the application that bound it
+                    // on the failed stack, so its bind status is cleared (inactive) and the next
+                    // bind inside the range activates it again.
                     RowRef::Range(_) => {
                         let next = w.next(NO_SLOT, w.owner, DvipaState::Inactive, Origin::None);
                         if self.cas(r, raw, next, now) {
@@ -1049,8 +1119,9 @@ impl Node {
     }
 
     /// An application binds `addr`: activate it here if it lies in one of this stack's VIPA
-    /// ranges and no other live stack holds it (spec/01, 4). On success the caller adds the
-    /// address to the stack (the returned prefix) and announces it.
+    /// ranges and no other live stack holds it (a holder whose row shows it failed or left does
+    /// not count: the address is taken from it). On success the caller adds the address to the stack
+    /// (the returned prefix) and announces it.
     pub fn bind_activate(&mut self, now: u64, addr: Ipv4Addr) -> Result<u8, BindError> {
         if self.detached.is_some() {
             return Err(BindError::Detached);
@@ -1125,16 +1196,16 @@ impl Node {
     }
 }
 
-/// Find the range row of `addr`, claiming a free one if none (open addressing, linear probe
-/// from a hash of the address). Racing claimers of one address probe the same sequence, so
-/// they meet on the same row.
 /// The order range rows are probed in for `key` (LAYOUT.md: from `(addr * 0x9e3779b1) >> 24`).
 fn probe(key: u32, len: usize) -> impl Iterator<Item = usize> {
     let start = (key.wrapping_mul(0x9e37_79b1) >> 24) as usize % len;
     (0..len).map(move |k| (start + k) % len)
 }
 
-pub fn claim_range_row(region: &Region, addr: Ipv4Addr, prefix: u8) -> Option<usize> {
+/// Find the range row of `addr`, claiming a free one if none (open addressing, linear probe
+/// from a hash of the address): `None` when the table is full. Racing claimers of one address
+/// probe the same sequence, so they meet on the same row.
+pub(crate) fn claim_range_row(region: &Region, addr: Ipv4Addr, prefix: u8) -> Option<usize> {
     let rows = region.range_dvipas();
     let key = u32::from(addr);
     for i in probe(key, rows.len()) {

@@ -13,19 +13,31 @@ use crate::node::{cas_owner, claim_range_row, find_range_row, hierarchy, member_
 use crate::region::Region;
 use crate::words::{MemberWord, OwnerWord};
 
+/// One member row as `plex ctl show members` prints it: the row's fields as read, whether or
+/// not they validate (see [`MemberView::invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
+    /// The member slot (index of the stack in the config).
     pub slot: usize,
+    /// Stack name from the row (`#<slot>` when the row has none).
     pub name: String,
+    /// State from the member word.
     pub state: MemberState,
+    /// Full incarnation number.
     pub incarnation: u64,
+    /// Process id of the stack.
     pub pid: u32,
+    /// The stack's MAC address.
     pub mac: [u8; 6],
+    /// Interface name.
     pub iface: String,
+    /// The stack's own address.
     pub addr: Ipv4Addr,
     /// Milliseconds since the last heartbeat.
     pub heartbeat_age_ms: u64,
+    /// The lease the member runs with (ms).
     pub lease_ms: u64,
+    /// The member's place in the join order.
     pub join_seq: u64,
     /// The row fails validation (shown, never trusted).
     pub invalid: Option<Invalid>,
@@ -33,17 +45,30 @@ pub struct MemberView {
     pub ignored: u64,
 }
 
+/// One DVIPA as `plex ctl show dvipas` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DvipaView {
+    /// The address.
     pub addr: Ipv4Addr,
+    /// Its prefix length (the config's for a configured DVIPA, the row's for a range one).
     pub prefix: u8,
+    /// A configured (primary/backup) DVIPA; false for a range address.
     pub configured: bool,
+    /// Name of the stack holding it; `None` when nobody holds it or the owner word fails
+    /// validation.
     pub owner: Option<String>,
+    /// State from the owner word (as unpacked even when it fails validation).
     pub state: DvipaState,
+    /// Origin from the owner word.
     pub origin: Origin,
+    /// Names of the live stacks that may hold a configured DVIPA, in takeover order (the
+    /// holder first); empty for a range address.
     pub hierarchy: Vec<String>,
+    /// Connections on it at its holder (0 when not held).
     pub conns: u32,
+    /// Generation of the owner word.
     pub generation: u32,
+    /// Ownership changes since the region was created.
     pub moves: u64,
     /// The owner word fails validation.
     pub invalid: Option<Invalid>,
@@ -60,6 +85,8 @@ fn member_name(region: &Region, slot: u8) -> String {
     }
 }
 
+/// Every member row that is not free, and every row that fails validation, in slot order.
+/// `now` in CLOCK_MONOTONIC ns (for heartbeat ages and the validation).
 pub fn members(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<MemberView> {
     region
         .members()
@@ -172,6 +199,7 @@ pub fn invalid_rows(region: &Region, cfg: &ClusterConfig, now: u64) -> InvalidCo
     c
 }
 
+/// Why a `plex ctl` command was refused, in words for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CtlError(pub String);
 

@@ -39,23 +39,75 @@ use crate::layout::*;
 /// Why a region could not be created or attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegionError {
+    /// No file at the path (no stack of the cluster has created it).
     NotFound(PathBuf),
+    /// The file exists but this process may not open it (`EACCES`/`EPERM`).
     PermissionDenied(PathBuf),
     /// Shorter than its header or its section table says.
-    Truncated { path: PathBuf, len: u64, need: u64 },
+    Truncated {
+        /// The region file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+        /// Bytes the header or section table requires.
+        need: u64,
+    },
     /// Not a coupling region (wrong magic).
     Foreign(PathBuf),
     /// A layout of another major version.
-    Version { path: PathBuf, major: u32, minor: u32 },
+    Version {
+        /// The region file.
+        path: PathBuf,
+        /// Its layout major version.
+        major: u32,
+        /// Its layout minor version.
+        minor: u32,
+    },
     /// The section table is inconsistent with this version's layout.
-    BadSection { path: PathBuf, kind: u32, reason: &'static str },
+    BadSection {
+        /// The region file.
+        path: PathBuf,
+        /// The section kind at fault (as stored).
+        kind: u32,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Created for another cluster config.
-    ConfigMismatch { path: PathBuf, region: u64, ours: u64, cluster: String },
+    ConfigMismatch {
+        /// The region file.
+        path: PathBuf,
+        /// The config hash in the region header.
+        region: u64,
+        /// The hash of this stack's config.
+        ours: u64,
+        /// This stack's cluster name.
+        cluster: String,
+    },
     /// Owned by another uid than this stack's (a squatter, or another user's cluster).
-    Owner { path: PathBuf, owner: u32, ours: u32 },
+    Owner {
+        /// The region file.
+        path: PathBuf,
+        /// The file's owner uid.
+        owner: u32,
+        /// This process's effective uid.
+        ours: u32,
+    },
     /// Readable or writable by others than its owner.
-    Mode { path: PathBuf, mode: u32 },
-    Io { path: PathBuf, what: &'static str, err: String },
+    Mode {
+        /// The region file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Another system call failed (or a region could not be published).
+    Io {
+        /// The file the call was about (the region, its lock file or its temporary file).
+        path: PathBuf,
+        /// What was being done (`opening`, `mapping`, ...).
+        what: &'static str,
+        /// The error as text.
+        err: String,
+    },
 }
 
 impl std::fmt::Display for RegionError {
@@ -83,7 +135,12 @@ pub enum RegionFault {
     /// An access faulted (SIGBUS: a page past the end of the file); the mapping now reads zeros.
     Faulted,
     /// The file is shorter than the mapping.
-    Truncated { len: u64, mapped: u64 },
+    Truncated {
+        /// The file's length now (bytes).
+        len: u64,
+        /// Bytes mapped.
+        mapped: u64,
+    },
     /// The path names no file any more.
     Removed,
     /// The path names another file (a new region was created in its place).
@@ -205,7 +262,9 @@ enum Memory {
     Heap(Box<[AtomicU64]>),
 }
 
-/// A mapped coupling region.
+/// A mapped coupling region (or an anonymous one on the heap). All access to the shared
+/// memory goes through the row types of [`layout`](crate::layout), which are atomics; the
+/// accessors return rows borrowed from the handle, and dropping it unmaps the region.
 pub struct Region {
     mem: Memory,
     writable: bool,
@@ -254,13 +313,17 @@ impl Region {
     /// Attach to the cluster's region at `path`, creating it if no stack has yet. A stack
     /// attaches only to a region its own effective uid owns, with mode 0600. A stale region
     /// (bad magic, truncated, bad section table: a region file is published complete, so no
-    /// live cluster leaves one like that) owned by this uid is replaced; `replaced` is then
-    /// `Some(why)` for the caller to log.
+    /// live cluster leaves one like that) owned by this uid is replaced (see
+    /// [`Region::create_or_attach_logged`] to learn that it was). `config_hash` is
+    /// [`ClusterConfig::hash`](crate::ClusterConfig::hash): an existing region of another
+    /// config is refused ([`RegionError::ConfigMismatch`]); `now_ns` (CLOCK_MONOTONIC) is
+    /// recorded as the creation time if this call creates it.
     pub fn create_or_attach(path: &Path, cluster: &str, config_hash: u64, now_ns: u64) -> Result<Region, RegionError> {
         Region::create_or_attach_logged(path, cluster, config_hash, now_ns).map(|(r, _)| r)
     }
 
-    /// [`Region::create_or_attach`], also saying whether (and why) a stale region was replaced.
+    /// [`Region::create_or_attach`], also saying whether (and why) a stale region was replaced:
+    /// `Some(why)`, the error the stale file gave, for the caller to log.
     pub fn create_or_attach_logged(
         path: &Path,
         cluster: &str,
@@ -341,6 +404,10 @@ impl Region {
     }
 
     /// Attach to an existing region (`writable: false` maps it read-only, for `plex ctl show`).
+    /// It validates the layout (magic, major version, length, section table) but, unlike
+    /// [`Region::create_or_attach`], checks neither owner, mode nor config hash: who may act on
+    /// the region is the caller's decision (`plex ctl` checks privilege with
+    /// [`Region::owner_uid`]).
     pub fn attach(path: &Path, writable: bool) -> Result<Region, RegionError> {
         let flags = if writable { OFlags::RDWR } else { OFlags::RDONLY };
         let fd = rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty()).map_err(io(path, "opening"))?;
@@ -387,6 +454,7 @@ impl Region {
         }
     }
 
+    /// Bytes mapped (the file's length at attach).
     pub fn len(&self) -> usize {
         match &self.mem {
             Memory::Mapped { len, .. } => *len,
@@ -394,18 +462,23 @@ impl Region {
         }
     }
 
+    /// Never true for a region that was attached or created (at least 4096 bytes); present for
+    /// symmetry with [`Region::len`].
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The region file's path; `None` for an anonymous region.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
 
+    /// Mapped read-write (a stack, a privileged `plex ctl`); false for a read-only view.
     pub fn writable(&self) -> bool {
         self.writable
     }
 
+    /// The region header (offset 0).
     pub fn header(&self) -> &Header {
         // SAFETY: every region is at least 4096 bytes (checked at attach, by construction
         // otherwise) and page- or 8-aligned; `Header` is 512 bytes of atomics, valid for any
@@ -424,16 +497,21 @@ impl Region {
         unsafe { std::slice::from_raw_parts(self.base().add(off).cast::<T>(), count) }
     }
 
+    /// The member rows, indexed by stack slot.
     pub fn members(&self) -> &[MemberRow] {
         self.rows(SectionKind::Members)
     }
+    /// The configured DVIPA rows, indexed like the config's `[[dvipa]]` list (rows past it
+    /// stay zero).
     pub fn dvipas(&self) -> &[DvipaRow] {
         self.rows(SectionKind::Dvipas)
     }
+    /// The range DVIPA table (open addressing by address; address 0 = a free row).
     pub fn range_dvipas(&self) -> &[DvipaRow] {
         self.rows(SectionKind::RangeDvipas)
     }
-    /// The ring carrying messages from stack slot `from` to stack slot `to`.
+    /// The ring carrying messages from stack slot `from` to stack slot `to`; `None` when the
+    /// pair is outside the ring table (`from` and `to` must be below [`MAX_STACKS`]).
     pub fn ring(&self, from: usize, to: usize) -> Option<&RingRow> {
         self.rows::<RingRow>(SectionKind::MessageRings).get(from * MAX_STACKS + to)
     }
@@ -570,6 +648,7 @@ impl Region {
         }
     }
 
+    /// The cluster name from the header (as the creator wrote it; lossy for non-UTF-8 bytes).
     pub fn cluster_name(&self) -> String {
         let w: Vec<u64> = self.header().name.iter().map(|w| w.load(Ordering::Relaxed)).collect();
         unpack_name(&w)

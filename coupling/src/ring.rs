@@ -1,5 +1,6 @@
-//! Message rings between stacks (the patent's XCF): one single-producer single-consumer ring
-//! per ordered pair of stacks, in the coupling region.
+//! Message rings between stacks (the signalling path between members, as XCF is between the
+//! systems of a z/OS sysplex): one single-producer single-consumer ring per ordered pair of
+//! stacks, in the coupling region.
 //!
 //! SPSC per pair rather than one multi-producer ring per receiver: a producer that dies
 //! between claiming and publishing a slot would block a shared ring for everyone; here it can
@@ -18,12 +19,20 @@ use crate::layout::{RingRow, RING_SLOTS};
 /// Payload words per message.
 pub const PAYLOAD_WORDS: usize = 7;
 
-/// A message between stacks.
+/// A message between stacks, as it travels in one [`MessageSlot`](crate::layout::MessageSlot):
+/// word 0 is `kind:16 | from_slot:8 | _:8 | from_incarnation:32`, words 1..8 the payload.
+/// The ring carries whatever the producer wrote: a receiver validates kind and sender before
+/// acting on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message {
+    /// What the message says; the kinds are defined by the node's protocol (1: delayed
+    /// giveback).
     pub kind: u16,
+    /// Slot of the sending stack.
     pub from_slot: u8,
+    /// Low 32 bits of the sender's incarnation when it sent the message.
     pub from_incarnation: u32,
+    /// Kind-specific payload.
     pub payload: [u64; PAYLOAD_WORDS],
 }
 
@@ -50,10 +59,15 @@ pub struct Consumer<'a> {
 }
 
 impl<'a> Producer<'a> {
+    /// The producer side of `ring`. The caller guarantees it is the ring's only producer:
+    /// the stack in the ring's `from` slot.
     pub fn new(ring: &'a RingRow) -> Self {
         Producer { ring }
     }
 
+    /// Append `m`, publishing it to the consumer (Release). `Err(Full)` when [`RING_SLOTS`]
+    /// messages are unread; nothing is written then, the message is the caller's to drop or
+    /// retry. Never blocks.
     pub fn push(&self, m: &Message) -> Result<(), Full> {
         let tail = self.ring.tail.load(Ordering::Relaxed);
         let head = self.ring.head.load(Ordering::Acquire);
@@ -69,20 +83,27 @@ impl<'a> Producer<'a> {
         Ok(())
     }
 
+    /// Messages pushed and not yet popped (a snapshot: the consumer may pop meanwhile).
     pub fn len(&self) -> usize {
         self.ring.tail.load(Ordering::Relaxed).wrapping_sub(self.ring.head.load(Ordering::Acquire)) as usize
     }
 
+    /// The consumer has read everything pushed (a snapshot, as [`Producer::len`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 impl<'a> Consumer<'a> {
+    /// The consumer side of `ring`. The caller guarantees it is the ring's only consumer:
+    /// the stack in the ring's `to` slot.
     pub fn new(ring: &'a RingRow) -> Self {
         Consumer { ring }
     }
 
+    /// The oldest unread message, freeing its slot; `None` when the ring is empty. A ring whose
+    /// indices claim more than [`RING_SLOTS`] unread messages (a corrupt or foreign `tail`)
+    /// is emptied instead, and `None` returned: nothing is read from it as a message.
     pub fn pop(&self) -> Option<Message> {
         let head = self.ring.head.load(Ordering::Relaxed);
         let tail = self.ring.tail.load(Ordering::Acquire);

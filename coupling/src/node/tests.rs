@@ -1,5 +1,8 @@
-//! The DVIPA protocol with several stacks in one process: the seed's worked examples as
-//! fixtures, and the races of spec/01. Time is simulated (ns); nothing sleeps.
+//! The DVIPA protocol with several stacks in one process: worked examples as fixtures (four
+//! stacks sharing eight DVIPAs with primaries and ranked backups, five stacks losing one), and
+//! the protocol's races (a stalled owner resuming after its takeover, a backup or a primary
+//! dying mid-move, two stacks binding one address at once). Time is simulated (ns); nothing
+//! sleeps.
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,7 +131,8 @@ fn dvipa(addr: &str, primary: &str, backups: &[(&str, u8)]) -> String {
     format!("[[dvipa]]\naddress = \"{addr}/24\"\nprimary = \"{primary}\"\nbackups = [{}]\n", b.join(", "))
 }
 
-// The seed's four-stack example (spec/01).
+// A four-stack example: every stack is the primary of two DVIPAs, with one or two ranked
+// backups each, so the takeover order differs per address.
 const V: [&str; 9] = ["", "198.18.0.101", "198.18.0.102", "198.18.0.103", "198.18.0.104", "198.18.0.105", "198.18.0.106", "198.18.0.107", "198.18.0.108"];
 
 fn four_stacks() -> Harness {
@@ -614,8 +618,8 @@ fn an_unreadable_member_row_is_not_a_failure_until_a_lease_passes() {
     assert!(out.iter().all(|a| matches!(a, Action::Deactivate { .. })));
 }
 
-/// spec/01, 1 with `primary_grace_ms` (default 3000): the first live backup activates a DVIPA
-/// whose primary never started, after the grace, and gives it back when the primary starts.
+/// `primary_grace_ms` (default 3000): the first live backup activates a DVIPA whose primary
+/// never started, after the grace, and gives it back when the primary starts.
 #[test]
 fn a_dvipa_whose_primary_never_started_is_activated_after_the_grace() {
     let mut h = three();
