@@ -29,7 +29,10 @@ pub enum InboundRoute {
     /// Process it in this stack.
     Local,
     /// Another stack owns the connection: hand the frame over (distributor forwarding).
-    Forward { stack: u32 },
+    Forward {
+        /// The cluster's number for the stack that owns it (its member slot).
+        stack: u32,
+    },
     /// Nobody may take it (e.g. the address is being moved): drop.
     Drop,
 }

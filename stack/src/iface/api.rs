@@ -68,6 +68,8 @@ impl Stack {
         self.tcp_connect_with(now, local_ip, remote, &cfg)
     }
 
+    /// [`Stack::tcp_connect`] with a TCP config of its own (buffers, congestion control,
+    /// options) instead of the stack's.
     pub fn tcp_connect_with(
         &mut self,
         now: Instant,
@@ -107,14 +109,19 @@ impl Stack {
         Ok(h)
     }
 
+    /// Queue `data` for sending; how many bytes were taken (fewer when the send buffer fills,
+    /// [`ApiError::WouldBlock`] when none fit: wait for `Writable`).
     pub fn tcp_send(&mut self, _now: Instant, h: SocketHandle, data: &[u8]) -> Result<usize, ApiError> {
         self.with_tcp(h, |c| c.send(data))?.map_err(ApiError::from)
     }
 
+    /// Read received bytes into `buf`; how many (0 at end of stream, after the peer's FIN;
+    /// [`ApiError::WouldBlock`] when nothing is there yet: wait for `Readable`).
     pub fn tcp_recv(&mut self, _now: Instant, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
         self.with_tcp(h, |c| c.recv(buf))?.map_err(ApiError::from)
     }
 
+    /// As [`Stack::tcp_recv`], without consuming what it copies.
     pub fn tcp_peek(&self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, ApiError> {
         match self.socket(h) {
             Some(Socket::Tcp(t)) => t.conn.peek(buf).map_err(ApiError::from),
@@ -128,6 +135,8 @@ impl Stack {
         self.with_tcp(h, |c| c.shutdown())
     }
 
+    /// Abort the connection: a RST to the peer, and the connection is closed at once
+    /// (RFC 9293 3.10.5, ABORT).
     pub fn tcp_abort(&mut self, _now: Instant, h: SocketHandle) -> Result<(), ApiError> {
         self.with_tcp(h, |c| c.abort())
     }
@@ -176,7 +185,8 @@ impl Stack {
         Ok(())
     }
 
-    /// Serialize an established connection for handoff (spec/04) and detach it silently: no
+    /// Serialize an established connection for a live handoff to another stack and detach it
+    /// silently (the cluster hears it moved away; its port goes with it): no
     /// FIN, no RST, no timers; the handle becomes invalid. Frames for it that still arrive here
     /// must be forwarded by the cluster layer (or they draw a RST as for any unknown tuple).
     pub fn tcp_snapshot(
@@ -217,6 +227,8 @@ impl Stack {
 
     // UDP ------------------------------------------------------------------------------------
 
+    /// A UDP socket on `local` (unspecified address: every local address; port 0: an
+    /// ephemeral port is chosen).
     pub fn udp_bind(&mut self, local: SocketAddrV4) -> Result<SocketHandle, ApiError> {
         if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
             return Err(ApiError::AddrNotAvailable);
@@ -244,6 +256,7 @@ impl Stack {
         Ok(h)
     }
 
+    /// The address a UDP socket is bound to (its port chosen, if it was 0).
     pub fn udp_local_addr(&self, h: SocketHandle) -> Option<SocketAddrV4> {
         match self.socket(h) {
             Some(Socket::Udp(u)) => Some(u.local),
@@ -251,6 +264,8 @@ impl Stack {
         }
     }
 
+    /// Queue one datagram for `dst`; larger than the MTU, it leaves in IPv4 fragments.
+    /// [`ApiError::WouldBlock`]: the socket's send queue is full (the datagram is not sent).
     pub fn udp_send_to(
         &mut self,
         _now: Instant,
@@ -277,6 +292,8 @@ impl Stack {
         Ok(data.len())
     }
 
+    /// The oldest datagram received, copied into `buf` (truncated to it, as `recvfrom`), and
+    /// its sender; [`ApiError::WouldBlock`] when none is queued.
     pub fn udp_recv_from(
         &mut self,
         h: SocketHandle,

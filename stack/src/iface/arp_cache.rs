@@ -91,6 +91,7 @@ pub enum NeighbourAction {
     Failed,
 }
 
+/// The neighbour cache of one interface: an entry per next hop, in a NUD state.
 #[derive(Debug, Clone)]
 pub struct NeighbourCache {
     entries: Map<Ipv4Addr, Entry>,
@@ -120,6 +121,7 @@ pub type ArpCache = NeighbourCache;
 /// What a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
+    /// Send to this MAC.
     Found(MacAddr),
     /// Unknown: send an ARP request now (the entry is INCOMPLETE).
     Request,
@@ -283,10 +285,12 @@ impl NeighbourCache {
         }
     }
 
+    /// A resolution of `ip` is in progress (INCOMPLETE).
     pub fn is_pending(&self, ip: Ipv4Addr) -> bool {
         self.state(ip) == Some(NudState::Incomplete)
     }
 
+    /// When [`NeighbourCache::due`] must next be called (possibly early, never late).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_due
     }
@@ -335,9 +339,11 @@ impl NeighbourCache {
         self.next_due = next;
     }
 
+    /// Entries, in any state.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+    /// No entry.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

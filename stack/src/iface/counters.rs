@@ -7,10 +7,12 @@ macro_rules! drop_reasons {
         /// Why a frame was dropped. Every drop is counted under exactly one reason.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(usize)]
-        pub enum DropReason { $($name,)* }
+        pub enum DropReason { $(#[doc = concat!("Counted as `", $text, "`.")] $name,)* }
 
         impl DropReason {
+            /// Every reason, in counter order.
             pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// How many reasons there are (the length of [`IfaceCounters::drops`]).
             pub const COUNT: usize = Self::ALL.len();
             /// A stable, human-readable name (used by `plex ctl` and the counters dump).
             pub fn name(self) -> &'static str {
@@ -77,6 +79,7 @@ impl DropReason {
             _ => DropReason::IpBadLength,
         }
     }
+    /// The reason for a TCP segment that failed to parse with `e`.
     pub fn tcp(e: wire::Error) -> DropReason {
         match e {
             wire::Error::BadChecksum => DropReason::TcpBadChecksum,
@@ -85,12 +88,14 @@ impl DropReason {
             _ => DropReason::TcpMalformed,
         }
     }
+    /// The reason for a UDP datagram that failed to parse with `e`.
     pub fn udp(e: wire::Error) -> DropReason {
         match e {
             wire::Error::BadChecksum => DropReason::UdpBadChecksum,
             _ => DropReason::UdpMalformed,
         }
     }
+    /// The reason for an ICMP message that failed to parse with `e`.
     pub fn icmp(e: wire::Error) -> DropReason {
         match e {
             wire::Error::BadChecksum => DropReason::IcmpBadChecksum,
@@ -100,14 +105,22 @@ impl DropReason {
     }
 }
 
-/// Counters of one interface.
+/// Counters of one interface, since it was created. Frames and bytes count whole Ethernet
+/// frames (without FCS); the `_in`/`_out` counters count what was parsed or built at that
+/// layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IfaceCounters {
+    /// Frames given to [`super::Stack::receive`].
     pub rx_frames: u64,
+    /// Their bytes.
     pub rx_bytes: u64,
+    /// Frames [`super::Stack::poll_transmit`] produced.
     pub tx_frames: u64,
+    /// Their bytes.
     pub tx_bytes: u64,
+    /// ARP requests received (for anyone).
     pub arp_requests_in: u64,
+    /// ARP replies received.
     pub arp_replies_in: u64,
     /// ARP packets whose changed MAC was refused within the cache's locktime.
     pub arp_changes_locked: u64,
@@ -115,21 +128,33 @@ pub struct IfaceCounters {
     pub cluster_events_lost: u64,
     /// TCP segments the cluster routed to another stack ([`super::Received::Forward`]).
     pub tcp_forwarded: u64,
+    /// ARP requests sent (resolution and NUD probes).
     pub arp_requests_out: u64,
+    /// ARP replies sent (for our addresses that are not internal).
     pub arp_replies_out: u64,
+    /// Gratuitous ARPs sent ([`super::Stack::announce`]; two per announcement).
     pub gratuitous_arp_out: u64,
+    /// ICMP echo requests received for our addresses.
     pub icmp_echo_in: u64,
+    /// ICMP echo replies sent.
     pub icmp_echo_out: u64,
+    /// ICMP destination-unreachable messages received.
     pub icmp_unreachable_in: u64,
+    /// ICMP destination-unreachable messages sent (port unreachable).
     pub icmp_unreachable_out: u64,
+    /// TCP segments that parsed (checksum included).
     pub tcp_segs_in: u64,
+    /// RSTs sent for segments no connection owns (RFC 9293 3.10.7.1).
     pub tcp_rst_out: u64,
+    /// Connections completed by a valid SYN cookie (RFC 4987 3.6).
     pub tcp_syn_cookies_ok: u64,
     /// RSTs for unowned segments suppressed by `StackConfig::rst_limit`.
     pub tcp_rst_rate_limited: u64,
     /// ICMP errors suppressed by `StackConfig::icmp_error_limit`.
     pub icmp_errors_rate_limited: u64,
+    /// UDP datagrams that parsed (whole, after reassembly).
     pub udp_datagrams_in: u64,
+    /// UDP datagrams sent (a fragmented one once).
     pub udp_datagrams_out: u64,
     // IPv4 fragments and reassembly.
     /// Fragments received (each is then held, completes a datagram, or is dropped).
@@ -144,6 +169,7 @@ pub struct IfaceCounters {
     pub icmp_time_exceeded_out: u64,
     /// Fragments sent (of ICMP echo replies and UDP datagrams larger than the MTU).
     pub ip_frags_out: u64,
+    /// Dropped frames, indexed by [`DropReason`] (`drops[r as usize]`).
     pub drops: [u64; DropReason::COUNT],
 }
 
@@ -185,12 +211,15 @@ impl Default for IfaceCounters {
 }
 
 impl IfaceCounters {
+    /// Count one drop under `r`.
     pub fn drop(&mut self, r: DropReason) {
         self.drops[r as usize] += 1;
     }
+    /// Drops counted under `r`.
     pub fn dropped(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
     }
+    /// Drops under every reason.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }

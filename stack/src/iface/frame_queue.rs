@@ -3,6 +3,7 @@
 //! the frame when the cause is known avoids keeping the cause around; the slots are allocated
 //! once, so queueing allocates nothing.
 
+/// Ready-made frames, oldest first, in `slots` slots of `slot_size` bytes each.
 #[derive(Debug, Clone)]
 pub struct FrameQueue {
     slots: Box<[u8]>,
@@ -13,6 +14,7 @@ pub struct FrameQueue {
 }
 
 impl FrameQueue {
+    /// `slots` slots of `slot_size` bytes, allocated now.
     pub fn new(slots: usize, slot_size: usize) -> FrameQueue {
         FrameQueue {
             slots: vec![0u8; slots * slot_size].into_boxed_slice(),
@@ -23,9 +25,11 @@ impl FrameQueue {
         }
     }
 
+    /// Frames queued.
     pub fn len(&self) -> usize {
         self.count
     }
+    /// No frame queued.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
@@ -33,6 +37,7 @@ impl FrameQueue {
     pub fn free(&self) -> usize {
         self.lens.len() - self.count
     }
+    /// The largest frame a slot holds, in bytes.
     pub fn slot_size(&self) -> usize {
         self.slot_size
     }

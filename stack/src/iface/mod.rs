@@ -93,7 +93,10 @@ pub enum Received {
     Dropped(DropReason),
     /// A segment of a connection another stack of the cluster owns: the caller hands the
     /// frame, unchanged, to stack `stack` ([`crate::cluster::InboundRoute::Forward`]).
-    Forward { stack: u32 },
+    Forward {
+        /// The cluster's number for the stack that owns it.
+        stack: u32,
+    },
 }
 
 /// What [`Stack::remove_address`] does with the connections on the address.
@@ -111,7 +114,9 @@ pub enum Departure {
 /// A local address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HomeAddr {
+    /// The address.
     pub addr: Ipv4Addr,
+    /// Length of its on-link prefix (what is reached without the gateway).
     pub prefix_len: u8,
     /// Accepted but never answered in ARP (a distributor target's internal DVIPA).
     pub internal: bool,
@@ -127,9 +132,11 @@ impl HomeAddr {
 /// Interface configuration.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// The interface's MAC address (frames to any other unicast MAC are dropped).
     pub mac: MacAddr,
     /// IP MTU of the link.
     pub mtu: usize,
+    /// Next hop for destinations outside every home prefix; `None`: those are unreachable.
     pub gateway: Option<Ipv4Addr>,
     /// Verify checksums on input (turn off only when the device verified them).
     pub verify_checksums: bool,
@@ -162,6 +169,7 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
+    /// The defaults (Linux's where one exists) for an interface with this MAC.
     pub fn new(mac: MacAddr) -> StackConfig {
         StackConfig {
             mac,
@@ -188,6 +196,8 @@ pub struct SocketHandle {
 }
 
 impl SocketHandle {
+    /// The slot index (stable while the socket lives; reused after it is freed, under
+    /// another generation).
     pub fn index(self) -> u32 {
         self.index
     }
@@ -196,20 +206,27 @@ impl SocketHandle {
 /// Errors of the socket API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApiError {
+    /// No socket behind the handle (freed, or never created here).
     InvalidHandle,
     /// The handle is of another socket type.
     WrongSocketType,
+    /// The local address and port are taken (`EADDRINUSE`).
     AddrInUse,
+    /// The address is not one of this stack's, and the cluster did not make it one
+    /// (`EADDRNOTAVAIL`); or port 0 where a port is needed.
     AddrNotAvailable,
+    /// No home prefix contains the destination and there is no gateway (`ENETUNREACH`).
     NoRoute,
     /// Ephemeral ports exhausted for this destination.
     NoPorts,
+    /// The connection refused the call (its state, or a reset).
     Tcp(tcp::Error),
     /// The stack's connection limit or socket-buffer budget is reached
     /// ([`StackConfig::max_connections`], [`StackConfig::mem_budget`]).
     NoBuffers,
     /// A datagram too large for the MTU, or a full queue.
     MessageTooLarge,
+    /// Nothing to read, or no room to write, now: wait for the socket's event.
     WouldBlock,
 }
 
@@ -288,6 +305,7 @@ struct Slot {
 pub struct Stack {
     cfg: StackConfig,
     homes: Vec<HomeAddr>,
+    /// The neighbour cache (public for tests and `plex ctl`).
     pub arp: ArpCache,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -329,10 +347,13 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A stack alone ([`SingleStack`]), with no address yet ([`Stack::add_address`]).
     pub fn new(cfg: StackConfig) -> Stack {
         Stack::with_cluster(cfg, Box::new(SingleStack))
     }
 
+    /// A stack that is a member of a cluster: it asks `cluster` its questions and queues
+    /// [`ClusterEvent`]s for it.
     pub fn with_cluster(cfg: StackConfig, cluster: Box<dyn Cluster>) -> Stack {
         let mut rng = Rng::new(cfg.seed);
         let isn = IsnGenerator::new(&mut rng);
@@ -371,12 +392,15 @@ impl Stack {
         }
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &StackConfig {
         &self.cfg
     }
+    /// The interface's MAC address.
     pub fn mac(&self) -> MacAddr {
         self.cfg.mac
     }
+    /// The interface's counters.
     pub fn counters(&self) -> &IfaceCounters {
         &self.counters
     }
@@ -407,6 +431,7 @@ impl Stack {
         self.cluster_events.push_back(e);
     }
 
+    /// The cluster this stack asks (for the cluster layer to reach its own state through it).
     pub fn cluster_mut(&mut self) -> &mut dyn Cluster {
         self.cluster.as_mut()
     }
@@ -453,10 +478,12 @@ impl Stack {
         self.connections.keys().filter(|t| *t.local.ip() == addr).count()
     }
 
+    /// The local addresses.
     pub fn homes(&self) -> &[HomeAddr] {
         &self.homes
     }
 
+    /// `addr` is one of the local addresses (internal ones included).
     pub fn has_address(&self, addr: Ipv4Addr) -> bool {
         self.homes.iter().any(|h| h.addr == addr)
     }

@@ -21,6 +21,7 @@ pub struct RateLimit {
 impl RateLimit {
     /// Linux's `icmp_msgs_per_sec` / `icmp_msgs_burst`.
     pub const LINUX_ICMP: RateLimit = RateLimit { per_sec: 1000, burst: 50 };
+    /// No limit: every answer goes out.
     pub const UNLIMITED: RateLimit = RateLimit { per_sec: 0, burst: 0 };
 }
 
@@ -41,6 +42,7 @@ impl TokenBucket {
         TokenBucket { limit, micro_tokens: limit.burst as u64 * ONE, last: None }
     }
 
+    /// The rate and burst this bucket enforces.
     pub fn limit(&self) -> RateLimit {
         self.limit
     }

@@ -129,7 +129,12 @@ pub enum Outcome {
     /// payload, not a fragment any more) and its payload in [`Reassembler::take_output`].
     Complete(Ipv4Repr),
     /// Dropped for `reason`; `discarded` when the whole datagram went with it.
-    Dropped { reason: DropReason, discarded: bool },
+    Dropped {
+        /// Counted under this reason.
+        reason: DropReason,
+        /// The datagram it belonged to was discarded too.
+        discarded: bool,
+    },
 }
 
 /// A datagram whose timer expired.
@@ -160,6 +165,7 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
+    /// Buffers for `cfg`, all allocated now (none when `cfg.mem_limit` is 0).
     pub fn new(cfg: ReassemblyConfig) -> Reassembler {
         let n_chunks = (cfg.mem_limit / CHUNK).min(NONE as usize - 1);
         let n_slots = if n_chunks == 0 { 0 } else { cfg.max_datagrams.min(NONE as usize - 1) };
@@ -189,6 +195,7 @@ impl Reassembler {
         }
     }
 
+    /// Reassembly is on (`mem_limit` above zero): fragments are not dropped as `ip_fragment`.
     pub fn enabled(&self) -> bool {
         !self.slots.is_empty()
     }
@@ -206,6 +213,7 @@ impl Reassembler {
     pub fn take_output(&mut self) -> Vec<u8> {
         core::mem::take(&mut self.output)
     }
+    /// Give back the buffer [`Reassembler::take_output`] lent, once the datagram is delivered.
     pub fn restore_output(&mut self, buf: Vec<u8>) {
         self.output = buf;
     }

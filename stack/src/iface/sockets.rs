@@ -79,6 +79,7 @@ impl Stack {
         self.conn_mut(h)
     }
 
+    /// The listener behind a handle (its counters, its queues' lengths).
     pub fn listener(&self, h: SocketHandle) -> Option<&Listener<SocketHandle>> {
         match self.socket(h) {
             Some(Socket::Listener(l)) => Some(l),
