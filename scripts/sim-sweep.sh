@@ -45,6 +45,10 @@ for src in stack/tests/*.rs; do
     name="$(basename "$src" .rs)"
     bin="$(echo "$build_out" | sed -n "s|.*Executable tests/$name.rs (\(.*\))|\1|p" | tail -1)"
     [ -n "$bin" ] || { echo "sim-sweep: no binary for $src" >&2; exit 1; }
+    # Run a copy: a build during a long sweep replaces (or removes) cargo's binaries.
+    mkdir -p "$log/bin"
+    cp "$bin" "$log/bin/"
+    bin="$log/bin/$(basename "$bin")"
     for t in $("$bin" --list 2>/dev/null | sed -n 's/: test$//p'); do
         [ "$t" = regression_seeds ] && continue
         if [ -n "$only" ] && ! [[ "$name::$t" =~ $only ]]; then
