@@ -15,7 +15,9 @@
 #   sim_sweep     every simulation test over many seeds
 #
 # Usage: scripts/chaos.sh [--quick] [--json FILE] [--only NAME[,NAME]]
-#   --quick: under 3 minutes (run by scripts/test.sh); the full run takes ~15 minutes.
+#   --quick: under 3 minutes (run by scripts/test.sh). The full run is long: the experiments
+#   take ~15 minutes, the simulation sweep (10 000 seeds of each per-seed test, 200 of the
+#   41-scenario matrix) ~3.5 hours on two cores; `--only` picks parts.
 # Prints a table `experiment | figure | verdict`; exits 1 if a verdict is FAIL.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --json) JSON=${2:?--json needs a file}; shift ;;
     --only) ONLY=${2:?--only needs names}; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "chaos.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
