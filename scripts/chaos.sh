@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --json) JSON=${2:?--json needs a file}; shift ;;
     --only) ONLY=${2:?--only needs names}; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "chaos.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
