@@ -9,8 +9,11 @@
 //! - `poll_event()`: what the application should hear about (connected, readable, ...).
 //! - Application commands: `send`, `recv`, `peek`, `shutdown`, `close`, `abort`.
 //!
-//! Sequence variables carry RFC 9293's names (`snd_una`, `snd_nxt`, `snd_wl1`, `rcv_nxt`, ...).
-//! Timers are a table indexed by [`Timer`]. Loss recovery follows RFC 6675 (with SACK) and
+//! The state is grouped as RFC 9293 3.3.1 groups it: the send sequence space `snd`
+//! (`self.snd.una`, `self.snd.nxt`, `self.snd.wl1`, ...), the receive sequence space `rcv`
+//! (`self.rcv.nxt`, ...), then the negotiated options, timestamps, loss recovery, ACK state and
+//! timers, each a struct of its own so the handoff record ([`super::snapshot`]) can account for
+//! every field. Timers are a table indexed by [`Timer`]. Loss recovery follows RFC 6675 (with SACK) and
 //! RFC 6582 (without), sharing one `pipe`/`NextSeg` machinery in [`super::sack`].
 
 use std::net::SocketAddrV4;
@@ -209,6 +212,157 @@ struct Plan {
 /// is not held back by delayed ACKs (Linux's quickack mode).
 const QUICKACKS: u32 = 16;
 
+/// Send sequence space (RFC 9293 3.3.1): `SND.UNA`, `SND.NXT`, `SND.WND`, `SND.WL1`,
+/// `SND.WL2`, `ISS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SendSeq {
+    pub iss: SeqNumber,
+    pub una: SeqNumber,
+    pub nxt: SeqNumber,
+    /// Peer's window in bytes, already scaled.
+    pub wnd: usize,
+    pub wl1: SeqNumber,
+    pub wl2: SeqNumber,
+    /// Largest window the peer has offered (RFC 9293 3.8.6.2.1 `Max(SND.WND)`).
+    pub max_wnd: usize,
+    /// Shift applied to windows the peer sends (RFC 7323 `Snd.Wind.Shift`).
+    pub wscale: u8,
+}
+
+/// Receive sequence space (RFC 9293 3.3.1): `RCV.NXT`, `IRS`, and the window's right edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecvSeq {
+    pub irs: SeqNumber,
+    pub nxt: SeqNumber,
+    /// Right edge of the window last advertised (`RCV.NXT + RCV.WND` as sent): never moves
+    /// left (RFC 9293 3.8.6).
+    pub adv: SeqNumber,
+    /// RCV.NXT in the last ACK sent (RFC 7323 `Last.ACK.sent`).
+    pub last_ack_sent: SeqNumber,
+    /// Shift we apply to windows we send (RFC 7323 `Rcv.Wind.Shift`).
+    pub wscale: u8,
+}
+
+/// What the handshake settled, and the segment size that follows from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// Largest payload we send per segment (after options): derived, see
+    /// [`Connection::update_mss`].
+    pub mss: usize,
+    /// MSS the peer announced (RFC 9293 3.7.1: 536 when absent).
+    pub peer_mss: u16,
+    /// Largest IP packet the path carries (PMTU discovery).
+    pub path_mtu: u16,
+    /// SACK permitted by both sides (RFC 2018 2).
+    pub sack_ok: bool,
+    /// Window scaling in use (both sides sent the option, RFC 7323 2.2).
+    pub ws_ok: bool,
+}
+
+/// RFC 7323 timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Timestamps {
+    /// Both sides sent the option in the handshake.
+    pub ok: bool,
+    /// `TS.Recent`.
+    pub recent: u32,
+    /// When `TS.Recent` was last updated (RFC 7323 5.5: invalid after 24 days idle).
+    pub recent_age: Instant,
+}
+
+/// Loss detection and recovery on the sending side (RFC 6675, RFC 6582, RFC 8985).
+#[derive(Debug, Clone)]
+pub(crate) struct LossRecovery {
+    pub scoreboard: Scoreboard,
+    pub recovery: Option<Recovery>,
+    /// RFC 6675 `HighRxt`: the highest sequence number retransmitted.
+    pub high_rxt: SeqNumber,
+    /// Everything below is lost by decree (see [`super::sack`]).
+    pub lost_until: SeqNumber,
+    /// Duplicate ACKs in a row (RFC 5681 2).
+    pub dupacks: u32,
+    /// Retransmit the first lost segment whatever cwnd says (RFC 5681 3.2 step 2, RFC 6582
+    /// 3.2 step 5, RFC 6675 5 step 4.1).
+    pub rtx_now: bool,
+    /// When the segment at `snd.una` was (at the latest) retransmitted: a retransmission still
+    /// unacknowledged a round trip later, while later data is SACKed, was lost again.
+    pub rtx_una_at: Option<Instant>,
+    pub last_rtx_at: Option<Instant>,
+    /// A tail loss probe must be sent (RFC 8985 7).
+    pub probe_rtx: bool,
+}
+
+/// Acknowledgement state of the receiving side (RFC 5681 4.2, RFC 9293 3.8.6.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AckState {
+    /// An ACK must go out on the next `poll_transmit`.
+    pub now: bool,
+    /// In-order segments received since the last ACK sent.
+    pub segs_unacked: u32,
+    /// Segments still to be acknowledged at once (Linux's quickack mode).
+    pub quickacks: u32,
+}
+
+/// Control segments due on the next `poll_transmit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// SYN or SYN-ACK must be (re)sent.
+    pub syn: bool,
+    /// A zero-window or keepalive probe must be sent.
+    pub probe: bool,
+    /// A RST must be sent (abort, or data arriving after close).
+    pub rst: bool,
+    /// A RST answering an unacceptable segment: `<SEQ><ACK?>`.
+    pub rst_reply: Option<(SeqNumber, Option<SeqNumber>)>,
+}
+
+/// The timer table and the counts and times the timers work from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Timers {
+    /// Deadlines, indexed by [`Timer`].
+    pub deadline: [Option<Instant>; TIMERS],
+    /// Consecutive retransmission timeouts (or SYN retransmissions).
+    pub retries: u32,
+    /// Zero-window probes sent without the window opening.
+    pub persist_backoff: u32,
+    /// Keepalive probes sent without an answer.
+    pub keepalive_sent: u32,
+    /// When the oldest unacknowledged byte was first sent (user timeout, RFC 5482).
+    pub unacked_since: Option<Instant>,
+    pub last_recv: Instant,
+    pub last_send: Instant,
+}
+
+impl LossRecovery {
+    fn new(iss: SeqNumber) -> Self {
+        LossRecovery {
+            scoreboard: Scoreboard::new(),
+            recovery: None,
+            high_rxt: iss,
+            lost_until: iss,
+            dupacks: 0,
+            rtx_now: false,
+            rtx_una_at: None,
+            last_rtx_at: None,
+            probe_rtx: false,
+        }
+    }
+}
+
+impl Timers {
+    fn new(now: Instant) -> Self {
+        Timers {
+            deadline: [None; TIMERS],
+            retries: 0,
+            persist_backoff: 0,
+            keepalive_sent: 0,
+            unacked_since: None,
+            last_recv: now,
+            last_send: now,
+        }
+    }
+}
+
 /// One TCP connection.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -218,42 +372,12 @@ pub struct Connection {
     /// Came from a listener (passive open): a RST in SYN-RECEIVED frees it silently.
     pub(crate) passive: bool,
 
-    // Send sequence space (RFC 9293 3.3.1).
-    pub(crate) iss: SeqNumber,
-    pub(crate) snd_una: SeqNumber,
-    pub(crate) snd_nxt: SeqNumber,
-    /// Peer's window in bytes, already scaled.
-    pub(crate) snd_wnd: usize,
-    pub(crate) snd_wl1: SeqNumber,
-    pub(crate) snd_wl2: SeqNumber,
-    pub(crate) max_snd_wnd: usize,
-    /// Shift applied to windows the peer sends.
-    pub(crate) snd_wscale: u8,
-
-    // Receive sequence space.
-    pub(crate) irs: SeqNumber,
-    pub(crate) rcv_nxt: SeqNumber,
-    /// Right edge of the window last advertised: never moves left (RFC 9293 3.8.6).
-    pub(crate) rcv_adv: SeqNumber,
-    /// RCV.NXT in the last ACK sent (RFC 7323 `Last.ACK.sent`).
-    pub(crate) last_ack_sent: SeqNumber,
-    /// Shift we apply to windows we send.
-    pub(crate) rcv_wscale: u8,
-
-    // Options.
-    /// Largest payload we send per segment (after options).
-    pub(crate) mss: usize,
-    /// MSS the peer announced (RFC 9293 3.7.1: 536 when absent).
-    pub(crate) peer_mss: u16,
-    /// Largest IP packet the path carries (PMTU discovery).
-    pub(crate) path_mtu: u16,
-    pub(crate) sack_ok: bool,
-    /// Window scaling in use (both sides sent the option, RFC 7323 2.2).
-    pub(crate) ws_ok: bool,
-    pub(crate) ts_ok: bool,
-    pub(crate) ts_recent: u32,
-    pub(crate) ts_recent_age: Instant,
-    /// Our TSval is `now_ms + ts_offset` (RFC 7323 5.4: random per connection).
+    pub(crate) snd: SendSeq,
+    pub(crate) rcv: RecvSeq,
+    pub(crate) opts: Options,
+    pub(crate) ts: Timestamps,
+    /// Our TSval is `now_ms + ts_offset` (RFC 7323 5.4: random per connection). Not in
+    /// [`Timestamps`]: fixed at creation, and read by the stack's tests as this field.
     pub(crate) ts_offset: u32,
 
     pub(crate) tx: SendBuffer,
@@ -263,48 +387,15 @@ pub struct Connection {
     /// Sequence number of the peer's FIN, even if it arrived out of order.
     pub(crate) rcv_fin: Option<SeqNumber>,
 
-    // Loss recovery and congestion control.
-    pub(crate) scoreboard: Scoreboard,
-    pub(crate) recovery: Option<Recovery>,
-    pub(crate) high_rxt: SeqNumber,
-    pub(crate) lost_until: SeqNumber,
-    pub(crate) dupacks: u32,
+    pub(crate) loss: LossRecovery,
     pub(crate) cc: CongestionControl,
     pub(crate) rtt: RttEstimator,
     /// RTT timing of one segment when timestamps are off (Karn's algorithm).
     pub(crate) rtt_probe: Option<(SeqNumber, Instant)>,
 
-    // Acknowledgement state.
-    pub(crate) ack_now: bool,
-    pub(crate) segs_unacked: u32,
-    pub(crate) quickacks: u32,
-    /// SYN or SYN-ACK must be (re)sent.
-    pub(crate) syn_due: bool,
-    /// A zero-window or keepalive probe must be sent.
-    pub(crate) probe_due: bool,
-    /// A RST must be sent (abort, or data arriving after close).
-    pub(crate) rst_due: bool,
-    /// Retransmit the first lost segment whatever cwnd says (RFC 5681 3.2 step 2, RFC 6582
-    /// 3.2 step 5, RFC 6675 5 step 4.1).
-    pub(crate) rtx_now: bool,
-    /// When the segment at `snd_una` was (at the latest) retransmitted: a retransmission still
-    /// unacknowledged a round trip later, while later data is SACKed, was lost again.
-    pub(crate) rtx_una_at: Option<Instant>,
-    pub(crate) last_rtx_at: Option<Instant>,
-    /// A tail loss probe must be sent.
-    pub(crate) probe_rtx: bool,
-    /// A RST answering an unacceptable segment: `<SEQ><ACK?>`.
-    pub(crate) rst_reply: Option<(SeqNumber, Option<SeqNumber>)>,
-
-    pub(crate) timers: [Option<Instant>; TIMERS],
-    /// Consecutive retransmission timeouts (or SYN retransmissions).
-    pub(crate) retries: u32,
-    pub(crate) persist_backoff: u32,
-    pub(crate) keepalive_sent: u32,
-    /// When the oldest unacknowledged byte was first sent (user timeout).
-    pub(crate) unacked_since: Option<Instant>,
-    pub(crate) last_recv: Instant,
-    pub(crate) last_send: Instant,
+    pub(crate) ack: AckState,
+    pub(crate) due: Due,
+    pub(crate) timers: Timers,
 
     pub(crate) events: u8,
     pub(crate) error: Option<Error>,
@@ -324,58 +415,43 @@ impl Connection {
             tuple,
             state: State::Closed,
             passive: false,
-            iss,
-            snd_una: iss,
-            snd_nxt: iss + 1,
-            snd_wnd: 0,
-            snd_wl1: SeqNumber(0),
-            snd_wl2: iss,
-            max_snd_wnd: 0,
-            snd_wscale: 0,
-            irs: SeqNumber(0),
-            rcv_nxt: SeqNumber(0),
-            rcv_adv: SeqNumber(0),
-            last_ack_sent: SeqNumber(0),
-            rcv_wscale,
-            mss: 536,
-            peer_mss: 536,
-            path_mtu: cfg.mss.saturating_add(40),
-            sack_ok: false,
-            ws_ok: false,
-            ts_ok: false,
-            ts_recent: 0,
-            ts_recent_age: now,
+            snd: SendSeq {
+                iss,
+                una: iss,
+                nxt: iss + 1,
+                wnd: 0,
+                wl1: SeqNumber(0),
+                wl2: iss,
+                max_wnd: 0,
+                wscale: 0,
+            },
+            rcv: RecvSeq {
+                irs: SeqNumber(0),
+                nxt: SeqNumber(0),
+                adv: SeqNumber(0),
+                last_ack_sent: SeqNumber(0),
+                wscale: rcv_wscale,
+            },
+            opts: Options {
+                mss: 536,
+                peer_mss: 536,
+                path_mtu: cfg.mss.saturating_add(40),
+                sack_ok: false,
+                ws_ok: false,
+            },
+            ts: Timestamps { ok: false, recent: 0, recent_age: now },
             ts_offset,
             tx: SendBuffer::new(cfg.send_buffer),
             rx: RecvBuffer::new(cfg.recv_buffer, 1 << rcv_wscale),
             fin_seq: None,
             rcv_fin: None,
-            scoreboard: Scoreboard::new(),
-            recovery: None,
-            high_rxt: iss,
-            lost_until: iss,
-            dupacks: 0,
+            loss: LossRecovery::new(iss),
             cc: CongestionControl::new(cfg.congestion, 536),
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
             rtt_probe: None,
-            ack_now: false,
-            segs_unacked: 0,
-            quickacks: QUICKACKS,
-            syn_due: true,
-            probe_due: false,
-            rst_due: false,
-            rst_reply: None,
-            rtx_now: false,
-            rtx_una_at: None,
-            last_rtx_at: None,
-            probe_rtx: false,
-            timers: [None; TIMERS],
-            retries: 0,
-            persist_backoff: 0,
-            keepalive_sent: 0,
-            unacked_since: None,
-            last_recv: now,
-            last_send: now,
+            ack: AckState { now: false, segs_unacked: 0, quickacks: QUICKACKS },
+            due: Due { syn: true, ..Due::default() },
+            timers: Timers::new(now),
             events: 0,
             error: None,
             orphan: false,
@@ -406,14 +482,14 @@ impl Connection {
         let mut c = Connection::new(now, tuple, iss, ts_offset, cfg);
         c.state = State::SynReceived;
         c.passive = true;
-        c.irs = syn.seq_number;
-        c.rcv_nxt = syn.seq_number + 1;
-        c.rcv_adv = c.rcv_nxt;
+        c.rcv.irs = syn.seq_number;
+        c.rcv.nxt = syn.seq_number + 1;
+        c.rcv.adv = c.rcv.nxt;
         c.negotiate(now, syn);
         // RFC 7323 2.2: the window in a SYN is never scaled.
-        c.snd_wnd = syn.window_len as usize;
-        c.max_snd_wnd = c.snd_wnd;
-        c.snd_wl1 = syn.seq_number;
+        c.snd.wnd = syn.window_len as usize;
+        c.snd.max_wnd = c.snd.wnd;
+        c.snd.wl1 = syn.seq_number;
         c
     }
 
@@ -433,71 +509,71 @@ impl Connection {
     ) -> Self {
         let mut c = Connection::new(now, tuple, iss, ts_offset, cfg);
         c.passive = true;
-        c.irs = ack.seq_number - 1;
-        c.rcv_nxt = ack.seq_number;
+        c.rcv.irs = ack.seq_number - 1;
+        c.rcv.nxt = ack.seq_number;
         // The cookie SYN-ACK advertised an unscaled window of this size.
-        c.rcv_adv = c.rcv_nxt + cfg.recv_buffer.min(65535);
-        c.peer_mss = mss;
-        c.sack_ok = sack && cfg.sack;
+        c.rcv.adv = c.rcv.nxt + cfg.recv_buffer.min(65535);
+        c.opts.peer_mss = mss;
+        c.opts.sack_ok = sack && cfg.sack;
         if let (Some(ts), true) = (ack.timestamp, cfg.timestamps) {
-            c.ts_ok = true;
-            c.ts_recent = ts.tsval;
-            c.ts_recent_age = now;
+            c.ts.ok = true;
+            c.ts.recent = ts.tsval;
+            c.ts.recent_age = now;
         }
         match (wscale, cfg.window_scaling) {
             (Some(ws), true) => {
-                c.snd_wscale = ws;
-                c.ws_ok = true;
+                c.snd.wscale = ws;
+                c.opts.ws_ok = true;
             }
             _ => {
-                c.rcv_wscale = 0;
+                c.rcv.wscale = 0;
                 c.rx = RecvBuffer::new(cfg.recv_buffer, 1);
             }
         }
         c.update_mss();
         c.state = State::Established;
-        c.snd_una = iss + 1;
-        c.snd_nxt = iss + 1;
-        c.high_rxt = c.snd_una;
-        c.lost_until = c.snd_una;
-        c.syn_due = false;
+        c.snd.una = iss + 1;
+        c.snd.nxt = iss + 1;
+        c.loss.high_rxt = c.snd.una;
+        c.loss.lost_until = c.snd.una;
+        c.due.syn = false;
         // The ACK's window is the first the peer gives us (scaled: RFC 7323 2.2, only a SYN's
         // is not). Take it as RFC 9293 3.10.7.3 does in SYN-RECEIVED, "set SND.WND <-
         // SEG.WND, SND.WL1 <- SEG.SEQ, SND.WL2 <- SEG.ACK": from SND.WL1 = 0 the comparison
         // SND.WL1 < SEG.SEQ fails for any SEG.SEQ at or above 2^31 and the window stays 0.
-        c.snd_wl1 = ack.seq_number;
-        c.snd_wl2 = c.snd_una;
-        c.snd_wnd = (ack.window_len as usize) << c.snd_wscale;
-        c.max_snd_wnd = c.snd_wnd;
+        c.snd.wl1 = ack.seq_number;
+        c.snd.wl2 = c.snd.una;
+        c.snd.wnd = (ack.window_len as usize) << c.snd.wscale;
+        c.snd.max_wnd = c.snd.wnd;
         c.push_event(Event::Connected);
         c
     }
 
     /// Apply the SYN's options (RFC 9293 3.7.1, RFC 7323 1.3 and 3.2, RFC 2018 2).
     fn negotiate(&mut self, now: Instant, syn: &TcpRepr<'_>) {
-        self.peer_mss = syn.max_seg_size.unwrap_or(536);
-        self.sack_ok = syn.sack_permitted && self.cfg.sack;
+        self.opts.peer_mss = syn.max_seg_size.unwrap_or(536);
+        self.opts.sack_ok = syn.sack_permitted && self.cfg.sack;
         match (syn.window_scale, self.cfg.window_scaling) {
             (Some(ws), true) => {
-                self.snd_wscale = ws;
-                self.ws_ok = true;
+                self.snd.wscale = ws;
+                self.opts.ws_ok = true;
             }
             _ => {
                 // Scaling is used only when both sides offer it.
-                self.ws_ok = false;
-                self.snd_wscale = 0;
-                if self.rcv_wscale != 0 {
-                    self.rcv_wscale = 0;
+                self.opts.ws_ok = false;
+                self.snd.wscale = 0;
+                if self.rcv.wscale != 0 {
+                    self.rcv.wscale = 0;
                     self.rx = RecvBuffer::new(self.cfg.recv_buffer, 1);
                 }
             }
         }
         if let (Some(ts), true) = (syn.timestamp, self.cfg.timestamps) {
-            self.ts_ok = true;
-            self.ts_recent = ts.tsval;
-            self.ts_recent_age = now;
+            self.ts.ok = true;
+            self.ts.recent = ts.tsval;
+            self.ts.recent_age = now;
         } else {
-            self.ts_ok = false;
+            self.ts.ok = false;
         }
         self.update_mss();
     }
@@ -505,13 +581,13 @@ impl Connection {
     /// Effective send MSS (RFC 6691): the smaller of the peer's MSS and our path MTU, less the
     /// options we put in every segment.
     pub(crate) fn update_mss(&mut self) {
-        let from_path = (self.path_mtu as usize).saturating_sub(40);
-        let mut mss = (self.peer_mss as usize).min(from_path).min(self.cfg.mss as usize);
-        if self.ts_ok {
+        let from_path = (self.opts.path_mtu as usize).saturating_sub(40);
+        let mut mss = (self.opts.peer_mss as usize).min(from_path).min(self.cfg.mss as usize);
+        if self.ts.ok {
             mss = mss.saturating_sub(12);
         }
-        self.mss = mss.max(64);
-        self.cc.set_mss(self.mss);
+        self.opts.mss = mss.max(64);
+        self.cc.set_mss(self.opts.mss);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -524,7 +600,7 @@ impl Connection {
         self.tuple
     }
     pub fn mss(&self) -> usize {
-        self.mss
+        self.opts.mss
     }
     pub fn cwnd(&self) -> usize {
         self.cc.cwnd()
@@ -539,13 +615,13 @@ impl Connection {
         self.rtt.rto()
     }
     pub fn snd_una(&self) -> SeqNumber {
-        self.snd_una
+        self.snd.una
     }
     pub fn snd_nxt(&self) -> SeqNumber {
-        self.snd_nxt
+        self.snd.nxt
     }
     pub fn rcv_nxt(&self) -> SeqNumber {
-        self.rcv_nxt
+        self.rcv.nxt
     }
     pub fn is_orphan(&self) -> bool {
         self.orphan
@@ -572,18 +648,18 @@ impl Connection {
     /// A RST is waiting to be sent.
     /// Give up a RST that cannot be sent (no route to the peer any more).
     pub fn drop_pending_rst(&mut self) {
-        self.rst_due = false;
-        self.rst_reply = None;
+        self.due.rst = false;
+        self.due.rst_reply = None;
     }
     pub fn rst_pending(&self) -> bool {
-        self.rst_due || self.rst_reply.is_some()
+        self.due.rst || self.due.rst_reply.is_some()
     }
     /// The error that ended the connection, if any.
     pub fn error(&self) -> Option<Error> {
         self.error
     }
     pub fn timer(&self, t: Timer) -> Option<Instant> {
-        self.timers[t as usize]
+        self.timers.deadline[t as usize]
     }
     /// Set TCP_NODELAY.
     pub fn set_nodelay(&mut self, on: bool) {
@@ -591,8 +667,8 @@ impl Connection {
     }
     pub fn set_keepalive(&mut self, now: Instant, ka: Option<super::Keepalive>) {
         self.cfg.keepalive = ka;
-        self.keepalive_sent = 0;
-        self.last_recv = now;
+        self.timers.keepalive_sent = 0;
+        self.timers.last_recv = now;
         self.arm_keepalive();
     }
     pub fn set_user_timeout(&mut self, t: Option<Duration>) {
@@ -620,10 +696,10 @@ impl Connection {
     }
 
     fn arm(&mut self, t: Timer, at: Instant) {
-        self.timers[t as usize] = Some(at);
+        self.timers.deadline[t as usize] = Some(at);
     }
     fn disarm(&mut self, t: Timer) {
-        self.timers[t as usize] = None;
+        self.timers.deadline[t as usize] = None;
     }
 
     fn tsval(&self, now: Instant) -> u32 {
@@ -632,14 +708,14 @@ impl Connection {
 
     /// Bytes sent and not yet acknowledged, FIN excluded.
     fn flight_size(&self) -> usize {
-        self.snd_nxt.distance_from(self.snd_una)
+        self.snd.nxt.distance_from(self.snd.una)
     }
 
     /// Data bytes between snd_una and snd_nxt (the FIN and SYN take no buffer room).
     fn sent_data(&self) -> usize {
         let mut n = self.flight_size();
         if let Some(f) = self.fin_seq {
-            if self.snd_una <= f && self.snd_nxt > f {
+            if self.snd.una <= f && self.snd.nxt > f {
                 n -= 1;
             }
         }
@@ -649,17 +725,17 @@ impl Connection {
     /// RFC 6675 pipe; without SACK each duplicate ACK is a segment that left the network
     /// (RFC 5681's window inflation, expressed as a smaller pipe).
     fn pipe(&self) -> usize {
-        let p = self.scoreboard.pipe(
-            self.snd_una,
-            self.snd_nxt,
-            self.high_rxt,
-            self.lost_until,
-            self.mss,
+        let p = self.loss.scoreboard.pipe(
+            self.snd.una,
+            self.snd.nxt,
+            self.loss.high_rxt,
+            self.loss.lost_until,
+            self.opts.mss,
         );
-        if self.sack_ok {
+        if self.opts.sack_ok {
             p
         } else {
-            p.saturating_sub(self.dupacks as usize * self.mss)
+            p.saturating_sub(self.loss.dupacks as usize * self.opts.mss)
         }
     }
 
@@ -720,7 +796,7 @@ impl Connection {
 
     /// True when the peer's FIN has been received in order.
     pub fn peer_closed(&self) -> bool {
-        matches!(self.rcv_fin, Some(f) if self.rcv_nxt > f)
+        matches!(self.rcv_fin, Some(f) if self.rcv.nxt > f)
     }
 
     /// The application read data: if the window opened by enough, tell the peer (receiver
@@ -729,11 +805,11 @@ impl Connection {
         if !self.state.can_receive_data() {
             return;
         }
-        let advertised = self.rcv_adv.distance_from(self.rcv_nxt);
+        let advertised = self.rcv.adv.distance_from(self.rcv.nxt);
         let free = self.rx.window();
-        let threshold = (self.rx.capacity() / 2).min(self.mss);
+        let threshold = (self.rx.capacity() / 2).min(self.opts.mss);
         if free >= advertised + threshold {
-            self.ack_now = true;
+            self.ack.now = true;
         }
     }
 
@@ -757,7 +833,7 @@ impl Connection {
     }
 
     fn queue_fin(&mut self) {
-        self.fin_seq = Some(self.snd_una + self.tx.len() + self.syn_pending_len());
+        self.fin_seq = Some(self.snd.una + self.tx.len() + self.syn_pending_len());
     }
 
     /// While our SYN is unacknowledged it occupies `snd_una`.
@@ -776,7 +852,7 @@ impl Connection {
         self.shutdown();
         if self.state == State::FinWait2 {
             let t = self.cfg.fin_timeout;
-            self.arm(Timer::FinWait2, self.last_recv + t);
+            self.arm(Timer::FinWait2, self.timers.last_recv + t);
         }
     }
 
@@ -790,7 +866,7 @@ impl Connection {
                 | State::FinWait2
                 | State::CloseWait
         ) {
-            self.rst_due = true;
+            self.due.rst = true;
         }
         self.enter_closed(None);
         self.orphan = true;
@@ -801,7 +877,7 @@ impl Connection {
     /// word, since nothing may be sent from that address any more). The application sees a
     /// reset either way.
     pub fn abort_by_stack(&mut self, send_rst: bool) {
-        self.rst_due = send_rst
+        self.due.rst = send_rst
             && matches!(
                 self.state,
                 State::SynReceived | State::Established | State::FinWait1 | State::FinWait2 | State::CloseWait
@@ -815,7 +891,7 @@ impl Connection {
             return;
         }
         self.state = State::Closed;
-        self.timers = [None; TIMERS];
+        self.timers.deadline = [None; TIMERS];
         self.release_buffers();
         if let Some(e) = error {
             self.error = Some(e);
@@ -845,10 +921,10 @@ impl Connection {
         // First: the ACK bit.
         let mut ack_ok = false;
         if let Some(ack) = seg.ack_number {
-            if ack <= self.iss || ack > self.snd_nxt {
+            if ack <= self.snd.iss || ack > self.snd.nxt {
                 // Unacceptable ACK: <SEQ=SEG.ACK><CTL=RST> unless it is a RST.
                 if seg.control != TcpControl::Rst {
-                    self.rst_reply = Some((ack, None));
+                    self.due.rst_reply = Some((ack, None));
                 }
                 return;
             }
@@ -865,16 +941,16 @@ impl Connection {
         if seg.control != TcpControl::Syn {
             return;
         }
-        self.irs = seg.seq_number;
-        self.rcv_nxt = seg.seq_number + 1;
-        self.rcv_adv = self.rcv_nxt;
+        self.rcv.irs = seg.seq_number;
+        self.rcv.nxt = seg.seq_number + 1;
+        self.rcv.adv = self.rcv.nxt;
         self.negotiate(now, seg);
         if let Some(ack) = seg.ack_number {
-            self.snd_una = ack;
-            self.high_rxt = ack;
-            self.lost_until = ack;
+            self.snd.una = ack;
+            self.loss.high_rxt = ack;
+            self.loss.lost_until = ack;
             self.disarm(Timer::Retransmit);
-            if self.retries == 0 {
+            if self.timers.retries == 0 {
                 // RFC 6298 2.2 / Karn: time the SYN only if it was not retransmitted.
                 if self.rtt_sample_from_timestamps(now, seg).is_none() {
                     if let Some((_, t)) = self.rtt_probe {
@@ -882,18 +958,18 @@ impl Connection {
                     }
                 }
             }
-            self.retries = 0;
+            self.timers.retries = 0;
             self.rtt_probe = None;
         }
         // RFC 7323 2.2: the window of a SYN is not scaled.
-        self.snd_wnd = seg.window_len as usize;
-        self.max_snd_wnd = self.snd_wnd;
-        self.snd_wl1 = seg.seq_number;
-        self.snd_wl2 = seg.ack_number.unwrap_or(self.snd_una);
-        if self.snd_una > self.iss {
+        self.snd.wnd = seg.window_len as usize;
+        self.snd.max_wnd = self.snd.wnd;
+        self.snd.wl1 = seg.seq_number;
+        self.snd.wl2 = seg.ack_number.unwrap_or(self.snd.una);
+        if self.snd.una > self.snd.iss {
             self.state = State::Established;
-            self.syn_due = false;
-            self.ack_now = true;
+            self.due.syn = false;
+            self.ack.now = true;
             self.push_event(Event::Connected);
             self.arm_keepalive();
             if self.fin_seq.is_some() {
@@ -902,26 +978,26 @@ impl Connection {
         } else {
             // Simultaneous open: SYN-RECEIVED, send <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>.
             self.state = State::SynReceived;
-            self.syn_due = true;
+            self.due.syn = true;
         }
     }
 
     /// RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states.
     fn handle_synchronized(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        self.last_recv = now;
-        self.keepalive_sent = 0;
+        self.timers.last_recv = now;
+        self.timers.keepalive_sent = 0;
         let is_rst = seg.control == TcpControl::Rst;
 
         // RFC 7323 5.3: PAWS before the sequence check.
-        if self.ts_ok && !is_rst {
+        if self.ts.ok && !is_rst {
             if let Some(ts) = seg.timestamp {
-                if (ts.tsval.wrapping_sub(self.ts_recent) as i32) < 0 {
+                if (ts.tsval.wrapping_sub(self.ts.recent) as i32) < 0 {
                     // R3: a TS.Recent idle more than 24 days is invalid, not a reason to drop.
-                    if now - self.ts_recent_age > Duration::from_secs(24 * 86400) {
-                        self.ts_recent = ts.tsval;
+                    if now - self.ts.recent_age > Duration::from_secs(24 * 86400) {
+                        self.ts.recent = ts.tsval;
                     } else {
                         self.counters.paws_drops += 1;
-                        self.ack_now = true;
+                        self.ack.now = true;
                         return;
                     }
                 }
@@ -930,36 +1006,36 @@ impl Connection {
 
         // First: sequence number acceptability (RFC 9293 3.10.7.4, the four cases).
         let seg_len = seg.segment_len();
-        let rcv_wnd = self.rcv_adv.distance_from(self.rcv_nxt);
+        let rcv_wnd = self.rcv.adv.distance_from(self.rcv.nxt);
         let seq = seg.seq_number;
-        let in_window = |s: SeqNumber| s >= self.rcv_nxt && s < self.rcv_nxt + rcv_wnd;
+        let in_window = |s: SeqNumber| s >= self.rcv.nxt && s < self.rcv.nxt + rcv_wnd;
         let acceptable = match (seg_len, rcv_wnd) {
-            (0, 0) => seq == self.rcv_nxt,
+            (0, 0) => seq == self.rcv.nxt,
             (0, _) => in_window(seq),
             (_, 0) => false,
             (_, _) => in_window(seq) || in_window(seq + seg_len - 1),
         };
         // RCV.WND zero: still take the ACK (and RST) of a segment at RCV.NXT (3.10.7.4 note).
-        let zero_window_ack = !acceptable && rcv_wnd == 0 && seq == self.rcv_nxt;
+        let zero_window_ack = !acceptable && rcv_wnd == 0 && seq == self.rcv.nxt;
         if !acceptable && !zero_window_ack {
             self.counters.unacceptable_segs += 1;
             if !is_rst {
                 if self.state == State::SynReceived {
                     // A retransmitted SYN: our SYN-ACK was lost.
-                    self.syn_due = seg.control == TcpControl::Syn || self.syn_due;
+                    self.due.syn = seg.control == TcpControl::Syn || self.due.syn;
                 }
                 if self.state == State::TimeWait && seg.control == TcpControl::Fin {
                     // Retransmitted FIN: acknowledge and restart 2 MSL (3.10.7.4, eighth).
                     self.arm(Timer::TimeWait, now + self.cfg.msl.saturating_mul(2));
                 }
-                self.ack_now = true;
+                self.ack.now = true;
             }
             return;
         }
 
         // Second: RST (RFC 5961 3.2).
         if is_rst {
-            if seq == self.rcv_nxt {
+            if seq == self.rcv.nxt {
                 if self.state == State::SynReceived && self.passive {
                     // Back to LISTEN: the listener never saw this connection.
                     self.enter_closed(None);
@@ -978,8 +1054,8 @@ impl Connection {
 
         // Fourth: SYN in a synchronized state or SYN-RECEIVED: challenge ACK (RFC 5961 4.2).
         if seg.control == TcpControl::Syn {
-            if self.state == State::SynReceived && seq == self.irs {
-                self.syn_due = true;
+            if self.state == State::SynReceived && seq == self.rcv.irs {
+                self.due.syn = true;
             } else {
                 self.challenge_ack();
             }
@@ -992,40 +1068,40 @@ impl Connection {
         };
 
         if self.state == State::SynReceived {
-            if ack > self.snd_una && ack <= self.snd_nxt {
+            if ack > self.snd.una && ack <= self.snd.nxt {
                 self.state = if self.fin_seq.is_some() { State::FinWait1 } else { State::Established };
-                self.syn_due = false;
-                self.snd_wnd = (seg.window_len as usize) << self.snd_wscale;
-                self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
-                self.snd_wl1 = seq;
-                self.snd_wl2 = ack;
+                self.due.syn = false;
+                self.snd.wnd = (seg.window_len as usize) << self.snd.wscale;
+                self.snd.max_wnd = self.snd.max_wnd.max(self.snd.wnd);
+                self.snd.wl1 = seq;
+                self.snd.wl2 = ack;
                 self.push_event(Event::Connected);
                 self.arm_keepalive();
             } else {
-                self.rst_reply = Some((ack, None));
+                self.due.rst_reply = Some((ack, None));
                 return;
             }
         }
 
         // RFC 5961 5.2: ACK validation.
-        let max_wnd = self.max_snd_wnd.max(self.mss);
-        if ack > self.snd_nxt {
-            self.ack_now = true;
+        let max_wnd = self.snd.max_wnd.max(self.opts.mss);
+        if ack > self.snd.nxt {
+            self.ack.now = true;
             return;
         }
-        if ack < self.snd_una - max_wnd {
+        if ack < self.snd.una - max_wnd {
             self.challenge_ack();
             return;
         }
 
         // RFC 7323 4.3: update TS.Recent.
-        if self.ts_ok {
+        if self.ts.ok {
             if let Some(ts) = seg.timestamp {
-                if seq <= self.last_ack_sent
-                    && (ts.tsval.wrapping_sub(self.ts_recent) as i32) >= 0
+                if seq <= self.rcv.last_ack_sent
+                    && (ts.tsval.wrapping_sub(self.ts.recent) as i32) >= 0
                 {
-                    self.ts_recent = ts.tsval;
-                    self.ts_recent_age = now;
+                    self.ts.recent = ts.tsval;
+                    self.ts.recent_age = now;
                 }
             }
         }
@@ -1050,27 +1126,27 @@ impl Connection {
         // Eighth: FIN.
         if seg.control == TcpControl::Fin && acceptable {
             let fin = seq + seg.payload.len();
-            if fin >= self.rcv_nxt && (fin < self.rcv_nxt + rcv_wnd || fin == self.rcv_nxt) {
+            if fin >= self.rcv.nxt && (fin < self.rcv.nxt + rcv_wnd || fin == self.rcv.nxt) {
                 self.rcv_fin = Some(fin);
             }
-            self.ack_now = true;
+            self.ack.now = true;
         }
         self.process_fin(now);
     }
 
     fn challenge_ack(&mut self) {
         self.counters.challenge_acks += 1;
-        self.ack_now = true;
+        self.ack.now = true;
     }
 
     /// The FIN becomes effective once everything before it has arrived.
     fn process_fin(&mut self, now: Instant) {
         let Some(fin) = self.rcv_fin else { return };
-        if fin != self.rcv_nxt {
+        if fin != self.rcv.nxt {
             return;
         }
-        self.rcv_nxt += 1;
-        self.ack_now = true;
+        self.rcv.nxt += 1;
+        self.ack.now = true;
         self.push_event(Event::PeerClosed);
         self.push_event(Event::Readable);
         match self.state {
@@ -1095,14 +1171,14 @@ impl Connection {
     fn enter_time_wait(&mut self, now: Instant) {
         self.state = State::TimeWait;
         self.release_buffers();
-        let keep = self.timers;
-        self.timers = [None; TIMERS];
-        self.timers[Timer::DelayedAck as usize] = keep[Timer::DelayedAck as usize];
+        let keep = self.timers.deadline;
+        self.timers.deadline = [None; TIMERS];
+        self.timers.deadline[Timer::DelayedAck as usize] = keep[Timer::DelayedAck as usize];
         self.arm(Timer::TimeWait, now + self.cfg.msl.saturating_mul(2));
     }
 
     fn rtt_sample_from_timestamps(&mut self, now: Instant, seg: &TcpRepr<'_>) -> Option<()> {
-        if !self.ts_ok {
+        if !self.ts.ok {
             return None;
         }
         let ts = seg.timestamp?;
@@ -1123,40 +1199,40 @@ impl Connection {
     /// The ACK field of an acceptable segment (RFC 9293 3.10.7.4 fifth check, RFC 5681,
     /// RFC 6675, RFC 6582).
     fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, ack: SeqNumber) {
-        let window_before = self.snd_wnd;
+        let window_before = self.snd.wnd;
         let in_flight_before = self.pipe();
         self.update_window(seg);
 
-        let newly_sacked = if self.sack_ok && !seg.sack_blocks.is_empty() {
-            self.scoreboard.update(self.snd_una, self.snd_nxt, seg.sack_blocks.as_slice())
+        let newly_sacked = if self.opts.sack_ok && !seg.sack_blocks.is_empty() {
+            self.loss.scoreboard.update(self.snd.una, self.snd.nxt, seg.sack_blocks.as_slice())
         } else {
             0
         };
 
-        if ack > self.snd_una {
-            let acked = ack.distance_from(self.snd_una);
+        if ack > self.snd.una {
+            let acked = ack.distance_from(self.snd.una);
             // SYN and FIN occupy sequence space but no buffer.
             let mut data = acked;
-            if self.snd_una == self.iss {
+            if self.snd.una == self.snd.iss {
                 data -= 1;
             }
             let fin_acked = matches!(self.fin_seq, Some(f) if ack > f);
-            if fin_acked && self.snd_una <= self.fin_seq.unwrap_or(ack) {
+            if fin_acked && self.snd.una <= self.fin_seq.unwrap_or(ack) {
                 data = data.saturating_sub(1);
             }
             self.tx.consume(data);
-            self.snd_una = ack;
+            self.snd.una = ack;
             // The new left edge was retransmitted already if it lies below high_rxt.
-            self.rtx_una_at = if ack < self.high_rxt { self.last_rtx_at } else { None };
-            if self.high_rxt < ack {
-                self.high_rxt = ack;
+            self.loss.rtx_una_at = if ack < self.loss.high_rxt { self.loss.last_rtx_at } else { None };
+            if self.loss.high_rxt < ack {
+                self.loss.high_rxt = ack;
             }
-            if self.lost_until < ack {
-                self.lost_until = ack;
+            if self.loss.lost_until < ack {
+                self.loss.lost_until = ack;
             }
-            self.scoreboard.ack(ack);
-            self.retries = 0;
-            self.persist_backoff = 0;
+            self.loss.scoreboard.ack(ack);
+            self.timers.retries = 0;
+            self.timers.persist_backoff = 0;
 
             // RTT: timestamps (RFC 7323 4.1) or the timed segment (RFC 6298 3, Karn).
             if self.rtt_sample_from_timestamps(now, seg).is_none() {
@@ -1168,7 +1244,7 @@ impl Connection {
                 }
             }
 
-            match self.recovery {
+            match self.loss.recovery {
                 Some(r) if ack >= r.point => {
                     if r.kind == RecoveryKind::Fast {
                         let flight = self.flight_size();
@@ -1176,14 +1252,14 @@ impl Connection {
                     } else {
                         self.cc.on_ack(now, acked, in_flight_before, self.rtt.srtt());
                     }
-                    self.recovery = None;
+                    self.loss.recovery = None;
                 }
                 Some(Recovery { kind: RecoveryKind::Fast, .. }) => {
                     // Partial ACK (RFC 6582 3.2 step 5): the next segment is lost too.
-                    if !self.sack_ok {
-                        self.lost_until = self.snd_una + self.mss;
-                        self.high_rxt = self.snd_una;
-                        self.rtx_now = true;
+                    if !self.opts.sack_ok {
+                        self.loss.lost_until = self.snd.una + self.opts.mss;
+                        self.loss.high_rxt = self.snd.una;
+                        self.loss.rtx_now = true;
                     }
                 }
                 Some(Recovery { kind: RecoveryKind::Timeout, .. }) => {
@@ -1193,15 +1269,15 @@ impl Connection {
                     self.cc.on_ack(now, acked, in_flight_before, self.rtt.srtt());
                 }
             }
-            self.dupacks = 0;
+            self.loss.dupacks = 0;
 
-            if self.snd_una == self.snd_nxt {
+            if self.snd.una == self.snd.nxt {
                 self.disarm(Timer::Retransmit);
                 self.disarm(Timer::LossProbe);
-                self.unacked_since = None;
+                self.timers.unacked_since = None;
             } else {
                 self.arm(Timer::Retransmit, now + self.rtt.rto());
-                self.unacked_since = Some(now);
+                self.timers.unacked_since = Some(now);
                 self.arm_loss_probe(now);
             }
             if fin_acked {
@@ -1224,24 +1300,24 @@ impl Connection {
                 self.want_writable = false;
                 self.push_event(Event::Writable);
             }
-        } else if ack == self.snd_una
+        } else if ack == self.snd.una
             && seg.payload.is_empty()
             && seg.control == TcpControl::None
-            && self.snd_nxt > self.snd_una
-            && (self.snd_wnd == window_before || newly_sacked > 0)
+            && self.snd.nxt > self.snd.una
+            && (self.snd.wnd == window_before || newly_sacked > 0)
         {
             // A duplicate ACK (RFC 5681 2, RFC 6675 2).
             self.counters.dupacks_in += 1;
-            self.dupacks += 1;
+            self.loss.dupacks += 1;
             self.detect_lost_retransmit(now, newly_sacked);
-            if self.recovery.is_none() {
-                let lost = self.sack_ok
+            if self.loss.recovery.is_none() {
+                let lost = self.opts.sack_ok
                     && self
-                        .scoreboard
-                        .holes(self.snd_una, self.snd_nxt, self.snd_una, self.mss)
+                        .loss.scoreboard
+                        .holes(self.snd.una, self.snd.nxt, self.snd.una, self.opts.mss)
                         .next()
-                        .is_some_and(|h| h.lost_end > h.start && h.start == self.snd_una);
-                if self.dupacks as usize >= DUP_THRESH || lost {
+                        .is_some_and(|h| h.lost_end > h.start && h.start == self.snd.una);
+                if self.loss.dupacks as usize >= DUP_THRESH || lost {
                     self.enter_fast_recovery(now);
                 }
             }
@@ -1255,18 +1331,18 @@ impl Connection {
     /// round trip while later data keeps being SACKed: it was lost again. Resend it now
     /// instead of waiting for the RTO.
     fn detect_lost_retransmit(&mut self, now: Instant, newly_sacked: usize) {
-        if !self.sack_ok || newly_sacked == 0 || self.recovery.is_none() {
+        if !self.opts.sack_ok || newly_sacked == 0 || self.loss.recovery.is_none() {
             return;
         }
-        let Some(at) = self.rtx_una_at else { return };
+        let Some(at) = self.loss.rtx_una_at else { return };
         let srtt = self.rtt.srtt().unwrap_or(self.rtt.rto());
         let reo_wnd = Duration::from_micros(srtt.total_micros() / 4);
         if now - at > srtt + reo_wnd {
             self.counters.lost_retransmits += 1;
-            self.high_rxt = self.snd_una;
-            self.lost_until = self.lost_until.max(self.snd_una + self.mss);
-            self.rtx_now = true;
-            self.rtx_una_at = None;
+            self.loss.high_rxt = self.snd.una;
+            self.loss.lost_until = self.loss.lost_until.max(self.snd.una + self.opts.mss);
+            self.loss.rtx_now = true;
+            self.loss.rtx_una_at = None;
         }
     }
 
@@ -1274,13 +1350,13 @@ impl Connection {
     /// recovery and with SACK (the probe's SACK is what reveals a tail loss).
     fn arm_loss_probe(&mut self, now: Instant) {
         let Some(srtt) = self.rtt.srtt() else { return };
-        if !self.sack_ok || self.recovery.is_some() || self.snd_nxt == self.snd_una {
+        if !self.opts.sack_ok || self.loss.recovery.is_some() || self.snd.nxt == self.snd.una {
             self.disarm(Timer::LossProbe);
             return;
         }
         let pto = (srtt + srtt).max(Duration::from_millis(10));
         let at = now + pto;
-        if self.timers[Timer::Retransmit as usize].is_none_or(|rto| at < rto) {
+        if self.timers.deadline[Timer::Retransmit as usize].is_none_or(|rto| at < rto) {
             self.arm(Timer::LossProbe, at);
         } else {
             self.disarm(Timer::LossProbe);
@@ -1291,16 +1367,16 @@ impl Connection {
     /// SND.WL2 =< SEG.ACK)).
     fn update_window(&mut self, seg: &TcpRepr<'_>) {
         let Some(ack) = seg.ack_number else { return };
-        if ack < self.snd_una {
+        if ack < self.snd.una {
             return;
         }
-        if self.snd_wl1 < seg.seq_number
-            || (self.snd_wl1 == seg.seq_number && self.snd_wl2 <= ack)
+        if self.snd.wl1 < seg.seq_number
+            || (self.snd.wl1 == seg.seq_number && self.snd.wl2 <= ack)
         {
-            self.snd_wnd = (seg.window_len as usize) << self.snd_wscale;
-            self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
-            self.snd_wl1 = seg.seq_number;
-            self.snd_wl2 = ack;
+            self.snd.wnd = (seg.window_len as usize) << self.snd.wscale;
+            self.snd.max_wnd = self.snd.max_wnd.max(self.snd.wnd);
+            self.snd.wl1 = seg.seq_number;
+            self.snd.wl2 = ack;
         }
     }
 
@@ -1309,13 +1385,13 @@ impl Connection {
         let flight = self.flight_size();
         self.cc.on_congestion_event(now, flight);
         self.disarm(Timer::LossProbe);
-        self.recovery = Some(Recovery { kind: RecoveryKind::Fast, point: self.snd_nxt });
+        self.loss.recovery = Some(Recovery { kind: RecoveryKind::Fast, point: self.snd.nxt });
         // The first unacknowledged segment is retransmitted at once (RFC 5681 3.2 step 4,
         // RFC 6675 5 step 4.1).
-        self.lost_until = self.snd_una + self.mss;
-        self.high_rxt = self.snd_una;
+        self.loss.lost_until = self.snd.una + self.opts.mss;
+        self.loss.high_rxt = self.snd.una;
         self.rtt_probe = None;
-        self.rtx_now = true;
+        self.loss.rtx_now = true;
     }
 
     fn update_persist(&mut self, now: Instant) {
@@ -1324,9 +1400,9 @@ impl Connection {
         // avoidance (zero, or below both the MSS and what is queued): no ACK will come to
         // open it if the peer's window update was lost, so the persist timer doubles as
         // RFC 9293 3.8.6.2.1's override timeout (Linux arms its probe timer the same way).
-        if unsent > 0 && self.snd_wnd < unsent.min(self.mss) && self.snd_una == self.snd_nxt {
-            if self.timers[Timer::Persist as usize].is_none() {
-                let backoff = self.persist_backoff.min(10);
+        if unsent > 0 && self.snd.wnd < unsent.min(self.opts.mss) && self.snd.una == self.snd.nxt {
+            if self.timers.deadline[Timer::Persist as usize].is_none() {
+                let backoff = self.timers.persist_backoff.min(10);
                 let t = self.rtt.rto().saturating_mul(1 << backoff).min(self.cfg.max_rto);
                 self.arm(Timer::Persist, now + t);
             }
@@ -1339,48 +1415,48 @@ impl Connection {
         let mut payload = seg.payload;
         let mut seq = seg.seq_number;
         // Trim what we already have.
-        if seq < self.rcv_nxt {
-            let dup = self.rcv_nxt.distance_from(seq).min(payload.len());
+        if seq < self.rcv.nxt {
+            let dup = self.rcv.nxt.distance_from(seq).min(payload.len());
             payload = &payload[dup..];
             seq += dup;
         }
         if payload.is_empty() {
-            self.ack_now = true;
+            self.ack.now = true;
             return;
         }
-        let off = seq.distance_from(self.rcv_nxt);
+        let off = seq.distance_from(self.rcv.nxt);
         // Trim to the advertised window.
-        let wnd = self.rcv_adv.distance_from(self.rcv_nxt);
+        let wnd = self.rcv.adv.distance_from(self.rcv.nxt);
         let room = wnd.saturating_sub(off);
         let payload = &payload[..payload.len().min(room)];
         if payload.is_empty() {
-            self.ack_now = true;
+            self.ack.now = true;
             return;
         }
         let had_ooo = !self.rx.assembler.is_empty();
         match self.rx.write(off, payload) {
             None => {
                 self.counters.rcv_buffer_drops += 1;
-                self.ack_now = true;
+                self.ack.now = true;
             }
             Some(0) => {
                 // Out of order: ACK at once with SACK (RFC 5681 4.2, RFC 2018 4).
                 self.counters.ooo_segs_in += 1;
-                self.ack_now = true;
+                self.ack.now = true;
             }
             Some(n) => {
-                self.rcv_nxt += n;
+                self.rcv.nxt += n;
                 self.counters.bytes_in += n as u64;
                 self.push_event(Event::Readable);
-                self.segs_unacked += 1;
-                if had_ooo || self.quickacks > 0 || self.cfg.delayed_ack.is_none() {
+                self.ack.segs_unacked += 1;
+                if had_ooo || self.ack.quickacks > 0 || self.cfg.delayed_ack.is_none() {
                     // Filling a hole is ACKed at once (RFC 5681 4.2).
-                    self.quickacks = self.quickacks.saturating_sub(1);
-                    self.ack_now = true;
-                } else if self.segs_unacked >= 2 {
+                    self.ack.quickacks = self.ack.quickacks.saturating_sub(1);
+                    self.ack.now = true;
+                } else if self.ack.segs_unacked >= 2 {
                     // RFC 5681 4.2: at least every second full-sized segment.
-                    self.ack_now = true;
-                } else if self.timers[Timer::DelayedAck as usize].is_none() {
+                    self.ack.now = true;
+                } else if self.timers.deadline[Timer::DelayedAck as usize].is_none() {
                     let d = self.cfg.delayed_ack.unwrap_or(Duration::ZERO);
                     self.arm(Timer::DelayedAck, now + d);
                 }
@@ -1393,15 +1469,15 @@ impl Connection {
 
     /// The earliest timer deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.iter().flatten().min().copied()
+        self.timers.deadline.iter().flatten().min().copied()
     }
 
     /// Run every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         for t in ALL_TIMERS {
-            match self.timers[t as usize] {
+            match self.timers.deadline[t as usize] {
                 Some(at) if at <= now => {
-                    self.timers[t as usize] = None;
+                    self.timers.deadline[t as usize] = None;
                     self.on_timer(now, t);
                 }
                 _ => {}
@@ -1413,19 +1489,19 @@ impl Connection {
         match t {
             Timer::Retransmit => self.on_retransmit_timeout(now),
             Timer::DelayedAck => {
-                if self.segs_unacked > 0 {
-                    self.ack_now = true;
+                if self.ack.segs_unacked > 0 {
+                    self.ack.now = true;
                 }
             }
             Timer::Persist => {
                 if self.state.can_send_data() {
                     self.counters.window_probes += 1;
-                    self.probe_due = true;
-                    self.persist_backoff += 1;
+                    self.due.probe = true;
+                    self.timers.persist_backoff += 1;
                     // RFC 9293 3.8.6.1: keep probing while the window stays zero; the
                     // connection MUST NOT be closed for it. The user timeout still applies.
                     if let Some(uto) = self.cfg.user_timeout {
-                        if now - self.last_recv > uto {
+                        if now - self.timers.last_recv > uto {
                             self.enter_closed(Some(Error::TimedOut));
                             return;
                         }
@@ -1441,9 +1517,9 @@ impl Connection {
                 }
             }
             Timer::LossProbe => {
-                if self.recovery.is_none() && self.snd_nxt > self.snd_una && self.state.is_synchronized() {
+                if self.loss.recovery.is_none() && self.snd.nxt > self.snd.una && self.state.is_synchronized() {
                     self.counters.loss_probes += 1;
-                    self.probe_rtx = true;
+                    self.loss.probe_rtx = true;
                 }
             }
         }
@@ -1452,28 +1528,28 @@ impl Connection {
     fn on_retransmit_timeout(&mut self, now: Instant) {
         match self.state {
             State::SynSent | State::SynReceived => {
-                self.retries += 1;
+                self.timers.retries += 1;
                 // Linux: tcp_syn_retries for a SYN, tcp_synack_retries for a SYN-ACK.
                 let limit = if self.passive { self.cfg.synack_retries } else { self.cfg.syn_retries };
-                if self.retries > limit {
+                if self.timers.retries > limit {
                     self.enter_closed(Some(Error::TimedOut));
                     return;
                 }
                 self.counters.timeouts += 1;
                 self.rtt.back_off();
-                self.syn_due = true;
+                self.due.syn = true;
             }
             State::Closed | State::TimeWait | State::FinWait2 => {}
             _ => {
-                if self.snd_una == self.snd_nxt {
+                if self.snd.una == self.snd.nxt {
                     return;
                 }
-                self.retries += 1;
-                let uto_expired = match (self.cfg.user_timeout, self.unacked_since) {
+                self.timers.retries += 1;
+                let uto_expired = match (self.cfg.user_timeout, self.timers.unacked_since) {
                     (Some(uto), Some(since)) => now - since >= uto,
                     _ => false,
                 };
-                if self.retries > self.cfg.max_retries || uto_expired {
+                if self.timers.retries > self.cfg.max_retries || uto_expired {
                     self.enter_closed(Some(Error::TimedOut));
                     return;
                 }
@@ -1483,14 +1559,14 @@ impl Connection {
                 self.rtt.back_off();
                 // RFC 2018 8: after a timeout the left edge MUST be retransmitted whatever the
                 // SACK state says; plex forgets the scoreboard (the receiver may have reneged).
-                self.scoreboard.clear();
+                self.loss.scoreboard.clear();
                 self.disarm(Timer::LossProbe);
-                self.recovery = Some(Recovery { kind: RecoveryKind::Timeout, point: self.snd_nxt });
-                self.lost_until = self.snd_nxt;
-                self.high_rxt = self.snd_una;
-                self.dupacks = 0;
+                self.loss.recovery = Some(Recovery { kind: RecoveryKind::Timeout, point: self.snd.nxt });
+                self.loss.lost_until = self.snd.nxt;
+                self.loss.high_rxt = self.snd.una;
+                self.loss.dupacks = 0;
                 self.rtt_probe = None;
-                self.quickacks = QUICKACKS;
+                self.ack.quickacks = QUICKACKS;
                 self.arm(Timer::Retransmit, now + self.rtt.rto());
             }
         }
@@ -1499,8 +1575,8 @@ impl Connection {
     fn arm_keepalive(&mut self) {
         match self.cfg.keepalive {
             Some(ka) if self.state.is_synchronized() => {
-                let interval = if self.keepalive_sent == 0 { ka.idle } else { ka.interval };
-                self.arm(Timer::Keepalive, self.last_recv.max(self.last_send_ka()) + interval);
+                let interval = if self.timers.keepalive_sent == 0 { ka.idle } else { ka.interval };
+                self.arm(Timer::Keepalive, self.timers.last_recv.max(self.last_send_ka()) + interval);
             }
             _ => self.disarm(Timer::Keepalive),
         }
@@ -1508,10 +1584,10 @@ impl Connection {
 
     fn last_send_ka(&self) -> Instant {
         // Keepalive idles on received segments; probes re-arm from the last probe.
-        if self.keepalive_sent > 0 {
-            self.last_send
+        if self.timers.keepalive_sent > 0 {
+            self.timers.last_send
         } else {
-            self.last_recv
+            self.timers.last_recv
         }
     }
 
@@ -1520,19 +1596,19 @@ impl Connection {
         if !matches!(self.state, State::Established | State::CloseWait | State::FinWait2) {
             return;
         }
-        let idle = now - self.last_recv;
-        let due = if self.keepalive_sent == 0 { ka.idle } else { ka.idle + ka.interval.saturating_mul(self.keepalive_sent) };
+        let idle = now - self.timers.last_recv;
+        let due = if self.timers.keepalive_sent == 0 { ka.idle } else { ka.idle + ka.interval.saturating_mul(self.timers.keepalive_sent) };
         if idle < due {
             self.arm_keepalive();
             return;
         }
-        if self.keepalive_sent >= ka.probes {
+        if self.timers.keepalive_sent >= ka.probes {
             self.enter_closed(Some(Error::TimedOut));
             return;
         }
-        self.keepalive_sent += 1;
-        self.probe_due = true;
-        self.last_send = now;
+        self.timers.keepalive_sent += 1;
+        self.due.probe = true;
+        self.timers.last_send = now;
         self.arm(Timer::Keepalive, now + ka.interval);
     }
 
@@ -1541,10 +1617,10 @@ impl Connection {
 
     /// Receive window to advertise, before scaling.
     fn rcv_window(&self) -> usize {
-        let advertised = self.rcv_adv.distance_from(self.rcv_nxt);
+        let advertised = self.rcv.adv.distance_from(self.rcv.nxt);
         let free = self.rx.window();
         // Receiver SWS avoidance: only move the right edge by a worthwhile amount.
-        let threshold = (self.rx.capacity() / 2).min(self.mss);
+        let threshold = (self.rx.capacity() / 2).min(self.opts.mss);
         if free >= advertised + threshold || free == 0 {
             free.max(advertised)
         } else {
@@ -1557,17 +1633,17 @@ impl Connection {
         match self.state {
             State::Closed => return None,
             State::SynSent | State::SynReceived => {
-                if self.syn_due {
+                if self.due.syn {
                     return Some(Plan {
-                        seq: self.iss,
+                        seq: self.snd.iss,
                         control: TcpControl::Syn,
                         off: 0,
                         len: 0,
                         ack: self.state == State::SynReceived,
-                        retransmit: self.retries > 0,
+                        retransmit: self.timers.retries > 0,
                     });
                 }
-                if self.state == State::SynSent || !self.ack_now {
+                if self.state == State::SynSent || !self.ack.now {
                     return None;
                 }
             }
@@ -1580,35 +1656,35 @@ impl Connection {
         // Retransmission (RFC 6675 NextSeg rule 1, or go-back-N after a timeout).
         let pipe = self.pipe();
         let cwnd = self.cc.cwnd();
-        if self.lost_until > self.snd_una || self.sack_ok {
-            if let Some((seq, avail)) = self.scoreboard.next_lost(
-                self.snd_una,
-                self.snd_nxt,
-                self.high_rxt,
-                self.lost_until,
-                self.mss,
+        if self.loss.lost_until > self.snd.una || self.opts.sack_ok {
+            if let Some((seq, avail)) = self.loss.scoreboard.next_lost(
+                self.snd.una,
+                self.snd.nxt,
+                self.loss.high_rxt,
+                self.loss.lost_until,
+                self.opts.mss,
             ) {
-                if pipe < cwnd || self.rtx_now {
-                    self.rtx_now = false;
-                    return Some(self.data_plan(seq, avail.min(self.mss), true));
+                if pipe < cwnd || self.loss.rtx_now {
+                    self.loss.rtx_now = false;
+                    return Some(self.data_plan(seq, avail.min(self.opts.mss), true));
                 }
             }
         }
 
         // Tail loss probe: new data if the windows allow it, else the last segment again.
-        if self.probe_rtx {
-            self.probe_rtx = false;
+        if self.loss.probe_rtx {
+            self.loss.probe_rtx = false;
             let sent = self.sent_data();
             let unsent = self.tx.len() - sent;
-            let wnd_room = (self.snd_una + self.snd_wnd).distance_from(self.snd_nxt);
+            let wnd_room = (self.snd.una + self.snd.wnd).distance_from(self.snd.nxt);
             if unsent == 0 || wnd_room == 0 {
-                let len = sent.min(self.mss);
+                let len = sent.min(self.opts.mss);
                 if len > 0 {
-                    return Some(self.data_plan(self.snd_una + (sent - len), len, true));
+                    return Some(self.data_plan(self.snd.una + (sent - len), len, true));
                 }
             } else {
-                let len = unsent.min(self.mss).min(wnd_room);
-                return Some(self.data_plan(self.snd_nxt, len, false));
+                let len = unsent.min(self.opts.mss).min(wnd_room);
+                return Some(self.data_plan(self.snd.nxt, len, false));
             }
         }
 
@@ -1616,31 +1692,31 @@ impl Connection {
         if self.state.can_send_data() {
             let sent = self.sent_data();
             let unsent = self.tx.len() - sent;
-            let wnd_end = self.snd_una + self.snd_wnd;
-            let wnd_room = wnd_end.distance_from(self.snd_nxt);
+            let wnd_end = self.snd.una + self.snd.wnd;
+            let wnd_room = wnd_end.distance_from(self.snd.nxt);
             let cwnd_room = cwnd.saturating_sub(pipe);
-            let len = unsent.min(self.mss).min(wnd_room).min(cwnd_room);
-            let fin_now = self.fin_seq.is_some_and(|f| self.snd_nxt <= f) && len == unsent;
+            let len = unsent.min(self.opts.mss).min(wnd_room).min(cwnd_room);
+            let fin_now = self.fin_seq.is_some_and(|f| self.snd.nxt <= f) && len == unsent;
             if len > 0 {
-                let nothing_in_flight = self.snd_nxt == self.snd_una;
-                let send = len == self.mss
+                let nothing_in_flight = self.snd.nxt == self.snd.una;
+                let send = len == self.opts.mss
                     || (len == unsent && (self.cfg.nodelay || nothing_in_flight || fin_now))
-                    || (self.max_snd_wnd > 0 && len >= self.max_snd_wnd / 2 && nothing_in_flight)
-                    || (self.probe_due && nothing_in_flight);
+                    || (self.snd.max_wnd > 0 && len >= self.snd.max_wnd / 2 && nothing_in_flight)
+                    || (self.due.probe && nothing_in_flight);
                 if send {
-                    self.probe_due = false;
-                    let mut p = self.data_plan(self.snd_nxt, len, false);
+                    self.due.probe = false;
+                    let mut p = self.data_plan(self.snd.nxt, len, false);
                     if fin_now {
                         p.control = TcpControl::Fin;
                     }
                     return Some(p);
                 }
             } else if unsent == 0
-                && self.fin_seq.is_some_and(|f| self.snd_nxt == f)
+                && self.fin_seq.is_some_and(|f| self.snd.nxt == f)
                 && (cwnd_room > 0 || pipe == 0)
             {
                 return Some(Plan {
-                    seq: self.snd_nxt,
+                    seq: self.snd.nxt,
                     control: TcpControl::Fin,
                     off: sent,
                     len: 0,
@@ -1652,10 +1728,10 @@ impl Connection {
 
         // Probes (zero window, keepalive): a pure ACK with an old sequence number elicits an
         // ACK without consuming sequence space (what Linux sends).
-        if self.probe_due {
-            self.probe_due = false;
+        if self.due.probe {
+            self.due.probe = false;
             return Some(Plan {
-                seq: self.snd_una - 1,
+                seq: self.snd.una - 1,
                 control: TcpControl::None,
                 off: 0,
                 len: 0,
@@ -1664,9 +1740,9 @@ impl Connection {
             });
         }
 
-        if self.ack_now {
+        if self.ack.now {
             return Some(Plan {
-                seq: self.snd_nxt,
+                seq: self.snd.nxt,
                 control: TcpControl::None,
                 off: 0,
                 len: 0,
@@ -1680,7 +1756,7 @@ impl Connection {
     /// A segment of `len` data bytes from `seq` (new or retransmitted), with a FIN if it
     /// reaches ours.
     fn data_plan(&self, seq: SeqNumber, len: usize, retransmit: bool) -> Plan {
-        let off = seq.distance_from(self.snd_una);
+        let off = seq.distance_from(self.snd.una);
         let mut plan = Plan { seq, control: TcpControl::None, off, len, ack: true, retransmit };
         // Never read past the buffer: a retransmitted range may end with our FIN.
         let data_avail = self.tx.len().saturating_sub(off);
@@ -1696,13 +1772,13 @@ impl Connection {
     /// Write the next segment into `out` (which must hold at least MSS + 60 bytes). Returns the
     /// TCP segment length.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
-        if let Some((seq, ack)) = self.rst_reply.take() {
+        if let Some((seq, ack)) = self.due.rst_reply.take() {
             return Some(self.emit_rst(out, seq, ack));
         }
-        if self.rst_due {
-            self.rst_due = false;
-            let seq = self.snd_nxt;
-            let ack = self.rcv_nxt;
+        if self.due.rst {
+            self.due.rst = false;
+            let seq = self.snd.nxt;
+            let ack = self.rcv.nxt;
             return Some(self.emit_rst(out, seq, Some(ack)));
         }
         if !self.may_transmit() {
@@ -1731,17 +1807,17 @@ impl Connection {
     /// nothing is marked lost. A cheap test run before planning (most visits to a connection
     /// after it received something find nothing to send).
     pub fn may_transmit(&self) -> bool {
-        self.rst_reply.is_some()
-            || self.rst_due
-            || self.ack_now
-            || self.syn_due
-            || self.probe_due
-            || self.probe_rtx
-            || self.rtx_now
+        self.due.rst_reply.is_some()
+            || self.due.rst
+            || self.ack.now
+            || self.due.syn
+            || self.due.probe
+            || self.loss.probe_rtx
+            || self.loss.rtx_now
             || self.tx.len() > self.sent_data()
-            || self.fin_seq.is_some_and(|f| self.snd_nxt <= f)
-            || self.lost_until > self.snd_una
-            || !self.scoreboard.is_empty()
+            || self.fin_seq.is_some_and(|f| self.snd.nxt <= f)
+            || self.loss.lost_until > self.snd.una
+            || !self.loss.scoreboard.is_empty()
     }
 
     fn emit_rst(&mut self, out: &mut [u8], seq: SeqNumber, ack: Option<SeqNumber>) -> usize {
@@ -1757,47 +1833,47 @@ impl Connection {
     fn emit(&mut self, now: Instant, out: &mut [u8], mut plan: Plan) -> usize {
         let mut r = TcpRepr::new(self.tuple.local.port(), self.tuple.remote.port(), plan.seq);
         r.control = plan.control;
-        r.ack_number = plan.ack.then_some(self.rcv_nxt);
+        r.ack_number = plan.ack.then_some(self.rcv.nxt);
         let is_syn = plan.control == TcpControl::Syn;
         let window = self.rcv_window();
         if is_syn {
             // RFC 7323 2.2: the SYN's window is not scaled.
             r.window_len = window.min(65535) as u16;
             r.max_seg_size = Some(self.cfg.mss);
-            let offer_ws = self.cfg.window_scaling && (self.state == State::SynSent || self.ws_ok);
-            r.window_scale = offer_ws.then_some(self.rcv_wscale);
-            r.sack_permitted = self.cfg.sack && (self.state == State::SynSent || self.sack_ok);
-            let ts_on = self.cfg.timestamps && (self.state == State::SynSent || self.ts_ok);
+            let offer_ws = self.cfg.window_scaling && (self.state == State::SynSent || self.opts.ws_ok);
+            r.window_scale = offer_ws.then_some(self.rcv.wscale);
+            r.sack_permitted = self.cfg.sack && (self.state == State::SynSent || self.opts.sack_ok);
+            let ts_on = self.cfg.timestamps && (self.state == State::SynSent || self.ts.ok);
             if ts_on {
                 r.timestamp = Some(TcpTimestamp {
                     tsval: self.tsval(now),
-                    tsecr: if self.state == State::SynReceived { self.ts_recent } else { 0 },
+                    tsecr: if self.state == State::SynReceived { self.ts.recent } else { 0 },
                 });
             }
-            self.rcv_adv = self.rcv_nxt + window.min(65535);
+            self.rcv.adv = self.rcv.nxt + window.min(65535);
         } else {
-            let mut field = window >> self.rcv_wscale;
-            let edge = self.rcv_adv.distance_from(self.rcv_nxt);
-            if (field << self.rcv_wscale) < edge {
+            let mut field = window >> self.rcv.wscale;
+            let edge = self.rcv.adv.distance_from(self.rcv.nxt);
+            if (field << self.rcv.wscale) < edge {
                 field += 1;
             }
             let field = field.min(65535);
             r.window_len = field as u16;
-            let new_edge = self.rcv_nxt + (field << self.rcv_wscale);
-            if new_edge > self.rcv_adv {
-                self.rcv_adv = new_edge;
+            let new_edge = self.rcv.nxt + (field << self.rcv.wscale);
+            if new_edge > self.rcv.adv {
+                self.rcv.adv = new_edge;
             }
-            if self.ts_ok {
-                r.timestamp = Some(TcpTimestamp { tsval: self.tsval(now), tsecr: self.ts_recent });
+            if self.ts.ok {
+                r.timestamp = Some(TcpTimestamp { tsval: self.tsval(now), tsecr: self.ts.recent });
             }
-            if self.sack_ok && !self.rx.assembler.is_empty() {
+            if self.opts.sack_ok && !self.rx.assembler.is_empty() {
                 r.sack_blocks = self.sack_blocks();
             }
         }
         // SACK blocks take room from the payload (the MSS already accounts for timestamps),
         // and the segment must fit the caller's buffer whatever happens.
         let hl = r.header_len();
-        let room = (self.mss + 20 + if self.ts_ok { 12 } else { 0 }).min(out.len()).saturating_sub(hl);
+        let room = (self.opts.mss + 20 + if self.ts.ok { 12 } else { 0 }).min(out.len()).saturating_sub(hl);
         if plan.len > room {
             plan.len = room;
             if plan.control == TcpControl::Fin {
@@ -1817,16 +1893,16 @@ impl Connection {
 
         // Bookkeeping.
         self.counters.segs_out += 1;
-        self.last_send = now;
+        self.timers.last_send = now;
         if plan.ack {
-            self.ack_now = false;
-            self.segs_unacked = 0;
-            self.last_ack_sent = self.rcv_nxt;
+            self.ack.now = false;
+            self.ack.segs_unacked = 0;
+            self.rcv.last_ack_sent = self.rcv.nxt;
             self.disarm(Timer::DelayedAck);
         }
         let seq_len = plan.len + plan.control.len();
         if is_syn {
-            self.syn_due = false;
+            self.due.syn = false;
             if !plan.retransmit {
                 self.rtt_probe = Some((plan.seq, now));
             } else {
@@ -1835,38 +1911,38 @@ impl Connection {
             self.arm(Timer::Retransmit, now + self.rtt.rto());
         } else if seq_len > 0 {
             let end = plan.seq + seq_len;
-            if plan.retransmit || plan.seq < self.snd_nxt {
-                self.last_rtx_at = Some(now);
-                if plan.seq == self.snd_una {
-                    self.rtx_una_at = Some(now);
+            if plan.retransmit || plan.seq < self.snd.nxt {
+                self.loss.last_rtx_at = Some(now);
+                if plan.seq == self.snd.una {
+                    self.loss.rtx_una_at = Some(now);
                 }
                 self.counters.retrans_segs += 1;
                 self.counters.retrans_bytes += plan.len as u64;
-                if end > self.high_rxt {
-                    self.high_rxt = end;
+                if end > self.loss.high_rxt {
+                    self.loss.high_rxt = end;
                 }
                 if self.rtt_probe.is_some_and(|(s, _)| s >= plan.seq && s < end) {
                     self.rtt_probe = None;
                 }
             } else {
                 // RFC 5681 4.1: restart after idle.
-                if self.snd_una == self.snd_nxt && now - self.last_recv > self.rtt.rto() && self.counters.bytes_out > 0 {
+                if self.snd.una == self.snd.nxt && now - self.timers.last_recv > self.rtt.rto() && self.counters.bytes_out > 0 {
                     self.cc.on_idle_restart(now);
                 }
                 self.counters.bytes_out += plan.len as u64;
-                if self.rtt_probe.is_none() && !self.ts_ok && self.recovery.is_none() {
+                if self.rtt_probe.is_none() && !self.ts.ok && self.loss.recovery.is_none() {
                     self.rtt_probe = Some((plan.seq, now));
                 }
-                if self.snd_una == self.snd_nxt {
-                    self.unacked_since = Some(now);
+                if self.snd.una == self.snd.nxt {
+                    self.timers.unacked_since = Some(now);
                 }
-                self.snd_nxt = end;
-                if self.high_rxt < self.snd_una {
-                    self.high_rxt = self.snd_una;
+                self.snd.nxt = end;
+                if self.loss.high_rxt < self.snd.una {
+                    self.loss.high_rxt = self.snd.una;
                 }
             }
             // RFC 6298 5.1: start the timer if it is not running.
-            if self.timers[Timer::Retransmit as usize].is_none() {
+            if self.timers.deadline[Timer::Retransmit as usize].is_none() {
                 self.arm(Timer::Retransmit, now + self.rtt.rto());
             }
             if !plan.retransmit {
@@ -1881,7 +1957,7 @@ impl Connection {
     /// from the highest down.
     fn sack_blocks(&self) -> SackBlocks {
         let mut b = SackBlocks::EMPTY;
-        let base = self.rcv_nxt;
+        let base = self.rcv.nxt;
         let recent = self.rx.assembler.recent();
         if let Some((s, e)) = recent {
             b.push(base + s, base + e);
@@ -1901,15 +1977,15 @@ impl Connection {
     /// resend what is in flight at the new size, without a congestion response.
     pub fn handle_path_mtu(&mut self, mtu: u16) {
         // RFC 1191 / RFC 1122: ignore absurd values.
-        if mtu < 68 || mtu >= self.path_mtu {
+        if mtu < 68 || mtu >= self.opts.path_mtu {
             return;
         }
-        self.path_mtu = mtu;
-        let before = self.mss;
+        self.opts.path_mtu = mtu;
+        let before = self.opts.mss;
         self.update_mss();
-        if self.mss < before && self.snd_nxt > self.snd_una && self.state.is_synchronized() {
-            self.lost_until = self.snd_nxt;
-            self.high_rxt = self.snd_una;
+        if self.opts.mss < before && self.snd.nxt > self.snd.una && self.state.is_synchronized() {
+            self.loss.lost_until = self.snd.nxt;
+            self.loss.high_rxt = self.snd.una;
         }
     }
 }

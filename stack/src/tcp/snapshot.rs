@@ -219,16 +219,16 @@ impl Connection {
         let mut out = Vec::with_capacity(256 + self.tx.len() + self.rx.readable());
         out.extend_from_slice(&MAGIC);
         let mut flags = 0u16;
-        if self.ts_ok {
+        if self.ts.ok {
             flags |= flag::TIMESTAMPS;
         }
-        if self.sack_ok {
+        if self.opts.sack_ok {
             flags |= flag::SACK;
         }
-        if self.ws_ok {
+        if self.opts.ws_ok {
             flags |= flag::WSCALE;
         }
-        if self.recovery.is_some() {
+        if self.loss.recovery.is_some() {
             flags |= flag::RECOVERY;
         }
         if self.fin_seq.is_some() {
@@ -258,22 +258,22 @@ impl Connection {
         w.addr(self.tuple.local);
         w.addr(self.tuple.remote);
         // Sequence space.
-        for s in [self.iss, self.irs, self.snd_una, self.snd_nxt, self.snd_wl1, self.snd_wl2] {
+        for s in [self.snd.iss, self.rcv.irs, self.snd.una, self.snd.nxt, self.snd.wl1, self.snd.wl2] {
             w.seq(s);
         }
-        w.u64(self.snd_wnd as u64);
-        w.u64(self.max_snd_wnd as u64);
-        w.seq(self.rcv_nxt);
-        w.seq(self.rcv_adv);
-        w.seq(self.last_ack_sent);
-        w.u8(self.snd_wscale);
-        w.u8(self.rcv_wscale);
+        w.u64(self.snd.wnd as u64);
+        w.u64(self.snd.max_wnd as u64);
+        w.seq(self.rcv.nxt);
+        w.seq(self.rcv.adv);
+        w.seq(self.rcv.last_ack_sent);
+        w.u8(self.snd.wscale);
+        w.u8(self.rcv.wscale);
         // Options.
-        w.u16(self.peer_mss);
-        w.u16(self.path_mtu);
+        w.u16(self.opts.peer_mss);
+        w.u16(self.opts.path_mtu);
         w.u16(self.cfg.mss);
-        w.u32(self.ts_recent);
-        w.u64((now - self.ts_recent_age).total_micros());
+        w.u32(self.ts.recent);
+        w.u64((now - self.ts.recent_age).total_micros());
         w.u32(self.tsval_now(now));
         // Congestion control, RTT, recovery.
         encode_cc(&mut w, &self.cc.state(now));
@@ -282,31 +282,31 @@ impl Connection {
         w.u64(rttvar);
         w.u64(rto);
         w.u32(backoff);
-        if let Some(r) = self.recovery {
+        if let Some(r) = self.loss.recovery {
             w.u8(match r.kind {
                 RecoveryKind::Fast => 0,
                 RecoveryKind::Timeout => 1,
             });
             w.seq(r.point);
         }
-        w.seq(self.high_rxt);
-        w.seq(self.lost_until);
-        w.u32(self.dupacks);
-        let blocks = self.scoreboard.blocks();
+        w.seq(self.loss.high_rxt);
+        w.seq(self.loss.lost_until);
+        w.u32(self.loss.dupacks);
+        let blocks = self.loss.scoreboard.blocks();
         w.u8(blocks.len() as u8);
         for &(l, r) in blocks {
             w.seq(l);
             w.seq(r);
         }
         // Timers, relative to now.
-        for t in self.timers {
+        for t in self.timers.deadline {
             w.deadline(now, t);
         }
-        w.u32(self.retries);
-        w.u32(self.persist_backoff);
-        w.u32(self.keepalive_sent);
-        w.u64(self.unacked_since.map(|t| (now - t).total_micros()).unwrap_or(u64::MAX));
-        w.u64((now - self.last_recv).total_micros());
+        w.u32(self.timers.retries);
+        w.u32(self.timers.persist_backoff);
+        w.u32(self.timers.keepalive_sent);
+        w.u64(self.timers.unacked_since.map(|t| (now - t).total_micros()).unwrap_or(u64::MAX));
+        w.u64((now - self.timers.last_recv).total_micros());
         // Socket options.
         w.u64(self.cfg.send_buffer as u64);
         w.u64(self.cfg.recv_buffer as u64);
@@ -501,44 +501,44 @@ impl Connection {
         let ts_offset = last_tsval.wrapping_add(1).wrapping_sub(now.total_millis() as u32);
         let mut c = Connection::connect(now, tuple, iss, ts_offset, &cfg);
         c.state = state;
-        c.irs = irs;
-        c.snd_una = snd_una;
-        c.snd_nxt = snd_nxt;
-        c.snd_wl1 = snd_wl1;
-        c.snd_wl2 = snd_wl2;
-        c.snd_wnd = snd_wnd;
-        c.max_snd_wnd = max_snd_wnd;
-        c.rcv_nxt = rcv_nxt;
-        c.rcv_adv = rcv_adv;
-        c.last_ack_sent = last_ack_sent;
-        c.snd_wscale = snd_wscale;
-        c.rcv_wscale = rcv_wscale;
-        c.ws_ok = flags & flag::WSCALE != 0;
-        c.peer_mss = peer_mss;
-        c.path_mtu = path_mtu;
-        c.sack_ok = flags & flag::SACK != 0;
-        c.ts_ok = flags & flag::TIMESTAMPS != 0;
-        c.ts_recent = ts_recent;
-        c.ts_recent_age = ts_recent_age;
+        c.rcv.irs = irs;
+        c.snd.una = snd_una;
+        c.snd.nxt = snd_nxt;
+        c.snd.wl1 = snd_wl1;
+        c.snd.wl2 = snd_wl2;
+        c.snd.wnd = snd_wnd;
+        c.snd.max_wnd = max_snd_wnd;
+        c.rcv.nxt = rcv_nxt;
+        c.rcv.adv = rcv_adv;
+        c.rcv.last_ack_sent = last_ack_sent;
+        c.snd.wscale = snd_wscale;
+        c.rcv.wscale = rcv_wscale;
+        c.opts.ws_ok = flags & flag::WSCALE != 0;
+        c.opts.peer_mss = peer_mss;
+        c.opts.path_mtu = path_mtu;
+        c.opts.sack_ok = flags & flag::SACK != 0;
+        c.ts.ok = flags & flag::TIMESTAMPS != 0;
+        c.ts.recent = ts_recent;
+        c.ts.recent_age = ts_recent_age;
         c.cc = CongestionControl::from_state(&cc_state, now);
         c.update_mss();
-        if c.mss + if c.ts_ok { 12 } else { 0 } > defaults.mss as usize {
+        if c.opts.mss + if c.ts.ok { 12 } else { 0 } > defaults.mss as usize {
             return Err(SnapshotError::Incompatible("the target's MSS is smaller than the connection's segments"));
         }
         c.rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
-        c.recovery = recovery;
-        c.high_rxt = high_rxt;
-        c.lost_until = lost_until;
-        c.dupacks = dupacks;
-        c.scoreboard.update(snd_una, snd_nxt, &blocks);
-        c.timers = timers;
-        c.retries = retries;
-        c.persist_backoff = persist_backoff;
-        c.keepalive_sent = keepalive_sent;
-        c.unacked_since = unacked_since;
-        c.last_recv = last_recv;
-        c.syn_due = false;
-        c.quickacks = 0;
+        c.loss.recovery = recovery;
+        c.loss.high_rxt = high_rxt;
+        c.loss.lost_until = lost_until;
+        c.loss.dupacks = dupacks;
+        c.loss.scoreboard.update(snd_una, snd_nxt, &blocks);
+        c.timers.deadline = timers;
+        c.timers.retries = retries;
+        c.timers.persist_backoff = persist_backoff;
+        c.timers.keepalive_sent = keepalive_sent;
+        c.timers.unacked_since = unacked_since;
+        c.timers.last_recv = last_recv;
+        c.due.syn = false;
+        c.ack.quickacks = 0;
         c.fin_seq = fin_seq;
         c.rcv_fin = rcv_fin;
         c.tx = SendBuffer::new(cfg.send_buffer);
@@ -556,7 +556,7 @@ impl Connection {
                 return Err(SnapshotError::Invalid("out-of-order data"));
             }
         }
-        c.ack_now = true;
+        c.ack.now = true;
         let snap = Snapshot { tuple, state, giver, app_state };
         Ok((c, snap))
     }
@@ -614,8 +614,8 @@ mod tests {
         let later = Instant::from_secs(100);
         let (mut r, snap) = Connection::restore(&rec, later, &Config::default()).unwrap();
         assert_eq!(snap, Snapshot { tuple: c.tuple, state: State::Established, giver: 3, app_state: b"app".to_vec() });
-        assert_eq!((r.snd_una, r.snd_nxt, r.rcv_nxt, r.rcv_adv), (c.snd_una, c.snd_nxt, c.rcv_nxt, c.rcv_adv));
-        assert_eq!((r.snd_wnd, r.snd_wscale, r.rcv_wscale, r.mss), (c.snd_wnd, c.snd_wscale, c.rcv_wscale, c.mss));
+        assert_eq!((r.snd.una, r.snd.nxt, r.rcv.nxt, r.rcv.adv), (c.snd.una, c.snd.nxt, c.rcv.nxt, c.rcv.adv));
+        assert_eq!((r.snd.wnd, r.snd.wscale, r.rcv.wscale, r.opts.mss), (c.snd.wnd, c.snd.wscale, c.rcv.wscale, c.opts.mss));
         assert_eq!(r.cwnd(), c.cwnd());
         assert_eq!(r.rtt, c.rtt);
         assert_eq!(r.send_queue(), 5000);
@@ -632,7 +632,7 @@ mod tests {
         let p = TcpPacket::new_checked(&b1[..n]).unwrap();
         let sent = TcpRepr::parse(&p, *L.ip(), *P.ip(), true).unwrap();
         assert!(sent.timestamp.unwrap().tsval > c.tsval_now(now));
-        assert_eq!(sent.ack_number, Some(c.rcv_nxt));
+        assert_eq!(sent.ack_number, Some(c.rcv.nxt));
     }
 
     #[test]
@@ -654,13 +654,13 @@ mod tests {
         };
         let (r, _) = Connection::restore(&rec, now, &target).unwrap();
         // What the peer agreed to is kept.
-        assert!(r.sack_ok && r.ts_ok && r.ws_ok);
-        assert_eq!((r.snd_wscale, r.rcv_wscale), (c.snd_wscale, c.rcv_wscale));
+        assert!(r.opts.sack_ok && r.ts.ok && r.opts.ws_ok);
+        assert_eq!((r.snd.wscale, r.rcv.wscale), (c.snd.wscale, c.rcv.wscale));
         assert_eq!(r.cc.algorithm(), c.cc.algorithm());
         assert_eq!(r.send_queue(), 5000, "the record's send buffer, not the target's 1024");
         // The target's RTO floor applies.
         assert!(r.rto() >= Duration::from_secs(2));
-        assert_eq!(r.mss, c.mss);
+        assert_eq!(r.opts.mss, c.opts.mss);
         // A target that cannot send the connection's segments refuses it clearly.
         let small = Config { mss: 536, ..Config::default() };
         assert!(matches!(Connection::restore(&rec, now, &small), Err(SnapshotError::Incompatible(_))));
