@@ -192,7 +192,7 @@ impl Stack {
     ) -> Result<Vec<u8>, ApiError> {
         let (record, tuple) = match self.socket(h) {
             Some(Socket::Tcp(t)) => (
-                t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
+                t.conn.snapshot(now, giver, t.ephemeral, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
                 t.conn.tuple(),
             ),
             Some(_) => return Err(ApiError::WrongSocketType),
@@ -218,7 +218,7 @@ impl Stack {
         if self.connections.contains_key(&tuple) {
             return Err(tcp::SnapshotError::Invalid("a connection with this 4-tuple exists here"));
         }
-        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: false, mem: 0 }));
+        let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent: None, ephemeral: snap.owns_port, mem: 0 }));
         self.connections.insert(tuple, h);
         self.cluster.connection_opened(now, &tuple);
         self.after_tcp(now, h);

@@ -3,7 +3,9 @@
 //! [`Connection::restore`] reads back, in another process, at another time.
 //!
 //! Layout (little-endian): `magic "PLXC" | version u16 | flags u16 | length u32 | fields`.
-//! `flags` says which optional sections are present. Times are stored relative to the
+//! `flags` says which optional sections are present, and carries the options that need no
+//! bytes of their own (`OWNS_PORT` was added to version 1 this way: a reader that does not
+//! know a bit ignores it). Times are stored relative to the
 //! snapshot's `now` (deadlines as microseconds from it, ages as microseconds before it), so the
 //! restoring stack's clock need not agree with the giver's. Our TSval is carried as the last
 //! value sent, and the restored connection picks an offset that keeps it increasing (RFC 7323
@@ -41,6 +43,9 @@ mod flag {
     pub const USER_TIMEOUT: u16 = 1 << 7;
     pub const NODELAY: u16 = 1 << 8;
     pub const DELAYED_ACK: u16 = 1 << 9;
+    /// The giver allocated the local port for this connection (an ephemeral port of an active
+    /// open): the target frees it when the connection ends.
+    pub const OWNS_PORT: u16 = 1 << 10;
 }
 
 /// A decoded record, before it becomes a connection: the parts a caller may want to look at.
@@ -50,6 +55,10 @@ pub struct Snapshot {
     pub state: State,
     /// Identity of the giving stack (cluster slot), for logs and the target application.
     pub giver: u32,
+    /// The connection owns its local port (an ephemeral port its stack allocated): the stack
+    /// that restores it releases the port to the cluster when the connection ends. False in
+    /// records whose writer did not know the flag (the port is then never released).
+    pub owns_port: bool,
     pub app_state: Vec<u8>,
 }
 
@@ -518,7 +527,9 @@ fn decode_sockopts(
 impl Connection {
     /// Serialize this connection at `now`. The connection itself is not changed: the caller
     /// freezes it (stops polling it) and detaches it silently once the target accepted.
-    pub fn snapshot(&self, now: Instant, giver: u32, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+    /// `owns_port`: the caller allocated the local port for this connection (see
+    /// [`Snapshot::owns_port`]).
+    pub fn snapshot(&self, now: Instant, giver: u32, owns_port: bool, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
         let Connection {
             tuple,
             state,
@@ -559,7 +570,7 @@ impl Connection {
         }
         let mut out = Vec::with_capacity(256 + tx.len() + rx.readable());
         out.extend_from_slice(&MAGIC);
-        let mut flags = 0u16;
+        let mut flags = if owns_port { flag::OWNS_PORT } else { 0 };
         let mut w = W(&mut out);
         w.u16(VERSION);
         w.u16(0); // flags, patched below
@@ -732,7 +743,7 @@ impl Connection {
                 return Err(SnapshotError::Invalid("out-of-order data"));
             }
         }
-        let snap = Snapshot { tuple, state, giver, app_state };
+        let snap = Snapshot { tuple, state, giver, owns_port: flags & flag::OWNS_PORT != 0, app_state };
         Ok((c, snap))
     }
 }
@@ -785,10 +796,13 @@ mod tests {
         c.handle_segment(now, &ooo);
         while c.poll_transmit(now, &mut buf).is_some() {}
 
-        let rec = c.snapshot(now, 3, b"app").unwrap();
+        let rec = c.snapshot(now, 3, true, b"app").unwrap();
         let later = Instant::from_secs(100);
         let (mut r, snap) = Connection::restore(&rec, later, &Config::default()).unwrap();
-        assert_eq!(snap, Snapshot { tuple: c.tuple, state: State::Established, giver: 3, app_state: b"app".to_vec() });
+        assert_eq!(
+            snap,
+            Snapshot { tuple: c.tuple, state: State::Established, giver: 3, owns_port: true, app_state: b"app".to_vec() }
+        );
         assert_eq!((r.snd.una, r.snd.nxt, r.rcv.nxt, r.rcv.adv), (c.snd.una, c.snd.nxt, c.rcv.nxt, c.rcv.adv));
         assert_eq!((r.snd.wnd, r.snd.wscale, r.rcv.wscale, r.opts.mss), (c.snd.wnd, c.snd.wscale, c.rcv.wscale, c.opts.mss));
         assert_eq!(r.cwnd(), c.cwnd());
@@ -815,7 +829,7 @@ mod tests {
         let mut c = established();
         let now = Instant::from_millis(50);
         c.send(&[1u8; 5000]).unwrap();
-        let rec = c.snapshot(now, 0, &[]).unwrap();
+        let rec = c.snapshot(now, 0, false, &[]).unwrap();
         // A target configured quite differently: other buffers, options, RTO floor.
         let target = Config {
             send_buffer: 1024,
@@ -844,7 +858,7 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         let c = established();
-        let rec = c.snapshot(Instant::from_millis(5), 0, &[]).unwrap();
+        let rec = c.snapshot(Instant::from_millis(5), 0, false, &[]).unwrap();
         for n in 0..rec.len() {
             assert!(Connection::restore(&rec[..n], Instant::ZERO, &Config::default()).is_err(), "prefix {n}");
         }
@@ -865,9 +879,24 @@ mod tests {
     }
 
     #[test]
+    fn port_ownership_travels_as_a_flag() {
+        let c = established();
+        let now = Instant::from_millis(5);
+        let owned = c.snapshot(now, 0, true, &[]).unwrap();
+        let not = c.snapshot(now, 0, false, &[]).unwrap();
+        // Only the flag differs: the layout of version 1 is unchanged, and a reader that does
+        // not know the bit ignores it.
+        let flags = |r: &[u8]| u16::from_le_bytes([r[6], r[7]]);
+        assert_eq!(flags(&owned), flags(&not) | flag::OWNS_PORT);
+        assert_eq!((&owned[..6], &owned[8..]), (&not[..6], &not[8..]));
+        assert!(Connection::restore(&owned, now, &Config::default()).unwrap().1.owns_port);
+        assert!(!Connection::restore(&not, now, &Config::default()).unwrap().1.owns_port);
+    }
+
+    #[test]
     fn only_established_or_close_wait() {
         let cfg = Config::default();
         let c = Connection::connect(Instant::ZERO, Tuple { local: L, remote: P }, SeqNumber(1), 0, &cfg);
-        assert_eq!(c.snapshot(Instant::ZERO, 0, &[]).unwrap_err(), SnapshotError::WrongState(State::SynSent));
+        assert_eq!(c.snapshot(Instant::ZERO, 0, false, &[]).unwrap_err(), SnapshotError::WrongState(State::SynSent));
     }
 }
