@@ -4,6 +4,8 @@ use super::*;
 use crate::tcp::Keepalive;
 use std::net::Ipv4Addr;
 
+mod recovery;
+
 const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 80);
 const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 49152);
 const ISS: u32 = 10_000;
