@@ -197,9 +197,10 @@ impl Stack {
         app_state: &[u8],
     ) -> Result<Vec<u8>, ApiError> {
         let record = match self.socket(h) {
-            Some(Socket::Tcp(t)) => {
-                t.conn.snapshot(now, giver, app_state).map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?
-            }
+            Some(Socket::Tcp(t)) => t
+                .conn
+                .snapshot(now, giver, t.owns_port, app_state)
+                .map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
             Some(_) => return Err(ApiError::WrongSocketType),
             None => return Err(ApiError::InvalidHandle),
         };
@@ -220,7 +221,7 @@ impl Stack {
         if self.connections.contains_key(&tuple) {
             return Err(tcp::SnapshotError::Invalid("a connection with this 4-tuple exists here"));
         }
-        let h = self.install(now, conn, Origin::Restored { owns_port: false }, None);
+        let h = self.install(now, conn, Origin::Restored { owns_port: snap.owns_port }, None);
         self.after_tcp(h);
         Ok((h, snap))
     }

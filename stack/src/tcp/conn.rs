@@ -9,8 +9,15 @@
 //! - `poll_event()`: what the application should hear about (connected, readable, ...).
 //! - Application commands: `send`, `recv`, `peek`, `shutdown`, `close`, `abort`.
 //!
-//! Sequence variables carry RFC 9293's names (`snd_una`, `snd_nxt`, `snd_wl1`, `rcv_nxt`, ...).
-//! Timers are a table indexed by [`Timer`]. Loss recovery follows RFC 6675 (with SACK) and
+//! The state is grouped as RFC 9293 3.3.1 groups it: the send sequence space `snd`
+//! (`self.snd.una`, `self.snd.nxt`, `self.snd.wl1`, ...), the receive sequence space `rcv`
+//! (`self.rcv.nxt`, ...), then the negotiated options, timestamps, loss recovery, ACK state and
+//! timers, each a struct of its own so the handoff record ([`super::snapshot`]) can account for
+//! every field. Timers are a table indexed by [`Timer`].
+//!
+//! This file holds the types, constructors, accessors and application commands; the rest of
+//! the `impl` is spread by phase: `input` (segment arrival), `output` (planning and writing
+//! segments), `recovery` (loss recovery and the RTO) and `timers`. Loss recovery follows RFC 6675 (with SACK) and
 //! RFC 6582 (without), sharing one `pipe`/`NextSeg` machinery in [`super::sack`].
 
 use std::net::SocketAddrV4;
@@ -193,21 +200,160 @@ pub(crate) struct Recovery {
     pub point: SeqNumber,
 }
 
-/// What one segment to send is made of.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    seq: SeqNumber,
-    control: TcpControl,
-    /// Offset into the send buffer and length of the payload.
-    off: usize,
-    len: usize,
-    ack: bool,
-    retransmit: bool,
-}
-
 /// Quick-ACK budget at start: acknowledge the first segments at once so the peer's slow start
 /// is not held back by delayed ACKs (Linux's quickack mode).
 const QUICKACKS: u32 = 16;
+
+/// Send sequence space (RFC 9293 3.3.1): `SND.UNA`, `SND.NXT`, `SND.WND`, `SND.WL1`,
+/// `SND.WL2`, `ISS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SendSeq {
+    pub iss: SeqNumber,
+    pub una: SeqNumber,
+    pub nxt: SeqNumber,
+    /// Peer's window in bytes, already scaled.
+    pub wnd: usize,
+    pub wl1: SeqNumber,
+    pub wl2: SeqNumber,
+    /// Largest window the peer has offered (RFC 9293 3.8.6.2.1 `Max(SND.WND)`).
+    pub max_wnd: usize,
+    /// Shift applied to windows the peer sends (RFC 7323 `Snd.Wind.Shift`).
+    pub wscale: u8,
+}
+
+/// Receive sequence space (RFC 9293 3.3.1): `RCV.NXT`, `IRS`, and the window's right edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecvSeq {
+    pub irs: SeqNumber,
+    pub nxt: SeqNumber,
+    /// Right edge of the window last advertised (`RCV.NXT + RCV.WND` as sent): never moves
+    /// left (RFC 9293 3.8.6).
+    pub adv: SeqNumber,
+    /// RCV.NXT in the last ACK sent (RFC 7323 `Last.ACK.sent`).
+    pub last_ack_sent: SeqNumber,
+    /// Shift we apply to windows we send (RFC 7323 `Rcv.Wind.Shift`).
+    pub wscale: u8,
+}
+
+/// What the handshake settled, and the segment size that follows from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// Largest payload we send per segment (after options): derived, see
+    /// [`Connection::update_mss`].
+    pub mss: usize,
+    /// MSS the peer announced (RFC 9293 3.7.1: 536 when absent).
+    pub peer_mss: u16,
+    /// Largest IP packet the path carries (PMTU discovery).
+    pub path_mtu: u16,
+    /// SACK permitted by both sides (RFC 2018 2).
+    pub sack_ok: bool,
+    /// Window scaling in use (both sides sent the option, RFC 7323 2.2).
+    pub ws_ok: bool,
+}
+
+/// RFC 7323 timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Timestamps {
+    /// Both sides sent the option in the handshake.
+    pub ok: bool,
+    /// `TS.Recent`.
+    pub recent: u32,
+    /// When `TS.Recent` was last updated (RFC 7323 5.5: invalid after 24 days idle).
+    pub recent_age: Instant,
+}
+
+/// Loss detection and recovery on the sending side (RFC 6675, RFC 6582, RFC 8985).
+#[derive(Debug, Clone)]
+pub(crate) struct LossRecovery {
+    pub scoreboard: Scoreboard,
+    pub recovery: Option<Recovery>,
+    /// RFC 6675 `HighRxt`: the highest sequence number retransmitted.
+    pub high_rxt: SeqNumber,
+    /// Everything below is lost by decree (see [`super::sack`]).
+    pub lost_until: SeqNumber,
+    /// Duplicate ACKs in a row (RFC 5681 2).
+    pub dupacks: u32,
+    /// Retransmit the first lost segment whatever cwnd says (RFC 5681 3.2 step 2, RFC 6582
+    /// 3.2 step 5, RFC 6675 5 step 4.1).
+    pub rtx_now: bool,
+    /// When the segment at `snd.una` was (at the latest) retransmitted: a retransmission still
+    /// unacknowledged a round trip later, while later data is SACKed, was lost again.
+    pub rtx_una_at: Option<Instant>,
+    pub last_rtx_at: Option<Instant>,
+    /// A tail loss probe must be sent (RFC 8985 7).
+    pub probe_rtx: bool,
+}
+
+/// Acknowledgement state of the receiving side (RFC 5681 4.2, RFC 9293 3.8.6.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AckState {
+    /// An ACK must go out on the next `poll_transmit`.
+    pub now: bool,
+    /// In-order segments received since the last ACK sent.
+    pub segs_unacked: u32,
+    /// Segments still to be acknowledged at once (Linux's quickack mode).
+    pub quickacks: u32,
+}
+
+/// Control segments due on the next `poll_transmit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Due {
+    /// SYN or SYN-ACK must be (re)sent.
+    pub syn: bool,
+    /// A zero-window or keepalive probe must be sent.
+    pub probe: bool,
+    /// A RST must be sent (abort, or data arriving after close).
+    pub rst: bool,
+    /// A RST answering an unacceptable segment: `<SEQ><ACK?>`.
+    pub rst_reply: Option<(SeqNumber, Option<SeqNumber>)>,
+}
+
+/// The timer table and the counts and times the timers work from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Timers {
+    /// Deadlines, indexed by [`Timer`].
+    pub deadline: [Option<Instant>; TIMERS],
+    /// Consecutive retransmission timeouts (or SYN retransmissions).
+    pub retries: u32,
+    /// Zero-window probes sent without the window opening.
+    pub persist_backoff: u32,
+    /// Keepalive probes sent without an answer.
+    pub keepalive_sent: u32,
+    /// When the oldest unacknowledged byte was first sent (user timeout, RFC 5482).
+    pub unacked_since: Option<Instant>,
+    pub last_recv: Instant,
+    pub last_send: Instant,
+}
+
+impl LossRecovery {
+    fn new(iss: SeqNumber) -> Self {
+        LossRecovery {
+            scoreboard: Scoreboard::new(),
+            recovery: None,
+            high_rxt: iss,
+            lost_until: iss,
+            dupacks: 0,
+            rtx_now: false,
+            rtx_una_at: None,
+            last_rtx_at: None,
+            probe_rtx: false,
+        }
+    }
+}
+
+impl Timers {
+    fn new(now: Instant) -> Self {
+        Timers {
+            deadline: [None; TIMERS],
+            retries: 0,
+            persist_backoff: 0,
+            keepalive_sent: 0,
+            unacked_since: None,
+            last_recv: now,
+            last_send: now,
+        }
+    }
+}
 
 /// One TCP connection.
 #[derive(Debug, Clone)]
@@ -218,42 +364,12 @@ pub struct Connection {
     /// Came from a listener (passive open): a RST in SYN-RECEIVED frees it silently.
     pub(crate) passive: bool,
 
-    // Send sequence space (RFC 9293 3.3.1).
-    pub(crate) iss: SeqNumber,
-    pub(crate) snd_una: SeqNumber,
-    pub(crate) snd_nxt: SeqNumber,
-    /// Peer's window in bytes, already scaled.
-    pub(crate) snd_wnd: usize,
-    pub(crate) snd_wl1: SeqNumber,
-    pub(crate) snd_wl2: SeqNumber,
-    pub(crate) max_snd_wnd: usize,
-    /// Shift applied to windows the peer sends.
-    pub(crate) snd_wscale: u8,
-
-    // Receive sequence space.
-    pub(crate) irs: SeqNumber,
-    pub(crate) rcv_nxt: SeqNumber,
-    /// Right edge of the window last advertised: never moves left (RFC 9293 3.8.6).
-    pub(crate) rcv_adv: SeqNumber,
-    /// RCV.NXT in the last ACK sent (RFC 7323 `Last.ACK.sent`).
-    pub(crate) last_ack_sent: SeqNumber,
-    /// Shift we apply to windows we send.
-    pub(crate) rcv_wscale: u8,
-
-    // Options.
-    /// Largest payload we send per segment (after options).
-    pub(crate) mss: usize,
-    /// MSS the peer announced (RFC 9293 3.7.1: 536 when absent).
-    pub(crate) peer_mss: u16,
-    /// Largest IP packet the path carries (PMTU discovery).
-    pub(crate) path_mtu: u16,
-    pub(crate) sack_ok: bool,
-    /// Window scaling in use (both sides sent the option, RFC 7323 2.2).
-    pub(crate) ws_ok: bool,
-    pub(crate) ts_ok: bool,
-    pub(crate) ts_recent: u32,
-    pub(crate) ts_recent_age: Instant,
-    /// Our TSval is `now_ms + ts_offset` (RFC 7323 5.4: random per connection).
+    pub(crate) snd: SendSeq,
+    pub(crate) rcv: RecvSeq,
+    pub(crate) opts: Options,
+    pub(crate) ts: Timestamps,
+    /// Our TSval is `now_ms + ts_offset` (RFC 7323 5.4: random per connection). Not in
+    /// [`Timestamps`]: fixed at creation, and read by the stack's tests as this field.
     pub(crate) ts_offset: u32,
 
     pub(crate) tx: SendBuffer,
@@ -263,48 +379,15 @@ pub struct Connection {
     /// Sequence number of the peer's FIN, even if it arrived out of order.
     pub(crate) rcv_fin: Option<SeqNumber>,
 
-    // Loss recovery and congestion control.
-    pub(crate) scoreboard: Scoreboard,
-    pub(crate) recovery: Option<Recovery>,
-    pub(crate) high_rxt: SeqNumber,
-    pub(crate) lost_until: SeqNumber,
-    pub(crate) dupacks: u32,
+    pub(crate) loss: LossRecovery,
     pub(crate) cc: CongestionControl,
     pub(crate) rtt: RttEstimator,
     /// RTT timing of one segment when timestamps are off (Karn's algorithm).
     pub(crate) rtt_probe: Option<(SeqNumber, Instant)>,
 
-    // Acknowledgement state.
-    pub(crate) ack_now: bool,
-    pub(crate) segs_unacked: u32,
-    pub(crate) quickacks: u32,
-    /// SYN or SYN-ACK must be (re)sent.
-    pub(crate) syn_due: bool,
-    /// A zero-window or keepalive probe must be sent.
-    pub(crate) probe_due: bool,
-    /// A RST must be sent (abort, or data arriving after close).
-    pub(crate) rst_due: bool,
-    /// Retransmit the first lost segment whatever cwnd says (RFC 5681 3.2 step 2, RFC 6582
-    /// 3.2 step 5, RFC 6675 5 step 4.1).
-    pub(crate) rtx_now: bool,
-    /// When the segment at `snd_una` was (at the latest) retransmitted: a retransmission still
-    /// unacknowledged a round trip later, while later data is SACKed, was lost again.
-    pub(crate) rtx_una_at: Option<Instant>,
-    pub(crate) last_rtx_at: Option<Instant>,
-    /// A tail loss probe must be sent.
-    pub(crate) probe_rtx: bool,
-    /// A RST answering an unacceptable segment: `<SEQ><ACK?>`.
-    pub(crate) rst_reply: Option<(SeqNumber, Option<SeqNumber>)>,
-
-    pub(crate) timers: [Option<Instant>; TIMERS],
-    /// Consecutive retransmission timeouts (or SYN retransmissions).
-    pub(crate) retries: u32,
-    pub(crate) persist_backoff: u32,
-    pub(crate) keepalive_sent: u32,
-    /// When the oldest unacknowledged byte was first sent (user timeout).
-    pub(crate) unacked_since: Option<Instant>,
-    pub(crate) last_recv: Instant,
-    pub(crate) last_send: Instant,
+    pub(crate) ack: AckState,
+    pub(crate) due: Due,
+    pub(crate) timers: Timers,
 
     pub(crate) events: u8,
     pub(crate) error: Option<Error>,
@@ -324,58 +407,43 @@ impl Connection {
             tuple,
             state: State::Closed,
             passive: false,
-            iss,
-            snd_una: iss,
-            snd_nxt: iss + 1,
-            snd_wnd: 0,
-            snd_wl1: SeqNumber(0),
-            snd_wl2: iss,
-            max_snd_wnd: 0,
-            snd_wscale: 0,
-            irs: SeqNumber(0),
-            rcv_nxt: SeqNumber(0),
-            rcv_adv: SeqNumber(0),
-            last_ack_sent: SeqNumber(0),
-            rcv_wscale,
-            mss: 536,
-            peer_mss: 536,
-            path_mtu: cfg.mss.saturating_add(40),
-            sack_ok: false,
-            ws_ok: false,
-            ts_ok: false,
-            ts_recent: 0,
-            ts_recent_age: now,
+            snd: SendSeq {
+                iss,
+                una: iss,
+                nxt: iss + 1,
+                wnd: 0,
+                wl1: SeqNumber(0),
+                wl2: iss,
+                max_wnd: 0,
+                wscale: 0,
+            },
+            rcv: RecvSeq {
+                irs: SeqNumber(0),
+                nxt: SeqNumber(0),
+                adv: SeqNumber(0),
+                last_ack_sent: SeqNumber(0),
+                wscale: rcv_wscale,
+            },
+            opts: Options {
+                mss: 536,
+                peer_mss: 536,
+                path_mtu: cfg.mss.saturating_add(40),
+                sack_ok: false,
+                ws_ok: false,
+            },
+            ts: Timestamps { ok: false, recent: 0, recent_age: now },
             ts_offset,
             tx: SendBuffer::new(cfg.send_buffer),
             rx: RecvBuffer::new(cfg.recv_buffer, 1 << rcv_wscale),
             fin_seq: None,
             rcv_fin: None,
-            scoreboard: Scoreboard::new(),
-            recovery: None,
-            high_rxt: iss,
-            lost_until: iss,
-            dupacks: 0,
+            loss: LossRecovery::new(iss),
             cc: CongestionControl::new(cfg.congestion, 536),
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
             rtt_probe: None,
-            ack_now: false,
-            segs_unacked: 0,
-            quickacks: QUICKACKS,
-            syn_due: true,
-            probe_due: false,
-            rst_due: false,
-            rst_reply: None,
-            rtx_now: false,
-            rtx_una_at: None,
-            last_rtx_at: None,
-            probe_rtx: false,
-            timers: [None; TIMERS],
-            retries: 0,
-            persist_backoff: 0,
-            keepalive_sent: 0,
-            unacked_since: None,
-            last_recv: now,
-            last_send: now,
+            ack: AckState { now: false, segs_unacked: 0, quickacks: QUICKACKS },
+            due: Due { syn: true, ..Due::default() },
+            timers: Timers::new(now),
             events: 0,
             error: None,
             orphan: false,
@@ -406,14 +474,14 @@ impl Connection {
         let mut c = Connection::new(now, tuple, iss, ts_offset, cfg);
         c.state = State::SynReceived;
         c.passive = true;
-        c.irs = syn.seq_number;
-        c.rcv_nxt = syn.seq_number + 1;
-        c.rcv_adv = c.rcv_nxt;
+        c.rcv.irs = syn.seq_number;
+        c.rcv.nxt = syn.seq_number + 1;
+        c.rcv.adv = c.rcv.nxt;
         c.negotiate(now, syn);
         // RFC 7323 2.2: the window in a SYN is never scaled.
-        c.snd_wnd = syn.window_len as usize;
-        c.max_snd_wnd = c.snd_wnd;
-        c.snd_wl1 = syn.seq_number;
+        c.snd.wnd = syn.window_len as usize;
+        c.snd.max_wnd = c.snd.wnd;
+        c.snd.wl1 = syn.seq_number;
         c
     }
 
@@ -433,71 +501,71 @@ impl Connection {
     ) -> Self {
         let mut c = Connection::new(now, tuple, iss, ts_offset, cfg);
         c.passive = true;
-        c.irs = ack.seq_number - 1;
-        c.rcv_nxt = ack.seq_number;
+        c.rcv.irs = ack.seq_number - 1;
+        c.rcv.nxt = ack.seq_number;
         // The cookie SYN-ACK advertised an unscaled window of this size.
-        c.rcv_adv = c.rcv_nxt + cfg.recv_buffer.min(65535);
-        c.peer_mss = mss;
-        c.sack_ok = sack && cfg.sack;
+        c.rcv.adv = c.rcv.nxt + cfg.recv_buffer.min(65535);
+        c.opts.peer_mss = mss;
+        c.opts.sack_ok = sack && cfg.sack;
         if let (Some(ts), true) = (ack.timestamp, cfg.timestamps) {
-            c.ts_ok = true;
-            c.ts_recent = ts.tsval;
-            c.ts_recent_age = now;
+            c.ts.ok = true;
+            c.ts.recent = ts.tsval;
+            c.ts.recent_age = now;
         }
         match (wscale, cfg.window_scaling) {
             (Some(ws), true) => {
-                c.snd_wscale = ws;
-                c.ws_ok = true;
+                c.snd.wscale = ws;
+                c.opts.ws_ok = true;
             }
             _ => {
-                c.rcv_wscale = 0;
+                c.rcv.wscale = 0;
                 c.rx = RecvBuffer::new(cfg.recv_buffer, 1);
             }
         }
         c.update_mss();
         c.state = State::Established;
-        c.snd_una = iss + 1;
-        c.snd_nxt = iss + 1;
-        c.high_rxt = c.snd_una;
-        c.lost_until = c.snd_una;
-        c.syn_due = false;
+        c.snd.una = iss + 1;
+        c.snd.nxt = iss + 1;
+        c.loss.high_rxt = c.snd.una;
+        c.loss.lost_until = c.snd.una;
+        c.due.syn = false;
         // The ACK's window is the first the peer gives us (scaled: RFC 7323 2.2, only a SYN's
         // is not). Take it as RFC 9293 3.10.7.3 does in SYN-RECEIVED, "set SND.WND <-
         // SEG.WND, SND.WL1 <- SEG.SEQ, SND.WL2 <- SEG.ACK": from SND.WL1 = 0 the comparison
         // SND.WL1 < SEG.SEQ fails for any SEG.SEQ at or above 2^31 and the window stays 0.
-        c.snd_wl1 = ack.seq_number;
-        c.snd_wl2 = c.snd_una;
-        c.snd_wnd = (ack.window_len as usize) << c.snd_wscale;
-        c.max_snd_wnd = c.snd_wnd;
+        c.snd.wl1 = ack.seq_number;
+        c.snd.wl2 = c.snd.una;
+        c.snd.wnd = (ack.window_len as usize) << c.snd.wscale;
+        c.snd.max_wnd = c.snd.wnd;
         c.push_event(Event::Connected);
         c
     }
 
     /// Apply the SYN's options (RFC 9293 3.7.1, RFC 7323 1.3 and 3.2, RFC 2018 2).
     fn negotiate(&mut self, now: Instant, syn: &TcpRepr<'_>) {
-        self.peer_mss = syn.max_seg_size.unwrap_or(536);
-        self.sack_ok = syn.sack_permitted && self.cfg.sack;
+        self.opts.peer_mss = syn.max_seg_size.unwrap_or(536);
+        self.opts.sack_ok = syn.sack_permitted && self.cfg.sack;
         match (syn.window_scale, self.cfg.window_scaling) {
             (Some(ws), true) => {
-                self.snd_wscale = ws;
-                self.ws_ok = true;
+                self.snd.wscale = ws;
+                self.opts.ws_ok = true;
             }
             _ => {
                 // Scaling is used only when both sides offer it.
-                self.ws_ok = false;
-                self.snd_wscale = 0;
-                if self.rcv_wscale != 0 {
-                    self.rcv_wscale = 0;
+                self.opts.ws_ok = false;
+                self.snd.wscale = 0;
+                if self.rcv.wscale != 0 {
+                    self.rcv.wscale = 0;
                     self.rx = RecvBuffer::new(self.cfg.recv_buffer, 1);
                 }
             }
         }
         if let (Some(ts), true) = (syn.timestamp, self.cfg.timestamps) {
-            self.ts_ok = true;
-            self.ts_recent = ts.tsval;
-            self.ts_recent_age = now;
+            self.ts.ok = true;
+            self.ts.recent = ts.tsval;
+            self.ts.recent_age = now;
         } else {
-            self.ts_ok = false;
+            self.ts.ok = false;
         }
         self.update_mss();
     }
@@ -505,13 +573,13 @@ impl Connection {
     /// Effective send MSS (RFC 6691): the smaller of the peer's MSS and our path MTU, less the
     /// options we put in every segment.
     pub(crate) fn update_mss(&mut self) {
-        let from_path = (self.path_mtu as usize).saturating_sub(40);
-        let mut mss = (self.peer_mss as usize).min(from_path).min(self.cfg.mss as usize);
-        if self.ts_ok {
+        let from_path = (self.opts.path_mtu as usize).saturating_sub(40);
+        let mut mss = (self.opts.peer_mss as usize).min(from_path).min(self.cfg.mss as usize);
+        if self.ts.ok {
             mss = mss.saturating_sub(12);
         }
-        self.mss = mss.max(64);
-        self.cc.set_mss(self.mss);
+        self.opts.mss = mss.max(64);
+        self.cc.set_mss(self.opts.mss);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -520,81 +588,103 @@ impl Connection {
     pub fn state(&self) -> State {
         self.state
     }
+
     pub fn tuple(&self) -> Tuple {
         self.tuple
     }
+
     pub fn mss(&self) -> usize {
-        self.mss
+        self.opts.mss
     }
+
     pub fn cwnd(&self) -> usize {
         self.cc.cwnd()
     }
+
     pub fn ssthresh(&self) -> usize {
         self.cc.ssthresh()
     }
+
     pub fn srtt(&self) -> Option<Duration> {
         self.rtt.srtt()
     }
+
     pub fn rto(&self) -> Duration {
         self.rtt.rto()
     }
+
     pub fn snd_una(&self) -> SeqNumber {
-        self.snd_una
+        self.snd.una
     }
+
     pub fn snd_nxt(&self) -> SeqNumber {
-        self.snd_nxt
+        self.snd.nxt
     }
+
     pub fn rcv_nxt(&self) -> SeqNumber {
-        self.rcv_nxt
+        self.rcv.nxt
     }
+
     pub fn is_orphan(&self) -> bool {
         self.orphan
     }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+
     /// Bytes the application can read now.
     pub fn recv_queue(&self) -> usize {
         self.rx.readable()
     }
+
     /// Bytes queued for sending (unacknowledged plus unsent).
     pub fn send_queue(&self) -> usize {
         self.tx.len()
     }
+
     /// Room in the send buffer.
     /// Bytes of buffer memory this connection holds (its rings, once allocated).
     pub fn buffer_bytes(&self) -> usize {
         self.tx.allocated() + self.rx.allocated()
     }
+
     pub fn send_capacity(&self) -> usize {
         self.tx.free()
     }
+
     /// A RST is waiting to be sent.
     /// Give up a RST that cannot be sent (no route to the peer any more).
     pub fn drop_pending_rst(&mut self) {
-        self.rst_due = false;
-        self.rst_reply = None;
+        self.due.rst = false;
+        self.due.rst_reply = None;
     }
+
     pub fn rst_pending(&self) -> bool {
-        self.rst_due || self.rst_reply.is_some()
+        self.due.rst || self.due.rst_reply.is_some()
     }
+
     /// The error that ended the connection, if any.
     pub fn error(&self) -> Option<Error> {
         self.error
     }
+
     pub fn timer(&self, t: Timer) -> Option<Instant> {
-        self.timers[t as usize]
+        self.timers.deadline[t as usize]
     }
+
     /// Set TCP_NODELAY.
     pub fn set_nodelay(&mut self, on: bool) {
         self.cfg.nodelay = on;
     }
+
     pub fn set_keepalive(&mut self, now: Instant, ka: Option<super::Keepalive>) {
         self.cfg.keepalive = ka;
-        self.keepalive_sent = 0;
-        self.last_recv = now;
+        self.timers.keepalive_sent = 0;
+        self.timers.last_recv = now;
         self.arm_keepalive();
     }
+
     pub fn set_user_timeout(&mut self, t: Option<Duration>) {
         self.cfg.user_timeout = t;
     }
@@ -620,10 +710,11 @@ impl Connection {
     }
 
     fn arm(&mut self, t: Timer, at: Instant) {
-        self.timers[t as usize] = Some(at);
+        self.timers.deadline[t as usize] = Some(at);
     }
+
     fn disarm(&mut self, t: Timer) {
-        self.timers[t as usize] = None;
+        self.timers.deadline[t as usize] = None;
     }
 
     fn tsval(&self, now: Instant) -> u32 {
@@ -632,35 +723,18 @@ impl Connection {
 
     /// Bytes sent and not yet acknowledged, FIN excluded.
     fn flight_size(&self) -> usize {
-        self.snd_nxt.distance_from(self.snd_una)
+        self.snd.nxt.distance_from(self.snd.una)
     }
 
     /// Data bytes between snd_una and snd_nxt (the FIN and SYN take no buffer room).
     fn sent_data(&self) -> usize {
         let mut n = self.flight_size();
         if let Some(f) = self.fin_seq {
-            if self.snd_una <= f && self.snd_nxt > f {
+            if self.snd.una <= f && self.snd.nxt > f {
                 n -= 1;
             }
         }
         n.min(self.tx.len())
-    }
-
-    /// RFC 6675 pipe; without SACK each duplicate ACK is a segment that left the network
-    /// (RFC 5681's window inflation, expressed as a smaller pipe).
-    fn pipe(&self) -> usize {
-        let p = self.scoreboard.pipe(
-            self.snd_una,
-            self.snd_nxt,
-            self.high_rxt,
-            self.lost_until,
-            self.mss,
-        );
-        if self.sack_ok {
-            p
-        } else {
-            p.saturating_sub(self.dupacks as usize * self.mss)
-        }
     }
 
     // ----------------------------------------------------------------------------------------
@@ -720,7 +794,7 @@ impl Connection {
 
     /// True when the peer's FIN has been received in order.
     pub fn peer_closed(&self) -> bool {
-        matches!(self.rcv_fin, Some(f) if self.rcv_nxt > f)
+        matches!(self.rcv_fin, Some(f) if self.rcv.nxt > f)
     }
 
     /// The application read data: if the window opened by enough, tell the peer (receiver
@@ -729,11 +803,11 @@ impl Connection {
         if !self.state.can_receive_data() {
             return;
         }
-        let advertised = self.rcv_adv.distance_from(self.rcv_nxt);
+        let advertised = self.rcv.adv.distance_from(self.rcv.nxt);
         let free = self.rx.window();
-        let threshold = (self.rx.capacity() / 2).min(self.mss);
+        let threshold = (self.rx.capacity() / 2).min(self.opts.mss);
         if free >= advertised + threshold {
-            self.ack_now = true;
+            self.ack.now = true;
         }
     }
 
@@ -757,7 +831,7 @@ impl Connection {
     }
 
     fn queue_fin(&mut self) {
-        self.fin_seq = Some(self.snd_una + self.tx.len() + self.syn_pending_len());
+        self.fin_seq = Some(self.snd.una + self.tx.len() + self.syn_pending_len());
     }
 
     /// While our SYN is unacknowledged it occupies `snd_una`.
@@ -776,7 +850,7 @@ impl Connection {
         self.shutdown();
         if self.state == State::FinWait2 {
             let t = self.cfg.fin_timeout;
-            self.arm(Timer::FinWait2, self.last_recv + t);
+            self.arm(Timer::FinWait2, self.timers.last_recv + t);
         }
     }
 
@@ -790,7 +864,7 @@ impl Connection {
                 | State::FinWait2
                 | State::CloseWait
         ) {
-            self.rst_due = true;
+            self.due.rst = true;
         }
         self.enter_closed(None);
         self.orphan = true;
@@ -801,7 +875,7 @@ impl Connection {
     /// word, since nothing may be sent from that address any more). The application sees a
     /// reset either way.
     pub fn abort_by_stack(&mut self, send_rst: bool) {
-        self.rst_due = send_rst
+        self.due.rst = send_rst
             && matches!(
                 self.state,
                 State::SynReceived | State::Established | State::FinWait1 | State::FinWait2 | State::CloseWait
@@ -815,7 +889,7 @@ impl Connection {
             return;
         }
         self.state = State::Closed;
-        self.timers = [None; TIMERS];
+        self.timers.deadline = [None; TIMERS];
         self.release_buffers();
         if let Some(e) = error {
             self.error = Some(e);
@@ -826,1093 +900,12 @@ impl Connection {
         }
         self.push_event(Event::Closed);
     }
-
-    // ----------------------------------------------------------------------------------------
-    // Segment arrival (RFC 9293 3.10.7).
-
-    /// Process one segment of this connection.
-    pub fn handle_segment(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        self.counters.segs_in += 1;
-        match self.state {
-            State::Closed => {}
-            State::SynSent => self.handle_syn_sent(now, seg),
-            _ => self.handle_synchronized(now, seg),
-        }
-    }
-
-    /// RFC 9293 3.10.7.3, SYN-SENT.
-    fn handle_syn_sent(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        // First: the ACK bit.
-        let mut ack_ok = false;
-        if let Some(ack) = seg.ack_number {
-            if ack <= self.iss || ack > self.snd_nxt {
-                // Unacceptable ACK: <SEQ=SEG.ACK><CTL=RST> unless it is a RST.
-                if seg.control != TcpControl::Rst {
-                    self.rst_reply = Some((ack, None));
-                }
-                return;
-            }
-            ack_ok = true;
-        }
-        // Second: RST. Acceptable only with an acceptable ACK (RFC 5961 3.2 keeps this).
-        if seg.control == TcpControl::Rst {
-            if ack_ok {
-                self.enter_closed(Some(Error::Reset));
-            }
-            return;
-        }
-        // Fourth: SYN.
-        if seg.control != TcpControl::Syn {
-            return;
-        }
-        self.irs = seg.seq_number;
-        self.rcv_nxt = seg.seq_number + 1;
-        self.rcv_adv = self.rcv_nxt;
-        self.negotiate(now, seg);
-        if let Some(ack) = seg.ack_number {
-            self.snd_una = ack;
-            self.high_rxt = ack;
-            self.lost_until = ack;
-            self.disarm(Timer::Retransmit);
-            if self.retries == 0 {
-                // RFC 6298 2.2 / Karn: time the SYN only if it was not retransmitted.
-                if self.rtt_sample_from_timestamps(now, seg).is_none() {
-                    if let Some((_, t)) = self.rtt_probe {
-                        self.rtt.sample(now - t);
-                    }
-                }
-            }
-            self.retries = 0;
-            self.rtt_probe = None;
-        }
-        // RFC 7323 2.2: the window of a SYN is not scaled.
-        self.snd_wnd = seg.window_len as usize;
-        self.max_snd_wnd = self.snd_wnd;
-        self.snd_wl1 = seg.seq_number;
-        self.snd_wl2 = seg.ack_number.unwrap_or(self.snd_una);
-        if self.snd_una > self.iss {
-            self.state = State::Established;
-            self.syn_due = false;
-            self.ack_now = true;
-            self.push_event(Event::Connected);
-            self.arm_keepalive();
-            if self.fin_seq.is_some() {
-                self.state = State::FinWait1;
-            }
-        } else {
-            // Simultaneous open: SYN-RECEIVED, send <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>.
-            self.state = State::SynReceived;
-            self.syn_due = true;
-        }
-    }
-
-    /// RFC 9293 3.10.7.4: SYN-RECEIVED and the synchronized states.
-    fn handle_synchronized(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        self.last_recv = now;
-        self.keepalive_sent = 0;
-        let is_rst = seg.control == TcpControl::Rst;
-
-        // RFC 7323 5.3: PAWS before the sequence check.
-        if self.ts_ok && !is_rst {
-            if let Some(ts) = seg.timestamp {
-                if (ts.tsval.wrapping_sub(self.ts_recent) as i32) < 0 {
-                    // R3: a TS.Recent idle more than 24 days is invalid, not a reason to drop.
-                    if now - self.ts_recent_age > Duration::from_secs(24 * 86400) {
-                        self.ts_recent = ts.tsval;
-                    } else {
-                        self.counters.paws_drops += 1;
-                        self.ack_now = true;
-                        return;
-                    }
-                }
-            }
-        }
-
-        // First: sequence number acceptability (RFC 9293 3.10.7.4, the four cases).
-        let seg_len = seg.segment_len();
-        let rcv_wnd = self.rcv_adv.distance_from(self.rcv_nxt);
-        let seq = seg.seq_number;
-        let in_window = |s: SeqNumber| s >= self.rcv_nxt && s < self.rcv_nxt + rcv_wnd;
-        let acceptable = match (seg_len, rcv_wnd) {
-            (0, 0) => seq == self.rcv_nxt,
-            (0, _) => in_window(seq),
-            (_, 0) => false,
-            (_, _) => in_window(seq) || in_window(seq + seg_len - 1),
-        };
-        // RCV.WND zero: still take the ACK (and RST) of a segment at RCV.NXT (3.10.7.4 note).
-        let zero_window_ack = !acceptable && rcv_wnd == 0 && seq == self.rcv_nxt;
-        if !acceptable && !zero_window_ack {
-            self.counters.unacceptable_segs += 1;
-            if !is_rst {
-                if self.state == State::SynReceived {
-                    // A retransmitted SYN: our SYN-ACK was lost.
-                    self.syn_due = seg.control == TcpControl::Syn || self.syn_due;
-                }
-                if self.state == State::TimeWait && seg.control == TcpControl::Fin {
-                    // Retransmitted FIN: acknowledge and restart 2 MSL (3.10.7.4, eighth).
-                    self.arm(Timer::TimeWait, now + self.cfg.msl.saturating_mul(2));
-                }
-                self.ack_now = true;
-            }
-            return;
-        }
-
-        // Second: RST (RFC 5961 3.2).
-        if is_rst {
-            if seq == self.rcv_nxt {
-                if self.state == State::SynReceived && self.passive {
-                    // Back to LISTEN: the listener never saw this connection.
-                    self.enter_closed(None);
-                } else {
-                    let e = match self.state {
-                        State::Closing | State::LastAck | State::TimeWait => None,
-                        _ => Some(Error::Reset),
-                    };
-                    self.enter_closed(e);
-                }
-            } else {
-                self.challenge_ack();
-            }
-            return;
-        }
-
-        // Fourth: SYN in a synchronized state or SYN-RECEIVED: challenge ACK (RFC 5961 4.2).
-        if seg.control == TcpControl::Syn {
-            if self.state == State::SynReceived && seq == self.irs {
-                self.syn_due = true;
-            } else {
-                self.challenge_ack();
-            }
-            return;
-        }
-
-        // Fifth: ACK. Without it the segment is dropped.
-        let Some(ack) = seg.ack_number else {
-            return;
-        };
-
-        if self.state == State::SynReceived {
-            if ack > self.snd_una && ack <= self.snd_nxt {
-                self.state = if self.fin_seq.is_some() { State::FinWait1 } else { State::Established };
-                self.syn_due = false;
-                self.snd_wnd = (seg.window_len as usize) << self.snd_wscale;
-                self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
-                self.snd_wl1 = seq;
-                self.snd_wl2 = ack;
-                self.push_event(Event::Connected);
-                self.arm_keepalive();
-            } else {
-                self.rst_reply = Some((ack, None));
-                return;
-            }
-        }
-
-        // RFC 5961 5.2: ACK validation.
-        let max_wnd = self.max_snd_wnd.max(self.mss);
-        if ack > self.snd_nxt {
-            self.ack_now = true;
-            return;
-        }
-        if ack < self.snd_una - max_wnd {
-            self.challenge_ack();
-            return;
-        }
-
-        // RFC 7323 4.3: update TS.Recent.
-        if self.ts_ok {
-            if let Some(ts) = seg.timestamp {
-                if seq <= self.last_ack_sent
-                    && (ts.tsval.wrapping_sub(self.ts_recent) as i32) >= 0
-                {
-                    self.ts_recent = ts.tsval;
-                    self.ts_recent_age = now;
-                }
-            }
-        }
-
-        self.process_ack(now, seg, ack);
-        if self.state == State::Closed {
-            return;
-        }
-
-        // Seventh: segment text.
-        if !seg.payload.is_empty() && acceptable && self.state.can_receive_data() {
-            {
-                if self.orphan {
-                    // Data after close(): nobody will read it (RFC 9293 3.10.4 / RFC 2525).
-                    self.abort();
-                    return;
-                }
-                self.receive_data(now, seg);
-            }
-        }
-
-        // Eighth: FIN.
-        if seg.control == TcpControl::Fin && acceptable {
-            let fin = seq + seg.payload.len();
-            if fin >= self.rcv_nxt && (fin < self.rcv_nxt + rcv_wnd || fin == self.rcv_nxt) {
-                self.rcv_fin = Some(fin);
-            }
-            self.ack_now = true;
-        }
-        self.process_fin(now);
-    }
-
-    fn challenge_ack(&mut self) {
-        self.counters.challenge_acks += 1;
-        self.ack_now = true;
-    }
-
-    /// The FIN becomes effective once everything before it has arrived.
-    fn process_fin(&mut self, now: Instant) {
-        let Some(fin) = self.rcv_fin else { return };
-        if fin != self.rcv_nxt {
-            return;
-        }
-        self.rcv_nxt += 1;
-        self.ack_now = true;
-        self.push_event(Event::PeerClosed);
-        self.push_event(Event::Readable);
-        match self.state {
-            State::SynReceived | State::Established => self.state = State::CloseWait,
-            State::FinWait1 => {
-                // Our FIN not yet acknowledged: simultaneous close.
-                self.state = State::Closing;
-            }
-            State::FinWait2 => self.enter_time_wait(now),
-            _ => {}
-        }
-    }
-
-    /// A connection that will move no more data (TIME-WAIT, CLOSED) gives its rings back
-    /// unless they still hold bytes the application has not read: 2 MSL of TIME-WAIT must not
-    /// hold a connection's buffers (nor count them against the stack's budget).
-    fn release_buffers(&mut self) {
-        self.tx.release_if_empty();
-        self.rx.release_if_empty();
-    }
-
-    fn enter_time_wait(&mut self, now: Instant) {
-        self.state = State::TimeWait;
-        self.release_buffers();
-        let keep = self.timers;
-        self.timers = [None; TIMERS];
-        self.timers[Timer::DelayedAck as usize] = keep[Timer::DelayedAck as usize];
-        self.arm(Timer::TimeWait, now + self.cfg.msl.saturating_mul(2));
-    }
-
-    fn rtt_sample_from_timestamps(&mut self, now: Instant, seg: &TcpRepr<'_>) -> Option<()> {
-        if !self.ts_ok {
-            return None;
-        }
-        let ts = seg.timestamp?;
-        if ts.tsecr == 0 {
-            return None;
-        }
-        let elapsed_ms = self.tsval(now).wrapping_sub(ts.tsecr);
-        // A TSecr from the future or wildly old is not a sample.
-        if elapsed_ms > 60_000 {
-            return None;
-        }
-        // Millisecond timestamps: a sub-millisecond RTT reads as 0; count it as 1 ms at most.
-        let sample = Duration::from_millis(elapsed_ms as u64).max(Duration::from_micros(1));
-        self.rtt.sample(sample);
-        Some(())
-    }
-
-    /// The ACK field of an acceptable segment (RFC 9293 3.10.7.4 fifth check, RFC 5681,
-    /// RFC 6675, RFC 6582).
-    fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, ack: SeqNumber) {
-        let window_before = self.snd_wnd;
-        let in_flight_before = self.pipe();
-        self.update_window(seg);
-
-        let newly_sacked = if self.sack_ok && !seg.sack_blocks.is_empty() {
-            self.scoreboard.update(self.snd_una, self.snd_nxt, seg.sack_blocks.as_slice())
-        } else {
-            0
-        };
-
-        if ack > self.snd_una {
-            let acked = ack.distance_from(self.snd_una);
-            // SYN and FIN occupy sequence space but no buffer.
-            let mut data = acked;
-            if self.snd_una == self.iss {
-                data -= 1;
-            }
-            let fin_acked = matches!(self.fin_seq, Some(f) if ack > f);
-            if fin_acked && self.snd_una <= self.fin_seq.unwrap_or(ack) {
-                data = data.saturating_sub(1);
-            }
-            self.tx.consume(data);
-            self.snd_una = ack;
-            // The new left edge was retransmitted already if it lies below high_rxt.
-            self.rtx_una_at = if ack < self.high_rxt { self.last_rtx_at } else { None };
-            if self.high_rxt < ack {
-                self.high_rxt = ack;
-            }
-            if self.lost_until < ack {
-                self.lost_until = ack;
-            }
-            self.scoreboard.ack(ack);
-            self.retries = 0;
-            self.persist_backoff = 0;
-
-            // RTT: timestamps (RFC 7323 4.1) or the timed segment (RFC 6298 3, Karn).
-            if self.rtt_sample_from_timestamps(now, seg).is_none() {
-                if let Some((s, t)) = self.rtt_probe {
-                    if ack > s {
-                        self.rtt.sample(now - t);
-                        self.rtt_probe = None;
-                    }
-                }
-            }
-
-            match self.recovery {
-                Some(r) if ack >= r.point => {
-                    if r.kind == RecoveryKind::Fast {
-                        let flight = self.flight_size();
-                        self.cc.on_recovery_exit(now, flight);
-                    } else {
-                        self.cc.on_ack(now, acked, in_flight_before, self.rtt.srtt());
-                    }
-                    self.recovery = None;
-                }
-                Some(Recovery { kind: RecoveryKind::Fast, .. }) => {
-                    // Partial ACK (RFC 6582 3.2 step 5): the next segment is lost too.
-                    if !self.sack_ok {
-                        self.lost_until = self.snd_una + self.mss;
-                        self.high_rxt = self.snd_una;
-                        self.rtx_now = true;
-                    }
-                }
-                Some(Recovery { kind: RecoveryKind::Timeout, .. }) => {
-                    self.cc.on_ack(now, acked, in_flight_before, self.rtt.srtt());
-                }
-                None => {
-                    self.cc.on_ack(now, acked, in_flight_before, self.rtt.srtt());
-                }
-            }
-            self.dupacks = 0;
-
-            if self.snd_una == self.snd_nxt {
-                self.disarm(Timer::Retransmit);
-                self.disarm(Timer::LossProbe);
-                self.unacked_since = None;
-            } else {
-                self.arm(Timer::Retransmit, now + self.rtt.rto());
-                self.unacked_since = Some(now);
-                self.arm_loss_probe(now);
-            }
-            if fin_acked {
-                match self.state {
-                    State::FinWait1 => {
-                        self.state = State::FinWait2;
-                        if self.orphan {
-                            self.arm(Timer::FinWait2, now + self.cfg.fin_timeout);
-                        }
-                    }
-                    State::Closing => self.enter_time_wait(now),
-                    State::LastAck => {
-                        self.enter_closed(None);
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-            if self.want_writable && self.tx.free() > 0 {
-                self.want_writable = false;
-                self.push_event(Event::Writable);
-            }
-        } else if ack == self.snd_una
-            && seg.payload.is_empty()
-            && seg.control == TcpControl::None
-            && self.snd_nxt > self.snd_una
-            && (self.snd_wnd == window_before || newly_sacked > 0)
-        {
-            // A duplicate ACK (RFC 5681 2, RFC 6675 2).
-            self.counters.dupacks_in += 1;
-            self.dupacks += 1;
-            self.detect_lost_retransmit(now, newly_sacked);
-            if self.recovery.is_none() {
-                let lost = self.sack_ok
-                    && self
-                        .scoreboard
-                        .holes(self.snd_una, self.snd_nxt, self.snd_una, self.mss)
-                        .next()
-                        .is_some_and(|h| h.lost_end > h.start && h.start == self.snd_una);
-                if self.dupacks as usize >= DUP_THRESH || lost {
-                    self.enter_fast_recovery(now);
-                }
-            }
-        }
-
-        // Persist: a zero window with data waiting and nothing in flight.
-        self.update_persist(now);
-    }
-
-    /// RFC 8985's idea for the left edge: its retransmission has been out longer than a
-    /// round trip while later data keeps being SACKed: it was lost again. Resend it now
-    /// instead of waiting for the RTO.
-    fn detect_lost_retransmit(&mut self, now: Instant, newly_sacked: usize) {
-        if !self.sack_ok || newly_sacked == 0 || self.recovery.is_none() {
-            return;
-        }
-        let Some(at) = self.rtx_una_at else { return };
-        let srtt = self.rtt.srtt().unwrap_or(self.rtt.rto());
-        let reo_wnd = Duration::from_micros(srtt.total_micros() / 4);
-        if now - at > srtt + reo_wnd {
-            self.counters.lost_retransmits += 1;
-            self.high_rxt = self.snd_una;
-            self.lost_until = self.lost_until.max(self.snd_una + self.mss);
-            self.rtx_now = true;
-            self.rtx_una_at = None;
-        }
-    }
-
-    /// RFC 8985 7.2: arm the probe timeout, 2 SRTT (at least 10 ms here), while not in
-    /// recovery and with SACK (the probe's SACK is what reveals a tail loss).
-    fn arm_loss_probe(&mut self, now: Instant) {
-        let Some(srtt) = self.rtt.srtt() else { return };
-        if !self.sack_ok || self.recovery.is_some() || self.snd_nxt == self.snd_una {
-            self.disarm(Timer::LossProbe);
-            return;
-        }
-        let pto = (srtt + srtt).max(Duration::from_millis(10));
-        let at = now + pto;
-        if self.timers[Timer::Retransmit as usize].is_none_or(|rto| at < rto) {
-            self.arm(Timer::LossProbe, at);
-        } else {
-            self.disarm(Timer::LossProbe);
-        }
-    }
-
-    /// Window update (RFC 9293 3.10.7.4: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
-    /// SND.WL2 =< SEG.ACK)).
-    fn update_window(&mut self, seg: &TcpRepr<'_>) {
-        let Some(ack) = seg.ack_number else { return };
-        if ack < self.snd_una {
-            return;
-        }
-        if self.snd_wl1 < seg.seq_number
-            || (self.snd_wl1 == seg.seq_number && self.snd_wl2 <= ack)
-        {
-            self.snd_wnd = (seg.window_len as usize) << self.snd_wscale;
-            self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
-            self.snd_wl1 = seg.seq_number;
-            self.snd_wl2 = ack;
-        }
-    }
-
-    fn enter_fast_recovery(&mut self, now: Instant) {
-        self.counters.fast_recoveries += 1;
-        let flight = self.flight_size();
-        self.cc.on_congestion_event(now, flight);
-        self.disarm(Timer::LossProbe);
-        self.recovery = Some(Recovery { kind: RecoveryKind::Fast, point: self.snd_nxt });
-        // The first unacknowledged segment is retransmitted at once (RFC 5681 3.2 step 4,
-        // RFC 6675 5 step 4.1).
-        self.lost_until = self.snd_una + self.mss;
-        self.high_rxt = self.snd_una;
-        self.rtt_probe = None;
-        self.rtx_now = true;
-    }
-
-    fn update_persist(&mut self, now: Instant) {
-        let unsent = self.tx.len() - self.sent_data();
-        // Nothing in flight and a window too small for the next segment under sender SWS
-        // avoidance (zero, or below both the MSS and what is queued): no ACK will come to
-        // open it if the peer's window update was lost, so the persist timer doubles as
-        // RFC 9293 3.8.6.2.1's override timeout (Linux arms its probe timer the same way).
-        if unsent > 0 && self.snd_wnd < unsent.min(self.mss) && self.snd_una == self.snd_nxt {
-            if self.timers[Timer::Persist as usize].is_none() {
-                let backoff = self.persist_backoff.min(10);
-                let t = self.rtt.rto().saturating_mul(1 << backoff).min(self.cfg.max_rto);
-                self.arm(Timer::Persist, now + t);
-            }
-        } else {
-            self.disarm(Timer::Persist);
-        }
-    }
-
-    fn receive_data(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        let mut payload = seg.payload;
-        let mut seq = seg.seq_number;
-        // Trim what we already have.
-        if seq < self.rcv_nxt {
-            let dup = self.rcv_nxt.distance_from(seq).min(payload.len());
-            payload = &payload[dup..];
-            seq += dup;
-        }
-        if payload.is_empty() {
-            self.ack_now = true;
-            return;
-        }
-        let off = seq.distance_from(self.rcv_nxt);
-        // Trim to the advertised window.
-        let wnd = self.rcv_adv.distance_from(self.rcv_nxt);
-        let room = wnd.saturating_sub(off);
-        let payload = &payload[..payload.len().min(room)];
-        if payload.is_empty() {
-            self.ack_now = true;
-            return;
-        }
-        let had_ooo = !self.rx.assembler.is_empty();
-        match self.rx.write(off, payload) {
-            None => {
-                self.counters.rcv_buffer_drops += 1;
-                self.ack_now = true;
-            }
-            Some(0) => {
-                // Out of order: ACK at once with SACK (RFC 5681 4.2, RFC 2018 4).
-                self.counters.ooo_segs_in += 1;
-                self.ack_now = true;
-            }
-            Some(n) => {
-                self.rcv_nxt += n;
-                self.counters.bytes_in += n as u64;
-                self.push_event(Event::Readable);
-                self.segs_unacked += 1;
-                if had_ooo || self.quickacks > 0 || self.cfg.delayed_ack.is_none() {
-                    // Filling a hole is ACKed at once (RFC 5681 4.2).
-                    self.quickacks = self.quickacks.saturating_sub(1);
-                    self.ack_now = true;
-                } else if self.segs_unacked >= 2 {
-                    // RFC 5681 4.2: at least every second full-sized segment.
-                    self.ack_now = true;
-                } else if self.timers[Timer::DelayedAck as usize].is_none() {
-                    let d = self.cfg.delayed_ack.unwrap_or(Duration::ZERO);
-                    self.arm(Timer::DelayedAck, now + d);
-                }
-            }
-        }
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Timers.
-
-    /// The earliest timer deadline.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.iter().flatten().min().copied()
-    }
-
-    /// Run every timer due at `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        for t in ALL_TIMERS {
-            match self.timers[t as usize] {
-                Some(at) if at <= now => {
-                    self.timers[t as usize] = None;
-                    self.on_timer(now, t);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn on_timer(&mut self, now: Instant, t: Timer) {
-        match t {
-            Timer::Retransmit => self.on_retransmit_timeout(now),
-            Timer::DelayedAck => {
-                if self.segs_unacked > 0 {
-                    self.ack_now = true;
-                }
-            }
-            Timer::Persist => {
-                if self.state.can_send_data() {
-                    self.counters.window_probes += 1;
-                    self.probe_due = true;
-                    self.persist_backoff += 1;
-                    // RFC 9293 3.8.6.1: keep probing while the window stays zero; the
-                    // connection MUST NOT be closed for it. The user timeout still applies.
-                    if let Some(uto) = self.cfg.user_timeout {
-                        if now - self.last_recv > uto {
-                            self.enter_closed(Some(Error::TimedOut));
-                            return;
-                        }
-                    }
-                }
-                self.update_persist(now);
-            }
-            Timer::Keepalive => self.on_keepalive(now),
-            Timer::TimeWait => self.enter_closed(None),
-            Timer::FinWait2 => {
-                if self.state == State::FinWait2 {
-                    self.enter_closed(None);
-                }
-            }
-            Timer::LossProbe => {
-                if self.recovery.is_none() && self.snd_nxt > self.snd_una && self.state.is_synchronized() {
-                    self.counters.loss_probes += 1;
-                    self.probe_rtx = true;
-                }
-            }
-        }
-    }
-
-    fn on_retransmit_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::SynSent | State::SynReceived => {
-                self.retries += 1;
-                // Linux: tcp_syn_retries for a SYN, tcp_synack_retries for a SYN-ACK.
-                let limit = if self.passive { self.cfg.synack_retries } else { self.cfg.syn_retries };
-                if self.retries > limit {
-                    self.enter_closed(Some(Error::TimedOut));
-                    return;
-                }
-                self.counters.timeouts += 1;
-                self.rtt.back_off();
-                self.syn_due = true;
-            }
-            State::Closed | State::TimeWait | State::FinWait2 => {}
-            _ => {
-                if self.snd_una == self.snd_nxt {
-                    return;
-                }
-                self.retries += 1;
-                let uto_expired = match (self.cfg.user_timeout, self.unacked_since) {
-                    (Some(uto), Some(since)) => now - since >= uto,
-                    _ => false,
-                };
-                if self.retries > self.cfg.max_retries || uto_expired {
-                    self.enter_closed(Some(Error::TimedOut));
-                    return;
-                }
-                self.counters.timeouts += 1;
-                let flight = self.flight_size();
-                self.cc.on_rto(now, flight);
-                self.rtt.back_off();
-                // RFC 2018 8: after a timeout the left edge MUST be retransmitted whatever the
-                // SACK state says; plex forgets the scoreboard (the receiver may have reneged).
-                self.scoreboard.clear();
-                self.disarm(Timer::LossProbe);
-                self.recovery = Some(Recovery { kind: RecoveryKind::Timeout, point: self.snd_nxt });
-                self.lost_until = self.snd_nxt;
-                self.high_rxt = self.snd_una;
-                self.dupacks = 0;
-                self.rtt_probe = None;
-                self.quickacks = QUICKACKS;
-                self.arm(Timer::Retransmit, now + self.rtt.rto());
-            }
-        }
-    }
-
-    fn arm_keepalive(&mut self) {
-        match self.cfg.keepalive {
-            Some(ka) if self.state.is_synchronized() => {
-                let interval = if self.keepalive_sent == 0 { ka.idle } else { ka.interval };
-                self.arm(Timer::Keepalive, self.last_recv.max(self.last_send_ka()) + interval);
-            }
-            _ => self.disarm(Timer::Keepalive),
-        }
-    }
-
-    fn last_send_ka(&self) -> Instant {
-        // Keepalive idles on received segments; probes re-arm from the last probe.
-        if self.keepalive_sent > 0 {
-            self.last_send
-        } else {
-            self.last_recv
-        }
-    }
-
-    fn on_keepalive(&mut self, now: Instant) {
-        let Some(ka) = self.cfg.keepalive else { return };
-        if !matches!(self.state, State::Established | State::CloseWait | State::FinWait2) {
-            return;
-        }
-        let idle = now - self.last_recv;
-        let due = if self.keepalive_sent == 0 { ka.idle } else { ka.idle + ka.interval.saturating_mul(self.keepalive_sent) };
-        if idle < due {
-            self.arm_keepalive();
-            return;
-        }
-        if self.keepalive_sent >= ka.probes {
-            self.enter_closed(Some(Error::TimedOut));
-            return;
-        }
-        self.keepalive_sent += 1;
-        self.probe_due = true;
-        self.last_send = now;
-        self.arm(Timer::Keepalive, now + ka.interval);
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Transmission.
-
-    /// Receive window to advertise, before scaling.
-    fn rcv_window(&self) -> usize {
-        let advertised = self.rcv_adv.distance_from(self.rcv_nxt);
-        let free = self.rx.window();
-        // Receiver SWS avoidance: only move the right edge by a worthwhile amount.
-        let threshold = (self.rx.capacity() / 2).min(self.mss);
-        if free >= advertised + threshold || free == 0 {
-            free.max(advertised)
-        } else {
-            advertised
-        }
-    }
-
-    /// Decide what the next segment is, if any.
-    fn plan(&mut self) -> Option<Plan> {
-        match self.state {
-            State::Closed => return None,
-            State::SynSent | State::SynReceived => {
-                if self.syn_due {
-                    return Some(Plan {
-                        seq: self.iss,
-                        control: TcpControl::Syn,
-                        off: 0,
-                        len: 0,
-                        ack: self.state == State::SynReceived,
-                        retransmit: self.retries > 0,
-                    });
-                }
-                if self.state == State::SynSent || !self.ack_now {
-                    return None;
-                }
-            }
-            _ => {}
-        }
-        if self.state == State::SynReceived {
-            return None;
-        }
-
-        // Retransmission (RFC 6675 NextSeg rule 1, or go-back-N after a timeout).
-        let pipe = self.pipe();
-        let cwnd = self.cc.cwnd();
-        if self.lost_until > self.snd_una || self.sack_ok {
-            if let Some((seq, avail)) = self.scoreboard.next_lost(
-                self.snd_una,
-                self.snd_nxt,
-                self.high_rxt,
-                self.lost_until,
-                self.mss,
-            ) {
-                if pipe < cwnd || self.rtx_now {
-                    self.rtx_now = false;
-                    return Some(self.data_plan(seq, avail.min(self.mss), true));
-                }
-            }
-        }
-
-        // Tail loss probe: new data if the windows allow it, else the last segment again.
-        if self.probe_rtx {
-            self.probe_rtx = false;
-            let sent = self.sent_data();
-            let unsent = self.tx.len() - sent;
-            let wnd_room = (self.snd_una + self.snd_wnd).distance_from(self.snd_nxt);
-            if unsent == 0 || wnd_room == 0 {
-                let len = sent.min(self.mss);
-                if len > 0 {
-                    return Some(self.data_plan(self.snd_una + (sent - len), len, true));
-                }
-            } else {
-                let len = unsent.min(self.mss).min(wnd_room);
-                return Some(self.data_plan(self.snd_nxt, len, false));
-            }
-        }
-
-        // New data (RFC 9293 3.8.6.2.1 sender SWS avoidance, Nagle per RFC 896).
-        if self.state.can_send_data() {
-            let sent = self.sent_data();
-            let unsent = self.tx.len() - sent;
-            let wnd_end = self.snd_una + self.snd_wnd;
-            let wnd_room = wnd_end.distance_from(self.snd_nxt);
-            let cwnd_room = cwnd.saturating_sub(pipe);
-            let len = unsent.min(self.mss).min(wnd_room).min(cwnd_room);
-            let fin_now = self.fin_seq.is_some_and(|f| self.snd_nxt <= f) && len == unsent;
-            if len > 0 {
-                let nothing_in_flight = self.snd_nxt == self.snd_una;
-                let send = len == self.mss
-                    || (len == unsent && (self.cfg.nodelay || nothing_in_flight || fin_now))
-                    || (self.max_snd_wnd > 0 && len >= self.max_snd_wnd / 2 && nothing_in_flight)
-                    || (self.probe_due && nothing_in_flight);
-                if send {
-                    self.probe_due = false;
-                    let mut p = self.data_plan(self.snd_nxt, len, false);
-                    if fin_now {
-                        p.control = TcpControl::Fin;
-                    }
-                    return Some(p);
-                }
-            } else if unsent == 0
-                && self.fin_seq.is_some_and(|f| self.snd_nxt == f)
-                && (cwnd_room > 0 || pipe == 0)
-            {
-                return Some(Plan {
-                    seq: self.snd_nxt,
-                    control: TcpControl::Fin,
-                    off: sent,
-                    len: 0,
-                    ack: true,
-                    retransmit: false,
-                });
-            }
-        }
-
-        // Probes (zero window, keepalive): a pure ACK with an old sequence number elicits an
-        // ACK without consuming sequence space (what Linux sends).
-        if self.probe_due {
-            self.probe_due = false;
-            return Some(Plan {
-                seq: self.snd_una - 1,
-                control: TcpControl::None,
-                off: 0,
-                len: 0,
-                ack: true,
-                retransmit: false,
-            });
-        }
-
-        if self.ack_now {
-            return Some(Plan {
-                seq: self.snd_nxt,
-                control: TcpControl::None,
-                off: 0,
-                len: 0,
-                ack: true,
-                retransmit: false,
-            });
-        }
-        None
-    }
-
-    /// A segment of `len` data bytes from `seq` (new or retransmitted), with a FIN if it
-    /// reaches ours.
-    fn data_plan(&self, seq: SeqNumber, len: usize, retransmit: bool) -> Plan {
-        let off = seq.distance_from(self.snd_una);
-        let mut plan = Plan { seq, control: TcpControl::None, off, len, ack: true, retransmit };
-        // Never read past the buffer: a retransmitted range may end with our FIN.
-        let data_avail = self.tx.len().saturating_sub(off);
-        if plan.len > data_avail {
-            plan.len = data_avail;
-            if self.fin_seq.is_some_and(|f| seq + plan.len == f) {
-                plan.control = TcpControl::Fin;
-            }
-        }
-        plan
-    }
-
-    /// Write the next segment into `out` (which must hold at least MSS + 60 bytes). Returns the
-    /// TCP segment length.
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
-        if let Some((seq, ack)) = self.rst_reply.take() {
-            return Some(self.emit_rst(out, seq, ack));
-        }
-        if self.rst_due {
-            self.rst_due = false;
-            let seq = self.snd_nxt;
-            let ack = self.rcv_nxt;
-            return Some(self.emit_rst(out, seq, Some(ack)));
-        }
-        if !self.may_transmit() {
-            self.nothing_to_transmit();
-            return None;
-        }
-        let Some(plan) = self.plan() else {
-            self.update_persist(now);
-            return None;
-        };
-        Some(self.emit(now, out, plan))
-    }
-
-    /// What `poll_transmit` does when [`Connection::may_transmit`] is false, without
-    /// planning: nothing is unsent, so no persist timer either.
-    pub(crate) fn nothing_to_transmit(&mut self) {
-        // The unit tests (and the simulations under src/) check the shortcut against the
-        // planner; `plan` has no side effects when it finds nothing.
-        #[cfg(test)]
-        assert!(self.plan().is_none(), "may_transmit() said no but plan() has a segment: {self:?}");
-        self.disarm(Timer::Persist);
-    }
-
-    /// False only when [`Connection::poll_transmit`] certainly has nothing to send: no RST,
-    /// SYN, ACK, probe or retransmission is due, every byte and the FIN (if any) went out, and
-    /// nothing is marked lost. A cheap test run before planning (most visits to a connection
-    /// after it received something find nothing to send).
-    pub fn may_transmit(&self) -> bool {
-        self.rst_reply.is_some()
-            || self.rst_due
-            || self.ack_now
-            || self.syn_due
-            || self.probe_due
-            || self.probe_rtx
-            || self.rtx_now
-            || self.tx.len() > self.sent_data()
-            || self.fin_seq.is_some_and(|f| self.snd_nxt <= f)
-            || self.lost_until > self.snd_una
-            || !self.scoreboard.is_empty()
-    }
-
-    fn emit_rst(&mut self, out: &mut [u8], seq: SeqNumber, ack: Option<SeqNumber>) -> usize {
-        let mut r = TcpRepr::new(self.tuple.local.port(), self.tuple.remote.port(), seq);
-        r.control = TcpControl::Rst;
-        r.ack_number = ack;
-        let len = r.buffer_len();
-        r.emit(&mut TcpPacket::new_unchecked(&mut out[..len]), *self.tuple.local.ip(), *self.tuple.remote.ip());
-        self.counters.segs_out += 1;
-        len
-    }
-
-    fn emit(&mut self, now: Instant, out: &mut [u8], mut plan: Plan) -> usize {
-        let mut r = TcpRepr::new(self.tuple.local.port(), self.tuple.remote.port(), plan.seq);
-        r.control = plan.control;
-        r.ack_number = plan.ack.then_some(self.rcv_nxt);
-        let is_syn = plan.control == TcpControl::Syn;
-        let window = self.rcv_window();
-        if is_syn {
-            // RFC 7323 2.2: the SYN's window is not scaled.
-            r.window_len = window.min(65535) as u16;
-            r.max_seg_size = Some(self.cfg.mss);
-            let offer_ws = self.cfg.window_scaling && (self.state == State::SynSent || self.ws_ok);
-            r.window_scale = offer_ws.then_some(self.rcv_wscale);
-            r.sack_permitted = self.cfg.sack && (self.state == State::SynSent || self.sack_ok);
-            let ts_on = self.cfg.timestamps && (self.state == State::SynSent || self.ts_ok);
-            if ts_on {
-                r.timestamp = Some(TcpTimestamp {
-                    tsval: self.tsval(now),
-                    tsecr: if self.state == State::SynReceived { self.ts_recent } else { 0 },
-                });
-            }
-            self.rcv_adv = self.rcv_nxt + window.min(65535);
-        } else {
-            let mut field = window >> self.rcv_wscale;
-            let edge = self.rcv_adv.distance_from(self.rcv_nxt);
-            if (field << self.rcv_wscale) < edge {
-                field += 1;
-            }
-            let field = field.min(65535);
-            r.window_len = field as u16;
-            let new_edge = self.rcv_nxt + (field << self.rcv_wscale);
-            if new_edge > self.rcv_adv {
-                self.rcv_adv = new_edge;
-            }
-            if self.ts_ok {
-                r.timestamp = Some(TcpTimestamp { tsval: self.tsval(now), tsecr: self.ts_recent });
-            }
-            if self.sack_ok && !self.rx.assembler.is_empty() {
-                r.sack_blocks = self.sack_blocks();
-            }
-        }
-        // SACK blocks take room from the payload (the MSS already accounts for timestamps),
-        // and the segment must fit the caller's buffer whatever happens.
-        let hl = r.header_len();
-        let room = (self.mss + 20 + if self.ts_ok { 12 } else { 0 }).min(out.len()).saturating_sub(hl);
-        if plan.len > room {
-            plan.len = room;
-            if plan.control == TcpControl::Fin {
-                plan.control = TcpControl::None;
-            }
-        }
-        r.control = plan.control;
-        r.psh = plan.len > 0 && plan.off + plan.len == self.tx.len();
-        let total = hl + plan.len;
-        {
-            let mut p = TcpPacket::new_unchecked(&mut out[..total]);
-            r.emit_header(&mut p);
-            let n = self.tx.read_at(plan.off, &mut p.payload_mut()[..plan.len]);
-            debug_assert_eq!(n, plan.len);
-            p.fill_checksum(*self.tuple.local.ip(), *self.tuple.remote.ip());
-        }
-
-        // Bookkeeping.
-        self.counters.segs_out += 1;
-        self.last_send = now;
-        if plan.ack {
-            self.ack_now = false;
-            self.segs_unacked = 0;
-            self.last_ack_sent = self.rcv_nxt;
-            self.disarm(Timer::DelayedAck);
-        }
-        let seq_len = plan.len + plan.control.len();
-        if is_syn {
-            self.syn_due = false;
-            if !plan.retransmit {
-                self.rtt_probe = Some((plan.seq, now));
-            } else {
-                self.rtt_probe = None;
-            }
-            self.arm(Timer::Retransmit, now + self.rtt.rto());
-        } else if seq_len > 0 {
-            let end = plan.seq + seq_len;
-            if plan.retransmit || plan.seq < self.snd_nxt {
-                self.last_rtx_at = Some(now);
-                if plan.seq == self.snd_una {
-                    self.rtx_una_at = Some(now);
-                }
-                self.counters.retrans_segs += 1;
-                self.counters.retrans_bytes += plan.len as u64;
-                if end > self.high_rxt {
-                    self.high_rxt = end;
-                }
-                if self.rtt_probe.is_some_and(|(s, _)| s >= plan.seq && s < end) {
-                    self.rtt_probe = None;
-                }
-            } else {
-                // RFC 5681 4.1: restart after idle.
-                if self.snd_una == self.snd_nxt && now - self.last_recv > self.rtt.rto() && self.counters.bytes_out > 0 {
-                    self.cc.on_idle_restart(now);
-                }
-                self.counters.bytes_out += plan.len as u64;
-                if self.rtt_probe.is_none() && !self.ts_ok && self.recovery.is_none() {
-                    self.rtt_probe = Some((plan.seq, now));
-                }
-                if self.snd_una == self.snd_nxt {
-                    self.unacked_since = Some(now);
-                }
-                self.snd_nxt = end;
-                if self.high_rxt < self.snd_una {
-                    self.high_rxt = self.snd_una;
-                }
-            }
-            // RFC 6298 5.1: start the timer if it is not running.
-            if self.timers[Timer::Retransmit as usize].is_none() {
-                self.arm(Timer::Retransmit, now + self.rtt.rto());
-            }
-            if !plan.retransmit {
-                self.arm_loss_probe(now);
-            }
-            self.disarm(Timer::Persist);
-        }
-        total
-    }
-
-    /// SACK blocks to send (RFC 2018 4): the most recently changed first, then the others
-    /// from the highest down.
-    fn sack_blocks(&self) -> SackBlocks {
-        let mut b = SackBlocks::EMPTY;
-        let base = self.rcv_nxt;
-        let recent = self.rx.assembler.recent();
-        if let Some((s, e)) = recent {
-            b.push(base + s, base + e);
-        }
-        for &(s, e) in self.rx.assembler.ranges().iter().rev() {
-            if Some((s, e)) == recent {
-                continue;
-            }
-            if !b.push(base + s, base + e) {
-                break;
-            }
-        }
-        b
-    }
-
-    /// ICMP fragmentation-needed for this connection (RFC 1191): shrink the segment size and
-    /// resend what is in flight at the new size, without a congestion response.
-    pub fn handle_path_mtu(&mut self, mtu: u16) {
-        // RFC 1191 / RFC 1122: ignore absurd values.
-        if mtu < 68 || mtu >= self.path_mtu {
-            return;
-        }
-        self.path_mtu = mtu;
-        let before = self.mss;
-        self.update_mss();
-        if self.mss < before && self.snd_nxt > self.snd_una && self.state.is_synchronized() {
-            self.lost_until = self.snd_nxt;
-            self.high_rxt = self.snd_una;
-        }
-    }
 }
+
+mod input;
+mod output;
+mod recovery;
+mod timers;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,9 @@
 //! [`Connection::restore`] reads back, in another process, at another time.
 //!
 //! Layout (little-endian): `magic "PLXC" | version u16 | flags u16 | length u32 | fields`.
-//! `flags` says which optional sections are present. Times are stored relative to the
+//! `flags` says which optional sections are present, and carries the options that need no
+//! bytes of their own (`OWNS_PORT` was added to version 1 this way: a reader that does not
+//! know a bit ignores it). Times are stored relative to the
 //! snapshot's `now` (deadlines as microseconds from it, ages as microseconds before it), so the
 //! restoring stack's clock need not agree with the giver's. Our TSval is carried as the last
 //! value sent, and the restored connection picks an offset that keeps it increasing (RFC 7323
@@ -17,8 +19,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::buffer::{RecvBuffer, SendBuffer};
 use super::cc::{CcState, CongestionControl};
-use super::conn::{Connection, Recovery, RecoveryKind, State, Tuple};
+use super::conn::{
+    AckState, ConnCounters, Connection, Due, LossRecovery, Options, RecvSeq, Recovery, RecoveryKind, SendSeq, State,
+    Timers, Timestamps, Tuple, TIMERS,
+};
 use super::rtt::RttEstimator;
+use super::sack::Scoreboard;
 use super::{Config, Keepalive};
 use crate::time::{Duration, Instant};
 use crate::wire::SeqNumber;
@@ -37,6 +43,9 @@ mod flag {
     pub const USER_TIMEOUT: u16 = 1 << 7;
     pub const NODELAY: u16 = 1 << 8;
     pub const DELAYED_ACK: u16 = 1 << 9;
+    /// The giver allocated the local port for this connection (an ephemeral port of an active
+    /// open): the target frees it when the connection ends.
+    pub const OWNS_PORT: u16 = 1 << 10;
 }
 
 /// A decoded record, before it becomes a connection: the parts a caller may want to look at.
@@ -46,6 +55,10 @@ pub struct Snapshot {
     pub state: State,
     /// Identity of the giving stack (cluster slot), for logs and the target application.
     pub giver: u32,
+    /// The connection owns its local port (an ephemeral port its stack allocated): the stack
+    /// that restores it releases the port to the cluster when the connection ends. False in
+    /// records whose writer did not know the flag (the port is then never released).
+    pub owns_port: bool,
     pub app_state: Vec<u8>,
 }
 
@@ -174,18 +187,19 @@ fn state_code(s: State) -> u8 {
 }
 
 fn encode_cc(w: &mut W<'_>, s: &CcState) {
-    w.u8(match s.algorithm {
+    let CcState { algorithm, mss, cwnd, ssthresh, ca_acc, w_max, k, epoch_age, cwnd_epoch, w_est, cwnd_prior } = *s;
+    w.u8(match algorithm {
         super::Algorithm::Cubic => 0,
         super::Algorithm::NewReno => 1,
     });
-    w.u32(s.mss);
-    w.u64(s.cwnd);
-    w.u64(s.ssthresh);
-    w.u64(s.ca_acc);
-    for v in [s.w_max, s.k, s.cwnd_epoch, s.w_est, s.cwnd_prior] {
+    w.u32(mss);
+    w.u64(cwnd);
+    w.u64(ssthresh);
+    w.u64(ca_acc);
+    for v in [w_max, k, cwnd_epoch, w_est, cwnd_prior] {
         w.f64(v);
     }
-    w.u64(s.epoch_age.map(|d| d.total_micros()).unwrap_or(u64::MAX));
+    w.u64(epoch_age.map(|d| d.total_micros()).unwrap_or(u64::MAX));
 }
 
 fn decode_cc(r: &mut R<'_>) -> Result<CcState, SnapshotError> {
@@ -209,135 +223,392 @@ fn decode_cc(r: &mut R<'_>) -> Result<CcState, SnapshotError> {
     Ok(CcState { algorithm, mss, cwnd, ssthresh, ca_acc, w_max, k, epoch_age, cwnd_epoch, w_est, cwnd_prior })
 }
 
+// Every part of the connection that the record carries is written by one function that
+// destructures it without `..`: a field added to `SendSeq`, `RecvSeq`, `Options`,
+// `Timestamps`, `LossRecovery`, `Timers` or `Connection` itself does not compile until it is
+// either written here or marked `_` with the reason the target does without it. The decoders
+// build the same structs with struct literals, which are exhaustive too.
+
+/// Both sequence spaces (RFC 9293 3.3.1), in record order (version 1 interleaves them).
+fn encode_seq(w: &mut W<'_>, snd: &SendSeq, rcv: &RecvSeq) {
+    let SendSeq { iss, una, nxt, wnd, wl1, wl2, max_wnd, wscale: snd_wscale } = *snd;
+    let RecvSeq { irs, nxt: rcv_nxt, adv, last_ack_sent, wscale: rcv_wscale } = *rcv;
+    for s in [iss, irs, una, nxt, wl1, wl2] {
+        w.seq(s);
+    }
+    w.u64(wnd as u64);
+    w.u64(max_wnd as u64);
+    w.seq(rcv_nxt);
+    w.seq(adv);
+    w.seq(last_ack_sent);
+    w.u8(snd_wscale);
+    w.u8(rcv_wscale);
+}
+
+fn decode_seq(r: &mut R<'_>) -> Result<(SendSeq, RecvSeq), SnapshotError> {
+    let iss = r.seq()?;
+    let irs = r.seq()?;
+    let una = r.seq()?;
+    let nxt = r.seq()?;
+    let wl1 = r.seq()?;
+    let wl2 = r.seq()?;
+    let wnd = r.u64()? as usize;
+    let max_wnd = r.u64()? as usize;
+    let rcv_nxt = r.seq()?;
+    let adv = r.seq()?;
+    let last_ack_sent = r.seq()?;
+    let snd_wscale = r.u8()?;
+    let rcv_wscale = r.u8()?;
+    // RFC 7323 2.3: a shift above 14 is never in use.
+    if snd_wscale > 14 || rcv_wscale > 14 {
+        return Err(SnapshotError::Invalid("window scale"));
+    }
+    if nxt < una || wnd > (1 << 30) || max_wnd > (1 << 30) {
+        return Err(SnapshotError::Invalid("send sequence space"));
+    }
+    let snd = SendSeq { iss, una, nxt, wnd, wl1, wl2, max_wnd, wscale: snd_wscale };
+    let rcv = RecvSeq { irs, nxt: rcv_nxt, adv, last_ack_sent, wscale: rcv_wscale };
+    Ok((snd, rcv))
+}
+
+/// The negotiated options and timestamps, with the MSS we advertised (`cfg_mss`) and the last
+/// TSval sent. Returns the flags that say which options are on.
+fn encode_opts(w: &mut W<'_>, now: Instant, opts: &Options, ts: &Timestamps, cfg_mss: u16, last_tsval: u32) -> u16 {
+    let Options {
+        // Derived from the others and the target's config (`Connection::update_mss`).
+        mss: _,
+        peer_mss,
+        path_mtu,
+        sack_ok,
+        ws_ok,
+    } = *opts;
+    let Timestamps { ok: ts_ok, recent, recent_age } = *ts;
+    w.u16(peer_mss);
+    w.u16(path_mtu);
+    w.u16(cfg_mss);
+    w.u32(recent);
+    w.u64((now - recent_age).total_micros());
+    w.u32(last_tsval);
+    let mut flags = 0;
+    if ts_ok {
+        flags |= flag::TIMESTAMPS;
+    }
+    if sack_ok {
+        flags |= flag::SACK;
+    }
+    if ws_ok {
+        flags |= flag::WSCALE;
+    }
+    flags
+}
+
+/// Options, timestamps, our advertised MSS and the last TSval sent. `mss` is left 0 for
+/// `Connection::update_mss` to derive.
+fn decode_opts(r: &mut R<'_>, flags: u16, now: Instant) -> Result<(Options, Timestamps, u16, u32), SnapshotError> {
+    let peer_mss = r.u16()?;
+    let path_mtu = r.u16()?;
+    let cfg_mss = r.u16()?;
+    let recent = r.u32()?;
+    let recent_age = now.saturating_sub(Duration::from_micros(r.u64()?));
+    let last_tsval = r.u32()?;
+    let opts = Options {
+        mss: 0,
+        peer_mss,
+        path_mtu,
+        sack_ok: flags & flag::SACK != 0,
+        ws_ok: flags & flag::WSCALE != 0,
+    };
+    let ts = Timestamps { ok: flags & flag::TIMESTAMPS != 0, recent, recent_age };
+    Ok((opts, ts, cfg_mss, last_tsval))
+}
+
+/// Loss recovery: the recovery episode, `HighRxt`, the scoreboard. Returns its flags.
+fn encode_loss(w: &mut W<'_>, loss: &LossRecovery) -> u16 {
+    let LossRecovery {
+        scoreboard,
+        recovery,
+        high_rxt,
+        lost_until,
+        dupacks,
+        // The target sends one ACK at once and recovers from there: a pending immediate
+        // retransmission or loss probe waits for the next ACK or timer (record version 1
+        // does not carry them).
+        rtx_now: _,
+        probe_rtx: _,
+        // Times of retransmissions, for RFC 8985-style detection of a lost retransmission:
+        // not carried (version 1); the left edge falls back to the RTO on the target.
+        rtx_una_at: _,
+        last_rtx_at: _,
+    } = loss;
+    let mut flags = 0;
+    if let Some(r) = recovery {
+        flags |= flag::RECOVERY;
+        w.u8(match r.kind {
+            RecoveryKind::Fast => 0,
+            RecoveryKind::Timeout => 1,
+        });
+        w.seq(r.point);
+    }
+    w.seq(*high_rxt);
+    w.seq(*lost_until);
+    w.u32(*dupacks);
+    let blocks = scoreboard.blocks();
+    w.u8(blocks.len() as u8);
+    for &(l, r) in blocks {
+        w.seq(l);
+        w.seq(r);
+    }
+    flags
+}
+
+fn decode_loss(r: &mut R<'_>, flags: u16, snd: &SendSeq) -> Result<LossRecovery, SnapshotError> {
+    let recovery = if flags & flag::RECOVERY != 0 {
+        let kind = match r.u8()? {
+            0 => RecoveryKind::Fast,
+            1 => RecoveryKind::Timeout,
+            _ => return Err(SnapshotError::Invalid("recovery kind")),
+        };
+        Some(Recovery { kind, point: r.seq()? })
+    } else {
+        None
+    };
+    let high_rxt = r.seq()?;
+    let lost_until = r.seq()?;
+    let dupacks = r.u32()?;
+    let nblocks = r.u8()? as usize;
+    let mut blocks = Vec::with_capacity(nblocks);
+    for _ in 0..nblocks {
+        blocks.push((r.seq()?, r.seq()?));
+    }
+    let mut scoreboard = Scoreboard::new();
+    scoreboard.update(snd.una, snd.nxt, &blocks);
+    Ok(LossRecovery {
+        scoreboard,
+        recovery,
+        high_rxt,
+        lost_until,
+        dupacks,
+        rtx_now: false,
+        rtx_una_at: None,
+        last_rtx_at: None,
+        probe_rtx: false,
+    })
+}
+
+/// The timer table and what the timers count, relative to `now`.
+fn encode_timers(w: &mut W<'_>, now: Instant, timers: &Timers) {
+    let Timers {
+        deadline,
+        retries,
+        persist_backoff,
+        keepalive_sent,
+        unacked_since,
+        last_recv,
+        // Keepalive re-arms from it only after a probe went unanswered: restored as `now`.
+        last_send: _,
+    } = *timers;
+    for t in deadline {
+        w.deadline(now, t);
+    }
+    w.u32(retries);
+    w.u32(persist_backoff);
+    w.u32(keepalive_sent);
+    w.u64(unacked_since.map(|t| (now - t).total_micros()).unwrap_or(u64::MAX));
+    w.u64((now - last_recv).total_micros());
+}
+
+fn decode_timers(r: &mut R<'_>, now: Instant) -> Result<Timers, SnapshotError> {
+    let mut deadline = [None; TIMERS];
+    for t in deadline.iter_mut() {
+        *t = r.deadline(now)?;
+    }
+    let retries = r.u32()?;
+    let persist_backoff = r.u32()?;
+    let keepalive_sent = r.u32()?;
+    let unacked_since = match r.u64()? {
+        u64::MAX => None,
+        v => Some(now.saturating_sub(Duration::from_micros(v))),
+    };
+    let last_recv = now.saturating_sub(Duration::from_micros(r.u64()?));
+    Ok(Timers { deadline, retries, persist_backoff, keepalive_sent, unacked_since, last_recv, last_send: now })
+}
+
+/// The socket options the connection keeps wherever it goes. Returns their flags.
+fn encode_sockopts(w: &mut W<'_>, cfg: &Config) -> u16 {
+    let Config {
+        send_buffer,
+        recv_buffer,
+        // Written with the options (`encode_opts`).
+        mss: _,
+        nodelay,
+        // Carried by the congestion state.
+        congestion: _,
+        // What the handshake settled is carried instead (`Options`, `Timestamps`).
+        window_scaling: _,
+        timestamps: _,
+        sack: _,
+        delayed_ack,
+        keepalive,
+        user_timeout,
+        // Local policy: the target's own (see `Connection::restore`).
+        initial_rto: _,
+        min_rto: _,
+        max_rto: _,
+        syn_retries: _,
+        synack_retries: _,
+        max_retries: _,
+        msl: _,
+        fin_timeout: _,
+    } = *cfg;
+    w.u64(send_buffer as u64);
+    w.u64(recv_buffer as u64);
+    let mut flags = 0;
+    if nodelay {
+        flags |= flag::NODELAY;
+    }
+    if let Some(ka) = keepalive {
+        flags |= flag::KEEPALIVE;
+        w.u64(ka.idle.total_micros());
+        w.u64(ka.interval.total_micros());
+        w.u32(ka.probes);
+    }
+    if let Some(uto) = user_timeout {
+        flags |= flag::USER_TIMEOUT;
+        w.u64(uto.total_micros());
+    }
+    if let Some(d) = delayed_ack {
+        flags |= flag::DELAYED_ACK;
+        w.u64(d.total_micros());
+    }
+    flags
+}
+
+/// The socket options of the record, on top of `defaults` (the target's policy), with the
+/// options the handshake settled and the congestion control algorithm in use.
+fn decode_sockopts(
+    r: &mut R<'_>,
+    flags: u16,
+    defaults: &Config,
+    cfg_mss: u16,
+    congestion: super::Algorithm,
+) -> Result<Config, SnapshotError> {
+    let send_buffer = r.u64()? as usize;
+    let recv_buffer = r.u64()? as usize;
+    if send_buffer > (1 << 30) || recv_buffer > (1 << 30) {
+        return Err(SnapshotError::Invalid("buffer size"));
+    }
+    let keepalive = if flags & flag::KEEPALIVE != 0 {
+        Some(Keepalive {
+            idle: Duration::from_micros(r.u64()?),
+            interval: Duration::from_micros(r.u64()?),
+            probes: r.u32()?,
+        })
+    } else {
+        None
+    };
+    let user_timeout = if flags & flag::USER_TIMEOUT != 0 { Some(Duration::from_micros(r.u64()?)) } else { None };
+    let delayed_ack = if flags & flag::DELAYED_ACK != 0 { Some(Duration::from_micros(r.u64()?)) } else { None };
+    Ok(Config {
+        send_buffer,
+        recv_buffer: recv_buffer.max(1),
+        mss: cfg_mss,
+        nodelay: flags & flag::NODELAY != 0,
+        congestion,
+        window_scaling: flags & flag::WSCALE != 0,
+        timestamps: flags & flag::TIMESTAMPS != 0,
+        sack: flags & flag::SACK != 0,
+        delayed_ack,
+        keepalive,
+        user_timeout,
+        ..defaults.clone()
+    })
+}
+
 impl Connection {
     /// Serialize this connection at `now`. The connection itself is not changed: the caller
     /// freezes it (stops polling it) and detaches it silently once the target accepted.
-    pub fn snapshot(&self, now: Instant, giver: u32, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
-        if !matches!(self.state, State::Established | State::CloseWait) {
-            return Err(SnapshotError::WrongState(self.state));
+    /// `owns_port`: the caller allocated the local port for this connection (see
+    /// [`Snapshot::owns_port`]).
+    pub fn snapshot(&self, now: Instant, giver: u32, owns_port: bool, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+        let Connection {
+            tuple,
+            state,
+            cfg,
+            // Only meaningful in SYN-RECEIVED; records are ESTABLISHED or CLOSE-WAIT.
+            passive: _,
+            snd,
+            rcv,
+            opts,
+            ts,
+            // Carried as the last TSval sent: the target picks its own offset from it.
+            ts_offset: _,
+            tx,
+            rx,
+            fin_seq,
+            rcv_fin,
+            loss,
+            cc,
+            rtt,
+            // Karn timing does not survive the pause of a handoff: the target starts afresh.
+            rtt_probe: _,
+            // The target owes the peer one ACK at once and leaves quickack mode: see `restore`.
+            ack: _,
+            // RST, SYN and probes are not due in the states that move (the target's ACK doubles
+            // as the probe).
+            due: _,
+            timers,
+            // The application's view: the target's application starts from the record.
+            events: _,
+            error: _,
+            orphan: _,
+            want_writable: _,
+            // Per-stack statistics stay with the giver.
+            counters: _,
+        } = self;
+        if !matches!(state, State::Established | State::CloseWait) {
+            return Err(SnapshotError::WrongState(*state));
         }
-        let mut out = Vec::with_capacity(256 + self.tx.len() + self.rx.readable());
+        let mut out = Vec::with_capacity(256 + tx.len() + rx.readable());
         out.extend_from_slice(&MAGIC);
-        let mut flags = 0u16;
-        if self.ts_ok {
-            flags |= flag::TIMESTAMPS;
-        }
-        if self.sack_ok {
-            flags |= flag::SACK;
-        }
-        if self.ws_ok {
-            flags |= flag::WSCALE;
-        }
-        if self.recovery.is_some() {
-            flags |= flag::RECOVERY;
-        }
-        if self.fin_seq.is_some() {
-            flags |= flag::FIN_QUEUED;
-        }
-        if self.rcv_fin.is_some() {
-            flags |= flag::PEER_FIN;
-        }
-        if self.cfg.keepalive.is_some() {
-            flags |= flag::KEEPALIVE;
-        }
-        if self.cfg.user_timeout.is_some() {
-            flags |= flag::USER_TIMEOUT;
-        }
-        if self.cfg.nodelay {
-            flags |= flag::NODELAY;
-        }
-        if self.cfg.delayed_ack.is_some() {
-            flags |= flag::DELAYED_ACK;
-        }
+        let mut flags = if owns_port { flag::OWNS_PORT } else { 0 };
         let mut w = W(&mut out);
         w.u16(VERSION);
-        w.u16(flags);
+        w.u16(0); // flags, patched below
         w.u32(0); // length, patched below
-        w.u8(state_code(self.state));
+        w.u8(state_code(*state));
         w.u32(giver);
-        w.addr(self.tuple.local);
-        w.addr(self.tuple.remote);
-        // Sequence space.
-        for s in [self.iss, self.irs, self.snd_una, self.snd_nxt, self.snd_wl1, self.snd_wl2] {
-            w.seq(s);
-        }
-        w.u64(self.snd_wnd as u64);
-        w.u64(self.max_snd_wnd as u64);
-        w.seq(self.rcv_nxt);
-        w.seq(self.rcv_adv);
-        w.seq(self.last_ack_sent);
-        w.u8(self.snd_wscale);
-        w.u8(self.rcv_wscale);
-        // Options.
-        w.u16(self.peer_mss);
-        w.u16(self.path_mtu);
-        w.u16(self.cfg.mss);
-        w.u32(self.ts_recent);
-        w.u64((now - self.ts_recent_age).total_micros());
-        w.u32(self.tsval_now(now));
-        // Congestion control, RTT, recovery.
-        encode_cc(&mut w, &self.cc.state(now));
-        let (srtt, rttvar, rto, backoff) = self.rtt.to_parts();
+        w.addr(tuple.local);
+        w.addr(tuple.remote);
+        encode_seq(&mut w, snd, rcv);
+        flags |= encode_opts(&mut w, now, opts, ts, cfg.mss, self.tsval_now(now));
+        encode_cc(&mut w, &cc.state(now));
+        let (srtt, rttvar, rto, backoff) = rtt.to_parts();
         w.u64(srtt);
         w.u64(rttvar);
         w.u64(rto);
         w.u32(backoff);
-        if let Some(r) = self.recovery {
-            w.u8(match r.kind {
-                RecoveryKind::Fast => 0,
-                RecoveryKind::Timeout => 1,
-            });
-            w.seq(r.point);
-        }
-        w.seq(self.high_rxt);
-        w.seq(self.lost_until);
-        w.u32(self.dupacks);
-        let blocks = self.scoreboard.blocks();
-        w.u8(blocks.len() as u8);
-        for &(l, r) in blocks {
-            w.seq(l);
-            w.seq(r);
-        }
-        // Timers, relative to now.
-        for t in self.timers {
-            w.deadline(now, t);
-        }
-        w.u32(self.retries);
-        w.u32(self.persist_backoff);
-        w.u32(self.keepalive_sent);
-        w.u64(self.unacked_since.map(|t| (now - t).total_micros()).unwrap_or(u64::MAX));
-        w.u64((now - self.last_recv).total_micros());
-        // Socket options.
-        w.u64(self.cfg.send_buffer as u64);
-        w.u64(self.cfg.recv_buffer as u64);
-        if let Some(ka) = self.cfg.keepalive {
-            w.u64(ka.idle.total_micros());
-            w.u64(ka.interval.total_micros());
-            w.u32(ka.probes);
-        }
-        if let Some(uto) = self.cfg.user_timeout {
-            w.u64(uto.total_micros());
-        }
-        if let Some(d) = self.cfg.delayed_ack {
-            w.u64(d.total_micros());
-        }
-        // Data: the whole send buffer ([snd_una, snd_nxt) unacknowledged, then unsent).
-        if let Some(f) = self.fin_seq {
+        flags |= encode_loss(&mut w, loss);
+        encode_timers(&mut w, now, timers);
+        flags |= encode_sockopts(&mut w, cfg);
+        // Data: the whole send buffer ([snd.una, snd.nxt) unacknowledged, then unsent).
+        if let Some(f) = *fin_seq {
+            flags |= flag::FIN_QUEUED;
             w.seq(f);
         }
-        w.u32(self.tx.len() as u32);
+        w.u32(tx.len() as u32);
         let start = w.0.len();
-        w.0.resize(start + self.tx.len(), 0);
-        self.tx.read_at(0, &mut w.0[start..]);
-        // Unread receive bytes, then out-of-order ranges (offsets from rcv_nxt).
-        if let Some(f) = self.rcv_fin {
+        w.0.resize(start + tx.len(), 0);
+        tx.read_at(0, &mut w.0[start..]);
+        // Unread receive bytes, then out-of-order ranges (offsets from rcv.nxt).
+        if let Some(f) = *rcv_fin {
+            flags |= flag::PEER_FIN;
             w.seq(f);
         }
-        w.u32(self.rx.readable() as u32);
+        w.u32(rx.readable() as u32);
         let start = w.0.len();
-        w.0.resize(start + self.rx.readable(), 0);
-        self.rx.peek(&mut w.0[start..]);
-        let ranges = self.rx.assembler.ranges();
+        w.0.resize(start + rx.readable(), 0);
+        rx.peek(&mut w.0[start..]);
+        let ranges = rx.assembler.ranges();
         w.u8(ranges.len() as u8);
         for &(s, e) in ranges {
             w.u32(s as u32);
@@ -345,10 +616,11 @@ impl Connection {
             w.u32(len as u32);
             let start = w.0.len();
             w.0.resize(start + len, 0);
-            self.rx.peek_at(self.rx.readable() + s, &mut w.0[start..]);
+            rx.peek_at(rx.readable() + s, &mut w.0[start..]);
         }
         w.bytes(app_state);
         let len = out.len() as u32;
+        out[6..8].copy_from_slice(&flags.to_le_bytes());
         out[8..12].copy_from_slice(&len.to_le_bytes());
         Ok(out)
     }
@@ -370,6 +642,9 @@ impl Connection {
     /// (`defaults.mss`, its MTU minus 40) is smaller than the segments the connection sends
     /// refuses the record with [`SnapshotError::Incompatible`] (shrinking the MSS of a
     /// connection with data in flight is not supported here; see the handoff notes).
+    ///
+    /// The connection is built whole from the record's parts (one struct literal: every field
+    /// is decided here), not patched over a fresh active open.
     pub fn restore(record: &[u8], now: Instant, defaults: &Config) -> Result<(Connection, Snapshot), SnapshotError> {
         let mut r = R { buf: record };
         if r.take(4)? != MAGIC {
@@ -391,79 +666,13 @@ impl Connection {
         };
         let giver = r.u32()?;
         let tuple = Tuple { local: r.addr()?, remote: r.addr()? };
-        let iss = r.seq()?;
-        let irs = r.seq()?;
-        let snd_una = r.seq()?;
-        let snd_nxt = r.seq()?;
-        let snd_wl1 = r.seq()?;
-        let snd_wl2 = r.seq()?;
-        let snd_wnd = r.u64()? as usize;
-        let max_snd_wnd = r.u64()? as usize;
-        let rcv_nxt = r.seq()?;
-        let rcv_adv = r.seq()?;
-        let last_ack_sent = r.seq()?;
-        let snd_wscale = r.u8()?;
-        let rcv_wscale = r.u8()?;
-        if snd_wscale > 14 || rcv_wscale > 14 {
-            return Err(SnapshotError::Invalid("window scale"));
-        }
-        if snd_nxt < snd_una || snd_wnd > (1 << 30) || max_snd_wnd > (1 << 30) {
-            return Err(SnapshotError::Invalid("send sequence space"));
-        }
-        let peer_mss = r.u16()?;
-        let path_mtu = r.u16()?;
-        let cfg_mss = r.u16()?;
-        let ts_recent = r.u32()?;
-        let ts_recent_age = now.saturating_sub(Duration::from_micros(r.u64()?));
-        let last_tsval = r.u32()?;
+        let (snd, rcv) = decode_seq(&mut r)?;
+        let (opts, ts, cfg_mss, last_tsval) = decode_opts(&mut r, flags, now)?;
         let cc_state = decode_cc(&mut r)?;
         let rtt_parts = (r.u64()?, r.u64()?, r.u64()?, r.u32()?);
-        let recovery = if flags & flag::RECOVERY != 0 {
-            let kind = match r.u8()? {
-                0 => RecoveryKind::Fast,
-                1 => RecoveryKind::Timeout,
-                _ => return Err(SnapshotError::Invalid("recovery kind")),
-            };
-            Some(Recovery { kind, point: r.seq()? })
-        } else {
-            None
-        };
-        let high_rxt = r.seq()?;
-        let lost_until = r.seq()?;
-        let dupacks = r.u32()?;
-        let nblocks = r.u8()? as usize;
-        let mut blocks = Vec::with_capacity(nblocks);
-        for _ in 0..nblocks {
-            blocks.push((r.seq()?, r.seq()?));
-        }
-        let mut timers = [None; super::conn::TIMERS];
-        for t in timers.iter_mut() {
-            *t = r.deadline(now)?;
-        }
-        let retries = r.u32()?;
-        let persist_backoff = r.u32()?;
-        let keepalive_sent = r.u32()?;
-        let unacked_since = match r.u64()? {
-            u64::MAX => None,
-            v => Some(now.saturating_sub(Duration::from_micros(v))),
-        };
-        let last_recv = now.saturating_sub(Duration::from_micros(r.u64()?));
-        let send_buffer = r.u64()? as usize;
-        let recv_buffer = r.u64()? as usize;
-        if send_buffer > (1 << 30) || recv_buffer > (1 << 30) {
-            return Err(SnapshotError::Invalid("buffer size"));
-        }
-        let keepalive = if flags & flag::KEEPALIVE != 0 {
-            Some(Keepalive {
-                idle: Duration::from_micros(r.u64()?),
-                interval: Duration::from_micros(r.u64()?),
-                probes: r.u32()?,
-            })
-        } else {
-            None
-        };
-        let user_timeout = if flags & flag::USER_TIMEOUT != 0 { Some(Duration::from_micros(r.u64()?)) } else { None };
-        let delayed_ack = if flags & flag::DELAYED_ACK != 0 { Some(Duration::from_micros(r.u64()?)) } else { None };
+        let loss = decode_loss(&mut r, flags, &snd)?;
+        let timers = decode_timers(&mut r, now)?;
+        let cfg = decode_sockopts(&mut r, flags, defaults, cfg_mss, cc_state.algorithm)?;
         let fin_seq = if flags & flag::FIN_QUEUED != 0 { Some(r.seq()?) } else { None };
         let tx_data = r.bytes()?;
         let rcv_fin = if flags & flag::PEER_FIN != 0 { Some(r.seq()?) } else { None };
@@ -479,85 +688,62 @@ impl Connection {
         if !r.buf.is_empty() {
             return Err(SnapshotError::Invalid("trailing bytes"));
         }
-        if tx_data.len() < snd_nxt.distance_from(snd_una).saturating_sub(1 + fin_seq.is_some() as usize) {
+        if tx_data.len() < snd.nxt.distance_from(snd.una).saturating_sub(1 + fin_seq.is_some() as usize) {
             return Err(SnapshotError::Invalid("send buffer shorter than the bytes in flight"));
         }
 
-        let cfg = Config {
-            send_buffer: send_buffer.max(tx_data.len()),
-            recv_buffer: recv_buffer.max(1),
-            mss: cfg_mss,
-            nodelay: flags & flag::NODELAY != 0,
-            congestion: cc_state.algorithm,
-            window_scaling: flags & flag::WSCALE != 0,
-            timestamps: flags & flag::TIMESTAMPS != 0,
-            sack: flags & flag::SACK != 0,
-            delayed_ack,
-            keepalive,
-            user_timeout,
-            ..defaults.clone()
-        };
+        let cfg = Config { send_buffer: cfg.send_buffer.max(tx_data.len()), ..cfg };
+        let mut tx = SendBuffer::new(cfg.send_buffer);
+        tx.enqueue(tx_data);
+        // The receive window already advertised must stay storable: size the ring for it.
+        let advertised = rcv.adv.distance_from(rcv.nxt);
+        let rx = RecvBuffer::new(cfg.recv_buffer.max(rx_data.len() + advertised), 1 << rcv.wscale);
         // Keep TSval increasing: the next one is at least the last one sent, plus one tick.
         let ts_offset = last_tsval.wrapping_add(1).wrapping_sub(now.total_millis() as u32);
-        let mut c = Connection::connect(now, tuple, iss, ts_offset, &cfg);
-        c.state = state;
-        c.irs = irs;
-        c.snd_una = snd_una;
-        c.snd_nxt = snd_nxt;
-        c.snd_wl1 = snd_wl1;
-        c.snd_wl2 = snd_wl2;
-        c.snd_wnd = snd_wnd;
-        c.max_snd_wnd = max_snd_wnd;
-        c.rcv_nxt = rcv_nxt;
-        c.rcv_adv = rcv_adv;
-        c.last_ack_sent = last_ack_sent;
-        c.snd_wscale = snd_wscale;
-        c.rcv_wscale = rcv_wscale;
-        c.ws_ok = flags & flag::WSCALE != 0;
-        c.peer_mss = peer_mss;
-        c.path_mtu = path_mtu;
-        c.sack_ok = flags & flag::SACK != 0;
-        c.ts_ok = flags & flag::TIMESTAMPS != 0;
-        c.ts_recent = ts_recent;
-        c.ts_recent_age = ts_recent_age;
-        c.cc = CongestionControl::from_state(&cc_state, now);
+        let rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
+        let mut c = Connection {
+            tuple,
+            state,
+            passive: false,
+            snd,
+            rcv,
+            opts,
+            ts,
+            ts_offset,
+            tx,
+            rx,
+            fin_seq,
+            rcv_fin,
+            loss,
+            cc: CongestionControl::from_state(&cc_state, now),
+            rtt,
+            rtt_probe: None,
+            // One ACK at once, so the peer hears the current window (and its retransmissions
+            // are recovered) without waiting; no quickack budget after the move.
+            ack: AckState { now: true, segs_unacked: 0, quickacks: 0 },
+            due: Due { syn: false, probe: false, rst: false, rst_reply: None },
+            timers,
+            events: 0,
+            error: None,
+            orphan: false,
+            want_writable: false,
+            counters: ConnCounters::default(),
+            cfg,
+        };
         c.update_mss();
-        if c.mss + if c.ts_ok { 12 } else { 0 } > defaults.mss as usize {
+        if c.opts.mss + if c.ts.ok { 12 } else { 0 } > defaults.mss as usize {
             return Err(SnapshotError::Incompatible("the target's MSS is smaller than the connection's segments"));
         }
-        c.rtt = RttEstimator::from_parts(rtt_parts, cfg.min_rto, cfg.max_rto);
-        c.recovery = recovery;
-        c.high_rxt = high_rxt;
-        c.lost_until = lost_until;
-        c.dupacks = dupacks;
-        c.scoreboard.update(snd_una, snd_nxt, &blocks);
-        c.timers = timers;
-        c.retries = retries;
-        c.persist_backoff = persist_backoff;
-        c.keepalive_sent = keepalive_sent;
-        c.unacked_since = unacked_since;
-        c.last_recv = last_recv;
-        c.syn_due = false;
-        c.quickacks = 0;
-        c.fin_seq = fin_seq;
-        c.rcv_fin = rcv_fin;
-        c.tx = SendBuffer::new(cfg.send_buffer);
-        c.tx.enqueue(tx_data);
-        // The receive window already advertised must stay storable: size the ring for it.
-        let advertised = rcv_adv.distance_from(rcv_nxt);
-        let rcv_cap = cfg.recv_buffer.max(rx_data.len() + advertised);
-        c.rx = RecvBuffer::new(rcv_cap, 1 << rcv_wscale);
         if c.rx.write(0, rx_data) != Some(rx_data.len()) {
             return Err(SnapshotError::Invalid("receive data"));
         }
-        // The in-order bytes are already counted in rcv_nxt: rebuild the ring's contents only.
+        // The in-order bytes are already counted in rcv.nxt: rebuild the ring's contents only.
         for (off, data) in ooo {
             if c.rx.write(off, data).is_none() {
                 return Err(SnapshotError::Invalid("out-of-order data"));
             }
         }
-        c.ack_now = true;
-        let snap = Snapshot { tuple, state, giver, app_state };
+        let snap = Snapshot { tuple, state, giver, owns_port: flags & flag::OWNS_PORT != 0, app_state };
         Ok((c, snap))
     }
 }
@@ -610,12 +796,15 @@ mod tests {
         c.handle_segment(now, &ooo);
         while c.poll_transmit(now, &mut buf).is_some() {}
 
-        let rec = c.snapshot(now, 3, b"app").unwrap();
+        let rec = c.snapshot(now, 3, true, b"app").unwrap();
         let later = Instant::from_secs(100);
         let (mut r, snap) = Connection::restore(&rec, later, &Config::default()).unwrap();
-        assert_eq!(snap, Snapshot { tuple: c.tuple, state: State::Established, giver: 3, app_state: b"app".to_vec() });
-        assert_eq!((r.snd_una, r.snd_nxt, r.rcv_nxt, r.rcv_adv), (c.snd_una, c.snd_nxt, c.rcv_nxt, c.rcv_adv));
-        assert_eq!((r.snd_wnd, r.snd_wscale, r.rcv_wscale, r.mss), (c.snd_wnd, c.snd_wscale, c.rcv_wscale, c.mss));
+        assert_eq!(
+            snap,
+            Snapshot { tuple: c.tuple, state: State::Established, giver: 3, owns_port: true, app_state: b"app".to_vec() }
+        );
+        assert_eq!((r.snd.una, r.snd.nxt, r.rcv.nxt, r.rcv.adv), (c.snd.una, c.snd.nxt, c.rcv.nxt, c.rcv.adv));
+        assert_eq!((r.snd.wnd, r.snd.wscale, r.rcv.wscale, r.opts.mss), (c.snd.wnd, c.snd.wscale, c.rcv.wscale, c.opts.mss));
         assert_eq!(r.cwnd(), c.cwnd());
         assert_eq!(r.rtt, c.rtt);
         assert_eq!(r.send_queue(), 5000);
@@ -632,7 +821,7 @@ mod tests {
         let p = TcpPacket::new_checked(&b1[..n]).unwrap();
         let sent = TcpRepr::parse(&p, *L.ip(), *P.ip(), true).unwrap();
         assert!(sent.timestamp.unwrap().tsval > c.tsval_now(now));
-        assert_eq!(sent.ack_number, Some(c.rcv_nxt));
+        assert_eq!(sent.ack_number, Some(c.rcv.nxt));
     }
 
     #[test]
@@ -640,7 +829,7 @@ mod tests {
         let mut c = established();
         let now = Instant::from_millis(50);
         c.send(&[1u8; 5000]).unwrap();
-        let rec = c.snapshot(now, 0, &[]).unwrap();
+        let rec = c.snapshot(now, 0, false, &[]).unwrap();
         // A target configured quite differently: other buffers, options, RTO floor.
         let target = Config {
             send_buffer: 1024,
@@ -654,13 +843,13 @@ mod tests {
         };
         let (r, _) = Connection::restore(&rec, now, &target).unwrap();
         // What the peer agreed to is kept.
-        assert!(r.sack_ok && r.ts_ok && r.ws_ok);
-        assert_eq!((r.snd_wscale, r.rcv_wscale), (c.snd_wscale, c.rcv_wscale));
+        assert!(r.opts.sack_ok && r.ts.ok && r.opts.ws_ok);
+        assert_eq!((r.snd.wscale, r.rcv.wscale), (c.snd.wscale, c.rcv.wscale));
         assert_eq!(r.cc.algorithm(), c.cc.algorithm());
         assert_eq!(r.send_queue(), 5000, "the record's send buffer, not the target's 1024");
         // The target's RTO floor applies.
         assert!(r.rto() >= Duration::from_secs(2));
-        assert_eq!(r.mss, c.mss);
+        assert_eq!(r.opts.mss, c.opts.mss);
         // A target that cannot send the connection's segments refuses it clearly.
         let small = Config { mss: 536, ..Config::default() };
         assert!(matches!(Connection::restore(&rec, now, &small), Err(SnapshotError::Incompatible(_))));
@@ -669,7 +858,7 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         let c = established();
-        let rec = c.snapshot(Instant::from_millis(5), 0, &[]).unwrap();
+        let rec = c.snapshot(Instant::from_millis(5), 0, false, &[]).unwrap();
         for n in 0..rec.len() {
             assert!(Connection::restore(&rec[..n], Instant::ZERO, &Config::default()).is_err(), "prefix {n}");
         }
@@ -690,9 +879,24 @@ mod tests {
     }
 
     #[test]
+    fn port_ownership_travels_as_a_flag() {
+        let c = established();
+        let now = Instant::from_millis(5);
+        let owned = c.snapshot(now, 0, true, &[]).unwrap();
+        let not = c.snapshot(now, 0, false, &[]).unwrap();
+        // Only the flag differs: the layout of version 1 is unchanged, and a reader that does
+        // not know the bit ignores it.
+        let flags = |r: &[u8]| u16::from_le_bytes([r[6], r[7]]);
+        assert_eq!(flags(&owned), flags(&not) | flag::OWNS_PORT);
+        assert_eq!((&owned[..6], &owned[8..]), (&not[..6], &not[8..]));
+        assert!(Connection::restore(&owned, now, &Config::default()).unwrap().1.owns_port);
+        assert!(!Connection::restore(&not, now, &Config::default()).unwrap().1.owns_port);
+    }
+
+    #[test]
     fn only_established_or_close_wait() {
         let cfg = Config::default();
         let c = Connection::connect(Instant::ZERO, Tuple { local: L, remote: P }, SeqNumber(1), 0, &cfg);
-        assert_eq!(c.snapshot(Instant::ZERO, 0, &[]).unwrap_err(), SnapshotError::WrongState(State::SynSent));
+        assert_eq!(c.snapshot(Instant::ZERO, 0, false, &[]).unwrap_err(), SnapshotError::WrongState(State::SynSent));
     }
 }

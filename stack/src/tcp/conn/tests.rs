@@ -4,6 +4,8 @@ use super::*;
 use crate::tcp::Keepalive;
 use std::net::Ipv4Addr;
 
+mod recovery;
+
 const LOCAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 80);
 const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 49152);
 const ISS: u32 = 10_000;
@@ -470,7 +472,7 @@ fn fast_retransmit_after_three_dupacks() {
     assert_eq!(s[0].seq, ISS + 1001);
     send(&mut c, t(50), &Seg { ack: Some(ISS + 5001), ..Seg::default() });
     assert_eq!(c.send_queue(), 0);
-    assert!(c.recovery.is_none());
+    assert!(c.loss.recovery.is_none());
 }
 
 #[test]
@@ -535,7 +537,7 @@ fn keepalive_probes_then_times_out() {
 #[test]
 fn delayed_ack_every_second_segment_or_timer() {
     let mut c = established_with(Config { delayed_ack: Some(Duration::from_millis(40)), ..cfg() });
-    c.quickacks = 0;
+    c.ack.quickacks = 0;
     send(&mut c, t(20), &Seg { payload: vec![1; 100], ..Seg::default() });
     assert!(recv(&mut c, t(20)).is_empty(), "delayed");
     assert_eq!(c.timer(Timer::DelayedAck), Some(t(60)));
@@ -725,7 +727,7 @@ fn window_scale_is_applied_both_ways() {
     let s = recv(&mut c, t(1));
     assert_eq!(s[0].win as usize, (1 << 20) >> 5);
     send(&mut c, t(2), &Seg { win: 1000, ..Seg::default() });
-    assert_eq!(c.snd_wnd, 8000, "peer's window scaled by 2^3");
+    assert_eq!(c.snd.wnd, 8000, "peer's window scaled by 2^3");
 }
 
 #[test]
