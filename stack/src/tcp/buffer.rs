@@ -86,18 +86,24 @@ pub struct SendBuffer {
 }
 
 impl SendBuffer {
+    /// An empty buffer of `capacity` bytes ([`super::Config::send_buffer`]); no memory is
+    /// allocated until the first [`SendBuffer::enqueue`].
     pub fn new(capacity: usize) -> SendBuffer {
         SendBuffer { ring: Ring::new(capacity), len: 0 }
     }
+    /// Most bytes it can hold, unacknowledged and unsent together.
     pub fn capacity(&self) -> usize {
         self.ring.capacity()
     }
+    /// Bytes held: sent but unacknowledged, then not yet sent (SYN and FIN take no room).
     pub fn len(&self) -> usize {
         self.len
     }
+    /// No byte is held: everything queued has been acknowledged.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Bytes [`SendBuffer::enqueue`] would take now; grows only as ACKs consume the front.
     pub fn free(&self) -> usize {
         self.capacity() - self.len
     }
@@ -142,14 +148,19 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Most disjoint out-of-order ranges kept at once: a segment that would need one more is
+    /// refused (not stored; the peer retransmits it), so reassembly work per segment is bounded.
     pub const MAX_RANGES: usize = 32;
 
+    /// No range; room for [`Assembler::MAX_RANGES`] is allocated up front.
     pub fn new() -> Assembler {
         Assembler { ranges: Vec::with_capacity(Self::MAX_RANGES + 1), recent: None }
     }
+    /// No out-of-order data is held (and so no SACK block to send).
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
+    /// The ranges `[start, end)`, in bytes from `rcv_nxt`, ascending and disjoint.
     pub fn ranges(&self) -> &[(usize, usize)] {
         &self.ranges
     }
@@ -208,6 +219,7 @@ impl Assembler {
         edge - n
     }
 
+    /// Forget every range (the bytes in the ring are left as they are).
     pub fn clear(&mut self) {
         self.ranges.clear();
         self.recent = None;
@@ -221,6 +233,8 @@ pub struct RecvBuffer {
     readable: usize,
     /// Bytes the window may advertise (the ring has slack beyond this for window-scale rounding).
     limit: usize,
+    /// The out-of-order ranges held beyond the in-order bytes; the connection reads them to
+    /// build the SACK blocks it sends (RFC 2018 4).
     pub assembler: Assembler,
 }
 
@@ -235,9 +249,11 @@ impl RecvBuffer {
             assembler: Assembler::new(),
         }
     }
+    /// The window-sized capacity in bytes ([`super::Config::recv_buffer`]), without the slack.
     pub fn capacity(&self) -> usize {
         self.limit
     }
+    /// In-order bytes received and not yet read by the application.
     pub fn readable(&self) -> usize {
         self.readable
     }

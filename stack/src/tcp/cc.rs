@@ -13,10 +13,16 @@ use core::str::FromStr;
 
 use crate::time::{Duration, Instant};
 
+/// The congestion control algorithm of a connection ([`super::Config::congestion`]). Parsed
+/// from `"cubic"`, `"newreno"` or `"reno"` (any case) and displayed as `cubic` / `newreno`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub enum Algorithm {
+    /// CUBIC (RFC 9438), with its Reno-friendly region and fast convergence. The default, as
+    /// on Linux.
     #[default]
     Cubic,
+    /// NewReno: RFC 5681 slow start and congestion avoidance (byte counting), with the RFC
+    /// 6582 recovery exit.
     NewReno,
 }
 
@@ -72,6 +78,9 @@ struct Cubic {
     cwnd_prior: f64,
 }
 
+/// One connection's congestion window (`cwnd`) and slow-start threshold (`ssthresh`), both in
+/// bytes, driven by the connection's ACK, loss and timeout events. It never sees segments: the
+/// connection decides what is acknowledged, lost or in flight and calls the `on_*` methods.
 #[derive(Debug, Clone)]
 pub struct CongestionControl {
     algorithm: Algorithm,
@@ -86,21 +95,35 @@ pub struct CongestionControl {
 /// The whole state, for the handoff record. Times are relative to the `now` it was taken at.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CcState {
+    /// The algorithm in use.
     pub algorithm: Algorithm,
+    /// Sender MSS in bytes that the window is counted in (SMSS of RFC 5681).
     pub mss: u32,
+    /// Congestion window in bytes.
     pub cwnd: u64,
+    /// Slow-start threshold in bytes; a very large value (`usize::MAX / 4`) means no loss
+    /// has set one yet (RFC 5681 3.1).
     pub ssthresh: u64,
+    /// Bytes acknowledged in congestion avoidance not yet turned into a whole-MSS increase.
     pub ca_acc: u64,
+    /// CUBIC `W_max` in segments: the window before the last reduction, after fast
+    /// convergence (RFC 9438 4.7).
     pub w_max: f64,
+    /// CUBIC `K` in seconds: when the cubic curve reaches `W_max` again (RFC 9438 4.2).
     pub k: f64,
     /// How long ago the CUBIC epoch started.
     pub epoch_age: Option<Duration>,
+    /// CUBIC `cwnd_epoch` in segments: the window when the current epoch started.
     pub cwnd_epoch: f64,
+    /// CUBIC `W_est` in segments: the Reno-friendly estimate (RFC 9438 4.3).
     pub w_est: f64,
+    /// CUBIC `cwnd_prior` in segments: the window before the last reduction (RFC 9438 4.6).
     pub cwnd_prior: f64,
 }
 
 impl CongestionControl {
+    /// A fresh controller for segments of `mss` bytes: `cwnd` is the RFC 6928 initial window,
+    /// min(10 MSS, max(2 MSS, 14 600 bytes)), and `ssthresh` is unbounded.
     pub fn new(algorithm: Algorithm, mss: usize) -> Self {
         let mss = mss.max(1);
         CongestionControl {
@@ -113,15 +136,20 @@ impl CongestionControl {
         }
     }
 
+    /// The algorithm chosen at creation.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
+    /// Congestion window in bytes: how much may be in flight (RFC 6675 `pipe`) at once.
     pub fn cwnd(&self) -> usize {
         self.cwnd
     }
+    /// Slow-start threshold in bytes (RFC 5681 3.1); `usize::MAX / 4` until the first
+    /// congestion event or timeout.
     pub fn ssthresh(&self) -> usize {
         self.ssthresh
     }
+    /// `cwnd < ssthresh`: ACKs grow the window by up to 2 MSS each (RFC 5681 3.1, RFC 3465).
     pub fn in_slow_start(&self) -> bool {
         self.cwnd < self.ssthresh
     }
@@ -145,7 +173,9 @@ impl CongestionControl {
         bytes as f64 / self.mss as f64
     }
 
-    /// New data acknowledged outside fast recovery.
+    /// New data acknowledged outside fast recovery: `acked` bytes newly acknowledged,
+    /// `in_flight` bytes in flight before this ACK (growth needs at least half the window in
+    /// use), `srtt` for CUBIC's target (100 ms assumed before a sample).
     pub fn on_ack(&mut self, now: Instant, acked: usize, in_flight: usize, srtt: Option<Duration>) {
         if acked == 0 {
             return;
@@ -271,6 +301,7 @@ impl CongestionControl {
         self.cubic.epoch_start = None;
     }
 
+    /// The whole state for the handoff record, the CUBIC epoch start taken relative to `now`.
     pub fn state(&self, now: Instant) -> CcState {
         CcState {
             algorithm: self.algorithm,
@@ -287,6 +318,9 @@ impl CongestionControl {
         }
     }
 
+    /// Rebuild from a handoff record taken elsewhere, the epoch re-anchored at `now`. Values
+    /// are clamped to stay usable: MSS at least 1, `cwnd` at least 1 MSS, `ssthresh` at least
+    /// 2 MSS.
     pub fn from_state(s: &CcState, now: Instant) -> Self {
         let mss = (s.mss as usize).max(1);
         CongestionControl {

@@ -58,12 +58,16 @@ impl RttEstimator {
         Duration::from_micros(base.saturating_mul(1u64 << self.backoff)).min(self.max_rto)
     }
 
+    /// Smoothed RTT (RFC 6298 `SRTT`, microsecond resolution); `None` until the first sample.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt.map(Duration::from_micros)
     }
+    /// RTT variation (RFC 6298 `RTTVAR`); zero until the first sample.
     pub fn rttvar(&self) -> Duration {
         Duration::from_micros(self.rttvar)
     }
+    /// Timeouts since the last valid sample: [`RttEstimator::rto`] is the base RTO times
+    /// 2^backoff (capped at 16, and the result at `max_rto`).
     pub fn backoff(&self) -> u32 {
         self.backoff
     }
@@ -72,6 +76,8 @@ impl RttEstimator {
     pub fn to_parts(&self) -> (u64, u64, u64, u32) {
         (self.srtt.unwrap_or(0), self.rttvar, self.rto.total_micros(), self.backoff)
     }
+    /// Rebuild from [`RttEstimator::to_parts`] (srtt 0 meaning no sample yet) under this
+    /// node's `min_rto` and `max_rto`, which clamp the base RTO; backoff is capped at 16.
     pub fn from_parts(
         parts: (u64, u64, u64, u32),
         min_rto: Duration,

@@ -13,6 +13,9 @@ use crate::wire::SeqNumber;
 /// RFC 6675 2: DupThresh.
 pub const DUP_THRESH: usize = 3;
 
+/// The SACKed ranges above `snd_una` the peer has reported (RFC 6675 2 "scoreboard"), as
+/// `[left, right)` sequence ranges, ascending and disjoint, with their byte total. Cleared
+/// after a retransmission timeout, since the receiver may renege (RFC 2018 8).
 #[derive(Debug, Clone, Default)]
 pub struct Scoreboard {
     blocks: Vec<(SeqNumber, SeqNumber)>,
@@ -22,7 +25,9 @@ pub struct Scoreboard {
 /// A hole of the scoreboard and how much of it counts as lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hole {
+    /// First sequence number not SACKed (`snd_una` or the right edge of a SACKed range).
     pub start: SeqNumber,
+    /// Sequence number where the next SACKed range starts, or `snd_nxt` for the top hole.
     pub end: SeqNumber,
     /// `[start, lost_end)` is lost.
     pub lost_end: SeqNumber,
@@ -40,24 +45,34 @@ impl Hole {
 }
 
 impl Scoreboard {
+    /// Most disjoint SACKed ranges remembered. When a new one would exceed it, the lowest is
+    /// forgotten: the highest ranges decide `IsLost` for everything below them.
     pub const MAX_BLOCKS: usize = 32;
 
+    /// An empty scoreboard, with room for [`Scoreboard::MAX_BLOCKS`] allocated up front.
     pub fn new() -> Scoreboard {
         Scoreboard { blocks: Vec::with_capacity(Self::MAX_BLOCKS + 1), sacked: 0 }
     }
+    /// Nothing above `snd_una` is SACKed.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()
     }
+    /// The SACKed ranges `[left, right)`, ascending and disjoint.
     pub fn blocks(&self) -> &[(SeqNumber, SeqNumber)] {
         &self.blocks
     }
+    /// Total bytes in the SACKed ranges.
     pub fn sacked_bytes(&self) -> usize {
         self.sacked
     }
+    /// Forget every range (after a retransmission timeout, RFC 2018 8: the receiver may have
+    /// reneged).
     pub fn clear(&mut self) {
         self.blocks.clear();
         self.sacked = 0;
     }
+    /// The right edge of the highest SACKed range: one past the highest byte the peer reports
+    /// received. `None` when nothing is SACKed.
     pub fn highest_sacked(&self) -> Option<SeqNumber> {
         self.blocks.last().map(|b| b.1)
     }
