@@ -25,6 +25,9 @@ use crate::wire::SeqNumber;
 /// MSS values a cookie can encode (RFC 4987 suggests a small table; these are Linux's).
 pub const COOKIE_MSS: [u16; 8] = [536, 1200, 1300, 1380, 1440, 1452, 1460, 8960];
 
+/// The keyed functions of this module: RFC 6528 ISNs, TSval offsets and SYN cookies. It holds
+/// two 128-bit secrets (one for ISNs and TSval offsets, one for cookies) drawn from the
+/// injected RNG at creation; `Debug` does not print them.
 #[derive(Clone)]
 pub struct IsnGenerator {
     secret: [u8; 16],
@@ -51,10 +54,14 @@ fn tuple_bytes(local: SocketAddrV4, remote: SocketAddrV4, extra: &[u8]) -> ([u8;
 /// What a valid cookie gives back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CookieInfo {
+    /// The MSS encoded in the cookie: the [`COOKIE_MSS`] entry chosen when the SYN-ACK was
+    /// sent, the largest not above the MSS the peer's SYN announced.
     pub mss: u16,
 }
 
 impl IsnGenerator {
+    /// Draw fresh secrets from `rng`. A cookie made by one generator does not check with
+    /// another, and TSval offsets differ between generators.
     pub fn new(rng: &mut crate::rand::Rng) -> IsnGenerator {
         let mut secret = [0u8; 16];
         let mut cookie_secret = [0u8; 16];
@@ -71,7 +78,10 @@ impl IsnGenerator {
         (siphash24(&self.secret, &b[..n]) >> 32) as u32
     }
 
-    /// RFC 6528 section 3.
+    /// The ISN for a new connection on this 4-tuple (RFC 6528 3): a 4-microsecond clock
+    /// (`now`, wrapping every ~4.8 hours) plus a keyed SipHash of the 4-tuple, so that
+    /// successive connections on one tuple get increasing ISNs and another tuple's cannot be
+    /// guessed.
     pub fn isn(&self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) -> SeqNumber {
         let (b, n) = tuple_bytes(local, remote, &[]);
         let f = siphash24(&self.secret, &b[..n]) as u32;
@@ -153,6 +163,9 @@ pub fn encode_ts_options(tsval: u32, wscale: Option<u8>, sack: bool) -> u32 {
     }
 }
 
+/// Read back what [`encode_ts_options`] stored, from the TSecr of the ACK completing a cookie
+/// handshake (our TSval echoed): the peer's window scale (`None` when it sent none) and
+/// whether it permitted SACK. Meaningful only when that ACK carries timestamps.
 pub fn decode_ts_options(tsecr: u32) -> (Option<u8>, bool) {
     let ws = ((tsecr >> 1) & 0xf) as u8;
     (if ws == 15 { None } else { Some(ws) }, tsecr & 1 == 1)

@@ -30,21 +30,28 @@ pub enum SynDecision {
 /// Listener counters (Linux's `ListenOverflows`, `SyncookiesSent`, ...).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListenerCounters {
+    /// SYNs that reached the listener, whatever became of them.
     pub syns: u64,
     /// SYNs that found the SYN queue full (answered with a cookie, or dropped without
     /// cookies: Linux's `TCPReqQFullDoCookies` + `TCPReqQFullDrop`).
     pub syn_queue_overflows: u64,
+    /// Cookie SYN-ACKs sent (Linux's `SyncookiesSent`).
     pub cookies_sent: u64,
+    /// ACKs carrying a valid cookie that created a connection (`SyncookiesRecv`).
     pub cookies_valid: u64,
+    /// ACKs to the listener whose cookie did not check, answered with RST
+    /// (`SyncookiesFailed`). Any stray ACK to the port counts here.
     pub cookies_invalid: u64,
     /// SYNs or cookie ACKs dropped because the accept queue was full (`ListenOverflows`).
     pub accept_overflows: u64,
     /// SYNs and valid cookie ACKs refused by the stack's connection limit or buffer budget.
     pub refused_limit: u64,
+    /// Connections taken off the accept queue by the application ([`Listener::accept`]).
     pub accepted: u64,
 }
 
 impl ListenerCounters {
+    /// Add `o` field by field (totals over listeners).
     pub fn add(&mut self, o: &ListenerCounters) {
         self.syns += o.syns;
         self.syn_queue_overflows += o.syn_queue_overflows;
@@ -72,6 +79,11 @@ impl ListenerCounters {
     }
 }
 
+/// A socket in LISTEN (RFC 9293 3.10.7.2): the limits and counters of its SYN and accept
+/// queues, and the connections waiting to be accepted as handles `H` (the interface's socket
+/// handles). It does not hold the embryonic connections: the socket table does, and tells
+/// the listener through [`Listener::on_syn`], [`Listener::syn_done`] and
+/// [`Listener::push_established`].
 #[derive(Debug, Clone)]
 pub struct Listener<H> {
     /// Local address; the unspecified address listens on every local address.
@@ -83,11 +95,15 @@ pub struct Listener<H> {
     accept_queue: VecDeque<H>,
     /// Options for the connections it creates.
     pub config: Config,
+    /// Answer SYNs with cookies when the SYN queue is full (default on; Linux's
+    /// `tcp_syncookies = 1`). Off, such SYNs are dropped and cookie ACKs are not accepted.
     pub syn_cookies: bool,
+    /// What happened to the SYNs and cookie ACKs this listener saw.
     pub counters: ListenerCounters,
 }
 
 impl<H> Listener<H> {
+    /// A listener on `local` with both queues limited to `backlog` (at least 1), cookies on.
     pub fn new(local: SocketAddrV4, backlog: usize, config: Config) -> Self {
         let backlog = backlog.max(1);
         Listener {
@@ -101,6 +117,10 @@ impl<H> Listener<H> {
         }
     }
 
+    /// A SYN arrived: decide its fate and count it. The accept queue full drops it (the
+    /// client retries); else the SYN queue full means a cookie (or a drop without cookies);
+    /// else [`SynDecision::Accept`] and the SYN queue grows by one, until
+    /// [`Listener::syn_done`].
     pub fn on_syn(&mut self) -> SynDecision {
         self.counters.syns += 1;
         if self.accept_queue.len() >= self.backlog {
@@ -131,10 +151,13 @@ impl<H> Listener<H> {
         self.accept_queue.len() < self.backlog
     }
 
+    /// Queue a connection that reached ESTABLISHED (from the SYN queue or a cookie) for the
+    /// application. Does not check the limit: see [`Listener::has_room`].
     pub fn push_established(&mut self, h: H) {
         self.accept_queue.push_back(h);
     }
 
+    /// The oldest established connection not yet accepted, if any (the `accept()` call).
     pub fn accept(&mut self) -> Option<H> {
         let h = self.accept_queue.pop_front();
         if h.is_some() {
@@ -143,6 +166,7 @@ impl<H> Listener<H> {
         h
     }
 
+    /// Connections established and waiting for [`Listener::accept`].
     pub fn accept_queue_len(&self) -> usize {
         self.accept_queue.len()
     }

@@ -1,6 +1,10 @@
-//! The serialized state of an established connection, for live handoff between stacks
-//! (spec/04): a versioned binary record that [`Connection::snapshot`] writes and
-//! [`Connection::restore`] reads back, in another process, at another time.
+//! The serialized state of an established connection, for live handoff between stacks: one
+//! stack freezes a connection and writes it out, another stack (another process, perhaps on
+//! the cluster member that took over the local address) restores it and carries on, and the
+//! peer notices nothing: no RST, the same sequence numbers, windows and options, its data
+//! neither lost nor duplicated. The record is a versioned binary record that
+//! [`Connection::snapshot`] writes and [`Connection::restore`] reads back, in another process,
+//! at another time.
 //!
 //! Layout (little-endian): `magic "PLXC" | version u16 | flags u16 | length u32 | fields`.
 //! `flags` says which optional sections are present, and carries the options that need no
@@ -29,7 +33,11 @@ use super::{Config, Keepalive};
 use crate::time::{Duration, Instant};
 use crate::wire::SeqNumber;
 
+/// The first four bytes of every record; anything else is [`SnapshotError::BadMagic`].
 pub const MAGIC: [u8; 4] = *b"PLXC";
+/// The record version written, and the only one read: a record of another version is
+/// [`SnapshotError::UnsupportedVersion`]. Additions that old readers may ignore go into
+/// flag bits, not a new version.
 pub const VERSION: u16 = 1;
 
 mod flag {
@@ -51,7 +59,9 @@ mod flag {
 /// A decoded record, before it becomes a connection: the parts a caller may want to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The connection's 4-tuple (the same on the target: the local address moves with it).
     pub tuple: Tuple,
+    /// ESTABLISHED or CLOSE-WAIT: the only states a record holds.
     pub state: State,
     /// Identity of the giving stack (cluster slot), for logs and the target application.
     pub giver: u32,
@@ -59,15 +69,22 @@ pub struct Snapshot {
     /// that restores it releases the port to the cluster when the connection ends. False in
     /// records whose writer did not know the flag (the port is then never released).
     pub owns_port: bool,
+    /// The opaque bytes the giving application passed to [`Connection::snapshot`], for the
+    /// target's application to resume its own state with; the stack does not read them.
     pub app_state: Vec<u8>,
 }
 
+/// Why [`Connection::snapshot`] or [`Connection::restore`] refused. On any of them the giver
+/// keeps its connection (nothing was changed) and the target has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotError {
     /// Only ESTABLISHED and CLOSE-WAIT connections move.
     WrongState(State),
+    /// The record ends before its fields do, or before the length its header states.
     Truncated,
+    /// The record does not start with [`MAGIC`]: not a plex connection record.
     BadMagic,
+    /// The record's version (carried) is not [`VERSION`].
     UnsupportedVersion(u16),
     /// A field holds a value no connection can have.
     Invalid(&'static str),
@@ -641,7 +658,7 @@ impl Connection {
     /// limits; MSL; FIN timeout). One thing it cannot adapt to: a target whose largest segment
     /// (`defaults.mss`, its MTU minus 40) is smaller than the segments the connection sends
     /// refuses the record with [`SnapshotError::Incompatible`] (shrinking the MSS of a
-    /// connection with data in flight is not supported here; see the handoff notes).
+    /// connection with data in flight is not supported).
     ///
     /// The connection is built whole from the record's parts (one struct literal: every field
     /// is decided here), not patched over a fresh active open.
