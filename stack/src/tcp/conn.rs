@@ -33,22 +33,40 @@ use crate::wire::{SackBlocks, SeqNumber, TcpControl, TcpPacket, TcpRepr, TcpTime
 /// The connection's 4-tuple, from this stack's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
+    /// Our address and port: the source of the segments we send.
     pub local: SocketAddrV4,
+    /// The peer's address and port.
     pub remote: SocketAddrV4,
 }
 
 /// RFC 9293 3.3.2 states. LISTEN lives in [`super::Listener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
+    /// No connection any more ([`Event::Closed`] was raised on entry). It ignores segments;
+    /// a RST may still be due ([`Connection::rst_pending`]).
     Closed,
+    /// Active open: our SYN is sent (or due), waiting for the peer's SYN-ACK.
     SynSent,
+    /// Our SYN-ACK is sent, waiting for the ACK of our SYN (a passive open, or a
+    /// simultaneous open, RFC 9293 3.5).
     SynReceived,
+    /// Both SYNs acknowledged: data flows both ways.
     Established,
+    /// We sent FIN (after `shutdown` or `close`); it is not acknowledged yet.
     FinWait1,
+    /// Our FIN is acknowledged; waiting for the peer's. Data from the peer still arrives.
+    /// An orphaned connection leaves after [`super::Config::fin_timeout`].
     FinWait2,
+    /// The peer sent FIN; we may still send until the application shuts down.
     CloseWait,
+    /// Both sides sent FIN before either was acknowledged (simultaneous close); waiting for
+    /// the ACK of ours.
     Closing,
+    /// The peer closed first and we sent our FIN; waiting for its ACK, then CLOSED.
     LastAck,
+    /// Both FINs exchanged and acknowledged, and ours was sent first or at the same time
+    /// (from FIN-WAIT-2 or CLOSING): 2 MSL ([`super::Config::msl`]) to absorb delayed
+    /// segments, then CLOSED. The buffers are released on entry unless unread data remains.
     TimeWait,
 }
 
@@ -68,15 +86,29 @@ impl State {
     }
 }
 
-/// What the application hears.
+/// What the application hears, from [`Connection::poll_event`]. Pending events form a set:
+/// each kind is reported once however often it happened since the last poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {
+    /// The handshake completed (ESTABLISHED, or FIN-WAIT-1 if the application already shut
+    /// down): from an active open when the SYN-ACK arrives, from a passive one when the ACK
+    /// of our SYN-ACK does, and at once for a connection made by a SYN cookie.
     Connected,
+    /// New in-order data can be read, or the peer's FIN arrived (then `recv` returns 0 once
+    /// the data is read).
     Readable,
+    /// Room appeared in the send buffer after a `send` failed with [`Error::WouldBlock`].
+    /// Raised only after such a failure.
     Writable,
     /// The peer sent FIN: no more data will arrive.
     PeerClosed,
+    /// The connection was reset: a RST from the peer (in SYN-SENT: the connection was
+    /// refused), or the stack ended it ([`Connection::abort_by_stack`]). [`Event::Closed`]
+    /// comes with it and [`Connection::error`] is [`Error::Reset`].
     Reset,
+    /// The connection gave up: SYN or data retransmissions exhausted, the user timeout or
+    /// keepalive expired. [`Event::Closed`] comes with it and [`Connection::error`] is
+    /// [`Error::TimedOut`].
     TimedOut,
     /// The connection reached CLOSED and can be freed.
     Closed,
@@ -138,9 +170,13 @@ impl std::error::Error for Error {}
 pub enum Timer {
     /// RFC 6298 retransmission timer (also SYN retransmission).
     Retransmit,
+    /// Delayed ACK (RFC 5681 4.2, RFC 9293 3.8.6.3): acknowledge a lone in-order segment
+    /// after [`super::Config::delayed_ack`] if no other reason to ACK came first.
     DelayedAck,
     /// Zero-window probing (RFC 9293 3.8.6.1).
     Persist,
+    /// Keepalive probing (RFC 9293 3.8.4): idle time, then the interval between probes
+    /// ([`super::Keepalive`]).
     Keepalive,
     /// 2 MSL in TIME-WAIT.
     TimeWait,
@@ -163,25 +199,48 @@ const ALL_TIMERS: [Timer; TIMERS] = [
 /// Counters per connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnCounters {
+    /// Segments given to [`Connection::handle_segment`], whatever became of them.
     pub segs_in: u64,
+    /// Segments written by [`Connection::poll_transmit`], RSTs and retransmissions included.
     pub segs_out: u64,
     /// Payload bytes accepted in order.
     pub bytes_in: u64,
     /// New payload bytes sent (not counting retransmissions).
     pub bytes_out: u64,
+    /// Data or FIN segments sent again (after a timeout, in recovery, or as a tail loss
+    /// probe of old data). SYN retransmissions are not counted here (see `timeouts`).
     pub retrans_segs: u64,
+    /// Payload bytes in `retrans_segs`.
     pub retrans_bytes: u64,
+    /// Entries into fast recovery (RFC 5681 3.2, RFC 6582, RFC 6675 5): by 3 duplicate ACKs
+    /// or by SACK showing the first segment lost.
     pub fast_recoveries: u64,
+    /// Retransmission timer expiries that retransmitted (SYN and SYN-ACK included); the
+    /// expiry that gives up is not counted.
     pub timeouts: u64,
+    /// Duplicate ACKs received (RFC 5681 2; with SACK, RFC 6675 2: an ACK that SACKs new
+    /// data counts even if the window changed).
     pub dupacks_in: u64,
+    /// Data segments stored out of order (above RCV.NXT), each answered at once with an ACK.
     pub ooo_segs_in: u64,
+    /// Challenge ACKs sent (RFC 5961): for a RST not exactly at RCV.NXT, a SYN in a
+    /// synchronized state, or an ACK below the acceptable range.
     pub challenge_acks: u64,
+    /// Segments dropped by PAWS (RFC 7323 5.3: TSval older than TS.Recent), each answered
+    /// with an ACK.
     pub paws_drops: u64,
+    /// Segments failing the sequence test (RFC 9293 3.10.7.4, first check), dropped and,
+    /// unless they are RSTs, answered with an ACK.
     pub unacceptable_segs: u64,
+    /// Persist-timer expiries that sent a zero-window probe (RFC 9293 3.8.6.1).
     pub window_probes: u64,
+    /// In-window data segments dropped because the receive ring could not keep them: one more
+    /// out-of-order range than [`super::buffer::Assembler::MAX_RANGES`], or past the ring's end.
     pub rcv_buffer_drops: u64,
     /// Retransmissions found lost again (and resent) before the RTO.
     pub lost_retransmits: u64,
+    /// Tail loss probes scheduled (RFC 8985 7): the probe timer fired with data in flight
+    /// outside recovery.
     pub loss_probes: u64,
 }
 
@@ -394,8 +453,10 @@ pub struct Connection {
     /// The application called `close`: nobody will read; the stack frees the connection when it
     /// reaches CLOSED.
     pub(crate) orphan: bool,
-    /// `recv` on a connection whose send buffer was full: tell when room appears.
+    /// `send` on a connection whose send buffer was full: tell when room appears.
     pub(crate) want_writable: bool,
+    /// This connection's statistics, counted since it was created or restored (they stay
+    /// with the giver of a handoff).
     pub counters: ConnCounters,
 }
 
@@ -454,7 +515,11 @@ impl Connection {
     }
 
     /// Active open (RFC 9293 3.10.1, OPEN call in CLOSED): the SYN goes out on the next
-    /// `poll_transmit`.
+    /// `poll_transmit`. `iss` is our initial sequence number (RFC 6528,
+    /// [`super::isn::IsnGenerator::isn`]); `ts_offset` is added to our millisecond clock to
+    /// make our TSvals (RFC 7323 5.4: random per connection). [`Event::Connected`] follows
+    /// the peer's SYN-ACK; after [`super::Config::syn_retries`] unanswered SYNs, or a RST,
+    /// the connection closes with an error. Data sent before then is queued.
     pub fn connect(now: Instant, tuple: Tuple, iss: SeqNumber, ts_offset: u32, cfg: &Config) -> Self {
         let mut c = Connection::new(now, tuple, iss, ts_offset, cfg);
         c.state = State::SynSent;
@@ -585,50 +650,74 @@ impl Connection {
     // ----------------------------------------------------------------------------------------
     // Accessors.
 
+    /// The RFC 9293 state now. It changes only inside `handle_segment`, `handle_timeout` and
+    /// the application commands.
     pub fn state(&self) -> State {
         self.state
     }
 
+    /// The 4-tuple, fixed for the connection's life.
     pub fn tuple(&self) -> Tuple {
         self.tuple
     }
 
+    /// Effective send MSS in bytes: the largest payload of a segment we send (RFC 6691), the
+    /// smallest of the peer's MSS, the path MTU minus 40 and [`super::Config::mss`], less 12
+    /// when timestamps are on; at least 64. Set by the handshake, lowered by
+    /// [`Connection::handle_path_mtu`]. SACK blocks take further room from single segments.
     pub fn mss(&self) -> usize {
         self.opts.mss
     }
 
+    /// Congestion window in bytes (RFC 5681): how much may be in flight.
     pub fn cwnd(&self) -> usize {
         self.cc.cwnd()
     }
 
+    /// Slow-start threshold in bytes (RFC 5681 3.1); very large (`usize::MAX / 4`) until
+    /// the first loss or timeout.
     pub fn ssthresh(&self) -> usize {
         self.cc.ssthresh()
     }
 
+    /// Smoothed round-trip time (RFC 6298 SRTT); `None` before the first sample. Samples come
+    /// from timestamps (millisecond resolution) or from one timed segment per round trip
+    /// (Karn's algorithm: never a retransmitted one).
     pub fn srtt(&self) -> Option<Duration> {
         self.rtt.srtt()
     }
 
+    /// The retransmission timeout now (RFC 6298), backoff included, within
+    /// [`super::Config::min_rto`] and [`super::Config::max_rto`].
     pub fn rto(&self) -> Duration {
         self.rtt.rto()
     }
 
+    /// SND.UNA (RFC 9293 3.3.1): the oldest sequence number we sent that is not acknowledged.
     pub fn snd_una(&self) -> SeqNumber {
         self.snd.una
     }
 
+    /// SND.NXT (RFC 9293 3.3.1): the sequence number of the next new byte we send.
     pub fn snd_nxt(&self) -> SeqNumber {
         self.snd.nxt
     }
 
+    /// RCV.NXT (RFC 9293 3.3.1): the next sequence number expected from the peer, the one
+    /// our ACKs carry.
     pub fn rcv_nxt(&self) -> SeqNumber {
         self.rcv.nxt
     }
 
+    /// The application gave the connection up (`close`, `abort`, or the stack aborted it):
+    /// nobody reads it any more, and its owner frees it once it reaches CLOSED.
     pub fn is_orphan(&self) -> bool {
         self.orphan
     }
 
+    /// The options in effect: the [`Config`] the connection was created (or restored) with,
+    /// plus the `set_*` calls since. What the handshake negotiated is not reflected here (see
+    /// [`Connection::mss`]).
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -643,23 +732,25 @@ impl Connection {
         self.tx.len()
     }
 
-    /// Room in the send buffer.
     /// Bytes of buffer memory this connection holds (its rings, once allocated).
     pub fn buffer_bytes(&self) -> usize {
         self.tx.allocated() + self.rx.allocated()
     }
 
+    /// Room in the send buffer in bytes: how much `send` would take now.
     pub fn send_capacity(&self) -> usize {
         self.tx.free()
     }
 
-    /// A RST is waiting to be sent.
     /// Give up a RST that cannot be sent (no route to the peer any more).
     pub fn drop_pending_rst(&mut self) {
         self.due.rst = false;
         self.due.rst_reply = None;
     }
 
+    /// A RST is waiting to be sent (after `abort`, or answering an unacceptable segment): the
+    /// next `poll_transmit` writes it, even in CLOSED, so a closed connection with a RST
+    /// pending must not be freed before it is polled.
     pub fn rst_pending(&self) -> bool {
         self.due.rst || self.due.rst_reply.is_some()
     }
@@ -669,15 +760,20 @@ impl Connection {
         self.error
     }
 
+    /// The deadline of timer `t`; `None` when it is not armed.
     pub fn timer(&self, t: Timer) -> Option<Instant> {
         self.timers.deadline[t as usize]
     }
 
-    /// Set TCP_NODELAY.
+    /// Set TCP_NODELAY: with `on`, a short segment goes out even while data is unacknowledged
+    /// (Nagle's algorithm, RFC 896, off). Applies from the next `poll_transmit`.
     pub fn set_nodelay(&mut self, on: bool) {
         self.cfg.nodelay = on;
     }
 
+    /// Turn keepalive on with these parameters, or off with `None` (SO_KEEPALIVE,
+    /// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT). The idle time counts from `now`, as if a
+    /// segment had just arrived; the timer runs only in a synchronized state.
     pub fn set_keepalive(&mut self, now: Instant, ka: Option<super::Keepalive>) {
         self.cfg.keepalive = ka;
         self.timers.keepalive_sent = 0;
@@ -685,6 +781,9 @@ impl Connection {
         self.arm_keepalive();
     }
 
+    /// Set the RFC 5482 user timeout (TCP_USER_TIMEOUT): data unacknowledged this long closes
+    /// the connection with [`Error::TimedOut`], checked when the retransmission or persist
+    /// timer fires. `None` leaves only [`super::Config::max_retries`].
     pub fn set_user_timeout(&mut self, t: Option<Duration>) {
         self.cfg.user_timeout = t;
     }
@@ -699,7 +798,9 @@ impl Connection {
         core::mem::take(&mut self.events)
     }
 
-    /// The next event for the application, oldest kind first.
+    /// The next event for the application, `None` when none is pending. Pending events are a
+    /// set, taken out in [`Event`]'s declaration order (not the order they happened): poll
+    /// until `None` after each `handle_segment`, `handle_timeout` or command.
     pub fn poll_event(&mut self) -> Option<Event> {
         if self.events == 0 {
             return None;
@@ -740,7 +841,15 @@ impl Connection {
     // ----------------------------------------------------------------------------------------
     // Application commands.
 
-    /// Queue data for sending; returns the bytes taken (maybe fewer than offered).
+    /// Copy data into the send ring; returns how many bytes fit (maybe fewer than offered,
+    /// `Ok(0)` for empty `data`). Nothing is sent here: segments go out from later
+    /// `poll_transmit` calls, as the windows and Nagle allow. Allowed in SYN-SENT and
+    /// SYN-RECEIVED (sent once established), ESTABLISHED and CLOSE-WAIT.
+    ///
+    /// Errors: the connection's [`Error`] once it failed; [`Error::Shutdown`] after
+    /// `shutdown` or `close`; [`Error::NotConnected`] in other states;
+    /// [`Error::WouldBlock`] when the ring is full, and then [`Event::Writable`] fires once
+    /// ACKs free room.
     pub fn send(&mut self, data: &[u8]) -> Result<usize, Error> {
         if let Some(e) = self.error {
             return Err(e);
@@ -760,7 +869,15 @@ impl Connection {
         Ok(n)
     }
 
-    /// Read in-order data. `Ok(0)` only at end of stream (the peer's FIN) or for an empty `buf`.
+    /// Copy in-order data into `buf` and consume it; returns the bytes copied. `Ok(0)` only at
+    /// end of stream (the peer's FIN, once everything before it was read) or for an empty
+    /// `buf`. Data received before a reset or timeout can still be read; then the error is
+    /// returned ([`Error::Reset`], [`Error::TimedOut`]). [`Error::WouldBlock`] when nothing is
+    /// there yet ([`Event::Readable`] tells when); [`Error::NotConnected`] in CLOSED without
+    /// an error or a FIN.
+    ///
+    /// Reading opens the receive window: once it opened by enough (receiver SWS avoidance,
+    /// RFC 9293 3.8.6.2.2) a window update is due, so call `poll_transmit` afterwards.
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
         let n = self.peek(buf)?;
         if n > 0 {
@@ -771,7 +888,8 @@ impl Connection {
         Ok(n)
     }
 
-    /// Like `recv` without consuming.
+    /// Like [`Connection::recv`] (same results and errors), without consuming: the same bytes
+    /// are returned again, and the window does not open.
     pub fn peek(&self, buf: &mut [u8]) -> Result<usize, Error> {
         if buf.is_empty() {
             return Ok(0);
@@ -792,7 +910,8 @@ impl Connection {
         }
     }
 
-    /// True when the peer's FIN has been received in order.
+    /// True when the peer's FIN has been received in order (after [`Event::PeerClosed`]).
+    /// Unread data before it may remain.
     pub fn peer_closed(&self) -> bool {
         matches!(self.rcv_fin, Some(f) if self.rcv.nxt > f)
     }
@@ -812,6 +931,10 @@ impl Connection {
     }
 
     /// Close the sending side: FIN after the queued data (RFC 9293 3.10.4, CLOSE call).
+    /// ESTABLISHED and SYN-RECEIVED go to FIN-WAIT-1, CLOSE-WAIT to LAST-ACK; receiving goes
+    /// on (half-close). In SYN-SENT the connection closes at once, sending nothing more. Later
+    /// `send`s fail with [`Error::Shutdown`]. A second call, or a call in another state, does
+    /// nothing. The FIN goes out from `poll_transmit`.
     pub fn shutdown(&mut self) {
         if self.fin_seq.is_some() {
             return;
@@ -841,6 +964,9 @@ impl Connection {
 
     /// The application is done with the connection. Unread data makes it an abort (RFC 2525
     /// 2.17, as Linux does); otherwise a graceful close that continues without the application.
+    /// The connection becomes an orphan ([`Connection::is_orphan`]): data arriving later is
+    /// answered with a RST, FIN-WAIT-2 lasts at most [`super::Config::fin_timeout`], and its
+    /// owner frees it when it reaches CLOSED. Its events need not be polled.
     pub fn close(&mut self) {
         self.orphan = true;
         if self.rx.readable() > 0 && self.state.is_synchronized() {
@@ -854,7 +980,11 @@ impl Connection {
         }
     }
 
-    /// Abort (RFC 9293 3.10.5): RST if synchronized, then CLOSED.
+    /// Abort (RFC 9293 3.10.5): CLOSED at once, with a RST to the peer from SYN-RECEIVED,
+    /// ESTABLISHED, FIN-WAIT-1, FIN-WAIT-2 or CLOSE-WAIT (written by the next
+    /// `poll_transmit`, see [`Connection::rst_pending`]). Queued data is never sent. Raises
+    /// [`Event::Closed`] (unless already CLOSED) and no other event; [`Connection::error`]
+    /// stays `None`.
     pub fn abort(&mut self) {
         if matches!(
             self.state,

@@ -27,8 +27,13 @@ use crate::time::Duration;
 /// Keepalive parameters (Linux's `tcp_keepalive_time`, `_intvl`, `_probes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
+    /// Time without a received segment before the first probe (RFC 9293 3.8.4 and RFC 1122
+    /// 4.2.3.6: no less than two hours by default).
     pub idle: Duration,
+    /// Time between probes while none is answered.
     pub interval: Duration,
+    /// Unanswered probes after which the connection is closed with [`Error::TimedOut`]
+    /// (after one more `interval`). Any segment received resets the count.
     pub probes: u32,
 }
 
@@ -49,17 +54,30 @@ pub struct Config {
     pub mss: u16,
     /// Disable Nagle's algorithm (TCP_NODELAY).
     pub nodelay: bool,
+    /// Congestion control algorithm (RFC 9438 CUBIC by default, or NewReno).
     pub congestion: Algorithm,
+    /// Offer the RFC 7323 window scale option in our SYN or SYN-ACK, with the shift
+    /// [`Config::rcv_wscale`]. Used only if the peer's SYN carries it too; without it the
+    /// window stays at most 65 535 bytes whatever `recv_buffer` says.
     pub window_scaling: bool,
+    /// Offer RFC 7323 timestamps: an RTT sample per ACK and PAWS (RFC 7323 5). Used only if
+    /// both SYNs carry the option; they then take 12 bytes of every segment from the MSS.
     pub timestamps: bool,
+    /// Offer SACK (RFC 2018 SACK-permitted). Used only if both sides offer it; loss recovery
+    /// is then RFC 6675's, otherwise RFC 6582 NewReno's.
     pub sack: bool,
     /// Delayed-ACK timeout; `None` acknowledges every segment at once (TCP_QUICKACK forever).
     pub delayed_ack: Option<Duration>,
+    /// Keepalive probing (SO_KEEPALIVE with its parameters); `None` (the default) sends none.
+    /// Applies in ESTABLISHED, CLOSE-WAIT and FIN-WAIT-2.
     pub keepalive: Option<Keepalive>,
     /// RFC 5482 user timeout: abort when data stays unacknowledged this long.
     pub user_timeout: Option<Duration>,
+    /// RTO before the first RTT sample (RFC 6298 2.1: 1 s): how long the first SYN waits.
     pub initial_rto: Duration,
+    /// Floor of the computed RTO. RFC 6298 2.4 says 1 s; like Linux, 200 ms by default.
     pub min_rto: Duration,
+    /// Ceiling of the RTO after backoff (RFC 6298 2.5) and of the persist interval.
     pub max_rto: Duration,
     /// SYN retransmissions of an active open before giving up (Linux `tcp_syn_retries`, 6:
     /// about 127 s with a 1 s initial RTO).

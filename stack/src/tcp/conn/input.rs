@@ -4,7 +4,11 @@
 use super::*;
 
 impl Connection {
-    /// Process one segment of this connection.
+    /// Process one segment of this connection (RFC 9293 3.10.7). The caller has parsed it,
+    /// checked its checksum and matched it to this 4-tuple; a segment to a CLOSED connection
+    /// is ignored. Replies it calls for (ACKs, RSTs, data the new window allows) are written
+    /// by the following `poll_transmit` calls, events wait in `poll_event`, and timers may
+    /// have moved (`poll_timeout`).
     pub fn handle_segment(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         self.counters.segs_in += 1;
         match self.state {

@@ -172,6 +172,11 @@ impl Connection {
 
     /// Write the next segment into `out` (which must hold at least MSS + 60 bytes). Returns the
     /// TCP segment length.
+    ///
+    /// What is written is the TCP header and payload, checksummed over the IPv4 pseudo-header
+    /// of the 4-tuple; the caller adds the IPv4 and link headers. A pending RST comes first,
+    /// even in CLOSED. `None` when nothing is due now: call in a loop until `None` after
+    /// every `handle_segment`, `handle_timeout` and command (each call writes one segment).
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         if let Some((seq, ack)) = self.due.rst_reply.take() {
             return Some(self.emit_rst(out, seq, ack));

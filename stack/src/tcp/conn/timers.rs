@@ -4,12 +4,17 @@
 use super::*;
 
 impl Connection {
-    /// The earliest timer deadline.
+    /// The earliest timer deadline: when `handle_timeout` must be called next. `None` when no
+    /// timer is armed (in CLOSED, always). Any call on the connection may change it, so ask
+    /// again after each.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.deadline.iter().flatten().min().copied()
     }
 
-    /// Run every timer due at `now`.
+    /// Run every timer due at `now` (deadline at or before it); calling early does nothing.
+    /// A timer may make segments due (retransmissions, probes, a delayed ACK), close the
+    /// connection ([`Event::TimedOut`], or CLOSED after TIME-WAIT), or re-arm itself: then
+    /// call `poll_transmit`, `poll_event` and `poll_timeout`.
     pub fn handle_timeout(&mut self, now: Instant) {
         for t in ALL_TIMERS {
             match self.timers.deadline[t as usize] {
