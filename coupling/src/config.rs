@@ -336,7 +336,7 @@ impl ClusterConfig {
             let giveback = match d.giveback.as_deref() {
                 None | Some("auto") => Giveback::Auto,
                 Some("handoff") => {
-                    return Err(err(st, "giveback = \"handoff\" moves live connections to the primary (spec/04): connection handoff between stacks is not built yet; use \"auto\""))
+                    return Err(err(st, "giveback = \"handoff\" would move live connections back to the primary by live handoff, which is not built yet; use \"auto\""))
                 }
                 Some(o) => return Err(err(st, format!("giveback = {o:?}: expected \"auto\" or \"handoff\""))),
             };
