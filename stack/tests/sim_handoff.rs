@@ -1,4 +1,5 @@
-//! The handoff property test (spec/04): at random points of random bidirectional transfers
+//! The handoff property test (a connection moved between stacks must look, to its peer, as if
+//! it had never moved): at random points of random bidirectional transfers
 //! over a lossy link, snapshot the server's connection, restore it into a fresh stack (same
 //! address, same port on the segment), and continue. Both byte streams must arrive exactly as
 //! without the move, and the client must never see a RST, data outside the window it
@@ -15,7 +16,7 @@ mod support;
 
 use stack::iface::Stack;
 use stack::rand::Rng;
-use stack::sim::{LinkConfig, Host, Sim};
+use stack::sim::{Host, LinkConfig, Sim};
 use stack::tcp::{self, Algorithm};
 use stack::time::{Duration, Instant};
 use stack::wire::{EthernetFrame, Ipv4Packet, Ipv4Repr, SeqNumber, TcpControl, TcpPacket, TcpRepr};
