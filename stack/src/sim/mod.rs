@@ -31,6 +31,7 @@ pub trait Host {
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize>;
     /// Earliest instant at which the host needs `handle_timeout`.
     fn poll_timeout(&mut self) -> Option<Instant>;
+    /// Run the timers due at `now` (called once `now` has reached [`Host::poll_timeout`]).
     fn handle_timeout(&mut self, now: Instant);
 }
 
@@ -66,6 +67,7 @@ pub struct LinkConfig {
     pub corrupt: f64,
     /// Probability a frame is held back by `reorder_delay` (later frames overtake it).
     pub reorder: f64,
+    /// How long a frame picked by `reorder` is held back, on top of `delay` and jitter.
     pub reorder_delay: Duration,
     /// Serialization rate; `None` is infinitely fast.
     pub bandwidth_bps: Option<u64>,
@@ -93,13 +95,16 @@ impl Default for LinkConfig {
 }
 
 impl LinkConfig {
+    /// The default link, losing each frame with probability `loss`.
     pub fn lossy(loss: f64) -> Self {
         LinkConfig { loss, ..Self::default() }
     }
+    /// This link with a fixed one-way delay of `d`.
     pub fn with_delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
     }
+    /// This link serialized at `bps` bits per second, with at most `queue_limit` frames waiting.
     pub fn with_bandwidth(mut self, bps: u64, queue_limit: usize) -> Self {
         self.bandwidth_bps = Some(bps);
         self.queue_limit = Some(queue_limit);
@@ -114,13 +119,21 @@ pub struct HostId(pub usize);
 /// What happened to frames, per port direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Frames that entered this direction (lost, dropped or delivered).
     pub frames: u64,
+    /// Their bytes (Ethernet header included, no FCS).
     pub bytes: u64,
+    /// Frames lost at random (`loss`).
     pub lost: u64,
+    /// Frames delivered twice (`duplicate`).
     pub duplicated: u64,
+    /// Frames damaged (`corrupt`).
     pub corrupted: u64,
+    /// Frames held back (`reorder`).
     pub reordered: u64,
+    /// Frames tail-dropped because the serializer's queue was full.
     pub queue_dropped: u64,
+    /// Frames dropped because they exceeded the MTU.
     pub mtu_dropped: u64,
 }
 
@@ -138,16 +151,21 @@ impl LinkStats {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What happened on the segment since the simulator was created.
 pub struct SimStats {
     /// Per host: its uplink (frames it sent) and downlink (frames sent to it).
     pub uplink: Vec<LinkStats>,
+    /// Per host: its downlink (frames sent to it), indexed like `uplink`.
     pub downlink: Vec<LinkStats>,
     /// Frames flooded because the destination was unknown or broadcast.
     pub flooded: u64,
+    /// Events processed (frames reaching the switch or a host).
     pub events: u64,
 }
 
 impl SimStats {
+    /// The sum over every port direction, uplinks and downlinks (a frame crossing the switch is
+    /// counted on both).
     pub fn total(&self) -> LinkStats {
         let mut t = LinkStats::default();
         for s in self.uplink.iter().chain(&self.downlink) {
@@ -283,6 +301,7 @@ impl<H: Host> core::fmt::Debug for Sim<H> {
 }
 
 impl<H: Host> Sim<H> {
+    /// An empty segment whose random choices all derive from `seed`; time starts at zero.
     pub fn new(seed: u64) -> Self {
         Sim {
             seed,
@@ -299,12 +318,15 @@ impl<H: Host> Sim<H> {
         }
     }
 
+    /// The seed the simulator was created with.
     pub fn seed(&self) -> u64 {
         self.seed
     }
+    /// The simulated time.
     pub fn now(&self) -> Instant {
         self.now
     }
+    /// What happened to frames so far.
     pub fn stats(&self) -> &SimStats {
         &self.stats
     }
@@ -324,9 +346,11 @@ impl<H: Host> Sim<H> {
         HostId(i)
     }
 
+    /// The host attached as `id`.
     pub fn host(&self, id: HostId) -> &H {
         &self.ports[id.0].host
     }
+    /// The host attached as `id`, to call into (then [`Sim::kick`] or step).
     pub fn host_mut(&mut self, id: HostId) -> &mut H {
         &mut self.ports[id.0].host
     }
@@ -336,6 +360,8 @@ impl<H: Host> Sim<H> {
         self.ports[id.0].down.cfg = downlink;
     }
 
+    /// Record every frame delivered to a host from now on (`true`), or stop and discard the
+    /// recording (`false`).
     pub fn capture(&mut self, enable: bool) {
         if enable {
             self.capture.get_or_insert_with(Vec::new);
@@ -344,6 +370,8 @@ impl<H: Host> Sim<H> {
         }
     }
 
+    /// Write the recorded frames as a pcap file, with their simulated arrival times as timestamps
+    /// (empty when capture is off).
     pub fn write_pcap(&self, out: &mut impl Write) -> std::io::Result<()> {
         let mut w = PcapWriter::new(out, LINKTYPE_ETHERNET)?;
         for (t, f) in self.capture.iter().flatten() {
