@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use poll_loop::device::{Device, FaultConfig};
+use poll_loop::tap::{FaultConfig, FrameTap};
 use poll_loop::runner::{App, Runner};
 use poll_loop::xdp::Steering;
 use poll_loop::xsk::{Xsk, XskConfig};
@@ -112,8 +112,8 @@ fn setup_in(dp: &DataPath, queues: u32, cluster: Option<&ClusterJoin>) -> Result
             stack.announce(*extra);
         }
         let pcap = dp.pcap.as_ref().map(|p| if q == 0 { p.clone() } else { format!("{p}.{q}") });
-        let device = Device::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
-        let mut runner = Runner::new(xsk, stack, device, dp.poll, stop.clone()).with_clock(clock);
+        let tap = FrameTap::new(Some(faults.clone()), pcap.as_deref()).map_err(|e| format!("opening the capture file: {e}"))?;
+        let mut runner = Runner::new(xsk, stack, tap, dp.poll, stop.clone()).with_clock(clock);
         if let Some(m) = member {
             runner = runner.with_cluster(m);
         }
@@ -221,7 +221,7 @@ fn run<A: App + Send + 'static>(dp: &DataPath, s: Setup, apps: Vec<A>) -> Result
             eprintln!(
                 "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} unforwarded {} | device dropped {} reordered {} duplicated {} corrupted {}",
                 r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame, r.stats().unforwarded,
-                r.device().stats.dropped, r.device().stats.delayed, r.device().stats.duplicated, r.device().stats.corrupted
+                r.tap().stats.dropped, r.tap().stats.delayed, r.tap().stats.duplicated, r.tap().stats.corrupted
             );
             if let Some(e) = r.cluster().map(|m| m.events()) {
                 eprintln!(

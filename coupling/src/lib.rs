@@ -35,7 +35,7 @@ pub mod ring;
 pub mod words;
 
 pub use config::ClusterConfig;
-pub use node::{Action, Departure, Node};
+pub use node::{Action, ConnectionFate, Node};
 pub use region::{Region, RegionError};
 
 #[cfg(test)]

@@ -100,16 +100,17 @@ pub enum Action {
         /// The address no longer held here.
         addr: Ipv4Addr,
         /// What to do with its connections.
-        connections: Departure,
+        connections: ConnectionFate,
         /// Why, for the stack's log.
         why: &'static str,
     },
 }
 
-/// What happens to connections on an address that leaves (mirrors the stack's own enum;
+/// What happens to the connections on an address that leaves this stack (the cluster's side
+/// of `stack::iface::Departure`, mapped onto it by the poll loop;
 /// `coupling` depends on no other crate of the workspace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Departure {
+pub enum ConnectionFate {
     /// Reset them (operator delete, a command moving the address).
     Reset,
     /// Forget them silently (fenced, or the address was taken away).
@@ -603,7 +604,7 @@ impl Node {
     /// address.
     fn detach(&mut self, f: RegionFault, out: &mut Vec<Action>) {
         for (addr, _) in std::mem::take(&mut self.local) {
-            out.push(Action::Deactivate { addr, connections: Departure::Silent, why: "left the cluster: its coupling region went bad" });
+            out.push(Action::Deactivate { addr, connections: ConnectionFate::Silent, why: "left the cluster: its coupling region went bad" });
         }
         self.releasing.clear();
         // Standalone: no lease to keep.
@@ -724,7 +725,7 @@ impl Node {
                 self.stats.fenced += 1;
                 self.lease_until = 0;
                 for (addr, _) in std::mem::take(&mut self.local) {
-                    out.push(Action::Deactivate { addr, connections: Departure::Silent, why: "fenced: this stack was declared failed" });
+                    out.push(Action::Deactivate { addr, connections: ConnectionFate::Silent, why: "fenced: this stack was declared failed" });
                 }
                 self.releasing.clear();
                 // A new incarnation; if another process has taken the name meanwhile, stay out.
@@ -855,7 +856,7 @@ impl Node {
         }
     }
 
-    fn deactivate_local(&mut self, addr: Ipv4Addr, connections: Departure, out: &mut Vec<Action>, why: &'static str) {
+    fn deactivate_local(&mut self, addr: Ipv4Addr, connections: ConnectionFate, out: &mut Vec<Action>, why: &'static str) {
         if self.local.remove(&addr).is_some() {
             out.push(Action::Deactivate { addr, connections, why });
         }
@@ -966,9 +967,9 @@ impl Node {
         // Lost it: moved away by a command, deleted, taken while we were fenced.
         if is_local && !(w.owner == me && matches!(w.state, DvipaState::Active | DvipaState::DelayedGiveback)) && (!moving_out || let_go) {
             let (dep, why) = match w.state {
-                DvipaState::Deleted => (Departure::Reset, "deleted by the operator"),
-                DvipaState::Moving if w.prev == me => (Departure::Reset, "moved to another stack by command"),
-                _ => (Departure::Silent, "owned by another stack"),
+                DvipaState::Deleted => (ConnectionFate::Reset, "deleted by the operator"),
+                DvipaState::Moving if w.prev == me => (ConnectionFate::Reset, "moved to another stack by command"),
+                _ => (ConnectionFate::Silent, "owned by another stack"),
             };
             self.deactivate_local(addr, dep, out, why);
         }
@@ -1043,7 +1044,7 @@ impl Node {
                 }
                 if n == 0 {
                     // Immediate giveback: leave the steering map first, hand the word over next tick.
-                    self.deactivate_local(addr, Departure::Silent, out, "given back to its primary");
+                    self.deactivate_local(addr, ConnectionFate::Silent, out, "given back to its primary");
                     self.releasing.push(Release { row: r, expect: raw, next: w.next(p, me, DvipaState::Active, Origin::Config), giveback: true });
                 } else if w.state == DvipaState::Active {
                     let next = w.next(me, w.prev, DvipaState::DelayedGiveback, w.origin);
@@ -1173,12 +1174,12 @@ impl Node {
         if self.detached.is_some() || self.region.health().is_err() {
             // Nothing to tell a region we no longer trust.
             for (addr, _) in std::mem::take(&mut self.local) {
-                out.push(Action::Deactivate { addr, connections: Departure::Reset, why: "stack stopping" });
+                out.push(Action::Deactivate { addr, connections: ConnectionFate::Reset, why: "stack stopping" });
             }
             return;
         }
         for (addr, l) in std::mem::take(&mut self.local) {
-            out.push(Action::Deactivate { addr, connections: Departure::Reset, why: "stack stopping" });
+            out.push(Action::Deactivate { addr, connections: ConnectionFate::Reset, why: "stack stopping" });
             if let RowRef::Range(_) = l.row {
                 let raw = self.row(l.row).owner.load(Ordering::Acquire);
                 if let Ok(w) = check::owner_word(&self.cfg, false, raw) {

@@ -30,7 +30,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use coupling::layout::{MemberState, MAX_STACKS};
-use coupling::node::{Action, Departure, Identity, Node};
+use coupling::node::{Action, ConnectionFate, Identity, Node};
 use coupling::{ClusterConfig, Region};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
@@ -285,13 +285,13 @@ impl ClusterMember {
                     }
                     let n = stack.connections_on(addr);
                     stack.remove_address(now, addr, match connections {
-                        Departure::Reset => stack::iface::Departure::Reset,
-                        Departure::Silent => stack::iface::Departure::Silent,
+                        ConnectionFate::Reset => stack::iface::Departure::Reset,
+                        ConnectionFate::Silent => stack::iface::Departure::Silent,
                     });
                     self.reannounce.retain(|r| r.1 != addr);
                     log(&self.name, format_args!("{addr} inactive ({why}; {n} connections {})", match connections {
-                        Departure::Reset => "reset",
-                        Departure::Silent => "dropped silently",
+                        ConnectionFate::Reset => "reset",
+                        ConnectionFate::Silent => "dropped silently",
                     }));
                 }
             }

@@ -7,8 +7,8 @@
 //!   socket; everything else goes to the kernel.
 //! - [`xsk`]: the AF_XDP socket, UMEM and four rings as one owning type, with the frame
 //!   accounting unit-tested against a fake kernel. The crate's only `unsafe` (`#![deny(unsafe_code)]` elsewhere).
-//! - [`device`]: middleware between the socket and the stack: pcap capture and a seeded fault
-//!   injector (this kernel has no netem).
+//! - [`tap`]: the frame tap, middleware between the socket and the stack: pcap capture and a
+//!   seeded fault injector (this kernel has no netem).
 //! - [`clock`]: the only place that reads CLOCK_MONOTONIC, once per loop iteration.
 //! - [`cluster`]: a stack as a member of a plex cluster: the coupling region's heartbeat,
 //!   failure detection (pidfds), and DVIPAs entering and leaving the home list and the
@@ -25,9 +25,9 @@
 pub mod api;
 pub mod clock;
 pub mod cluster;
-pub mod device;
 pub mod error;
 pub mod runner;
+pub mod tap;
 pub mod xdp;
 // The UMEM, its rings and the few libc calls around the socket (poll, the eventfd waker,
 // if_nametoindex, setsockopt, setrlimit): every block carries a `// SAFETY:` comment.

@@ -1,7 +1,7 @@
 //! The poll thread: one per queue, pinned, driving one AF_XDP socket, one `Stack` shard and one
 //! run-to-completion application.
 //!
-//! An iteration reads the clock once, receives a batch (through the device middleware), runs
+//! An iteration reads the clock once, receives a batch (through the frame tap), runs
 //! due timers, hands socket events to the application, transmits what the stack has (batched;
 //! the kernel is kicked only when it asks), and reaps completions. In busy-poll mode it never
 //! sleeps; in adaptive mode it spins for a budget of idle iterations, then sleeps in poll(2) on
@@ -15,7 +15,7 @@ use stack::iface::{Received, SocketEvent, SocketHandle, Stack};
 use stack::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::device::Device;
+use crate::tap::FrameTap;
 use crate::xsk::Xsk;
 
 /// Busy polling or spin-then-sleep.
@@ -75,7 +75,7 @@ pub struct LoopStats {
 pub struct Runner {
     xsk: Xsk,
     stack: Stack,
-    device: Device,
+    tap: FrameTap,
     mode: PollMode,
     /// Frames per receive or transmit batch.
     batch: usize,
@@ -98,12 +98,12 @@ pub const CLOCK_EVERY: u32 = 8;
 pub const RX_ROUNDS: usize = 4;
 
 impl Runner {
-    /// A poll loop over `xsk`, `stack` and `device`, polling in `mode` until `stop` is set,
+    /// A poll loop over `xsk`, `stack` and `tap`, polling in `mode` until `stop` is set,
     /// with its own clock, batches of 64 frames, no waker and no cluster.
-    pub fn new(xsk: Xsk, stack: Stack, device: Device, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
+    pub fn new(xsk: Xsk, stack: Stack, tap: FrameTap, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
         let clock = Clock::default();
         let now = clock.now();
-        Runner { xsk, stack, device, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0 }
+        Runner { xsk, stack, tap, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0 }
     }
 
     /// Read time from `clock` (a cluster member's clock must be the one its node was given).
@@ -146,9 +146,9 @@ impl Runner {
     pub fn xsk(&self) -> &Xsk {
         &self.xsk
     }
-    /// The device middleware (capture, fault injection) and its counters.
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// The frame tap (capture, fault injection) and its counters.
+    pub fn tap(&self) -> &FrameTap {
+        &self.tap
     }
 
     /// Pin the calling thread to `core` (if given and it exists).
@@ -168,7 +168,7 @@ impl Runner {
     /// has microsecond resolution; the cached time lags by a few idle turns at most.)
     pub fn turn(&mut self, app: &mut impl App) -> bool {
         self.stats.iterations += 1;
-        let Runner { xsk, stack, device, batch, cluster, clock, now: cached, idle_turns, stats, .. } = self;
+        let Runner { xsk, stack, tap, batch, cluster, clock, now: cached, idle_turns, stats, .. } = self;
 
         // Before any frame: a stack whose lease lapsed (it was stalled) learns here whether it
         // was fenced, and drops the addresses it lost before it could answer for them. (A
@@ -197,7 +197,7 @@ impl Runner {
         for _ in 0..RX_ROUNDS {
             let n = xsk.rx_batch(batch, |f| {
                 let now = *fresh.get_or_insert_with(|| clock.now());
-                device.on_rx(now, f, &mut |g| deliver(now, g))
+                tap.on_rx(now, f, &mut |g| deliver(now, g))
             });
             rx += n;
             if n < batch {
@@ -210,7 +210,7 @@ impl Runner {
             None => *cached,
         };
         *cached = now;
-        device.release_due(now, &mut |g| deliver(now, g));
+        tap.release_due(now, &mut |g| deliver(now, g));
         if stack.poll_timeout().is_some_and(|t| t <= now) {
             stack.handle_timeout(now);
         }
@@ -236,7 +236,7 @@ impl Runner {
         while tx < budget && stack.may_transmit() {
             let n = xsk.tx_fill(batch.min(budget - tx), |buf| {
                 let n = stack.poll_transmit(now, buf)?;
-                device.on_tx(now, &buf[..n]);
+                tap.on_tx(now, &buf[..n]);
                 Some(n)
             });
             tx += n;
@@ -289,7 +289,7 @@ impl Runner {
                 break;
             }
         }
-        self.device.flush();
+        self.tap.flush();
         started
     }
 
@@ -298,7 +298,7 @@ impl Runner {
     fn sleep(&mut self) {
         let now = self.clock.now();
         let cluster = self.cluster.as_ref().map(|c| c.next_deadline());
-        let next = [self.stack.poll_timeout(), self.device.next_due(), cluster].into_iter().flatten().min();
+        let next = [self.stack.poll_timeout(), self.tap.next_due(), cluster].into_iter().flatten().min();
         let max = Duration::from_millis(10);
         let wait = next.map(|t| t.saturating_since(now)).unwrap_or(max).min(max);
         let ms = wait.total_micros().div_ceil(1000) as i32;

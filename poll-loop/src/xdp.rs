@@ -21,7 +21,8 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
 pub enum AttachMode {
     /// Driver (native) mode.
     Native,
-    /// Generic (SKB) mode: measured faster on veth here (spec/06), so the default.
+    /// Generic (SKB) mode, the default: on the veth pairs plex is tested and benchmarked on it
+    /// measured faster than native mode, and it works with any driver.
     Generic,
 }
 

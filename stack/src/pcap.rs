@@ -9,9 +9,13 @@ use crate::time::Instant;
 /// LINKTYPE_ETHERNET.
 pub const LINKTYPE_ETHERNET: u32 = 1;
 const MAGIC_MICROS: u32 = 0xa1b2_c3d4;
+/// The snapshot length written in the global header: a packet longer than this is recorded cut
+/// to its first `SNAPLEN` bytes (its original length is kept in the record header).
 pub const SNAPLEN: u32 = 65535;
 
 #[derive(Debug)]
+/// Writes a classic pcap file (microsecond timestamps, little-endian, version 2.4) to `W`: the
+/// global header on creation, then one record per packet. Buffering is the caller's choice of `W`.
 pub struct PcapWriter<W: Write> {
     out: W,
 }
@@ -47,16 +51,20 @@ impl<W: Write> PcapWriter<W> {
         Ok(PcapWriter { out })
     }
 
+    /// Append one packet captured at `ts` (written as seconds and microseconds since the driver's
+    /// epoch, not wall-clock time), cut to [`SNAPLEN`] bytes.
     pub fn write_packet(&mut self, ts: Instant, frame: &[u8]) -> io::Result<()> {
         let caplen = frame.len().min(SNAPLEN as usize);
         self.out.write_all(&record_header(ts, frame.len()))?;
         self.out.write_all(&frame[..caplen])
     }
 
+    /// Flush the underlying writer.
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 
+    /// The underlying writer, unflushed records and all.
     pub fn into_inner(self) -> W {
         self.out
     }

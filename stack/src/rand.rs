@@ -10,6 +10,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose whole output is fixed by `seed` (every seed, zero included, is valid).
     pub fn new(seed: u64) -> Rng {
         let mut sm = seed;
         let mut next = || {
@@ -22,6 +23,7 @@ impl Rng {
         Rng { s: [next(), next(), next(), next()] }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;
@@ -34,6 +36,7 @@ impl Rng {
         result
     }
 
+    /// The next 32 random bits (the high half of [`Rng::next_u64`]).
     pub fn next_u32(&mut self) -> u32 {
         (self.next_u64() >> 32) as u32
     }
@@ -56,6 +59,7 @@ impl Rng {
         p > 0.0 && self.unit() < p
     }
 
+    /// Fill `buf` with random bytes (little-endian words of [`Rng::next_u64`], the last one cut short).
     pub fn fill(&mut self, buf: &mut [u8]) {
         for chunk in buf.chunks_mut(8) {
             let v = self.next_u64().to_le_bytes();

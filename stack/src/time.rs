@@ -19,21 +19,28 @@ pub struct Duration {
 }
 
 impl Instant {
+    /// The driver's epoch.
     pub const ZERO: Instant = Instant { micros: 0 };
+    /// The latest representable instant: a deadline that never comes.
     pub const MAX: Instant = Instant { micros: u64::MAX };
 
+    /// `micros` microseconds after the epoch.
     pub const fn from_micros(micros: u64) -> Self {
         Instant { micros }
     }
+    /// `millis` milliseconds after the epoch (overflows past about 584 000 years).
     pub const fn from_millis(millis: u64) -> Self {
         Instant { micros: millis * 1000 }
     }
+    /// `secs` seconds after the epoch.
     pub const fn from_secs(secs: u64) -> Self {
         Instant { micros: secs * 1_000_000 }
     }
+    /// Microseconds since the epoch.
     pub const fn total_micros(self) -> u64 {
         self.micros
     }
+    /// Milliseconds since the epoch, rounded down.
     pub const fn total_millis(self) -> u64 {
         self.micros / 1000
     }
@@ -41,39 +48,52 @@ impl Instant {
     pub fn saturating_since(self, earlier: Instant) -> Duration {
         Duration { micros: self.micros.saturating_sub(earlier.micros) }
     }
+    /// `d` earlier, clamped at the epoch.
     pub fn saturating_sub(self, d: Duration) -> Instant {
         Instant { micros: self.micros.saturating_sub(d.micros) }
     }
 }
 
 impl Duration {
+    /// No time at all.
     pub const ZERO: Duration = Duration { micros: 0 };
+    /// The longest representable span: a timeout that never fires.
     pub const MAX: Duration = Duration { micros: u64::MAX };
 
+    /// `micros` microseconds.
     pub const fn from_micros(micros: u64) -> Self {
         Duration { micros }
     }
+    /// `millis` milliseconds.
     pub const fn from_millis(millis: u64) -> Self {
         Duration { micros: millis * 1000 }
     }
+    /// `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Duration { micros: secs * 1_000_000 }
     }
+    /// The span in microseconds.
     pub const fn total_micros(self) -> u64 {
         self.micros
     }
+    /// The span in milliseconds, rounded down.
     pub const fn total_millis(self) -> u64 {
         self.micros / 1000
     }
+    /// The span in seconds, as a float.
     pub fn as_secs_f64(self) -> f64 {
         self.micros as f64 / 1e6
     }
+    /// A span of `s` seconds, truncated to whole microseconds; negative values (and NaN) give zero,
+    /// values past `u64::MAX` microseconds saturate.
     pub fn from_secs_f64(s: f64) -> Self {
         Duration { micros: (s.max(0.0) * 1e6) as u64 }
     }
+    /// `n` times the span, saturating at [`Duration::MAX`].
     pub fn saturating_mul(self, n: u32) -> Duration {
         Duration { micros: self.micros.saturating_mul(n as u64) }
     }
+    /// The span minus `o`, zero if `o` is longer.
     pub fn saturating_sub(self, o: Duration) -> Duration {
         Duration { micros: self.micros.saturating_sub(o.micros) }
     }

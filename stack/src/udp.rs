@@ -13,6 +13,8 @@ pub struct DatagramQueue {
 }
 
 impl DatagramQueue {
+    /// A queue of at most `max_datagrams` datagrams in `bytes` bytes of storage, allocated now and
+    /// never again. A datagram longer than `bytes` never fits.
     pub fn new(bytes: usize, max_datagrams: usize) -> DatagramQueue {
         DatagramQueue {
             buf: vec![0u8; bytes].into_boxed_slice(),
@@ -21,9 +23,11 @@ impl DatagramQueue {
         }
     }
 
+    /// Datagrams queued.
     pub fn len(&self) -> usize {
         self.meta.len()
     }
+    /// No datagram queued.
     pub fn is_empty(&self) -> bool {
         self.meta.is_empty()
     }
@@ -72,6 +76,7 @@ impl DatagramQueue {
         self.meta.front().map(|&(p, off, len)| (p, &self.buf[off..off + len]))
     }
 
+    /// Remove the oldest datagram, if any.
     pub fn pop(&mut self) {
         self.meta.pop_front();
     }
@@ -92,6 +97,7 @@ impl DatagramQueue {
 pub struct TxFragments {
     /// Identification shared by its fragments (RFC 791 3.2).
     pub ident: u16,
+    /// The IPv4 source address of every fragment.
     pub src: std::net::Ipv4Addr,
     /// The UDP checksum over the whole datagram, computed before the first fragment.
     pub checksum: u16,
@@ -102,15 +108,21 @@ pub struct TxFragments {
 /// A bound UDP socket.
 #[derive(Debug, Clone)]
 pub struct UdpSocket {
+    /// The address bound (its IP may be `0.0.0.0`: any of the stack's addresses).
     pub local: SocketAddrV4,
+    /// Datagrams received and not yet read, with their senders.
     pub rx: DatagramQueue,
+    /// Datagrams waiting to be sent, with their destinations.
     pub tx: DatagramQueue,
+    /// Datagrams dropped on arrival because `rx` was full.
     pub rx_dropped: u64,
     /// The front datagram of `tx` is partly sent as fragments.
     pub tx_frag: Option<TxFragments>,
 }
 
 impl UdpSocket {
+    /// A socket bound to `local` with `rx_bytes` and `tx_bytes` of queue storage, at most 1024
+    /// datagrams each way.
     pub fn new(local: SocketAddrV4, rx_bytes: usize, tx_bytes: usize) -> UdpSocket {
         UdpSocket {
             local,

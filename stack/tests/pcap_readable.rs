@@ -20,8 +20,8 @@ fn tcpdump_reads_the_simulator_capture() {
     let (client, server) = (pair.client, pair.server);
     assert!(pair.sim.run_until(pair.sim.now() + stack::time::Duration::from_secs(10), |sim| {
         let now = sim.now();
-        st.push(now, sim.node_mut(client), c, true);
-        st.pull(now, sim.node_mut(server), s);
+        st.push(now, sim.host_mut(client), c, true);
+        st.pull(now, sim.host_mut(server), s);
         sim.kick();
         st.received == 20_000
     }));

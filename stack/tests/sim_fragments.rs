@@ -11,14 +11,14 @@ mod support;
 
 use stack::iface::{ApiError, DropReason, SocketHandle, Stack, StackConfig};
 use stack::rand::Rng;
-use stack::sim::{LinkConfig, NodeId, Sim};
+use stack::sim::{LinkConfig, HostId, Sim};
 use stack::time::Duration;
 use stack::wire::{checksum, MacAddr};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const B_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
-fn node(mac: u8, ip: Ipv4Addr, seed: u64) -> Stack {
+fn host(mac: u8, ip: Ipv4Addr, seed: u64) -> Stack {
     let mut cfg = StackConfig::new(MacAddr([2, 0, 0, 0, 0, mac]));
     cfg.seed = seed;
     let mut s = Stack::new(cfg);
@@ -43,10 +43,10 @@ fn link() -> LinkConfig {
 fn fragmented_udp_echo_over_an_impaired_link() {
     for seed in support::seeds(&[1, 2, 3, 4830, 4841, 20031, 20101]) {
         let mut sim = Sim::new(seed);
-        let a = sim.add_node(node(10, A_IP, seed), link(), link());
-        let b = sim.add_node(node(1, B_IP, seed + 100), link(), link());
-        let ua = sim.node_mut(a).udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7)).unwrap();
-        let ub = sim.node_mut(b).udp_bind(SocketAddrV4::new(B_IP, 5000)).unwrap();
+        let a = sim.add_host(host(10, A_IP, seed), link(), link());
+        let b = sim.add_host(host(1, B_IP, seed + 100), link(), link());
+        let ua = sim.host_mut(a).udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7)).unwrap();
+        let ub = sim.host_mut(b).udp_bind(SocketAddrV4::new(B_IP, 5000)).unwrap();
         let mut rng = Rng::new(seed);
         let mut sent = Vec::new();
         let mut buf = vec![0u8; 70_000];
@@ -59,15 +59,15 @@ fn fragmented_udp_echo_over_an_impaired_link() {
         let mut warm = false;
         for _ in 0..40 {
             let now = sim.now();
-            sim.node_mut(b).udp_send_to(now, ub, SocketAddrV4::new(A_IP, 7), b"warm").unwrap();
+            sim.host_mut(b).udp_send_to(now, ub, SocketAddrV4::new(A_IP, 7), b"warm").unwrap();
             sim.kick();
             let until = sim.now() + Duration::from_secs(2);
             warm = sim.run_until(until, |s| {
-                let sa = s.node_mut(a);
+                let sa = s.host_mut(a);
                 while let Ok((n, from)) = sa.udp_recv_from(ua, &mut buf) {
                     let _ = sa.udp_send_to(now, ua, from, &buf[..n]);
                 }
-                s.node_mut(b).udp_recv_from(ub, &mut buf).is_ok()
+                s.host_mut(b).udp_recv_from(ub, &mut buf).is_ok()
             });
             if warm {
                 break;
@@ -82,7 +82,7 @@ fn fragmented_udp_echo_over_an_impaired_link() {
             let now = sim.now();
             // A full send queue (datagrams still waiting for ARP or the link) refuses the
             // datagram, as a UDP socket does: it is simply not sent.
-            match sim.node_mut(b).udp_send_to(now, ub, SocketAddrV4::new(A_IP, 7), &msg) {
+            match sim.host_mut(b).udp_send_to(now, ub, SocketAddrV4::new(A_IP, 7), &msg) {
                 Ok(_) | Err(ApiError::WouldBlock) => {}
                 Err(e) => panic!("seed {seed}: send failed: {e}"),
             }
@@ -98,7 +98,7 @@ fn fragmented_udp_echo_over_an_impaired_link() {
         sim.run_until(until, |s| echo.step(s, &mut buf, &sent));
         // Let every reassembly timer run out.
         sim.run_for(Duration::from_secs(40));
-        let (ca, cb) = (sim.node(a).counters().clone(), sim.node(b).counters().clone());
+        let (ca, cb) = (sim.host(a).counters().clone(), sim.host(b).counters().clone());
         let Echo { total, intact, invisible, .. } = echo;
         assert_eq!(
             intact + invisible,
@@ -109,7 +109,7 @@ fn fragmented_udp_echo_over_an_impaired_link() {
         assert!(intact >= 5, "seed {seed}: some datagrams made it both ways ({intact} of 40)");
         assert!(ca.dropped(DropReason::IpFragDuplicate) > 0, "seed {seed}: duplicates were seen and dropped alone");
         assert!(ca.ip_reasm_timeout + cb.ip_reasm_timeout > 0, "seed {seed}: incomplete datagrams timed out");
-        for s in [sim.node(a), sim.node(b)] {
+        for s in [sim.host(a), sim.host(b)] {
             assert_eq!(s.poll_timeout(), None, "seed {seed}: nothing left in reassembly");
         }
         eprintln!(
@@ -124,8 +124,8 @@ fn fragmented_udp_echo_over_an_impaired_link() {
 
 /// The echo at A and the collection at B, run between the simulation's steps.
 struct Echo {
-    a: NodeId,
-    b: NodeId,
+    a: HostId,
+    b: HostId,
     ua: SocketHandle,
     ub: SocketHandle,
     /// Datagrams that came back to B.
@@ -142,14 +142,14 @@ struct Echo {
 impl Echo {
     fn step(&mut self, s: &mut Sim<Stack>, buf: &mut [u8], sent: &[Vec<u8>]) -> bool {
         let now = s.now();
-        let sa = s.node_mut(self.a);
+        let sa = s.host_mut(self.a);
         while let Ok((n, from)) = sa.udp_recv_from(self.ua, buf) {
             match sa.udp_send_to(now, self.ua, from, &buf[..n]) {
                 Ok(_) | Err(ApiError::WouldBlock) => {}
                 Err(e) => panic!("echo failed: {e}"),
             }
         }
-        let sb = s.node_mut(self.b);
+        let sb = s.host_mut(self.b);
         while let Ok((n, _)) = sb.udp_recv_from(self.ub, buf) {
             if &buf[..n] == b"warm" {
                 // A late or duplicated echo of the warm-up.

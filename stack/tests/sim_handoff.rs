@@ -1,4 +1,5 @@
-//! The handoff property test (spec/04): at random points of random bidirectional transfers
+//! The handoff property test (a connection moved between stacks must look, to its peer, as if
+//! it had never moved): at random points of random bidirectional transfers
 //! over a lossy link, snapshot the server's connection, restore it into a fresh stack (same
 //! address, same port on the segment), and continue. Both byte streams must arrive exactly as
 //! without the move, and the client must never see a RST, data outside the window it
@@ -15,7 +16,7 @@ mod support;
 
 use stack::iface::Stack;
 use stack::rand::Rng;
-use stack::sim::{LinkConfig, Node, Sim};
+use stack::sim::{Host, LinkConfig, Sim};
 use stack::tcp::{self, Algorithm};
 use stack::time::{Duration, Instant};
 use stack::wire::{EthernetFrame, Ipv4Packet, Ipv4Repr, SeqNumber, TcpControl, TcpPacket, TcpRepr};
@@ -50,7 +51,7 @@ fn tcp_of(frame: &[u8]) -> Option<(Ipv4Repr, TcpRepr<'_>)> {
     Some((ip, tcp))
 }
 
-impl Node for Tapped {
+impl Host for Tapped {
     fn receive(&mut self, now: Instant, frame: &[u8]) {
         if self.check {
             if let Some((_, seg)) = tcp_of(frame) {
@@ -138,14 +139,14 @@ fn run(seed: u64, target: Target) -> u64 {
         ..LinkConfig::default()
     };
     let mut sim: Sim<Tapped> = Sim::new(seed);
-    let server = sim.add_node(Tapped::new(new_stack(10, SERVER_IP, seed ^ 1, &tcp), false), link.clone(), link.clone());
-    let client = sim.add_node(Tapped::new(new_stack(1, CLIENT_IP, seed ^ 2, &tcp), true), link.clone(), link.clone());
+    let server = sim.add_host(Tapped::new(new_stack(10, SERVER_IP, seed ^ 1, &tcp), false), link.clone(), link.clone());
+    let client = sim.add_host(Tapped::new(new_stack(1, CLIENT_IP, seed ^ 2, &tcp), true), link.clone(), link.clone());
 
-    let l = sim.node_mut(server).stack.tcp_listen(Instant::ZERO, std::net::SocketAddrV4::new(SERVER_IP, PORT), 8).unwrap();
-    let mut c = sim.node_mut(client).stack.tcp_connect(Instant::ZERO, None, std::net::SocketAddrV4::new(SERVER_IP, PORT)).unwrap();
+    let l = sim.host_mut(server).stack.tcp_listen(Instant::ZERO, std::net::SocketAddrV4::new(SERVER_IP, PORT), 8).unwrap();
+    let mut c = sim.host_mut(client).stack.tcp_connect(Instant::ZERO, None, std::net::SocketAddrV4::new(SERVER_IP, PORT)).unwrap();
     let mut s = None;
     assert!(sim.run_until(Instant::from_secs(30), |sim| {
-        s = s.or_else(|| sim.node_mut(server).stack.tcp_accept(l).ok());
+        s = s.or_else(|| sim.host_mut(server).stack.tcp_accept(l).ok());
         s.is_some()
     }));
     let mut s = s.unwrap();
@@ -163,11 +164,11 @@ fn run(seed: u64, target: Target) -> u64 {
         let now = sim.now();
         steps += 1;
         // A move that is due waits until the connection can move (ESTABLISHED or CLOSE-WAIT).
-        let state = sim.node(server).stack.tcp(s).map(|c| c.state());
+        let state = sim.host(server).stack.tcp(s).map(|c| c.state());
         let movable = matches!(state, Some(tcp::State::Established | tcp::State::CloseWait));
         if movable && moves.first().is_some_and(|&m| steps >= m) {
             moves.remove(0);
-            let rec = sim.node_mut(server).stack.tcp_snapshot(now, s, 1, b"ctx").expect("snapshot");
+            let rec = sim.host_mut(server).stack.tcp_snapshot(now, s, 1, b"ctx").expect("snapshot");
             let target_tcp = match target {
                 Target::SameAsSource => tcp.clone(),
                 Target::Default => tcp::Config::default(),
@@ -186,20 +187,20 @@ fn run(seed: u64, target: Target) -> u64 {
             assert_eq!(snap.app_state, b"ctx");
             // The fresh stack has never seen the client: it learns its MAC from ARP, as a
             // real target would (or from the record's cluster layer).
-            sim.node_mut(server).stack = fresh;
+            sim.host_mut(server).stack = fresh;
             s = h;
             handoffs += 1;
         }
-        up.push(now, &mut sim.node_mut(client).stack, c, true);
-        up.pull(now, &mut sim.node_mut(server).stack, s);
+        up.push(now, &mut sim.host_mut(client).stack, c, true);
+        up.pull(now, &mut sim.host_mut(server).stack, s);
         // The server closes its direction (leaving ESTABLISHED / CLOSE-WAIT, where a
         // connection can no longer move) only once it has moved.
-        down.push(now, &mut sim.node_mut(server).stack, s, handoffs > 0);
-        down.pull(now, &mut sim.node_mut(client).stack, c);
+        down.push(now, &mut sim.host_mut(server).stack, s, handoffs > 0);
+        down.pull(now, &mut sim.host_mut(client).stack, c);
         sim.kick();
         up.received == up_total && down.received == down_total
     });
-    let v: Vec<String> = sim.node(client).violations.iter().chain(&sim.node(server).violations).cloned().collect();
+    let v: Vec<String> = sim.host(client).violations.iter().chain(&sim.host(server).violations).cloned().collect();
     if !done || !v.is_empty() {
         eprintln!("handoff run failed: PLEX_SIM_SEED={seed} reproduces it; {handoffs} handoffs; up {}/{up_total} down {}/{down_total}", up.received, down.received);
         for x in v.iter().take(10) {
@@ -207,7 +208,7 @@ fn run(seed: u64, target: Target) -> u64 {
         }
         panic!("handoff property violated (seed {seed})");
     }
-    let cc = sim.node(client).stack.tcp(c).expect("client conn");
+    let cc = sim.host(client).stack.tcp(c).expect("client conn");
     assert_eq!(cc.error(), None, "client connection saw an error");
     assert!(handoffs >= 1, "seed {seed}: the connection never moved: the run tested nothing");
     let _ = (&mut c, pattern(0));

@@ -290,7 +290,7 @@ fn a_stalled_owner_resumed_after_takeover_never_answers_again() {
     assert!(!s1.lease_valid(h.now), "the stalled stack must know its lease lapsed");
     let mut out = Vec::new();
     s1.tick(h.now, &|_| 5, &mut out);
-    assert_eq!(out, vec![Action::Deactivate { addr: "198.18.0.100".parse().unwrap(), connections: Departure::Silent, why: "fenced: this stack was declared failed" }]);
+    assert_eq!(out, vec![Action::Deactivate { addr: "198.18.0.100".parse().unwrap(), connections: ConnectionFate::Silent, why: "fenced: this stack was declared failed" }]);
     assert_eq!(s1.stats.fenced, 1);
     assert_eq!(s1.active().count(), 0);
     assert!(s1_home.contains(&"198.18.0.100".parse().unwrap()));
@@ -439,7 +439,7 @@ fn operator_commands_move_and_delete() {
     assert!(msg.contains("moving from s2 to s3"), "{msg}");
     h.settle();
     assert_eq!(h.owner("198.18.1.9").as_deref(), Some("s3"));
-    assert!(h.log.iter().any(|(n, act)| n == "s2" && matches!(act, Action::Deactivate { addr, connections: Departure::Reset, .. } if *addr == a)));
+    assert!(h.log.iter().any(|(n, act)| n == "s2" && matches!(act, Action::Deactivate { addr, connections: ConnectionFate::Reset, .. } if *addr == a)));
 
     // Delete the configured DVIPA: its owner resets connections, nobody takes it over.
     let msg = crate::ops::delete(&region, &cfg, "198.18.0.100".parse().unwrap(), h.now).unwrap();

@@ -1,17 +1,17 @@
 //! The deterministic network simulator: plex's default integration test.
 //!
-//! Any number of [`Node`]s (plex stacks, or test doubles) hang off one simulated L2 segment, a
+//! Any number of [`Host`]s (plex stacks, or test doubles) hang off one simulated L2 segment, a
 //! learning switch, each through its own full-duplex port. A port impairs what crosses it, in
 //! each direction separately ([`LinkConfig`]): delay and jitter, loss, duplication, corruption,
 //! reordering, a bandwidth with a FIFO queue and a queue limit, and an MTU. Time does not pass
-//! by itself: the simulator jumps to the next event (a frame arriving, a node's timer), so a
+//! by itself: the simulator jumps to the next event (a frame arriving, a host's timer), so a
 //! minute of simulated TCP takes milliseconds, and a run is a pure function of the seed and the
 //! configuration: same seed, same frames, same pcap bytes.
 //!
 //! Randomness: each port direction draws from its own stream, derived from the seed and the
-//! port's index, so adding a node does not change the random choices of the others.
+//! port's index, so adding a host does not change the random choices of the others.
 //!
-//! Capture: with [`Sim::capture`] on, every frame delivered to a node is recorded with its
+//! Capture: with [`Sim::capture`] on, every frame delivered to a host is recorded with its
 //! arrival time; [`Sim::write_pcap`] writes them as a pcap file (tcpdump and Wireshark read it).
 
 use std::cmp::Reverse;
@@ -24,19 +24,20 @@ use crate::time::{Duration, Instant};
 
 /// Something that sends and receives Ethernet frames and keeps time-driven state: a plex stack
 /// implements it, and so do the simulator's own test doubles.
-pub trait Node {
+pub trait Host {
     /// One Ethernet frame (no FCS) arrives at `now`.
     fn receive(&mut self, now: Instant, frame: &[u8]);
     /// Write the next outbound frame into `buf`; its length, or `None` when nothing is pending.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize>;
-    /// Earliest instant at which the node needs `handle_timeout`.
+    /// Earliest instant at which the host needs `handle_timeout`.
     fn poll_timeout(&mut self) -> Option<Instant>;
+    /// Run the timers due at `now` (called once `now` has reached [`Host::poll_timeout`]).
     fn handle_timeout(&mut self, now: Instant);
 }
 
-impl Node for crate::iface::Stack {
+impl Host for crate::iface::Stack {
     fn receive(&mut self, now: Instant, frame: &[u8]) {
-        // The simulator's nodes are separate hosts: nothing is forwarded between them.
+        // The simulated hosts are separate machines: nothing is forwarded between them.
         crate::iface::Stack::receive(self, now, frame);
     }
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
@@ -66,6 +67,7 @@ pub struct LinkConfig {
     pub corrupt: f64,
     /// Probability a frame is held back by `reorder_delay` (later frames overtake it).
     pub reorder: f64,
+    /// How long a frame picked by `reorder` is held back, on top of `delay` and jitter.
     pub reorder_delay: Duration,
     /// Serialization rate; `None` is infinitely fast.
     pub bandwidth_bps: Option<u64>,
@@ -93,13 +95,16 @@ impl Default for LinkConfig {
 }
 
 impl LinkConfig {
+    /// The default link, losing each frame with probability `loss`.
     pub fn lossy(loss: f64) -> Self {
         LinkConfig { loss, ..Self::default() }
     }
+    /// This link with a fixed one-way delay of `d`.
     pub fn with_delay(mut self, d: Duration) -> Self {
         self.delay = d;
         self
     }
+    /// This link serialized at `bps` bits per second, with at most `queue_limit` frames waiting.
     pub fn with_bandwidth(mut self, bps: u64, queue_limit: usize) -> Self {
         self.bandwidth_bps = Some(bps);
         self.queue_limit = Some(queue_limit);
@@ -107,20 +112,28 @@ impl LinkConfig {
     }
 }
 
-/// Identifies a node (and its port).
+/// Identifies a host (and its port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub usize);
+pub struct HostId(pub usize);
 
 /// What happened to frames, per port direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Frames that entered this direction (lost, dropped or delivered).
     pub frames: u64,
+    /// Their bytes (Ethernet header included, no FCS).
     pub bytes: u64,
+    /// Frames lost at random (`loss`).
     pub lost: u64,
+    /// Frames delivered twice (`duplicate`).
     pub duplicated: u64,
+    /// Frames damaged (`corrupt`).
     pub corrupted: u64,
+    /// Frames held back (`reorder`).
     pub reordered: u64,
+    /// Frames tail-dropped because the serializer's queue was full.
     pub queue_dropped: u64,
+    /// Frames dropped because they exceeded the MTU.
     pub mtu_dropped: u64,
 }
 
@@ -138,16 +151,21 @@ impl LinkStats {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What happened on the segment since the simulator was created.
 pub struct SimStats {
-    /// Per node: its uplink (frames it sent) and downlink (frames sent to it).
+    /// Per host: its uplink (frames it sent) and downlink (frames sent to it).
     pub uplink: Vec<LinkStats>,
+    /// Per host: its downlink (frames sent to it), indexed like `uplink`.
     pub downlink: Vec<LinkStats>,
     /// Frames flooded because the destination was unknown or broadcast.
     pub flooded: u64,
+    /// Events processed (frames reaching the switch or a host).
     pub events: u64,
 }
 
 impl SimStats {
+    /// The sum over every port direction, uplinks and downlinks (a frame crossing the switch is
+    /// counted on both).
     pub fn total(&self) -> LinkStats {
         let mut t = LinkStats::default();
         for s in self.uplink.iter().chain(&self.downlink) {
@@ -250,21 +268,21 @@ impl Direction {
 enum Event {
     /// A frame reaches the switch from a port (`corrupted`: damaged on the uplink).
     AtSwitch { from: usize, frame: Vec<u8>, corrupted: bool },
-    /// A frame reaches a node.
+    /// A frame reaches a host.
     Deliver { to: usize, frame: Vec<u8> },
 }
 
-struct Port<N> {
-    node: N,
+struct Port<H> {
+    host: H,
     up: Direction,
     down: Direction,
 }
 
 /// The simulated segment.
-pub struct Sim<N: Node> {
+pub struct Sim<H: Host> {
     seed: u64,
     now: Instant,
-    ports: Vec<Port<N>>,
+    ports: Vec<Port<H>>,
     events: BinaryHeap<Reverse<(Instant, u64)>>,
     payloads: HashMap<u64, Event>,
     next_seq: u64,
@@ -272,17 +290,18 @@ pub struct Sim<N: Node> {
     stats: SimStats,
     capture: Option<Vec<(Instant, Vec<u8>)>>,
     buf: Vec<u8>,
-    /// Frames a node may emit per drain (a buggy node cannot hang the simulator).
+    /// Frames a host may emit per drain (a buggy host cannot hang the simulator).
     pub max_burst: usize,
 }
 
-impl<N: Node> core::fmt::Debug for Sim<N> {
+impl<H: Host> core::fmt::Debug for Sim<H> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Sim").field("seed", &self.seed).field("now", &self.now).field("nodes", &self.ports.len()).finish()
+        f.debug_struct("Sim").field("seed", &self.seed).field("now", &self.now).field("hosts", &self.ports.len()).finish()
     }
 }
 
-impl<N: Node> Sim<N> {
+impl<H: Host> Sim<H> {
+    /// An empty segment whose random choices all derive from `seed`; time starts at zero.
     pub fn new(seed: u64) -> Self {
         Sim {
             seed,
@@ -299,43 +318,50 @@ impl<N: Node> Sim<N> {
         }
     }
 
+    /// The seed the simulator was created with.
     pub fn seed(&self) -> u64 {
         self.seed
     }
+    /// The simulated time.
     pub fn now(&self) -> Instant {
         self.now
     }
+    /// What happened to frames so far.
     pub fn stats(&self) -> &SimStats {
         &self.stats
     }
 
-    /// Attach a node through its own port; `uplink` impairs what it sends, `downlink` what it
+    /// Attach a host through its own port; `uplink` impairs what it sends, `downlink` what it
     /// receives.
-    pub fn add_node(&mut self, node: N, uplink: LinkConfig, downlink: LinkConfig) -> NodeId {
+    pub fn add_host(&mut self, host: H, uplink: LinkConfig, downlink: LinkConfig) -> HostId {
         let i = self.ports.len();
         let base = self.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         self.ports.push(Port {
-            node,
+            host,
             up: Direction::new(uplink, base),
             down: Direction::new(downlink, base.rotate_left(17) ^ 0x5555),
         });
         self.stats.uplink.push(LinkStats::default());
         self.stats.downlink.push(LinkStats::default());
-        NodeId(i)
+        HostId(i)
     }
 
-    pub fn node(&self, id: NodeId) -> &N {
-        &self.ports[id.0].node
+    /// The host attached as `id`.
+    pub fn host(&self, id: HostId) -> &H {
+        &self.ports[id.0].host
     }
-    pub fn node_mut(&mut self, id: NodeId) -> &mut N {
-        &mut self.ports[id.0].node
+    /// The host attached as `id`, to call into (then [`Sim::kick`] or step).
+    pub fn host_mut(&mut self, id: HostId) -> &mut H {
+        &mut self.ports[id.0].host
     }
     /// Change a port's impairments mid-run.
-    pub fn set_links(&mut self, id: NodeId, uplink: LinkConfig, downlink: LinkConfig) {
+    pub fn set_links(&mut self, id: HostId, uplink: LinkConfig, downlink: LinkConfig) {
         self.ports[id.0].up.cfg = uplink;
         self.ports[id.0].down.cfg = downlink;
     }
 
+    /// Record every frame delivered to a host from now on (`true`), or stop and discard the
+    /// recording (`false`).
     pub fn capture(&mut self, enable: bool) {
         if enable {
             self.capture.get_or_insert_with(Vec::new);
@@ -344,6 +370,8 @@ impl<N: Node> Sim<N> {
         }
     }
 
+    /// Write the recorded frames as a pcap file, with their simulated arrival times as timestamps
+    /// (empty when capture is off).
     pub fn write_pcap(&self, out: &mut impl Write) -> std::io::Result<()> {
         let mut w = PcapWriter::new(out, LINKTYPE_ETHERNET)?;
         for (t, f) in self.capture.iter().flatten() {
@@ -359,11 +387,11 @@ impl<N: Node> Sim<N> {
         self.payloads.insert(seq, ev);
     }
 
-    /// Send everything node `i` has to send now.
+    /// Send everything host `i` has to send now.
     fn drain(&mut self, i: usize) {
         let now = self.now;
         for _ in 0..self.max_burst {
-            let Some(n) = self.ports[i].node.poll_transmit(now, &mut self.buf) else { break };
+            let Some(n) = self.ports[i].host.poll_transmit(now, &mut self.buf) else { break };
             let n = n.min(self.buf.len());
             let mut frame = self.buf[..n].to_vec();
             let mut arrivals = [None, None];
@@ -376,14 +404,14 @@ impl<N: Node> Sim<N> {
         }
     }
 
-    /// Nothing left to happen: no frame in flight, no node with a timer or a frame to send.
+    /// Nothing left to happen: no frame in flight, no host with a timer or a frame to send.
     /// A run that goes idle before its goal is met has a stuck socket somewhere.
     pub fn is_idle(&mut self) -> bool {
         self.kick();
         self.next_event_time().is_none()
     }
 
-    /// Drain every node's transmit queue (after the test called into a node directly).
+    /// Drain every host's transmit queue (after the test called into a host directly).
     pub fn kick(&mut self) {
         for i in 0..self.ports.len() {
             self.drain(i);
@@ -392,7 +420,7 @@ impl<N: Node> Sim<N> {
 
     fn next_event_time(&mut self) -> Option<Instant> {
         let ev = self.events.peek().map(|Reverse((t, _))| *t);
-        let timers = self.ports.iter_mut().filter_map(|p| p.node.poll_timeout()).min();
+        let timers = self.ports.iter_mut().filter_map(|p| p.host.poll_timeout()).min();
         match (ev, timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -455,7 +483,7 @@ impl<N: Node> Sim<N> {
                     if let Some(c) = &mut self.capture {
                         c.push((self.now, frame.clone()));
                     }
-                    self.ports[to].node.receive(self.now, &frame);
+                    self.ports[to].host.receive(self.now, &frame);
                     self.drain(to);
                 }
                 None => {}
@@ -463,8 +491,8 @@ impl<N: Node> Sim<N> {
         }
         let now = self.now;
         for i in 0..self.ports.len() {
-            if self.ports[i].node.poll_timeout().is_some_and(|t| t <= now) {
-                self.ports[i].node.handle_timeout(now);
+            if self.ports[i].host.poll_timeout().is_some_and(|t| t <= now) {
+                self.ports[i].host.handle_timeout(now);
             }
             self.drain(i);
         }

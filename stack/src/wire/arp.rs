@@ -6,22 +6,33 @@ use super::ethernet::MacAddr;
 use super::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The ARP opcode (RFC 826 "Packet format", `ar$op`); other opcodes (RARP, InARP) are unsupported.
 pub enum ArpOperation {
+    /// Opcode 1: who has the target protocol address?
     Request,
+    /// Opcode 2: the sender protocol address is at the sender hardware address.
     Reply,
 }
 
+/// Length of an Ethernet/IPv4 ARP packet: 8 bytes of fixed header, two 6-byte MACs, two IPv4
+/// addresses.
 pub const PACKET_LEN: usize = 28;
 
 #[derive(Debug, Clone)]
+/// A view of an ARP packet in `buffer` (the Ethernet payload). Accessors read fields in network
+/// byte order at fixed offsets: they panic on a buffer shorter than [`PACKET_LEN`] unless it came
+/// through [`ArpPacket::new_checked`].
 pub struct ArpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
+    /// A view over `buffer` without a length check: accessors may panic (for `emit` into a buffer the
+    /// caller sized with [`ArpRepr::buffer_len`]).
     pub const fn new_unchecked(buffer: T) -> Self {
         ArpPacket { buffer }
     }
+    /// A view over `buffer`, or [`Error::Truncated`] when it is shorter than [`PACKET_LEN`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = ArpPacket { buffer };
         p.check_len()?;
@@ -39,18 +50,23 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[at], b[at + 1]])
     }
+    /// `ar$hrd`: the hardware address space (1 is Ethernet).
     pub fn hardware_type(&self) -> u16 {
         self.be16(0)
     }
+    /// `ar$pro`: the protocol address space, as an EtherType (0x0800 is IPv4).
     pub fn protocol_type(&self) -> u16 {
         self.be16(2)
     }
+    /// `ar$hln`: bytes per hardware address (6 for Ethernet).
     pub fn hardware_len(&self) -> u8 {
         self.buffer.as_ref()[4]
     }
+    /// `ar$pln`: bytes per protocol address (4 for IPv4).
     pub fn protocol_len(&self) -> u8 {
         self.buffer.as_ref()[5]
     }
+    /// `ar$op`, raw (see [`ArpOperation`]).
     pub fn operation(&self) -> u16 {
         self.be16(6)
     }
@@ -62,15 +78,19 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         let b = &self.buffer.as_ref()[at..at + 4];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
+    /// `ar$sha`: the sender's MAC.
     pub fn source_hardware_addr(&self) -> MacAddr {
         self.mac(8)
     }
+    /// `ar$spa`: the sender's IPv4 address.
     pub fn source_protocol_addr(&self) -> Ipv4Addr {
         self.ip(14)
     }
+    /// `ar$tha`: the target's MAC (zero in a request).
     pub fn target_hardware_addr(&self) -> MacAddr {
         self.mac(18)
     }
+    /// `ar$tpa`: the IPv4 address asked about (request) or answered to (reply).
     pub fn target_protocol_addr(&self) -> Ipv4Addr {
         self.ip(24)
     }
@@ -79,14 +99,22 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 /// An Ethernet/IPv4 ARP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArpRepr {
+    /// Request or reply.
     pub operation: ArpOperation,
+    /// The sender's MAC.
     pub source_hardware_addr: MacAddr,
+    /// The sender's IPv4 address.
     pub source_protocol_addr: Ipv4Addr,
+    /// The target's MAC (zero in a request).
     pub target_hardware_addr: MacAddr,
+    /// The target's IPv4 address.
     pub target_protocol_addr: Ipv4Addr,
 }
 
 impl ArpRepr {
+    /// The packet as a value: [`Error::Truncated`] below [`PACKET_LEN`] bytes,
+    /// [`Error::Unsupported`] for anything but Ethernet/IPv4 (`hrd` 1, `pro` 0x0800, lengths 6 and
+    /// 4) requests and replies.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &ArpPacket<&T>) -> Result<ArpRepr> {
         p.check_len()?;
         if p.hardware_type() != 1 || p.protocol_type() != 0x0800 || p.hardware_len() != 6 || p.protocol_len() != 4 {
@@ -123,10 +151,13 @@ impl ArpRepr {
         }
     }
 
+    /// Bytes [`ArpRepr::emit`] writes: always [`PACKET_LEN`].
     pub const fn buffer_len(&self) -> usize {
         PACKET_LEN
     }
 
+    /// Write the packet into `p`, whose buffer must hold [`ArpRepr::buffer_len`] bytes (it panics
+    /// otherwise).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut ArpPacket<T>) {
         let b = p.buffer.as_mut();
         b[0..2].copy_from_slice(&1u16.to_be_bytes());

@@ -10,8 +10,10 @@ use super::{Error, Result};
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
+    /// ff:ff:ff:ff:ff:ff, every station on the segment.
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
 
+    /// All ones: every station on the segment.
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
@@ -19,6 +21,7 @@ impl MacAddr {
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }
+    /// Group bit clear and not all zeroes: an address one station can own.
     pub fn is_unicast(&self) -> bool {
         !self.is_multicast() && self.0 != [0; 6]
     }
@@ -68,9 +71,14 @@ impl FromStr for MacAddr {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The EtherType field of an Ethernet II header (IEEE 802.3 clause 3.2.6: values of 0x0600 and
+/// above name the payload's protocol).
 pub enum EtherType {
+    /// 0x0800, IPv4.
     Ipv4,
+    /// 0x0806, ARP.
     Arp,
+    /// Any other value, kept as read (0x8100 for a VLAN tag, 0x86dd for IPv6, ...).
     Unknown(u16),
 }
 
@@ -93,6 +101,7 @@ impl From<EtherType> for u16 {
     }
 }
 
+/// Length of the Ethernet II header: destination MAC, source MAC, EtherType.
 pub const HEADER_LEN: usize = 14;
 
 /// A view of an Ethernet II frame.
@@ -102,14 +111,18 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    /// A view over `buffer` without a length check: accessors panic if it is shorter than
+    /// [`HEADER_LEN`] (for `emit` into a buffer the caller sized).
     pub const fn new_unchecked(buffer: T) -> Self {
         EthernetFrame { buffer }
     }
+    /// A view over `buffer`, or [`Error::Truncated`] when it is shorter than [`HEADER_LEN`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let f = EthernetFrame { buffer };
         f.check_len()?;
         Ok(f)
     }
+    /// [`Error::Truncated`] when the buffer cannot hold the header.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
@@ -117,6 +130,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
             Ok(())
         }
     }
+    /// The underlying buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -124,31 +138,39 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         let b = &self.buffer.as_ref()[at..at + 6];
         MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]])
     }
+    /// The destination MAC (bytes 0..6).
     pub fn dst_addr(&self) -> MacAddr {
         self.mac(0)
     }
+    /// The source MAC (bytes 6..12).
     pub fn src_addr(&self) -> MacAddr {
         self.mac(6)
     }
+    /// The EtherType (bytes 12..14, big-endian).
     pub fn ethertype(&self) -> EtherType {
         let b = self.buffer.as_ref();
         EtherType::from(u16::from_be_bytes([b[12], b[13]]))
     }
+    /// Everything after the header (padding included: Ethernet does not say how much is payload).
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    /// Write the destination MAC.
     pub fn set_dst_addr(&mut self, a: MacAddr) {
         self.buffer.as_mut()[0..6].copy_from_slice(&a.0)
     }
+    /// Write the source MAC.
     pub fn set_src_addr(&mut self, a: MacAddr) {
         self.buffer.as_mut()[6..12].copy_from_slice(&a.0)
     }
+    /// Write the EtherType, big-endian.
     pub fn set_ethertype(&mut self, e: EtherType) {
         self.buffer.as_mut()[12..14].copy_from_slice(&u16::from(e).to_be_bytes())
     }
+    /// Everything after the header, to write the payload into.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }
@@ -157,12 +179,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 /// The Ethernet header as a value. A VLAN-tagged frame parses with `EtherType::Unknown(0x8100)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EthernetRepr {
+    /// The sender.
     pub src_addr: MacAddr,
+    /// The receiver: a unicast MAC, or broadcast / multicast.
     pub dst_addr: MacAddr,
+    /// The payload's protocol.
     pub ethertype: EtherType,
 }
 
 impl EthernetRepr {
+    /// The header as a value; [`Error::Truncated`] when the frame is shorter than [`HEADER_LEN`].
     pub fn parse<T: AsRef<[u8]> + ?Sized>(frame: &EthernetFrame<&T>) -> Result<EthernetRepr> {
         frame.check_len()?;
         Ok(EthernetRepr {
@@ -171,9 +197,11 @@ impl EthernetRepr {
             ethertype: frame.ethertype(),
         })
     }
+    /// Bytes [`EthernetRepr::emit`] writes: always [`HEADER_LEN`].
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
+    /// Write the header into `frame` (at least [`HEADER_LEN`] bytes; the payload is the caller's).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, frame: &mut EthernetFrame<T>) {
         frame.set_src_addr(self.src_addr);
         frame.set_dst_addr(self.dst_addr);

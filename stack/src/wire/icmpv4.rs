@@ -5,17 +5,24 @@ use super::checksum;
 use super::ipv4::{Ipv4Packet, Ipv4Repr};
 use super::{Error, Result};
 
+/// Length of the ICMP header: type, code, checksum, and 4 bytes whose meaning depends on the type
+/// (RFC 792).
 pub const HEADER_LEN: usize = 8;
 
 /// Destination-unreachable codes (RFC 792, RFC 1812 5.2.7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DstUnreachable {
+    /// Code 0.
     NetUnreachable,
+    /// Code 1.
     HostUnreachable,
+    /// Code 2: the protocol is not served (sent for an unknown IP protocol).
     ProtoUnreachable,
+    /// Code 3: no socket on the port (sent for UDP to a closed port).
     PortUnreachable,
     /// Fragmentation needed and DF set: `next_hop_mtu` is meaningful.
     FragRequired,
+    /// Any other code, kept as read.
     Other(u8),
 }
 
@@ -45,19 +52,26 @@ impl From<DstUnreachable> for u8 {
 }
 
 #[derive(Debug, Clone)]
+/// A view of an ICMPv4 message in `buffer` (the IP payload). Multi-byte fields are big-endian;
+/// accessors panic on a buffer shorter than [`HEADER_LEN`] unless it came through
+/// [`Icmpv4Packet::new_checked`].
 pub struct Icmpv4Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
+    /// A view over `buffer` without a length check (for `emit` into a buffer the caller sized with
+    /// [`Icmpv4Repr::buffer_len`]).
     pub const fn new_unchecked(buffer: T) -> Self {
         Icmpv4Packet { buffer }
     }
+    /// A view over `buffer`, or [`Error::Truncated`] when it is shorter than [`HEADER_LEN`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Icmpv4Packet { buffer };
         p.check_len()?;
         Ok(p)
     }
+    /// [`Error::Truncated`] when the buffer cannot hold the header.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             Err(Error::Truncated)
@@ -65,9 +79,11 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
             Ok(())
         }
     }
+    /// The type (RFC 792: 0 echo reply, 3 destination unreachable, 8 echo request, ...).
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[0]
     }
+    /// The code, whose meaning depends on the type.
     pub fn msg_code(&self) -> u8 {
         self.buffer.as_ref()[1]
     }
@@ -75,24 +91,31 @@ impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[at], b[at + 1]])
     }
+    /// The checksum field as sent.
     pub fn checksum(&self) -> u16 {
         self.be16(2)
     }
+    /// Echo identifier (bytes 4..6; meaningful in echo messages only).
     pub fn echo_ident(&self) -> u16 {
         self.be16(4)
     }
+    /// Echo sequence number (bytes 6..8; echo messages only).
     pub fn echo_seq_no(&self) -> u16 {
         self.be16(6)
     }
+    /// Next-hop MTU of a fragmentation-needed message (bytes 6..8, RFC 1191 4; zero from routers
+    /// older than RFC 1191).
     pub fn next_hop_mtu(&self) -> u16 {
         self.be16(6)
     }
+    /// Whether the Internet checksum over the whole message (header and data) verifies.
     pub fn verify_checksum(&self) -> bool {
         checksum::checksum(self.buffer.as_ref()) == 0
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> Icmpv4Packet<&'a T> {
+    /// Everything after the 8-byte header: echo data, or the quoted datagram of an error.
     pub fn data(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
         &b[HEADER_LEN..]
@@ -100,12 +123,41 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Icmpv4Packet<&'a T> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An ICMPv4 message this stack understands, borrowing its data from the packet.
 pub enum Icmpv4Repr<'a> {
-    EchoRequest { ident: u16, seq_no: u16, data: &'a [u8] },
-    EchoReply { ident: u16, seq_no: u16, data: &'a [u8] },
-    /// The embedded header is of the datagram that could not be delivered; `data` holds its
-    /// first payload bytes (at least 8: ports and sequence number for TCP).
-    DstUnreachable { reason: DstUnreachable, next_hop_mtu: u16, header: Ipv4Repr, data: &'a [u8] },
+    /// Type 8: asks the receiver for an echo reply carrying the same identifier, sequence
+    /// number and data.
+    EchoRequest {
+        /// Identifier chosen by the sender (e.g. its process), echoed back.
+        ident: u16,
+        /// Sequence number chosen by the sender, echoed back.
+        seq_no: u16,
+        /// The data to echo.
+        data: &'a [u8],
+    },
+    /// Type 0: the answer to an echo request.
+    EchoReply {
+        /// The request's identifier.
+        ident: u16,
+        /// The request's sequence number.
+        seq_no: u16,
+        /// The request's data.
+        data: &'a [u8],
+    },
+    /// Type 3: a datagram could not be delivered. The embedded header is of the datagram that
+    /// could not be delivered; `data` holds its first payload bytes (at least 8: ports and
+    /// sequence number for TCP).
+    DstUnreachable {
+        /// The code: why it could not be delivered.
+        reason: DstUnreachable,
+        /// With [`DstUnreachable::FragRequired`], the MTU of the link that refused it (RFC 1191
+        /// 4); zero otherwise.
+        next_hop_mtu: u16,
+        /// The quoted IPv4 header (its checksum not verified: routers may rewrite it).
+        header: Ipv4Repr,
+        /// The quoted payload bytes that follow the header.
+        data: &'a [u8],
+    },
 }
 
 /// How much of the offending datagram a generated error quotes: RFC 1812 4.3.2.3 allows up
@@ -114,6 +166,10 @@ pub enum Icmpv4Repr<'a> {
 pub const QUOTE_LEN: usize = 8;
 
 impl<'a> Icmpv4Repr<'a> {
+    /// The message as a value. Errors: [`Error::Truncated`] (message shorter than its header, or an
+    /// unreachable message quoting less than an IPv4 header and [`QUOTE_LEN`] bytes),
+    /// [`Error::BadChecksum`] (only when `verify_checksum`), [`Error::Unsupported`] for other types
+    /// and codes.
     pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &Icmpv4Packet<&'a T>, verify_checksum: bool) -> Result<Icmpv4Repr<'a>> {
         p.check_len()?;
         if verify_checksum && !p.verify_checksum() {
@@ -155,6 +211,8 @@ impl<'a> Icmpv4Repr<'a> {
         }
     }
 
+    /// Bytes [`Icmpv4Repr::emit`] writes: the header plus the echo data, or plus a 20-byte IPv4
+    /// header and at most [`QUOTE_LEN`] quoted bytes.
     pub fn buffer_len(&self) -> usize {
         match self {
             Icmpv4Repr::EchoRequest { data, .. } | Icmpv4Repr::EchoReply { data, .. } => HEADER_LEN + data.len(),
@@ -162,6 +220,8 @@ impl<'a> Icmpv4Repr<'a> {
         }
     }
 
+    /// Write the message into `p` (at least [`Icmpv4Repr::buffer_len`] bytes, or it panics),
+    /// checksum included.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Icmpv4Packet<T>) {
         let len = self.buffer_len();
         let b = &mut p.buffer.as_mut()[..len];

@@ -10,10 +10,15 @@ use super::checksum;
 use super::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The Protocol field of the IPv4 header (RFC 791 3.1; numbers assigned by IANA).
 pub enum IpProtocol {
+    /// 1, ICMP.
     Icmp,
+    /// 6, TCP.
     Tcp,
+    /// 17, UDP.
     Udp,
+    /// Any other protocol number, kept as read.
     Unknown(u8),
 }
 
@@ -38,6 +43,7 @@ impl From<IpProtocol> for u8 {
     }
 }
 
+/// Length of an IPv4 header without options (IHL 5).
 pub const HEADER_LEN: usize = 20;
 
 /// A view of an IPv4 packet. After `new_checked`: the header (with options) and the
@@ -49,14 +55,20 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    /// A view over `buffer` without a length check: accessors may panic or read garbage (for
+    /// `emit` into a buffer the caller sized).
     pub const fn new_unchecked(buffer: T) -> Self {
         Ipv4Packet { buffer }
     }
+    /// A view over `buffer` whose header and announced `total_len` it holds; errors as
+    /// [`Ipv4Packet::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Ipv4Packet { buffer };
         p.check_len()?;
         Ok(p)
     }
+    /// [`Error::Truncated`] when the buffer is shorter than 20 bytes, than the IHL or than Total
+    /// Length; [`Error::BadLength`] when IHL is below 5 or Total Length below the header.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -78,30 +90,39 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         }
         Ok(())
     }
+    /// The underlying buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    /// Version (4 for IPv4; checked by [`Ipv4Repr::parse`], not here).
     pub fn version(&self) -> u8 {
         self.b()[0] >> 4
     }
+    /// Header length in bytes (IHL times 4: 20 to 60, options included).
     pub fn header_len(&self) -> usize {
         ((self.b()[0] & 0x0f) as usize) * 4
     }
+    /// The DS field and ECN bits (RFC 2474, RFC 3168), the byte once called Type of Service.
     pub fn dscp_ecn(&self) -> u8 {
         self.b()[1]
     }
+    /// Total Length: header plus payload, in bytes (a shorter frame was refused by `check_len`;
+    /// Ethernet padding beyond it is not payload).
     pub fn total_len(&self) -> u16 {
         u16::from_be_bytes([self.b()[2], self.b()[3]])
     }
+    /// Identification: which datagram a fragment belongs to (RFC 791 3.1).
     pub fn ident(&self) -> u16 {
         u16::from_be_bytes([self.b()[4], self.b()[5]])
     }
+    /// DF, Don't Fragment (flags bit 1).
     pub fn dont_frag(&self) -> bool {
         self.b()[6] & 0x40 != 0
     }
+    /// MF, More Fragments (flags bit 2): a later fragment follows.
     pub fn more_frags(&self) -> bool {
         self.b()[6] & 0x20 != 0
     }
@@ -109,23 +130,29 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn frag_offset(&self) -> u16 {
         (u16::from_be_bytes([self.b()[6], self.b()[7]]) & 0x1fff) * 8
     }
+    /// Time to Live: hops left.
     pub fn hop_limit(&self) -> u8 {
         self.b()[8]
     }
+    /// The payload's protocol.
     pub fn next_header(&self) -> IpProtocol {
         IpProtocol::from(self.b()[9])
     }
+    /// The header checksum field as sent.
     pub fn checksum(&self) -> u16 {
         u16::from_be_bytes([self.b()[10], self.b()[11]])
     }
+    /// The source address.
     pub fn src_addr(&self) -> Ipv4Addr {
         let b = self.b();
         Ipv4Addr::new(b[12], b[13], b[14], b[15])
     }
+    /// The destination address.
     pub fn dst_addr(&self) -> Ipv4Addr {
         let b = self.b();
         Ipv4Addr::new(b[16], b[17], b[18], b[19])
     }
+    /// Whether the header checksum (RFC 791 3.1, over the header only, options included) verifies.
     pub fn verify_checksum(&self) -> bool {
         checksum::checksum(&self.b()[..self.header_len()]) == 0
     }
@@ -136,10 +163,13 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
+    /// The payload, to write into: from the end of the header to Total Length.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let (h, t) = (self.header_len(), self.total_len() as usize);
         &mut self.buffer.as_mut()[h..t]
     }
+    /// Compute and write the header checksum over the header as it stands (set every other field
+    /// first).
     pub fn fill_checksum(&mut self) {
         let hl = self.header_len();
         let b = self.buffer.as_mut();
@@ -165,17 +195,29 @@ pub const MAX_PAYLOAD: usize = u16::MAX as usize - HEADER_LEN;
 /// An IPv4 header as a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Repr {
+    /// The source address.
     pub src_addr: Ipv4Addr,
+    /// The destination address.
     pub dst_addr: Ipv4Addr,
+    /// The payload's protocol.
     pub next_header: IpProtocol,
+    /// Payload bytes after the header (Total Length minus header length; of a fragment, its own
+    /// part).
     pub payload_len: usize,
+    /// Time to Live.
     pub hop_limit: u8,
+    /// The DS field and ECN bits, as one byte.
     pub dscp_ecn: u8,
+    /// Identification (RFC 791 3.1): only fragments of one datagram share it.
     pub ident: u16,
+    /// DF, Don't Fragment: set on TCP, for path MTU discovery (RFC 1191).
     pub dont_frag: bool,
 }
 
 impl Ipv4Repr {
+    /// A whole datagram as a value. Errors: those of [`Ipv4Packet::check_len`],
+    /// [`Error::BadVersion`] (version not 4), [`Error::BadChecksum`] (only when `verify_checksum`),
+    /// [`Error::Fragment`] (a fragment: see [`Ipv4Repr::parse_fragment`]).
     pub fn parse<T: AsRef<[u8]> + ?Sized>(p: &Ipv4Packet<&T>, verify_checksum: bool) -> Result<Ipv4Repr> {
         match Self::parse_fragment(p, verify_checksum)? {
             (r, None) => Ok(r),
@@ -211,6 +253,7 @@ impl Ipv4Repr {
         Ok((repr, frag))
     }
 
+    /// Bytes of header [`Ipv4Repr::emit`] writes: always [`HEADER_LEN`] (no options).
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

@@ -63,4 +63,5 @@ impl core::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The result of parsing: a value, or why the buffer is unacceptable.
 pub type Result<T> = core::result::Result<T, Error>;

@@ -31,6 +31,7 @@ impl SeqNumber {
         }
     }
     #[inline]
+    /// The later of the two in sequence space (meaningful only within 2^31 of each other).
     pub fn max(self, o: SeqNumber) -> SeqNumber {
         if self >= o {
             self
@@ -39,6 +40,7 @@ impl SeqNumber {
         }
     }
     #[inline]
+    /// The earlier of the two in sequence space (meaningful only within 2^31 of each other).
     pub fn min(self, o: SeqNumber) -> SeqNumber {
         if self <= o {
             self
@@ -97,18 +99,29 @@ mod field {
     pub const URGENT: core::ops::Range<usize> = 18..20;
 }
 
+/// Length of a TCP header without options (data offset 5).
 pub const HEADER_LEN: usize = 20;
 /// The largest options area: data offset 15 words.
 pub const MAX_OPTIONS_LEN: usize = 40;
 
+/// The TCP header's flag bits, as [`TcpPacket::flags`] returns them (RFC 9293 3.1; ECE and
+/// CWR from RFC 3168 6.1).
 pub mod flags {
+    /// No more data from the sender.
     pub const FIN: u16 = 0x001;
+    /// Synchronize sequence numbers (opens a connection).
     pub const SYN: u16 = 0x002;
+    /// Reset the connection.
     pub const RST: u16 = 0x004;
+    /// Push: deliver the data to the application without waiting.
     pub const PSH: u16 = 0x008;
+    /// The acknowledgment number is valid.
     pub const ACK: u16 = 0x010;
+    /// The urgent pointer is valid (plex ignores urgent data).
     pub const URG: u16 = 0x020;
+    /// ECN-Echo (RFC 3168).
     pub const ECE: u16 = 0x040;
+    /// Congestion Window Reduced (RFC 3168).
     pub const CWR: u16 = 0x080;
 }
 
@@ -142,6 +155,8 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         Ok(p)
     }
 
+    /// [`Error::Truncated`] when the buffer is shorter than 20 bytes or than the data offset;
+    /// [`Error::BadLength`] when the data offset is below 5 words.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -157,6 +172,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         Ok(())
     }
 
+    /// The underlying buffer.
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -170,15 +186,19 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
 
+    /// The source port.
     pub fn src_port(&self) -> u16 {
         self.be16(field::SRC_PORT)
     }
+    /// The destination port.
     pub fn dst_port(&self) -> u16 {
         self.be16(field::DST_PORT)
     }
+    /// The sequence number of the first byte (or of the SYN).
     pub fn seq_number(&self) -> SeqNumber {
         SeqNumber(self.be32(field::SEQ))
     }
+    /// The acknowledgment number, meaningful only with the ACK bit (see [`flags::ACK`]).
     pub fn ack_number(&self) -> SeqNumber {
         SeqNumber(self.be32(field::ACK))
     }
@@ -186,21 +206,27 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn header_len(&self) -> usize {
         ((self.buffer.as_ref()[field::DOFF_FLAGS.start] >> 4) as usize) * 4
     }
+    /// The 12 flag bits below the data offset (see [`flags`]; the top 3 are reserved).
     pub fn flags(&self) -> u16 {
         self.be16(field::DOFF_FLAGS) & 0x0fff
     }
+    /// The window field as sent: not yet shifted by the window scale (RFC 7323 2.3).
     pub fn window_len(&self) -> u16 {
         self.be16(field::WINDOW)
     }
+    /// The checksum field as sent.
     pub fn checksum(&self) -> u16 {
         self.be16(field::CHECKSUM)
     }
+    /// The urgent pointer field (plex never sets URG).
     pub fn urgent_at(&self) -> u16 {
         self.be16(field::URGENT)
     }
+    /// The options area: from byte 20 to the data offset.
     pub fn options(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.header_len()]
     }
+    /// Everything after the header (the IP layer has already cut it to the datagram's length).
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
     }
@@ -225,15 +251,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     fn set_be32(&mut self, r: core::ops::Range<usize>, v: u32) {
         self.buffer.as_mut()[r].copy_from_slice(&v.to_be_bytes());
     }
+    /// Write the source port.
     pub fn set_src_port(&mut self, v: u16) {
         self.set_be16(field::SRC_PORT, v)
     }
+    /// Write the destination port.
     pub fn set_dst_port(&mut self, v: u16) {
         self.set_be16(field::DST_PORT, v)
     }
+    /// Write the sequence number.
     pub fn set_seq_number(&mut self, v: SeqNumber) {
         self.set_be32(field::SEQ, v.0)
     }
+    /// Write the acknowledgment number.
     pub fn set_ack_number(&mut self, v: SeqNumber) {
         self.set_be32(field::ACK, v.0)
     }
@@ -242,19 +272,24 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         let v = (((header_len / 4) as u16) << 12) | (flags & 0x0fff);
         self.set_be16(field::DOFF_FLAGS, v)
     }
+    /// Write the window field (already scaled down by the sender's shift).
     pub fn set_window_len(&mut self, v: u16) {
         self.set_be16(field::WINDOW, v)
     }
+    /// Write the checksum field (see [`TcpPacket::fill_checksum`]).
     pub fn set_checksum(&mut self, v: u16) {
         self.set_be16(field::CHECKSUM, v)
     }
+    /// Write the urgent pointer.
     pub fn set_urgent_at(&mut self, v: u16) {
         self.set_be16(field::URGENT, v)
     }
+    /// The options area, to write into: from byte 20 to the data offset set so far.
     pub fn options_mut(&mut self) -> &mut [u8] {
         let hl = self.header_len();
         &mut self.buffer.as_mut()[HEADER_LEN..hl]
     }
+    /// Everything after the header, to write the data into.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let hl = self.header_len();
         &mut self.buffer.as_mut()[hl..]
@@ -271,9 +306,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 /// the impossible combinations (SYN+FIN, SYN+RST) cannot be represented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TcpControl {
+    /// No control bit: a data or pure ACK segment.
     None,
+    /// SYN: opens a connection; occupies one sequence number.
     Syn,
+    /// FIN: the sender has no more data; occupies one sequence number.
     Fin,
+    /// RST: aborts the connection.
     Rst,
 }
 
@@ -285,6 +324,7 @@ impl TcpControl {
             _ => 0,
         }
     }
+    /// No sequence space occupied (no control bit, or RST).
     pub fn is_empty(self) -> bool {
         self.len() == 0
     }
@@ -293,7 +333,9 @@ impl TcpControl {
 /// The timestamps option (RFC 7323 section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TcpTimestamp {
+    /// TSval: the sender's timestamp clock when it sent the segment.
     pub tsval: u32,
+    /// TSecr: the most recent TSval received from the peer (meaningful with ACK).
     pub tsecr: u32,
 }
 
@@ -305,7 +347,9 @@ pub struct SackBlocks {
 }
 
 impl SackBlocks {
+    /// Blocks one option can carry here (four when no timestamps, RFC 2018 3).
     pub const MAX: usize = 4;
+    /// No block.
     pub const EMPTY: SackBlocks = SackBlocks { blocks: [(SeqNumber(0), SeqNumber(0)); 4], len: 0 };
 
     /// Append a block; returns false (and ignores it) when four are already held.
@@ -318,15 +362,19 @@ impl SackBlocks {
             false
         }
     }
+    /// Blocks held.
     pub fn len(&self) -> usize {
         self.len as usize
     }
+    /// No block held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The blocks held, oldest pushed first.
     pub fn as_slice(&self) -> &[(SeqNumber, SeqNumber)] {
         &self.blocks[..self.len as usize]
     }
+    /// Keep only the first `n` blocks (to fit the options space left).
     pub fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n as u8);
     }
@@ -341,20 +389,33 @@ impl fmt::Debug for SackBlocks {
 /// A parsed TCP segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpRepr<'a> {
+    /// The source port.
     pub src_port: u16,
+    /// The destination port.
     pub dst_port: u16,
+    /// SYN, FIN, RST, or none.
     pub control: TcpControl,
+    /// PSH: deliver to the application without waiting.
     pub psh: bool,
+    /// The sequence number of the first byte (or of the SYN).
     pub seq_number: SeqNumber,
     /// `Some` exactly when the ACK bit is set.
     pub ack_number: Option<SeqNumber>,
     /// The window field as sent, not yet scaled.
     pub window_len: u16,
+    /// The MSS option (RFC 9293 3.7.1): the largest segment payload the sender will receive; only
+    /// on SYNs.
     pub max_seg_size: Option<u16>,
+    /// The window scale option (RFC 7323 2): the sender's shift count, clamped to 14 when parsed;
+    /// only on SYNs.
     pub window_scale: Option<u8>,
+    /// The SACK-permitted option (RFC 2018 2); only on SYNs.
     pub sack_permitted: bool,
+    /// SACK blocks (RFC 2018 3): data received above the acknowledgment number.
     pub sack_blocks: SackBlocks,
+    /// The timestamps option (RFC 7323 3).
     pub timestamp: Option<TcpTimestamp>,
+    /// The segment's data.
     pub payload: &'a [u8],
 }
 

@@ -5,22 +5,31 @@ use std::net::Ipv4Addr;
 use super::checksum;
 use super::{Error, Result};
 
+/// Length of the UDP header: source port, destination port, length, checksum (RFC 768).
 pub const HEADER_LEN: usize = 8;
 
 #[derive(Debug, Clone)]
+/// A view of a UDP datagram in `buffer` (the IP payload). Fields are big-endian; accessors panic
+/// on a buffer shorter than [`HEADER_LEN`] (or than the Length field, for the payload) unless it
+/// came through [`UdpPacket::new_checked`].
 pub struct UdpPacket<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
+    /// A view over `buffer` without a length check (for `emit` into a buffer the caller sized with
+    /// [`UdpRepr::buffer_len`]).
     pub const fn new_unchecked(buffer: T) -> Self {
         UdpPacket { buffer }
     }
+    /// A view over `buffer`, if [`UdpPacket::check_len`] accepts it.
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = UdpPacket { buffer };
         p.check_len()?;
         Ok(p)
     }
+    /// [`Error::Truncated`] when the buffer is shorter than the header or than the Length field;
+    /// [`Error::BadLength`] when Length is below 8.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -39,27 +48,34 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[at], b[at + 1]])
     }
+    /// The source port (zero: the sender expects no reply).
     pub fn src_port(&self) -> u16 {
         self.be16(0)
     }
+    /// The destination port.
     pub fn dst_port(&self) -> u16 {
         self.be16(2)
     }
+    /// Length: header plus data, in bytes (the buffer may be longer: IP padding is not data).
     pub fn len(&self) -> u16 {
         self.be16(4)
     }
+    /// No data after the header.
     pub fn is_empty(&self) -> bool {
         self.len() as usize <= HEADER_LEN
     }
+    /// The checksum field as sent (zero: the sender computed none).
     pub fn checksum(&self) -> u16 {
         self.be16(6)
     }
+    /// The data: from the header to Length.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.len() as usize]
     }
 }
 
 impl<'a, T: AsRef<[u8]> + ?Sized> UdpPacket<&'a T> {
+    /// The data, borrowed for the buffer's lifetime rather than the view's.
     pub fn payload_ref(&self) -> &'a [u8] {
         let b: &'a [u8] = self.buffer.as_ref();
         &b[HEADER_LEN..self.len() as usize]
@@ -67,13 +83,21 @@ impl<'a, T: AsRef<[u8]> + ?Sized> UdpPacket<&'a T> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A UDP datagram as a value, borrowing its data.
 pub struct UdpRepr<'a> {
+    /// The source port.
     pub src_port: u16,
+    /// The destination port (never zero after parsing).
     pub dst_port: u16,
+    /// The data.
     pub payload: &'a [u8],
 }
 
 impl<'a> UdpRepr<'a> {
+    /// The datagram as a value. `src` and `dst` are the IP addresses, for the checksum's
+    /// pseudo-header (RFC 768). Errors: those of [`UdpPacket::check_len`], [`Error::Unsupported`] for
+    /// destination port 0, [`Error::BadChecksum`] (only when `verify_checksum`, and never for a
+    /// zero checksum, which over IPv4 means none).
     pub fn parse<T: AsRef<[u8]> + ?Sized>(
         p: &UdpPacket<&'a T>,
         src: Ipv4Addr,
@@ -94,10 +118,14 @@ impl<'a> UdpRepr<'a> {
         Ok(UdpRepr { src_port: p.src_port(), dst_port: p.dst_port(), payload: p.payload_ref() })
     }
 
+    /// Bytes [`UdpRepr::emit`] writes: header plus data (it must fit the 16-bit Length field).
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN + self.payload.len()
     }
 
+    /// Write the datagram into `p` (at least [`UdpRepr::buffer_len`] bytes, or it panics), with its
+    /// checksum over the pseudo-header of `src` and `dst`; a computed zero is sent as 0xffff (RFC
+    /// 768).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut UdpPacket<T>, src: Ipv4Addr, dst: Ipv4Addr) {
         let len = self.buffer_len();
         let b = &mut p.buffer.as_mut()[..len];

@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use stack::iface::{SocketHandle, Stack, StackConfig};
-use stack::sim::{LinkConfig, NodeId, Sim};
+use stack::sim::{LinkConfig, HostId, Sim};
 use stack::tcp;
 use stack::time::{Duration, Instant};
 use stack::wire::MacAddr;
@@ -97,8 +97,8 @@ impl Outcome {
 
 pub struct Pair {
     pub sim: Sim<Stack>,
-    pub server: NodeId,
-    pub client: NodeId,
+    pub server: HostId,
+    pub client: HostId,
     /// Connection attempts the handshake took.
     pub handshake_attempts: u32,
 }
@@ -107,8 +107,8 @@ impl Pair {
     pub fn new(seed: u64, link: &LinkConfig, tcp: &tcp::Config) -> Pair {
         let mut sim = Sim::new(seed);
         sim.capture(std::env::var("PLEX_SIM_PCAP_DIR").is_ok());
-        let server = sim.add_node(new_stack(10, SERVER_IP, seed ^ 0xaaaa, tcp), link.clone(), link.clone());
-        let client = sim.add_node(new_stack(1, CLIENT_IP, seed ^ 0x5555, tcp), link.clone(), link.clone());
+        let server = sim.add_host(new_stack(10, SERVER_IP, seed ^ 0xaaaa, tcp), link.clone(), link.clone());
+        let client = sim.add_host(new_stack(1, CLIENT_IP, seed ^ 0x5555, tcp), link.clone(), link.clone());
         Pair { sim, server, client, handshake_attempts: 0 }
     }
 
@@ -121,21 +121,21 @@ impl Pair {
     /// socket parked forever) is a stack bug and fails at once.
     pub fn connect(&mut self) -> (SocketHandle, SocketHandle) {
         let now = self.sim.now();
-        let l = self.sim.node_mut(self.server).tcp_listen(now, SocketAddrV4::new(SERVER_IP, PORT), 64).expect("listen");
+        let l = self.sim.host_mut(self.server).tcp_listen(now, SocketAddrV4::new(SERVER_IP, PORT), 64).expect("listen");
         let (server, client) = (self.server, self.client);
         for attempt in 1..=3 {
             let start = self.sim.now();
-            let c = self.sim.node_mut(client).tcp_connect(start, None, SocketAddrV4::new(SERVER_IP, PORT)).expect("connect");
-            let local = self.sim.node(client).tcp(c).expect("client conn").tuple().local;
+            let c = self.sim.host_mut(client).tcp_connect(start, None, SocketAddrV4::new(SERVER_IP, PORT)).expect("connect");
+            let local = self.sim.host(client).tcp(c).expect("client conn").tuple().local;
             let mut accepted = None;
             let ok = self.sim.run_until(start + Duration::from_secs(60), |sim| {
                 while accepted.is_none() {
-                    let Ok(s) = sim.node_mut(server).tcp_accept(l) else { break };
-                    if sim.node(server).tcp(s).is_some_and(|t| t.tuple().remote == local) {
+                    let Ok(s) = sim.host_mut(server).tcp_accept(l) else { break };
+                    if sim.host(server).tcp(s).is_some_and(|t| t.tuple().remote == local) {
                         accepted = Some(s);
                     } else {
                         // A late handshake of an abandoned attempt.
-                        let _ = sim.node_mut(server).tcp_abort(start, s);
+                        let _ = sim.host_mut(server).tcp_abort(start, s);
                     }
                 }
                 accepted.is_some()
@@ -146,7 +146,7 @@ impl Pair {
             }
             assert!(!self.sim.is_idle(), "handshake stalled with nothing scheduled (attempt {attempt})");
             let now = self.sim.now();
-            let _ = self.sim.node_mut(client).tcp_abort(now, c);
+            let _ = self.sim.host_mut(client).tcp_abort(now, c);
         }
         panic!("handshake did not complete in three attempts of 60 s");
     }
@@ -206,7 +206,7 @@ pub fn run_transfer(seed: u64, sc: &Scenario) -> Outcome {
     let mut pair = Pair::new(seed, &sc.link, &sc.tcp);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let (srv, cli) = pair.connect();
-        let (tx_node, tx_h, rx_node, rx_h) = if sc.download {
+        let (tx_host, tx_h, rx_host, rx_h) = if sc.download {
             (pair.server, srv, pair.client, cli)
         } else {
             (pair.client, cli, pair.server, srv)
@@ -216,14 +216,14 @@ pub fn run_transfer(seed: u64, sc: &Scenario) -> Outcome {
         let deadline = start + sc.deadline;
         let done = pair.sim.run_until(deadline, |sim| {
             let now = sim.now();
-            stream.push(now, sim.node_mut(tx_node), tx_h, true);
-            stream.pull(now, sim.node_mut(rx_node), rx_h);
+            stream.push(now, sim.host_mut(tx_host), tx_h, true);
+            stream.pull(now, sim.host_mut(rx_host), rx_h);
             sim.kick();
             stream.received == sc.bytes
         });
         assert!(done, "{}: transfer of {} bytes incomplete after {:?}: {} received", sc.name, sc.bytes, sc.deadline, stream.received);
         let finished = pair.sim.now();
-        let c = pair.sim.node(tx_node).tcp(tx_h).expect("sender").counters;
+        let c = pair.sim.host(tx_host).tcp(tx_h).expect("sender").counters;
         Outcome {
             seed,
             finished_at: Instant::from_micros((finished - start).total_micros()),

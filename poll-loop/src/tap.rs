@@ -1,4 +1,4 @@
-//! Device middleware between the AF_XDP socket and the stack.
+//! The frame tap: middleware on the frame path between the AF_XDP socket and the stack.
 //!
 //! - Capture: every frame the stack receives and sends, as a pcap file (tcpdump cannot see
 //!   XSK traffic on this kernel: redirected RX and XSK TX bypass it).
@@ -48,7 +48,7 @@ impl FaultConfig {
 
 /// Counters of the middleware.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeviceStats {
+pub struct TapStats {
     pub dropped: u64,
     pub duplicated: u64,
     pub corrupted: u64,
@@ -68,15 +68,15 @@ struct Held {
 }
 
 #[derive(Debug)]
-pub struct Device {
+pub struct FrameTap {
     faults: Option<(FaultConfig, Rng, Held)>,
     capture: Option<PcapWriter<BufWriter<File>>>,
-    pub stats: DeviceStats,
+    pub stats: TapStats,
     scratch: Box<[u8]>,
 }
 
-impl Device {
-    pub fn new(faults: Option<FaultConfig>, capture: Option<&str>) -> io::Result<Device> {
+impl FrameTap {
+    pub fn new(faults: Option<FaultConfig>, capture: Option<&str>) -> io::Result<FrameTap> {
         let capture = match capture {
             Some(path) => Some(PcapWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?), LINKTYPE_ETHERNET)?),
             None => None,
@@ -86,12 +86,12 @@ impl Device {
             let rng = Rng::new(f.seed);
             (f, rng, Held { slots: vec![0u8; n * SLOT].into_boxed_slice(), lens: vec![0; n].into_boxed_slice(), due: vec![None; n].into_boxed_slice() })
         });
-        Ok(Device { faults, capture, stats: DeviceStats::default(), scratch: vec![0u8; SLOT].into_boxed_slice() })
+        Ok(FrameTap { faults, capture, stats: TapStats::default(), scratch: vec![0u8; SLOT].into_boxed_slice() })
     }
 
-    /// A passthrough device.
-    pub fn plain() -> Device {
-        Device { faults: None, capture: None, stats: DeviceStats::default(), scratch: vec![0u8; SLOT].into_boxed_slice() }
+    /// A passthrough tap: no faults, no capture.
+    pub fn plain() -> FrameTap {
+        FrameTap { faults: None, capture: None, stats: TapStats::default(), scratch: vec![0u8; SLOT].into_boxed_slice() }
     }
 
     fn capture(&mut self, now: Instant, frame: &[u8]) {
@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn passthrough() {
-        let mut d = Device::plain();
+        let mut d = FrameTap::plain();
         let mut got = vec![];
         d.on_rx(Instant::ZERO, &frame(1), &mut |f| got.push(f[14]));
         assert_eq!(got, vec![1]);
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn drop_rate_and_determinism() {
         let run = |seed| {
-            let mut d = Device::new(Some(FaultConfig { seed, drop: 0.05, ..FaultConfig::default() }), None).unwrap();
+            let mut d = FrameTap::new(Some(FaultConfig { seed, drop: 0.05, ..FaultConfig::default() }), None).unwrap();
             let mut got = 0;
             for i in 0..10_000u32 {
                 d.on_rx(Instant::from_micros(i as u64), &frame(i as u8), &mut |_| got += 1);
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn reorder_holds_frames_until_due() {
-        let mut d = Device::new(
+        let mut d = FrameTap::new(
             Some(FaultConfig { reorder: 1.0, reorder_delay: Duration::from_micros(100), ..FaultConfig::default() }),
             None,
         )
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn duplicate_and_corrupt() {
-        let mut d = Device::new(Some(FaultConfig { duplicate: 1.0, corrupt: 1.0, ..FaultConfig::default() }), None).unwrap();
+        let mut d = FrameTap::new(Some(FaultConfig { duplicate: 1.0, corrupt: 1.0, ..FaultConfig::default() }), None).unwrap();
         let mut got = vec![];
         d.on_rx(Instant::ZERO, &frame(7), &mut |f| got.push(f.to_vec()));
         assert_eq!(got.len(), 2);
