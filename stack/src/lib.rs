@@ -39,6 +39,7 @@
 //! - The receive window's right edge never moves left (RFC 9293 3.8.6).
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 /// Hash maps with a fixed hasher, so iteration order (and so a simulation run) is a pure
 /// function of the inputs. The keys are small and fixed-size (addresses, ports, 4-tuples) and
