@@ -18,15 +18,18 @@ impl Stack {
         Ok(r)
     }
 
-    /// Listen on `local` (the unspecified address listens on every local address).
+    /// Listen on `local` (the unspecified address listens on every local address; port 0
+    /// picks a free port of the ephemeral range, one no listener of any address uses: read
+    /// it back with [`Stack::tcp_listen_addr`]).
     pub fn tcp_listen(
         &mut self,
         now: Instant,
         local: SocketAddrV4,
         backlog: usize,
     ) -> Result<SocketHandle, ApiError> {
+        let mut local = local;
         if local.port() == 0 {
-            return Err(ApiError::AddrNotAvailable);
+            local.set_port(self.free_listen_port().ok_or(ApiError::NoPorts)?);
         }
         if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
             // Bind activation: the cluster may make it ours (a range DVIPA).
@@ -42,6 +45,27 @@ impl Stack {
         self.listeners.insert(local, h);
         self.cluster_event(ClusterEvent::ListenerOpened(local));
         Ok(h)
+    }
+
+    /// A random port of the ephemeral range on which no listener (of any address) is open.
+    fn free_listen_port(&mut self) -> Option<u16> {
+        let range = crate::cluster::EPHEMERAL_PORTS;
+        let span = (*range.end() - *range.start()) as u64 + 1;
+        for _ in 0..64 {
+            let p = range.start() + self.rng.below(span) as u16;
+            if !self.listeners.keys().any(|a| a.port() == p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// The address a listener listens on (its port chosen, if it was 0).
+    pub fn tcp_listen_addr(&self, h: SocketHandle) -> Option<SocketAddrV4> {
+        match self.socket(h) {
+            Some(Socket::Listener(l)) => Some(l.local),
+            _ => None,
+        }
     }
 
     /// Take an established connection from a listener's accept queue.

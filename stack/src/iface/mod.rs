@@ -213,7 +213,7 @@ pub enum ApiError {
     /// The local address and port are taken (`EADDRINUSE`).
     AddrInUse,
     /// The address is not one of this stack's, and the cluster did not make it one
-    /// (`EADDRNOTAVAIL`); or port 0 where a port is needed.
+    /// (`EADDRNOTAVAIL`).
     AddrNotAvailable,
     /// No home prefix contains the destination and there is no gateway (`ENETUNREACH`).
     NoRoute,

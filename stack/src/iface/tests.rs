@@ -284,6 +284,30 @@ fn listen_errors() {
 }
 
 #[test]
+fn listen_on_port_zero_picks_a_free_ephemeral_port() {
+    let (mut a, mut b) = pair();
+    let range = crate::cluster::EPHEMERAL_PORTS;
+    let mut seen = Vec::new();
+    for i in 0..50 {
+        let ip = if i % 2 == 0 { A_IP } else { Ipv4Addr::UNSPECIFIED };
+        let l = a.tcp_listen(t(0), SocketAddrV4::new(ip, 0), 4).unwrap();
+        let local = a.tcp_listen_addr(l).unwrap();
+        assert_eq!(*local.ip(), ip);
+        assert!(range.contains(&local.port()), "{local}");
+        // No other listener, of either address, holds the port chosen.
+        assert!(!seen.contains(&local.port()), "port {} chosen twice", local.port());
+        seen.push(local.port());
+    }
+    // The chosen port accepts connections like any other.
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 0), 4).unwrap();
+    let local = a.tcp_listen_addr(l).unwrap();
+    let c = b.tcp_connect(t(0), None, local).unwrap();
+    pump(&mut a, &mut b, t(1));
+    assert!(a.tcp_accept(l).is_ok());
+    assert_eq!(b.tcp(c).unwrap().state(), tcp::State::Established);
+}
+
+#[test]
 fn random_frames_never_panic_and_are_accounted() {
     let (mut a, mut b) = pair();
     let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 8).unwrap();

@@ -1,0 +1,388 @@
+//! The poll thread's side of the blocking API: commands in, parked calls indexed by socket.
+
+use std::io;
+use std::net::SocketAddrV4;
+
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+use stack::iface::{ApiError, SocketEvent, SocketHandle, Stack};
+use stack::tcp::{self, State};
+use stack::time::Instant;
+
+use super::{io_error, socket_channels, Accepted, Cmd, Dir, Reply};
+use crate::runner::App;
+
+/// A read or receive parked until its socket has news.
+struct ParkedRead {
+    buf: Vec<u8>,
+}
+
+/// A write parked until its socket's send buffer has room: `buf[off..len]` is still to go.
+struct ParkedWrite {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+/// A datagram parked until the socket's send queue has room.
+struct ParkedSend {
+    buf: Vec<u8>,
+    len: usize,
+    to: SocketAddrV4,
+}
+
+enum Kind {
+    Stream { rd: Sender<Reply>, wr: Sender<Reply>, connecting: bool, read: Option<ParkedRead>, write: Option<ParkedWrite> },
+    Listener { shard: usize, accepted: Sender<Accepted>, queue: Receiver<Accepted>, stalled: bool },
+    Udp { rd: Sender<Reply>, wr: Sender<Reply>, recv: Option<ParkedRead>, send: Option<ParkedSend> },
+}
+
+struct Entry {
+    h: SocketHandle,
+    kind: Kind,
+}
+
+/// The poll thread's side: executes the commands of application threads against the stack.
+///
+/// Its table of sockets is indexed by the stack's socket handle (slot index, checked against
+/// the generation): an event for socket `h` looks at `h`'s entry only, and finishes the call
+/// parked there, if any. Nothing scans all parked calls. Only two lists are walked every
+/// turn, and only while non-empty: listeners whose accept queue (the channel to `accept`)
+/// was full, and UDP sockets with a datagram waiting for room (UDP has no writable event).
+pub struct Bridge {
+    rx: Receiver<Cmd>,
+    table: Vec<Option<Entry>>,
+    stalled: Vec<SocketHandle>,
+    udp_blocked: Vec<SocketHandle>,
+}
+
+impl core::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Bridge").field("sockets", &self.table.iter().flatten().count()).finish()
+    }
+}
+
+/// Send a reply; the application side may have gone (a dropped socket), which is fine. The
+/// channels have room for every reply the protocol sends, so this never blocks.
+fn answer(tx: &Sender<Reply>, r: Reply) {
+    let _ = tx.try_send(r);
+}
+
+/// What a call that must not wait (nonblocking, or cancelled by its timeout) returns: the
+/// bytes it moved, or `WouldBlock` (as std on Linux for both).
+fn partial_or_would_block(off: usize) -> io::Result<usize> {
+    if off > 0 {
+        Ok(off)
+    } else {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Bridge {
+    pub(super) fn new(rx: Receiver<Cmd>) -> Bridge {
+        Bridge { rx, table: Vec::new(), stalled: Vec::new(), udp_blocked: Vec::new() }
+    }
+
+    fn entry(&mut self, h: SocketHandle) -> Option<&mut Entry> {
+        self.table.get_mut(h.index() as usize)?.as_mut().filter(|e| e.h == h)
+    }
+
+    fn insert(&mut self, h: SocketHandle, kind: Kind) {
+        let i = h.index() as usize;
+        if self.table.len() <= i {
+            self.table.resize_with(i + 1, || None);
+        }
+        self.table[i] = Some(Entry { h, kind });
+    }
+
+    fn remove(&mut self, h: SocketHandle) -> Option<Entry> {
+        let slot = self.table.get_mut(h.index() as usize)?;
+        if slot.as_ref().is_some_and(|e| e.h == h) {
+            slot.take()
+        } else {
+            None
+        }
+    }
+
+    fn command(&mut self, now: Instant, stack: &mut Stack, cmd: Cmd) {
+        match cmd {
+            Cmd::Listen { addr, backlog, shard, accepted, queue, reply } => {
+                let r = stack.tcp_listen(now, addr, backlog.max(1)).map_err(|e| io_error(e, false));
+                let r = r.map(|h| {
+                    let local = stack.tcp_listen_addr(h).unwrap_or(addr);
+                    self.insert(h, Kind::Listener { shard, accepted, queue, stalled: false });
+                    (h, local)
+                });
+                let _ = reply.try_send(r);
+            }
+            Cmd::Connect { addr, rd, wr } => match stack.tcp_connect(now, None, addr) {
+                Ok(h) => {
+                    let local = stack.tcp(h).map(|c| c.tuple().local).unwrap_or(addr);
+                    answer(&wr, Reply::Opened { h, local });
+                    self.insert(h, Kind::Stream { rd, wr, connecting: true, read: None, write: None });
+                    self.connecting(now, stack, h);
+                }
+                Err(e) => answer(&wr, Reply::Done(Err(io_error(e, true)))),
+            },
+            Cmd::Read { h, buf, nonblocking } => self.read(now, stack, h, buf, nonblocking),
+            Cmd::Write { h, buf, len, nonblocking } => self.write(now, stack, h, ParkedWrite { buf, off: 0, len }, nonblocking),
+            Cmd::Cancel { h, dir } => self.cancel(h, dir),
+            Cmd::Shutdown { h } => {
+                if let Some(Entry { kind: Kind::Stream { wr, .. }, .. }) = self.entry(h) {
+                    let wr = wr.clone();
+                    answer(&wr, Reply::Done(stack.tcp_shutdown(now, h).map_err(|e| io_error(e, false))));
+                }
+            }
+            Cmd::Nodelay { h, on } => {
+                if let Some(c) = stack.tcp_mut(h) {
+                    c.set_nodelay(on);
+                    stack.touch(now, h);
+                }
+            }
+            Cmd::Close { h } => self.close(now, stack, h),
+            Cmd::UdpBind { addr, rd, wr, reply } => {
+                let r = stack.udp_bind(addr).map_err(|e| io_error(e, false)).map(|h| {
+                    self.insert(h, Kind::Udp { rd, wr, recv: None, send: None });
+                    (h, stack.udp_local_addr(h).unwrap_or(addr))
+                });
+                let _ = reply.try_send(r);
+            }
+            Cmd::UdpSend { h, buf, len, to, nonblocking } => self.udp_send(now, stack, h, ParkedSend { buf, len, to }, nonblocking),
+            Cmd::UdpRecv { h, buf, nonblocking } => self.udp_recv(stack, h, buf, nonblocking),
+        }
+    }
+
+    /// A connect under way: answer once the handshake is over.
+    fn connecting(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        let r = match stack.tcp(h).map(|c| (c.state(), c.error())) {
+            Some((State::SynSent | State::SynReceived, _)) => return,
+            Some((State::Closed, err)) => Err(io_error(ApiError::Tcp(err.unwrap_or(tcp::Error::Reset)), true)),
+            Some(_) => Ok(()),
+            None => Err(io_error(ApiError::Tcp(tcp::Error::Reset), true)),
+        };
+        let failed = r.is_err();
+        if let Some(Entry { kind: Kind::Stream { wr, connecting, .. }, .. }) = self.entry(h) {
+            *connecting = false;
+            answer(wr, Reply::Done(r));
+        }
+        if failed {
+            // The application never sees this stream: nobody will close it but us.
+            self.remove(h);
+            let _ = stack.close(now, h);
+        }
+    }
+
+    fn read(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, mut buf: Vec<u8>, nonblocking: bool) {
+        let Some(Entry { kind: Kind::Stream { rd, read, .. }, .. }) = self.entry(h) else { return };
+        let result = match stack.tcp_recv(now, h, &mut buf) {
+            Ok(n) => Ok(n),
+            Err(ApiError::WouldBlock) if !nonblocking => {
+                *read = Some(ParkedRead { buf });
+                return;
+            }
+            Err(e) => Err(io_error(e, false)),
+        };
+        answer(rd, Reply::Buf { buf, result, from: None });
+    }
+
+    fn write(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, mut w: ParkedWrite, nonblocking: bool) {
+        let Some(Entry { kind: Kind::Stream { wr, write, .. }, .. }) = self.entry(h) else { return };
+        let result = loop {
+            if w.off == w.len {
+                break Ok(w.len);
+            }
+            match stack.tcp_send(now, h, &w.buf[w.off..w.len]) {
+                Ok(k) if k > 0 => w.off += k,
+                Ok(_) | Err(ApiError::WouldBlock) => {
+                    if !nonblocking {
+                        *write = Some(w);
+                        return;
+                    }
+                    break partial_or_would_block(w.off);
+                }
+                // An error after some bytes went: report those, the error comes next call.
+                Err(_) if w.off > 0 => break Ok(w.off),
+                Err(e) => break Err(io_error(e, false)),
+            }
+        };
+        answer(wr, Reply::Buf { buf: w.buf, result, from: None });
+    }
+
+    /// A timed-out call gives up: answer it now with what it has (a write: the bytes already
+    /// queued). Nothing parked: its answer is already on its way.
+    fn cancel(&mut self, h: SocketHandle, dir: Dir) {
+        let Some(e) = self.entry(h) else { return };
+        match (&mut e.kind, dir) {
+            (Kind::Stream { rd, read, .. } | Kind::Udp { rd, recv: read, .. }, Dir::Read) => {
+                if let Some(p) = read.take() {
+                    answer(rd, Reply::Buf { buf: p.buf, result: partial_or_would_block(0), from: None });
+                }
+            }
+            (Kind::Stream { wr, write, .. }, Dir::Write) => {
+                if let Some(p) = write.take() {
+                    answer(wr, Reply::Buf { buf: p.buf, result: partial_or_would_block(p.off), from: None });
+                }
+            }
+            (Kind::Udp { wr, send, .. }, Dir::Write) => {
+                if let Some(p) = send.take() {
+                    answer(wr, Reply::Buf { buf: p.buf, result: partial_or_would_block(0), from: None });
+                }
+            }
+            (Kind::Listener { .. }, _) => {}
+        }
+    }
+
+    fn close(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        let Some(e) = self.remove(h) else { return };
+        match e.kind {
+            Kind::Stream { wr, connecting: true, .. } => {
+                // connect_timeout gave up.
+                answer(&wr, Reply::Done(Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))));
+                let _ = stack.tcp_abort(now, h);
+            }
+            Kind::Listener { accepted, queue, .. } => {
+                drop(accepted);
+                // Connections accepted but not taken: closed like a kernel listener's queue.
+                while let Ok(a) = queue.try_recv() {
+                    self.remove(a.h);
+                    let _ = stack.tcp_abort(now, a.h);
+                    let _ = stack.close(now, a.h);
+                }
+            }
+            _ => {}
+        }
+        let _ = stack.close(now, h);
+    }
+
+    /// Take what the listener `l` has accepted into the queue `accept` reads, while it has
+    /// room; a full queue leaves the rest in the stack's accept queue until there is room.
+    fn accept(&mut self, now: Instant, stack: &mut Stack, l: SocketHandle) {
+        loop {
+            let Some(Entry { kind: Kind::Listener { shard, accepted, stalled, .. }, .. }) = self.entry(l) else { return };
+            if accepted.is_full() {
+                if !*stalled {
+                    *stalled = true;
+                    self.stalled.push(l);
+                }
+                return;
+            }
+            let shard = *shard;
+            let accepted = accepted.clone();
+            let Ok(h) = stack.tcp_accept(l) else { return };
+            let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { continue };
+            let ((rd_tx, wr_tx), (rd, wr)) = socket_channels();
+            let a = Accepted { h, shard, local: tuple.local, peer: tuple.remote, rd, wr };
+            match accepted.try_send(a) {
+                Ok(()) => self.insert(h, Kind::Stream { rd: rd_tx, wr: wr_tx, connecting: false, read: None, write: None }),
+                Err(TrySendError::Full(a) | TrySendError::Disconnected(a)) => {
+                    // Cannot happen while we are the only sender that fills it (checked
+                    // above), but a listener being closed may have gone: refuse.
+                    let _ = stack.tcp_abort(now, a.h);
+                    let _ = stack.close(now, a.h);
+                }
+            }
+        }
+    }
+
+    fn udp_send(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, p: ParkedSend, nonblocking: bool) {
+        let r = stack.udp_send_to(now, h, p.to, &p.buf[..p.len]);
+        let Some(Entry { kind: Kind::Udp { wr, send, .. }, .. }) = self.entry(h) else { return };
+        let result = match r {
+            Err(ApiError::WouldBlock) if !nonblocking => {
+                *send = Some(p);
+                self.udp_blocked.push(h);
+                return;
+            }
+            r => r.map_err(|e| io_error(e, false)),
+        };
+        answer(wr, Reply::Buf { buf: p.buf, result, from: None });
+    }
+
+    fn udp_recv(&mut self, stack: &mut Stack, h: SocketHandle, mut buf: Vec<u8>, nonblocking: bool) {
+        let Some(Entry { kind: Kind::Udp { rd, recv, .. }, .. }) = self.entry(h) else { return };
+        let (result, from) = match stack.udp_recv_from(h, &mut buf) {
+            Ok((n, from)) => (Ok(n), Some(from)),
+            Err(ApiError::WouldBlock) if !nonblocking => {
+                *recv = Some(ParkedRead { buf });
+                return;
+            }
+            Err(e) => (Err(io_error(e, false)), None),
+        };
+        answer(rd, Reply::Buf { buf, result, from });
+    }
+
+    /// Socket `h` has news: finish what is parked on it, and nothing else.
+    fn wake(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        let Some(e) = self.entry(h) else { return };
+        match (&mut e.kind, ev) {
+            (Kind::Listener { .. }, SocketEvent::Acceptable) => self.accept(now, stack, h),
+            (Kind::Udp { recv, .. }, SocketEvent::UdpReadable) => {
+                if let Some(p) = recv.take() {
+                    self.udp_recv(stack, h, p.buf, false);
+                }
+            }
+            (Kind::Stream { connecting, read, write, .. }, SocketEvent::Tcp(_)) => {
+                let connecting = *connecting;
+                let read = read.take();
+                let write = write.take();
+                if connecting {
+                    self.connecting(now, stack, h);
+                }
+                if let Some(p) = read {
+                    self.read(now, stack, h, p.buf, false);
+                }
+                if let Some(w) = write {
+                    self.write(now, stack, h, w, false);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl App for Bridge {
+    fn start(&mut self, _now: Instant, _stack: &mut Stack) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Finish the call parked on `h`, if any: work proportional to the sockets with news.
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        self.wake(now, stack, h, ev);
+    }
+
+    /// Run the commands application threads sent; retry the stalled listeners and the UDP
+    /// sends waiting for room (both lists empty in the common case).
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        let mut did = false;
+        while let Ok(cmd) = self.rx.try_recv() {
+            did = true;
+            self.command(now, stack, cmd);
+        }
+        if !self.stalled.is_empty() {
+            let stalled = std::mem::take(&mut self.stalled);
+            for &l in &stalled {
+                if let Some(Entry { kind: Kind::Listener { stalled, .. }, .. }) = self.entry(l) {
+                    *stalled = false;
+                    self.accept(now, stack, l);
+                }
+            }
+            // Keep the list's allocation for next time.
+            let mut stalled = stalled;
+            stalled.clear();
+            if self.stalled.is_empty() {
+                self.stalled = stalled;
+            }
+        }
+        if !self.udp_blocked.is_empty() {
+            let blocked = std::mem::take(&mut self.udp_blocked);
+            for &h in &blocked {
+                if let Some(Entry { kind: Kind::Udp { send, .. }, .. }) = self.entry(h) {
+                    if let Some(p) = send.take() {
+                        self.udp_send(now, stack, h, p, false);
+                        did = true;
+                    }
+                }
+            }
+        }
+        did
+    }
+}

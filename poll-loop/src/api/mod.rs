@@ -1,0 +1,288 @@
+//! The blocking, std-like API for ordinary application threads.
+//!
+//! [`TcpListener`], [`TcpStream`] (`std::io::Read` + `Write`, also through `&TcpStream`) and
+//! [`UdpSocket`] mirror `std::net`: addresses are `std::net::SocketAddr` (IPv4 only: an IPv6
+//! address is refused with `ErrorKind::Unsupported`), read and write timeouts, nonblocking
+//! mode (`ErrorKind::WouldBlock`), `shutdown`, `try_clone`, `set_nodelay`, listening on port 0.
+//! They are reached through a [`Net`], which spans one or several poll threads (one per queue,
+//! each with its own `Stack` shard and its own [`Bridge`]).
+//!
+//! How a call travels: the application thread sends a small command on its shard's bounded
+//! crossbeam channel (no allocation) and blocks on the socket's own reply channel, a bounded
+//! one created once with the socket (one per direction, so a reader and a writer on clones of
+//! one stream do not wait for each other). Data travels in buffers each socket owns and
+//! reuses: a read lends the poll thread the stream's receive buffer, which comes back filled
+//! (what the caller did not take is kept for the next read); a write lends its send buffer
+//! with the caller's bytes. On the poll thread, [`Bridge`] is a run-to-completion [`App`]
+//! that executes the commands; a call that cannot finish yet (no data, a full send buffer,
+//! a handshake under way) is parked on its socket's entry, in a table indexed by socket
+//! handle, and retried only when that socket has an event. A sleeping poll thread is woken
+//! through an eventfd ([`crate::xsk::Waker`]).
+//!
+//! Errors are `std::io::Error`s with the kinds std gives: `ConnectionRefused`,
+//! `ConnectionReset`, `TimedOut` (connect), `AddrInUse`, `AddrNotAvailable`, `NotConnected`,
+//! `BrokenPipe`, `WouldBlock` (nonblocking mode, and an expired read or write timeout, as std
+//! on Linux), `UnexpectedEof` (`read_exact`). A call made after the poll thread stopped, or
+//! blocked while it stops, fails with `ConnectionAborted`.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam::channel::{self, Receiver, Sender};
+use stack::iface::{ApiError, SocketHandle};
+use stack::tcp;
+
+use crate::xsk::Waker;
+
+mod bridge;
+pub mod loopback;
+mod tcp_socket;
+mod udp_socket;
+
+pub use bridge::Bridge;
+pub use tcp_socket::{Incoming, TcpListener, TcpStream};
+pub use udp_socket::UdpSocket;
+
+/// Bytes a socket's reusable buffers hold: the most one read or one write moves per round
+/// trip to the poll thread.
+pub const BUFFER: usize = 64 * 1024;
+
+/// Commands a shard's bounded channel holds before senders wait.
+const COMMANDS: usize = 4096;
+
+/// Map the stack's errors to `std::io`.
+pub fn io_error(e: ApiError, connecting: bool) -> io::Error {
+    use io::ErrorKind as K;
+    let kind = match e {
+        ApiError::AddrInUse => K::AddrInUse,
+        ApiError::AddrNotAvailable | ApiError::NoPorts => K::AddrNotAvailable,
+        ApiError::NoRoute => K::HostUnreachable,
+        ApiError::Tcp(tcp::Error::Reset) if connecting => K::ConnectionRefused,
+        ApiError::Tcp(tcp::Error::Reset) => K::ConnectionReset,
+        ApiError::Tcp(tcp::Error::TimedOut) => K::TimedOut,
+        ApiError::Tcp(tcp::Error::NotConnected) => K::NotConnected,
+        ApiError::Tcp(tcp::Error::Shutdown) => K::BrokenPipe,
+        ApiError::Tcp(tcp::Error::WouldBlock) | ApiError::WouldBlock => K::WouldBlock,
+        ApiError::MessageTooLarge => K::InvalidInput,
+        ApiError::NoBuffers => K::OutOfMemory,
+        ApiError::InvalidHandle | ApiError::WrongSocketType => K::InvalidInput,
+    };
+    io::Error::new(kind, e)
+}
+
+/// The poll thread of the shard has stopped (or stops while the call waits).
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the plex poll thread has stopped")
+}
+
+/// The first IPv4 address of `addr`; IPv6 is refused (`Unsupported`): plex is IPv4 only.
+fn v4(addr: impl ToSocketAddrs) -> io::Result<SocketAddrV4> {
+    let mut v6 = false;
+    for a in addr.to_socket_addrs()? {
+        match a {
+            SocketAddr::V4(a) => return Ok(a),
+            SocketAddr::V6(_) => v6 = true,
+        }
+    }
+    Err(if v6 {
+        io::Error::new(io::ErrorKind::Unsupported, "plex speaks IPv4 only")
+    } else {
+        io::Error::new(io::ErrorKind::InvalidInput, "no address to use")
+    })
+}
+
+/// Which of a socket's two reply channels a call answers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read,
+    Write,
+}
+
+/// What an application thread asks of a poll thread. Nothing in it is allocated per call:
+/// buffers are the socket's own, lent and given back; channels are created with the socket.
+pub(crate) enum Cmd {
+    Listen { addr: SocketAddrV4, backlog: usize, shard: usize, accepted: Sender<Accepted>, queue: Receiver<Accepted>, reply: Sender<io::Result<(SocketHandle, SocketAddrV4)>> },
+    /// Replies `Opened` at once (or `Done(Err)`), then `Done` when the handshake ends.
+    Connect { addr: SocketAddrV4, rd: Sender<Reply>, wr: Sender<Reply> },
+    Read { h: SocketHandle, buf: Vec<u8>, nonblocking: bool },
+    Write { h: SocketHandle, buf: Vec<u8>, len: usize, nonblocking: bool },
+    /// A timed-out call gives up: its parked request is answered now (or was already).
+    Cancel { h: SocketHandle, dir: Dir },
+    Shutdown { h: SocketHandle },
+    Nodelay { h: SocketHandle, on: bool },
+    Close { h: SocketHandle },
+    UdpBind { addr: SocketAddrV4, rd: Sender<Reply>, wr: Sender<Reply>, reply: Sender<io::Result<(SocketHandle, SocketAddrV4)>> },
+    UdpSend { h: SocketHandle, buf: Vec<u8>, len: usize, to: SocketAddrV4, nonblocking: bool },
+    UdpRecv { h: SocketHandle, buf: Vec<u8>, nonblocking: bool },
+}
+
+/// A poll thread's answer on a socket's reply channel.
+pub(crate) enum Reply {
+    /// A lent buffer comes back with the call's result (bytes read, written or sent) and,
+    /// for a datagram, its sender.
+    Buf { buf: Vec<u8>, result: io::Result<usize>, from: Option<SocketAddrV4> },
+    /// A connect's first answer: the connection exists (SYN-SENT), with this local address.
+    Opened { h: SocketHandle, local: SocketAddrV4 },
+    /// A call without a buffer is over (connect's second answer, shutdown).
+    Done(io::Result<()>),
+}
+
+/// A connection a shard accepted, waiting in its listener's queue for `accept`.
+pub(crate) struct Accepted {
+    pub(crate) h: SocketHandle,
+    pub(crate) shard: usize,
+    pub(crate) local: SocketAddrV4,
+    pub(crate) peer: SocketAddrV4,
+    pub(crate) rd: Receiver<Reply>,
+    pub(crate) wr: Receiver<Reply>,
+}
+
+/// A socket's reply senders (read, write), held by the poll thread.
+pub(crate) type ReplySenders = (Sender<Reply>, Sender<Reply>);
+/// A socket's reply receivers (read, write), held by the application side.
+pub(crate) type ReplyReceivers = (Receiver<Reply>, Receiver<Reply>);
+
+/// The channels of one socket: the poll thread's senders, the application's receivers.
+/// Read replies: one at a time; write replies: a connect sends two.
+pub(crate) fn socket_channels() -> (ReplySenders, ReplyReceivers) {
+    let (rd_tx, rd_rx) = channel::bounded(1);
+    let (wr_tx, wr_rx) = channel::bounded(2);
+    ((rd_tx, wr_tx), (rd_rx, wr_rx))
+}
+
+/// One poll thread as the application threads see it.
+struct Shard {
+    tx: Sender<Cmd>,
+    waker: Option<Arc<Waker>>,
+}
+
+struct NetInner {
+    shards: Vec<Shard>,
+    /// Round robin of `connect` over the shards.
+    next: AtomicUsize,
+}
+
+/// The application threads' side of one or several poll threads: cheap to clone,
+/// `Send + Sync`. Made by [`bridge`] (one poll thread) or [`bridges`] (one per queue).
+#[derive(Clone)]
+pub struct Net {
+    inner: Arc<NetInner>,
+}
+
+impl core::fmt::Debug for Net {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Net").field("shards", &self.inner.shards.len()).finish()
+    }
+}
+
+/// Create the two ends for one poll thread: `Net` for application threads, `Bridge` to run
+/// on the poll thread (woken through `waker` when it sleeps).
+pub fn bridge(waker: Option<Arc<Waker>>) -> (Net, Bridge) {
+    let (net, mut b) = bridges(vec![waker]);
+    (net, b.remove(0))
+}
+
+/// Create a `Net` spanning several poll threads, one per waker given (`None`: a poll thread
+/// that never sleeps), and their bridges, in the same order: bridge `k` runs on the poll
+/// thread of queue `k`. Listeners exist on every shard and `accept` takes from any of them;
+/// an accepted connection is served by the shard that accepted it; `connect` picks shards in
+/// turn.
+pub fn bridges(wakers: Vec<Option<Arc<Waker>>>) -> (Net, Vec<Bridge>) {
+    assert!(!wakers.is_empty(), "a Net needs at least one poll thread");
+    let mut shards = Vec::new();
+    let mut bridges = Vec::new();
+    for waker in wakers {
+        let (tx, rx) = channel::bounded(COMMANDS);
+        shards.push(Shard { tx, waker });
+        bridges.push(Bridge::new(rx));
+    }
+    (Net { inner: Arc::new(NetInner { shards, next: AtomicUsize::new(0) }) }, bridges)
+}
+
+impl Net {
+    /// How many poll threads (queues) this `Net` spans.
+    pub fn shards(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// Send a command to shard `k` and wake its poll thread.
+    pub(crate) fn send(&self, k: usize, cmd: Cmd) -> io::Result<()> {
+        let s = &self.inner.shards[k];
+        s.tx.send(cmd).map_err(|_| gone())?;
+        if let Some(w) = &s.waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// The shard the next `connect` goes to.
+    pub(crate) fn next_shard(&self) -> usize {
+        self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len()
+    }
+
+    /// Listen on `addr`, like `std::net::TcpListener::bind` (port 0: a free port is chosen,
+    /// the same on every shard). `backlog` bounds the connections each shard has accepted
+    /// that wait for `accept`.
+    pub fn tcp_listen(&self, addr: impl ToSocketAddrs, backlog: usize) -> io::Result<TcpListener> {
+        TcpListener::bind_with(self, v4(addr)?, backlog)
+    }
+
+    /// Connect to `addr`, like `std::net::TcpStream::connect`.
+    pub fn tcp_connect(&self, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        TcpStream::connect(self, addr)
+    }
+
+    /// A UDP socket on `addr`, like `std::net::UdpSocket::bind` (port 0: an ephemeral port).
+    pub fn udp_bind(&self, addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
+        UdpSocket::bind(self, addr)
+    }
+}
+
+/// A socket's timeout, as std takes it: `Some(0)` is refused.
+fn check_timeout(t: Option<std::time::Duration>) -> io::Result<()> {
+    if t == Some(std::time::Duration::ZERO) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"));
+    }
+    Ok(())
+}
+
+/// Wait for the reply to a call on `replies`, at most `timeout`; past it the call is
+/// cancelled (`Cmd::Cancel`) and its reply, which then comes at once, is returned with
+/// `true` (timed out).
+fn wait_reply(net: &Net, shard: usize, h: SocketHandle, dir: Dir, replies: &Receiver<Reply>, timeout: Option<std::time::Duration>) -> io::Result<(Reply, bool)> {
+    match timeout {
+        None => replies.recv().map(|r| (r, false)).map_err(|_| gone()),
+        Some(t) => match replies.recv_timeout(t) {
+            Ok(r) => Ok((r, false)),
+            Err(channel::RecvTimeoutError::Disconnected) => Err(gone()),
+            Err(channel::RecvTimeoutError::Timeout) => {
+                net.send(shard, Cmd::Cancel { h, dir })?;
+                replies.recv().map(|r| (r, true)).map_err(|_| gone())
+            }
+        },
+    }
+}
+
+/// Timeouts kept as nanoseconds in an atomic (0: none), as std keeps them per socket.
+#[derive(Debug, Default)]
+pub(crate) struct Timeout(std::sync::atomic::AtomicU64);
+
+impl Timeout {
+    pub(crate) fn set(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        check_timeout(t)?;
+        let ns = t.map(|d| d.as_nanos().clamp(1, u64::MAX as u128) as u64).unwrap_or(0);
+        self.0.store(ns, Ordering::Relaxed);
+        Ok(())
+    }
+    pub(crate) fn get(&self) -> Option<std::time::Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
