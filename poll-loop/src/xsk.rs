@@ -354,7 +354,7 @@ impl Xsk {
         // The memlock limit cannot be raised without CAP_SYS_RESOURCE; CAP_IPC_LOCK suffices
         // too, so a failure to raise it is only reported if the UMEM is then refused.
         raise_memlock();
-        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| umem_error(bytes, &e))?;
+        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| umem_error(cfg, bytes, &e))?;
         let sock_cfg = SocketConfig::builder()
             .rx_queue_size(size(cfg.ring_size)?)
             .tx_queue_size(size(cfg.ring_size)?)
@@ -569,8 +569,12 @@ fn memlock_limit() -> Option<u64> {
 }
 
 /// A UMEM failure with its errno, and what to do about it.
-fn umem_error(bytes: u64, e: &xsk_rs::umem::UmemCreateError) -> StartError {
+fn umem_error(cfg: &XskConfig, bytes: u64, e: &xsk_rs::umem::UmemCreateError) -> StartError {
     let Some(io) = os_error(e) else { return StartError::Umem { bytes, err: e.to_string() } };
+    // The UMEM is registered on a new AF_XDP socket: socket(2) wants CAP_NET_RAW.
+    if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) && !crate::error::has_cap("CAP_NET_RAW") {
+        return StartError::not_permitted(format!("creating an AF_XDP socket on {} queue {}", cfg.ifname, cfg.queue), "CAP_NET_RAW");
+    }
     let mut err = format!("{e}: {}", crate::error::errno_text(io));
     let memlock = matches!(io.raw_os_error(), Some(libc::ENOBUFS | libc::EPERM | libc::EAGAIN));
     if memlock && !crate::error::has_cap("CAP_IPC_LOCK") {
