@@ -5,7 +5,8 @@
 use std::fmt;
 use std::io;
 
-#[derive(Debug)]
+/// `Debug` prints the message too: it is what `fn main() -> Result<(), StartError>` (or a
+/// boxed error) shows the user.
 pub enum StartError {
     /// The interface does not exist (in this network namespace).
     NoSuchInterface(String),
@@ -67,6 +68,12 @@ impl fmt::Display for StartError {
             }
             StartError::App(s) | StartError::Other(s) => f.write_str(s),
         }
+    }
+}
+
+impl fmt::Debug for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -167,6 +174,7 @@ mod tests {
         assert_eq!(e.to_string(), "eth1 already has an XDP program attached (program id 7, generic mode): held by pid 42 (plex); another plex instance? Stop it first");
         let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 3 };
         assert_eq!(e.to_string(), "queue 3 of eth1 is in use by another AF_XDP socket (another plex instance?)");
+        assert_eq!(format!("{e:?}"), e.to_string(), "what main's `?` prints");
     }
 
     #[test]
