@@ -35,7 +35,7 @@ pub struct RunArgs {
     /// busy (a core per thread) or adaptive (spin, then sleep on the socket).
     #[arg(long, default_value = "adaptive")]
     pub poll: poll_loop::runner::PollMode,
-    /// XDP attach mode: generic or native.
+    /// XDP attach mode: generic, native or auto (the kernel picks).
     #[arg(long, default_value = "generic")]
     pub xdp_mode: poll_loop::xdp::AttachMode,
     /// Write every frame this stack sends and receives to a pcap file.

@@ -178,7 +178,8 @@ pub struct DataPath {
     /// busy (a core per thread) or adaptive (spin, then sleep on the socket).
     #[arg(long, default_value = "adaptive")]
     pub poll: poll_loop::runner::PollMode,
-    /// XDP attach mode: generic (default, faster on veth) or native.
+    /// XDP attach mode: generic (default, faster on veth), native, or auto (the kernel picks:
+    /// native where the driver has it).
     #[arg(long, default_value = "generic")]
     pub xdp_mode: poll_loop::xdp::AttachMode,
     /// UMEM frames per queue (4 KiB each).

@@ -1,20 +1,31 @@
-//! Start-up errors of the data path, each naming what was wrong and what to do.
+//! Start-up errors of the data path, each naming what was wrong and what to do: the errno of
+//! every failed system call, the capability a refused step needs and whether this process has
+//! it, the process that holds an interface's XDP hook.
 
 use std::fmt;
 use std::io;
 
-#[derive(Debug)]
+/// `Debug` prints the message too: it is what `fn main() -> Result<(), StartError>` (or a
+/// boxed error) shows the user.
 pub enum StartError {
     /// The interface does not exist (in this network namespace).
     NoSuchInterface(String),
-    /// Loading BPF or creating an AF_XDP socket needs root (CAP_NET_ADMIN, CAP_BPF).
-    NotPermitted(String),
+    /// A privileged step was refused: `what` needs the capabilities `needs`; `missing` are
+    /// those of them this process lacks (read from `/proc/self/status`).
+    NotPermitted { what: String, needs: &'static str, missing: Vec<&'static str> },
     /// The XDP program could not be attached.
     XdpAttach { ifname: String, mode: &'static str, err: String },
-    /// The UMEM could not be allocated or locked.
+    /// The interface already has an XDP program: `holder` is the process holding it through a
+    /// BPF link (pid, command), when one was found in this network namespace.
+    XdpBusy { ifname: String, prog: Option<(u32, &'static str)>, holder: Option<(u32, String)> },
+    /// The UMEM could not be allocated or registered.
     Umem { bytes: u64, err: String },
     /// The queue does not exist on the interface.
     NoSuchQueue { ifname: String, queue: u32 },
+    /// Another AF_XDP socket is bound to the queue (EBUSY on bind).
+    QueueBusy { ifname: String, queue: u32 },
+    /// An application's `App::start` failed (e.g. a port already taken).
+    App(String),
     /// Any other failure, with context.
     Other(String),
 }
@@ -23,31 +34,154 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::NoSuchInterface(i) => write!(f, "no such interface: {i:?} (check `ip link` in this network namespace)"),
-            StartError::NotPermitted(what) => write!(f, "permission denied: {what} needs root (CAP_NET_ADMIN and CAP_BPF)"),
+            StartError::NotPermitted { what, needs, missing } => {
+                write!(f, "permission denied: {what} needs {needs}")?;
+                if missing.is_empty() {
+                    write!(f, "; this process has them, so something else refused it (a user namespace, seccomp or an LSM)")
+                } else {
+                    write!(f, "; this process (uid {}) lacks {} (run as root)", rustix::process::geteuid().as_raw(), missing.join(", "))
+                }
+            }
             StartError::XdpAttach { ifname, mode, err } => {
                 write!(f, "cannot attach the XDP program to {ifname} in {mode} mode: {err}")
             }
-            StartError::Umem { bytes, err } => write!(
-                f,
-                "cannot allocate a UMEM of {} MiB: {err} (try fewer --frames; root's CAP_IPC_LOCK is needed beyond the memlock limit)",
-                bytes >> 20
-            ),
+            StartError::XdpBusy { ifname, prog, holder } => {
+                write!(f, "{ifname} already has an XDP program attached")?;
+                if let Some((id, mode)) = prog {
+                    write!(f, " (program id {id}, {mode} mode)")?;
+                }
+                match holder {
+                    Some((pid, comm)) => write!(f, ": held by pid {pid} ({comm}); another plex instance? Stop it first"),
+                    None => write!(
+                        f,
+                        ": no process holds it through a BPF link, so it was attached the old way (ip link, or a plex older than this one \
+                         killed with -9); remove it with `ip link set dev {ifname} xdp off` (or `xdpgeneric off`)"
+                    ),
+                }
+            }
+            StartError::Umem { bytes, err } => write!(f, "cannot allocate a UMEM of {} MiB: {err}", bytes >> 20),
             StartError::NoSuchQueue { ifname, queue } => {
                 write!(f, "interface {ifname} has no queue {queue} (see `ethtool -l {ifname}`)")
             }
-            StartError::Other(s) => f.write_str(s),
+            StartError::QueueBusy { ifname, queue } => {
+                write!(f, "queue {queue} of {ifname} is in use by another AF_XDP socket (another plex instance?)")
+            }
+            StartError::App(s) | StartError::Other(s) => f.write_str(s),
         }
+    }
+}
+
+impl fmt::Debug for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl std::error::Error for StartError {}
 
 impl StartError {
-    /// Classify an OS error from a privileged operation.
-    pub fn from_io(what: &str, e: &io::Error) -> StartError {
+    /// A refused privileged step: `needs` names the capabilities (e.g. `"CAP_NET_RAW"`), and
+    /// the ones this process lacks are looked up now.
+    pub fn not_permitted(what: impl Into<String>, needs: &'static str) -> StartError {
+        StartError::NotPermitted { what: what.into(), needs, missing: missing_caps(needs) }
+    }
+
+    /// Classify an OS error from a privileged operation that needs `needs`.
+    pub fn from_io(what: &str, needs: &'static str, e: &io::Error) -> StartError {
         match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => StartError::NotPermitted(what.to_string()),
-            _ => StartError::Other(format!("{what}: {e}")),
+            Some(libc::EPERM) | Some(libc::EACCES) => StartError::not_permitted(what, needs),
+            _ => StartError::Other(format!("{what}: {}", errno_text(e))),
         }
+    }
+}
+
+/// Capabilities by name, as numbered in linux/capability.h.
+const CAPS: &[(&str, u32)] = &[
+    ("CAP_NET_ADMIN", 12),
+    ("CAP_NET_RAW", 13),
+    ("CAP_IPC_LOCK", 14),
+    ("CAP_SYS_ADMIN", 21),
+    ("CAP_SYS_RESOURCE", 24),
+    ("CAP_BPF", 39),
+];
+
+/// This process's effective capability set (`CapEff` of `/proc/self/status`), if readable.
+pub fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Whether this process has the capability `name` (false when unknown or unreadable).
+pub fn has_cap(name: &str) -> bool {
+    let Some(eff) = effective_caps() else { return false };
+    CAPS.iter().find(|(n, _)| *n == name).is_some_and(|(_, bit)| eff & (1 << bit) != 0)
+}
+
+/// The capabilities named in `needs` ("CAP_BPF and CAP_NET_ADMIN") that this process lacks.
+/// CAP_SYS_ADMIN stands in for CAP_BPF, as in the kernel.
+fn missing_caps(needs: &'static str) -> Vec<&'static str> {
+    CAPS.iter()
+        .map(|(n, _)| *n)
+        .filter(|n| needs.contains(n))
+        .filter(|n| !(has_cap(n) || (*n == "CAP_BPF" && has_cap("CAP_SYS_ADMIN"))))
+        .collect()
+}
+
+/// The symbolic name of an errno, for the ones plex's start-up meets.
+pub fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EINVAL => "EINVAL",
+        libc::ENOSPC => "ENOSPC",
+        libc::E2BIG => "E2BIG",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENXIO => "ENXIO",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        _ => "errno",
+    }
+}
+
+/// `EBUSY: Device or resource busy (os error 16)`, or the error's own text without an errno.
+pub fn errno_text(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => format!("{}: {e}", errno_name(n)),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_errno_and_the_capability() {
+        assert_eq!(errno_text(&io::Error::from_raw_os_error(libc::EBUSY)), "EBUSY: Device or resource busy (os error 16)");
+        let e = StartError::NotPermitted { what: "creating an AF_XDP socket".into(), needs: "CAP_NET_RAW", missing: vec!["CAP_NET_RAW"] };
+        let s = e.to_string();
+        assert!(s.starts_with("permission denied: creating an AF_XDP socket needs CAP_NET_RAW; this process (uid "), "{s}");
+        assert!(s.ends_with("lacks CAP_NET_RAW (run as root)"), "{s}");
+        let e = StartError::XdpBusy { ifname: "eth1".into(), prog: Some((7, "generic")), holder: Some((42, "plex".into())) };
+        assert_eq!(e.to_string(), "eth1 already has an XDP program attached (program id 7, generic mode): held by pid 42 (plex); another plex instance? Stop it first");
+        let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 3 };
+        assert_eq!(e.to_string(), "queue 3 of eth1 is in use by another AF_XDP socket (another plex instance?)");
+        assert_eq!(format!("{e:?}"), e.to_string(), "what main's `?` prints");
+    }
+
+    #[test]
+    fn missing_caps_only_names_the_needed_ones() {
+        for n in missing_caps("CAP_NET_RAW") {
+            assert_eq!(n, "CAP_NET_RAW");
+        }
+        assert!(missing_caps("nothing").is_empty());
     }
 }

@@ -15,6 +15,8 @@
 //!   steering map.
 //! - [`runner`]: the pinned poll thread, busy-poll or adaptive, driving a `Stack` and a
 //!   run-to-completion application.
+//! - [`plex`]: [`Plex`], the builder that puts all of the above together in the right order
+//!   (`Plex::on("eth1").addr(ip, 24).serve(|queue| MyApp::new())`): what an application uses.
 //!
 //! Invariant: a poll thread never blocks on anything but its own socket's fd (adaptive mode's
 //! sleep), and does no allocation per packet.
@@ -26,6 +28,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod error;
+pub mod plex;
 pub mod runner;
 pub mod tap;
 pub mod xdp;
@@ -35,3 +38,4 @@ pub mod xdp;
 pub mod xsk;
 
 pub use error::StartError;
+pub use plex::{Plex, Report, Running, Stopper};

@@ -351,10 +351,10 @@ impl Xsk {
             .map_err(|e| StartError::Other(format!("UMEM config: {e}")))?;
         let frames = NonZeroU32::new(cfg.frames).ok_or_else(|| StartError::Other("--frames must be above 0".into()))?;
         let bytes = cfg.frames as u64 * cfg.frame_size as u64;
-        // The memlock limit cannot be raised here (no CAP_SYS_RESOURCE); root's CAP_IPC_LOCK
-        // suffices, so a failure to raise it is ignored.
+        // The memlock limit cannot be raised without CAP_SYS_RESOURCE; CAP_IPC_LOCK suffices
+        // too, so a failure to raise it is only reported if the UMEM is then refused.
         raise_memlock();
-        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| StartError::Umem { bytes, err: e.to_string() })?;
+        let (umem, descs) = Umem::new(umem_cfg, frames, false).map_err(|e| umem_error(cfg, bytes, &e))?;
         let sock_cfg = SocketConfig::builder()
             .rx_queue_size(size(cfg.ring_size)?)
             .tx_queue_size(size(cfg.ring_size)?)
@@ -364,18 +364,8 @@ impl Xsk {
         let iface: Interface = cfg.ifname.parse().map_err(|_| StartError::NoSuchInterface(cfg.ifname.clone()))?;
         // SAFETY: the UMEM is not shared with another socket (it was created just above for
         // this socket only), so the shared-UMEM precondition of `Socket::new` does not apply.
-        let (tx, rx, rings) = unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &iface, cfg.queue) }.map_err(|e| {
-            let msg = e.to_string();
-            let os = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<io::Error>())
-                .and_then(|io| io.raw_os_error());
-            match os {
-                Some(libc::EPERM) | Some(libc::EACCES) => StartError::NotPermitted("creating an AF_XDP socket".into()),
-                Some(libc::ENODEV) => StartError::NoSuchInterface(cfg.ifname.clone()),
-                Some(libc::EINVAL) => StartError::NoSuchQueue { ifname: cfg.ifname.clone(), queue: cfg.queue },
-                _ => StartError::Other(format!("creating the AF_XDP socket on {} queue {}: {msg}", cfg.ifname, cfg.queue)),
-            }
-        })?;
+        let (tx, rx, rings) =
+            unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &iface, cfg.queue) }.map_err(|e| socket_error(cfg, &e))?;
         let (fq, cq) = rings.ok_or_else(|| StartError::Other("xsk-rs returned no fill/completion rings".into()))?;
         let fd = rx.fd().as_raw_fd();
         let tx_budget = set_tx_budget(fd, cfg.tx_budget.clamp(KERNEL_TX_BATCH, cfg.ring_size));
@@ -564,6 +554,83 @@ fn raise_memlock() {
     let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads a valid, initialised rlimit struct; failure is harmless.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// The errno an xsk-rs error carries (its source), if any.
+fn os_error(e: &dyn std::error::Error) -> Option<&io::Error> {
+    e.source().and_then(|s| s.downcast_ref::<io::Error>())
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes, from `/proc/self/limits` (None: unlimited or unreadable).
+fn memlock_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max locked memory"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// A UMEM failure with its errno, and what to do about it.
+fn umem_error(cfg: &XskConfig, bytes: u64, e: &xsk_rs::umem::UmemCreateError) -> StartError {
+    let Some(io) = os_error(e) else { return StartError::Umem { bytes, err: e.to_string() } };
+    // The UMEM is registered on a new AF_XDP socket: socket(2) wants CAP_NET_RAW.
+    if matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES)) && !crate::error::has_cap("CAP_NET_RAW") {
+        return StartError::not_permitted(format!("creating an AF_XDP socket on {} queue {}", cfg.ifname, cfg.queue), "CAP_NET_RAW");
+    }
+    let mut err = format!("{e}: {}", crate::error::errno_text(io));
+    let memlock = matches!(io.raw_os_error(), Some(libc::ENOBUFS | libc::EPERM | libc::EAGAIN));
+    if memlock && !crate::error::has_cap("CAP_IPC_LOCK") {
+        let limit = memlock_limit().map(|l| format!("{} KiB", l >> 10)).unwrap_or_else(|| "unknown".into());
+        err += &format!(
+            " (the UMEM is locked memory: this process lacks CAP_IPC_LOCK and its RLIMIT_MEMLOCK is {limit}; run as root, raise the limit, or use fewer frames)"
+        );
+    } else if io.raw_os_error() == Some(libc::ENOMEM) {
+        err += " (try fewer UMEM frames)";
+    }
+    StartError::Umem { bytes, err }
+}
+
+/// An AF_XDP socket failure: the queue taken, the capability missing, the queue or interface
+/// absent, or the errno.
+fn socket_error(cfg: &XskConfig, e: &xsk_rs::socket::SocketCreateError) -> StartError {
+    let (ifname, queue) = (cfg.ifname.clone(), cfg.queue);
+    let io = os_error(e);
+    match io.and_then(|io| io.raw_os_error()) {
+        Some(libc::EBUSY) => StartError::QueueBusy { ifname, queue },
+        Some(libc::EPERM) | Some(libc::EACCES) => StartError::not_permitted(format!("creating an AF_XDP socket on {ifname} queue {queue}"), "CAP_NET_RAW"),
+        Some(libc::ENODEV) => StartError::NoSuchInterface(ifname),
+        Some(libc::EINVAL) if rx_queues(&ifname).is_some_and(|n| queue >= n) => StartError::NoSuchQueue { ifname, queue },
+        _ => StartError::Other(format!(
+            "creating the AF_XDP socket on {ifname} queue {queue}: {e}: {}",
+            io.map(crate::error::errno_text).unwrap_or_else(|| "no errno".into())
+        )),
+    }
+}
+
+/// How many receive queues the interface has (`/sys/class/net/IF/queues/rx-*`).
+fn rx_queues(ifname: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
+    Some(dir.filter_map(Result::ok).filter(|d| d.file_name().to_string_lossy().starts_with("rx-")).count() as u32)
+}
+
+/// Attach the XDP program `prog` to the interface `ifindex` through a BPF link, in the mode
+/// `flags` says (`XDP_FLAGS_SKB_MODE`, `XDP_FLAGS_DRV_MODE`, or 0: the kernel picks, native
+/// where the driver has it). The program stays attached exactly as long as the returned fd
+/// is open: however the process ends, even killed with -9, the kernel closes it and the
+/// program goes. The kernel refuses (EBUSY, or EEXIST for the other mode) when the interface
+/// already has a program, so a link never replaces another one's program.
+pub(crate) fn xdp_link(prog: std::os::fd::BorrowedFd<'_>, ifindex: i32, flags: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: `prog` is an open program fd for the duration of the call, and `opts` is a valid,
+    // initialised options struct whose `sz` is its own size; libbpf only reads it.
+    let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex, libbpf_sys::BPF_XDP, &opts) };
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: `fd` is a fresh descriptor the kernel just created for us; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

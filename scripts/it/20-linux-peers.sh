@@ -56,6 +56,27 @@ got=$(ip netns exec plx-client timeout 30 socat -t 5 -T 10 - TCP:$S:7 <"$LOGDIR/
 check "echo through the blocking API: 8 MiB comes back byte for byte" test "$got" = "$(sha256sum "$LOGDIR/8m.bin" | cut -d' ' -f1)"
 stop_plex
 
+# --- one XDP program per interface, attached through a link that dies with its process -------
+xdp_attached() { ip netns exec plx-s1 ip -d link show dev plx-s1 | grep -qE 'xdp|prog/xdp'; }
+no_xdp() { ! xdp_attached; }
+echoes() { [ "$(echo "$1" | ip netns exec plx-client timeout 5 socat -t 1 - TCP:$S:7)" = "$1" ]; }
+start_plex plx-s1 "$LOGDIR/first.log" echo --iface plx-s1 --addr $S/24 || exit 1
+first=$(pgrep -P "${PIDS[-1]}" -x plex)
+out=$(ip netns exec plx-s1 timeout 10 "$PLEX" echo --iface plx-s1 --addr $S/24 2>&1); rc=$?
+echo "     second instance: $out"
+check "a second plex on plx-s1: exit 1, 'plx-s1 already has an XDP program attached', held by the first (pid $first)" \
+  sh -c "[ $rc = 1 ] && echo \"\$0\" | grep -q 'plx-s1 already has an XDP program attached (program id [0-9]*, generic mode): held by pid $first (plex)'" "$out"
+check "the first plex still has its program after the second one failed" xdp_attached
+check "the first plex still serves after the second one failed" echoes first
+kill -9 "$first"
+for _ in $(seq 1 50); do kill -0 "$first" 2>/dev/null || break; sleep 0.1; done
+unset 'PIDS[-1]'
+check "after kill -9 of plex, plx-s1 has no XDP program left" no_xdp
+start_plex plx-s1 "$LOGDIR/after-kill.log" echo --iface plx-s1 --addr $S/24 || exit 1
+check "a new plex starts after the kill -9 and serves" echoes again
+stop_plex
+check "after a clean stop, plx-s1 has no XDP program left" no_xdp
+
 # --- fragments both ways, and malformed frames plex must drop itself ----------------------
 # The bridge must not filter (scripts/testbed.sh turns br_netfilter's bridge-nf-call-* off in
 # plx-br): frames with bad checksums or lengths then reach plex, and each must raise plex's
@@ -168,7 +189,15 @@ check "XDP cannot attach (native on lo): exit 1, names the mode" sh -c "[ $rc = 
 out=$(ip netns exec plx-s1 "$PLEX" http --iface plx-s1 --addr $S/24 --frames 100000000 2>&1); rc=$?
 check "UMEM too large: exit 1, says so" sh -c "[ $rc = 1 ] && echo \"\$0\" | grep -q 'cannot allocate a UMEM'" "$out"
 out=$(ip netns exec plx-s1 setpriv --reuid=65534 --regid=65534 --clear-groups "$PLEX" http --iface plx-s1 --addr $S/24 2>&1); rc=$?
-check "not root: exit 1, permission denied" sh -c "[ $rc = 1 ] && echo \"\$0\" | grep -qi 'permission denied'" "$out"
+check "not root: exit 1, permission denied, names the capabilities missing" \
+  sh -c "[ $rc = 1 ] && echo \"\$0\" | grep -q 'permission denied: loading the XDP program needs CAP_BPF and CAP_NET_ADMIN; this process (uid 65534) lacks CAP_NET_ADMIN, CAP_BPF'" "$out"
+out=$(ip netns exec plx-s1 setpriv --bounding-set=-net_raw "$PLEX" http --iface plx-s1 --addr $S/24 2>&1); rc=$?
+check "no CAP_NET_RAW: exit 1, the AF_XDP socket needs CAP_NET_RAW" \
+  sh -c "[ $rc = 1 ] && echo \"\$0\" | grep -q 'creating an AF_XDP socket on plx-s1 queue 0 needs CAP_NET_RAW; this process (uid 0) lacks CAP_NET_RAW'" "$out"
+out=$(ip netns exec plx-s1 prlimit --memlock=65536:65536 setpriv --bounding-set=-ipc_lock,-sys_resource "$PLEX" http --iface plx-s1 --addr $S/24 2>&1); rc=$?
+check "no CAP_IPC_LOCK, 64 KiB RLIMIT_MEMLOCK: exit 1, the UMEM error names both and the errno" \
+  sh -c "[ $rc = 1 ] && echo \"\$0\" | grep -q 'cannot allocate a UMEM of 16 MiB: .*E[A-Z]*: .*lacks CAP_IPC_LOCK and its RLIMIT_MEMLOCK is 64 KiB'" "$out"
+check "the failed starts left no XDP program on plx-s1" no_xdp
 "$PLEX" http --addr nope >/dev/null 2>&1; rc=$?
 check "bad arguments: exit 2" test "$rc" = 2
 
@@ -182,6 +211,25 @@ q0=$(awk '/^queue 0:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR
 q1=$(awk '/^queue 1:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq.log")
 echo "     two queues: queue 0 received ${q0:-0} frames, queue 1 ${q1:-0}; $(grep Requests/sec "$LOGDIR/wrk-mq.txt")"
 check "two queues: connections spread over both poll threads" sh -c "[ \"${q0:-0}\" -gt 1000 ] && [ \"${q1:-0}\" -gt 1000 ]"
+
+# The blocking API over two queues: one Net, a Bridge per poll thread; each accepted
+# connection is served by the queue the NIC steered it to. 32 clients, each checked.
+start_plex plx-mqs "$LOGDIR/mq-blocking.log" echo --blocking --iface plx-mq1 --addr 198.18.1.2/24 --queues 2 --xdp-mode native --stats || exit 1
+head -c 65536 /dev/urandom >"$LOGDIR/64k.bin"
+want=$(sha256sum "$LOGDIR/64k.bin" | cut -d' ' -f1)
+clients=()
+for i in $(seq 1 32); do
+  ( ip netns exec plx-mqc timeout 20 socat -t 5 -T 10 - TCP:198.18.1.2:7 <"$LOGDIR/64k.bin" | sha256sum | cut -d' ' -f1 >"$LOGDIR/mqb-$i.sum" ) &
+  clients+=($!)
+done
+wait "${clients[@]}"   # the clients only: the server is a background job too
+stop_plex
+good=$(grep -lx "$want" "$LOGDIR"/mqb-*.sum 2>/dev/null | wc -l)
+b0=$(awk '/^queue 0:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq-blocking.log")
+b1=$(awk '/^queue 1:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq-blocking.log")
+echo "     blocking API on two queues: $good/32 echoes intact; queue 0 received ${b0:-0} frames, queue 1 ${b1:-0}"
+check "blocking API on two queues: 32 of 32 echoes byte for byte" test "$good" = 32
+check "blocking API on two queues: both poll threads served connections" sh -c "[ \"${b0:-0}\" -gt 100 ] && [ \"${b1:-0}\" -gt 100 ]"
 
 if [ "$FAILS" -gt 0 ]; then
   echo "== $FAILS real-interface check(s) failed (logs in $LOGDIR)"
