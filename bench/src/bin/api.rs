@@ -4,7 +4,7 @@
 //! threads. Prints requests per second and process CPU per request (every thread: clients,
 //! servers, the driver; so both ends of each request).
 //!
-//! Usage: plex-bench-api [clients] [seconds] [request bytes]   (defaults 8 2 64)
+//! Usage: `plex-bench-api [clients] [seconds] [request bytes]` (defaults 8 2 64)
 
 // A benchmark measures: it reads the clock and spawns threads.
 #![allow(clippy::disallowed_methods)]

@@ -13,7 +13,7 @@
 //! one stream do not wait for each other). Data travels in buffers each socket owns and
 //! reuses: a read lends the poll thread the stream's receive buffer, which comes back filled
 //! (what the caller did not take is kept for the next read); a write lends its send buffer
-//! with the caller's bytes. On the poll thread, [`Bridge`] is a run-to-completion [`App`]
+//! with the caller's bytes. On the poll thread, [`Bridge`] is a run-to-completion [`App`](crate::runner::App)
 //! that executes the commands; a call that cannot finish yet (no data, a full send buffer,
 //! a handshake under way) is parked on its socket's entry, in a table indexed by socket
 //! handle, and retried only when that socket has an event. A sleeping poll thread is woken
