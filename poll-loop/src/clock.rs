@@ -14,6 +14,8 @@ fn mono_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// The poll loop's clock: CLOCK_MONOTONIC read as a `stack::time::Instant` (the only clock
+/// read of the data path; copy it freely, every copy reads the same clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin_ns: u64,
@@ -26,6 +28,7 @@ impl Default for Clock {
 }
 
 impl Clock {
+    /// The current time.
     pub fn now(&self) -> Instant {
         Instant::from_micros((mono_ns() - self.origin_ns) / 1000)
     }

@@ -80,11 +80,17 @@ pub struct ClusterMember {
 /// port registry will be built from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventTally {
+    /// Listeners opened.
     pub listeners_opened: u64,
+    /// Listeners closed.
     pub listeners_closed: u64,
+    /// Connections installed (accepted, connected, by cookie, restored).
     pub connections_opened: u64,
+    /// Connections closed here.
     pub connections_closed: u64,
+    /// Connections moved to another stack.
     pub connections_moved: u64,
+    /// Ephemeral ports given back.
     pub ports_released: u64,
 }
 

@@ -12,18 +12,54 @@ pub enum StartError {
     NoSuchInterface(String),
     /// A privileged step was refused: `what` needs the capabilities `needs`; `missing` are
     /// those of them this process lacks (read from `/proc/self/status`).
-    NotPermitted { what: String, needs: &'static str, missing: Vec<&'static str> },
+    NotPermitted {
+        /// The step, as the user would say it ("loading the XDP program").
+        what: String,
+        /// The capabilities it needs, as a phrase ("CAP_BPF and CAP_NET_ADMIN").
+        needs: &'static str,
+        /// Those of them this process lacks.
+        missing: Vec<&'static str>,
+    },
     /// The XDP program could not be attached.
-    XdpAttach { ifname: String, mode: &'static str, err: String },
+    XdpAttach {
+        /// The interface.
+        ifname: String,
+        /// The attach mode asked for (generic, native, auto).
+        mode: &'static str,
+        /// What the kernel or libbpf said, errno included.
+        err: String,
+    },
     /// The interface already has an XDP program: `holder` is the process holding it through a
     /// BPF link (pid, command), when one was found in this network namespace.
-    XdpBusy { ifname: String, prog: Option<(u32, &'static str)>, holder: Option<(u32, String)> },
+    XdpBusy {
+        /// The interface.
+        ifname: String,
+        /// The attached program's id and mode, when the kernel told.
+        prog: Option<(u32, &'static str)>,
+        /// The process holding it through a BPF link: pid and command.
+        holder: Option<(u32, String)>,
+    },
     /// The UMEM could not be allocated or registered.
-    Umem { bytes: u64, err: String },
+    Umem {
+        /// The size asked for.
+        bytes: u64,
+        /// What the kernel said, errno included, with the likely cause.
+        err: String,
+    },
     /// The queue does not exist on the interface.
-    NoSuchQueue { ifname: String, queue: u32 },
+    NoSuchQueue {
+        /// The interface.
+        ifname: String,
+        /// The queue asked for.
+        queue: u32,
+    },
     /// Another AF_XDP socket is bound to the queue (EBUSY on bind).
-    QueueBusy { ifname: String, queue: u32 },
+    QueueBusy {
+        /// The interface.
+        ifname: String,
+        /// The queue.
+        queue: u32,
+    },
     /// An application's `App::start` failed (e.g. a port already taken).
     App(String),
     /// Any other failure, with context.

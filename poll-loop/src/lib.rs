@@ -23,6 +23,7 @@
 
 // `unsafe` is confined to the AF_XDP wrapper: the one module allowed it below.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod api;
 pub mod clock;

@@ -433,7 +433,9 @@ impl Drop for Running {
 /// stack, tap and loop counters through [`Runner`]'s accessors). `Display` prints them all.
 #[derive(Debug)]
 pub struct Report {
+    /// The steering program's counters when the last queue stopped.
     pub steering: SteerStats,
+    /// Every queue's runner, in queue order (its stack, counters, tap).
     pub queues: Vec<Runner>,
 }
 

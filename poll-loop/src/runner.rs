@@ -23,8 +23,12 @@ use crate::xsk::Xsk;
 pub enum PollMode {
     /// Never sleep (benchmarks: one core per poll thread).
     Busy,
-    /// Spin for `spin` idle iterations, then sleep on the socket fd.
-    Adaptive { spin: u32 },
+    /// Spin for `spin` idle iterations, then sleep in poll(2) on the socket fd and the waker
+    /// until a frame or a wake-up.
+    Adaptive {
+        /// Idle iterations before sleeping.
+        spin: u32,
+    },
 }
 
 impl std::str::FromStr for PollMode {
@@ -59,9 +63,13 @@ pub trait App {
 /// Per-thread counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {
+    /// Loop iterations.
     pub iterations: u64,
+    /// Frames received from the AF_XDP socket.
     pub rx_frames: u64,
+    /// Frames transmitted.
     pub tx_frames: u64,
+    /// Times the loop slept (adaptive mode).
     pub sleeps: u64,
     /// Frames the stack said belong to another stack of the cluster
     /// ([`stack::iface::Received::Forward`]). Dropped for now: the hand-over between stacks

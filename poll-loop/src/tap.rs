@@ -15,12 +15,18 @@ use stack::time::{Duration, Instant};
 /// Faults applied to received frames.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultConfig {
+    /// Seed of the injector's randomness (the same seed injects the same faults).
     pub seed: u64,
+    /// Probability (0 to 1) that a received frame is dropped.
     pub drop: f64,
+    /// Probability that a received frame is delivered twice.
     pub duplicate: f64,
+    /// Probability that bits of one byte past the Ethernet header of a received frame are
+    /// flipped (a damage its checksums must catch).
     pub corrupt: f64,
     /// Probability a frame is held back by `reorder_delay`.
     pub reorder: f64,
+    /// How long a reordered frame is held back.
     pub reorder_delay: Duration,
     /// Every frame is held this long.
     pub delay: Duration,
@@ -41,6 +47,7 @@ impl Default for FaultConfig {
 }
 
 impl FaultConfig {
+    /// Some fault is configured (otherwise frames pass untouched).
     pub fn is_active(&self) -> bool {
         self.drop > 0.0 || self.duplicate > 0.0 || self.corrupt > 0.0 || self.reorder > 0.0 || self.delay > Duration::ZERO
     }
@@ -49,12 +56,17 @@ impl FaultConfig {
 /// Counters of the middleware.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapStats {
+    /// Frames dropped.
     pub dropped: u64,
+    /// Frames delivered twice.
     pub duplicated: u64,
+    /// Frames damaged (bits of one byte flipped).
     pub corrupted: u64,
+    /// Frames held back (reordered or delayed).
     pub delayed: u64,
     /// A delayed frame found no free slot and was delivered at once.
     pub delay_overflow: u64,
+    /// Frames written to the capture.
     pub captured: u64,
 }
 
@@ -67,15 +79,19 @@ struct Held {
     due: Box<[Option<Instant>]>,
 }
 
+/// What sits between the AF_XDP socket and the stack: pcap capture of every frame in and out,
+/// and seeded fault injection on the way in (preallocated hold slots).
 #[derive(Debug)]
 pub struct FrameTap {
     faults: Option<(FaultConfig, Rng, Held)>,
     capture: Option<PcapWriter<BufWriter<File>>>,
+    /// What it did so far.
     pub stats: TapStats,
     scratch: Box<[u8]>,
 }
 
 impl FrameTap {
+    /// A tap with these faults (`None`: none) capturing to the pcap file `capture`, if given.
     pub fn new(faults: Option<FaultConfig>, capture: Option<&str>) -> io::Result<FrameTap> {
         let capture = match capture {
             Some(path) => Some(PcapWriter::new(BufWriter::with_capacity(1 << 20, File::create(path)?), LINKTYPE_ETHERNET)?),
@@ -182,6 +198,7 @@ impl FrameTap {
         self.capture(now, frame);
     }
 
+    /// Write out what the capture holds (at exit).
     pub fn flush(&mut self) {
         if let Some(w) = &mut self.capture {
             let _ = w.flush();

@@ -55,12 +55,17 @@ pub(crate) trait Rings {
 /// Per-socket counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XskStats {
+    /// Frames received.
     pub rx_frames: u64,
+    /// Frames transmitted.
     pub tx_frames: u64,
+    /// Wake-ups of the kernel's TX path (sendto).
     pub tx_kicks: u64,
+    /// Wake-ups that failed (counted, the frames stay queued).
     pub tx_kick_errors: u64,
     /// TX wanted a frame and none was free.
     pub tx_no_frame: u64,
+    /// TX completions reaped (frames the kernel gave back).
     pub completions: u64,
 }
 
@@ -311,11 +316,15 @@ impl Rings for XskRings {
 /// Configuration of one AF_XDP socket.
 #[derive(Debug, Clone)]
 pub struct XskConfig {
+    /// The interface.
     pub ifname: String,
+    /// Its queue this socket binds to.
     pub queue: u32,
     /// UMEM frames (each `frame_size` bytes).
     pub frames: u32,
+    /// Bytes per UMEM frame (4096: one page).
     pub frame_size: u32,
+    /// Descriptors per ring (RX, TX, fill, completion).
     pub ring_size: u32,
     /// Batch size for RX/TX calls.
     pub batch: usize,
@@ -341,6 +350,8 @@ pub struct Xsk {
 }
 
 impl Xsk {
+    /// Create the UMEM and the socket, bound to the queue (copy mode); errors name the errno
+    /// and the missing capability.
     pub fn open(cfg: &XskConfig) -> Result<Xsk, StartError> {
         let size = |v: u32| QueueSize::new(v).map_err(|e| StartError::Other(format!("ring size {v}: {e}")));
         let umem_cfg = UmemConfig::builder()
@@ -411,6 +422,7 @@ impl Xsk {
         self.tx_budget
     }
 
+    /// The socket's file descriptor (to register in the steering program's map, or poll on).
     pub fn fd(&self) -> RawFd {
         self.fd
     }
@@ -431,6 +443,7 @@ impl Xsk {
             }
         }
     }
+    /// The queue it is bound to.
     pub fn queue(&self) -> u32 {
         self.queue
     }
@@ -456,12 +469,15 @@ pub struct KernelXdpStats {
     /// Received frames dropped for other reasons (e.g. no UMEM frame: the fill ring was empty
     /// when the frame arrived, in copy mode).
     pub rx_dropped: u64,
+    /// RX descriptors the kernel found invalid.
     pub rx_invalid_descs: u64,
+    /// TX descriptors the kernel found invalid.
     pub tx_invalid_descs: u64,
     /// Received frames dropped because the RX ring was full (plex did not keep up).
     pub rx_ring_full: u64,
     /// Times the kernel found the fill ring empty.
     pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel found the TX ring empty when woken.
     pub tx_ring_empty_descs: u64,
 }
 
@@ -488,6 +504,7 @@ pub struct Waker {
 }
 
 impl Waker {
+    /// A new eventfd.
     pub fn new() -> io::Result<Waker> {
         // SAFETY: eventfd has no memory arguments; a negative return is an error.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -498,6 +515,7 @@ impl Waker {
         Ok(Waker { fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
     }
 
+    /// Wake the poll thread if it sleeps (one eventfd write).
     pub fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our own eventfd; failure (counter full)
