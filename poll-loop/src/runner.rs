@@ -43,6 +43,34 @@ impl std::str::FromStr for PollMode {
 }
 
 /// A run-to-completion application: its callbacks run on the poll thread.
+///
+/// # The event contract
+///
+/// The stack raises [`SocketEvent`]s; the runner hands each to [`App::event`] in the turn it
+/// was raised (after the turn's received frames and timers, before its transmit), and again
+/// for events the application's own calls raised. What they promise:
+///
+/// - **Events are edges, not levels.** `Readable` says new in-order data (or the peer's FIN)
+///   arrived since the last one; it is not raised again for data already announced. On
+///   `Readable`, read until `tcp_recv` returns `WouldBlock` (or 0: end of stream), or keep your
+///   own note that data remains: nothing reminds you.
+/// - **`Writable` only after a `WouldBlock`.** It is raised once room appears in a send buffer
+///   that refused a `tcp_send` (the call returned `WouldBlock`, or took fewer bytes than
+///   offered and the next call refused). A connection that never filled its buffer never sees
+///   it.
+/// - **`Acceptable` on a listener** means its accept queue is non-empty: call `tcp_accept`
+///   until `WouldBlock`.
+/// - **`Connected`** comes once, when the handshake completes; `PeerClosed` when the FIN
+///   arrives (reads then drain what remains and return 0).
+/// - **`Reset` and `TimedOut` come with `Closed`.** `Closed` means the connection reached
+///   CLOSED: call [`Stack::release_closed`] (or `close`) to free its handle. A handle you
+///   `close`d earlier is freed by the stack itself; events still raised for it on its way out
+///   name a handle that is no longer valid (calls on it return `InvalidHandle`): ignore them.
+/// - **`close` with unread data sends a RST** (RFC 2525 2.17, as Linux does); without, it is a
+///   graceful FIN that completes without the application. To half-close and keep reading, use
+///   `tcp_shutdown`.
+/// - Callbacks must not block: they run on the poll thread, and every connection of the queue
+///   waits for them.
 pub trait App {
     /// Called once before the loop starts. An error (e.g. a port already taken) ends the
     /// loop before its first turn; [`Runner::run`] still tears down (cluster leave, last
