@@ -8,8 +8,6 @@
 use std::alloc::System;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 
 use poll_loop::api::{bridge, loopback::Loopback};
@@ -33,19 +31,7 @@ fn round_trips_allocate_nothing() {
     let a = Ipv4Addr::new(198, 18, 0, 10);
     let (server, ba) = bridge(None);
     let (client, bb) = bridge(None);
-    let mut lb = Loopback::new(stack(10, a), ba, stack(1, Ipv4Addr::new(198, 18, 0, 1)), bb);
-    let stop = Arc::new(AtomicBool::new(false));
-    let driver = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let clock = poll_loop::clock::Clock::default();
-            while !stop.load(Ordering::Relaxed) {
-                if !lb.turn(clock.now()) {
-                    thread::yield_now();
-                }
-            }
-        })
-    };
+    let mut driver = Loopback::new(stack(10, a), ba, stack(1, Ipv4Addr::new(198, 18, 0, 1)), bb).spawn().unwrap();
     let l = server.tcp_listen(SocketAddrV4::new(a, 7), 8).unwrap();
     let echo = thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
@@ -73,8 +59,7 @@ fn round_trips_allocate_nothing() {
     let stats = region.change();
     drop(c);
     echo.join().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    driver.join().unwrap();
+    driver.stop();
     eprintln!("{N} round trips (2 writes, 2+ reads each, both stacks and bridges): {stats:?}");
     // Everything that ran meanwhile (both application threads, both bridges, both stacks)
     // allocated less than once per 100 round trips: nothing per call.

@@ -43,19 +43,7 @@ fn main() {
     let a = Ipv4Addr::new(198, 18, 0, 10);
     let (server, ba) = bridge(None);
     let (client, bb) = bridge(None);
-    let mut lb = Loopback::new(stack(10, a), ba, stack(1, Ipv4Addr::new(198, 18, 0, 1)), bb);
-    let stop = Arc::new(AtomicBool::new(false));
-    let driver = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let clock = poll_loop::clock::Clock::default();
-            while !stop.load(Ordering::Relaxed) {
-                if !lb.turn(clock.now()) {
-                    thread::yield_now();
-                }
-            }
-        })
-    };
+    let mut driver = Loopback::new(stack(10, a), ba, stack(1, Ipv4Addr::new(198, 18, 0, 1)), bb).spawn().expect("driver");
     let l = server.tcp_listen(SocketAddrV4::new(a, 7), 1024).expect("listen");
     let servers = thread::spawn(move || {
         let mut echoes = Vec::new();
@@ -107,8 +95,7 @@ fn main() {
         w.join().expect("client");
     }
     servers.join().expect("servers");
-    stop.store(true, Ordering::Relaxed);
-    driver.join().expect("driver");
+    driver.stop();
     println!(
         "plex-bench-api: {clients} clients, {size}-byte requests, {:.1} s: {n} requests, {:.0} req/s, {:.1} us CPU per request (both ends, whole process), {} cores",
         elapsed.as_secs_f64(),

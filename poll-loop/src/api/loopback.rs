@@ -2,6 +2,10 @@
 //! [`Bridge`], driven by one thread: for tests and benchmarks of the blocking API without a
 //! NIC. The driver plays both poll threads; it never blocks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
 use stack::iface::Stack;
 use stack::time::Instant;
 
@@ -61,5 +65,45 @@ impl Loopback {
     /// The stacks, `a` then `b`.
     pub fn stacks(&self) -> (&Stack, &Stack) {
         (&self.sides[0].0, &self.sides[1].0)
+    }
+
+    /// Run both poll loops on a thread of their own until the returned [`Driver`] is stopped
+    /// or dropped.
+    pub fn spawn(mut self) -> std::io::Result<Driver> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = thread::Builder::new().name("plex-loopback".into()).spawn(move || {
+            let clock = crate::clock::Clock::default();
+            while !s.load(Ordering::Relaxed) {
+                if !self.turn(clock.now()) {
+                    thread::yield_now();
+                }
+            }
+        })?;
+        Ok(Driver { stop, thread: Some(thread) })
+    }
+}
+
+/// The thread running a [`Loopback`] ([`Loopback::spawn`]).
+#[derive(Debug)]
+pub struct Driver {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Driver {
+    /// Stop the loops and wait for the thread: the bridges are dropped, as when poll threads
+    /// end (blocked calls return `ConnectionAborted`).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -4,11 +4,10 @@
 // The tests play the application threads of the blocking API.
 #![allow(clippy::disallowed_methods)]
 
-use super::loopback::Loopback;
+use super::loopback::{Driver, Loopback};
 use super::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown};
-use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 
@@ -26,46 +25,11 @@ fn stack(last: u8, ip: Ipv4Addr) -> Stack {
     s
 }
 
-/// A driver thread running a `Loopback` until stopped (or dropped).
-struct Driver {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Driver {
-    fn start(mut lb: Loopback) -> Driver {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = thread::spawn(move || {
-            let clock = crate::clock::Clock::default();
-            while !s.load(Ordering::Relaxed) {
-                if !lb.turn(clock.now()) {
-                    thread::yield_now();
-                }
-            }
-        });
-        Driver { stop, thread: Some(thread) }
-    }
-    /// Stop the driver: its bridges are dropped, as when a poll thread ends.
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 /// Server `Net` (on A) and client `Net` (on B), and their driver.
 fn world() -> (Net, Net, Driver) {
     let (server, ba) = bridge(None);
     let (client, bb) = bridge(None);
-    let d = Driver::start(Loopback::new(stack(10, A), ba, stack(1, B), bb));
+    let d = Loopback::new(stack(10, A), ba, stack(1, B), bb).spawn().unwrap();
     (server, client, d)
 }
 
@@ -295,8 +259,8 @@ fn a_net_of_two_shards_accepts_from_both() {
     let b0 = bs.pop().unwrap();
     let (client0, c0) = bridge(None);
     let (client1, c1) = bridge(None);
-    let _d0 = Driver::start(Loopback::new(stack(10, A), b0, stack(1, B), c0));
-    let _d1 = Driver::start(Loopback::new(stack(10, A), b1, stack(2, Ipv4Addr::new(198, 18, 0, 2)), c1));
+    let _d0 = Loopback::new(stack(10, A), b0, stack(1, B), c0).spawn().unwrap();
+    let _d1 = Loopback::new(stack(10, A), b1, stack(2, Ipv4Addr::new(198, 18, 0, 2)), c1).spawn().unwrap();
     assert_eq!(server.shards(), 2);
     let l = server.tcp_listen(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), 8).unwrap();
     let port = l.local_addr().unwrap().port();
