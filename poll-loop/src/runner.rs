@@ -309,8 +309,20 @@ impl Runner {
             idle = idle.saturating_add(1);
             if let PollMode::Adaptive { spin } = self.mode {
                 if idle > spin {
-                    self.sleep();
                     idle = 0;
+                    // Arm the waker, then look once more: work that came before the arm is
+                    // seen by this turn, work after it writes the eventfd (xsk::Waker).
+                    if let Some(w) = self.waker.clone() {
+                        w.arm();
+                        if self.stop.load(Ordering::Relaxed) || self.turn(app) {
+                            w.disarm();
+                            continue;
+                        }
+                    }
+                    self.sleep();
+                    if let Some(w) = &self.waker {
+                        w.disarm();
+                    }
                 }
             }
         }

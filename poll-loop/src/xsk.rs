@@ -15,6 +15,7 @@
 use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
@@ -439,7 +440,7 @@ impl Xsk {
         let _ = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout_ms) };
         if let Some(w) = waker {
             if pfds[1].revents != 0 {
-                w.drain();
+                w.fd.drain();
             }
         }
     }
@@ -498,35 +499,91 @@ impl KernelXdpStats {
 
 /// Wakes a poll thread sleeping in adaptive mode (an eventfd it polls beside its socket), so a
 /// command from an application thread is seen at once.
+///
+/// Only a poll thread about to sleep costs its wakers a syscall: it [`arm`](Waker::arm)s the
+/// waker, looks for work once more, and sleeps; [`wake`](Waker::wake) writes the eventfd only
+/// when it finds the waker armed (and disarms it), so while the loop spins, application
+/// threads wake it with one atomic swap. The two fences make the look-again and the swap see
+/// each other (one of the two sides always sees the other's write).
 #[derive(Debug)]
 pub struct Waker {
-    fd: std::os::fd::OwnedFd,
+    fd: EventFd,
+    armed: std::sync::atomic::AtomicBool,
 }
 
 impl Waker {
     /// A new eventfd.
     pub fn new() -> io::Result<Waker> {
+        Ok(Waker { fd: EventFd::new()?, armed: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    /// Wake the poll thread if it sleeps or is about to: one eventfd write if it armed the
+    /// waker, nothing otherwise (the loop is running and will see the caller's work). Call
+    /// after making the work visible (queue push, flag store).
+    pub fn wake(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.armed.swap(false, Ordering::Relaxed) {
+            self.fd.signal();
+        }
+    }
+
+    /// The poll thread is about to sleep: from now on [`wake`](Waker::wake) writes the
+    /// eventfd. The caller must look for work once more after this before it sleeps.
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// The poll thread is running again: wakers need not write.
+    pub fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A Linux eventfd (non-blocking, close-on-exec): a counter that is readable while non-zero,
+/// for `poll(2)`, `epoll` and the event loops built on them.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl EventFd {
+    /// A new eventfd with its counter at 0.
+    pub fn new() -> io::Result<EventFd> {
         // SAFETY: eventfd has no memory arguments; a negative return is an error.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        Ok(Waker { fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
+        Ok(EventFd { fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) } })
     }
 
-    /// Wake the poll thread if it sleeps (one eventfd write).
-    pub fn wake(&self) {
+    /// Make it readable (add 1 to the counter).
+    pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to our own eventfd; failure (counter full)
-        // still leaves it readable, which is all a wake-up needs.
+        // still leaves it readable, which is all a signal needs.
         let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    fn drain(&self) {
+    /// Read the counter back to 0 (non-blocking): not readable until the next signal.
+    pub fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a valid u64; non-blocking.
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+impl std::os::fd::AsFd for EventFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 }
 

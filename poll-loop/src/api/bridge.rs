@@ -2,12 +2,16 @@
 
 use std::io;
 use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
+use crossbeam::queue::ArrayQueue;
 use stack::iface::{ApiError, SocketEvent, SocketHandle, Stack};
 use stack::tcp::{self, State};
 use stack::time::Instant;
 
+use super::pipe::{self, AcceptQueue, Incoming, Phase, Pipe};
 use super::{io_error, socket_channels, Accepted, Cmd, Dir, Reply};
 use crate::runner::App;
 
@@ -34,6 +38,10 @@ enum Kind {
     Stream { rd: Sender<Reply>, wr: Sender<Reply>, connecting: bool, read: Option<ParkedRead>, write: Option<ParkedWrite> },
     Listener { shard: usize, accepted: Sender<Accepted>, queue: Receiver<Accepted>, stalled: bool },
     Udp { rd: Sender<Reply>, wr: Sender<Reply>, recv: Option<ParkedRead>, send: Option<ParkedSend> },
+    /// A connection of the readiness API: bytes move through its pipe.
+    Pipe { pipe: Arc<Pipe>, connecting: bool, fin_sent: bool },
+    /// A listener of the readiness API.
+    PipeListener { q: Arc<AcceptQueue> },
 }
 
 struct Entry {
@@ -50,6 +58,8 @@ struct Entry {
 /// was full, and UDP sockets with a datagram waiting for room (UDP has no writable event).
 pub struct Bridge {
     rx: Receiver<Cmd>,
+    /// Sockets of the readiness API the application has new work for.
+    dirty: Arc<ArrayQueue<SocketHandle>>,
     table: Vec<Option<Entry>>,
     stalled: Vec<SocketHandle>,
     udp_blocked: Vec<SocketHandle>,
@@ -78,8 +88,8 @@ fn partial_or_would_block(off: usize) -> io::Result<usize> {
 }
 
 impl Bridge {
-    pub(super) fn new(rx: Receiver<Cmd>) -> Bridge {
-        Bridge { rx, table: Vec::new(), stalled: Vec::new(), udp_blocked: Vec::new() }
+    pub(super) fn new(rx: Receiver<Cmd>, dirty: Arc<ArrayQueue<SocketHandle>>) -> Bridge {
+        Bridge { rx, dirty, table: Vec::new(), stalled: Vec::new(), udp_blocked: Vec::new() }
     }
 
     fn entry(&mut self, h: SocketHandle) -> Option<&mut Entry> {
@@ -148,6 +158,182 @@ impl Bridge {
             }
             Cmd::UdpSend { h, buf, len, to, nonblocking } => self.udp_send(now, stack, h, ParkedSend { buf, len, to }, nonblocking),
             Cmd::UdpRecv { h, buf, nonblocking } => self.udp_recv(stack, h, buf, nonblocking),
+            Cmd::PipeListen { addr, backlog, q, reply } => {
+                let r = stack.tcp_listen(now, addr, backlog.max(1)).map_err(|e| io_error(e, false));
+                let r = r.map(|h| {
+                    let local = stack.tcp_listen_addr(h).unwrap_or(addr);
+                    self.insert(h, Kind::PipeListener { q });
+                    (h, local)
+                });
+                let _ = reply.try_send(r);
+            }
+            Cmd::PipeConnect { addr, pipe } => match stack.tcp_connect(now, None, addr) {
+                Ok(h) => {
+                    let local = stack.tcp(h).map(|c| c.tuple().local).unwrap_or(addr);
+                    pipe.tx.lock().opened = Some((h, local));
+                    self.insert(h, Kind::Pipe { pipe, connecting: true, fin_sent: false });
+                    self.service(now, stack, h);
+                }
+                Err(e) => {
+                    let mut tx = pipe.tx.lock();
+                    tx.phase = Phase::Failed(e);
+                    let w = tx.waker.take();
+                    drop(tx);
+                    pipe::wake(w);
+                }
+            },
+            Cmd::Service { h } => self.dirty_one(now, stack, h),
+        }
+    }
+
+    /// A socket of the readiness API the application has work for.
+    fn dirty_one(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        match self.entry(h).map(|e| &e.kind) {
+            Some(Kind::Pipe { pipe, .. }) => {
+                pipe.queued.store(false, Ordering::Release);
+                self.service(now, stack, h);
+            }
+            Some(Kind::PipeListener { q }) => {
+                q.queued.store(false, Ordering::Release);
+                self.pipe_accept(now, stack, h);
+            }
+            _ => {}
+        }
+    }
+
+    /// Move what can move between connection `h` and its pipe: received bytes (end of
+    /// stream, an error) into `rx`, `tx`'s bytes into the send buffer, the FIN once `tx` is
+    /// empty after a shutdown; finish a connect; close once the application dropped the
+    /// stream and its bytes are sent. Wakes the application side that has news.
+    fn service(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        let Some(Entry { kind: Kind::Pipe { pipe, connecting, fin_sent }, .. }) = self.entry(h) else { return };
+        let (pipe, was_connecting, mut fin) = (pipe.clone(), *connecting, *fin_sent);
+        if was_connecting {
+            let state = stack.tcp(h).map(|c| (c.state(), c.error()));
+            let mut tx = pipe.tx.lock();
+            let failed = match state {
+                _ if tx.closed => Some(None),
+                Some((State::SynSent | State::SynReceived, _)) => return,
+                Some((State::Closed, err)) => Some(Some(ApiError::Tcp(err.unwrap_or(tcp::Error::Reset)))),
+                None => Some(Some(ApiError::Tcp(tcp::Error::Reset))),
+                Some(_) => None,
+            };
+            match failed {
+                Some(err) => {
+                    // Refused, timed out, or given up by the application: the stream never
+                    // existed for it.
+                    if let Some(e) = err {
+                        tx.phase = Phase::Failed(e);
+                    }
+                    let w = tx.waker.take();
+                    drop(tx);
+                    pipe::wake(w);
+                    self.remove(h);
+                    let _ = stack.tcp_abort(now, h);
+                    let _ = stack.close(now, h);
+                    return;
+                }
+                None => {
+                    tx.phase = Phase::Open;
+                    let w = tx.waker.take();
+                    drop(tx);
+                    pipe::wake(w);
+                }
+            }
+        }
+        // Receive: from the stack into the ring while it has room.
+        let mut failed = None;
+        let w = {
+            let mut rx = pipe.rx.lock();
+            let mut news = false;
+            while !rx.eof && rx.error.is_none() {
+                let free = rx.ring.free(4096);
+                if free.is_empty() {
+                    rx.stalled = true;
+                    break;
+                }
+                match stack.tcp_recv(now, h, free) {
+                    Ok(0) => rx.eof = true,
+                    Ok(n) => rx.ring.commit(n),
+                    Err(ApiError::WouldBlock) => break,
+                    Err(e) => {
+                        rx.error = Some(e);
+                        failed = Some(e);
+                    }
+                }
+                news = true;
+            }
+            if news { rx.waker.take() } else { None }
+        };
+        pipe::wake(w);
+        // Send: the ring into the send buffer until it is full (a WouldBlock arms Writable).
+        let (w, close) = {
+            let mut tx = pipe.tx.lock();
+            let before = tx.ring.len();
+            if tx.error.is_none() {
+                tx.error = failed;
+            }
+            while tx.error.is_none() && !tx.ring.is_empty() {
+                let (a, _) = tx.ring.readable();
+                match stack.tcp_send(now, h, a) {
+                    Ok(k) if k > 0 => tx.ring.consume(k),
+                    Ok(_) | Err(ApiError::WouldBlock) => break,
+                    Err(e) => tx.error = Some(e),
+                }
+            }
+            if tx.error.is_some() {
+                let n = tx.ring.len();
+                tx.ring.consume(n);
+            }
+            if tx.ring.is_empty() && tx.shut && !fin && tx.error.is_none() {
+                fin = true;
+                if let Err(e) = stack.tcp_shutdown(now, h) {
+                    tx.error = Some(e);
+                }
+            }
+            let news = tx.ring.len() < before || tx.error.is_some();
+            (if news { tx.waker.take() } else { None }, tx.closed && tx.ring.is_empty())
+        };
+        pipe::wake(w);
+        if close {
+            self.remove(h);
+            // Unread bytes at close: a RST, as a kernel socket closed with unread data.
+            if !pipe.rx.lock().ring.is_empty() {
+                let _ = stack.tcp_abort(now, h);
+            }
+            let _ = stack.close(now, h);
+        } else if let Some(Entry { kind: Kind::Pipe { connecting, fin_sent, .. }, .. }) = self.entry(h) {
+            *connecting = false;
+            *fin_sent = fin;
+        }
+    }
+
+    /// Hand what listener `l` has accepted to its accept queue, while the queue has room.
+    fn pipe_accept(&mut self, now: Instant, stack: &mut Stack, l: SocketHandle) {
+        let Some(Entry { kind: Kind::PipeListener { q }, .. }) = self.entry(l) else { return };
+        let q = q.clone();
+        let mut any = false;
+        loop {
+            {
+                let mut inner = q.inner.lock();
+                if inner.q.len() >= inner.cap {
+                    inner.stalled = true;
+                    break;
+                }
+            }
+            let Ok(h) = stack.tcp_accept(l) else { break };
+            let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { continue };
+            let pipe = Arc::new(Pipe::default());
+            pipe.tx.lock().phase = Phase::Open;
+            self.insert(h, Kind::Pipe { pipe: pipe.clone(), connecting: false, fin_sent: false });
+            // Bytes that came with the handshake, or before the accept.
+            self.service(now, stack, h);
+            q.inner.lock().q.push_back(Incoming { h, pipe, local: tuple.local, peer: tuple.remote });
+            any = true;
+        }
+        if any {
+            let w = q.inner.lock().waker.take();
+            pipe::wake(w);
         }
     }
 
@@ -227,7 +413,7 @@ impl Bridge {
                     answer(wr, Reply::Buf { buf: p.buf, result: partial_or_would_block(0), from: None });
                 }
             }
-            (Kind::Listener { .. }, _) => {}
+            (Kind::Listener { .. } | Kind::Pipe { .. } | Kind::PipeListener { .. }, _) => {}
         }
     }
 
@@ -238,6 +424,15 @@ impl Bridge {
                 // connect_timeout gave up.
                 answer(&wr, Reply::Done(Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))));
                 let _ = stack.tcp_abort(now, h);
+            }
+            Kind::PipeListener { q } => {
+                // Connections accepted but not taken: closed like a kernel listener's queue.
+                let waiting: Vec<Incoming> = q.inner.lock().q.drain(..).collect();
+                for a in waiting {
+                    self.remove(a.h);
+                    let _ = stack.tcp_abort(now, a.h);
+                    let _ = stack.close(now, a.h);
+                }
             }
             Kind::Listener { accepted, queue, .. } => {
                 drop(accepted);
@@ -315,6 +510,8 @@ impl Bridge {
         let Some(e) = self.entry(h) else { return };
         match (&mut e.kind, ev) {
             (Kind::Listener { .. }, SocketEvent::Acceptable) => self.accept(now, stack, h),
+            (Kind::PipeListener { .. }, SocketEvent::Acceptable) => self.pipe_accept(now, stack, h),
+            (Kind::Pipe { .. }, SocketEvent::Tcp(_)) => self.service(now, stack, h),
             (Kind::Udp { recv, .. }, SocketEvent::UdpReadable) => {
                 if let Some(p) = recv.take() {
                     self.udp_recv(stack, h, p.buf, false);
@@ -357,6 +554,10 @@ impl App for Bridge {
             did = true;
             self.command(now, stack, cmd);
         }
+        while let Some(h) = self.dirty.pop() {
+            did = true;
+            self.dirty_one(now, stack, h);
+        }
         if !self.stalled.is_empty() {
             let stalled = std::mem::take(&mut self.stalled);
             for &l in &stalled {
@@ -384,5 +585,50 @@ impl App for Bridge {
             }
         }
         did
+    }
+}
+
+impl Drop for Bridge {
+    /// The poll thread stops: every waiting reader, writer and accept of the readiness API
+    /// learns it (the blocking API's learn it from their channels).
+    fn drop(&mut self) {
+        // A connect not yet made would otherwise wait forever.
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Cmd::PipeConnect { pipe, .. } = cmd {
+                let w = {
+                    let mut tx = pipe.tx.lock();
+                    tx.gone = true;
+                    tx.waker.take()
+                };
+                pipe::wake(w);
+            }
+        }
+        for e in self.table.iter().flatten() {
+            match &e.kind {
+                Kind::Pipe { pipe, .. } => {
+                    let w = {
+                        let mut rx = pipe.rx.lock();
+                        rx.gone = true;
+                        rx.waker.take()
+                    };
+                    pipe::wake(w);
+                    let w = {
+                        let mut tx = pipe.tx.lock();
+                        tx.gone = true;
+                        tx.waker.take()
+                    };
+                    pipe::wake(w);
+                }
+                Kind::PipeListener { q } => {
+                    let w = {
+                        let mut inner = q.inner.lock();
+                        inner.gone = true;
+                        inner.waker.take()
+                    };
+                    pipe::wake(w);
+                }
+                _ => {}
+            }
+        }
     }
 }

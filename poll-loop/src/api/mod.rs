@@ -38,7 +38,11 @@ use crate::xsk::Waker;
 
 mod bridge;
 pub mod loopback;
+pub mod nonblocking;
+mod pipe;
 mod tcp_socket;
+#[cfg(feature = "tokio")]
+mod tokio_io;
 mod udp_socket;
 
 pub use bridge::Bridge;
@@ -116,6 +120,12 @@ pub(crate) enum Cmd {
     UdpBind { addr: SocketAddrV4, rd: Sender<Reply>, wr: Sender<Reply>, reply: Sender<io::Result<(SocketHandle, SocketAddrV4)>> },
     UdpSend { h: SocketHandle, buf: Vec<u8>, len: usize, to: SocketAddrV4, nonblocking: bool },
     UdpRecv { h: SocketHandle, buf: Vec<u8>, nonblocking: bool },
+    /// Readiness API: listen, accepted connections going to `q`.
+    PipeListen { addr: SocketAddrV4, backlog: usize, q: Arc<pipe::AcceptQueue>, reply: Sender<io::Result<(SocketHandle, SocketAddrV4)>> },
+    /// Readiness API: connect; the answer comes through the pipe.
+    PipeConnect { addr: SocketAddrV4, pipe: Arc<pipe::Pipe> },
+    /// Readiness API: socket `h` has work (when its shard's dirty queue was full).
+    Service { h: SocketHandle },
 }
 
 /// A poll thread's answer on a socket's reply channel.
@@ -152,10 +162,16 @@ pub(crate) fn socket_channels() -> (ReplySenders, ReplyReceivers) {
     ((rd_tx, wr_tx), (rd_rx, wr_rx))
 }
 
+/// Sockets of the readiness API with work for their poll thread, per shard: room for this
+/// many before notifications fall back to the command channel.
+const DIRTY: usize = 1 << 16;
+
 /// One poll thread as the application threads see it.
 struct Shard {
     tx: Sender<Cmd>,
     waker: Option<Arc<Waker>>,
+    /// Readiness API sockets with news for the poll thread (each at most once).
+    dirty: Arc<crossbeam::queue::ArrayQueue<SocketHandle>>,
 }
 
 struct NetInner {
@@ -195,8 +211,9 @@ pub fn bridges(wakers: Vec<Option<Arc<Waker>>>) -> (Net, Vec<Bridge>) {
     let mut bridges = Vec::new();
     for waker in wakers {
         let (tx, rx) = channel::bounded(COMMANDS);
-        shards.push(Shard { tx, waker });
-        bridges.push(Bridge::new(rx));
+        let dirty = Arc::new(crossbeam::queue::ArrayQueue::new(DIRTY));
+        shards.push(Shard { tx, waker, dirty: dirty.clone() });
+        bridges.push(Bridge::new(rx, dirty));
     }
     (Net { inner: Arc::new(NetInner { shards, next: AtomicUsize::new(0) }) }, bridges)
 }
@@ -215,6 +232,22 @@ impl Net {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Tell shard `k` that readiness-API socket `h` has work, unless `queued` says it
+    /// already knows; wake it if it sleeps. No allocation, and no syscall while it runs.
+    pub(crate) fn notify(&self, k: usize, h: SocketHandle, queued: &std::sync::atomic::AtomicBool) {
+        if queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let s = &self.inner.shards[k];
+        if s.dirty.push(h).is_err() {
+            // More sockets with news than the queue holds: the channel is the slow road.
+            let _ = s.tx.send(Cmd::Service { h });
+        }
+        if let Some(w) = &s.waker {
+            w.wake();
+        }
     }
 
     /// The shard the next `connect` goes to.
