@@ -183,8 +183,15 @@ impl Plex {
         self.launch(|_, _| app.take())
     }
 
-    /// Start the blocking API's bridge on one queue: the [`Net`] is for application threads
-    /// (`tcp_listen`, `tcp_connect`, `udp_bind`), wired to wake the poll thread.
+    /// Start the application APIs' bridge on every queue: the [`Net`] is for application
+    /// threads and tasks, with the blocking API (`tcp_listen`, `tcp_connect`, `udp_bind`) and
+    /// the readiness / async one ([`crate::api::nonblocking`]), wired to wake the poll threads.
+    pub fn net(self) -> Result<(Net, Running), StartError> {
+        self.blocking()
+    }
+
+    /// The same as [`net`](Plex::net) (the name it had when the `Net` served the blocking
+    /// API only).
     pub fn blocking(self) -> Result<(Net, Running), StartError> {
         // One Bridge per queue, all behind one Net: made once every queue's waker exists.
         let mut net = None;

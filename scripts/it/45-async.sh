@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The readiness API with tokio on real interfaces: a hyper HTTP/1.1 server on plex
+# (poll-loop/examples/hyper.rs, feature `tokio`) answers curl and wrk (50 and 1000
+# connections) from the Linux client; the same server on Linux sockets is measured beside it
+# (figures printed, never asserted).
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+
+echo "== readiness API + tokio + hyper on AF_XDP (logs in $LOGDIR)"
+(cd "$here" && cargo build --release --locked -p poll-loop --features tokio --example hyper 2>&1 | tail -1)
+HYPER="$here/target/release/examples/hyper"
+"$TB" down
+"$TB" up 1
+S=198.18.0.11
+L=198.18.0.4
+# The Linux server's kernel address beside plex's: XDP steers only plex's address to plex.
+ip netns exec plx-s1 ip addr add $L/24 dev plx-s1
+
+# start_hyper NS LOG ARGS...: run the example in the background until it says it listens.
+start_hyper() {
+  local ns=$1 log=$2; shift 2
+  ip netns exec "$ns" timeout 300 "$HYPER" "$@" >"$log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 50); do
+    grep -q "^listening on" "$log" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "hyper did not start: $(cat "$log")"
+  return 1
+}
+
+# wrk_run NAME URL CONNS: 3 s of wrk; prints the rate, checks no errors.
+wrk_run() {
+  local name=$1 url=$2 c=$3 out="$LOGDIR/wrk-$1-$3.txt"
+  ip netns exec plx-client wrk -t2 -c"$c" -d3s --timeout 5s "$url" >"$out" 2>&1
+  local reqs rps
+  reqs=$(awk '/requests in/ {print $1}' "$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' "$out")
+  echo "     $name wrk -c$c: ${rps:-?} req/s"
+  eval "RPS_${name}_$c=${rps:-0}"
+  check "$name: wrk -c $c: ${reqs:-0} requests, no socket errors, no non-2xx" \
+    sh -c "[ \"${reqs:-0}\" -gt 1000 ] && ! grep -qE 'Socket errors|Non-2xx' '$out'"
+}
+
+start_hyper plx-s1 "$LOGDIR/hyper-plex.log" plx-s1 $S/24 80 1 || exit 1
+codes=$(ip netns exec plx-client curl -s -m 5 -w '%{http_code}:%{size_download}\n' \
+  -o /dev/null http://$S/ -o /dev/null http://$S/100000 -o /dev/null http://$S/1 -o /dev/null http://$S/65536)
+check "curl: 4 keep-alive requests to hyper on plex, bodies of 13, 100000, 1 and 65536 bytes" \
+  test "$(echo "$codes" | tr '\n' ' ')" = "200:13 200:100000 200:1 200:65536 "
+body=$(ip netns exec plx-client curl -s -m 5 http://$S/)
+check "curl: the body is hello, world" test "$body" = "hello, world"
+wrk_run plex "http://$S/" 50
+wrk_run plex "http://$S/" 1000
+stop_plex
+check "hyper on plex stopped on SIGINT with its report (accept ended: the poll thread stopped)" \
+  grep -q "accept loop ended: the plex poll thread has stopped" "$LOGDIR/hyper-plex.log"
+
+start_hyper plx-s1 "$LOGDIR/hyper-linux.log" --linux $L:80 || exit 1
+wrk_run linux "http://$L/" 50
+wrk_run linux "http://$L/" 1000
+stop_plex
+
+echo "     hyper req/s, plex / Linux sockets: -c50 $RPS_plex_50 / $RPS_linux_50, -c1000 $RPS_plex_1000 / $RPS_linux_1000"
+[ "$FAILS" = 0 ] || { echo "$FAILS check(s) failed"; exit 1; }
+echo "all readiness-API checks passed"
