@@ -1,30 +1,24 @@
-//! The poll thread's side of the blocking API: commands in, parked calls indexed by socket.
+//! The poll thread's side of the application APIs: commands and dirty sockets in, bytes
+//! moved between connections and their pipes, parked UDP calls indexed by socket.
 
 use std::io;
 use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crossbeam::channel::{Receiver, Sender, TrySendError};
+use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 use stack::iface::{ApiError, SocketEvent, SocketHandle, Stack};
 use stack::tcp::{self, State};
 use stack::time::Instant;
 
 use super::pipe::{self, AcceptQueue, Incoming, Phase, Pipe};
-use super::{io_error, socket_channels, Accepted, Cmd, Dir, Reply};
+use super::{io_error, Cmd, Dir, Reply};
 use crate::runner::App;
 
 /// A read or receive parked until its socket has news.
 struct ParkedRead {
     buf: Vec<u8>,
-}
-
-/// A write parked until its socket's send buffer has room: `buf[off..len]` is still to go.
-struct ParkedWrite {
-    buf: Vec<u8>,
-    off: usize,
-    len: usize,
 }
 
 /// A datagram parked until the socket's send queue has room.
@@ -35,8 +29,6 @@ struct ParkedSend {
 }
 
 enum Kind {
-    Stream { rd: Sender<Reply>, wr: Sender<Reply>, connecting: bool, read: Option<ParkedRead>, write: Option<ParkedWrite> },
-    Listener { shard: usize, accepted: Sender<Accepted>, queue: Receiver<Accepted>, stalled: bool },
     Udp { rd: Sender<Reply>, wr: Sender<Reply>, recv: Option<ParkedRead>, send: Option<ParkedSend> },
     /// A connection of the readiness API: bytes move through its pipe.
     Pipe { pipe: Arc<Pipe>, connecting: bool, fin_sent: bool },
@@ -52,16 +44,16 @@ struct Entry {
 /// The poll thread's side: executes the commands of application threads against the stack.
 ///
 /// Its table of sockets is indexed by the stack's socket handle (slot index, checked against
-/// the generation): an event for socket `h` looks at `h`'s entry only, and finishes the call
-/// parked there, if any. Nothing scans all parked calls. Only two lists are walked every
-/// turn, and only while non-empty: listeners whose accept queue (the channel to `accept`)
-/// was full, and UDP sockets with a datagram waiting for room (UDP has no writable event).
+/// the generation): an event for socket `h` looks at `h`'s entry only (a TCP connection: move
+/// bytes between the stack and its pipe; a UDP socket: finish the call parked there). The
+/// dirty queue names the sockets the application gave work (bytes written, room made,
+/// closed). Nothing scans all sockets: the only list walked every turn, and only while
+/// non-empty, is the UDP sockets with a datagram waiting for room (UDP has no writable event).
 pub struct Bridge {
     rx: Receiver<Cmd>,
     /// Sockets of the readiness API the application has new work for.
     dirty: Arc<ArrayQueue<SocketHandle>>,
     table: Vec<Option<Entry>>,
-    stalled: Vec<SocketHandle>,
     udp_blocked: Vec<SocketHandle>,
 }
 
@@ -89,7 +81,7 @@ fn partial_or_would_block(off: usize) -> io::Result<usize> {
 
 impl Bridge {
     pub(super) fn new(rx: Receiver<Cmd>, dirty: Arc<ArrayQueue<SocketHandle>>) -> Bridge {
-        Bridge { rx, dirty, table: Vec::new(), stalled: Vec::new(), udp_blocked: Vec::new() }
+        Bridge { rx, dirty, table: Vec::new(), udp_blocked: Vec::new() }
     }
 
     fn entry(&mut self, h: SocketHandle) -> Option<&mut Entry> {
@@ -115,33 +107,7 @@ impl Bridge {
 
     fn command(&mut self, now: Instant, stack: &mut Stack, cmd: Cmd) {
         match cmd {
-            Cmd::Listen { addr, backlog, shard, accepted, queue, reply } => {
-                let r = stack.tcp_listen(now, addr, backlog.max(1)).map_err(|e| io_error(e, false));
-                let r = r.map(|h| {
-                    let local = stack.tcp_listen_addr(h).unwrap_or(addr);
-                    self.insert(h, Kind::Listener { shard, accepted, queue, stalled: false });
-                    (h, local)
-                });
-                let _ = reply.try_send(r);
-            }
-            Cmd::Connect { addr, rd, wr } => match stack.tcp_connect(now, None, addr) {
-                Ok(h) => {
-                    let local = stack.tcp(h).map(|c| c.tuple().local).unwrap_or(addr);
-                    answer(&wr, Reply::Opened { h, local });
-                    self.insert(h, Kind::Stream { rd, wr, connecting: true, read: None, write: None });
-                    self.connecting(now, stack, h);
-                }
-                Err(e) => answer(&wr, Reply::Done(Err(io_error(e, true)))),
-            },
-            Cmd::Read { h, buf, nonblocking } => self.read(now, stack, h, buf, nonblocking),
-            Cmd::Write { h, buf, len, nonblocking } => self.write(now, stack, h, ParkedWrite { buf, off: 0, len }, nonblocking),
             Cmd::Cancel { h, dir } => self.cancel(h, dir),
-            Cmd::Shutdown { h } => {
-                if let Some(Entry { kind: Kind::Stream { wr, .. }, .. }) = self.entry(h) {
-                    let wr = wr.clone();
-                    answer(&wr, Reply::Done(stack.tcp_shutdown(now, h).map_err(|e| io_error(e, false))));
-                }
-            }
             Cmd::Nodelay { h, on } => {
                 if let Some(c) = stack.tcp_mut(h) {
                     c.set_nodelay(on);
@@ -337,145 +303,37 @@ impl Bridge {
         }
     }
 
-    /// A connect under way: answer once the handshake is over.
-    fn connecting(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
-        let r = match stack.tcp(h).map(|c| (c.state(), c.error())) {
-            Some((State::SynSent | State::SynReceived, _)) => return,
-            Some((State::Closed, err)) => Err(io_error(ApiError::Tcp(err.unwrap_or(tcp::Error::Reset)), true)),
-            Some(_) => Ok(()),
-            None => Err(io_error(ApiError::Tcp(tcp::Error::Reset), true)),
-        };
-        let failed = r.is_err();
-        if let Some(Entry { kind: Kind::Stream { wr, connecting, .. }, .. }) = self.entry(h) {
-            *connecting = false;
-            answer(wr, Reply::Done(r));
-        }
-        if failed {
-            // The application never sees this stream: nobody will close it but us.
-            self.remove(h);
-            let _ = stack.close(now, h);
-        }
-    }
-
-    fn read(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, mut buf: Vec<u8>, nonblocking: bool) {
-        let Some(Entry { kind: Kind::Stream { rd, read, .. }, .. }) = self.entry(h) else { return };
-        let result = match stack.tcp_recv(now, h, &mut buf) {
-            Ok(n) => Ok(n),
-            Err(ApiError::WouldBlock) if !nonblocking => {
-                *read = Some(ParkedRead { buf });
-                return;
-            }
-            Err(e) => Err(io_error(e, false)),
-        };
-        answer(rd, Reply::Buf { buf, result, from: None });
-    }
-
-    fn write(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, mut w: ParkedWrite, nonblocking: bool) {
-        let Some(Entry { kind: Kind::Stream { wr, write, .. }, .. }) = self.entry(h) else { return };
-        let result = loop {
-            if w.off == w.len {
-                break Ok(w.len);
-            }
-            match stack.tcp_send(now, h, &w.buf[w.off..w.len]) {
-                Ok(k) if k > 0 => w.off += k,
-                Ok(_) | Err(ApiError::WouldBlock) => {
-                    if !nonblocking {
-                        *write = Some(w);
-                        return;
-                    }
-                    break partial_or_would_block(w.off);
-                }
-                // An error after some bytes went: report those, the error comes next call.
-                Err(_) if w.off > 0 => break Ok(w.off),
-                Err(e) => break Err(io_error(e, false)),
-            }
-        };
-        answer(wr, Reply::Buf { buf: w.buf, result, from: None });
-    }
-
     /// A timed-out call gives up: answer it now with what it has (a write: the bytes already
     /// queued). Nothing parked: its answer is already on its way.
     fn cancel(&mut self, h: SocketHandle, dir: Dir) {
         let Some(e) = self.entry(h) else { return };
         match (&mut e.kind, dir) {
-            (Kind::Stream { rd, read, .. } | Kind::Udp { rd, recv: read, .. }, Dir::Read) => {
+            (Kind::Udp { rd, recv: read, .. }, Dir::Read) => {
                 if let Some(p) = read.take() {
-                    answer(rd, Reply::Buf { buf: p.buf, result: partial_or_would_block(0), from: None });
-                }
-            }
-            (Kind::Stream { wr, write, .. }, Dir::Write) => {
-                if let Some(p) = write.take() {
-                    answer(wr, Reply::Buf { buf: p.buf, result: partial_or_would_block(p.off), from: None });
+                    answer(rd, Reply { buf: p.buf, result: partial_or_would_block(0), from: None });
                 }
             }
             (Kind::Udp { wr, send, .. }, Dir::Write) => {
                 if let Some(p) = send.take() {
-                    answer(wr, Reply::Buf { buf: p.buf, result: partial_or_would_block(0), from: None });
+                    answer(wr, Reply { buf: p.buf, result: partial_or_would_block(0), from: None });
                 }
             }
-            (Kind::Listener { .. } | Kind::Pipe { .. } | Kind::PipeListener { .. }, _) => {}
+            (Kind::Pipe { .. } | Kind::PipeListener { .. }, _) => {}
         }
     }
 
     fn close(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
         let Some(e) = self.remove(h) else { return };
-        match e.kind {
-            Kind::Stream { wr, connecting: true, .. } => {
-                // connect_timeout gave up.
-                answer(&wr, Reply::Done(Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out"))));
-                let _ = stack.tcp_abort(now, h);
+        if let Kind::PipeListener { q } = e.kind {
+            // Connections accepted but not taken: closed like a kernel listener's queue.
+            let waiting: Vec<Incoming> = q.inner.lock().q.drain(..).collect();
+            for a in waiting {
+                self.remove(a.h);
+                let _ = stack.tcp_abort(now, a.h);
+                let _ = stack.close(now, a.h);
             }
-            Kind::PipeListener { q } => {
-                // Connections accepted but not taken: closed like a kernel listener's queue.
-                let waiting: Vec<Incoming> = q.inner.lock().q.drain(..).collect();
-                for a in waiting {
-                    self.remove(a.h);
-                    let _ = stack.tcp_abort(now, a.h);
-                    let _ = stack.close(now, a.h);
-                }
-            }
-            Kind::Listener { accepted, queue, .. } => {
-                drop(accepted);
-                // Connections accepted but not taken: closed like a kernel listener's queue.
-                while let Ok(a) = queue.try_recv() {
-                    self.remove(a.h);
-                    let _ = stack.tcp_abort(now, a.h);
-                    let _ = stack.close(now, a.h);
-                }
-            }
-            _ => {}
         }
         let _ = stack.close(now, h);
-    }
-
-    /// Take what the listener `l` has accepted into the queue `accept` reads, while it has
-    /// room; a full queue leaves the rest in the stack's accept queue until there is room.
-    fn accept(&mut self, now: Instant, stack: &mut Stack, l: SocketHandle) {
-        loop {
-            let Some(Entry { kind: Kind::Listener { shard, accepted, stalled, .. }, .. }) = self.entry(l) else { return };
-            if accepted.is_full() {
-                if !*stalled {
-                    *stalled = true;
-                    self.stalled.push(l);
-                }
-                return;
-            }
-            let shard = *shard;
-            let accepted = accepted.clone();
-            let Ok(h) = stack.tcp_accept(l) else { return };
-            let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { continue };
-            let ((rd_tx, wr_tx), (rd, wr)) = socket_channels();
-            let a = Accepted { h, shard, local: tuple.local, peer: tuple.remote, rd, wr };
-            match accepted.try_send(a) {
-                Ok(()) => self.insert(h, Kind::Stream { rd: rd_tx, wr: wr_tx, connecting: false, read: None, write: None }),
-                Err(TrySendError::Full(a) | TrySendError::Disconnected(a)) => {
-                    // Cannot happen while we are the only sender that fills it (checked
-                    // above), but a listener being closed may have gone: refuse.
-                    let _ = stack.tcp_abort(now, a.h);
-                    let _ = stack.close(now, a.h);
-                }
-            }
-        }
     }
 
     fn udp_send(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, p: ParkedSend, nonblocking: bool) {
@@ -489,7 +347,7 @@ impl Bridge {
             }
             r => r.map_err(|e| io_error(e, false)),
         };
-        answer(wr, Reply::Buf { buf: p.buf, result, from: None });
+        answer(wr, Reply { buf: p.buf, result, from: None });
     }
 
     fn udp_recv(&mut self, stack: &mut Stack, h: SocketHandle, mut buf: Vec<u8>, nonblocking: bool) {
@@ -502,33 +360,18 @@ impl Bridge {
             }
             Err(e) => (Err(io_error(e, false)), None),
         };
-        answer(rd, Reply::Buf { buf, result, from });
+        answer(rd, Reply { buf, result, from });
     }
 
     /// Socket `h` has news: finish what is parked on it, and nothing else.
     fn wake(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         let Some(e) = self.entry(h) else { return };
         match (&mut e.kind, ev) {
-            (Kind::Listener { .. }, SocketEvent::Acceptable) => self.accept(now, stack, h),
             (Kind::PipeListener { .. }, SocketEvent::Acceptable) => self.pipe_accept(now, stack, h),
             (Kind::Pipe { .. }, SocketEvent::Tcp(_)) => self.service(now, stack, h),
             (Kind::Udp { recv, .. }, SocketEvent::UdpReadable) => {
                 if let Some(p) = recv.take() {
                     self.udp_recv(stack, h, p.buf, false);
-                }
-            }
-            (Kind::Stream { connecting, read, write, .. }, SocketEvent::Tcp(_)) => {
-                let connecting = *connecting;
-                let read = read.take();
-                let write = write.take();
-                if connecting {
-                    self.connecting(now, stack, h);
-                }
-                if let Some(p) = read {
-                    self.read(now, stack, h, p.buf, false);
-                }
-                if let Some(w) = write {
-                    self.write(now, stack, h, w, false);
                 }
             }
             _ => {}
@@ -557,21 +400,6 @@ impl App for Bridge {
         while let Some(h) = self.dirty.pop() {
             did = true;
             self.dirty_one(now, stack, h);
-        }
-        if !self.stalled.is_empty() {
-            let stalled = std::mem::take(&mut self.stalled);
-            for &l in &stalled {
-                if let Some(Entry { kind: Kind::Listener { stalled, .. }, .. }) = self.entry(l) {
-                    *stalled = false;
-                    self.accept(now, stack, l);
-                }
-            }
-            // Keep the list's allocation for next time.
-            let mut stalled = stalled;
-            stalled.clear();
-            if self.stalled.is_empty() {
-                self.stalled = stalled;
-            }
         }
         if !self.udp_blocked.is_empty() {
             let blocked = std::mem::take(&mut self.udp_blocked);

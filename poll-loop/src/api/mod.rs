@@ -7,17 +7,21 @@
 //! They are reached through a [`Net`], which spans one or several poll threads (one per queue,
 //! each with its own `Stack` shard and its own [`Bridge`]).
 //!
-//! How a call travels: the application thread sends a small command on its shard's bounded
-//! crossbeam channel (no allocation) and blocks on the socket's own reply channel, a bounded
-//! one created once with the socket (one per direction, so a reader and a writer on clones of
-//! one stream do not wait for each other). Data travels in buffers each socket owns and
-//! reuses: a read lends the poll thread the stream's receive buffer, which comes back filled
-//! (what the caller did not take is kept for the next read); a write lends its send buffer
-//! with the caller's bytes. On the poll thread, [`Bridge`] is a run-to-completion [`App`](crate::runner::App)
-//! that executes the commands; a call that cannot finish yet (no data, a full send buffer,
-//! a handshake under way) is parked on its socket's entry, in a table indexed by socket
-//! handle, and retried only when that socket has an event. A sleeping poll thread is woken
-//! through an eventfd ([`crate::xsk::Waker`]).
+//! The same `Net` serves the readiness API ([`nonblocking`]: `poll_*`, `try_*` and `async`
+//! sockets, tokio's `AsyncRead`/`AsyncWrite` with the `tokio` feature), which the blocking
+//! TCP sockets are built on.
+//!
+//! How bytes travel: each TCP connection has two bounded byte rings shared with its poll
+//! thread. The poll thread copies received bytes into the receive ring as they arrive; a read
+//! takes them from there, without a round trip to the poll thread. A write copies into the
+//! send ring and queues the socket on its shard's dirty queue (once, an atomic flag says it is
+//! there); the poll thread moves the bytes into the stack's send buffer on its next turn. A
+//! call that must wait (no bytes, a full ring, a handshake under way) parks its thread with a
+//! waker the poll thread wakes when that socket has news: work on the poll thread is
+//! proportional to the sockets with events, and nothing is allocated per call. Control
+//! (listen, connect, close, options) and UDP go through the shard's bounded command channel;
+//! UDP calls lend the socket's reusable buffer to the poll thread. The poll thread's eventfd
+//! ([`crate::xsk::Waker`]) is written only when it sleeps.
 //!
 //! Errors are `std::io::Error`s with the kinds std gives: `ConnectionRefused`,
 //! `ConnectionReset`, `TimedOut` (connect), `AddrInUse`, `AddrNotAvailable`, `NotConnected`,
@@ -107,14 +111,8 @@ pub(crate) enum Dir {
 /// What an application thread asks of a poll thread. Nothing in it is allocated per call:
 /// buffers are the socket's own, lent and given back; channels are created with the socket.
 pub(crate) enum Cmd {
-    Listen { addr: SocketAddrV4, backlog: usize, shard: usize, accepted: Sender<Accepted>, queue: Receiver<Accepted>, reply: Sender<io::Result<(SocketHandle, SocketAddrV4)>> },
-    /// Replies `Opened` at once (or `Done(Err)`), then `Done` when the handshake ends.
-    Connect { addr: SocketAddrV4, rd: Sender<Reply>, wr: Sender<Reply> },
-    Read { h: SocketHandle, buf: Vec<u8>, nonblocking: bool },
-    Write { h: SocketHandle, buf: Vec<u8>, len: usize, nonblocking: bool },
     /// A timed-out call gives up: its parked request is answered now (or was already).
     Cancel { h: SocketHandle, dir: Dir },
-    Shutdown { h: SocketHandle },
     Nodelay { h: SocketHandle, on: bool },
     Close { h: SocketHandle },
     UdpBind { addr: SocketAddrV4, rd: Sender<Reply>, wr: Sender<Reply>, reply: Sender<io::Result<(SocketHandle, SocketAddrV4)>> },
@@ -128,25 +126,12 @@ pub(crate) enum Cmd {
     Service { h: SocketHandle },
 }
 
-/// A poll thread's answer on a socket's reply channel.
-pub(crate) enum Reply {
-    /// A lent buffer comes back with the call's result (bytes read, written or sent) and,
-    /// for a datagram, its sender.
-    Buf { buf: Vec<u8>, result: io::Result<usize>, from: Option<SocketAddrV4> },
-    /// A connect's first answer: the connection exists (SYN-SENT), with this local address.
-    Opened { h: SocketHandle, local: SocketAddrV4 },
-    /// A call without a buffer is over (connect's second answer, shutdown).
-    Done(io::Result<()>),
-}
-
-/// A connection a shard accepted, waiting in its listener's queue for `accept`.
-pub(crate) struct Accepted {
-    pub(crate) h: SocketHandle,
-    pub(crate) shard: usize,
-    pub(crate) local: SocketAddrV4,
-    pub(crate) peer: SocketAddrV4,
-    pub(crate) rd: Receiver<Reply>,
-    pub(crate) wr: Receiver<Reply>,
+/// A poll thread's answer on a UDP socket's reply channel: a lent buffer comes back with
+/// the call's result (bytes received or sent) and, for a datagram received, its sender.
+pub(crate) struct Reply {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) result: io::Result<usize>,
+    pub(crate) from: Option<SocketAddrV4>,
 }
 
 /// A socket's reply senders (read, write), held by the poll thread.

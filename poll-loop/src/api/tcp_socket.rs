@@ -1,36 +1,74 @@
-//! [`TcpListener`] and [`TcpStream`], as `std::net`'s.
+//! [`TcpListener`] and [`TcpStream`], as `std::net`'s: the readiness API's sockets
+//! ([`super::nonblocking`]) with the calling thread parked while a call waits.
+//!
+//! A read takes bytes the poll thread already put in the stream's receive ring, and a write
+//! puts bytes in its send ring: neither goes to the poll thread and back. Only a call that
+//! must wait parks its thread, with a waker (made once per thread) that the poll thread wakes
+//! when the stream has news.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
 use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver};
 use parking_lot::Mutex;
-use stack::iface::SocketHandle;
 
-use super::{gone, socket_channels, v4, wait_reply, Accepted, Cmd, Dir, Net, Reply, Timeout, BUFFER};
+use super::{nonblocking as nb, v4, Net, Timeout};
+use crate::clock::Clock;
+
+/// Unparks the thread that made it.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    /// This thread's waker, made once.
+    static WAKER: Waker = Waker::from(Arc::new(Unpark(thread::current())));
+}
+
+/// Run `f` to completion on this thread, parking while it waits; `None` if `timeout` passed
+/// first (`f` is then dropped, which gives up what it was doing).
+fn block_on<F: Future>(f: F, timeout: Option<Duration>) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let deadline = timeout.map(|t| Clock::read_mono_ns().saturating_add(t.as_nanos().min(u64::MAX as u128) as u64));
+    WAKER.with(|w| {
+        let mut cx = Context::from_waker(w);
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return Some(v);
+            }
+            match deadline {
+                None => thread::park(),
+                Some(d) => {
+                    let now = Clock::read_mono_ns();
+                    if now >= d {
+                        return None;
+                    }
+                    thread::park_timeout(Duration::from_nanos(d - now));
+                }
+            }
+        }
+    })
+}
 
 /// A TCP listener, like `std::net::TcpListener`: one listening socket on every shard of its
 /// [`Net`], `accept` taking from whichever has a connection first.
 #[derive(Debug)]
 pub struct TcpListener {
+    inner: nb::TcpListener,
     net: Net,
-    /// The listening socket of each shard, in shard order.
-    handles: Vec<SocketHandle>,
-    /// Each shard's queue of accepted connections, in shard order.
-    queues: Vec<Receiver<Accepted>>,
-    local: SocketAddrV4,
     nonblocking: AtomicBool,
-    /// Where the next nonblocking accept starts looking (fairness between shards).
-    next: std::sync::atomic::AtomicUsize,
-}
-
-impl core::fmt::Debug for Accepted {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Accepted").field("peer", &self.peer).finish()
-    }
 }
 
 impl TcpListener {
@@ -41,31 +79,13 @@ impl TcpListener {
     }
 
     pub(super) fn bind_with(net: &Net, addr: SocketAddrV4, backlog: usize) -> io::Result<TcpListener> {
-        let mut l = TcpListener {
-            net: net.clone(),
-            handles: Vec::new(),
-            queues: Vec::new(),
-            local: addr,
-            nonblocking: AtomicBool::new(false),
-            next: Default::default(),
-        };
-        for shard in 0..net.shards() {
-            let (accepted, queue) = channel::bounded(backlog.max(1));
-            let (reply, wait) = channel::bounded(1);
-            // Port 0: shard 0 chooses, the others listen on the same port.
-            net.send(shard, Cmd::Listen { addr: l.local, backlog, shard, accepted, queue: queue.clone(), reply })?;
-            // On an error, dropping `l` closes the shards already listening.
-            let (h, local) = wait.recv().map_err(|_| gone())??;
-            l.local = local;
-            l.handles.push(h);
-            l.queues.push(queue);
-        }
-        Ok(l)
+        let inner = nb::TcpListener::bind_with_backlog(net, addr, backlog)?;
+        Ok(TcpListener { inner, net: net.clone(), nonblocking: AtomicBool::new(false) })
     }
 
     /// The address listened on (with the port chosen, for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(SocketAddr::V4(self.local))
+        self.inner.local_addr()
     }
 
     /// Moves accept into or out of nonblocking mode (`WouldBlock` when no connection waits).
@@ -77,52 +97,18 @@ impl TcpListener {
     /// Block until a connection is established (on any shard), like
     /// `std::net::TcpListener::accept`.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let a = if self.nonblocking.load(Ordering::Relaxed) {
-            self.try_accept()?
-        } else if self.queues.len() == 1 {
-            self.queues[0].recv().map_err(|_| gone())?
+        let (s, peer) = if self.nonblocking.load(Ordering::Relaxed) {
+            self.inner.try_accept()?
         } else {
-            // Several shards: wait on all queues (one allocation per accept, not per call on
-            // a stream).
-            let mut sel = channel::Select::new();
-            for q in &self.queues {
-                sel.recv(q);
-            }
-            // A shard that stopped makes its queue ready (disconnected): the process is
-            // stopping, and accept says so.
-            let op = sel.select();
-            let i = op.index();
-            op.recv(&self.queues[i]).map_err(|_| gone())?
+            block_on(self.inner.accept(), None).unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))?
         };
-        let peer = SocketAddr::V4(a.peer);
-        Ok((TcpStream::from_accepted(&self.net, a), peer))
-    }
-
-    fn try_accept(&self) -> io::Result<Accepted> {
-        let n = self.queues.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut gone_all = true;
-        for i in 0..n {
-            match self.queues[(start + i) % n].try_recv() {
-                Ok(a) => return Ok(a),
-                Err(channel::TryRecvError::Empty) => gone_all = false,
-                Err(channel::TryRecvError::Disconnected) => {}
-            }
-        }
-        Err(if gone_all { gone() } else { io::ErrorKind::WouldBlock.into() })
+        let _ = &self.net;
+        Ok((TcpStream::from_nb(s), peer))
     }
 
     /// An endless iterator of accepted connections, like `std::net::TcpListener::incoming`.
     pub fn incoming(&self) -> Incoming<'_> {
         Incoming { listener: self }
-    }
-}
-
-impl Drop for TcpListener {
-    fn drop(&mut self) {
-        for (shard, &h) in self.handles.iter().enumerate() {
-            let _ = self.net.send(shard, Cmd::Close { h });
-        }
     }
 }
 
@@ -139,48 +125,17 @@ impl Iterator for Incoming<'_> {
     }
 }
 
-/// One direction of a stream on the application side: its reply channel and its reusable
-/// buffer (lent to the poll thread during a call, `None` meanwhile).
-struct Side {
-    replies: Receiver<Reply>,
-    buf: Option<Vec<u8>>,
-    /// Read side: the bytes `buf[pos..len]` were received and not yet read.
-    pos: usize,
-    len: usize,
-    /// Read side: end of stream was read.
-    eof: bool,
-}
-
-impl Side {
-    fn new(replies: Receiver<Reply>) -> Side {
-        Side { replies, buf: None, pos: 0, len: 0, eof: false }
-    }
-    fn take_buf(&mut self) -> Vec<u8> {
-        self.buf.take().unwrap_or_else(|| vec![0u8; BUFFER])
-    }
-}
-
 /// What the clones of one stream share; the last one dropped closes the connection.
+#[derive(Debug)]
 struct Inner {
-    net: Net,
-    shard: usize,
-    h: SocketHandle,
-    local: SocketAddrV4,
-    peer: SocketAddrV4,
-    rd: Mutex<Side>,
-    wr: Mutex<Side>,
+    s: nb::TcpStream,
+    /// Readers (writers) take turns: a stream wakes one reader and one writer.
+    rd: Mutex<()>,
+    wr: Mutex<()>,
     read_timeout: Timeout,
     write_timeout: Timeout,
     nonblocking: AtomicBool,
     nodelay: AtomicBool,
-    read_shut: AtomicBool,
-    write_shut: AtomicBool,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let _ = self.net.send(self.shard, Cmd::Close { h: self.h });
-    }
 }
 
 /// A TCP connection, like `std::net::TcpStream`: `Read` and `Write` (also through
@@ -194,106 +149,57 @@ pub struct TcpStream {
 
 impl core::fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TcpStream").field("local", &self.inner.local).field("peer", &self.inner.peer).finish()
+        f.debug_struct("TcpStream").field("local", &self.inner.s.local_addr().ok()).field("peer", &self.inner.s.peer_addr().ok()).finish()
     }
 }
 
 impl TcpStream {
-    fn new(net: &Net, shard: usize, h: SocketHandle, local: SocketAddrV4, peer: SocketAddrV4, rd: Receiver<Reply>, wr: Receiver<Reply>) -> TcpStream {
+    fn from_nb(s: nb::TcpStream) -> TcpStream {
         TcpStream {
             inner: Arc::new(Inner {
-                net: net.clone(),
-                shard,
-                h,
-                local,
-                peer,
-                rd: Mutex::new(Side::new(rd)),
-                wr: Mutex::new(Side::new(wr)),
+                s,
+                rd: Mutex::new(()),
+                wr: Mutex::new(()),
                 read_timeout: Timeout::default(),
                 write_timeout: Timeout::default(),
                 nonblocking: AtomicBool::new(false),
                 nodelay: AtomicBool::new(false),
-                read_shut: AtomicBool::new(false),
-                write_shut: AtomicBool::new(false),
             }),
         }
-    }
-
-    fn from_accepted(net: &Net, a: Accepted) -> TcpStream {
-        TcpStream::new(net, a.shard, a.h, a.local, a.peer, a.rd, a.wr)
     }
 
     /// Connect to `addr` through `net` (the shards in turn), like
     /// `std::net::TcpStream::connect`: blocks until the handshake is over.
     pub fn connect(net: &Net, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
-        TcpStream::connect_with(net, v4(addr)?, None)
+        let addr = v4(addr)?;
+        block_on(nb::TcpStream::connect(net, addr), None).unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into())).map(TcpStream::from_nb)
     }
 
     /// Connect with a timeout, like `std::net::TcpStream::connect_timeout` (`TimedOut`
     /// when it expires; the attempt is aborted).
     pub fn connect_timeout(net: &Net, addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         super::check_timeout(Some(timeout))?;
-        TcpStream::connect_with(net, v4(*addr)?, Some(timeout))
-    }
-
-    fn connect_with(net: &Net, addr: SocketAddrV4, timeout: Option<Duration>) -> io::Result<TcpStream> {
-        let shard = net.next_shard();
-        let ((rd_tx, wr_tx), (rd, wr)) = socket_channels();
-        net.send(shard, Cmd::Connect { addr, rd: rd_tx, wr: wr_tx })?;
-        let (h, local) = match wr.recv().map_err(|_| gone())? {
-            Reply::Opened { h, local } => (h, local),
-            Reply::Done(r) => return Err(r.err().unwrap_or_else(gone)),
-            Reply::Buf { .. } => return Err(gone()),
-        };
-        let done = match timeout {
-            None => wr.recv().map_err(|_| gone())?,
-            Some(t) => match wr.recv_timeout(t) {
-                Ok(r) => r,
-                Err(channel::RecvTimeoutError::Disconnected) => return Err(gone()),
-                Err(channel::RecvTimeoutError::Timeout) => {
-                    // Closing a connect under way answers it (TimedOut) unless it just ended.
-                    net.send(shard, Cmd::Close { h })?;
-                    match wr.recv().map_err(|_| gone())? {
-                        Reply::Done(Ok(())) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out")),
-                        r => r,
-                    }
-                }
-            },
-        };
-        match done {
-            Reply::Done(Ok(())) => Ok(TcpStream::new(net, shard, h, local, addr, rd, wr)),
-            Reply::Done(Err(e)) => Err(e),
-            _ => Err(gone()),
+        let addr = v4(*addr)?;
+        match block_on(nb::TcpStream::connect(net, addr), Some(timeout)) {
+            Some(r) => r.map(TcpStream::from_nb),
+            None => Err(io::Error::new(io::ErrorKind::TimedOut, "connection timed out")),
         }
     }
 
     /// The remote address, like `std::net::TcpStream::peer_addr`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        Ok(SocketAddr::V4(self.inner.peer))
+        self.inner.s.peer_addr()
     }
 
     /// The local address, like `std::net::TcpStream::local_addr`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(SocketAddr::V4(self.inner.local))
+        self.inner.s.local_addr()
     }
 
     /// Shut down reading, writing (a FIN after what was written) or both, like
     /// `std::net::TcpStream::shutdown`. After `Read`, reads return end of stream.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        if matches!(how, Shutdown::Read | Shutdown::Both) {
-            self.inner.read_shut.store(true, Ordering::Relaxed);
-        }
-        if matches!(how, Shutdown::Write | Shutdown::Both) {
-            // Under the write lock: the FIN follows writes that returned.
-            let w = self.inner.wr.lock();
-            self.inner.net.send(self.inner.shard, Cmd::Shutdown { h: self.inner.h })?;
-            match w.replies.recv().map_err(|_| gone())? {
-                Reply::Done(r) => r?,
-                _ => return Err(gone()),
-            }
-            self.inner.write_shut.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        self.inner.s.shutdown(how)
     }
 
     /// Half-close: the peer reads end of stream after what was written
@@ -314,8 +220,8 @@ impl TcpStream {
         self.inner.read_timeout.set(t)
     }
 
-    /// Writes wait at most `t` for room (`None`: forever), then return the bytes queued or
-    /// fail with `WouldBlock`; `Some(0)` is refused.
+    /// Writes wait at most `t` for room (`None`: forever), then fail with `WouldBlock`;
+    /// `Some(0)` is refused.
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.inner.write_timeout.set(t)
     }
@@ -339,7 +245,7 @@ impl TcpStream {
     /// Set TCP_NODELAY (disable Nagle's algorithm).
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         self.inner.nodelay.store(on, Ordering::Relaxed);
-        self.inner.net.send(self.inner.shard, Cmd::Nodelay { h: self.inner.h, on })
+        self.inner.s.set_nodelay(on)
     }
 
     /// TCP_NODELAY, as last set.
@@ -349,65 +255,20 @@ impl TcpStream {
 
     fn read_impl(&self, out: &mut [u8]) -> io::Result<usize> {
         let inner = &*self.inner;
-        if out.is_empty() || inner.read_shut.load(Ordering::Relaxed) {
-            return Ok(0);
+        if inner.nonblocking.load(Ordering::Relaxed) {
+            return inner.s.try_read(out);
         }
-        let mut side = inner.rd.lock();
-        let s = &mut *side;
-        if s.pos < s.len {
-            let buf = s.buf.as_deref().unwrap_or_default();
-            let n = out.len().min(s.len - s.pos);
-            out[..n].copy_from_slice(&buf[s.pos..s.pos + n]);
-            s.pos += n;
-            return Ok(n);
-        }
-        if s.eof {
-            return Ok(0);
-        }
-        let buf = s.take_buf();
-        let nonblocking = inner.nonblocking.load(Ordering::Relaxed);
-        inner.net.send(inner.shard, Cmd::Read { h: inner.h, buf, nonblocking })?;
-        let timeout = if nonblocking { None } else { inner.read_timeout.get() };
-        let (reply, _) = wait_reply(&inner.net, inner.shard, inner.h, Dir::Read, &s.replies, timeout)?;
-        let Reply::Buf { buf, result, .. } = reply else { return Err(gone()) };
-        s.buf = Some(buf);
-        s.pos = 0;
-        s.len = 0;
-        match result? {
-            0 => {
-                s.eof = true;
-                Ok(0)
-            }
-            got => {
-                let buf = s.buf.as_deref().unwrap_or_default();
-                let n = out.len().min(got);
-                out[..n].copy_from_slice(&buf[..n]);
-                s.pos = n;
-                s.len = got;
-                Ok(n)
-            }
-        }
+        let _turn = inner.rd.lock();
+        block_on(inner.s.read(out), inner.read_timeout.get()).unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
     }
 
     fn write_impl(&self, data: &[u8]) -> io::Result<usize> {
         let inner = &*self.inner;
-        if data.is_empty() {
-            return Ok(0);
+        if inner.nonblocking.load(Ordering::Relaxed) {
+            return inner.s.try_write(data);
         }
-        if inner.write_shut.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the stream was shut down for writing"));
-        }
-        let mut side = inner.wr.lock();
-        let mut buf = side.take_buf();
-        let len = data.len().min(buf.len());
-        buf[..len].copy_from_slice(&data[..len]);
-        let nonblocking = inner.nonblocking.load(Ordering::Relaxed);
-        inner.net.send(inner.shard, Cmd::Write { h: inner.h, buf, len, nonblocking })?;
-        let timeout = if nonblocking { None } else { inner.write_timeout.get() };
-        let (reply, _) = wait_reply(&inner.net, inner.shard, inner.h, Dir::Write, &side.replies, timeout)?;
-        let Reply::Buf { buf, result, .. } = reply else { return Err(gone()) };
-        side.buf = Some(buf);
-        result
+        let _turn = inner.wr.lock();
+        block_on(inner.s.write(data), inner.write_timeout.get()).unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
     }
 }
 
@@ -426,12 +287,12 @@ impl Read for &TcpStream {
 }
 
 impl Write for TcpStream {
-    /// Blocks until the first `BUFFER` bytes of `buf` at most are in the send buffer; returns
-    /// how many.
+    /// Blocks until some of `buf` (as much as the stream's send ring takes) is queued for
+    /// sending; returns how much.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_impl(buf)
     }
-    /// Nothing to do: written bytes are in the stack's send buffer already.
+    /// Nothing to do: written bytes are on their way already.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }

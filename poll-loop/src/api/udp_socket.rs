@@ -98,7 +98,7 @@ impl UdpSocket {
         inner.net.send(inner.shard, Cmd::UdpSend { h: inner.h, buf: b, len: buf.len(), to, nonblocking })?;
         let timeout = if nonblocking { None } else { inner.write_timeout.get() };
         let (reply, _) = wait_reply(&inner.net, inner.shard, inner.h, Dir::Write, &side.replies, timeout)?;
-        let Reply::Buf { buf, result, .. } = reply else { return Err(gone()) };
+        let Reply { buf, result, .. } = reply;
         side.buf = Some(buf);
         result
     }
@@ -113,7 +113,7 @@ impl UdpSocket {
         inner.net.send(inner.shard, Cmd::UdpRecv { h: inner.h, buf: b, nonblocking })?;
         let timeout = if nonblocking { None } else { inner.read_timeout.get() };
         let (reply, _) = wait_reply(&inner.net, inner.shard, inner.h, Dir::Read, &side.replies, timeout)?;
-        let Reply::Buf { buf: b, result, from } = reply else { return Err(gone()) };
+        let Reply { buf: b, result, from } = reply;
         let r = result.map(|n| {
             let k = n.min(buf.len());
             buf[..k].copy_from_slice(&b[..k]);

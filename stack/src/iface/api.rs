@@ -77,6 +77,16 @@ impl Stack {
         };
         if let Some(Socket::Tcp(t)) = self.socket_mut(h) {
             t.parent = None;
+            // Bytes or a FIN that came before the accept raised no event for the application
+            // (events of a connection in the accept queue are not delivered): raise them now,
+            // so that an application reading on `Readable` does not wait forever.
+            let (data, fin) = (t.conn.recv_queue() > 0, t.conn.peer_closed());
+            if data || fin {
+                self.events.push_back((h, SocketEvent::Tcp(Event::Readable)));
+            }
+            if fin {
+                self.events.push_back((h, SocketEvent::Tcp(Event::PeerClosed)));
+            }
         }
         Ok(h)
     }

@@ -966,3 +966,28 @@ fn a_lost_window_update_does_not_stall_a_small_window() {
     })
     .expect("the sender got past the small window on its own timer");
 }
+
+#[test]
+fn bytes_and_fin_before_accept_are_raised_at_accept() {
+    // Found by the kv example on two queues: a client whose request (and FIN) arrived before
+    // the application accepted never got an answer, as no Readable event was ever raised.
+    let (mut a, mut b) = pair();
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 16).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(1));
+    b.tcp_send(t(2), c, b"GET x").unwrap();
+    b.tcp_shutdown(t(2), c).unwrap();
+    pump(&mut a, &mut b, t(3));
+    assert!(events(&mut a).iter().all(|&(h, _)| h == l), "nothing but Acceptable before the accept");
+    let s = a.tcp_accept(l).unwrap();
+    let evs = events(&mut a);
+    assert!(evs.contains(&(s, SocketEvent::Tcp(Event::Readable))), "{evs:?}");
+    assert!(evs.contains(&(s, SocketEvent::Tcp(Event::PeerClosed))), "{evs:?}");
+    // A connection accepted with nothing waiting raises nothing.
+    let c2 = b.tcp_connect(t(4), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(5));
+    events(&mut a);
+    let s2 = a.tcp_accept(l).unwrap();
+    assert!(events(&mut a).is_empty());
+    let _ = (c2, s2);
+}
