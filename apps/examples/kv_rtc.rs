@@ -85,6 +85,8 @@ impl App for KvApp {
             SocketEvent::Acceptable => {
                 while let Ok(c) = stack.tcp_accept(h) {
                     self.conns.insert(c, Conn::default());
+                    // Data (and a FIN) that came before the accept raised no event: read now.
+                    self.pump(now, stack, c);
                 }
             }
             SocketEvent::Tcp(Event::Readable | Event::Writable | Event::PeerClosed) => self.pump(now, stack, h),

@@ -8,9 +8,9 @@
 //!
 //! Connections are opened one every `--connect-gap-us` (500 µs: 1000 connections in half a
 //! second, not one burst against the server's backlog); the measurement starts once all are
-//! open. Each connection owns a disjoint key space (`c<conn>.<k>`, `--keys` keys), issues one
-//! request at a time (half SET of a random value, half GET) and checks every reply against its
-//! own model: `OK` for a SET, and for a GET exactly the value this connection last set for the
+//! open. Each connection owns a disjoint key space (`<run>.c<conn>.<k>`, `--keys` keys, `<run>`
+//! random per run), issues one request at a time (half SET of a random value, half GET) and
+//! checks every reply against its own model: `OK` for a SET, and for a GET exactly the value this connection last set for the
 //! key, or `NONE` if it never set it. Anything else is a mismatch. Errors: a failed or
 //! timed-out connect, a reset or other I/O error, the server closing, a request not answered
 //! within 5 s; a connection stops at its first error.
@@ -162,8 +162,15 @@ impl Rng {
     }
 }
 
+/// This run's key prefix: the server's map outlives a run, and keys must not meet those of
+/// earlier runs (or of another kvload at the same time).
+fn run_id() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    Rng(t ^ (u64::from(std::process::id()) << 32) | 1).next()
+}
+
 /// One connection's load, until `end`: requests one at a time, every reply checked.
-async fn worker(id: usize, stream: TcpStream, keys: usize, end: Instant) -> Tally {
+async fn worker(run: u64, id: usize, stream: TcpStream, keys: usize, end: Instant) -> Tally {
     let mut t = Tally::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ std::process::id() as u64);
     let mut model: Vec<Option<String>> = vec![None; keys];
@@ -175,8 +182,8 @@ async fn worker(id: usize, stream: TcpStream, keys: usize, end: Instant) -> Tall
         let value = (rng.next() & 1 == 0).then(|| (0..1 + rng.below(32)).map(|_| ALNUM[rng.below(ALNUM.len())] as char).collect::<String>());
         req.clear();
         match &value {
-            Some(v) => req.push_str(&format!("SET c{id}.{k} {v}\n")),
-            None => req.push_str(&format!("GET c{id}.{k}\n")),
+            Some(v) => req.push_str(&format!("SET {run:x}.c{id}.{k} {v}\n")),
+            None => req.push_str(&format!("GET {run:x}.c{id}.{k}\n")),
         }
         reply.clear();
         let start = Instant::now();
@@ -254,7 +261,8 @@ async fn run(o: &Opts) -> Tally {
     let cpu0 = o.server_pid.map(cpu_ticks);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(o.seconds);
-    let workers: Vec<_> = streams.into_iter().map(|(i, s)| tokio::spawn(worker(i, s, o.keys, end))).collect();
+    let run = run_id();
+    let workers: Vec<_> = streams.into_iter().map(|(i, s)| tokio::spawn(worker(run, i, s, o.keys, end))).collect();
     for w in workers {
         match w.await {
             Ok(t) => total.add(t),
