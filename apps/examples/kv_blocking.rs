@@ -48,13 +48,7 @@ fn run(a: &args::Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let a = match args::Args::parse("kv_blocking") {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("kv_blocking: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let a = args::Args::parse_or_exit("kv_blocking");
     match run(&a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -90,24 +90,15 @@ impl App for KvApp {
                 }
             }
             SocketEvent::Tcp(Event::Readable | Event::Writable | Event::PeerClosed) => self.pump(now, stack, h),
-            SocketEvent::Tcp(Event::Closed) => {
-                if self.conns.remove(&h).is_some() {
-                    stack.release_closed(h);
-                }
-            }
+            // Closed by the peer or the stack (not by us: those we forgot): free it.
+            SocketEvent::Tcp(Event::Closed) if self.conns.remove(&h).is_some() => stack.release_closed(h),
             _ => {}
         }
     }
 }
 
 fn main() -> ExitCode {
-    let a = match args::Args::parse("kv_rtc") {
-        Ok(a) => Arc::new(a),
-        Err(e) => {
-            eprintln!("kv_rtc: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let a = Arc::new(args::Args::parse_or_exit("kv_rtc"));
     let (store, started) = (Arc::new(proto::Store::default()), Arc::new(AtomicU32::new(0)));
     let make = |_queue| KvApp { store: store.clone(), args: a.clone(), started: started.clone(), conns: HashMap::new(), buf: vec![0; 64 << 10] };
     match a.plex().serve(make) {

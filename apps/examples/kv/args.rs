@@ -39,6 +39,14 @@ impl Args {
         })
     }
 
+    /// [`Args::parse`], or the error on stderr and exit status 2.
+    pub fn parse_or_exit(name: &str) -> Args {
+        Args::parse(name).unwrap_or_else(|e| {
+            eprintln!("{name}: {e}");
+            std::process::exit(2)
+        })
+    }
+
     /// plex on the interface with the address, queues and XDP mode asked for.
     pub fn plex(&self) -> Plex {
         Plex::on(&self.iface).addr(self.ip, self.prefix).queues(self.queues).xdp_mode(self.mode)

@@ -23,10 +23,12 @@ use parking_lot::RwLock;
 pub const MAX_LINE: usize = 4096;
 const SHARDS: usize = 64;
 
+type Shard = RwLock<HashMap<Box<[u8]>, Box<[u8]>>>;
+
 /// The shared map: sharded read-write locks, so connections on different keys rarely meet.
 #[derive(Debug)]
 pub struct Store {
-    shards: Vec<RwLock<HashMap<Box<[u8]>, Box<[u8]>>>>,
+    shards: Vec<Shard>,
 }
 
 impl Default for Store {
@@ -36,7 +38,7 @@ impl Default for Store {
 }
 
 impl Store {
-    fn shard(&self, key: &[u8]) -> &RwLock<HashMap<Box<[u8]>, Box<[u8]>>> {
+    fn shard(&self, key: &[u8]) -> &Shard {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         &self.shards[h.finish() as usize % SHARDS]
