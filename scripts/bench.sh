@@ -8,6 +8,10 @@
 #     sequential connection rate
 #   - full run only: memory per established connection, 100 000 idle connections held by one
 #     plex instance vs one Linux server (kernel slab + process RSS growth)
+#   - the application APIs: the KV servers of apps/examples (scripts/kv.sh lists them: plex's
+#     blocking API, its run-to-completion API, Linux sockets) as a user writes them (default
+#     polling, one queue, unpinned) under plex-kvload from the Linux side with 50 and 1000
+#     connections: requests/s and the server's CPU time per request
 # Prints the median of the rounds, the ratios, and writes a JSON summary.
 #
 # Usage: sudo flock /tmp/plx-testbed.lock scripts/bench.sh [--quick] [--json FILE] [--out DIR]
@@ -15,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
+source scripts/kv.sh
 
 COUNT=200000
 ROUNDS=3
@@ -25,9 +30,11 @@ JSON=
 OUT=$(mktemp -d /tmp/plx-bench.XXXXXX)
 # Warm-up round trips, not recorded (every program: plex, Linux, floor).
 WARMUP=20000
+# Seconds of each KV load (per server, per client count, per round).
+KV_SECS=5
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) COUNT=30000; WARMUP=5000; ROUNDS=1; QUICK=1 ;;
+    --quick) COUNT=30000; WARMUP=5000; ROUNDS=1; QUICK=1; KV_SECS=2 ;;
     --json) JSON=$2; shift ;;
     --out) OUT=$2; mkdir -p "$OUT"; shift ;;
     *) echo "usage: $0 [--quick] [--json FILE] [--out DIR]" >&2; exit 2 ;;
@@ -36,7 +43,7 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench.sh needs root (namespaces, XDP)" >&2; exit 1; }
 install_deps
-cargo build --release --locked -p apps -p bench 2>&1 | tail -1
+cargo build --release --locked -p apps -p bench --bins --examples 2>&1 | tail -1
 PLEX=target/release/plex
 LNX=target/release/plex-bench-linux
 FLOOR=target/release/plex-bench-floor
@@ -212,6 +219,21 @@ run_mem() {
   stop_last INT
 }
 
+# The application APIs: every KV server of scripts/kv.sh (plex ones on plex's address .2,
+# Linux on the kernel address .4), 50 then 1000 clients; kvload checks every reply.
+KV_CLIENTS="50 1000"
+run_api() { # round
+  local name c
+  for name in $(kv_names); do
+    kv_start "$name" plx-mqs plx-mq1 198.18.1.2/24 198.18.1.4 1 "$OUT/kv-$name-$1.log" >&2 || exit 1
+    for c in $KV_CLIENTS; do
+      kv_load plx-mqc "$c" "$KV_SECS" "$OUT/kv-$name-$c-$1.json" \
+        || { echo "plex-kvload failed against kv_$name with $c clients (see $OUT/kv-$name-$c-$1.json.err)" >&2; exit 1; }
+    done
+    kv_stop
+  done
+}
+
 for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r/$ROUNDS: plex <-> plex ($COUNT round trips of 64 bytes; 1 connection, then $NCONNS)"
   run_plex "$r"; cat "$OUT/plex-$r.txt" "$OUT/plex-n-$r.txt"
@@ -223,6 +245,8 @@ for r in $(seq 1 "$ROUNDS"); do
   run_bulk "$r"; grep -h '^sink:' "$OUT/plex-sink-$r.txt" "$OUT/linux-sink-$r.txt"
   echo "== round $r/$ROUNDS: connection rate, $CONNS sequential connections (plex, then Linux)"
   run_connrate "$r"; cat "$OUT/plex-connrate-$r.txt" "$OUT/linux-connrate-$r.txt"
+  echo "== round $r/$ROUNDS: application APIs, KV servers ($(kv_names | tr '\n' ' ')) with $KV_CLIENTS clients, ${KV_SECS} s each"
+  run_api "$r"
 done
 if [ -z "$QUICK" ]; then
   echo "== memory per connection: $MEMCONNS idle connections held open (plex server, then Linux)"
@@ -250,6 +274,15 @@ ptpsn=$(median "$TPS" $(rounds plex-n)); ltpsn=$(median "$TPS" $(rounds linux-n)
 gbps() { median "$GBPS" "$@" | awk '{ if ($1 == "null") print "null"; else printf "%.3f", $1 / 1000 }'; }
 pbulk=$(gbps $(rounds plex-sink)); lbulk=$(gbps $(rounds linux-sink))
 pcps=$(median "$CPS" $(rounds plex-connrate)); lcps=$(median "$CPS" $(rounds linux-connrate))
+# Rounds of a KV run are files kv-NAME-CLIENTS-ROUND.json.
+rounds_json() { for r in $(seq 1 "$ROUNDS"); do echo "$OUT/$1-$r.json"; done; }
+kv_med() { median "s/.*\"$3\":\([^,}]*\).*/\1/p" $(rounds_json "kv-$1-$2"); }
+API_JSON=
+for name in $(kv_names); do
+  for c in $KV_CLIENTS; do
+    API_JSON+="\"${name}_rps_$c\": $(kv_med "$name" "$c" rps), \"${name}_cpu_us_$c\": $(kv_med "$name" "$c" server_cpu_us_per_req), "
+  done
+done
 pmem=null; lmem=null
 if [ -z "$QUICK" ]; then
   pmem=$(sed -n 's/^mem_per_conn //p' "$OUT/plex-mem.txt"); lmem=$(sed -n 's/^mem_per_conn //p' "$OUT/linux-mem.txt")
@@ -274,6 +307,11 @@ if [ -z "$QUICK" ]; then
 else
   echo "(memory per connection: full run only)"
 fi
+printf '\n%-30s %12s %12s %12s %12s\n' "KV server (app API)" "req/s 50" "req/s 1000" "CPU us/req 50" "CPU us/req 1000"
+for name in $(kv_names); do
+  printf '%-30s %12s %12s %12s %12s\n' "kv_$name ($(kv_kind "$name"))" "$(kv_med "$name" 50 rps)" "$(kv_med "$name" 1000 rps)" \
+    "$(kv_med "$name" 50 server_cpu_us_per_req)" "$(kv_med "$name" 1000 server_cpu_us_per_req)"
+done
 r=$ROUNDS
 python3 scripts/plot_hgrm.py "$OUT/latency.svg" "plex=$OUT/plex-$r.hgrm" "Linux=$OUT/linux-$r.hgrm" "AF_XDP floor=$OUT/floor-$r.hgrm" \
   "plex $NCONNS conns=$OUT/plex-n-$r.hgrm" "Linux $NCONNS conns=$OUT/linux-n-$r.hgrm" \
@@ -288,6 +326,7 @@ if [ -n "$JSON" ]; then
   "linux": { "rtt_p50_us": $lp50, "rtt_p99_us": $lp99, "tps": $ltps, "rtt_n_p50_us": $ln50, "rtt_n_p99_us": $ln99, "tps_n": $ltpsn,
              "bulk_gbps": $lbulk, "conn_per_s": $lcps, "mem_per_conn_bytes": $lmem },
   "floor": { "rtt_p50_us": $fp50, "rtt_p99_us": $fp99 },
+  "api": { ${API_JSON}"kv_seconds": $KV_SECS },
   "ratios": { "plex_linux_rtt_p50": $(ratio "$pp50" "$lp50"), "plex_linux_rtt_p99": $(ratio "$pp99" "$lp99"),
               "plex_floor_rtt_p50": $(ratio "$pp50" "$fp50"), "plex_linux_tps": $(ratio "$ptps" "$ltps"),
               "plex_linux_tps_n": $(ratio "$ptpsn" "$ltpsn"), "plex_linux_bulk": $(ratio "$pbulk" "$lbulk"),
