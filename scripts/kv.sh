@@ -8,7 +8,9 @@
 KV_SERVERS=(
   "blocking plex"
   "rtc plex"
+  "tokio plex"
   "linux linux"
+  "tokio_linux linux"
 )
 KV_PORT=7379
 KV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
