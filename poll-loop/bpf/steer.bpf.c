@@ -1,10 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
 /* plex's XDP program: steer into the AF_XDP socket only what the stack owns, namely IPv4
  * whose destination is in the home map and ARP whose target address is in it (and is not
- * internal); pass everything else to the kernel. */
+ * internal); pass everything else to the kernel. For an address this stack distributes, TCP
+ * segments of flows in the flows map go straight back out to their target stack (XDP_TX,
+ * MACs rewritten, nothing else touched): the distributor's fast path. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/tcp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "steer.h"
@@ -22,6 +26,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct plex_home);
 } home SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PLEX_MAX_FLOWS);
+	__type(key, struct plex_flow_key);
+	__type(value, struct plex_flow);
+} flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -49,6 +60,29 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/* A TCP segment of a known flow of a distributed address: to its target, or -1. */
+static __always_inline int forward(struct ethhdr *eth, struct iphdr *ip, void *end)
+{
+	if (ip->protocol != IPPROTO_TCP || ip->ihl < 5 || (ip->frag_off & bpf_htons(0x3fff)))
+		return -1;
+	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
+	if ((void *)(tcp + 1) > end)
+		return -1;
+	struct plex_flow_key k = {
+		.saddr = ip->saddr,
+		.daddr = ip->daddr,
+		.sport = tcp->source,
+		.dport = tcp->dest,
+	};
+	struct plex_flow *f = bpf_map_lookup_elem(&flows, &k);
+	if (!f)
+		return -1;
+	__builtin_memcpy(eth->h_dest, f->dmac, 6);
+	__builtin_memcpy(eth->h_source, f->smac, 6);
+	count(PLEX_STAT_FORWARDED);
+	return XDP_TX;
+}
+
 static __always_inline int redirect(struct xdp_md *ctx, __u32 stat)
 {
 	int r = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
@@ -70,8 +104,15 @@ int plex_steer(struct xdp_md *ctx)
 		if ((void *)(ip + 1) > end)
 			goto pass;
 		__u32 dst = ip->daddr;
-		if (bpf_map_lookup_elem(&home, &dst))
+		struct plex_home *h = bpf_map_lookup_elem(&home, &dst);
+		if (h) {
+			if (h->flags & PLEX_HOME_DISTRIBUTED) {
+				int r = forward(eth, ip, end);
+				if (r >= 0)
+					return r;
+			}
 			return redirect(ctx, PLEX_STAT_IP_REDIRECTED);
+		}
 	} else if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
 		struct arp_eth_ipv4 *arp = (void *)(eth + 1);
 		if ((void *)(arp + 1) > end)

@@ -7,6 +7,7 @@
 /* Sizes of the maps. */
 #define PLEX_MAX_QUEUES 64
 #define PLEX_MAX_HOMES 1024
+#define PLEX_MAX_FLOWS 65536
 
 /* home map: key = IPv4 address in network byte order (__u32), value = struct plex_home. */
 struct plex_home {
@@ -15,6 +16,24 @@ struct plex_home {
 
 /* The address is internal: accepted, but ARP for it is left to the kernel/others. */
 #define PLEX_HOME_INTERNAL 1u
+/* The address is distributed by this stack (it routes it): TCP segments of flows in the flows
+ * map are sent on to their target stack from here (XDP_TX), without reaching the poll thread. */
+#define PLEX_HOME_DISTRIBUTED 2u
+
+/* flows map (the distributor's connection routing table, mirrored): key = the segment's
+ * addresses and ports as they are on the wire (network byte order), value = the MACs to put
+ * on the frame before it goes back out. */
+struct plex_flow_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+struct plex_flow {
+	__u8 dmac[6]; /* the target stack's MAC */
+	__u8 smac[6]; /* ours */
+};
 
 /* stats map: per-CPU array of __u64 counters indexed by these. */
 enum plex_stat {
@@ -22,7 +41,8 @@ enum plex_stat {
 	PLEX_STAT_ARP_REDIRECTED = 1,
 	PLEX_STAT_PASSED = 2,
 	PLEX_STAT_REDIRECT_FAILED = 3,
-	PLEX_STAT_MAX = 4,
+	PLEX_STAT_FORWARDED = 4,
+	PLEX_STAT_MAX = 5,
 };
 
 #endif

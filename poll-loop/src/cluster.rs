@@ -140,6 +140,21 @@ impl StackCluster {
 /// The member's way to the node: the stack's cluster, which [`ClusterMember::join`] made a
 /// [`StackCluster`]. `None` for a stack built with another cluster (then the member does
 /// nothing).
+/// The MAC of member `slot` if it is up (the distributor forwards its connections' frames
+/// there), from the region's member row.
+pub(crate) fn member_mac(stack: &mut Stack, slot: u32, now: Instant) -> Option<[u8; 6]> {
+    let c = node_of(stack)?;
+    let region = c.node.region();
+    let now_ns = c.clock.mono_ns(now);
+    if !coupling::node::member_up(region, c.node.config(), u8::try_from(slot).ok()?, now_ns) {
+        return None;
+    }
+    let raw = region.members().get(slot as usize)?.mac.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes();
+    let mac: [u8; 6] = raw[..6].try_into().ok()?;
+    // A zero or multicast MAC is not a stack's.
+    (mac != [0; 6] && mac[0] & 1 == 0).then_some(mac)
+}
+
 fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
     let c: &mut dyn std::any::Any = stack.cluster_mut();
     c.downcast_mut::<StackCluster>()

@@ -451,16 +451,16 @@ impl core::fmt::Display for Report {
         let st = &self.steering;
         writeln!(
             f,
-            "xdp: ip_redirected {} arp_redirected {} passed {} redirect_failed {}",
-            st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed
+            "xdp: ip_redirected {} arp_redirected {} passed {} redirect_failed {} forwarded {}",
+            st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed, st.forwarded
         )?;
         for (q, r) in self.queues.iter().enumerate() {
             let x = r.xsk().stats();
             let t = r.tap().stats;
             writeln!(
                 f,
-                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} unforwarded {} | device dropped {} reordered {} duplicated {} corrupted {}",
-                r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame, r.stats().unforwarded,
+                "queue {q}: iterations {} sleeps {} rx {} tx {} kicks {} (budget {}) no_frame {} forwarded {} unforwarded {} | device dropped {} reordered {} duplicated {} corrupted {}",
+                r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame, r.stats().forwarded, r.stats().unforwarded,
                 t.dropped, t.delayed, t.duplicated, t.corrupted
             )?;
             if let Some(e) = r.cluster().map(|m| m.events()) {

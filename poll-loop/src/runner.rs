@@ -100,9 +100,12 @@ pub struct LoopStats {
     /// Times the loop slept (adaptive mode).
     pub sleeps: u64,
     /// Frames the stack said belong to another stack of the cluster
-    /// ([`stack::iface::Received::Forward`]). Dropped for now: the hand-over between stacks
-    /// is the distributor's transport, not built yet.
+    /// ([`stack::iface::Received::Forward`]) that could not be sent on: the target's MAC is
+    /// unknown (it is not up) or this turn's forwarding slots were full.
     pub unforwarded: u64,
+    /// Frames sent on to the stack of the cluster that owns their connection (the
+    /// distributor's slow path: SYNs and flows not yet in the XDP fast path).
+    pub forwarded: u64,
 }
 
 /// One poll thread's state: built with [`Runner::new`] and the `with_*` options, run with
@@ -126,6 +129,59 @@ pub struct Runner {
     now: Instant,
     /// Turns in a row that did nothing (the clock is read on every CLOCK_EVERY-th).
     idle_turns: u32,
+    /// Frames on their way to another stack of the cluster.
+    forwards: Forwards,
+}
+
+/// Frames received this turn that go on to another stack of the cluster, their MACs already
+/// rewritten, sent with this turn's transmit. The slots are allocated with the first one
+/// (a stack outside a cluster never forwards): nothing is allocated per frame.
+#[derive(Debug, Default)]
+struct Forwards {
+    buf: Vec<u8>,
+    lens: Vec<usize>,
+    /// Frames staged; the next to send.
+    n: usize,
+    sent: usize,
+}
+
+/// Frames one turn forwards at most (the rest are counted `unforwarded`; TCP retransmits).
+const FORWARD_SLOTS: usize = 256;
+/// Bytes of one forwarding slot: the largest frame the interface gives us.
+const FORWARD_FRAME: usize = 4096;
+
+impl Forwards {
+    /// Stage `frame` for `target`, from `ours`: false when it does not fit.
+    fn stage(&mut self, frame: &[u8], target: [u8; 6], ours: [u8; 6]) -> bool {
+        if self.n == FORWARD_SLOTS || frame.len() > FORWARD_FRAME || frame.len() < 14 {
+            return false;
+        }
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; FORWARD_SLOTS * FORWARD_FRAME];
+            self.lens = vec![0; FORWARD_SLOTS];
+        }
+        let slot = &mut self.buf[self.n * FORWARD_FRAME..][..frame.len()];
+        slot.copy_from_slice(frame);
+        slot[0..6].copy_from_slice(&target);
+        slot[6..12].copy_from_slice(&ours);
+        self.lens[self.n] = frame.len();
+        self.n += 1;
+        true
+    }
+
+    /// The next staged frame into `out`; its length.
+    fn next(&mut self, out: &mut [u8]) -> Option<usize> {
+        if self.sent == self.n {
+            return None;
+        }
+        let len = self.lens[self.sent];
+        if out.len() < len {
+            return None;
+        }
+        out[..len].copy_from_slice(&self.buf[self.sent * FORWARD_FRAME..][..len]);
+        self.sent += 1;
+        Some(len)
+    }
 }
 
 /// An idle turn reads the clock once in this many.
@@ -139,7 +195,7 @@ impl Runner {
     pub fn new(xsk: Xsk, stack: Stack, tap: FrameTap, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
         let clock = Clock::default();
         let now = clock.now();
-        Runner { xsk, stack, tap, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0 }
+        Runner { xsk, stack, tap, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0, forwards: Forwards::default() }
     }
 
     /// Read time from `clock` (a cluster member's clock must be the one its node was given).
@@ -204,7 +260,7 @@ impl Runner {
     /// has microsecond resolution; the cached time lags by a few idle turns at most.)
     pub fn turn(&mut self, app: &mut impl App) -> bool {
         self.stats.iterations += 1;
-        let Runner { xsk, stack, tap, batch, cluster, clock, now: cached, idle_turns, stats, .. } = self;
+        let Runner { xsk, stack, tap, batch, cluster, clock, now: cached, idle_turns, stats, forwards, .. } = self;
 
         // Before any frame: a stack whose lease lapsed (it was stalled) learns here whether it
         // was fenced, and drops the addresses it lost before it could answer for them. (A
@@ -215,10 +271,14 @@ impl Runner {
             t
         });
         let batch = *batch;
-        let unforwarded = &mut stats.unforwarded;
+        let (unforwarded, forwarded) = (&mut stats.unforwarded, &mut stats.forwarded);
         let mut deliver = |now: Instant, g: &[u8]| {
-            if let Received::Forward { .. } = stack.receive(now, g) {
-                *unforwarded += 1;
+            if let Received::Forward { stack: slot } = stack.receive(now, g) {
+                let ours = stack.mac().0;
+                match crate::cluster::member_mac(stack, slot, now) {
+                    Some(target) if forwards.stage(g, target, ours) => *forwarded += 1,
+                    _ => *unforwarded += 1,
+                }
             }
         };
         // Receive up to RX_ROUNDS batches while the ring keeps delivering full ones, against
@@ -266,9 +326,26 @@ impl Runner {
             c.turn(clock.now(), stack);
         }
         // Queue what the stack has, up to one kick's worth, then kick once: in copy mode every
-        // kick is a sendto that moves at most the socket's TX budget.
+        // kick is a sendto that moves at most the socket's TX budget. Frames forwarded to other
+        // stacks go first (they were received first).
         let budget = (xsk.tx_budget() as usize).max(batch);
         let mut tx = 0;
+        while forwards.sent < forwards.n {
+            let n = xsk.tx_fill(forwards.n - forwards.sent, |buf| {
+                let n = forwards.next(buf)?;
+                tap.on_tx(now, &buf[..n]);
+                Some(n)
+            });
+            tx += n;
+            if n == 0 {
+                // No TX room: the rest are lost (counted), as a full NIC ring drops.
+                stats.unforwarded += (forwards.n - forwards.sent) as u64;
+                stats.forwarded -= (forwards.n - forwards.sent) as u64;
+                break;
+            }
+        }
+        forwards.n = 0;
+        forwards.sent = 0;
         while tx < budget && stack.may_transmit() {
             let n = xsk.tx_fill(batch.min(budget - tx), |buf| {
                 let n = stack.poll_transmit(now, buf)?;
@@ -357,5 +434,36 @@ impl Runner {
         self.xsk.wait(ms, self.waker.as_deref());
         // Time passed: the next turn reads the clock.
         self.idle_turns = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_frames_keep_their_bytes_and_get_the_target_and_our_mac() {
+        let mut f = Forwards::default();
+        let frame: Vec<u8> = (0..600u32).map(|i| i as u8).collect();
+        assert!(f.stage(&frame, [2, 0, 0, 0, 0, 12], [2, 0, 0, 0, 0, 11]));
+        assert!(!f.stage(&frame[..10], [2; 6], [2; 6]), "shorter than an Ethernet header");
+        let mut out = vec![0u8; 2048];
+        let n = f.next(&mut out).unwrap();
+        assert_eq!(n, 600);
+        assert_eq!(&out[..6], &[2, 0, 0, 0, 0, 12]);
+        assert_eq!(&out[6..12], &[2, 0, 0, 0, 0, 11]);
+        assert_eq!(&out[12..600], &frame[12..]);
+        assert_eq!(f.next(&mut out), None);
+    }
+
+    #[test]
+    fn forwarding_slots_are_bounded() {
+        let mut f = Forwards::default();
+        let frame = [0u8; 64];
+        for _ in 0..FORWARD_SLOTS {
+            assert!(f.stage(&frame, [2; 6], [4; 6]));
+        }
+        assert!(!f.stage(&frame, [2; 6], [4; 6]), "full: the caller counts it unforwarded");
+        assert!(!Forwards::default().stage(&[0u8; FORWARD_FRAME + 1], [2; 6], [4; 6]));
     }
 }

@@ -79,6 +79,9 @@ pub struct SteerStats {
     pub passed: u64,
     /// Redirects that failed (no socket on the queue): those frames were dropped.
     pub redirect_failed: u64,
+    /// TCP segments of distributed flows sent on to their target stack by the program itself
+    /// (XDP_TX), without reaching the poll thread.
+    pub forwarded: u64,
 }
 
 /// The steering program attached to an interface through a BPF link, and its maps. Dropping
@@ -92,6 +95,7 @@ pub struct Steering {
     xsks: MapHandle,
     home: MapHandle,
     stats: MapHandle,
+    flows: MapHandle,
 }
 
 impl core::fmt::Debug for Steering {
@@ -161,7 +165,7 @@ impl Steering {
             }
             _ => StartError::XdpAttach { ifname: ifname.to_string(), mode: mode.name(), err: errno_text(&e) },
         })?;
-        let (xsks, home, stats) = (map(&obj, "xsks")?, map(&obj, "home")?, map(&obj, "stats")?);
+        let (xsks, home, stats, flows) = (map(&obj, "xsks")?, map(&obj, "home")?, map(&obj, "stats")?, map(&obj, "flows")?);
         // The mode the kernel chose, when it was left to it.
         let mode = match mode {
             AttachMode::Auto => match attached(ifindex, link.as_fd()) {
@@ -171,7 +175,7 @@ impl Steering {
             },
             m => m,
         };
-        Ok(Steering { _link: link, ifname: ifname.to_string(), mode, xsks, home, stats })
+        Ok(Steering { _link: link, ifname: ifname.to_string(), mode, xsks, home, stats, flows })
     }
 
     /// The mode the program is attached in.
@@ -209,6 +213,12 @@ impl Steering {
         Ok(HomeMap { map })
     }
 
+    /// A handle on the flows map (the distributor's fast path) for the poll thread.
+    pub fn flow_map(&self) -> Result<FlowMap, String> {
+        let map = MapHandle::try_from(&self.flows).map_err(|e| format!("cloning the flows map handle: {e}"))?;
+        Ok(FlowMap { map })
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> SteerStats {
         let mut v = [0u64; layout::STAT_MAX as usize];
@@ -225,6 +235,7 @@ impl Steering {
             arp_redirected: v[layout::STAT_ARP_REDIRECTED as usize],
             passed: v[layout::STAT_PASSED as usize],
             redirect_failed: v[layout::STAT_REDIRECT_FAILED as usize],
+            forwarded: v[layout::STAT_FORWARDED as usize],
         }
     }
 }
@@ -289,8 +300,20 @@ impl core::fmt::Debug for HomeMap {
 impl HomeMap {
     /// Steer `addr` to plex (IP and ARP).
     pub fn add(&self, addr: Ipv4Addr) -> Result<(), String> {
+        self.add_with(addr, 0)
+    }
+    /// Steer `addr` to plex, IP only (an internal address: ARP for it is someone else's).
+    pub fn add_internal(&self, addr: Ipv4Addr) -> Result<(), String> {
+        self.add_with(addr, layout::HOME_INTERNAL)
+    }
+    /// Steer `addr` to plex as an address this stack distributes: segments of flows in the
+    /// flows map go on to their target from the program itself.
+    pub fn add_distributed(&self, addr: Ipv4Addr) -> Result<(), String> {
+        self.add_with(addr, layout::HOME_DISTRIBUTED)
+    }
+    fn add_with(&self, addr: Ipv4Addr, flags: u32) -> Result<(), String> {
         self.map
-            .update(&addr.octets(), &0u32.to_ne_bytes(), MapFlags::ANY)
+            .update(&addr.octets(), &flags.to_ne_bytes(), MapFlags::ANY)
             .map_err(|e| format!("adding {addr} to the steering map: {e}"))
     }
     /// Stop steering `addr` to plex.
@@ -303,6 +326,49 @@ impl HomeMap {
     }
 }
 
+/// The steering program's flows map: the distributor's connection routing table as the XDP
+/// fast path reads it (a segment from `remote` to `local` goes on to `target`).
+pub struct FlowMap {
+    map: MapHandle,
+}
+
+impl core::fmt::Debug for FlowMap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FlowMap")
+    }
+}
+
+/// The flows map's key for segments from `remote` to `local`, as `struct plex_flow_key`
+/// (addresses and ports in network byte order, in that order).
+fn flow_key(remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[0..4].copy_from_slice(&remote.ip().octets());
+    k[4..8].copy_from_slice(&local.ip().octets());
+    k[8..10].copy_from_slice(&remote.port().to_be_bytes());
+    k[10..12].copy_from_slice(&local.port().to_be_bytes());
+    k
+}
+
+impl FlowMap {
+    /// Segments from `remote` to `local` go to the stack with MAC `target`, from `ours`.
+    pub fn insert(&self, remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4, target: [u8; 6], ours: [u8; 6]) -> Result<(), String> {
+        let mut v = [0u8; 12];
+        v[..6].copy_from_slice(&target);
+        v[6..].copy_from_slice(&ours);
+        self.map
+            .update(&flow_key(remote, local), &v, MapFlags::ANY)
+            .map_err(|e| format!("adding the flow {remote} -> {local} to the flows map: {e}"))
+    }
+    /// Segments from `remote` to `local` reach the poll thread again.
+    pub fn remove(&self, remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4) -> Result<(), String> {
+        match self.map.delete(&flow_key(remote, local)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing the flow {remote} -> {local} from the flows map: {e}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +377,8 @@ mod tests {
     fn layout_constants_come_from_the_header() {
         assert_eq!(layout::MAX_QUEUES, 64);
         assert_eq!(layout::HOME_INTERNAL, 1);
-        assert_eq!(layout::STAT_MAX, 4);
+        assert_eq!(layout::STAT_MAX, 5);
+        assert_eq!(layout::HOME_DISTRIBUTED, 2);
         assert!(OBJECT.starts_with(b"\x7fELF"), "the object build.rs compiled is embedded");
     }
 
