@@ -99,7 +99,7 @@ impl EventTally {
         let n = match e {
             ClusterEvent::ListenerOpened(_) => &mut self.listeners_opened,
             ClusterEvent::ListenerClosed(_) => &mut self.listeners_closed,
-            ClusterEvent::ConnectionOpened(_) => &mut self.connections_opened,
+            ClusterEvent::ConnectionOpened(..) => &mut self.connections_opened,
             ClusterEvent::ConnectionClosed(_) => &mut self.connections_closed,
             ClusterEvent::ConnectionMoved(_) => &mut self.connections_moved,
             ClusterEvent::PortReleased(_) => &mut self.ports_released,

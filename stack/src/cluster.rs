@@ -82,15 +82,26 @@ pub enum ClusterEvent {
     ListenerOpened(SocketAddrV4),
     /// The listener on this local address closed.
     ListenerClosed(SocketAddrV4),
-    /// A connection was installed: accepted, connected, completed by a SYN cookie, or
-    /// restored from another stack's handoff record.
-    ConnectionOpened(Tuple),
+    /// A connection was installed, and how (the distributor routes replies to connections a
+    /// target opened itself, and rebuilds its table from every kind).
+    ConnectionOpened(Tuple, Opened),
     /// A connection closed here; its 4-tuple is free.
     ConnectionClosed(Tuple),
     /// A connection was serialized for another stack: it lives on there, with its port.
     ConnectionMoved(Tuple),
     /// A local port [`Cluster::ephemeral_port`] proposed is no longer used here.
     PortReleased(SocketAddrV4),
+}
+
+/// How a connection came to be in a stack ([`ClusterEvent::ConnectionOpened`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// A passive open: accepted from a SYN (or a SYN cookie's ACK).
+    Passive,
+    /// An active open by an application of this stack.
+    Active,
+    /// Restored from another stack's handoff record.
+    Restored,
 }
 
 /// Linux's default ephemeral range (`net.ipv4.ip_local_port_range`).

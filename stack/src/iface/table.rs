@@ -9,7 +9,7 @@
 //! [`Stack::release_closed`].
 
 use super::*;
-use crate::cluster::ClusterEvent;
+use crate::cluster::{ClusterEvent, Opened};
 
 /// Where a connection installed in this stack came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +45,21 @@ impl Stack {
     /// frame that created it came from there, so the peer's first segments need no ARP round.
     pub(super) fn install(&mut self, now: Instant, conn: Connection, origin: Origin, src_mac: Option<MacAddr>) -> SocketHandle {
         let tuple = conn.tuple();
-        let (parent, owns_port) = match origin {
-            Origin::Accepted { listener } => (Some(listener), false),
-            Origin::Cookie => (None, false),
-            Origin::Connected => (None, true),
-            Origin::Restored { owns_port } => (None, owns_port),
+        let (parent, owns_port, opened) = match origin {
+            Origin::Accepted { listener } => (Some(listener), false, Opened::Passive),
+            Origin::Cookie => (None, false, Opened::Passive),
+            Origin::Connected => (None, true, Opened::Active),
+            Origin::Restored { owns_port } => (None, owns_port, Opened::Restored),
         };
         let h = self.alloc(Socket::Tcp(TcpSlot { conn, parent, owns_port, mem: 0 }));
         self.connections.insert(tuple, h);
-        self.cluster_event(ClusterEvent::ConnectionOpened(tuple));
+        self.cluster_event(ClusterEvent::ConnectionOpened(tuple, opened));
         let peer = *tuple.remote.ip();
-        if let Some(mac) = src_mac {
+        // A segment to an internal address (a distributed DVIPA on a target) was forwarded by
+        // the routing stack: its source MAC is the router's, not the peer's, so it teaches
+        // nothing (the target answers the peer directly, after its own ARP).
+        let internal = self.homes.iter().any(|h| h.internal && h.addr == *tuple.local.ip());
+        if let (Some(mac), false) = (src_mac, internal) {
             if self.arp.get(now, peer).is_none() && self.next_hop(peer) == Some(peer) {
                 self.arp.insert(now, peer, mac);
             }

@@ -461,8 +461,8 @@ fn the_cluster_hears_of_every_listener_and_connection_once() {
     let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
     let tuple_a = a.tcp(s).unwrap().tuple();
     let tuple_b = b.tcp(c).unwrap().tuple();
-    assert_eq!(cluster_events(&mut a), [ClusterEvent::ListenerOpened(any80), ClusterEvent::ConnectionOpened(tuple_a)]);
-    assert_eq!(cluster_events(&mut b), [ClusterEvent::ConnectionOpened(tuple_b)]);
+    assert_eq!(cluster_events(&mut a), [ClusterEvent::ListenerOpened(any80), ClusterEvent::ConnectionOpened(tuple_a, crate::cluster::Opened::Passive)]);
+    assert_eq!(cluster_events(&mut b), [ClusterEvent::ConnectionOpened(tuple_b, crate::cluster::Opened::Active)]);
     // The client closes first and goes through TIME-WAIT; the server's side closes at once.
     b.close(t(2), c).unwrap();
     pump(&mut a, &mut b, t(2));
