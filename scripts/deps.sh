@@ -37,3 +37,22 @@ install_nginx() {
   # A packaged service may still have been started by a postinst that ignores policy-rc.d.
   pkill -x nginx 2>/dev/null || true
 }
+
+# HAProxy is the load balancer the distributor is measured against (bench.sh --cluster).
+# Installed without starting it; the benchmark runs its own instance in a testbed namespace.
+install_haproxy() {
+  command -v haproxy >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing package: haproxy (run as root to install it)" >&2
+    return 0
+  fi
+  echo "== installing haproxy (not started)"
+  local had_policy=0
+  [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq haproxy >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
+  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+  pkill -x haproxy 2>/dev/null || true
+}

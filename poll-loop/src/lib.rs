@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod error;
 pub mod plex;
 pub mod runner;
+pub mod shards;
 pub mod tap;
 pub mod xdp;
 // The UMEM, its rings and the few libc calls around the socket (poll, the eventfd waker,

@@ -265,6 +265,9 @@ impl Plex {
             }
         }
         let mut queues = Vec::new();
+        // Several queues outside a cluster: the shards hand each other their connections'
+        // segments (a cluster member runs one queue).
+        let shard_set = (self.queues > 1 && member.is_none()).then(|| crate::shards::ShardSet::new(self.queues as usize));
         for q in 0..self.queues {
             let xsk = Xsk::open(&XskConfig { ifname: iface.to_string(), queue: q, frames: self.frames, ..XskConfig::default() })?;
             steering.register_xsk(q, xsk.fd())?;
@@ -278,7 +281,10 @@ impl Plex {
                 f(q, &mut cfg);
             }
             let (mut stack, member) = match member.take() {
-                None => (Stack::new(cfg), None),
+                None => match &shard_set {
+                    Some(set) => (Stack::with_cluster(cfg, Box::new(crate::shards::ShardCluster::new(q, set.clone()))), None),
+                    None => (Stack::new(cfg), None),
+                },
                 Some((m, mut handle)) => {
                     handle.set_steering(steering.home_map().map_err(StartError::Other)?);
                     (Stack::with_cluster(cfg, Box::new(handle)), Some(m))
@@ -296,7 +302,13 @@ impl Plex {
             if let Some(m) = member {
                 runner = runner.with_cluster(m);
             }
+            if let Some(set) = &shard_set {
+                runner = runner.with_shards(crate::shards::ShardLink::new(q, set.clone()));
+            }
             queues.push((runner, waker));
+        }
+        if let Some(set) = &shard_set {
+            set.set_wakers(queues.iter().map(|(_, w)| w.clone()).collect());
         }
         let mut threads = Vec::new();
         let mut wakers = Vec::new();
@@ -463,6 +475,9 @@ impl core::fmt::Display for Report {
                 r.stats().iterations, r.stats().sleeps, x.rx_frames, x.tx_frames, x.tx_kicks, r.xsk().tx_budget(), x.tx_no_frame, r.stats().forwarded, r.stats().unforwarded,
                 t.dropped, t.delayed, t.duplicated, t.corrupted
             )?;
+            if let Some(l) = r.shards() {
+                writeln!(f, "queue {q}: segments handed to the shard owning their connection {} (dropped {})", l.handed, l.unhanded)?;
+            }
             if let Some(e) = r.cluster().map(|m| m.events()) {
                 writeln!(
                     f,

@@ -131,6 +131,8 @@ pub struct Runner {
     idle_turns: u32,
     /// Frames on their way to another stack of the cluster.
     forwards: Forwards,
+    /// The other shards of this process (queues of one interface), if it has several.
+    shards: Option<crate::shards::ShardLink>,
 }
 
 /// Frames received this turn that go on to another stack of the cluster, their MACs already
@@ -195,7 +197,7 @@ impl Runner {
     pub fn new(xsk: Xsk, stack: Stack, tap: FrameTap, mode: PollMode, stop: Arc<AtomicBool>) -> Runner {
         let clock = Clock::default();
         let now = clock.now();
-        Runner { xsk, stack, tap, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0, forwards: Forwards::default() }
+        Runner { xsk, stack, tap, mode, batch: 64, stop, clock, stats: LoopStats::default(), waker: None, cluster: None, now, idle_turns: 0, forwards: Forwards::default(), shards: None }
     }
 
     /// Read time from `clock` (a cluster member's clock must be the one its node was given).
@@ -209,6 +211,18 @@ impl Runner {
     pub fn with_cluster(mut self, member: crate::cluster::ClusterMember) -> Runner {
         self.cluster = Some(member);
         self
+    }
+
+    /// This stack is one shard of several in the process ([`crate::shards`]): segments of
+    /// the others' connections are handed to them.
+    pub fn with_shards(mut self, link: crate::shards::ShardLink) -> Runner {
+        self.shards = Some(link);
+        self
+    }
+
+    /// The link to the other shards, if any (its counters).
+    pub fn shards(&self) -> Option<&crate::shards::ShardLink> {
+        self.shards.as_ref()
     }
 
     /// Frames per receive or transmit batch (at least 1).
@@ -260,7 +274,7 @@ impl Runner {
     /// has microsecond resolution; the cached time lags by a few idle turns at most.)
     pub fn turn(&mut self, app: &mut impl App) -> bool {
         self.stats.iterations += 1;
-        let Runner { xsk, stack, tap, batch, cluster, clock, now: cached, idle_turns, stats, forwards, .. } = self;
+        let Runner { xsk, stack, tap, batch, cluster, clock, now: cached, idle_turns, stats, forwards, shards, .. } = self;
 
         // Before any frame: a stack whose lease lapsed (it was stalled) learns here whether it
         // was fenced, and drops the addresses it lost before it could answer for them. (A
@@ -270,12 +284,25 @@ impl Runner {
             c.turn(t, stack);
             t
         });
+        // Frames other shards of this process handed over, and their connection events.
+        let handed = shards.as_mut().is_some_and(|s| s.turn(stack, || *fresh.get_or_insert_with(|| clock.now())));
         let batch = *batch;
         let (unforwarded, forwarded) = (&mut stats.unforwarded, &mut stats.forwarded);
         let mut deliver = |now: Instant, g: &[u8]| {
-            if let Received::Forward { stack: slot } = stack.receive(now, g) {
+            // Each shard keeps its own neighbour cache, and the ARP answer to one shard's
+            // request may arrive on another's queue: every shard sees every ARP frame.
+            if let Some(s) = shards.as_mut() {
+                if g.len() >= 14 && g[12..14] == [0x08, 0x06] {
+                    s.share(g);
+                }
+            }
+            if let Received::Forward { stack: to } = stack.receive(now, g) {
+                if let Some(s) = shards.as_mut() {
+                    s.hand_over(to, g);
+                    return;
+                }
                 let ours = stack.mac().0;
-                match crate::cluster::member_mac(stack, slot, now) {
+                match crate::cluster::member_mac(stack, to, now) {
                     Some(target) if forwards.stage(g, target, ours) => *forwarded += 1,
                     _ => *unforwarded += 1,
                 }
@@ -310,7 +337,7 @@ impl Runner {
         if stack.poll_timeout().is_some_and(|t| t <= now) {
             stack.handle_timeout(now);
         }
-        let mut busy = rx > 0;
+        let mut busy = rx > 0 || handed;
         while let Some((h, ev)) = stack.poll_event() {
             app.event(now, stack, h, ev);
             busy = true;
