@@ -54,11 +54,16 @@ pub enum Invalid {
     RangeRow,
     /// Message: unknown kind, bad sender, or a row index out of range.
     Message,
+    /// Distributor port table row: key, router, flags or figures impossible for the config.
+    DptRow,
+    /// Connection routing table row: unknown state, torn or scribbled (check word), or a
+    /// tuple, router or target impossible for the config.
+    CrtRow,
 }
 
 impl Invalid {
     /// Every reason, in counter order (`Invalid::ALL[r as usize] == r`).
-    pub const ALL: [Invalid; 13] = [
+    pub const ALL: [Invalid; 15] = [
         Invalid::MemberState,
         Invalid::MemberIncarnation,
         Invalid::MemberIdentity,
@@ -72,6 +77,8 @@ impl Invalid {
         Invalid::DvipaRole,
         Invalid::RangeRow,
         Invalid::Message,
+        Invalid::DptRow,
+        Invalid::CrtRow,
     ];
     /// The reason's name in logs and `plex ctl show counters` (`member-state`, ...).
     pub fn name(self) -> &'static str {
@@ -89,6 +96,8 @@ impl Invalid {
             Invalid::DvipaRole => "dvipa-role",
             Invalid::RangeRow => "range-row",
             Invalid::Message => "message",
+            Invalid::DptRow => "dpt-row",
+            Invalid::CrtRow => "crt-row",
         }
     }
 }

@@ -22,6 +22,20 @@
 //! primary = "s1"
 //! backups = [{ stack = "s2", rank = 20 }, { stack = "s3", rank = 10 }]
 //!
+//! [[dvipa]]               # a distributed DVIPA (VIPADISTRIBUTE): its holder routes each new
+//! address = "198.18.0.102/24"  # connection to one of the targets listening on it
+//! primary = "s1"
+//! backups = [{ stack = "s2", rank = 20 }]
+//! [dvipa.distribute]
+//! ports = [80, 443]       # or "all"; other ports are the holder's own ordinary traffic
+//! targets = ["s2", "s3"]  # or "all" (every stack of the config)
+//! method = "weighted_round_robin"  # round_robin (default) | weighted_round_robin |
+//!                                  # least_connections | server_weight
+//! weights = { s2 = 3, s3 = 1 }     # weighted_round_robin only; 1..=1000, default 1
+//! backup_targets = { s2 = ["s3"] } # while backup s2 routes, it uses these targets instead
+//! grace_ms = 2000         # after a takeover or takeback, hold (drop, never reset) segments of
+//!                         # flows not yet reported for at most this long (default 2000)
+//!
 //! [[vipa_range]]          # VIPARANGE: bind() inside it activates the address
 //! prefix = "198.18.0.128/28"
 //! stacks = ["s1", "s2"]   # default: every stack
@@ -33,6 +47,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::layout::{MAX_DVIPAS, MAX_STACKS};
+
+/// Default of `distribute.grace_ms`: how long a new router holds segments of flows its
+/// targets have not reported yet before it answers them with a reset.
+pub const DEFAULT_DIST_GRACE_MS: u64 = 2000;
 
 /// Default of `primary_grace_ms`: how long the backups of a DVIPA wait for a primary that has
 /// not started before the first of them activates it. An operator who lists backups expects
@@ -130,6 +148,92 @@ pub struct DvipaDef {
     pub backups: Vec<(usize, u8)>,
     /// What a holder does when the primary returns.
     pub giveback: Giveback,
+    /// The connection distribution of this DVIPA (`distribute = {..}`); `None`: an ordinary
+    /// DVIPA, all its traffic handled by its holder.
+    pub distribute: Option<DistributeDef>,
+}
+
+/// Which ports of a distributed DVIPA are distributed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DistPorts {
+    /// Every port (`ports = "all"`).
+    All,
+    /// These ports (sorted, unique, none 0); others are the holder's ordinary traffic.
+    List(Vec<u16>),
+}
+
+impl DistPorts {
+    /// Is `port` distributed?
+    pub fn contains(&self, port: u16) -> bool {
+        match self {
+            DistPorts::All => true,
+            DistPorts::List(v) => v.binary_search(&port).is_ok(),
+        }
+    }
+}
+
+/// How a router picks the target of a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistMethod {
+    /// Each ready target in turn (by slot order), per port.
+    RoundRobin,
+    /// Smooth weighted round robin with the configured `weights`.
+    WeightedRoundRobin,
+    /// The ready target with the fewest routed connections on the DVIPA (ties: in turn).
+    LeastConnections,
+    /// Weighted round robin by the figure each target reports: free accept-queue room times
+    /// (1 - poll-loop busy fraction) (the z/OS WLM / SHAREPORTWLM idea).
+    ServerWeight,
+}
+
+impl DistMethod {
+    /// The method's name in the config and in `plex ctl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DistMethod::RoundRobin => "round_robin",
+            DistMethod::WeightedRoundRobin => "weighted_round_robin",
+            DistMethod::LeastConnections => "least_connections",
+            DistMethod::ServerWeight => "server_weight",
+        }
+    }
+}
+
+/// `distribute = {..}` on a `[[dvipa]]` (spec/02): the holder of the DVIPA is its router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistributeDef {
+    /// The distributed ports.
+    pub ports: DistPorts,
+    /// Candidate target slots (sorted, unique); `"all"` is every stack of the config.
+    pub targets: Vec<usize>,
+    /// `targets = "all"` was written.
+    pub all_targets: bool,
+    /// The method.
+    pub method: DistMethod,
+    /// Weight per stack slot for weighted round robin (1 unless configured).
+    pub weights: [u32; MAX_STACKS],
+    /// (backup slot, its own target slots): used while that backup routes.
+    pub backup_targets: Vec<(usize, Vec<usize>)>,
+    /// Hold window after a router starts (takeover, takeback, start), in ms.
+    pub grace_ms: u64,
+}
+
+impl DistributeDef {
+    /// The targets router `router` chooses among: its own list if it is a backup with one,
+    /// else [`DistributeDef::targets`].
+    pub fn targets_of(&self, router: usize) -> &[usize] {
+        self.backup_targets.iter().find(|(b, _)| *b == router).map_or(&self.targets[..], |(_, t)| &t[..])
+    }
+    /// Every stack that may be a target under some router (the union of all target lists):
+    /// these install the DVIPA as an internal address and report to its router.
+    pub fn candidates(&self) -> Vec<usize> {
+        let mut v = self.targets.clone();
+        for (_, t) in &self.backup_targets {
+            v.extend(t);
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 impl DvipaDef {
@@ -236,6 +340,27 @@ struct RawDvipa {
     #[serde(default)]
     backups: Vec<RawBackup>,
     giveback: Option<String>,
+    distribute: Option<RawDistribute>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAllOr<T> {
+    Word(String),
+    List(Vec<T>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDistribute {
+    ports: RawAllOr<i64>,
+    targets: RawAllOr<String>,
+    method: Option<String>,
+    #[serde(default)]
+    weights: std::collections::BTreeMap<String, i64>,
+    #[serde(default)]
+    backup_targets: std::collections::BTreeMap<String, Vec<String>>,
+    grace_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +375,86 @@ struct RawBackup {
 struct RawRange {
     prefix: String,
     stacks: Option<Vec<String>>,
+}
+
+fn parse_distribute(st: &str, rd: &RawDistribute, stacks: &[StackDef], primary: usize, backups: &[(usize, u8)]) -> Result<DistributeDef, ConfigError> {
+    let slot = |field: &str, name: &str| {
+        stacks.iter().position(|s| s.name == name).ok_or_else(|| err(st, format!("distribute.{field}: no stack named {name:?}")))
+    };
+    let ports = match &rd.ports {
+        RawAllOr::Word(w) if w == "all" => DistPorts::All,
+        RawAllOr::Word(w) => return Err(err(st, format!("distribute.ports = {w:?}: expected a list of ports or \"all\""))),
+        RawAllOr::List(v) => {
+            if v.is_empty() {
+                return Err(err(st, "distribute.ports: empty (list at least one port, or \"all\")"));
+            }
+            let mut out = Vec::new();
+            for p in v {
+                if !(1..=65535).contains(p) {
+                    return Err(err(st, format!("distribute.ports: {p} is not a port (1 to 65535)")));
+                }
+                if out.contains(&(*p as u16)) {
+                    return Err(err(st, format!("distribute.ports: {p} is listed twice")));
+                }
+                out.push(*p as u16);
+            }
+            out.sort_unstable();
+            DistPorts::List(out)
+        }
+    };
+    let list = |field: &str, names: &[String]| -> Result<Vec<usize>, ConfigError> {
+        if names.is_empty() {
+            return Err(err(st, format!("distribute.{field}: empty (name at least one stack, or \"all\")")));
+        }
+        let mut out = Vec::new();
+        for n in names {
+            let s = slot(field, n)?;
+            if out.contains(&s) {
+                return Err(err(st, format!("distribute.{field}: {n:?} is listed twice")));
+            }
+            out.push(s);
+        }
+        out.sort_unstable();
+        Ok(out)
+    };
+    let (targets, all_targets) = match &rd.targets {
+        RawAllOr::Word(w) if w == "all" => ((0..stacks.len()).collect(), true),
+        RawAllOr::Word(w) => return Err(err(st, format!("distribute.targets = {w:?}: expected a list of stacks or \"all\""))),
+        RawAllOr::List(v) => (list("targets", v)?, false),
+    };
+    let method = match rd.method.as_deref() {
+        None | Some("round_robin") => DistMethod::RoundRobin,
+        Some("weighted_round_robin") => DistMethod::WeightedRoundRobin,
+        Some("least_connections") => DistMethod::LeastConnections,
+        Some("server_weight") => DistMethod::ServerWeight,
+        Some(o) => {
+            return Err(err(st, format!("distribute.method = {o:?}: expected \"round_robin\", \"weighted_round_robin\", \"least_connections\" or \"server_weight\"")))
+        }
+    };
+    let mut weights = [1u32; MAX_STACKS];
+    if !rd.weights.is_empty() && method != DistMethod::WeightedRoundRobin {
+        return Err(err(st, format!("distribute.weights: only for method \"weighted_round_robin\" (this one is {:?})", method.name())));
+    }
+    for (n, w) in &rd.weights {
+        let s = slot("weights", n)?;
+        if !(1..=1000).contains(w) {
+            return Err(err(st, format!("distribute.weights: {n} = {w}: weights are 1 to 1000")));
+        }
+        weights[s] = *w as u32;
+    }
+    let mut backup_targets = Vec::new();
+    for (n, names) in &rd.backup_targets {
+        let b = slot("backup_targets", n)?;
+        if b == primary || !backups.iter().any(|(s, _)| *s == b) {
+            return Err(err(st, format!("distribute.backup_targets: {n:?} is not a backup of this DVIPA")));
+        }
+        backup_targets.push((b, list("backup_targets", names)?));
+    }
+    let grace_ms = rd.grace_ms.unwrap_or(DEFAULT_DIST_GRACE_MS);
+    if grace_ms > 600_000 {
+        return Err(err(st, format!("distribute.grace_ms = {grace_ms}: at most 600000")));
+    }
+    Ok(DistributeDef { ports, targets, all_targets, method, weights, backup_targets, grace_ms })
 }
 
 impl ClusterConfig {
@@ -340,7 +545,11 @@ impl ClusterConfig {
                 }
                 Some(o) => return Err(err(st, format!("giveback = {o:?}: expected \"auto\" or \"handoff\""))),
             };
-            dvipas.push(DvipaDef { addr, prefix, primary, backups, giveback });
+            let distribute = match &d.distribute {
+                None => None,
+                Some(rd) => Some(parse_distribute(&st, rd, &stacks, primary, &backups)?),
+            };
+            dvipas.push(DvipaDef { addr, prefix, primary, backups, giveback, distribute });
         }
 
         let mut ranges: Vec<RangeDef> = Vec::new();

@@ -16,8 +16,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"PLEXCPL1");
 pub const MAJOR: u32 = 1;
 /// Layout minor version, in [`Header::minor`]. Minor versions only append (sections, fields in
 /// reserved space), so it is recorded but not checked: minor 1 added [`MemberRow::ignored`] and
-/// [`DvipaRow::announced`], which read as zero in a minor-0 region.
-pub const MINOR: u32 = 1;
+/// [`DvipaRow::announced`], which read as zero in a minor-0 region; minor 2 gave the reserved
+/// distributor sections their rows ([`DptRow`], [`CrtRow`]; same entry size, more DPT rows).
+pub const MINOR: u32 = 2;
 
 /// Stacks per cluster; a stack's slot is its index in the cluster config.
 pub const MAX_STACKS: usize = 16;
@@ -29,6 +30,11 @@ pub const MAX_RANGE_DVIPAS: usize = 256;
 pub const RING_SLOTS: usize = 64;
 /// Section table capacity (minor versions append sections here).
 pub const MAX_SECTIONS: usize = 16;
+/// Rows of the distributor's destination port table ([`DptRow`]): one per (distributed DVIPA,
+/// port, target) ever reported.
+pub const DPT_ROWS: usize = 1024;
+/// Rows of the distributor's connection routing table ([`CrtRow`]): one per routed connection.
+pub const CRT_ROWS: usize = 16384;
 
 /// "No stack" in an owner byte.
 pub const NO_SLOT: u8 = 0xff;
@@ -49,12 +55,12 @@ pub enum SectionKind {
     /// [`RingRow`]s, one per ordered pair of stack slots: the ring from `from` to `to` is entry
     /// `from * MAX_STACKS + to`.
     MessageRings = 4,
-    /// Reserved for the connection distributor (one stack receives an address's new
-    /// connections and spreads them over the members; not built yet): one row per distributed
-    /// port. Laid out and zeroed; nothing reads or writes it.
+    /// (minor 2) The distributor's destination port table: [`DptRow`]s ([`DPT_ROWS`]), one per
+    /// (distributed DVIPA, port, target), written by the DVIPA's router from its targets'
+    /// reports (a published mirror of the router's table, for `plex ctl show dpt`).
     DistributorPorts = 5,
-    /// Reserved for the connection distributor (not built yet): the table that routes each
-    /// distributed connection to the stack serving it. Laid out and zeroed.
+    /// (minor 2) The distributor's connection routing table: [`CrtRow`]s ([`CRT_ROWS`]), one per
+    /// routed connection, written by the routers; a new router reads it only as a hint.
     DistributorConns = 6,
     /// Reserved for cluster-wide ports (not built yet): ports, such as ephemeral ports on a
     /// shared source address, that must not be used by two stacks at once. Laid out and zeroed.
@@ -96,8 +102,8 @@ impl SectionKind {
             SectionKind::Dvipas => (size_of::<DvipaRow>(), MAX_DVIPAS),
             SectionKind::RangeDvipas => (size_of::<DvipaRow>(), MAX_RANGE_DVIPAS),
             SectionKind::MessageRings => (size_of::<RingRow>(), MAX_STACKS * MAX_STACKS),
-            SectionKind::DistributorPorts => (64, 256),
-            SectionKind::DistributorConns => (64, 16384),
+            SectionKind::DistributorPorts => (size_of::<DptRow>(), DPT_ROWS),
+            SectionKind::DistributorConns => (size_of::<CrtRow>(), CRT_ROWS),
             SectionKind::PortRegistry => (64, 4096),
             SectionKind::FrameRings => (4096, 1024),
             SectionKind::HandoffRecords => (4096, 256),
@@ -367,6 +373,80 @@ pub struct MessageSlot {
     pub words: [AtomicU64; 8],
 }
 
+/// One row of the destination port table: what the router of a distributed DVIPA knows of one
+/// target's listeners on one port. Claimed by CAS of [`DptRow::key`] from 0 and never freed
+/// (a target that stops listening keeps its row with 0 listeners). Written only by the DVIPA's
+/// current router, under the seqlock [`DptRow::seq`] (odd while it writes); readers retry or
+/// skip a row whose `seq` is odd or changed while they read it.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DptRow {
+    /// Seqlock: odd while the router writes the row.
+    pub seq: AtomicU64,
+    /// `addr:32 | port:16 | target:8 | used:8` (used = 1); 0 = a free row.
+    pub key: AtomicU64,
+    /// Slot of the router that wrote the row.
+    pub router: AtomicU32,
+    /// That router's epoch (the DVIPA owner word's generation when it started routing).
+    pub epoch: AtomicU32,
+    /// Listeners the target reported on the port (absolute count).
+    pub listeners: AtomicU32,
+    /// Bit 0: ready (listening, not draining, up); bit 1: draining; bit 2: target down.
+    pub flags: AtomicU32,
+    /// The weight the router chooses by (configured for WRR, computed for server weight, 1).
+    pub weight: AtomicU32,
+    /// The target's free accept-queue room (its report).
+    pub queue_free: AtomicU32,
+    /// The target's poll-loop busy fraction, in thousandths (its report).
+    pub busy_permille: AtomicU32,
+    /// Connections routed to the target on the DVIPA (entries of the router's CRT).
+    pub conns: AtomicU32,
+    /// Sequence number of the last SRVSTAT applied (per sender; replays are ignored).
+    pub srvstat_seq: AtomicU64,
+    /// New connections (SYNs) routed to the target on this port by this router.
+    pub syns: AtomicU64,
+}
+
+/// One row of the connection routing table: a TCP connection to a distributed DVIPA and the
+/// target that holds it. Open addressing: a router claims any free row (probing from a hash of
+/// the 5-tuple) by CAS of [`CrtRow::ctl`] from 0 to "writing", writes the fields, computes
+/// [`CrtRow::check`], then stores `ctl` as live (Release); it deletes by CAS back to 0. Only the
+/// router that wrote a row changes it, except that a new router of the same DVIPA adopts or
+/// deletes the rows of its predecessor (CAS from the value it read). Readers load `ctl`
+/// (Acquire), the fields, `ctl` again, and check `check`: a row that fails is ignored.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CrtRow {
+    /// `state:8 | router:8 | target:8 | version:8 | epoch:32`; state 0 free, 1 writing, 2 live.
+    pub ctl: AtomicU64,
+    /// Client: `ip:32 | port:16 | protocol:8 | _:8` (protocol 6 = TCP).
+    pub client: AtomicU64,
+    /// Server side: `dvipa:32 | port:16 | _:16`.
+    pub server: AtomicU64,
+    /// The target's incarnation when the entry was made (a restarted target lost the flow).
+    pub target_inc: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the router made the entry.
+    pub created_ns: AtomicU64,
+    /// [`crt_check`] of the other words: a torn or scribbled row fails it.
+    pub check: AtomicU64,
+    /// Room for fields of later minor versions; zero.
+    pub _reserved: [AtomicU64; 2],
+}
+
+/// The check word of a CRT row: a hash of its live `ctl` and the other words.
+pub const fn crt_check(ctl: u64, client: u64, server: u64, target_inc: u64, created_ns: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let words = [ctl, client, server, target_inc, created_ns];
+    let mut i = 0;
+    while i < words.len() {
+        h ^= words[i];
+        h = h.wrapping_mul(0x100_0000_01b3);
+        h ^= h >> 29;
+        i += 1;
+    }
+    h
+}
+
 /// Bytes of [`Header`] (512): no section may start before this offset.
 pub const HEADER_SIZE: usize = size_of::<Header>();
 
@@ -386,6 +466,10 @@ const _: () = {
     assert!(size_of::<MessageSlot>() == 64);
     assert!(core::mem::offset_of!(RingRow, tail) == 64);
     assert!(size_of::<RingRow>() == 128 + 64 * RING_SLOTS);
+    assert!(size_of::<DptRow>() == 64);
+    assert!(core::mem::offset_of!(DptRow, srvstat_seq) == 48);
+    assert!(size_of::<CrtRow>() == 64);
+    assert!(core::mem::offset_of!(CrtRow, check) == 40);
 };
 
 /// Where each section lives in a region of this version: sections follow the header in

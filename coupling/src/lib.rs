@@ -13,6 +13,9 @@
 //!   dynamic VIPA protocol (addresses of the cluster, each held by one stack at a time):
 //!   activation, takeover, immediate and delayed giveback, bind activation inside VIPA ranges.
 //!   Its module documentation states the protocol.
+//! - [`dist`]: the distributor (spec/02): a distributed DVIPA's holder routes each new
+//!   connection to one of the stacks listening on it, keeps the connection routing table,
+//!   and hands it on without a reset when it fails or its primary returns.
 //! - [`check`]: validation of every row read from the region (named reasons, counted).
 //! - [`ops`]: read-only views and operator commands for `plex ctl`.
 //! - [`config`]: the cluster config (TOML).
@@ -20,13 +23,14 @@
 //! Like `stack`, this crate is sans-IO apart from the mapping: every entry point takes `now`
 //! (CLOCK_MONOTONIC nanoseconds, comparable between processes), nothing sleeps or spawns, so
 //! the whole protocol runs with several stacks in one test process and simulated time.
-//! Reserved sections (distributor tables, port registry, frame rings, handoff records) are
-//! laid out and zeroed for the features that follow.
+//! Reserved sections (port registry, frame rings, handoff records) are laid out and zeroed for
+//! the features that follow.
 
 #![deny(missing_docs)]
 
 pub mod check;
 pub mod config;
+pub mod dist;
 pub mod layout;
 pub mod node;
 pub mod ops;
@@ -35,6 +39,7 @@ pub mod ring;
 pub mod words;
 
 pub use config::ClusterConfig;
+pub use dist::{DistAction, Distributor, Route};
 pub use node::{Action, ConnectionFate, Node};
 pub use region::{Region, RegionError};
 
@@ -60,7 +65,9 @@ mod tests {
             "Member row", MemberRow: [word, incarnation, pid, ifindex, mac, lease_ms, join_seq, addr, queues, failed_ns, name, iface, joined_ns, ignored];
             "DVIPA row", DvipaRow: [owner, addr, prefix, conns, _pad, changed_ns, activator_pid, roles, moves, announced, _reserved];
             "Message ring", RingRow: [head, _pad0, tail, _pad1, slots];
-            "Message slot", MessageSlot: [words]
+            "Message slot", MessageSlot: [words];
+            "DPT row", DptRow: [seq, key, router, epoch, listeners, flags, weight, queue_free, busy_permille, conns, srvstat_seq, syns];
+            "CRT row", CrtRow: [ctl, client, server, target_inc, created_ns, check, _reserved]
         ];
         v
     }
@@ -106,5 +113,7 @@ mod tests {
         assert!(text.contains("## Member row (128 bytes)") && size_of::<MemberRow>() == 128);
         assert!(text.contains("## DVIPA row (128 bytes") && size_of::<DvipaRow>() == 128);
         assert!(text.contains(&format!("## Message ring ({} bytes)", size_of::<RingRow>())));
+        assert!(text.contains("## DPT row (64 bytes)") && size_of::<DptRow>() == 64);
+        assert!(text.contains("## CRT row (64 bytes)") && size_of::<CrtRow>() == 64);
     }
 }

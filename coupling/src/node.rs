@@ -45,7 +45,16 @@ use crate::words::{MemberWord, OwnerWord};
 pub(crate) mod msg {
     /// `payload[0]` = DVIPA row index: the holder keeps the address until its connections end.
     pub const DELAYED_GIVEBACK: u16 = 1;
+    /// Kinds `DIST_FIRST..=DIST_LAST` belong to the distributor ([`crate::dist`]): the node
+    /// queues them for it ([`super::Node::take_dist_mail`]).
+    pub const DIST_FIRST: u16 = 16;
+    /// Last distributor kind.
+    pub const DIST_LAST: u16 = 31;
 }
+
+/// Distributor messages the node holds before it stops reading the rings (the rest wait in
+/// the rings: nothing is dropped).
+const DIST_MAIL_CAP: usize = 4 * RING_SLOTS * MAX_STACKS;
 
 /// Which table a DVIPA row is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -297,6 +306,8 @@ pub struct Node {
     bad_ranges: BTreeMap<usize, u32>,
     /// The region went bad: this stack left the cluster and runs alone.
     detached: Option<RegionFault>,
+    /// Distributor messages read from the rings, for [`Node::take_dist_mail`].
+    dist_mail: Vec<Message>,
 }
 
 fn ms(ns: u64) -> u64 {
@@ -334,6 +345,7 @@ impl Node {
             moving_out_since: BTreeMap::new(),
             bad_ranges: BTreeMap::new(),
             detached: None,
+            dist_mail: Vec::new(),
         };
         node.enter(now)?;
         Ok(node)
@@ -728,6 +740,7 @@ impl Node {
                     out.push(Action::Deactivate { addr, connections: ConnectionFate::Silent, why: "fenced: this stack was declared failed" });
                 }
                 self.releasing.clear();
+                self.dist_mail.clear();
                 // A new incarnation; if another process has taken the name meanwhile, stay out.
                 let _ = self.enter(now);
                 false
@@ -787,6 +800,21 @@ impl Node {
         ok
     }
 
+    /// Read the rings now, between ticks (the distributor's messages wait for no heartbeat):
+    /// the node's own messages are handled, the distributor's queued for
+    /// [`Node::take_dist_mail`]. Bounded (a ring's worth per sender).
+    pub fn poll_mail(&mut self) {
+        if self.detached.is_some() || self.lease_until == 0 {
+            return;
+        }
+        self.read_mail();
+    }
+
+    /// The distributor's messages read so far (kinds 16..=31), oldest first.
+    pub fn take_dist_mail(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.dist_mail)
+    }
+
     fn read_mail(&mut self) {
         for from in 0..self.cfg.stacks.len() {
             let region = self.region.clone();
@@ -794,6 +822,10 @@ impl Node {
             let c = Consumer::new(ring);
             // Bounded: at most one ring's worth per tick.
             for _ in 0..RING_SLOTS {
+                if self.dist_mail.len() >= DIST_MAIL_CAP {
+                    // The distributor is behind: leave the rest in the rings.
+                    return;
+                }
                 let Some(m) = c.pop() else { break };
                 self.stats.messages_in += 1;
                 self.handle_message(&m);
@@ -802,6 +834,10 @@ impl Node {
     }
 
     fn handle_message(&mut self, m: &Message) {
+        if (msg::DIST_FIRST..=msg::DIST_LAST).contains(&m.kind) {
+            self.dist_mail.push(*m);
+            return;
+        }
         let i = m.payload[0] as usize;
         let from_ok = (m.from_slot as usize) < self.cfg.stacks.len() && m.from_slot as usize != self.slot;
         match (m.kind, self.cfg.dvipas.get(i)) {

@@ -1,5 +1,6 @@
-//! What `plex ctl` does with a region: read-only views of members and DVIPAs, and the
-//! privileged commands (activate a range address on a stack, delete an active DVIPA).
+//! What `plex ctl` does with a region: read-only views of members, DVIPAs and the
+//! distributor's tables (`show dpt`, `show crt`: z/OS NETSTAT VDPT / VCRT), and the privileged
+//! commands (activate a range address on a stack, delete an active DVIPA).
 //! Commands are CAS on owner words like everything else; the stacks act on them in their
 //! next tick.
 
@@ -164,9 +165,181 @@ pub fn dvipas(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<DvipaView> 
     out
 }
 
+/// One DPT row as `plex ctl show dpt` prints it (NETSTAT VDPT): what the router of a
+/// distributed DVIPA knows of one target's listeners on one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DptView {
+    /// The distributed DVIPA.
+    pub addr: Ipv4Addr,
+    /// The port.
+    pub port: u16,
+    /// The target stack's name.
+    pub target: String,
+    /// The stack that wrote the row (the router then).
+    pub router: String,
+    /// The router's epoch.
+    pub epoch: u32,
+    /// The row is from the DVIPA's current holder (rows of a former router are history).
+    pub current: bool,
+    /// Listeners the target reported.
+    pub listeners: u32,
+    /// Gets new connections: listening, not draining, up.
+    pub ready: bool,
+    /// Quiesced by its stack.
+    pub draining: bool,
+    /// The target failed.
+    pub down: bool,
+    /// The weight the router chooses by.
+    pub weight: u32,
+    /// Reported free accept-queue room.
+    pub queue_free: u32,
+    /// Reported poll-loop busy fraction, in thousandths.
+    pub busy_permille: u32,
+    /// Connections routed to the target on the DVIPA.
+    pub conns: u32,
+    /// New connections routed to it on this port.
+    pub syns: u64,
+    /// Last SRVSTAT sequence number applied.
+    pub srvstat_seq: u64,
+}
+
+/// The heading of [`DptView`]'s `Display` rows.
+pub const DPT_HEADING: &str = "DVIPA:PORT             TARGET     ROUTER     EPOCH  LSTN STATE    WEIGHT QFREE BUSY  CONNS   SYNS";
+
+impl std::fmt::Display for DptView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.down {
+            "down"
+        } else if self.draining {
+            "draining"
+        } else if self.ready {
+            "ready"
+        } else {
+            "closed"
+        };
+        let router = if self.current { self.router.clone() } else { format!("({})", self.router) };
+        write!(
+            f,
+            "{:<22} {:<10} {:<10} {:>5} {:>5} {:<8} {:>6} {:>5} {:>3}% {:>6} {:>6}",
+            format!("{}:{}", self.addr, self.port),
+            self.target,
+            router,
+            self.epoch,
+            self.listeners,
+            state,
+            self.weight,
+            self.queue_free,
+            self.busy_permille / 10,
+            self.conns,
+            self.syns
+        )
+    }
+}
+
+/// One CRT row as `plex ctl show crt` prints it (NETSTAT VCRT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrtView {
+    /// The client.
+    pub remote: std::net::SocketAddrV4,
+    /// DVIPA:port.
+    pub local: std::net::SocketAddrV4,
+    /// The target stack's name.
+    pub target: String,
+    /// The router that made the entry.
+    pub router: String,
+    /// Its epoch.
+    pub epoch: u32,
+    /// The entry is the DVIPA's current holder's (others are hints a successor rebuilds from).
+    pub current: bool,
+    /// Milliseconds since the entry was made.
+    pub age_ms: u64,
+}
+
+/// The heading of [`CrtView`]'s `Display` rows.
+pub const CRT_HEADING: &str = "CLIENT                 DVIPA:PORT             TARGET     ROUTER     EPOCH      AGE";
+
+impl std::fmt::Display for CrtView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let router = if self.current { self.router.clone() } else { format!("({})", self.router) };
+        write!(f, "{:<22} {:<22} {:<10} {:<10} {:>5} {:>7}ms", self.remote.to_string(), self.local.to_string(), self.target, router, self.epoch, self.age_ms)
+    }
+}
+
+fn holder_of(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr) -> Option<u8> {
+    let i = cfg.dvipa_index(addr)?;
+    let w = check::owner_word(cfg, true, region.dvipas()[i].owner.load(Ordering::Acquire)).ok()?;
+    w.held().then_some(w.owner)
+}
+
+/// Every DPT row that validates, by DVIPA, port and target (rows that fail are counted by
+/// [`invalid_rows`]).
+pub fn dpt(region: &Region, cfg: &ClusterConfig) -> Vec<DptView> {
+    let mut out: Vec<DptView> = (0..region.dpt().len())
+        .filter_map(|i| crate::dist::dpt_row(region, cfg, i).ok().flatten())
+        .map(|d| DptView {
+            addr: d.addr,
+            port: d.port,
+            target: member_name(region, d.target),
+            router: member_name(region, d.router),
+            epoch: d.epoch,
+            current: holder_of(region, cfg, d.addr) == Some(d.router),
+            listeners: d.listeners,
+            ready: d.flags & 1 != 0,
+            draining: d.flags & 2 != 0,
+            down: d.flags & 4 != 0,
+            weight: d.weight,
+            queue_free: d.queue_free,
+            busy_permille: d.busy_permille,
+            conns: d.conns,
+            syns: d.syns,
+            srvstat_seq: d.srvstat_seq,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.addr, a.port, &a.target).cmp(&(b.addr, b.port, &b.target)));
+    out
+}
+
+/// Every CRT row that validates, by DVIPA:port and client. `now` for the ages.
+pub fn crt(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<CrtView> {
+    let mut out: Vec<CrtView> = (0..region.crt().len())
+        .filter_map(|i| crate::dist::crt_row(region, cfg, i).ok().flatten())
+        .map(|c| CrtView {
+            remote: c.remote,
+            local: c.local,
+            target: member_name(region, c.target),
+            router: member_name(region, c.router),
+            epoch: c.epoch,
+            current: holder_of(region, cfg, *c.local.ip()) == Some(c.router),
+            age_ms: now.saturating_sub(c.created_ns) / 1_000_000,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.local, a.remote).cmp(&(b.local, b.remote)));
+    out
+}
+
+/// `plex ctl show dpt` as lines: the heading, then one line per row.
+pub fn dpt_lines(region: &Region, cfg: &ClusterConfig) -> Vec<String> {
+    std::iter::once(DPT_HEADING.to_string()).chain(dpt(region, cfg).iter().map(|v| v.to_string())).collect()
+}
+
+/// `plex ctl show crt` as lines: the heading, then one line per row.
+pub fn crt_lines(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<String> {
+    std::iter::once(CRT_HEADING.to_string()).chain(crt(region, cfg, now).iter().map(|v| v.to_string())).collect()
+}
+
 /// Rows of the region that fail validation right now, per reason (`plex ctl show counters`).
 pub fn invalid_rows(region: &Region, cfg: &ClusterConfig, now: u64) -> InvalidCounts {
     let mut c = InvalidCounts::default();
+    for i in 0..region.dpt().len() {
+        if let Err(r) = crate::dist::dpt_row(region, cfg, i) {
+            c.add(r);
+        }
+    }
+    for i in 0..region.crt().len() {
+        if let Err(r) = crate::dist::crt_row(region, cfg, i) {
+            c.add(r);
+        }
+    }
     for slot in 0..region.members().len() {
         if let Err(r) = check::member(region, cfg, slot, now) {
             c.add(r);

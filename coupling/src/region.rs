@@ -510,6 +510,14 @@ impl Region {
     pub fn range_dvipas(&self) -> &[DvipaRow] {
         self.rows(SectionKind::RangeDvipas)
     }
+    /// The distributor's destination port table (key 0 = a free row).
+    pub fn dpt(&self) -> &[DptRow] {
+        self.rows(SectionKind::DistributorPorts)
+    }
+    /// The distributor's connection routing table (ctl 0 = a free row).
+    pub fn crt(&self) -> &[CrtRow] {
+        self.rows(SectionKind::DistributorConns)
+    }
     /// The ring carrying messages from stack slot `from` to stack slot `to`; `None` when the
     /// pair is outside the ring table (`from` and `to` must be below [`MAX_STACKS`]).
     pub fn ring(&self, from: usize, to: usize) -> Option<&RingRow> {
