@@ -153,6 +153,12 @@ pub enum ShowWhat {
     /// Rows of the region that fail validation now (per reason), and each stack's count of
     /// rows it ignored.
     Counters,
+    /// The distributor's destination port table (z/OS NETSTAT VDPT): per distributed DVIPA,
+    /// port and target, its listeners, readiness, weight and connections.
+    Dpt,
+    /// The distributor's connection routing table (z/OS NETSTAT VCRT): per connection, its
+    /// target, router and epoch.
+    Crt,
 }
 
 #[derive(Subcommand, Debug)]
@@ -183,6 +189,8 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
                 ShowWhat::Members => show_members(&region, &cfg, now),
                 ShowWhat::Dvipas => show_dvipas(&region, &cfg, now),
                 ShowWhat::Counters => show_counters(&region, &cfg, now),
+                ShowWhat::Dpt => coupling::ops::dpt_lines(&region, &cfg).join("\n") + "\n",
+                ShowWhat::Crt => coupling::ops::crt_lines(&region, &cfg, now).join("\n") + "\n",
             })
         }
         CtlCmd::Dvipa { cmd } => {

@@ -29,19 +29,20 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use coupling::dist::{DistAction, Distributor, Route};
 use coupling::layout::{MemberState, MAX_STACKS};
 use coupling::node::{Action, ConnectionFate, Identity, Node};
 use coupling::{ClusterConfig, Region};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
-use stack::cluster::{Cluster, ClusterEvent, InboundRoute, SingleStack};
+use stack::cluster::{Cluster, ClusterEvent, InboundRoute, Opened, SingleStack};
 use stack::iface::Stack;
 use stack::rand::Rng;
 use stack::tcp::Tuple;
 use stack::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::xdp::HomeMap;
+use crate::xdp::{FlowMap, HomeMap};
 
 
 struct Watch {
@@ -74,6 +75,12 @@ pub struct ClusterMember {
     events: EventTally,
     /// Connections per local address, counted before a tick (the node asks).
     conns: Vec<(Ipv4Addr, usize)>,
+    /// The stack's cluster events of this turn, for the distributor.
+    pending: Vec<ClusterEvent>,
+    /// Listeners per local address (the distributor takes absolute counts).
+    listening: std::collections::HashMap<SocketAddrV4, u32>,
+    /// What the distributor asked of the stack.
+    dist_actions: Vec<DistAction>,
 }
 
 /// Counts of the [`ClusterEvent`]s a member drained (`--stats`): what the distributor and the
@@ -117,8 +124,17 @@ impl std::fmt::Debug for ClusterMember {
 /// What the stack holds: the coupling node, and bind activation through it.
 pub struct StackCluster {
     node: Node,
+    /// The distributor: router of the distributed DVIPAs this stack holds, target of those it
+    /// is a candidate of.
+    dist: Distributor,
     /// The steering map (set once the interface is attached, after joining).
     home: Option<HomeMap>,
+    /// The steering program's flows map (the distributor's fast path), with it.
+    flows: Option<FlowMap>,
+    /// The flows in the fast path, per distributed DVIPA (removed when routing stops).
+    fast: std::collections::HashMap<Ipv4Addr, std::collections::HashSet<(SocketAddrV4, SocketAddrV4)>>,
+    /// This stack's MAC (the source of forwarded frames).
+    mac: [u8; 6],
     /// Addresses activated by bind since the last turn: announce them.
     bound: Vec<Ipv4Addr>,
     clock: Clock,
@@ -131,9 +147,28 @@ impl std::fmt::Debug for StackCluster {
 }
 
 impl StackCluster {
-    /// The interface is attached: DVIPAs go into (and out of) this steering map.
-    pub fn set_steering(&mut self, home: HomeMap) {
+    /// The interface is attached: DVIPAs go into (and out of) this steering map, and the
+    /// distributor's flows into `flows`.
+    pub fn set_steering(&mut self, home: HomeMap, flows: FlowMap) {
         self.home = Some(home);
+        self.flows = Some(flows);
+    }
+
+    /// The distributor (its counters and tables, for reports).
+    pub fn distributor(&self) -> &Distributor {
+        &self.dist
+    }
+
+    /// The MAC of member `slot` if it is up, from its row.
+    fn mac_of(&self, slot: u8, now_ns: u64) -> Option<[u8; 6]> {
+        let region = self.node.region();
+        if !coupling::node::member_up(region, self.node.config(), slot, now_ns) {
+            return None;
+        }
+        let raw = region.members().get(slot as usize)?.mac.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes();
+        let mac: [u8; 6] = raw[..6].try_into().ok()?;
+        // A zero or multicast MAC is not a stack's.
+        (mac != [0; 6] && mac[0] & 1 == 0).then_some(mac)
     }
 }
 
@@ -144,15 +179,8 @@ impl StackCluster {
 /// there), from the region's member row.
 pub(crate) fn member_mac(stack: &mut Stack, slot: u32, now: Instant) -> Option<[u8; 6]> {
     let c = node_of(stack)?;
-    let region = c.node.region();
     let now_ns = c.clock.mono_ns(now);
-    if !coupling::node::member_up(region, c.node.config(), u8::try_from(slot).ok()?, now_ns) {
-        return None;
-    }
-    let raw = region.members().get(slot as usize)?.mac.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes();
-    let mac: [u8; 6] = raw[..6].try_into().ok()?;
-    // A zero or multicast MAC is not a stack's.
-    (mac != [0; 6] && mac[0] & 1 == 0).then_some(mac)
+    c.mac_of(u8::try_from(slot).ok()?, now_ns)
 }
 
 fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
@@ -178,6 +206,7 @@ impl ClusterMember {
                 "found a stale coupling region ({why}); replaced it with a new one (stacks still attached to the old file leave the cluster; restart them to rejoin)"
             ));
         }
+        let mac = ident.mac;
         let node = Node::join(Arc::new(region), cfg.clone(), name, ident, clock.mono_ns(now)).map_err(|e| e.to_string())?;
         log(name, format_args!("joined cluster {} as slot {} incarnation {}", cfg.name, node.slot(), node.incarnation()));
         let own = cfg.stacks[node.slot()].addr;
@@ -197,8 +226,22 @@ impl ClusterMember {
             own,
             events: EventTally::default(),
             conns: Vec::new(),
+            pending: Vec::new(),
+            listening: Default::default(),
+            dist_actions: Vec::new(),
         };
-        Ok((member, StackCluster { node, home: None, bound: Vec::new(), clock }))
+        let dist = Distributor::new(&node);
+        let sc = StackCluster {
+            node,
+            dist,
+            home: None,
+            flows: None,
+            fast: Default::default(),
+            mac,
+            bound: Vec::new(),
+            clock,
+        };
+        Ok((member, sc))
     }
 
     /// The cluster events drained so far.
@@ -219,13 +262,20 @@ impl ClusterMember {
 
     /// Called at the top of every poll-loop iteration, before any frame is handled.
     pub fn turn(&mut self, now: Instant, stack: &mut Stack) {
+        let ns = self.clock.mono_ns(now);
         while let Some(e) = stack.poll_cluster_event() {
             self.events.count(e);
+            self.pending.push(e);
+        }
+        if !self.left {
+            self.feed_distributor(ns, stack);
+        }
+        if !self.dist_actions.is_empty() {
+            self.apply_dist(now, ns, stack);
         }
         if self.left || (now < self.next_tick && now < self.lease_ok && self.reannounce.is_empty() && self.marks.is_empty()) {
             return;
         }
-        let ns = self.clock.mono_ns(now);
         if !self.marks.is_empty() {
             for m in self.marks.iter_mut() {
                 m.1 = m.1.saturating_sub(1);
@@ -270,7 +320,10 @@ impl ClusterMember {
         let mut actions = std::mem::take(&mut self.actions);
         let fenced = sc.node.stats.fenced;
         let conns = &self.conns;
-        sc.node.tick(ns, &|a| conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1), &mut actions);
+        let StackCluster { node, dist, .. } = sc;
+        // A router gives a distributed DVIPA back only once its primary has rebuilt.
+        node.tick(ns, &|a| dist.node_conns(a, conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1)), &mut actions);
+        dist.tick(ns, node, &mut self.dist_actions);
         if sc.node.awaiting_move() {
             // A command moves an address here: tick again at the next turn.
             self.next_tick = now;
@@ -299,6 +352,17 @@ impl ClusterMember {
                 Action::Deactivate { addr, .. } if addr == self.own || !stack.has_address(addr) => {
                     self.reannounce.retain(|r| r.1 != addr);
                 }
+                Action::Deactivate { addr, why, .. } if node_of(stack).is_some_and(|sc| sc.dist.is_candidate(addr)) => {
+                    // Still a target of the distributed DVIPA: it stays, internal, with every
+                    // connection; only ARP for it stops (the new holder answers).
+                    let prefix = stack.homes().iter().find(|h| h.addr == addr).map_or(32, |h| h.prefix_len);
+                    stack.add_address(addr, prefix, true);
+                    if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.add_internal(addr)) {
+                        log(&self.name, format_args!("{e}"));
+                    }
+                    self.reannounce.retain(|r| r.1 != addr);
+                    log(&self.name, format_args!("{addr} no longer held here ({why}); still a distribution target (internal address, connections kept)"));
+                }
                 Action::Deactivate { addr, connections, why } => {
                     // Out of the steering map first: from here on its frames go to the kernel.
                     if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.remove(addr)) {
@@ -318,6 +382,9 @@ impl ClusterMember {
             }
         }
         self.actions = actions;
+        if !self.dist_actions.is_empty() {
+            self.apply_dist(now, ns, stack);
+        }
         let Some(sc) = node_of(stack) else { return };
         if let (Some(f), false) = (sc.node.detached(), self.detached_logged) {
             self.detached_logged = true;
@@ -334,6 +401,114 @@ impl ClusterMember {
         } else {
             self.clock.instant_of(sc.node.lease_valid_until())
         };
+    }
+
+    /// Give the distributor this turn's listener and connection events, and let it read its
+    /// mail (a target's NEWCONN must be routed before the reply to its SYN comes back).
+    fn feed_distributor(&mut self, ns: u64, stack: &mut Stack) {
+        let Some(sc) = node_of(stack) else { return };
+        for e in self.pending.drain(..) {
+            match e {
+                ClusterEvent::ListenerOpened(a) => {
+                    let n = self.listening.entry(a).or_insert(0);
+                    *n += 1;
+                    sc.dist.listeners(ns, a, *n);
+                }
+                ClusterEvent::ListenerClosed(a) => {
+                    let n = self.listening.get(&a).copied().unwrap_or(1).saturating_sub(1);
+                    if n == 0 {
+                        self.listening.remove(&a);
+                    } else {
+                        self.listening.insert(a, n);
+                    }
+                    sc.dist.listeners(ns, a, n);
+                }
+                ClusterEvent::ConnectionOpened(t, how) => sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active),
+                ClusterEvent::ConnectionClosed(t) | ClusterEvent::ConnectionMoved(t) => sc.dist.connection_closed(ns, t.local, t.remote),
+                ClusterEvent::PortReleased(_) => {}
+            }
+        }
+        if sc.node.detached().is_none() {
+            let StackCluster { node, dist, .. } = sc;
+            dist.poll(ns, node, &mut self.dist_actions);
+        }
+    }
+
+    /// Do what the distributor asked: internal addresses for candidates, the steering
+    /// program's flags and flows for a router.
+    fn apply_dist(&mut self, now: Instant, ns: u64, stack: &mut Stack) {
+        let mut actions = std::mem::take(&mut self.dist_actions);
+        for a in actions.drain(..) {
+            match a {
+                DistAction::Candidate { addr, prefix } => {
+                    if !stack.has_address(addr) {
+                        stack.add_address(addr, prefix, true);
+                        if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.add_internal(addr)) {
+                            log(&self.name, format_args!("{e}"));
+                        }
+                        log(&self.name, format_args!("{addr} installed as a distribution target (internal: accepted, not answered in ARP)"));
+                    }
+                }
+                DistAction::NotCandidate { addr } => {
+                    let internal = stack.homes().iter().any(|h| h.addr == addr && h.internal);
+                    if internal {
+                        if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.remove(addr)) {
+                            log(&self.name, format_args!("{e}"));
+                        }
+                        stack.remove_address(now, addr, stack::iface::Departure::Reset);
+                        log(&self.name, format_args!("{addr} no longer a distribution target here"));
+                    }
+                }
+                DistAction::RoutingStarted { addr, epoch } => {
+                    if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.add_distributed(addr)) {
+                        log(&self.name, format_args!("{e}"));
+                    }
+                    log(&self.name, format_args!("{addr}: routing its connections (epoch {epoch})"));
+                }
+                DistAction::RoutingStopped { addr } => {
+                    let Some(sc) = node_of(stack) else { continue };
+                    if let (Some(flows), Some(set)) = (sc.flows.as_ref(), sc.fast.remove(&addr)) {
+                        for (local, remote) in set {
+                            let _ = flows.remove(remote, local);
+                        }
+                    }
+                    // Still held (a takeback under way): ordinary steering until it moves.
+                    let held = stack.homes().iter().any(|h| h.addr == addr && !h.internal);
+                    if let (true, Some(sc)) = (held, node_of(stack)) {
+                        if let Some(Err(e)) = sc.home.as_ref().map(|h| h.add(addr)) {
+                            log(&self.name, format_args!("{e}"));
+                        }
+                    }
+                    log(&self.name, format_args!("{addr}: no longer routing"));
+                }
+                DistAction::FlowInstalled { local, remote, target } => {
+                    let Some(sc) = node_of(stack) else { continue };
+                    if target as usize == sc.node.slot() {
+                        continue;
+                    }
+                    let Some(mac) = sc.mac_of(target, ns) else { continue };
+                    if let Some(flows) = sc.flows.as_ref() {
+                        match flows.insert(remote, local, mac, sc.mac) {
+                            Ok(()) => {
+                                sc.fast.entry(*local.ip()).or_default().insert((local, remote));
+                            }
+                            Err(e) => log(&self.name, format_args!("{e}")),
+                        }
+                    }
+                }
+                DistAction::FlowRemoved { local, remote } => {
+                    let Some(sc) = node_of(stack) else { continue };
+                    if let Some(set) = sc.fast.get_mut(local.ip()) {
+                        if set.remove(&(local, remote)) {
+                            if let Some(flows) = sc.flows.as_ref() {
+                                let _ = flows.remove(remote, local);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.dist_actions = actions;
     }
 
     /// Open a pidfd for every live member we do not watch yet; declare failed those whose
@@ -395,6 +570,7 @@ impl ClusterMember {
             return;
         }
         let Some(sc) = node_of(stack) else { return };
+        sc.dist.leave(&mut self.dist_actions);
         let mut out = Vec::new();
         sc.node.leave(self.clock.mono_ns(now), &mut out);
         for a in out {
@@ -410,8 +586,15 @@ impl ClusterMember {
 }
 
 impl Cluster for StackCluster {
-    fn route_inbound(&mut self, _now: Instant, _tuple: &Tuple, _syn: bool) -> InboundRoute {
-        InboundRoute::Local
+    fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
+        match self.dist.route(self.clock.mono_ns(now), tuple.local, tuple.remote, syn) {
+            // Reset: the stack answers a segment it has no connection for with a RST (RFC
+            // 9293 3.10.7.1), and a SYN nobody takes likewise.
+            Route::NotDistributed | Route::Local | Route::Reset => InboundRoute::Local,
+            Route::Forward { slot } if slot as usize == self.node.slot() => InboundRoute::Local,
+            Route::Forward { slot } => InboundRoute::Forward { stack: slot as u32 },
+            Route::Hold => InboundRoute::Drop,
+        }
     }
     fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: SocketAddrV4, rng: &mut Rng) -> Option<u16> {
         SingleStack.ephemeral_port(now, local, remote, rng)

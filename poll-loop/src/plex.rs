@@ -286,7 +286,7 @@ impl Plex {
                     None => (Stack::new(cfg), None),
                 },
                 Some((m, mut handle)) => {
-                    handle.set_steering(steering.home_map().map_err(StartError::Other)?);
+                    handle.set_steering(steering.home_map().map_err(StartError::Other)?, steering.flow_map().map_err(StartError::Other)?);
                     (Stack::with_cluster(cfg, Box::new(handle)), Some(m))
                 }
             };
