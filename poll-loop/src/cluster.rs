@@ -183,6 +183,12 @@ pub(crate) fn member_mac(stack: &mut Stack, slot: u32, now: Instant) -> Option<[
     c.mac_of(u8::try_from(slot).ok()?, now_ns)
 }
 
+/// The distributor's counters of a cluster member's stack.
+pub fn dist_stats(stack: &Stack) -> Option<coupling::dist::DistStats> {
+    let c: &dyn std::any::Any = stack.cluster();
+    c.downcast_ref::<StackCluster>().map(|sc| sc.dist.stats)
+}
+
 fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
     let c: &mut dyn std::any::Any = stack.cluster_mut();
     c.downcast_mut::<StackCluster>()
@@ -587,7 +593,13 @@ impl ClusterMember {
 
 impl Cluster for StackCluster {
     fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
+        let addr = *tuple.local.ip();
         match self.dist.route(self.clock.mono_ns(now), tuple.local, tuple.remote, syn) {
+            // A target that does not route the DVIPA got a segment (not a SYN: those the router
+            // forwards) of a flow it does not have: a client's ARP entry still names it during a
+            // takeover or takeback. Only the router may answer for the address's flows, and
+            // this one is another target's: dropped, never reset; the client retransmits.
+            Route::NotDistributed if !syn && self.dist.is_candidate(addr) && !self.dist.routes(addr) => InboundRoute::Drop,
             // Reset: the stack answers a segment it has no connection for with a RST (RFC
             // 9293 3.10.7.1), and a SYN nobody takes likewise.
             Route::NotDistributed | Route::Local | Route::Reset => InboundRoute::Local,

@@ -490,6 +490,9 @@ impl core::fmt::Display for Report {
                     e.ports_released
                 )?;
             }
+            if let Some(d) = crate::cluster::dist_stats(r.stack()) {
+                writeln!(f, "queue {q} distributor: {d:?}")?;
+            }
             let c = r.stack().counters();
             let is_drop = |k: &str| stack::iface::DropReason::ALL.iter().any(|d| d.name() == k);
             let traffic: Vec<String> = c.iter().filter(|(k, v)| *v > 0 && !is_drop(k)).map(|(k, v)| format!("{k}={v}")).collect();

@@ -435,6 +435,10 @@ impl Stack {
     pub fn cluster_mut(&mut self) -> &mut dyn Cluster {
         self.cluster.as_mut()
     }
+    /// The cluster this stack asks, read-only (reports).
+    pub fn cluster(&self) -> &dyn Cluster {
+        self.cluster.as_ref()
+    }
     /// Default options for sockets created from now on.
     pub fn tcp_config_mut(&mut self) -> &mut tcp::Config {
         &mut self.cfg.tcp
