@@ -14,7 +14,9 @@
 #     connections: requests/s and the server's CPU time per request
 # Prints the median of the rounds, the ratios, and writes a JSON summary.
 #
-# Usage: sudo flock /tmp/plx-testbed.lock scripts/bench.sh [--quick] [--json FILE] [--out DIR]
+# Usage: sudo flock /tmp/plx-testbed.lock scripts/bench.sh [--quick] [--cluster] [--json FILE] [--out DIR]
+#   --cluster: the distributor's benchmark instead (scripts/bench-cluster.sh: plex's router vs
+#   HAProxy, failover figures; JSON key "distributor").
 #   --quick: 1 round, shorter runs, no memory test (under two minutes); default: 3 rounds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,14 @@ OUT=$(mktemp -d /tmp/plx-bench.XXXXXX)
 WARMUP=20000
 # Seconds of each KV load (per server, per client count, per round).
 KV_SECS=5
+# --cluster: the distributor's benchmark instead (plex's router vs HAProxy, failover).
+for a in "$@"; do
+  if [ "$a" = --cluster ]; then
+    args=()
+    for b in "$@"; do [ "$b" != --cluster ] && args+=("$b"); done
+    exec "$(dirname "$0")/bench-cluster.sh" "${args[@]}"
+  fi
+done
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) COUNT=30000; WARMUP=5000; ROUNDS=1; QUICK=1; KV_SECS=2 ;;

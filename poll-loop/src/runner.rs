@@ -37,7 +37,10 @@ impl std::str::FromStr for PollMode {
         match s {
             "busy" => Ok(PollMode::Busy),
             "adaptive" => Ok(PollMode::Adaptive { spin: 2000 }),
-            _ => Err(format!("unknown poll mode {s:?}: expected \"busy\" or \"adaptive\"")),
+            _ => match s.strip_prefix("adaptive:").map(str::parse::<u32>) {
+                Some(Ok(spin)) => Ok(PollMode::Adaptive { spin }),
+                _ => Err(format!("unknown poll mode {s:?}: expected \"busy\", \"adaptive\" or \"adaptive:N\" (N idle turns before sleeping; adaptive is adaptive:2000)")),
+            },
         }
     }
 }

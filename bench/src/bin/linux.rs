@@ -5,7 +5,8 @@
 //! Usage:
 //!   plex-bench-linux echo ADDR:PORT [--core N]
 //!   plex-bench-linux pingpong ADDR:PORT [--size 64] [--count N] [--warmup N] [--conns N] [--core N] [--hgrm FILE]
-//!   plex-bench-linux echo-many ADDR:PORT [--core N]     (any number of connections, epoll)
+//!   plex-bench-linux echo-many ADDR:PORT [--core N] [--block]   (any number of connections,
+//!                                     epoll; busy-polled, or sleeping in epoll_wait with --block)
 //!   plex-bench-linux hold-server ADDR:PORT [--count N] [--core N]   (accept and keep)
 //!   plex-bench-linux sink ADDR:PORT [--core N]
 //!   plex-bench-linux connrate ADDR:PORT [--count N] [--core N]
@@ -118,10 +119,11 @@ impl Epoll {
         use nix::sys::epoll::{EpollEvent, EpollFlags};
         self.ep.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token)).map_err(std::io::Error::from)
     }
-    /// Ready tokens, without sleeping.
-    fn poll(&mut self, out: &mut Vec<u64>) -> std::io::Result<()> {
+    /// Ready tokens, without sleeping (or sleeping until there are some: `block`).
+    fn poll(&mut self, out: &mut Vec<u64>, block: bool) -> std::io::Result<()> {
         out.clear();
-        match self.ep.wait(&mut self.events, nix::sys::epoll::EpollTimeout::ZERO) {
+        let t = if block { nix::sys::epoll::EpollTimeout::NONE } else { nix::sys::epoll::EpollTimeout::ZERO };
+        match self.ep.wait(&mut self.events, t) {
             Ok(n) => out.extend(self.events[..n].iter().map(|e| e.data())),
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
@@ -130,8 +132,9 @@ impl Epoll {
     }
 }
 
-/// Echo for any number of connections: non-blocking sockets under a busy-polled epoll.
-fn echo_many(addr: SocketAddr, core: Option<usize>) -> std::io::Result<()> {
+/// Echo for any number of connections: non-blocking sockets under a busy-polled epoll (or
+/// one that sleeps in `epoll_wait`: `block`, a server that leaves the CPU to others).
+fn echo_many(addr: SocketAddr, core: Option<usize>, block: bool) -> std::io::Result<()> {
     pin(core);
     let l = TcpListener::bind(addr)?;
     l.set_nonblocking(true)?;
@@ -142,7 +145,7 @@ fn echo_many(addr: SocketAddr, core: Option<usize>) -> std::io::Result<()> {
     let mut ready = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        ep.poll(&mut ready)?;
+        ep.poll(&mut ready, block)?;
         for &t in &ready {
             if t == u64::MAX {
                 while let Ok((s, _)) = l.accept() {
@@ -202,7 +205,7 @@ fn pingpong_many(addr: SocketAddr, size: usize, count: u64, warmup: u64, conns: 
     let (mut done, mut start) = (0u64, Instant::now());
     let mut ready = Vec::new();
     while done < warmup + count {
-        ep.poll(&mut ready)?;
+        ep.poll(&mut ready, false)?;
         for &t in &ready {
             let i = t as usize;
             loop {
@@ -346,7 +349,7 @@ fn main() -> ExitCode {
     };
     let r = match cmd.as_str() {
         "echo" => echo(addr, core),
-        "echo-many" => echo_many(addr, core),
+        "echo-many" => echo_many(addr, core, args.iter().any(|a| a == "--block")),
         "hold-server" => num("--count", 100_000).map_err(std::io::Error::other).and_then(|n| hold_server(addr, n, core)),
         "pingpong" => match num("--conns", 1) {
             Ok(1) => pingpong(addr, size.max(1), count, warmup, core, opt("--hgrm")),
