@@ -2,7 +2,9 @@
 # The main job: on a fresh machine, install what is needed, build plex, bring up the namespace
 # testbed, run `plex http` on AF_XDP and drive it from a Linux client with ping, curl and wrk;
 # then the cluster act: three plex stacks share a coupling region and a dynamic VIPA that
-# survives the death of its stack and comes back to its primary. Tears everything down.
+# survives the death of its stack and comes back to its primary; then the distributor act: one
+# address spread over two stacks by a router, which is killed under load and comes back, with no
+# connection reset. Tears everything down.
 # Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,4 +95,67 @@ echo "   $(grep 'given back' "$LOG.s2" | tail -1)"
 echo "   $(grep 'given back' "$LOG.s1" | tail -1)"
 echo "== echo through 198.18.0.100: $(echo_via 198.18.0.100 'home again')"
 "$PLEX" ctl show dvipas | sed 's/^/   /'
+for i in 1 2 3; do kill -INT "${SPIDS[$i]}" 2>/dev/null || true; done
+sleep 1
+
+echo
+echo "== the distributor act: one address over two stacks, and its router killed under load"
+# The embedded config plus a distributed DVIPA: s1 routes 198.18.0.102 (backup s2) over the
+# targets s2 and s3, which answer clients directly; port 7 (echo) is distributed.
+DCFG=$(mktemp /tmp/plx-demo-dist.XXXXXX.toml)
+"$PLEX" config | sed -e 's|^name = "plx-testbed"|name = "plx-demo-dist"|' -e 's|^region = .*|region = "/dev/shm/plex-plx-demo-dist"|' \
+  | awk '/^\[\[dvipa\]\]/ { exit } { print }' >"$DCFG"
+cat >>"$DCFG" <<'TOML'
+[[dvipa]]
+address = "198.18.0.102/24"
+primary = "s1"
+backups = [{ stack = "s2", rank = 20 }]
+[dvipa.distribute]
+ports = [7]
+targets = ["s2", "s3"]
+method = "round_robin"
+TOML
+echo "   the distributed DVIPA added to the config:"
+sed -n '/198.18.0.102/,$p' "$DCFG" | sed 's/^/     /'
+rm -f /dev/shm/plex-plx-demo-dist
+dstart() { # I
+  ip netns exec "plx-s$1" "$PLEX" run --config "$DCFG" --stack "s$1" echo >>"$LOG.d$1" 2>&1 &
+  SPIDS[$1]=$!
+  disown "$!" 2>/dev/null || true
+  local n; n=$(grep -c '^plex: stack' "$LOG.d$1" 2>/dev/null || true)
+  local m; for _ in $(seq 1 50); do m=$(grep -c "^plex: stack" "$LOG.d$1" 2>/dev/null || true); [ "${m:-0}" -gt "${n:-0}" ] && break; sleep 0.1; done
+}
+dctl() { "$PLEX" ctl --config "$DCFG" "$@"; }
+downer() { dctl show dvipas | awk '$1 == "198.18.0.102/24" {print $3}'; }
+dwait() { for _ in $(seq 1 100); do [ "$(downer)" = "$1" ] && return 0; sleep 0.05; done; return 1; }
+for i in 1 2 3; do dstart "$i"; done
+dwait s1 || true
+sleep 0.5
+echo "== plex ctl show dpt (the targets' listeners, as they reported them to the router)"
+dctl show dpt | sed 's/^/   /'
+for k in 1 2 3 4; do echo_via 198.18.0.102 "hello $k" >/dev/null; done
+STOP=$(mktemp -u /tmp/plx-demo-stop.XXXXXX)
+ip netns exec plx-client python3 scripts/it/seq_echo.py 198.18.0.102 7 20 "$STOP" 30 10 >"$LOG.seq" 2>&1 &
+SEQ=$!
+sleep 1.5
+echo "== 20 long-lived connections, each sending a numbered line every 10 ms; plex ctl show crt:"
+dctl show crt | head -8 | sed 's/^/   /'
+echo "   ... ($(( $(dctl show crt | wc -l) - 1 )) rows: the router forwards each flow to its target; the targets answer the client directly)"
+echo "== kill -9 the router s1"
+kill -9 "${SPIDS[1]}"
+dwait s2 || true
+sleep 1
+echo "   $(grep 'took over' "$LOG.d2" | tail -1)"
+echo "   s2 rebuilt the table from the targets' reports: $(( $(dctl show crt | wc -l) - 1 )) rows, router $(dctl show crt | awk 'NR == 2 {print $4}')"
+echo "== s1 restarts and takes the address back"
+dstart 1
+dwait s1 || true
+sleep 1
+touch "$STOP"
+wait "$SEQ" || true
+echo "   the client: $(tail -1 "$LOG.seq")"
+echo "   (completed: every line echoed byte-exact, then a clean close; resets: connections reset)"
+for i in 1 2 3; do kill -INT "${SPIDS[$i]}" 2>/dev/null || true; done
+sleep 1
+rm -f /dev/shm/plex-plx-demo-dist "$DCFG"
 echo "== done: the testbed is torn down on exit"
