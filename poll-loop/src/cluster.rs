@@ -81,7 +81,14 @@ pub struct ClusterMember {
     listening: std::collections::HashMap<SocketAddrV4, u32>,
     /// What the distributor asked of the stack.
     dist_actions: Vec<DistAction>,
+    /// XDP programs dead stacks left pinned (their fast path), to remove when due unless the
+    /// stack came back: (when, slot).
+    stale_pins: Vec<(Instant, usize)>,
 }
+
+/// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
+/// it: clients have moved to the new router (gratuitous ARP) well before.
+const STALE_PIN_GRACE: Duration = Duration::from_secs(3);
 
 /// Counts of the [`ClusterEvent`]s a member drained (`--stats`): what the distributor and the
 /// port registry will be built from.
@@ -235,6 +242,7 @@ impl ClusterMember {
             pending: Vec::new(),
             listening: Default::default(),
             dist_actions: Vec::new(),
+            stale_pins: Vec::new(),
         };
         let dist = Distributor::new(&node);
         let sc = StackCluster {
@@ -322,6 +330,9 @@ impl ClusterMember {
         // itself starts with the same check and leaves the cluster if it fails.)
         if sc.node.detached().is_none() && sc.node.region().health().is_ok() {
             self.watch_members(&mut sc.node, ns);
+        }
+        if self.stale_pins.iter().any(|p| p.0 <= now) {
+            self.release_stale_pins(now, ns, &sc.node);
         }
         let mut actions = std::mem::take(&mut self.actions);
         let fenced = sc.node.stats.fenced;
@@ -517,6 +528,28 @@ impl ClusterMember {
         self.dist_actions = actions;
     }
 
+    /// Remove the XDP fast paths dead stacks left pinned, once due, unless the stack is back
+    /// (it removed its own when it restarted).
+    fn release_stale_pins(&mut self, now: Instant, ns: u64, node: &Node) {
+        let Some(dir) = crate::xdp::pin_dir() else {
+            self.stale_pins.clear();
+            return;
+        };
+        let due: Vec<usize> = self.stale_pins.iter().filter(|p| p.0 <= now).map(|p| p.1).collect();
+        self.stale_pins.retain(|p| p.0 > now);
+        for slot in due {
+            if coupling::node::member_up(node.region(), node.config(), slot as u8, ns) {
+                continue;
+            }
+            let stack = &node.config().stacks[slot].name;
+            match crate::xdp::release_pinned(&crate::xdp::pin_path(&dir, &node.config().name, stack)) {
+                Ok(true) => log(&self.name, format_args!("removed the XDP fast path stack {stack} left pinned when it died")),
+                Ok(false) => {}
+                Err(e) => log(&self.name, format_args!("{e}")),
+            }
+        }
+    }
+
     /// Open a pidfd for every live member we do not watch yet; declare failed those whose
     /// process has exited.
     fn watch_members(&mut self, node: &mut Node, ns: u64) {
@@ -565,6 +598,7 @@ impl ClusterMember {
                 if node.declare_failed(ns, slot, w.incarnation) {
                     log(&self.name, format_args!("stack {} exited: declared failed", node.config().stacks[slot].name));
                 }
+                self.stale_pins.push((self.clock.instant_of(ns) + STALE_PIN_GRACE, slot));
             }
         }
     }

@@ -253,7 +253,10 @@ impl Plex {
                 Some(crate::cluster::ClusterMember::join(cfg.clone(), name, ident, clock).map_err(StartError::Other)?)
             }
         };
-        let steering = Arc::new(Steering::attach(iface, self.xdp_mode)?);
+        // A cluster member pins its link (when a BPF filesystem is mounted): killed, its XDP fast
+        // path keeps forwarding the distributor's established flows while the cluster moves.
+        let pin = self.cluster.as_ref().and_then(|(cfg, name)| crate::xdp::pin_dir().map(|d| crate::xdp::pin_path(&d, &cfg.name, name)));
+        let steering = Arc::new(Steering::attach_pinned(iface, self.xdp_mode, pin.as_deref())?);
         for a in std::iter::once(&addr).chain(&self.extra) {
             steering.add_home(*a, false).map_err(StartError::Other)?;
         }

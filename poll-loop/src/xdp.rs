@@ -96,6 +96,41 @@ pub struct Steering {
     home: MapHandle,
     stats: MapHandle,
     flows: MapHandle,
+    /// Where the link is pinned (a cluster member's: its fast path outlives a crash).
+    pin: Option<std::path::PathBuf>,
+}
+
+impl Drop for Steering {
+    /// A pinned link is unpinned first: the program goes when the link's fd closes, as an
+    /// unpinned one does.
+    fn drop(&mut self) {
+        if let Some(p) = self.pin.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `statfs` magic of a BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A directory on a BPF filesystem where a cluster member pins its XDP link: `/sys/fs/bpf`
+/// (where systemd mounts it) or `/run/plex/bpf` (the testbed mounts one there, visible from
+/// its namespaces). `None`: neither is a BPF filesystem (nothing is pinned).
+pub fn pin_dir() -> Option<std::path::PathBuf> {
+    ["/sys/fs/bpf", "/run/plex/bpf"].into_iter().map(std::path::PathBuf::from).find(|d| {
+        rustix::fs::statfs(d).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC)
+    })
+}
+
+/// The pin of cluster `cluster`'s stack `stack` in `dir`.
+pub fn pin_path(dir: &std::path::Path, cluster: &str, stack: &str) -> std::path::PathBuf {
+    dir.join(format!("plex-{cluster}-{stack}"))
+}
+
+/// Detach the XDP program a dead stack left pinned at `path` (its fast path kept forwarding
+/// established flows while the cluster took over) and remove the pin. `Ok(false)`: none.
+pub fn release_pinned(path: &std::path::Path) -> Result<bool, String> {
+    crate::xsk::detach_pinned(path).map_err(|e| format!("removing the XDP program pinned at {}: {}", path.display(), errno_text(&e)))
 }
 
 impl core::fmt::Debug for Steering {
@@ -139,7 +174,19 @@ fn libbpf_said() -> String {
 impl Steering {
     /// Load the program and attach it to `ifname` through a BPF link.
     pub fn attach(ifname: &str, mode: AttachMode) -> Result<Steering, StartError> {
+        Steering::attach_pinned(ifname, mode, None)
+    }
+
+    /// As [`attach`](Steering::attach), and pin the link at `pin` (a cluster member's): if this
+    /// process is killed, the program stays and its fast path keeps forwarding the
+    /// distributor's established flows until the cluster has moved them (the stack that takes
+    /// over, or this stack restarting, removes it). A program a dead predecessor left pinned
+    /// there is removed first (the cluster already refused to start a second live instance).
+    pub fn attach_pinned(ifname: &str, mode: AttachMode, pin: Option<&std::path::Path>) -> Result<Steering, StartError> {
         let ifindex = ifindex(ifname)?;
+        if let Some(p) = pin {
+            release_pinned(p).map_err(StartError::Other)?;
+        }
         libbpf_rs::set_print(Some((PrintLevel::Warn, libbpf_print)));
         libbpf_said();
         let open = ObjectBuilder::default()
@@ -175,7 +222,17 @@ impl Steering {
             },
             m => m,
         };
-        Ok(Steering { _link: link, ifname: ifname.to_string(), mode, xsks, home, stats, flows })
+        let pin = match pin {
+            Some(p) => match crate::xsk::pin_link(link.as_fd(), p) {
+                Ok(()) => Some(p.to_path_buf()),
+                Err(e) => {
+                    eprintln!("plex: not pinning the XDP link at {} ({}): a crash takes the fast path with it", p.display(), errno_text(&e));
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Steering { _link: link, ifname: ifname.to_string(), mode, xsks, home, stats, flows, pin })
     }
 
     /// The mode the program is attached in.

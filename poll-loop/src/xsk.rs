@@ -708,5 +708,38 @@ pub(crate) fn xdp_link(prog: std::os::fd::BorrowedFd<'_>, ifindex: i32, flags: u
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Pin the XDP link `link` at `path` in a BPF filesystem: the program then stays attached
+/// after the process ends (until [`detach_pinned`]). libbpf's errors are negative errnos.
+pub(crate) fn pin_link(link: std::os::fd::BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `link` is an open fd for the call and `c` a valid NUL-terminated path.
+    let r = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r));
+    }
+    Ok(())
+}
+
+/// Detach the XDP program of the link pinned at `path` (left by a stack that died) and remove
+/// the pin. `Ok(false)`: nothing is pinned there.
+pub(crate) fn detach_pinned(path: &std::path::Path) -> io::Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the call.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        let e = io::Error::from_raw_os_error(-fd);
+        return if e.kind() == io::ErrorKind::NotFound { Ok(false) } else { Err(e) };
+    }
+    // SAFETY: `fd` is a fresh descriptor the kernel just created for us; nothing else owns it.
+    let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `link` is an open link fd for the call.
+    let r = unsafe { libbpf_sys::bpf_link_detach(link.as_raw_fd()) };
+    let _ = std::fs::remove_file(path);
+    if r < 0 {
+        return Err(io::Error::from_raw_os_error(-r));
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests;
