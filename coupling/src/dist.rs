@@ -251,6 +251,8 @@ pub struct DistStats {
     pub targets_failed: u64,
     /// DPT rows that could not be published (table full).
     pub dpt_full: u64,
+    /// Entries made from a SYN that their target never confirmed, expired.
+    pub unconfirmed_expired: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +268,18 @@ struct Flow {
     dead_since: Option<u64>,
     /// Sequence number of the target's last NEWCONN about it (0: routed from a SYN).
     seq: u64,
+    /// Its target reported it (NEWCONN): an entry made from a SYN that no report confirms
+    /// expires (the target refused the SYN), see [`UNCONFIRMED_NS`].
+    confirmed: bool,
 }
+
+/// An entry the router made from a SYN and its target never confirmed (NEWCONN) is forgotten
+/// after this long (the target refused the SYN, or the client gave up): SYN-ACK retransmission
+/// takes up to about half a minute. Under pressure (CRT three quarters full) after
+/// [`UNCONFIRMED_PRESSED_NS`].
+pub const UNCONFIRMED_NS: u64 = 30_000_000_000;
+/// The expiry of unconfirmed entries while the CRT is three quarters full.
+pub const UNCONFIRMED_PRESSED_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Stat {
@@ -584,13 +597,22 @@ impl Distributor {
 
     /// For the `conns` closure of [`Node::tick`]: the connection count the node should see
     /// on `addr`, given the stack's own count `stack_conns`. For a distributed DVIPA this
-    /// stack routes, 1 until the returning primary has said it is ready to take it back (so
-    /// the node delays the giveback), then 0 (the stack's own connections stay, routed by the
-    /// primary); for anything else `stack_conns`.
+    /// stack routes, at least 1 until the returning primary has said it is ready to take it
+    /// back (so the node delays the giveback), then 0 if this stack is a candidate (its own
+    /// connections stay, routed by the primary) or `stack_conns` if not; for anything else
+    /// `stack_conns`.
     pub fn node_conns(&self, addr: Ipv4Addr, stack_conns: usize) -> usize {
         match self.routers.values().find(|r| r.active && r.addr == addr) {
-            Some(r) if r.ready => 0,
-            Some(_) => 1,
+            // A candidate keeps its connections as a target of the primary; a router that is
+            // not one would lose them with the address (delayed giveback as for any DVIPA).
+            Some(r) if r.ready => {
+                if self.is_candidate(addr) {
+                    0
+                } else {
+                    stack_conns
+                }
+            }
+            Some(_) => stack_conns.max(1),
             None => stack_conns,
         }
     }
@@ -613,29 +635,35 @@ impl Distributor {
             self.listeners.insert(local, count);
         }
         self.srv_changed(local, true);
+        self.read_self_mail(now);
     }
 
-    /// The stack installed a TCP connection (`local`, `remote`); `active`: this stack opened
-    /// it (a NEWCONN goes to the router at once, so that replies are routed here). Call it
-    /// before the SYN leaves if possible.
+    /// The stack installed a TCP connection (`local`, `remote`) on a distributed DVIPA;
+    /// `active`: this stack opened it. A NEWCONN goes to the router at once (it routes the
+    /// replies of an active open here, and confirms the entry it made for a passive one): call
+    /// it before the SYN of an active open leaves if possible.
     pub fn connection_opened(&mut self, now: u64, local: SocketAddrV4, remote: SocketAddrV4, active: bool) {
         self.now = now;
-        let Some(i) = self.cand_row(*local.ip()) else { return };
+        let Some(i) = self.cfg.dvipa_index(*local.ip()).filter(|i| self.def(*i).is_some()) else { return };
+        // Tracked on any distributed DVIPA (a router keeps its own connections local), told
+        // only by candidates.
         self.conns.insert((local, remote));
-        if active {
+        let _ = active;
+        if self.cand_row(*local.ip()).is_some() {
             let p = self.conn_payload(i, local, remote);
             for to in self.routers_of(i) {
                 self.queue(to, kind::NEWCONN, p);
             }
             self.flush();
+            self.read_self_mail(now);
         }
     }
 
     /// The stack freed a TCP connection (after TIME-WAIT, at a reset, or moved away).
     pub fn connection_closed(&mut self, now: u64, local: SocketAddrV4, remote: SocketAddrV4) {
         self.now = now;
-        let Some(i) = self.cand_row(*local.ip()) else { return };
-        if !self.conns.remove(&(local, remote)) {
+        let Some(i) = self.cfg.dvipa_index(*local.ip()).filter(|i| self.def(*i).is_some()) else { return };
+        if !self.conns.remove(&(local, remote)) || self.cand_row(*local.ip()).is_none() {
             return;
         }
         let p = self.conn_payload(i, local, remote);
@@ -643,6 +671,7 @@ impl Distributor {
             self.queue(to, kind::TERMCONN, p);
         }
         self.flush();
+        self.read_self_mail(now);
     }
 
     /// The stack's acceptance figures for the listener(s) on `local` (server weight):
@@ -665,6 +694,7 @@ impl Distributor {
             self.draining.remove(&local);
         }
         self.srv_changed(local, true);
+        self.read_self_mail(now);
     }
 
     /// The distributed DVIPA row of `addr` if this stack is one of its candidates.
@@ -945,6 +975,7 @@ impl Distributor {
         let gone = |t: u8, inc: u64| {
             down.get(t as usize).copied().unwrap_or(true) || (inc != 0 && live.get(t as usize).copied().flatten().is_some_and(|x| x != inc))
         };
+        let pressed = self.routers.values().map(|r| r.flows.len()).sum::<usize>() >= CRT_ROWS / 4 * 3;
         let Some(r) = self.routers.get_mut(&i) else { return };
         // Failed targets: out of the DPT at once; their flows answer reset.
         let mut failed = BTreeSet::new();
@@ -955,6 +986,7 @@ impl Distributor {
         }
         let rows = self.region.clone();
         let mut removed = Vec::new();
+        let unconfirmed_after = if pressed { UNCONFIRMED_PRESSED_NS } else { UNCONFIRMED_NS };
         for (k, f) in r.flows.iter_mut() {
             if f.dead_since.is_none() && gone(f.target, f.target_inc) {
                 f.dead_since = Some(now);
@@ -968,6 +1000,18 @@ impl Distributor {
                 }
             }
             if f.dead_since.is_some_and(|t| now.saturating_sub(t) >= d.grace_ms * 1_000_000) {
+                removed.push(*k);
+            }
+            if f.dead_since.is_none() && !f.confirmed && !f.hint && now.saturating_sub(f.created_ns) >= unconfirmed_after {
+                if let Some((idx, ctl)) = f.row.take() {
+                    crt_delete(&rows, idx, ctl);
+                }
+                r.conns[f.target as usize] = r.conns[f.target as usize].saturating_sub(1);
+                f.dead_since = Some(0);
+                if r.active {
+                    self.actions.push(DistAction::FlowRemoved { local: k.0, remote: k.1 });
+                }
+                self.stats.unconfirmed_expired += 1;
                 removed.push(*k);
             }
         }
@@ -1080,7 +1124,7 @@ impl Distributor {
                 r.stale_rows.push((idx, c.ctl));
                 continue;
             }
-            r.flows.insert(k, Flow { target: c.target, target_inc: c.target_inc, created_ns: c.created_ns, row: Some((idx, c.ctl)), hint: true, dead_since: None, seq: 0 });
+            r.flows.insert(k, Flow { target: c.target, target_inc: c.target_inc, created_ns: c.created_ns, row: Some((idx, c.ctl)), hint: true, dead_since: None, seq: 0, confirmed: true });
         }
         r.conns = [0; MAX_STACKS];
         for (k, f) in &r.flows {
@@ -1137,7 +1181,9 @@ impl Distributor {
         let region = self.region.clone();
         let Some(r) = self.routers.get_mut(&i) else { return };
         r.rebuilding = false;
-        let hints: Vec<_> = r.flows.iter().filter(|(_, f)| f.hint && f.dead_since.is_none()).map(|(k, _)| *k).collect();
+        // Hints of a live target that has not reported yet stay until it does (its
+        // REPORT_DONE drops what it did not confirm); the others go now.
+        let hints: Vec<_> = r.flows.iter().filter(|(_, f)| f.hint && f.dead_since.is_none() && !r.waiting.contains(&f.target)).map(|(k, _)| *k).collect();
         for k in hints {
             if let Some(f) = r.flows.remove(&k) {
                 if let Some((idx, ctl)) = f.row {
@@ -1149,6 +1195,21 @@ impl Distributor {
         }
         for (idx, ctl) in std::mem::take(&mut r.stale_rows) {
             crt_delete(&region, idx, ctl);
+        }
+    }
+
+    /// A target that answered after its rebuild ended: the hints it did not confirm go.
+    fn drop_hints_of(&mut self, i: usize, t: u8) {
+        let Some(r) = self.routers.get_mut(&i) else { return };
+        let hints: Vec<_> = r.flows.iter().filter(|(_, f)| f.hint && f.target == t && f.dead_since.is_none()).map(|(k, _)| *k).collect();
+        for k in hints {
+            if let Some(f) = r.flows.remove(&k) {
+                if let Some((idx, ctl)) = f.row {
+                    crt_delete(&self.region, idx, ctl);
+                }
+                r.conns[t as usize] = r.conns[t as usize].saturating_sub(1);
+                self.actions.push(DistAction::FlowRemoved { local: k.0, remote: k.1 });
+            }
         }
     }
 
@@ -1247,10 +1308,14 @@ impl Distributor {
             }
             kind::REPORT_DONE => {
                 let epoch = m.payload[1] as u32;
+                let mut late = false;
                 if let Some(r) = self.routers.get_mut(&i) {
-                    if r.epoch == epoch {
-                        r.waiting.remove(&from);
+                    if r.epoch == epoch && r.waiting.remove(&from) {
+                        late = r.active && !r.rebuilding;
                     }
+                }
+                if late {
+                    self.drop_hints_of(i, from);
                 }
             }
             kind::ROUTES_DONE => {
@@ -1377,7 +1442,7 @@ impl Distributor {
         let inc = if from == me && !relayed { self.inc } else { tinc };
         let prev = r.flows.get(&k).copied();
         if let Some(p) = prev {
-            if !relayed && p.seq >= seq && p.target == target && !p.hint && p.dead_since.is_none() {
+            if !relayed && p.seq >= seq && p.target == target && !p.hint && p.dead_since.is_none() && p.confirmed {
                 return;
             }
             if p.target != target && !p.hint && p.dead_since.is_none() {
@@ -1399,7 +1464,8 @@ impl Distributor {
             None
         };
         let Some(r) = self.routers.get_mut(&i) else { return };
-        r.flows.insert(k, Flow { target, target_inc: inc, created_ns: created, row, hint: false, dead_since: None, seq: if relayed { 0 } else { seq } });
+        let confirmed = !relayed || m.payload[5] & 1 == 1;
+        r.flows.insert(k, Flow { target, target_inc: inc, created_ns: created, row, hint: false, dead_since: None, seq: if relayed { 0 } else { seq }, confirmed });
         r.conns[target as usize] += 1;
         if active && prev.is_none_or(|p| p.target != target || p.dead_since.is_some()) {
             self.actions.push(DistAction::FlowInstalled { local: k.0, remote: k.1, target });
@@ -1412,7 +1478,7 @@ impl Distributor {
 
     fn relay(&mut self, to: u8, i: usize, k: (SocketAddrV4, SocketAddrV4), f: Flow) {
         self.stats.routes_relayed += 1;
-        self.queue(to, kind::NEWCONN, [i as u64 | (k.0.port() as u64) << 16 | 1 << 32, client_word(k.1), f.target as u64, 0, f.target_inc, 0, 0]);
+        self.queue(to, kind::NEWCONN, [i as u64 | (k.0.port() as u64) << 16 | 1 << 32, client_word(k.1), f.target as u64, 0, f.target_inc, f.confirmed as u64, 0]);
     }
 
     // ---------------------------------------------------------------- routing
@@ -1433,12 +1499,17 @@ impl Distributor {
             self.stats.held += 1;
             return Route::Hold;
         }
+        if known.is_none() && self.conns.contains(&k) {
+            // A connection the router holds itself without an entry (kept locally for want of
+            // a target, or a full CRT).
+            return Route::Local;
+        }
         if let Some(f) = known {
             if f.dead_since.is_none() {
                 if f.hint {
                     self.stats.hint_forwards += 1;
                 }
-                return self.to_target(f.target);
+                return self.route_to(f.target);
             }
             if !syn {
                 self.stats.resets += 1;
@@ -1480,7 +1551,7 @@ impl Distributor {
             return self.no_target(listens_here, false);
         };
         let Some(r) = self.routers.get_mut(&i) else { return Route::Hold };
-        let flow = Flow { target, target_inc: inc, created_ns: now, row: Some(row), hint: false, dead_since: None, seq: 0 };
+        let flow = Flow { target, target_inc: inc, created_ns: now, row: Some(row), hint: false, dead_since: None, seq: 0, confirmed: false };
         let old = r.flows.insert(k, flow);
         if let Some((idx, ctl)) = old.and_then(|o| o.row) {
             crt_delete(&self.region, idx, ctl);
@@ -1501,10 +1572,10 @@ impl Distributor {
         } else {
             self.stats.syns_forwarded += 1;
         }
-        self.to_target(target)
+        self.route_to(target)
     }
 
-    fn to_target(&mut self, t: u8) -> Route {
+    fn route_to(&mut self, t: u8) -> Route {
         if t == self.slot {
             Route::Local
         } else {
