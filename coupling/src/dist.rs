@@ -42,9 +42,11 @@
 //!   duplicates are harmless. Sent when the count, draining or (at a tick) the figures change,
 //!   and in every report.
 //! - NEWCONN / TERMCONN (target -> router): a connection on the DVIPA exists / is freed.
-//!   NEWCONN is sent for active opens (so the router routes the replies) and in reports;
-//!   TERMCONN for every connection retired. A holder handing a DVIPA back *relays* NEWCONN for
-//!   every connection it routes (flag `relayed`, with the target and its incarnation).
+//!   NEWCONN is sent for every connection installed (for an active open it makes the router
+//!   route the replies here; for a passive one it confirms the entry the router made from the
+//!   SYN) and in reports; TERMCONN for every connection retired. A holder handing a DVIPA
+//!   back *relays* NEWCONN for every connection it routes (flag `relayed`, with the target,
+//!   its incarnation and whether the target confirmed it).
 //! - ROUTER (router -> candidates): "I route DVIPA i at epoch e (or will: takeback), report
 //!   to me": the takeover and takeback notice. A candidate answers with a full report:
 //!   SRVSTAT for every listened port, NEWCONN for every connection on the DVIPA, then
@@ -68,10 +70,19 @@
 //! unknown flow that is not a SYN is *held* (dropped, the client retransmits), never reset.
 //! Then unconfirmed hints are deleted, and an unknown non-SYN is answered with a reset.
 //!
+//! When the grace passes first, the hints of live candidates that have not reported yet stay
+//! (forwarded with) until their REPORT_DONE comes; flows nobody knows are then reset.
+//!
 //! A new SYN picks among the ready targets of the router's own target list
 //! ([`DistributeDef::targets_of`]): listening (by report), not draining, up. With none, the
 //! router keeps it if it listens itself, holds it during a rebuild, or resets it. With the
 //! CRT full (no free region row, or [`CRT_ROWS`] flows), likewise keep or reset (counted).
+//! A connection the router keeps for itself this way has no entry: its later segments are
+//! [`Route::Local`] because the router's own stack has the connection
+//! ([`Distributor::connection_opened`]). An entry made from a SYN that its target never
+//! confirms with a NEWCONN (it refused the SYN) expires after [`UNCONFIRMED_NS`] (after
+//! [`UNCONFIRMED_PRESSED_NS`] while the CRT is three quarters full), so scans and SYN floods
+//! do not fill the table for good.
 //! Every forwarding decision checks the owner word first: a stack that does not hold the
 //! DVIPA holds the segment instead of forwarding it, so two routers never forward one flow.
 //!

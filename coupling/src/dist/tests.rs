@@ -280,6 +280,12 @@ impl Sim {
             return None;
         }
         st.dist.connection_opened(now, l, r, true);
+        // The reply to its SYN reaches the router after the router's next turn began, and a
+        // turn starts with poll().
+        let names: Vec<String> = self.stacks.keys().cloned().collect();
+        for n in &names {
+            self.poll(n);
+        }
         Some((l, r))
     }
 
@@ -306,7 +312,11 @@ impl Sim {
             assert!(forwarders.len() <= 1, "two routers forward {c}: {forwarders:?}");
             if let Some((by, to)) = forwarders.first() {
                 assert_eq!(to, &owner, "{c} routed by {by} to {to}, but {owner} has it");
-                assert_eq!(Some(by), router.as_ref());
+                // The one stack that forwards is the one the owner word names (a stack
+                // whose node let the address go forwards nothing once the word moves).
+                let w = check::owner_word(&self.cfg, true, self.region.dvipas()[0].owner.load(Ordering::Acquire)).unwrap();
+                assert!(w.held() && self.cfg.stacks[w.owner as usize].name == *by, "{by} forwards {c}, the owner word says {w:?}");
+                let _ = &router;
             } else if strict {
                 panic!("live flow {c} of {owner} not routed (router {router:?})");
             }
@@ -772,6 +782,30 @@ fn corrupt_rows_are_counted_and_ignored() {
         let r = s.segment(*c);
         assert!(r == Route::Forward { slot: s.slot(t) } || r == Route::Local);
     }
+}
+
+/// A SYN its target never takes (no connection, so no NEWCONN) leaves no entry for ever;
+/// a taken one is confirmed and stays.
+#[test]
+fn entries_no_target_confirms_expire() {
+    let mut s = started("ports = [80], targets = [\"s2\", \"s3\"]", &["s2", "s3"]);
+    let (_, _, kept) = s.syn();
+    let refused = client(4242);
+    let now = s.now;
+    assert!(matches!(s.stacks.get_mut("s1").unwrap().dist.route(now, sock(80), refused, true), Route::Forward { .. }));
+    s.step();
+    assert_eq!(s.stacks["s1"].dist.flow_count(VIP), 2);
+    let end = s.now + UNCONFIRMED_NS;
+    while s.now < end {
+        s.step();
+    }
+    s.step();
+    assert_eq!(s.stacks["s1"].dist.flow_count(VIP), 1);
+    assert_eq!(s.stacks["s1"].dist.stats.unconfirmed_expired, 1);
+    assert_eq!(s.segment(refused), Route::Reset);
+    assert!(matches!(s.segment(kept), Route::Forward { .. }));
+    assert!(!s.crt_targets().contains_key(&refused));
+    s.check_flows(true);
 }
 
 #[test]
