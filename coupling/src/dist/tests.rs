@@ -558,12 +558,21 @@ fn router_failure_rebuilds_from_reports_and_resets_nothing() {
     let flows: Vec<(SocketAddrV4, String)> = (0..10).map(|_| s.syn()).map(|(_, t, c)| (c, t.unwrap())).collect();
     s.settle();
     let before = s.crt_targets();
+    s.stacks.get_mut("s3").unwrap().frozen = true;
     s.kill("s1");
     for k in 0..30 {
+        if k == 1 {
+            s.stacks.get_mut("s3").unwrap().frozen = false;
+        }
         s.step();
         s.check_flows(false);
         if k == 0 {
             assert_eq!(s.router().as_deref(), Some("s2"));
+            // Before s3 has reported, its flows go where the old CRT says (a hint).
+            assert!(s.stacks["s2"].dist.rebuilding(VIP));
+            let (c, _) = flows.iter().find(|(_, t)| t == "s3").unwrap();
+            assert_eq!(s.segment(*c), Route::Forward { slot: 2 });
+            assert!(s.stacks["s2"].dist.stats.hint_forwards > 0);
         }
     }
     assert_eq!(s.router().as_deref(), Some("s2"));
@@ -821,6 +830,62 @@ fn a_full_crt_keeps_or_resets_new_syns() {
     s.listen("s1", 80, 1);
     assert_eq!(s.syn().0, Route::Local);
     assert_eq!(s.stacks["s1"].dist.stats.crt_full, 2);
+}
+
+/// Two distributed DVIPAs routed by two stacks share the region's tables; one router's
+/// failure touches only its own DVIPA's flows.
+#[test]
+fn two_routers_share_the_tables() {
+    let vip2 = Ipv4Addr::new(198, 18, 0, 101);
+    let mut t = config("ports = [80], targets = [\"s2\", \"s3\"]");
+    t += "[[dvipa]]\naddress = \"198.18.0.101/24\"\nprimary = \"s2\"\nbackups = [{ stack = \"s3\", rank = 5 }]\ndistribute = { ports = \"all\", targets = [\"s3\", \"s4\"], method = \"least_connections\" }\n";
+    let mut s = Sim::new(&t);
+    s.join_all(&NAMES);
+    for n in ["s2", "s3"] {
+        s.listen(n, 80, 1);
+    }
+    let now = s.now;
+    for n in ["s3", "s4"] {
+        s.stacks.get_mut(n).unwrap().dist.listeners(now, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000), 1);
+    }
+    s.settle();
+    assert!(s.stacks["s2"].dist.routes(vip2) && s.stacks["s1"].dist.routes(VIP));
+    let l2 = SocketAddrV4::new(vip2, 7000);
+    let mut on2 = Vec::new();
+    for k in 0..6 {
+        let c = client(30_000 + k);
+        let now = s.now;
+        let r = s.stacks.get_mut("s2").unwrap().dist.route(now, l2, c, true);
+        let Route::Forward { slot } = r else { panic!("{r:?}") };
+        let name = s.name(slot);
+        let st = s.stacks.get_mut(&name).unwrap();
+        st.conns.insert((l2, c));
+        st.dist.connection_opened(now, l2, c, false);
+        on2.push((c, slot));
+    }
+    assert_eq!(on2.iter().filter(|(_, t)| *t == 3).count(), 3);
+    for _ in 0..4 {
+        s.syn();
+    }
+    s.settle();
+    let crt = ops::crt(&s.region, &s.cfg, s.now);
+    assert_eq!(crt.iter().filter(|v| *v.local.ip() == vip2 && v.router == "s2").count(), 6);
+    assert_eq!(crt.iter().filter(|v| *v.local.ip() == VIP && v.router == "s1").count(), 4);
+    assert_eq!(ops::dpt(&s.region, &s.cfg).len(), 4);
+    // s2 dies: its VIP 80 flows reset at s1, its DVIPA moves to s3, which rebuilds it.
+    s.kill("s2");
+    s.settle();
+    s.settle();
+    assert!(s.stacks["s3"].dist.routes(vip2));
+    for (c, t) in &on2 {
+        let now = s.now;
+        let r = s.stacks.get_mut("s3").unwrap().dist.route(now, l2, *c, false);
+        assert_eq!(r, if *t == 3 { Route::Forward { slot: 3 } } else { Route::Local });
+    }
+    assert_eq!(s.stacks["s1"].dist.stats.resets_dead_target, 0);
+    let gone: Vec<SocketAddrV4> = ops::crt(&s.region, &s.cfg, s.now).iter().filter(|v| v.target == "s2").map(|v| v.remote).collect();
+    assert!(gone.is_empty(), "rows of the dead target's flows are deleted: {gone:?}");
+    s.check_flows(true);
 }
 
 #[test]
