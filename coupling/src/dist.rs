@@ -971,7 +971,13 @@ impl Distributor {
             let preparing = self.routers.get(&i).is_some_and(|r| !r.active);
             match (holder, preparing) {
                 (Some(h), false) => self.start_preparing(now, i, h, w.map_or(0, |w| w.generation), live, &d),
-                (Some(h), true) if self.routers.get(&i).and_then(|r| r.holder) != Some(h) => {
+                // Another holder, or still not given back a grace period after we said we
+                // were ready (the holder may have had our request before it routed): ask again.
+                (Some(h), true)
+                    if self.routers.get(&i).is_some_and(|r| {
+                        r.holder != Some(h) || (r.ready_sent && now >= r.grace_until.saturating_add(d.grace_ms * 1_000_000))
+                    }) =>
+                {
                     self.routers.remove(&i);
                     self.start_preparing(now, i, h, w.map_or(0, |w| w.generation), live, &d);
                 }

@@ -684,6 +684,35 @@ fn takeback_loses_no_flow() {
     assert!(ops::crt(&s.region, &s.cfg, s.now).iter().all(|v| v.router == "s1"));
 }
 
+/// The primary's takeback request reaches the holder before the holder routes (its
+/// distributor stalled): the primary asks again, and the address still comes home.
+#[test]
+fn takeback_retries_a_request_the_holder_could_not_answer() {
+    let mut s = started("ports = [80], targets = [\"s2\", \"s3\"], grace_ms = 200", &["s2", "s3"]);
+    for _ in 0..4 {
+        s.syn();
+    }
+    s.stacks.get_mut("s2").unwrap().frozen = true;
+    s.kill("s1");
+    // s2's node takes the address over while its distributor is stalled; s1 returns and
+    // asks it then.
+    s.step();
+    s.step();
+    assert_eq!(s.router().as_deref(), Some("s2"));
+    assert!(!s.stacks["s2"].dist.routes(VIP));
+    s.join("s1");
+    for _ in 0..3 {
+        s.step();
+    }
+    s.stacks.get_mut("s2").unwrap().frozen = false;
+    for _ in 0..200 {
+        s.step();
+        s.check_flows(false);
+    }
+    assert_eq!(s.router().as_deref(), Some("s1"));
+    s.check_flows(true);
+}
+
 /// While a backup routes, new connections go to its own target list.
 #[test]
 fn a_backup_uses_its_own_target_list() {
@@ -1061,13 +1090,17 @@ mod prop {
                 }
                 s.check_flows(false);
             }
-            // Quiet: everything settles to exact routing.
-            for _ in 0..80 {
+            // Quiet: everything settles to exact routing, and a live primary has its
+            // address back.
+            for _ in 0..200 {
                 s.step();
                 s.check_flows(false);
             }
             if s.router().is_some() {
                 s.check_flows(true);
+            }
+            if s.stacks.contains_key("s1") {
+                prop_assert_eq!(s.router().as_deref(), Some("s1"));
             }
         }
     }
