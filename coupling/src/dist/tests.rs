@@ -1100,7 +1100,8 @@ mod prop {
                 s.check_flows(true);
             }
             if s.stacks.contains_key("s1") {
-                prop_assert_eq!(s.router().as_deref(), Some("s1"));
+                let r = s.router();
+                prop_assert_eq!(r.as_deref(), Some("s1"));
             }
         }
     }
