@@ -608,11 +608,15 @@ impl Distributor {
 
     /// For the `conns` closure of [`Node::tick`]: the connection count the node should see
     /// on `addr`, given the stack's own count `stack_conns`. For a distributed DVIPA this
-    /// stack routes, at least 1 until the returning primary has said it is ready to take it
+    /// stack routes as a backup, at least 1 until the returning primary has said it is ready to take it
     /// back (so the node delays the giveback), then 0 if this stack is a candidate (its own
     /// connections stay, routed by the primary) or `stack_conns` if not; for anything else
     /// `stack_conns`.
     pub fn node_conns(&self, addr: Ipv4Addr, stack_conns: usize) -> usize {
+        let primary = self.cfg.dvipa_index(addr).is_some_and(|i| self.cfg.dvipas[i].primary == self.slot as usize);
+        if primary {
+            return stack_conns;
+        }
         match self.routers.values().find(|r| r.active && r.addr == addr) {
             // A candidate keeps its connections as a target of the primary; a router that is
             // not one would lose them with the address (delayed giveback as for any DVIPA).
@@ -1117,7 +1121,15 @@ impl Distributor {
                         }
                     }
                 }
-                Ok(_) => {}
+                Ok(None) => {
+                    // A row left "writing" by a router that died mid-write: free it.
+                    let ctl = region.crt()[idx].ctl.load(Ordering::Acquire);
+                    let writer = (ctl >> 8) as u8 as usize;
+                    if ctl as u8 == CRT_WRITING && writer != me as usize && live.get(writer).is_some_and(|x| x.is_none()) {
+                        crt_delete(&region, idx as u32, ctl);
+                    }
+                }
+                Ok(Some(_)) => {}
                 Err(e) => self.invalid.add(e),
             }
         }

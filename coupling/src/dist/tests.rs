@@ -713,6 +713,30 @@ fn takeback_retries_a_request_the_holder_could_not_answer() {
     s.check_flows(true);
 }
 
+/// A router that stalls (its lease lapses, a backup takes over) and wakes up forwards nothing:
+/// before its next tick the owner word stops it (hold), at its tick it stops routing.
+#[test]
+fn a_stalled_router_that_wakes_up_does_not_forward() {
+    let mut s = started("ports = [80], targets = [\"s2\", \"s3\"]", &["s2", "s3"]);
+    let flows: Vec<(SocketAddrV4, String)> = (0..4).map(|_| s.syn()).map(|(_, t, c)| (c, t.unwrap())).collect();
+    let stalled = s.stacks.remove("s1").unwrap();
+    for _ in 0..40 {
+        s.step();
+    }
+    assert_eq!(s.router().as_deref(), Some("s2"));
+    s.stacks.insert("s1".into(), stalled);
+    let now = s.now;
+    for (c, _) in &flows {
+        assert_eq!(s.stacks.get_mut("s1").unwrap().dist.route(now, sock(80), *c, false), Route::Hold);
+    }
+    s.step();
+    assert!(!s.stacks["s1"].dist.routes(VIP));
+    assert!(s.stacks["s1"].fast.is_empty());
+    assert_eq!(s.stacks["s1"].node.stats.fenced, 1);
+    s.settle();
+    s.check_flows(true);
+}
+
 /// While a backup routes, new connections go to its own target list.
 #[test]
 fn a_backup_uses_its_own_target_list() {
@@ -796,6 +820,8 @@ fn corrupt_rows_are_counted_and_ignored() {
         row.key.store(next(), Ordering::Relaxed);
         row.flags.store(next() as u32, Ordering::Relaxed);
     }
+    s.region.crt()[1].ctl.store(crt_ctl(CRT_WRITING, 0, 1, 1), Ordering::Relaxed);
+    s.region.crt()[3].ctl.store(crt_ctl(CRT_WRITING, 0, 2, 1), Ordering::Relaxed);
     for (i, row) in s.region.crt().iter().enumerate() {
         if i % 2 == 0 {
             row.ctl.store(next() | 2, Ordering::Relaxed);
@@ -815,6 +841,8 @@ fn corrupt_rows_are_counted_and_ignored() {
         s.check_flows(false);
     }
     assert!(s.stacks["s2"].dist.invalid.get(Invalid::CrtRow) > 0);
+    // Rows the dead router left half-written are freed by its successor.
+    assert!(s.region.crt().iter().all(|r| { let c = r.ctl.load(Ordering::Relaxed); !(c as u8 == CRT_WRITING && (c >> 8) as u8 == 0) }));
     s.check_flows(true);
     for (c, t) in &flows {
         let r = s.segment(*c);
