@@ -46,7 +46,9 @@
 //!   route the replies here; for a passive one it confirms the entry the router made from the
 //!   SYN) and in reports; TERMCONN for every connection retired. A holder handing a DVIPA
 //!   back *relays* NEWCONN for every connection it routes (flag `relayed`, with the target,
-//!   its incarnation and whether the target confirmed it).
+//!   its incarnation and whether the target confirmed it). Both carry the sender's sequence
+//!   number: a NEWCONN older than the TERMCONN that ended its flow, or a TERMCONN older than
+//!   the NEWCONN of the flow now on that tuple, is a replay and ignored.
 //! - ROUTER (router -> candidates): "I route DVIPA i at epoch e (or will: takeback), report
 //!   to me": the takeover and takeback notice. A candidate answers with a full report:
 //!   SRVSTAT for every listened port, NEWCONN for every connection on the DVIPA, then
@@ -254,6 +256,8 @@ pub struct DistStats {
     pub takebacks_prepared: u64,
     /// Routes relayed to a returning primary.
     pub routes_relayed: u64,
+    /// NEWCONNs and TERMCONNs ignored as replays (older than what the router applied).
+    pub conn_replays: u64,
     /// Relayed NEWCONNs ignored (flow already terminated by its target).
     pub relays_ignored: u64,
     /// Reports naming a target other than the one the router had for the flow (report won).
@@ -328,8 +332,9 @@ struct Router {
     conns: [u32; MAX_STACKS],
     rr_last: BTreeMap<u16, u8>,
     wrr: BTreeMap<(u16, u8), i64>,
-    /// Flows their target terminated recently: (target, when).
-    terminated: HashMap<(SocketAddrV4, SocketAddrV4), (u8, u64)>,
+    /// Flows their target terminated recently: (target, when, its sequence number and
+    /// incarnation in the TERMCONN).
+    terminated: HashMap<(SocketAddrV4, SocketAddrV4), (u8, u64, u64, u64)>,
     /// Region rows of a previous router to delete when the rebuild ends.
     stale_rows: Vec<(u32, u64)>,
 }
@@ -1052,7 +1057,7 @@ impl Distributor {
             self.stats.targets_failed += 1;
         }
         r.waiting.retain(|t| live.get(*t as usize).is_some_and(|x| x.is_some()));
-        r.terminated.retain(|_, (_, at)| now.saturating_sub(*at) < (4 * d.grace_ms).max(10_000) * 1_000_000);
+        r.terminated.retain(|_, (_, at, _, _)| now.saturating_sub(*at) < (4 * d.grace_ms).max(10_000) * 1_000_000);
         // Rebuild complete?
         if r.active && r.rebuilding && (r.waiting.is_empty() || now >= r.grace_until) {
             if !r.waiting.is_empty() {
@@ -1432,12 +1437,17 @@ impl Distributor {
         let me = self.slot;
         let Some(r) = self.routers.get_mut(&i) else { return };
         if m.kind == kind::TERMCONN {
-            r.terminated.insert(k, (target, now));
             if let Some(f) = r.flows.get(&k).copied() {
                 if f.target != target {
                     self.stats.conflicts += 1;
                     return;
                 }
+                if f.seq > seq && f.target_inc == tinc {
+                    // Older than the NEWCONN of the flow now on this tuple: a replay.
+                    self.stats.conn_replays += 1;
+                    return;
+                }
+                r.terminated.insert(k, (target, now, seq, tinc));
                 r.flows.remove(&k);
                 if f.dead_since.is_none() {
                     r.conns[f.target as usize] = r.conns[f.target as usize].saturating_sub(1);
@@ -1448,6 +1458,8 @@ impl Distributor {
                 if r.active && f.dead_since.is_none() {
                     self.actions.push(DistAction::FlowRemoved { local: k.0, remote: k.1 });
                 }
+            } else {
+                r.terminated.insert(k, (target, now, seq, tinc));
             }
             return;
         }
@@ -1458,7 +1470,7 @@ impl Distributor {
                 self.invalid.add(Invalid::Message);
                 return;
             }
-            if r.terminated.get(&k).is_some_and(|(t, _)| *t == target) {
+            if r.terminated.get(&k).is_some_and(|(t, _, _, _)| *t == target) {
                 self.stats.relays_ignored += 1;
                 return;
             }
@@ -1466,6 +1478,11 @@ impl Distributor {
                 return;
             }
         } else {
+            if r.terminated.get(&k).is_some_and(|&(t, _, s, inc)| t == target && inc == tinc && s >= seq) {
+                // A NEWCONN older than the TERMCONN that ended the flow: a replay.
+                self.stats.conn_replays += 1;
+                return;
+            }
             r.terminated.remove(&k);
         }
         let inc = if from == me && !relayed { self.inc } else { tinc };

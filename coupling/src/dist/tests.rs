@@ -505,6 +505,25 @@ fn replayed_and_duplicated_reports_are_harmless() {
     s.settle();
     assert_eq!(s.stacks["s1"].dist.flow_count(VIP), 1);
     assert_eq!(s.segment(c), Route::Forward { slot: 2 });
+    // The flow ends; the NEWCONN replayed after its TERMCONN does not bring it back, and a
+    // TERMCONN replayed after a new connection on the same tuple does not end that one.
+    let now = s.now;
+    s.stacks.get_mut("s3").unwrap().dist.connection_closed(now, sock(80), c);
+    s.stacks.get_mut("s3").unwrap().conns.remove(&(sock(80), c));
+    s.settle();
+    Producer::new(s.region.ring(2, 0).unwrap()).push(&m).unwrap();
+    s.settle();
+    assert_eq!(s.stacks["s1"].dist.flow_count(VIP), 0);
+    assert_eq!(s.segment(c), Route::Reset);
+    let term = Message { kind: kind::TERMCONN, payload: [80 << 16, client_word(c), 2, 3, s.stacks["s3"].node.incarnation(), 0, 0], ..m };
+    let now = s.now;
+    s.stacks.get_mut("s3").unwrap().dist.connection_opened(now, sock(80), c, true);
+    s.stacks.get_mut("s3").unwrap().conns.insert((sock(80), c));
+    s.settle();
+    Producer::new(s.region.ring(2, 0).unwrap()).push(&term).unwrap();
+    s.settle();
+    assert_eq!(s.segment(c), Route::Forward { slot: 2 });
+    assert_eq!(s.stacks["s1"].dist.stats.conn_replays, 2);
     // A message from a former incarnation is not taken.
     let stale = Message { from_incarnation: inc2.wrapping_sub(1), ..srv(0, 5000) };
     Producer::new(ring).push(&stale).unwrap();
