@@ -34,6 +34,33 @@
 //!   rebuilt its tables.
 //! - The [`DistAction`]s that `tick`, `poll` and `route` produce come out of `tick`/`poll` (or
 //!   [`Distributor::drain_actions`]); apply them in order.
+//! - [`Distributor::leave`] when the stack stops (after [`Node::leave`]).
+//!
+//! ```text
+//! every turn:      dist.poll(ns, &mut node, &mut dacts); apply(dacts)
+//! every heartbeat: node.tick(ns, &|a| dist.node_conns(a, stack.connections_on(a)), &mut acts)
+//!                  apply(acts)   // see below for a distributed DVIPA's Deactivate
+//!                  dist.tick(ns, &mut node, &mut dacts); apply(dacts)
+//! inbound TCP to a home address that is a DVIPA:
+//!     match dist.route(ns, dst, src, syn && !ack) {
+//!         NotDistributed | Local => the stack handles it,
+//!         Forward { slot }       => same frame, destination MAC := members()[slot].mac, transmit,
+//!         Hold                   => drop silently,
+//!         Reset                  => answer with a RST (RFC 9293 3.10.7.1) from the DVIPA,
+//!     }
+//! ```
+//!
+//! Applying what the node and the distributor say about a distributed DVIPA:
+//! - [`DistAction::Candidate`]: add it as an internal address (steered to this stack, never
+//!   answered in ARP). The node's `Activate` of it (this stack routes it) makes it answered in
+//!   ARP as for any DVIPA; the node's `Deactivate` of it on a candidate
+//!   ([`Distributor::is_candidate`]) must only make it internal again: its connections stay
+//!   (they are this stack's as a target, routed by the next router). Only a non-candidate drops
+//!   them as the `Deactivate` says.
+//! - [`DistAction::FlowInstalled`] / [`DistAction::FlowRemoved`] / [`DistAction::RoutingStopped`]
+//!   keep the XDP fast path's flow map (DVIPA:port, client) -> target slot equal to the
+//!   router's CRT; `RoutingStopped` comes in the tick the node lets the address go, before its
+//!   owner word moves, so the fast path is empty before another stack routes.
 //!
 //! ## Messages (multiplexed on the node's per-pair rings, kinds 16..=31; LAYOUT.md)
 //! - SRVSTAT (target -> router): the *absolute* listener count on (DVIPA, port), draining and
