@@ -1058,6 +1058,37 @@ mod prop {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)))]
+        /// Messages of any distributor kind with any payload, from any stack (as a scribbler
+        /// could write them into a ring): never a panic, and the flows keep routing.
+        #[test]
+        fn random_messages_never_panic(msgs in proptest::collection::vec((16u16..24, 0u8..4, any::<[u64; 7]>(), any::<bool>()), 1..200)) {
+            let mut s = started("ports = [80], targets = \"all\", grace_ms = 300", &["s2", "s3"]);
+            for _ in 0..4 {
+                s.syn();
+            }
+            s.settle();
+            for (k, from, mut payload, small) in msgs {
+                if small {
+                    // Mostly plausible: a real DVIPA row, a port, a stack.
+                    payload[0] &= 0xffff_ffff_0000_0000 | 0x0050_0000;
+                    payload[2] &= 0x3;
+                }
+                let Some(st) = s.stacks.get(NAMES[from as usize]) else { continue };
+                let m = Message { kind: k, from_slot: from, from_incarnation: st.node.incarnation() as u32, payload };
+                for to in 0..4 {
+                    if to != from as usize {
+                        let _ = Producer::new(s.region.ring(from as usize, to).unwrap()).push(&m);
+                    }
+                }
+                s.step();
+            }
+            s.settle();
+            // Whatever the garbage said, the router still routes new connections.
+            let (r, _, _) = s.syn();
+            let ok = matches!(r, Route::Forward { .. } | Route::Local | Route::Reset);
+            prop_assert!(ok, "{:?}", r);
+        }
+
         /// Any sequence of SYNs, closes, listener changes, target kills, router failovers and
         /// restarts (takebacks): every live flow routes to exactly the stack that has it
         /// (held only during a rebuild), none is reset while its target lives, and no two
