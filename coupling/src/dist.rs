@@ -1687,41 +1687,43 @@ impl Distributor {
         let me = self.slot as usize;
         let list = d.targets_of(me);
         let r = self.routers.get_mut(&i)?;
-        let ready: Vec<(u8, u32)> = r
-            .dpt
-            .range((port, 0)..=(port, u8::MAX))
-            .filter(|(&(_, t), s)| s.listeners > 0 && !s.draining && list.contains(&(t as usize)))
-            .map(|(&(_, t), s)| (t, Self::weight(d, t, s)))
-            .collect();
+        // No allocation: at most one entry per stack slot, in slot order.
+        let mut buf = [(0u8, 0u32); MAX_STACKS];
+        let mut n = 0;
+        for (&(_, t), s) in r.dpt.range((port, 0)..=(port, u8::MAX)) {
+            if s.listeners > 0 && !s.draining && list.contains(&(t as usize)) && n < MAX_STACKS {
+                buf[n] = (t, Self::weight(d, t, s));
+                n += 1;
+            }
+        }
+        let ready = &buf[..n];
         if ready.is_empty() {
             return None;
         }
         let last = r.rr_last.get(&port).copied();
-        // Round-robin order: the first slot after the last one picked, wrapping.
-        let rr_order = |v: &[(u8, u32)]| -> Vec<u8> {
-            let mut o: Vec<u8> = v.iter().map(|x| x.0).collect();
-            if let Some(l) = last {
-                let k = o.iter().position(|t| *t > l).unwrap_or(0);
-                o.rotate_left(k);
-            }
-            o
+        let conns = r.conns;
+        // Round-robin order among those `ok` accepts: the first slot after the last one
+        // picked, wrapping.
+        let rr_first = |ok: &dyn Fn(u8) -> bool| -> Option<u8> {
+            let mut it = ready.iter().map(|x| x.0).filter(|t| ok(*t));
+            let first = it.clone().next();
+            it.find(|t| last.is_some_and(|l| *t > l)).or(first)
         };
         let t = match d.method {
-            DistMethod::RoundRobin => rr_order(&ready)[0],
+            DistMethod::RoundRobin => rr_first(&|_| true)?,
             DistMethod::LeastConnections => {
-                let min = ready.iter().map(|(t, _)| r.conns[*t as usize]).min().unwrap_or(0);
-                let cands: Vec<(u8, u32)> = ready.iter().copied().filter(|(t, _)| r.conns[*t as usize] == min).collect();
-                rr_order(&cands)[0]
+                let min = ready.iter().map(|(t, _)| conns[*t as usize]).min().unwrap_or(0);
+                rr_first(&|t| conns[t as usize] == min)?
             }
             DistMethod::WeightedRoundRobin | DistMethod::ServerWeight => {
                 let total: i64 = ready.iter().map(|(_, w)| *w as i64).sum();
                 if total == 0 {
-                    rr_order(&ready)[0]
+                    rr_first(&|_| true)?
                 } else {
                     // Smooth weighted round robin (nginx): add each weight, take the largest
                     // (ties: lowest slot), subtract the total from it.
                     let mut best: Option<(u8, i64)> = None;
-                    for (t, w) in &ready {
+                    for (t, w) in ready {
                         let c = r.wrr.entry((port, *t)).or_insert(0);
                         *c += *w as i64;
                         if best.is_none_or(|(_, b)| *c > b) {
