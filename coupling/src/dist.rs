@@ -322,6 +322,9 @@ struct Flow {
 pub const UNCONFIRMED_NS: u64 = 30_000_000_000;
 /// The expiry of unconfirmed entries while the CRT is three quarters full.
 pub const UNCONFIRMED_PRESSED_NS: u64 = 1_000_000_000;
+/// A router looks over its flows for expired entries this often (and at once when a member's
+/// liveness changes).
+pub const SCAN_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Stat {
@@ -362,6 +365,8 @@ struct Router {
     /// Flows their target terminated recently: (target, when, its sequence number and
     /// incarnation in the TERMCONN).
     terminated: HashMap<(SocketAddrV4, SocketAddrV4), (u8, u64, u64, u64)>,
+    /// When the flows were last scanned for failed targets and expired entries.
+    scanned_ns: u64,
     /// Region rows of a previous router to delete when the rebuild ends.
     stale_rows: Vec<(u32, u64)>,
 }
@@ -386,6 +391,7 @@ impl Router {
             rr_last: BTreeMap::new(),
             wrr: BTreeMap::new(),
             terminated: HashMap::new(),
+            scanned_ns: 0,
             stale_rows: Vec::new(),
         }
     }
@@ -581,6 +587,9 @@ pub struct Distributor {
     /// What was last sent about (row, port).
     last_srv: BTreeMap<(usize, u16), Srv>,
     seq: u64,
+    /// Member liveness at the last tick (a change triggers a scan of the flows).
+    last_live: Vec<Option<u64>>,
+    last_down: Vec<bool>,
     outbox: Vec<VecDeque<Message>>,
     self_mail: VecDeque<Message>,
     actions: Vec<DistAction>,
@@ -610,6 +619,8 @@ impl Distributor {
             reported_to: BTreeMap::new(),
             last_srv: BTreeMap::new(),
             seq: 0,
+            last_live: Vec::new(),
+            last_down: Vec::new(),
             outbox: (0..MAX_STACKS).map(|_| VecDeque::new()).collect(),
             self_mail: VecDeque::new(),
             actions: Vec::new(),
@@ -918,6 +929,11 @@ impl Distributor {
         self.read_mail(now, node);
         let live: Vec<Option<u64>> = (0..self.cfg.stacks.len()).map(|s| self.inc_if_up(node, s, now)).collect();
         let down: Vec<bool> = (0..self.cfg.stacks.len()).map(|s| node.live(s) == Live::Down).collect();
+        // The flows are scanned for failed targets when a member's liveness changed, and for
+        // expired entries once a second (not every heartbeat: the CRT may hold 16384 flows).
+        let changed = live != self.last_live || down != self.last_down;
+        self.last_live.clone_from(&live);
+        self.last_down.clone_from(&down);
         // Forget requesters that are down or quiet for long.
         let ttl = |d: &DistributeDef| (4 * d.grace_ms).max(10_000) * 1_000_000;
         let cfg = self.cfg.clone();
@@ -930,7 +946,7 @@ impl Distributor {
             }
         }
         for i in self.distributed() {
-            self.step_row(now, node, i, &live, &down);
+            self.step_row(now, node, i, &live, &down, changed);
         }
         // Target side: acceptance figures, and unasked reports to a holder we never told.
         for i in self.distributed() {
@@ -988,7 +1004,7 @@ impl Distributor {
         self.drain_actions(out);
     }
 
-    fn step_row(&mut self, now: u64, node: &Node, i: usize, live: &[Option<u64>], down: &[bool]) {
+    fn step_row(&mut self, now: u64, node: &Node, i: usize, live: &[Option<u64>], down: &[bool], changed: bool) {
         let Some(d) = self.def(i).cloned() else { return };
         let addr = self.cfg.dvipas[i].addr;
         let me = self.slot;
@@ -1040,7 +1056,11 @@ impl Distributor {
         let rows = self.region.clone();
         let mut removed = Vec::new();
         let unconfirmed_after = if pressed { UNCONFIRMED_PRESSED_NS } else { UNCONFIRMED_NS };
-        for (k, f) in r.flows.iter_mut() {
+        let scan = changed || now.saturating_sub(r.scanned_ns) >= SCAN_NS;
+        if scan {
+            r.scanned_ns = now;
+        }
+        for (k, f) in r.flows.iter_mut().filter(|_| scan) {
             if f.dead_since.is_none() && gone(f.target, f.target_inc) {
                 f.dead_since = Some(now);
                 if let Some((idx, ctl)) = f.row.take() {

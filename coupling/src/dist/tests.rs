@@ -880,11 +880,10 @@ fn entries_no_target_confirms_expire() {
     assert!(matches!(s.stacks.get_mut("s1").unwrap().dist.route(now, sock(80), refused, true), Route::Forward { .. }));
     s.step();
     assert_eq!(s.stacks["s1"].dist.flow_count(VIP), 2);
-    let end = s.now + UNCONFIRMED_NS;
-    while s.now < end {
+    let end = s.now + UNCONFIRMED_NS + SCAN_NS;
+    while s.now <= end {
         s.step();
     }
-    s.step();
     assert_eq!(s.stacks["s1"].dist.flow_count(VIP), 1);
     assert_eq!(s.stacks["s1"].dist.stats.unconfirmed_expired, 1);
     assert_eq!(s.segment(refused), Route::Reset);
