@@ -34,6 +34,33 @@
 //!   rebuilt its tables.
 //! - The [`DistAction`]s that `tick`, `poll` and `route` produce come out of `tick`/`poll` (or
 //!   [`Distributor::drain_actions`]); apply them in order.
+//! - [`Distributor::leave`] when the stack stops (after [`Node::leave`]).
+//!
+//! ```text
+//! every turn:      dist.poll(ns, &mut node, &mut dacts); apply(dacts)
+//! every heartbeat: node.tick(ns, &|a| dist.node_conns(a, stack.connections_on(a)), &mut acts)
+//!                  apply(acts)   // see below for a distributed DVIPA's Deactivate
+//!                  dist.tick(ns, &mut node, &mut dacts); apply(dacts)
+//! inbound TCP to a home address that is a DVIPA:
+//!     match dist.route(ns, dst, src, syn && !ack) {
+//!         NotDistributed | Local => the stack handles it,
+//!         Forward { slot }       => same frame, destination MAC := members()[slot].mac, transmit,
+//!         Hold                   => drop silently,
+//!         Reset                  => answer with a RST (RFC 9293 3.10.7.1) from the DVIPA,
+//!     }
+//! ```
+//!
+//! Applying what the node and the distributor say about a distributed DVIPA:
+//! - [`DistAction::Candidate`]: add it as an internal address (steered to this stack, never
+//!   answered in ARP). The node's `Activate` of it (this stack routes it) makes it answered in
+//!   ARP as for any DVIPA; the node's `Deactivate` of it on a candidate
+//!   ([`Distributor::is_candidate`]) must only make it internal again: its connections stay
+//!   (they are this stack's as a target, routed by the next router). Only a non-candidate drops
+//!   them as the `Deactivate` says.
+//! - [`DistAction::FlowInstalled`] / [`DistAction::FlowRemoved`] / [`DistAction::RoutingStopped`]
+//!   keep the XDP fast path's flow map (DVIPA:port, client) -> target slot equal to the
+//!   router's CRT; `RoutingStopped` comes in the tick the node lets the address go, before its
+//!   owner word moves, so the fast path is empty before another stack routes.
 //!
 //! ## Messages (multiplexed on the node's per-pair rings, kinds 16..=31; LAYOUT.md)
 //! - SRVSTAT (target -> router): the *absolute* listener count on (DVIPA, port), draining and
@@ -42,9 +69,13 @@
 //!   duplicates are harmless. Sent when the count, draining or (at a tick) the figures change,
 //!   and in every report.
 //! - NEWCONN / TERMCONN (target -> router): a connection on the DVIPA exists / is freed.
-//!   NEWCONN is sent for active opens (so the router routes the replies) and in reports;
-//!   TERMCONN for every connection retired. A holder handing a DVIPA back *relays* NEWCONN for
-//!   every connection it routes (flag `relayed`, with the target and its incarnation).
+//!   NEWCONN is sent for every connection installed (for an active open it makes the router
+//!   route the replies here; for a passive one it confirms the entry the router made from the
+//!   SYN) and in reports; TERMCONN for every connection retired. A holder handing a DVIPA
+//!   back *relays* NEWCONN for every connection it routes (flag `relayed`, with the target,
+//!   its incarnation and whether the target confirmed it). Both carry the sender's sequence
+//!   number: a NEWCONN older than the TERMCONN that ended its flow, or a TERMCONN older than
+//!   the NEWCONN of the flow now on that tuple, is a replay and ignored.
 //! - ROUTER (router -> candidates): "I route DVIPA i at epoch e (or will: takeback), report
 //!   to me": the takeover and takeback notice. A candidate answers with a full report:
 //!   SRVSTAT for every listened port, NEWCONN for every connection on the DVIPA, then
@@ -68,10 +99,19 @@
 //! unknown flow that is not a SYN is *held* (dropped, the client retransmits), never reset.
 //! Then unconfirmed hints are deleted, and an unknown non-SYN is answered with a reset.
 //!
+//! When the grace passes first, the hints of live candidates that have not reported yet stay
+//! (forwarded with) until their REPORT_DONE comes; flows nobody knows are then reset.
+//!
 //! A new SYN picks among the ready targets of the router's own target list
 //! ([`DistributeDef::targets_of`]): listening (by report), not draining, up. With none, the
 //! router keeps it if it listens itself, holds it during a rebuild, or resets it. With the
 //! CRT full (no free region row, or [`CRT_ROWS`] flows), likewise keep or reset (counted).
+//! A connection the router keeps for itself this way has no entry: its later segments are
+//! [`Route::Local`] because the router's own stack has the connection
+//! ([`Distributor::connection_opened`]). An entry made from a SYN that its target never
+//! confirms with a NEWCONN (it refused the SYN) expires after [`UNCONFIRMED_NS`] (after
+//! [`UNCONFIRMED_PRESSED_NS`] while the CRT is three quarters full), so scans and SYN floods
+//! do not fill the table for good.
 //! Every forwarding decision checks the owner word first: a stack that does not hold the
 //! DVIPA holds the segment instead of forwarding it, so two routers never forward one flow.
 //!
@@ -243,6 +283,8 @@ pub struct DistStats {
     pub takebacks_prepared: u64,
     /// Routes relayed to a returning primary.
     pub routes_relayed: u64,
+    /// NEWCONNs and TERMCONNs ignored as replays (older than what the router applied).
+    pub conn_replays: u64,
     /// Relayed NEWCONNs ignored (flow already terminated by its target).
     pub relays_ignored: u64,
     /// Reports naming a target other than the one the router had for the flow (report won).
@@ -251,6 +293,8 @@ pub struct DistStats {
     pub targets_failed: u64,
     /// DPT rows that could not be published (table full).
     pub dpt_full: u64,
+    /// Entries made from a SYN that their target never confirmed, expired.
+    pub unconfirmed_expired: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +310,21 @@ struct Flow {
     dead_since: Option<u64>,
     /// Sequence number of the target's last NEWCONN about it (0: routed from a SYN).
     seq: u64,
+    /// Its target reported it (NEWCONN): an entry made from a SYN that no report confirms
+    /// expires (the target refused the SYN), see [`UNCONFIRMED_NS`].
+    confirmed: bool,
 }
+
+/// An entry the router made from a SYN and its target never confirmed (NEWCONN) is forgotten
+/// after this long (the target refused the SYN, or the client gave up): SYN-ACK retransmission
+/// takes up to about half a minute. Under pressure (CRT three quarters full) after
+/// [`UNCONFIRMED_PRESSED_NS`].
+pub const UNCONFIRMED_NS: u64 = 30_000_000_000;
+/// The expiry of unconfirmed entries while the CRT is three quarters full.
+pub const UNCONFIRMED_PRESSED_NS: u64 = 1_000_000_000;
+/// A router looks over its flows for expired entries this often (and at once when a member's
+/// liveness changes).
+pub const SCAN_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Stat {
@@ -304,8 +362,11 @@ struct Router {
     conns: [u32; MAX_STACKS],
     rr_last: BTreeMap<u16, u8>,
     wrr: BTreeMap<(u16, u8), i64>,
-    /// Flows their target terminated recently: (target, when).
-    terminated: HashMap<(SocketAddrV4, SocketAddrV4), (u8, u64)>,
+    /// Flows their target terminated recently: (target, when, its sequence number and
+    /// incarnation in the TERMCONN).
+    terminated: HashMap<(SocketAddrV4, SocketAddrV4), (u8, u64, u64, u64)>,
+    /// When the flows were last scanned for failed targets and expired entries.
+    scanned_ns: u64,
     /// Region rows of a previous router to delete when the rebuild ends.
     stale_rows: Vec<(u32, u64)>,
 }
@@ -330,6 +391,7 @@ impl Router {
             rr_last: BTreeMap::new(),
             wrr: BTreeMap::new(),
             terminated: HashMap::new(),
+            scanned_ns: 0,
             stale_rows: Vec::new(),
         }
     }
@@ -525,6 +587,9 @@ pub struct Distributor {
     /// What was last sent about (row, port).
     last_srv: BTreeMap<(usize, u16), Srv>,
     seq: u64,
+    /// Member liveness at the last tick (a change triggers a scan of the flows).
+    last_live: Vec<Option<u64>>,
+    last_down: Vec<bool>,
     outbox: Vec<VecDeque<Message>>,
     self_mail: VecDeque<Message>,
     actions: Vec<DistAction>,
@@ -554,6 +619,8 @@ impl Distributor {
             reported_to: BTreeMap::new(),
             last_srv: BTreeMap::new(),
             seq: 0,
+            last_live: Vec::new(),
+            last_down: Vec::new(),
             outbox: (0..MAX_STACKS).map(|_| VecDeque::new()).collect(),
             self_mail: VecDeque::new(),
             actions: Vec::new(),
@@ -584,13 +651,26 @@ impl Distributor {
 
     /// For the `conns` closure of [`Node::tick`]: the connection count the node should see
     /// on `addr`, given the stack's own count `stack_conns`. For a distributed DVIPA this
-    /// stack routes, 1 until the returning primary has said it is ready to take it back (so
-    /// the node delays the giveback), then 0 (the stack's own connections stay, routed by the
-    /// primary); for anything else `stack_conns`.
+    /// stack routes as a backup, at least 1 until the returning primary has said it is ready to take it
+    /// back (so the node delays the giveback), then 0 if this stack is a candidate (its own
+    /// connections stay, routed by the primary) or `stack_conns` if not; for anything else
+    /// `stack_conns`.
     pub fn node_conns(&self, addr: Ipv4Addr, stack_conns: usize) -> usize {
+        let primary = self.cfg.dvipa_index(addr).is_some_and(|i| self.cfg.dvipas[i].primary == self.slot as usize);
+        if primary {
+            return stack_conns;
+        }
         match self.routers.values().find(|r| r.active && r.addr == addr) {
-            Some(r) if r.ready => 0,
-            Some(_) => 1,
+            // A candidate keeps its connections as a target of the primary; a router that is
+            // not one would lose them with the address (delayed giveback as for any DVIPA).
+            Some(r) if r.ready => {
+                if self.is_candidate(addr) {
+                    0
+                } else {
+                    stack_conns
+                }
+            }
+            Some(_) => stack_conns.max(1),
             None => stack_conns,
         }
     }
@@ -613,29 +693,35 @@ impl Distributor {
             self.listeners.insert(local, count);
         }
         self.srv_changed(local, true);
+        self.read_self_mail(now);
     }
 
-    /// The stack installed a TCP connection (`local`, `remote`); `active`: this stack opened
-    /// it (a NEWCONN goes to the router at once, so that replies are routed here). Call it
-    /// before the SYN leaves if possible.
+    /// The stack installed a TCP connection (`local`, `remote`) on a distributed DVIPA;
+    /// `active`: this stack opened it. A NEWCONN goes to the router at once (it routes the
+    /// replies of an active open here, and confirms the entry it made for a passive one): call
+    /// it before the SYN of an active open leaves if possible.
     pub fn connection_opened(&mut self, now: u64, local: SocketAddrV4, remote: SocketAddrV4, active: bool) {
         self.now = now;
-        let Some(i) = self.cand_row(*local.ip()) else { return };
+        let Some(i) = self.cfg.dvipa_index(*local.ip()).filter(|i| self.def(*i).is_some()) else { return };
+        // Tracked on any distributed DVIPA (a router keeps its own connections local), told
+        // only by candidates.
         self.conns.insert((local, remote));
-        if active {
+        let _ = active;
+        if self.cand_row(*local.ip()).is_some() {
             let p = self.conn_payload(i, local, remote);
             for to in self.routers_of(i) {
                 self.queue(to, kind::NEWCONN, p);
             }
             self.flush();
+            self.read_self_mail(now);
         }
     }
 
     /// The stack freed a TCP connection (after TIME-WAIT, at a reset, or moved away).
     pub fn connection_closed(&mut self, now: u64, local: SocketAddrV4, remote: SocketAddrV4) {
         self.now = now;
-        let Some(i) = self.cand_row(*local.ip()) else { return };
-        if !self.conns.remove(&(local, remote)) {
+        let Some(i) = self.cfg.dvipa_index(*local.ip()).filter(|i| self.def(*i).is_some()) else { return };
+        if !self.conns.remove(&(local, remote)) || self.cand_row(*local.ip()).is_none() {
             return;
         }
         let p = self.conn_payload(i, local, remote);
@@ -643,6 +729,7 @@ impl Distributor {
             self.queue(to, kind::TERMCONN, p);
         }
         self.flush();
+        self.read_self_mail(now);
     }
 
     /// The stack's acceptance figures for the listener(s) on `local` (server weight):
@@ -665,6 +752,7 @@ impl Distributor {
             self.draining.remove(&local);
         }
         self.srv_changed(local, true);
+        self.read_self_mail(now);
     }
 
     /// The distributed DVIPA row of `addr` if this stack is one of its candidates.
@@ -841,6 +929,11 @@ impl Distributor {
         self.read_mail(now, node);
         let live: Vec<Option<u64>> = (0..self.cfg.stacks.len()).map(|s| self.inc_if_up(node, s, now)).collect();
         let down: Vec<bool> = (0..self.cfg.stacks.len()).map(|s| node.live(s) == Live::Down).collect();
+        // The flows are scanned for failed targets when a member's liveness changed, and for
+        // expired entries once a second (not every heartbeat: the CRT may hold 16384 flows).
+        let changed = live != self.last_live || down != self.last_down;
+        self.last_live.clone_from(&live);
+        self.last_down.clone_from(&down);
         // Forget requesters that are down or quiet for long.
         let ttl = |d: &DistributeDef| (4 * d.grace_ms).max(10_000) * 1_000_000;
         let cfg = self.cfg.clone();
@@ -853,7 +946,7 @@ impl Distributor {
             }
         }
         for i in self.distributed() {
-            self.step_row(now, node, i, &live, &down);
+            self.step_row(now, node, i, &live, &down, changed);
         }
         // Target side: acceptance figures, and unasked reports to a holder we never told.
         for i in self.distributed() {
@@ -911,7 +1004,7 @@ impl Distributor {
         self.drain_actions(out);
     }
 
-    fn step_row(&mut self, now: u64, node: &Node, i: usize, live: &[Option<u64>], down: &[bool]) {
+    fn step_row(&mut self, now: u64, node: &Node, i: usize, live: &[Option<u64>], down: &[bool], changed: bool) {
         let Some(d) = self.def(i).cloned() else { return };
         let addr = self.cfg.dvipas[i].addr;
         let me = self.slot;
@@ -930,7 +1023,13 @@ impl Distributor {
             let preparing = self.routers.get(&i).is_some_and(|r| !r.active);
             match (holder, preparing) {
                 (Some(h), false) => self.start_preparing(now, i, h, w.map_or(0, |w| w.generation), live, &d),
-                (Some(h), true) if self.routers.get(&i).and_then(|r| r.holder) != Some(h) => {
+                // Another holder, or still not given back a grace period after we said we
+                // were ready (the holder may have had our request before it routed): ask again.
+                (Some(h), true)
+                    if self.routers.get(&i).is_some_and(|r| {
+                        r.holder != Some(h) || (r.ready_sent && now >= r.grace_until.saturating_add(d.grace_ms * 1_000_000))
+                    }) =>
+                {
                     self.routers.remove(&i);
                     self.start_preparing(now, i, h, w.map_or(0, |w| w.generation), live, &d);
                 }
@@ -945,6 +1044,7 @@ impl Distributor {
         let gone = |t: u8, inc: u64| {
             down.get(t as usize).copied().unwrap_or(true) || (inc != 0 && live.get(t as usize).copied().flatten().is_some_and(|x| x != inc))
         };
+        let pressed = self.routers.values().map(|r| r.flows.len()).sum::<usize>() >= CRT_ROWS / 4 * 3;
         let Some(r) = self.routers.get_mut(&i) else { return };
         // Failed targets: out of the DPT at once; their flows answer reset.
         let mut failed = BTreeSet::new();
@@ -955,7 +1055,12 @@ impl Distributor {
         }
         let rows = self.region.clone();
         let mut removed = Vec::new();
-        for (k, f) in r.flows.iter_mut() {
+        let unconfirmed_after = if pressed { UNCONFIRMED_PRESSED_NS } else { UNCONFIRMED_NS };
+        let scan = changed || now.saturating_sub(r.scanned_ns) >= SCAN_NS;
+        if scan {
+            r.scanned_ns = now;
+        }
+        for (k, f) in r.flows.iter_mut().filter(|_| scan) {
             if f.dead_since.is_none() && gone(f.target, f.target_inc) {
                 f.dead_since = Some(now);
                 if let Some((idx, ctl)) = f.row.take() {
@@ -968,6 +1073,18 @@ impl Distributor {
                 }
             }
             if f.dead_since.is_some_and(|t| now.saturating_sub(t) >= d.grace_ms * 1_000_000) {
+                removed.push(*k);
+            }
+            if f.dead_since.is_none() && !f.confirmed && !f.hint && now.saturating_sub(f.created_ns) >= unconfirmed_after {
+                if let Some((idx, ctl)) = f.row.take() {
+                    crt_delete(&rows, idx, ctl);
+                }
+                r.conns[f.target as usize] = r.conns[f.target as usize].saturating_sub(1);
+                f.dead_since = Some(0);
+                if r.active {
+                    self.actions.push(DistAction::FlowRemoved { local: k.0, remote: k.1 });
+                }
+                self.stats.unconfirmed_expired += 1;
                 removed.push(*k);
             }
         }
@@ -987,7 +1104,7 @@ impl Distributor {
             self.stats.targets_failed += 1;
         }
         r.waiting.retain(|t| live.get(*t as usize).is_some_and(|x| x.is_some()));
-        r.terminated.retain(|_, (_, at)| now.saturating_sub(*at) < (4 * d.grace_ms).max(10_000) * 1_000_000);
+        r.terminated.retain(|_, (_, at, _, _)| now.saturating_sub(*at) < (4 * d.grace_ms).max(10_000) * 1_000_000);
         // Rebuild complete?
         if r.active && r.rebuilding && (r.waiting.is_empty() || now >= r.grace_until) {
             if !r.waiting.is_empty() {
@@ -1056,7 +1173,15 @@ impl Distributor {
                         }
                     }
                 }
-                Ok(_) => {}
+                Ok(None) => {
+                    // A row left "writing" by a router that died mid-write: free it.
+                    let ctl = region.crt()[idx].ctl.load(Ordering::Acquire);
+                    let writer = (ctl >> 8) as u8 as usize;
+                    if ctl as u8 == CRT_WRITING && writer != me as usize && live.get(writer).is_some_and(|x| x.is_none()) {
+                        crt_delete(&region, idx as u32, ctl);
+                    }
+                }
+                Ok(Some(_)) => {}
                 Err(e) => self.invalid.add(e),
             }
         }
@@ -1080,7 +1205,7 @@ impl Distributor {
                 r.stale_rows.push((idx, c.ctl));
                 continue;
             }
-            r.flows.insert(k, Flow { target: c.target, target_inc: c.target_inc, created_ns: c.created_ns, row: Some((idx, c.ctl)), hint: true, dead_since: None, seq: 0 });
+            r.flows.insert(k, Flow { target: c.target, target_inc: c.target_inc, created_ns: c.created_ns, row: Some((idx, c.ctl)), hint: true, dead_since: None, seq: 0, confirmed: true });
         }
         r.conns = [0; MAX_STACKS];
         for (k, f) in &r.flows {
@@ -1137,7 +1262,9 @@ impl Distributor {
         let region = self.region.clone();
         let Some(r) = self.routers.get_mut(&i) else { return };
         r.rebuilding = false;
-        let hints: Vec<_> = r.flows.iter().filter(|(_, f)| f.hint && f.dead_since.is_none()).map(|(k, _)| *k).collect();
+        // Hints of a live target that has not reported yet stay until it does (its
+        // REPORT_DONE drops what it did not confirm); the others go now.
+        let hints: Vec<_> = r.flows.iter().filter(|(_, f)| f.hint && f.dead_since.is_none() && !r.waiting.contains(&f.target)).map(|(k, _)| *k).collect();
         for k in hints {
             if let Some(f) = r.flows.remove(&k) {
                 if let Some((idx, ctl)) = f.row {
@@ -1149,6 +1276,21 @@ impl Distributor {
         }
         for (idx, ctl) in std::mem::take(&mut r.stale_rows) {
             crt_delete(&region, idx, ctl);
+        }
+    }
+
+    /// A target that answered after its rebuild ended: the hints it did not confirm go.
+    fn drop_hints_of(&mut self, i: usize, t: u8) {
+        let Some(r) = self.routers.get_mut(&i) else { return };
+        let hints: Vec<_> = r.flows.iter().filter(|(_, f)| f.hint && f.target == t && f.dead_since.is_none()).map(|(k, _)| *k).collect();
+        for k in hints {
+            if let Some(f) = r.flows.remove(&k) {
+                if let Some((idx, ctl)) = f.row {
+                    crt_delete(&self.region, idx, ctl);
+                }
+                r.conns[t as usize] = r.conns[t as usize].saturating_sub(1);
+                self.actions.push(DistAction::FlowRemoved { local: k.0, remote: k.1 });
+            }
         }
     }
 
@@ -1247,10 +1389,14 @@ impl Distributor {
             }
             kind::REPORT_DONE => {
                 let epoch = m.payload[1] as u32;
+                let mut late = false;
                 if let Some(r) = self.routers.get_mut(&i) {
-                    if r.epoch == epoch {
-                        r.waiting.remove(&from);
+                    if r.epoch == epoch && r.waiting.remove(&from) {
+                        late = r.active && !r.rebuilding;
                     }
+                }
+                if late {
+                    self.drop_hints_of(i, from);
                 }
             }
             kind::ROUTES_DONE => {
@@ -1338,12 +1484,17 @@ impl Distributor {
         let me = self.slot;
         let Some(r) = self.routers.get_mut(&i) else { return };
         if m.kind == kind::TERMCONN {
-            r.terminated.insert(k, (target, now));
             if let Some(f) = r.flows.get(&k).copied() {
                 if f.target != target {
                     self.stats.conflicts += 1;
                     return;
                 }
+                if f.seq > seq && f.target_inc == tinc {
+                    // Older than the NEWCONN of the flow now on this tuple: a replay.
+                    self.stats.conn_replays += 1;
+                    return;
+                }
+                r.terminated.insert(k, (target, now, seq, tinc));
                 r.flows.remove(&k);
                 if f.dead_since.is_none() {
                     r.conns[f.target as usize] = r.conns[f.target as usize].saturating_sub(1);
@@ -1354,6 +1505,8 @@ impl Distributor {
                 if r.active && f.dead_since.is_none() {
                     self.actions.push(DistAction::FlowRemoved { local: k.0, remote: k.1 });
                 }
+            } else {
+                r.terminated.insert(k, (target, now, seq, tinc));
             }
             return;
         }
@@ -1364,7 +1517,7 @@ impl Distributor {
                 self.invalid.add(Invalid::Message);
                 return;
             }
-            if r.terminated.get(&k).is_some_and(|(t, _)| *t == target) {
+            if r.terminated.get(&k).is_some_and(|(t, _, _, _)| *t == target) {
                 self.stats.relays_ignored += 1;
                 return;
             }
@@ -1372,12 +1525,17 @@ impl Distributor {
                 return;
             }
         } else {
+            if r.terminated.get(&k).is_some_and(|&(t, _, s, inc)| t == target && inc == tinc && s >= seq) {
+                // A NEWCONN older than the TERMCONN that ended the flow: a replay.
+                self.stats.conn_replays += 1;
+                return;
+            }
             r.terminated.remove(&k);
         }
         let inc = if from == me && !relayed { self.inc } else { tinc };
         let prev = r.flows.get(&k).copied();
         if let Some(p) = prev {
-            if !relayed && p.seq >= seq && p.target == target && !p.hint && p.dead_since.is_none() {
+            if !relayed && p.seq >= seq && p.target == target && !p.hint && p.dead_since.is_none() && p.confirmed {
                 return;
             }
             if p.target != target && !p.hint && p.dead_since.is_none() {
@@ -1399,7 +1557,8 @@ impl Distributor {
             None
         };
         let Some(r) = self.routers.get_mut(&i) else { return };
-        r.flows.insert(k, Flow { target, target_inc: inc, created_ns: created, row, hint: false, dead_since: None, seq: if relayed { 0 } else { seq } });
+        let confirmed = !relayed || m.payload[5] & 1 == 1;
+        r.flows.insert(k, Flow { target, target_inc: inc, created_ns: created, row, hint: false, dead_since: None, seq: if relayed { 0 } else { seq }, confirmed });
         r.conns[target as usize] += 1;
         if active && prev.is_none_or(|p| p.target != target || p.dead_since.is_some()) {
             self.actions.push(DistAction::FlowInstalled { local: k.0, remote: k.1, target });
@@ -1412,7 +1571,7 @@ impl Distributor {
 
     fn relay(&mut self, to: u8, i: usize, k: (SocketAddrV4, SocketAddrV4), f: Flow) {
         self.stats.routes_relayed += 1;
-        self.queue(to, kind::NEWCONN, [i as u64 | (k.0.port() as u64) << 16 | 1 << 32, client_word(k.1), f.target as u64, 0, f.target_inc, 0, 0]);
+        self.queue(to, kind::NEWCONN, [i as u64 | (k.0.port() as u64) << 16 | 1 << 32, client_word(k.1), f.target as u64, 0, f.target_inc, f.confirmed as u64, 0]);
     }
 
     // ---------------------------------------------------------------- routing
@@ -1433,12 +1592,17 @@ impl Distributor {
             self.stats.held += 1;
             return Route::Hold;
         }
+        if known.is_none() && self.conns.contains(&k) {
+            // A connection the router holds itself without an entry (kept locally for want of
+            // a target, or a full CRT).
+            return Route::Local;
+        }
         if let Some(f) = known {
             if f.dead_since.is_none() {
                 if f.hint {
                     self.stats.hint_forwards += 1;
                 }
-                return self.to_target(f.target);
+                return self.route_to(f.target);
             }
             if !syn {
                 self.stats.resets += 1;
@@ -1480,7 +1644,7 @@ impl Distributor {
             return self.no_target(listens_here, false);
         };
         let Some(r) = self.routers.get_mut(&i) else { return Route::Hold };
-        let flow = Flow { target, target_inc: inc, created_ns: now, row: Some(row), hint: false, dead_since: None, seq: 0 };
+        let flow = Flow { target, target_inc: inc, created_ns: now, row: Some(row), hint: false, dead_since: None, seq: 0, confirmed: false };
         let old = r.flows.insert(k, flow);
         if let Some((idx, ctl)) = old.and_then(|o| o.row) {
             crt_delete(&self.region, idx, ctl);
@@ -1501,10 +1665,10 @@ impl Distributor {
         } else {
             self.stats.syns_forwarded += 1;
         }
-        self.to_target(target)
+        self.route_to(target)
     }
 
-    fn to_target(&mut self, t: u8) -> Route {
+    fn route_to(&mut self, t: u8) -> Route {
         if t == self.slot {
             Route::Local
         } else {
@@ -1543,41 +1707,43 @@ impl Distributor {
         let me = self.slot as usize;
         let list = d.targets_of(me);
         let r = self.routers.get_mut(&i)?;
-        let ready: Vec<(u8, u32)> = r
-            .dpt
-            .range((port, 0)..=(port, u8::MAX))
-            .filter(|(&(_, t), s)| s.listeners > 0 && !s.draining && list.contains(&(t as usize)))
-            .map(|(&(_, t), s)| (t, Self::weight(d, t, s)))
-            .collect();
+        // No allocation: at most one entry per stack slot, in slot order.
+        let mut buf = [(0u8, 0u32); MAX_STACKS];
+        let mut n = 0;
+        for (&(_, t), s) in r.dpt.range((port, 0)..=(port, u8::MAX)) {
+            if s.listeners > 0 && !s.draining && list.contains(&(t as usize)) && n < MAX_STACKS {
+                buf[n] = (t, Self::weight(d, t, s));
+                n += 1;
+            }
+        }
+        let ready = &buf[..n];
         if ready.is_empty() {
             return None;
         }
         let last = r.rr_last.get(&port).copied();
-        // Round-robin order: the first slot after the last one picked, wrapping.
-        let rr_order = |v: &[(u8, u32)]| -> Vec<u8> {
-            let mut o: Vec<u8> = v.iter().map(|x| x.0).collect();
-            if let Some(l) = last {
-                let k = o.iter().position(|t| *t > l).unwrap_or(0);
-                o.rotate_left(k);
-            }
-            o
+        let conns = r.conns;
+        // Round-robin order among those `ok` accepts: the first slot after the last one
+        // picked, wrapping.
+        let rr_first = |ok: &dyn Fn(u8) -> bool| -> Option<u8> {
+            let mut it = ready.iter().map(|x| x.0).filter(|t| ok(*t));
+            let first = it.clone().next();
+            it.find(|t| last.is_some_and(|l| *t > l)).or(first)
         };
         let t = match d.method {
-            DistMethod::RoundRobin => rr_order(&ready)[0],
+            DistMethod::RoundRobin => rr_first(&|_| true)?,
             DistMethod::LeastConnections => {
-                let min = ready.iter().map(|(t, _)| r.conns[*t as usize]).min().unwrap_or(0);
-                let cands: Vec<(u8, u32)> = ready.iter().copied().filter(|(t, _)| r.conns[*t as usize] == min).collect();
-                rr_order(&cands)[0]
+                let min = ready.iter().map(|(t, _)| conns[*t as usize]).min().unwrap_or(0);
+                rr_first(&|t| conns[t as usize] == min)?
             }
             DistMethod::WeightedRoundRobin | DistMethod::ServerWeight => {
                 let total: i64 = ready.iter().map(|(_, w)| *w as i64).sum();
                 if total == 0 {
-                    rr_order(&ready)[0]
+                    rr_first(&|_| true)?
                 } else {
                     // Smooth weighted round robin (nginx): add each weight, take the largest
                     // (ties: lowest slot), subtract the total from it.
                     let mut best: Option<(u8, i64)> = None;
-                    for (t, w) in &ready {
+                    for (t, w) in ready {
                         let c = r.wrr.entry((port, *t)).or_insert(0);
                         *c += *w as i64;
                         if best.is_none_or(|(_, b)| *c > b) {

@@ -313,7 +313,7 @@ pub fn crt(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<CrtView> {
             age_ms: now.saturating_sub(c.created_ns) / 1_000_000,
         })
         .collect();
-    out.sort_by(|a, b| (a.local, a.remote).cmp(&(b.local, b.remote)));
+    out.sort_by_key(|a| (a.local, a.remote));
     out
 }
 
