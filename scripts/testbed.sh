@@ -62,7 +62,17 @@ add_port() { # name ns queues
   quiet_offloads "$BR_NS" "$name-br"
 }
 
+# A BPF filesystem the namespaces see (ip netns exec remounts /sys, hiding /sys/fs/bpf): the
+# cluster's stacks pin their XDP link there, so a killed router's fast path keeps forwarding
+# its established flows while the cluster takes over (poll-loop's xdp::pin_dir).
+bpffs() {
+  mountpoint -q /run/plex/bpf 2>/dev/null && return 0
+  mkdir -p /run/plex/bpf
+  mount -t bpf bpf /run/plex/bpf 2>/dev/null || echo "testbed: no BPF filesystem at /run/plex/bpf (a killed router's fast path dies with it)" >&2
+}
+
 up() {
+  bpffs
   if ! ns_exists "$BR_NS"; then
     ip netns add "$BR_NS"
     ip netns exec "$BR_NS" ip link add plxbr0 type bridge
@@ -111,6 +121,8 @@ down() {
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
   done
+  # XDP fast paths killed stacks left pinned: their interfaces are gone with the namespaces.
+  rm -f /run/plex/bpf/plex-* 2>/dev/null || true
 }
 
 status() {

@@ -265,7 +265,8 @@ impl std::fmt::Display for CrtView {
     }
 }
 
-fn holder_of(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr) -> Option<u8> {
+/// The member slot that holds the configured DVIPA `addr` now (its owner word, validated).
+pub fn holder_of(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr) -> Option<u8> {
     let i = cfg.dvipa_index(addr)?;
     let w = check::owner_word(cfg, true, region.dvipas()[i].owner.load(Ordering::Acquire)).ok()?;
     w.held().then_some(w.owner)

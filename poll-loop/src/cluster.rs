@@ -84,6 +84,9 @@ pub struct ClusterMember {
     /// XDP programs dead stacks left pinned (their fast path), to remove when due unless the
     /// stack came back: (when, slot).
     stale_pins: Vec<(Instant, usize)>,
+    /// Addresses this stack stopped routing: their fast-path flows keep forwarding what clients
+    /// still send here until due (the targets do not change when the router does).
+    fast_expiry: Vec<(Instant, Ipv4Addr)>,
 }
 
 /// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
@@ -243,6 +246,7 @@ impl ClusterMember {
             listening: Default::default(),
             dist_actions: Vec::new(),
             stale_pins: Vec::new(),
+            fast_expiry: Vec::new(),
         };
         let dist = Distributor::new(&node);
         let sc = StackCluster {
@@ -320,6 +324,9 @@ impl ClusterMember {
             return;
         }
         self.next_tick = now + self.heartbeat;
+        if self.fast_expiry.iter().any(|p| p.0 <= now) {
+            self.expire_fast(now, stack);
+        }
         // What the node may ask about our connections, counted before it borrows the stack.
         self.conns.clear();
         for h in stack.homes() {
@@ -374,7 +381,12 @@ impl ClusterMember {
                     // connection; only ARP for it stops (the new holder answers).
                     let prefix = stack.homes().iter().find(|h| h.addr == addr).map_or(32, |h| h.prefix_len);
                     stack.add_address(addr, prefix, true);
-                    if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.add_internal(addr)) {
+                    // Its fast-path flows (if it routed) forward stragglers until they expire.
+                    let r = node_of(stack).and_then(|sc| {
+                        let fast = sc.fast.get(&addr).is_some_and(|f| !f.is_empty());
+                        sc.home.as_ref().map(|h| if fast { h.add_internal_distributed(addr) } else { h.add_internal(addr) })
+                    });
+                    if let Some(Err(e)) = r {
                         log(&self.name, format_args!("{e}"));
                     }
                     self.reannounce.retain(|r| r.1 != addr);
@@ -483,19 +495,9 @@ impl ClusterMember {
                     log(&self.name, format_args!("{addr}: routing its connections (epoch {epoch})"));
                 }
                 DistAction::RoutingStopped { addr } => {
-                    let Some(sc) = node_of(stack) else { continue };
-                    if let (Some(flows), Some(set)) = (sc.flows.as_ref(), sc.fast.remove(&addr)) {
-                        for (local, remote) in set {
-                            let _ = flows.remove(remote, local);
-                        }
-                    }
-                    // Still held (a takeback under way): ordinary steering until it moves.
-                    let held = stack.homes().iter().any(|h| h.addr == addr && !h.internal);
-                    if let (true, Some(sc)) = (held, node_of(stack)) {
-                        if let Some(Err(e)) = sc.home.as_ref().map(|h| h.add(addr)) {
-                            log(&self.name, format_args!("{e}"));
-                        }
-                    }
+                    // The fast path keeps forwarding the flows clients still send here (their
+                    // ARP entries move with the new router's announcement) for a while.
+                    self.fast_expiry.push((now + STALE_PIN_GRACE, addr));
                     log(&self.name, format_args!("{addr}: no longer routing"));
                 }
                 DistAction::FlowInstalled { local, remote, target } => {
@@ -526,6 +528,33 @@ impl ClusterMember {
             }
         }
         self.dist_actions = actions;
+    }
+
+    /// Remove the fast-path flows of addresses this stack stopped routing, once due (unless
+    /// it routes them again); the address is then steered as what it is now.
+    fn expire_fast(&mut self, now: Instant, stack: &mut Stack) {
+        let due: Vec<Ipv4Addr> = self.fast_expiry.iter().filter(|p| p.0 <= now).map(|p| p.1).collect();
+        self.fast_expiry.retain(|p| p.0 > now);
+        for addr in due {
+            let home = stack.homes().iter().find(|h| h.addr == addr).map(|h| h.internal);
+            let Some(sc) = node_of(stack) else { return };
+            if sc.dist.routes(addr) {
+                continue;
+            }
+            if let (Some(flows), Some(set)) = (sc.flows.as_ref(), sc.fast.remove(&addr)) {
+                for (local, remote) in set {
+                    let _ = flows.remove(remote, local);
+                }
+            }
+            let r = match (home, sc.home.as_ref()) {
+                (Some(true), Some(h)) => h.add_internal(addr),
+                (Some(false), Some(h)) => h.add(addr),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                log(&self.name, format_args!("{e}"));
+            }
+        }
     }
 
     /// Remove the XDP fast paths dead stacks left pinned, once due, unless the stack is back
@@ -632,8 +661,14 @@ impl Cluster for StackCluster {
             // A target that does not route the DVIPA got a segment (not a SYN: those the router
             // forwards) of a flow it does not have: a client's ARP entry still names it during a
             // takeover or takeback. Only the router may answer for the address's flows, and
-            // this one is another target's: dropped, never reset; the client retransmits.
-            Route::NotDistributed if !syn && self.dist.is_candidate(addr) && !self.dist.routes(addr) => InboundRoute::Drop,
+            // this one is another target's: it goes on to the stack that holds the address now
+            // (which forwards it to its target), or is dropped if none does, never reset.
+            Route::NotDistributed if !syn && self.dist.is_candidate(addr) && !self.dist.routes(addr) => {
+                match coupling::ops::holder_of(self.node.region(), self.node.config(), addr) {
+                    Some(h) if h as usize != self.node.slot() => InboundRoute::Forward { stack: h as u32 },
+                    _ => InboundRoute::Drop,
+                }
+            }
             // Reset: the stack answers a segment it has no connection for with a RST (RFC
             // 9293 3.10.7.1), and a SYN nobody takes likewise.
             Route::NotDistributed | Route::Local | Route::Reset => InboundRoute::Local,

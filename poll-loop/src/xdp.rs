@@ -368,6 +368,11 @@ impl HomeMap {
     pub fn add_distributed(&self, addr: Ipv4Addr) -> Result<(), String> {
         self.add_with(addr, layout::HOME_DISTRIBUTED)
     }
+    /// An internal address whose flows in the flows map still go on to their targets (a
+    /// router that just handed the address over forwards the stragglers sent to its MAC).
+    pub fn add_internal_distributed(&self, addr: Ipv4Addr) -> Result<(), String> {
+        self.add_with(addr, layout::HOME_INTERNAL | layout::HOME_DISTRIBUTED)
+    }
     fn add_with(&self, addr: Ipv4Addr, flags: u32) -> Result<(), String> {
         self.map
             .update(&addr.octets(), &flags.to_ne_bytes(), MapFlags::ANY)
