@@ -111,14 +111,14 @@ impl Drop for Steering {
 }
 
 /// `statfs` magic of a BPF filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// A directory on a BPF filesystem where a cluster member pins its XDP link: `/sys/fs/bpf`
 /// (where systemd mounts it) or `/run/plex/bpf` (the testbed mounts one there, visible from
 /// its namespaces). `None`: neither is a BPF filesystem (nothing is pinned).
 pub fn pin_dir() -> Option<std::path::PathBuf> {
     ["/sys/fs/bpf", "/run/plex/bpf"].into_iter().map(std::path::PathBuf::from).find(|d| {
-        rustix::fs::statfs(d).is_ok_and(|s| s.f_type as i64 == BPF_FS_MAGIC)
+        rustix::fs::statfs(d).is_ok_and(|s| s.f_type as u64 == BPF_FS_MAGIC)
     })
 }
 
