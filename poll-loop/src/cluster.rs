@@ -87,6 +87,10 @@ pub struct ClusterMember {
     /// Addresses this stack stopped routing: their fast-path flows keep forwarding what clients
     /// still send here until due (the targets do not change when the router does).
     fast_expiry: Vec<(Instant, Ipv4Addr)>,
+    /// Poll-loop turns since the last heartbeat, and those that did work (the busy fraction
+    /// a target publishes for the server-weight method).
+    turns: u64,
+    busy_turns: u64,
 }
 
 /// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
@@ -247,6 +251,8 @@ impl ClusterMember {
             dist_actions: Vec::new(),
             stale_pins: Vec::new(),
             fast_expiry: Vec::new(),
+            turns: 0,
+            busy_turns: 0,
         };
         let dist = Distributor::new(&node);
         let sc = StackCluster {
@@ -260,6 +266,12 @@ impl ClusterMember {
             clock,
         };
         Ok((member, sc))
+    }
+
+    /// The poll loop ended a turn that did (`busy`) or did not do work.
+    pub fn note_turn(&mut self, busy: bool) {
+        self.turns += 1;
+        self.busy_turns += busy as u64;
     }
 
     /// The cluster events drained so far.
@@ -327,6 +339,7 @@ impl ClusterMember {
         if self.fast_expiry.iter().any(|p| p.0 <= now) {
             self.expire_fast(now, stack);
         }
+        self.publish_acceptance(ns, stack);
         // What the node may ask about our connections, counted before it borrows the stack.
         self.conns.clear();
         for h in stack.homes() {
@@ -528,6 +541,23 @@ impl ClusterMember {
             }
         }
         self.dist_actions = actions;
+    }
+
+    /// Tell the distributor how fast this stack accepts (server weight): each listener's free
+    /// accept-queue places and the loop's busy fraction since the last heartbeat (in steps of
+    /// 5 %, so that noise does not send a report every heartbeat).
+    fn publish_acceptance(&mut self, ns: u64, stack: &mut Stack) {
+        let busy = if self.turns == 0 { 0.0 } else { self.busy_turns as f32 / self.turns as f32 };
+        let busy = (busy * 20.0).round() / 20.0;
+        self.turns = 0;
+        self.busy_turns = 0;
+        let rooms: Vec<(SocketAddrV4, u32)> =
+            self.listening.keys().filter_map(|&a| stack.tcp_listener_room(a).map(|r| (a, r.min(u32::MAX as usize) as u32))).collect();
+        if let Some(sc) = node_of(stack) {
+            for (a, room) in rooms {
+                sc.dist.set_acceptance(ns, a, room, busy);
+            }
+        }
     }
 
     /// Remove the fast-path flows of addresses this stack stopped routing, once due (unless

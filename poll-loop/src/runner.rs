@@ -395,6 +395,9 @@ impl Runner {
         self.stats.tx_frames += tx as u64;
         let busy = busy || tx > 0;
         self.idle_turns = if busy { 0 } else { self.idle_turns.wrapping_add(1) };
+        if let Some(c) = self.cluster.as_mut() {
+            c.note_turn(busy);
+        }
         busy
     }
 

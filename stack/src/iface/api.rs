@@ -68,6 +68,17 @@ impl Stack {
         }
     }
 
+    /// Free places in the accept queue of the listener on `local` (its backlog minus the
+    /// connections waiting to be accepted and being established), if one listens there: how
+    /// fast the application accepts, as the distributor's server-weight method weighs it.
+    pub fn tcp_listener_room(&self, local: SocketAddrV4) -> Option<usize> {
+        let h = *self.listeners.get(&local)?;
+        match self.socket(h) {
+            Some(Socket::Listener(l)) => Some(l.backlog.saturating_sub(l.accept_queue_len() + l.syn_queue)),
+            _ => None,
+        }
+    }
+
     /// Take an established connection from a listener's accept queue.
     pub fn tcp_accept(&mut self, listener: SocketHandle) -> Result<SocketHandle, ApiError> {
         let h = match self.socket_mut(listener) {
