@@ -161,6 +161,7 @@ rm -f "$STOP"
 ip netns exec plx-client python3 "$HERE/seq_echo.py" $V 7 20 "$STOP" 30 10 >"$LOGDIR/seq2.json" 2>&1 &
 SEQ=$!
 sleep 1.5
+KILLED=$(python3 -c 'import time; print(time.monotonic())')
 kill -9 "${SPID[3]}"
 sleep 1.5
 touch "$STOP"
@@ -169,6 +170,7 @@ res=$(tail -1 "$LOGDIR/seq2.json")
 echo "     seq_echo with s3 killed: $res"
 check "a killed target's clients are reset, the other target's complete (10 + 10)" \
   sh -c "[ '$(field completed)' = 10 ] && [ \$(( $(field resets) + $(field errors) )) = 10 ] && [ '$(field mismatches)' = 0 ]"
+echo "     the last of them was reset $(python3 -c "import sys; print(round((float(sys.argv[1]) - float(sys.argv[2])) * 1000, 1))" "$(field last_reset_mono)" "$KILLED" 2>/dev/null) ms after the kill (they send a line every 10 ms)"
 for i in 1 2; do stop_stack $i; done
 rm -f "$REGION"
 [ "$FAILS" = 0 ] || { echo "$FAILS check(s) failed"; exit 1; }

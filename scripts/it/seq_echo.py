@@ -3,8 +3,8 @@
 a sequence-numbered line every INTERVAL ms and checking that exactly that line comes back,
 until the file STOP exists (or SECONDS pass). Reports, as one JSON line on stdout:
 connections opened, connections that completed (every line echoed byte-exact, then a clean
-close), resets, other errors, mismatches, lines echoed, and the longest time a line waited for
-its echo (the stall a client saw), overall and per connection.
+close), resets, other errors, mismatches, lines echoed, the longest time a line waited for
+its echo (the stall a client saw), and when (CLOCK_MONOTONIC seconds) the last reset was seen.
 
 Usage: seq_echo.py ADDR PORT CONNS STOP [SECONDS] [INTERVAL_MS]
 """
@@ -16,7 +16,7 @@ interval = float(sys.argv[6]) / 1000 if len(sys.argv) > 6 else 0.01
 
 lock = threading.Lock()
 res = {"connections": 0, "completed": 0, "resets": 0, "errors": 0, "mismatches": 0, "lines": 0,
-       "max_stall_ms": 0.0, "stalls_over_100ms": 0, "failures": []}
+       "max_stall_ms": 0.0, "stalls_over_100ms": 0, "last_reset_mono": None, "failures": []}
 
 
 def one(k):
@@ -61,6 +61,7 @@ def one(k):
     except ConnectionResetError as e:
         with lock:
             res["resets"] += 1
+            res["last_reset_mono"] = max(res["last_reset_mono"] or 0.0, time.monotonic())
             res["failures"].append("conn %d: reset after %d lines (%s)" % (k, lines, e))
     except Exception as e:  # noqa: BLE001 - every failure is counted and named
         with lock:
