@@ -77,6 +77,11 @@ static __always_inline int forward(struct ethhdr *eth, struct iphdr *ip, void *e
 	struct plex_flow *f = bpf_map_lookup_elem(&flows, &k);
 	if (!f)
 		return -1;
+	if (tcp->ack) {
+		__builtin_memcpy(f->cmac, eth->h_source, 6);
+		f->ack = tcp->ack_seq;
+		f->acked = 1;
+	}
 	__builtin_memcpy(eth->h_dest, f->dmac, 6);
 	__builtin_memcpy(eth->h_source, f->smac, 6);
 	count(PLEX_STAT_FORWARDED);

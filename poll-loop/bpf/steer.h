@@ -33,6 +33,10 @@ struct plex_flow_key {
 struct plex_flow {
 	__u8 dmac[6]; /* the target stack's MAC */
 	__u8 smac[6]; /* ours */
+	__u8 cmac[6]; /* the client's (or its router's) MAC, from its last segment */
+	__u8 pad[2];
+	__u32 ack;    /* the client's last acknowledgment number, as on the wire */
+	__u32 acked;  /* 1 once `ack` is set: the router can reset the client if the target dies */
 };
 
 /* stats map: per-CPU array of __u64 counters indexed by these. */

@@ -87,6 +87,8 @@ pub struct ClusterMember {
     /// Addresses this stack stopped routing: their fast-path flows keep forwarding what clients
     /// still send here until due (the targets do not change when the router does).
     fast_expiry: Vec<(Instant, Ipv4Addr)>,
+    /// Members whose process exited since the last turn (their clients are reset at once).
+    died: Vec<usize>,
     /// Poll-loop turns since the last heartbeat, and those that did work (the busy fraction
     /// a target publishes for the server-weight method).
     turns: u64,
@@ -145,8 +147,9 @@ pub struct StackCluster {
     home: Option<HomeMap>,
     /// The steering program's flows map (the distributor's fast path), with it.
     flows: Option<FlowMap>,
-    /// The flows in the fast path, per distributed DVIPA (removed when routing stops).
-    fast: std::collections::HashMap<Ipv4Addr, std::collections::HashSet<(SocketAddrV4, SocketAddrV4)>>,
+    /// The flows in the fast path with their target's slot, per distributed DVIPA (removed
+    /// when routing stops).
+    fast: std::collections::HashMap<Ipv4Addr, std::collections::HashMap<(SocketAddrV4, SocketAddrV4), u8>>,
     /// This stack's MAC (the source of forwarded frames).
     mac: [u8; 6],
     /// Addresses activated by bind since the last turn: announce them.
@@ -251,6 +254,7 @@ impl ClusterMember {
             dist_actions: Vec::new(),
             stale_pins: Vec::new(),
             fast_expiry: Vec::new(),
+            died: Vec::new(),
             turns: 0,
             busy_turns: 0,
         };
@@ -354,6 +358,10 @@ impl ClusterMember {
         if self.stale_pins.iter().any(|p| p.0 <= now) {
             self.release_stale_pins(now, ns, &sc.node);
         }
+        if !self.died.is_empty() {
+            self.reset_clients_of_dead(now, stack);
+        }
+        let Some(sc) = node_of(stack) else { return };
         let mut actions = std::mem::take(&mut self.actions);
         let fenced = sc.node.stats.fenced;
         let conns = &self.conns;
@@ -522,7 +530,7 @@ impl ClusterMember {
                     if let Some(flows) = sc.flows.as_ref() {
                         match flows.insert(remote, local, mac, sc.mac) {
                             Ok(()) => {
-                                sc.fast.entry(*local.ip()).or_default().insert((local, remote));
+                                sc.fast.entry(*local.ip()).or_default().insert((local, remote), target);
                             }
                             Err(e) => log(&self.name, format_args!("{e}")),
                         }
@@ -531,7 +539,7 @@ impl ClusterMember {
                 DistAction::FlowRemoved { local, remote } => {
                     let Some(sc) = node_of(stack) else { continue };
                     if let Some(set) = sc.fast.get_mut(local.ip()) {
-                        if set.remove(&(local, remote)) {
+                        if set.remove(&(local, remote)).is_some() {
                             if let Some(flows) = sc.flows.as_ref() {
                                 let _ = flows.remove(remote, local);
                             }
@@ -541,6 +549,38 @@ impl ClusterMember {
             }
         }
         self.dist_actions = actions;
+    }
+
+    /// A target died: reset its clients now, each with a RST it accepts (SEQ = the last
+    /// acknowledgment it sent through the fast path), instead of waiting for their next
+    /// segment, which may come only after a retransmission timeout. Their flows leave the
+    /// fast path, so later segments reach the distributor, which answers them with a RST too.
+    fn reset_clients_of_dead(&mut self, now: Instant, stack: &mut Stack) {
+        let died = std::mem::take(&mut self.died);
+        let Some(sc) = node_of(stack) else { return };
+        let mut resets = Vec::new();
+        for flows_of in sc.fast.values_mut() {
+            flows_of.retain(|&(local, remote), target| {
+                if !died.contains(&(*target as usize)) {
+                    return true;
+                }
+                if let Some(flows) = sc.flows.as_ref() {
+                    resets.push((local, remote, flows.last_ack(remote, local)));
+                    let _ = flows.remove(remote, local);
+                }
+                false
+            });
+        }
+        if resets.is_empty() {
+            return;
+        }
+        let mut sent = 0;
+        for (local, remote, last) in &resets {
+            if let Some((seq, mac)) = last {
+                sent += stack.tcp_reset_peer(now, *local, *remote, *seq, Some(stack::wire::MacAddr(*mac))) as usize;
+            }
+        }
+        log(&self.name, format_args!("reset {sent} of the {} connections of the dead target(s) at once", resets.len()));
     }
 
     /// Tell the distributor how fast this stack accepts (server weight): each listener's free
@@ -572,7 +612,7 @@ impl ClusterMember {
                 continue;
             }
             if let (Some(flows), Some(set)) = (sc.flows.as_ref(), sc.fast.remove(&addr)) {
-                for (local, remote) in set {
+                for (local, remote) in set.into_keys() {
                     let _ = flows.remove(remote, local);
                 }
             }
@@ -620,7 +660,12 @@ impl ClusterMember {
             let w = coupling::words::MemberWord::unpack(m.word.load(std::sync::atomic::Ordering::Acquire));
             let inc = m.incarnation.load(std::sync::atomic::Ordering::Relaxed);
             if w.state != MemberState::Up {
-                self.watches[slot] = None;
+                // Declared failed (or gone) by another member before our pidfd said so: it
+                // died all the same.
+                if self.watches[slot].take().is_some() {
+                    self.stale_pins.push((self.clock.instant_of(ns) + STALE_PIN_GRACE, slot));
+                    self.died.push(slot);
+                }
                 continue;
             }
             if self.watches[slot].as_ref().is_some_and(|x| x.incarnation == inc) {
@@ -658,6 +703,7 @@ impl ClusterMember {
                     log(&self.name, format_args!("stack {} exited: declared failed", node.config().stacks[slot].name));
                 }
                 self.stale_pins.push((self.clock.instant_of(ns) + STALE_PIN_GRACE, slot));
+                self.died.push(slot);
             }
         }
     }

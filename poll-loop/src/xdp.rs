@@ -414,13 +414,23 @@ fn flow_key(remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4) -> [u
 impl FlowMap {
     /// Segments from `remote` to `local` go to the stack with MAC `target`, from `ours`.
     pub fn insert(&self, remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4, target: [u8; 6], ours: [u8; 6]) -> Result<(), String> {
-        let mut v = [0u8; 12];
+        let mut v = [0u8; 28];
         v[..6].copy_from_slice(&target);
-        v[6..].copy_from_slice(&ours);
+        v[6..12].copy_from_slice(&ours);
         self.map
             .update(&flow_key(remote, local), &v, MapFlags::ANY)
             .map_err(|e| format!("adding the flow {remote} -> {local} to the flows map: {e}"))
     }
+    /// The last acknowledgment number the client `remote` sent on this flow through the fast
+    /// path (host order) and the MAC it came from, if any: what a RST to it must carry.
+    pub fn last_ack(&self, remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4) -> Option<(u32, [u8; 6])> {
+        let v = self.map.lookup(&flow_key(remote, local), MapFlags::ANY).ok().flatten()?;
+        let word = |i: usize| v.get(i..i + 4).and_then(|b| <[u8; 4]>::try_from(b).ok());
+        let (ack, acked) = (word(20)?, word(24)?);
+        let mac: [u8; 6] = v.get(12..18)?.try_into().ok()?;
+        (u32::from_ne_bytes(acked) == 1).then(|| (u32::from_be_bytes(ack), mac))
+    }
+
     /// Segments from `remote` to `local` reach the poll thread again.
     pub fn remove(&self, remote: std::net::SocketAddrV4, local: std::net::SocketAddrV4) -> Result<(), String> {
         match self.map.delete(&flow_key(remote, local)) {

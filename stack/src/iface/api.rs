@@ -79,6 +79,23 @@ impl Stack {
         }
     }
 
+    /// Reset a connection this stack does not hold, on behalf of the stack that did and died
+    /// (the distributor's router resets a dead target's clients at once): a RST from `local`
+    /// to `remote` with SEQ `seq`, the next sequence number the peer expects (its last ACK), so
+    /// the peer accepts it (RFC 9293 3.10.7.3), sent to `mac` (where the peer's segments came
+    /// from) or else to the neighbour cache's entry; false if there is none or the frame could
+    /// not be queued.
+    pub fn tcp_reset_peer(&mut self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4, seq: u32, mac: Option<MacAddr>) -> bool {
+        let Some(mac) = mac.or_else(|| self.next_hop(*remote.ip()).and_then(|hop| self.arp.get(now, hop))) else { return false };
+        let mut r = TcpRepr::new(local.port(), remote.port(), SeqNumber(seq));
+        r.control = TcpControl::Rst;
+        let ok = self.queue_tcp(mac, Tuple { local, remote }, &r);
+        if ok {
+            self.counters.tcp_rst_out += 1;
+        }
+        ok
+    }
+
     /// Take an established connection from a listener's accept queue.
     pub fn tcp_accept(&mut self, listener: SocketHandle) -> Result<SocketHandle, ApiError> {
         let h = match self.socket_mut(listener) {
