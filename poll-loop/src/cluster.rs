@@ -745,9 +745,9 @@ impl Cluster for StackCluster {
                     _ => InboundRoute::Drop,
                 }
             }
-            // Reset: the stack answers a segment it has no connection for with a RST (RFC
-            // 9293 3.10.7.1), and a SYN nobody takes likewise.
-            Route::NotDistributed | Route::Local | Route::Reset => InboundRoute::Local,
+            Route::NotDistributed | Route::Local => InboundRoute::Local,
+            // A dead target's flow, an unknown one outside a rebuild, a SYN nobody takes.
+            Route::Reset => InboundRoute::Reset,
             Route::Forward { slot } if slot as usize == self.node.slot() => InboundRoute::Local,
             Route::Forward { slot } => InboundRoute::Forward { stack: slot as u32 },
             Route::Hold => InboundRoute::Drop,

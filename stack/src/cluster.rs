@@ -35,6 +35,9 @@ pub enum InboundRoute {
     },
     /// Nobody may take it (e.g. the address is being moved): drop.
     Drop,
+    /// The cluster knows the flow is dead (its stack died, or it is unknown outside a
+    /// rebuild): answer with a RST (RFC 9293 3.10.7.1), counted as `tcp_cluster_reset`.
+    Reset,
 }
 
 /// The synchronous questions the stack asks the cluster, at the few points where the answer

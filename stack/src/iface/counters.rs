@@ -52,6 +52,7 @@ drop_reasons! {
     TcpMemLimit => "tcp_mem_limit",
     TcpNoSocket => "tcp_no_socket",
     TcpClusterDrop => "tcp_cluster_drop",
+    TcpClusterReset => "tcp_cluster_reset",
     UdpMalformed => "udp_malformed",
     UdpBadChecksum => "udp_bad_checksum",
     UdpNoSocket => "udp_no_socket",

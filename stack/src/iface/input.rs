@@ -301,6 +301,10 @@ impl Stack {
                 return;
             }
             InboundRoute::Drop => return self.drop_rx(DropReason::TcpClusterDrop),
+            InboundRoute::Reset => {
+                self.drop_rx(DropReason::TcpClusterReset);
+                return self.reply_rst(src_mac, tuple, &seg);
+            }
         }
         // 3. A listener: exact address, then wildcard.
         let lh = self

@@ -386,10 +386,10 @@ struct Port81ToStack3 {
 impl Cluster for Port81ToStack3 {
     fn route_inbound(&mut self, _: Instant, tuple: &crate::tcp::Tuple, _: bool) -> InboundRoute {
         self.asked += 1;
-        if tuple.local.port() == 81 {
-            InboundRoute::Forward { stack: 3 }
-        } else {
-            InboundRoute::Local
+        match tuple.local.port() {
+            81 => InboundRoute::Forward { stack: 3 },
+            82 => InboundRoute::Reset,
+            _ => InboundRoute::Local,
         }
     }
     fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: SocketAddrV4, rng: &mut crate::rand::Rng) -> Option<u16> {
@@ -437,6 +437,13 @@ fn receive_reports_consumed_dropped_or_forward() {
     assert_eq!(DropReason::ALL.iter().map(|d| a.counters().dropped(*d)).sum::<u64>(), drops_before);
     assert!(a.poll_transmit(t(3), &mut buf).is_none(), "no RST for a forwarded segment");
     let _ = c81;
+    // A flow the cluster knows is dead (port 82 here): a RST, counted under its own reason.
+    let c82 = b.tcp_connect(t(4), None, SocketAddrV4::new(A_IP, 82)).unwrap();
+    let n = b.poll_transmit(t(4), &mut buf).unwrap();
+    assert_eq!(a.receive(t(4), &buf[..n]), Received::Dropped(DropReason::TcpClusterReset));
+    let n = a.poll_transmit(t(4), &mut buf).expect("a RST");
+    b.receive(t(4), &buf[..n]);
+    assert_eq!(b.tcp(c82).map(|c| c.state()), Some(crate::tcp::State::Closed), "the peer accepted the RST");
 }
 
 fn cluster_events(s: &mut Stack) -> Vec<ClusterEvent> {
