@@ -253,13 +253,15 @@ fi
 
 # --- malformed-frame fuzzing ---------------------------------------------------------------------
 if want fuzz; then
-  echo "== fuzz ($FUZZ_SECS s)"
+  # The seed, printed so that a failing run can be replayed (PLEX_CHAOS_SEED=N).
+  FUZZ_SEED=${PLEX_CHAOS_SEED:-$RANDOM}
+  echo "== fuzz ($FUZZ_SECS s, seed $FUZZ_SEED: replay with PLEX_CHAOS_SEED=$FUZZ_SEED)"
   "$TB" up 1 >/dev/null
   start_bg plx-s1 "$OUT/plex-fuzz.log" "$PLEX" http --iface plx-s1 --addr 198.18.0.11/24 --port 80 --stats
   plexpid=$!
   wait_log "$OUT/plex-fuzz.log" '^plex: ' || true
   mac=$(mac_of plx-s1 plx-s1)
-  ip netns exec plx-client "$FLOOD" fuzz plx-c 198.18.0.11 "$mac" --ports 80,7 --secs "$FUZZ_SECS" --seed "${PLEX_CHAOS_SEED:-$RANDOM}" \
+  ip netns exec plx-client "$FLOOD" fuzz plx-c 198.18.0.11 "$mac" --ports 80,7 --secs "$FUZZ_SECS" --seed "$FUZZ_SEED" \
     >"$OUT/fuzz.txt" 2>&1
   tail -1 "$OUT/fuzz.txt" | sed 's/^/     /'
   frames=$(grep -o 'sent [0-9]*' "$OUT/fuzz.txt" | tr -dc 0-9)
