@@ -69,6 +69,10 @@ struct Entry {
     /// When the MAC was last set or confirmed by ARP (Linux `neighbour.updated`): another
     /// MAC is not taken before `locktime` has passed since.
     updated: Instant,
+    /// TCP forward progress has come from this MAC since it was set: it is the peer's. An
+    /// unproven MAC (learned from an ARP packet, which has no checksum and no authentication)
+    /// gives way to the MAC that forward progress comes from ([`NeighbourCache::confirm`]).
+    proven: bool,
 }
 
 impl Entry {
@@ -113,6 +117,8 @@ pub struct NeighbourCache {
     pub locktime: Duration,
     /// Changes refused under `locktime`.
     pub changes_locked: u64,
+    /// Unproven MACs replaced by the MAC forward progress came from ([`NeighbourCache::confirm`]).
+    pub repaired: u64,
 }
 
 /// The historical name.
@@ -143,6 +149,7 @@ impl Default for NeighbourCache {
             ucast_probes: 3,
             locktime: Duration::from_secs(1),
             changes_locked: 0,
+            repaired: 0,
         }
     }
 }
@@ -156,7 +163,7 @@ impl NeighbourCache {
 
     fn incomplete(&mut self, now: Instant, ip: Ipv4Addr) {
         let timer = now + self.retrans_time;
-        self.entries.insert(ip, Entry { state: NudState::Incomplete, mac: MacAddr([0; 6]), confirmed: now, timer, probes: 1, updated: now });
+        self.entries.insert(ip, Entry { state: NudState::Incomplete, mac: MacAddr([0; 6]), confirmed: now, timer, probes: 1, updated: now, proven: false });
         self.arm(timer);
     }
 
@@ -225,10 +232,11 @@ impl NeighbourCache {
                     return false;
                 }
                 if solicited_reply && (e.state != NudState::Reachable || e.mac == mac) {
-                    *e = Entry { state: NudState::Reachable, mac, confirmed: now, timer: now, probes: 0, updated: now };
+                    let proven = e.proven && e.mac == mac;
+                    *e = Entry { state: NudState::Reachable, mac, confirmed: now, timer: now, probes: 0, updated: now, proven };
                 } else if !e.has_mac() || e.mac != mac {
                     // New or changed MAC, not confirmed: usable, validated on first use.
-                    *e = Entry { state: NudState::Stale, mac, confirmed: now, timer: now, probes: 0, updated: now };
+                    *e = Entry { state: NudState::Stale, mac, confirmed: now, timer: now, probes: 0, updated: now, proven: false };
                 } else if solicited_reply {
                     e.confirmed = now;
                     e.updated = now;
@@ -237,7 +245,7 @@ impl NeighbourCache {
             }
             None => {
                 let state = if solicited_reply { NudState::Reachable } else { NudState::Stale };
-                self.entries.insert(ip, Entry { state, mac, confirmed: now, timer: now, probes: 0, updated: now });
+                self.entries.insert(ip, Entry { state, mac, confirmed: now, timer: now, probes: 0, updated: now, proven: false });
                 false
             }
         }
@@ -264,14 +272,26 @@ impl NeighbourCache {
     }
 
     /// Forward progress from `ip` at `mac` (RFC 4861 7.3.1 upper-layer confirmation): the entry
-    /// becomes REACHABLE, if it holds that MAC.
-    pub fn confirm(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr) {
-        if let Some(e) = self.entries.get_mut(&ip) {
-            if e.has_mac() && e.mac == mac {
-                e.state = NudState::Reachable;
-                e.confirmed = now;
-                e.probes = 0;
-            }
+    /// becomes REACHABLE, if it holds that MAC. If it holds another MAC that nothing has proven
+    /// (one learned from an ARP packet since the last progress: a damaged or forged packet can
+    /// name any MAC for any address, and a solicited-looking reply even makes it REACHABLE),
+    /// `repair` decides: true takes `mac` (REACHABLE, proven, counted in `repaired`), since
+    /// segments that move a connection forward carry sequence numbers no forger knows.
+    /// The caller passes false where the frame's source MAC is not the peer's (a segment the
+    /// distributor's router forwarded). A proven MAC only changes through ARP.
+    pub fn confirm(&mut self, now: Instant, ip: Ipv4Addr, mac: MacAddr, repair: impl FnOnce() -> bool) {
+        let Some(e) = self.entries.get_mut(&ip) else { return };
+        if !e.has_mac() {
+            return;
+        }
+        if e.mac == mac {
+            e.state = NudState::Reachable;
+            e.confirmed = now;
+            e.probes = 0;
+            e.proven = true;
+        } else if !e.proven && !mac.is_multicast() && repair() {
+            *e = Entry { state: NudState::Reachable, mac, confirmed: now, timer: now, probes: 0, updated: now, proven: true };
+            self.repaired += 1;
         }
     }
 
@@ -385,7 +405,7 @@ mod tests {
         assert!(due(&mut c, s(31)).is_empty(), "the resolution's old deadline is spurious");
         assert_eq!(c.poll_timeout(), Some(s(36)));
         // Forward progress confirms it before the probe.
-        c.confirm(s(33), IP, MAC);
+        c.confirm(s(33), IP, MAC, || true);
         assert_eq!(c.state(IP), Some(NudState::Reachable));
         assert!(due(&mut c, s(36)).is_empty());
         assert_eq!(c.state(IP), Some(NudState::Reachable));
@@ -432,12 +452,28 @@ mod tests {
         let mut c = NeighbourCache::default();
         c.learn(s(0), IP, BOGUS, true);
         c.suspect(IP, s(1));
-        c.confirm(s(1), IP, MAC);
+        c.confirm(s(1), IP, MAC, || false);
         assert_eq!(c.state(IP), Some(NudState::Stale), "progress from another MAC confirms nothing");
-        c.confirm(s(1), IP, BOGUS);
+        c.confirm(s(1), IP, BOGUS, || true);
         assert_eq!(c.state(IP), Some(NudState::Reachable));
         c.suspect(IP, s(0));
         assert_eq!(c.state(IP), Some(NudState::Reachable), "confirmed after the hint's start");
+        // Proven by progress now: progress from another MAC does not replace it.
+        c.confirm(s(2), IP, MAC, || true);
+        assert_eq!((c.get(s(2), IP), c.repaired), (Some(BOGUS), 0));
+    }
+
+    #[test]
+    fn an_unproven_mac_gives_way_to_the_mac_progress_comes_from() {
+        let mut c = NeighbourCache::default();
+        c.learn(s(0), IP, BOGUS, true);
+        c.confirm(s(1), IP, MAC, || true);
+        assert_eq!((c.get(s(1), IP), c.state(IP), c.repaired), (Some(MAC), Some(NudState::Reachable), 1));
+        // Where the caller says the source MAC is not the peer's, nothing changes.
+        let mut c = NeighbourCache::default();
+        c.learn(s(0), IP, BOGUS, true);
+        c.confirm(s(1), IP, MAC, || false);
+        assert_eq!((c.get(s(1), IP), c.repaired), (Some(BOGUS), 0));
     }
 
     #[test]

@@ -125,6 +125,9 @@ pub struct IfaceCounters {
     pub arp_replies_in: u64,
     /// ARP packets whose changed MAC was refused within the cache's locktime.
     pub arp_changes_locked: u64,
+    /// Neighbour MACs that an ARP packet had changed and TCP forward progress from another MAC
+    /// corrected (a damaged or forged ARP packet poisoned the entry).
+    pub arp_repaired: u64,
     /// Cluster events lost because the cluster layer did not drain the queue.
     pub cluster_events_lost: u64,
     /// TCP segments the cluster routed to another stack ([`super::Received::Forward`]).
@@ -184,6 +187,7 @@ impl Default for IfaceCounters {
             arp_requests_in: 0,
             arp_replies_in: 0,
             arp_changes_locked: 0,
+            arp_repaired: 0,
             cluster_events_lost: 0,
             tcp_forwarded: 0,
             arp_requests_out: 0,
@@ -234,6 +238,7 @@ impl IfaceCounters {
             ("arp_requests_in", self.arp_requests_in),
             ("arp_replies_in", self.arp_replies_in),
             ("arp_changes_locked", self.arp_changes_locked),
+            ("arp_repaired", self.arp_repaired),
             ("cluster_events_lost", self.cluster_events_lost),
             ("tcp_forwarded", self.tcp_forwarded),
             ("arp_requests_out", self.arp_requests_out),

@@ -284,7 +284,7 @@ impl Stack {
                 c.handle_segment(now, &seg);
                 if c.snd_una() != una || c.rcv_nxt() != nxt {
                     // Forward progress confirms the neighbour (RFC 4861 7.3.1).
-                    self.confirm_neighbour(now, *tuple.remote.ip(), src_mac);
+                    self.confirm_neighbour(now, *tuple.local.ip(), *tuple.remote.ip(), src_mac);
                 }
             }
             self.after_tcp(h);

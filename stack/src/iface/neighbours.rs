@@ -37,10 +37,15 @@ impl Stack {
         }
     }
 
-    /// TCP forward progress from `remote`, received from `src_mac`: its next hop is reachable.
-    pub(super) fn confirm_neighbour(&mut self, now: Instant, remote: Ipv4Addr, src_mac: MacAddr) {
+    /// TCP forward progress from `remote` to `local`, received from `src_mac`: its next hop is
+    /// reachable, at `src_mac` (which replaces a MAC only an ARP packet vouched for; not on an
+    /// internal address, whose segments the distributor's router forwarded with its own MAC).
+    pub(super) fn confirm_neighbour(&mut self, now: Instant, local: Ipv4Addr, remote: Ipv4Addr, src_mac: MacAddr) {
         if let Some(hop) = self.next_hop(remote) {
-            self.arp.confirm(now, hop, src_mac);
+            let homes = &self.homes;
+            let before = self.arp.repaired;
+            self.arp.confirm(now, hop, src_mac, || !homes.iter().any(|h| h.internal && h.addr == local));
+            self.counters.arp_repaired += self.arp.repaired - before;
         }
     }
 

@@ -914,6 +914,71 @@ fn a_peer_mac_change_is_learned_without_any_arp_from_it() {
     assert!(a2.counters().dropped(DropReason::EthNotForUs) >= 1, "segments went to the old MAC first");
 }
 
+/// The chaos suite's fuzz check, seed-dependent: after millions of mutated frames plex still
+/// accepted the probe's connections but its answers never arrived. A fuzzed ARP reply, the
+/// sender address damaged into the client's and the sender MAC into garbage, had replaced the
+/// client's MAC (after locktime, and as REACHABLE: it looks solicited), and forward progress
+/// from the real MAC did not correct it. It now does: a MAC only an ARP packet vouched for
+/// gives way to the one segments that move a connection forward come from.
+#[test]
+fn a_forged_arp_reply_is_corrected_by_forward_progress_from_the_real_mac() {
+    let (mut a, mut b) = pair();
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(0));
+    let s = a.tcp_accept(l).unwrap();
+    let bogus = MacAddr([2, 0xde, 0xad, 0, 0, 1]);
+    let forged = ArpRepr {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: bogus,
+        source_protocol_addr: B_IP,
+        target_hardware_addr: A_MAC,
+        target_protocol_addr: A_IP,
+    };
+    let mut f = vec![0u8; 60];
+    EthernetRepr { src_addr: B_MAC, dst_addr: A_MAC, ethertype: EtherType::Arp }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..14]));
+    forged.emit(&mut ArpPacket::new_unchecked(&mut f[14..42]));
+    a.receive(t(2_000), &f);
+    assert_eq!(a.arp.get(t(2_000), B_IP), Some(bogus), "poisoned (it is an ARP reply after locktime)");
+    // The client sends a request: forward progress, from its real MAC.
+    b.tcp_send(t(2_000), c, b"GET").unwrap();
+    pump(&mut a, &mut b, t(2_000));
+    assert_eq!(a.arp.get(t(2_000), B_IP), Some(B_MAC), "repaired by the segment's source MAC");
+    assert_eq!(a.counters().arp_repaired, 1);
+    let mut buf = [0u8; 8];
+    assert_eq!(a.tcp_recv(t(2_000), s, &mut buf), Ok(3));
+    // The answer reaches the client at once (no wait for NUD's probes, seconds later).
+    a.tcp_send(t(2_000), s, b"200").unwrap();
+    pump(&mut a, &mut b, t(2_000));
+    assert_eq!(b.tcp_recv(t(2_000), c, &mut buf), Ok(3));
+    // A proven MAC is not replaced by another source of progress (only ARP moves it).
+    let other = MacAddr([2, 0, 0, 0, 0, 0x77]);
+    a.arp.confirm(t(2_001), B_IP, other, || true);
+    assert_eq!(a.arp.get(t(2_001), B_IP), Some(B_MAC));
+}
+
+/// On an internal address (a distributed DVIPA on a target) segments come through the router,
+/// with the router's MAC: forward progress there repairs nothing.
+#[test]
+fn progress_on_an_internal_address_does_not_repair_the_neighbour() {
+    let (mut a, mut b) = pair();
+    let internal = Ipv4Addr::new(198, 18, 0, 200);
+    a.add_address(internal, 24, true);
+    b.arp.learn(t(0), internal, A_MAC, true);
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(internal, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(internal, 80)).unwrap();
+    pump(&mut a, &mut b, t(0));
+    let s = a.tcp_accept(l).unwrap();
+    let elsewhere = MacAddr([2, 0, 0, 0, 0, 0x42]);
+    a.arp.learn(t(2_000), B_IP, elsewhere, true);
+    b.tcp_send(t(2_000), c, b"GET").unwrap();
+    pump(&mut a, &mut b, t(2_000));
+    let mut buf = [0u8; 8];
+    assert_eq!(a.tcp_recv(t(2_000), s, &mut buf), Ok(3), "the segment made progress");
+    assert_eq!((a.arp.get(t(2_000), B_IP), a.counters().arp_repaired), (Some(elsewhere), 0));
+}
+
 #[test]
 fn an_arp_request_from_a_new_mac_replaces_the_entry_as_stale() {
     let (_, mut b) = pair();
