@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Listen on this address only; inside a vipa_range this activates it on this stack.
     #[arg(long)]
     pub bind: Option<Ipv4Addr>,
+    /// The application's name for the config's `source_ipa` statements (z/OS SOURCEIPA): its
+    /// connections that bind no address leave from the address listed for it.
+    #[arg(long)]
+    pub app_name: Option<String>,
     #[command(subcommand)]
     pub app: ServerCmd,
 }
@@ -113,11 +117,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         stats: args.stats,
         limits: crate::Limits::default(),
     };
-    let join = ClusterJoin { cfg, stack: args.stack };
+    let join = ClusterJoin { cfg, stack: args.stack, app_name: args.app_name };
     match args.app {
         ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
         ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
         ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip, false, true)),
+        ServerCmd::Outbound(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
     }
 }
 

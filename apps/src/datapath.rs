@@ -15,6 +15,8 @@ use crate::DataPath;
 pub struct ClusterJoin {
     pub cfg: Arc<coupling::ClusterConfig>,
     pub stack: String,
+    /// The application's name (`source_ipa`).
+    pub app_name: Option<String>,
 }
 
 /// The builder for these options.
@@ -77,7 +79,11 @@ pub fn serve<A: App + Send + 'static>(dp: &DataPath, make: impl Fn(u32) -> A) ->
 
 /// Run `app` as a member of a cluster (one queue).
 pub fn serve_in_cluster<A: App + Send + 'static>(dp: &DataPath, join: &ClusterJoin, app: A) -> Result<(), String> {
-    let running = plex(dp).queues(1).cluster(join.cfg.clone(), &join.stack).spawn_single(app).map_err(|e| e.to_string())?;
+    let mut p = plex(dp).queues(1).cluster(join.cfg.clone(), &join.stack);
+    if let Some(name) = &join.app_name {
+        p = p.app_name(name);
+    }
+    let running = p.spawn_single(app).map_err(|e| e.to_string())?;
     eprintln!(
         "plex: stack {} of cluster {}: {} on {} ({} mode, {:?} polling)",
         join.stack,

@@ -125,7 +125,7 @@ impl EventTally {
             ClusterEvent::ConnectionOpened(..) => &mut self.connections_opened,
             ClusterEvent::ConnectionClosed(_) => &mut self.connections_closed,
             ClusterEvent::ConnectionMoved(_) => &mut self.connections_moved,
-            ClusterEvent::PortReleased(_) => &mut self.ports_released,
+            ClusterEvent::PortReleased { .. } => &mut self.ports_released,
         };
         *n += 1;
     }
@@ -475,7 +475,7 @@ impl ClusterMember {
                 }
                 ClusterEvent::ConnectionOpened(t, how) => sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active),
                 ClusterEvent::ConnectionClosed(t) | ClusterEvent::ConnectionMoved(t) => sc.dist.connection_closed(ns, t.local, t.remote),
-                ClusterEvent::PortReleased(_) => {}
+                ClusterEvent::PortReleased { .. } => {}
             }
         }
         if sc.node.detached().is_none() {
@@ -753,7 +753,7 @@ impl Cluster for StackCluster {
             Route::Hold => InboundRoute::Drop,
         }
     }
-    fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: SocketAddrV4, rng: &mut Rng) -> Option<u16> {
+    fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
         SingleStack.ephemeral_port(now, local, remote, rng)
     }
     fn bind_address(&mut self, now: Instant, addr: Ipv4Addr) -> Option<u8> {

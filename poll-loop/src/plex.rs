@@ -59,6 +59,7 @@ pub struct Plex {
     pcap: Option<String>,
     configure: Option<Configure>,
     cluster: Option<(Arc<coupling::ClusterConfig>, String)>,
+    app_name: Option<String>,
     signals: bool,
 }
 
@@ -92,6 +93,7 @@ impl Plex {
             pcap: None,
             configure: None,
             cluster: None,
+            app_name: None,
             signals: true,
         }
     }
@@ -154,6 +156,13 @@ impl Plex {
     /// Join the cluster `cfg` as its stack `name` (one queue).
     pub fn cluster(mut self, cfg: Arc<coupling::ClusterConfig>, name: &str) -> Plex {
         self.cluster = Some((cfg, name.to_string()));
+        self
+    }
+    /// The application's name: in a cluster whose config gives this stack `source_ipa`
+    /// statements, connections that bind no address leave from the address listed for this
+    /// name (z/OS SOURCEIPA; [`StackConfig::app_name`]).
+    pub fn app_name(mut self, name: &str) -> Plex {
+        self.app_name = Some(name.to_string());
         self
     }
     /// Stop on SIGINT and SIGTERM (the default), or leave signals alone.
@@ -278,6 +287,7 @@ impl Plex {
             cfg.mtu = mtu;
             cfg.gateway = self.gateway;
             cfg.tcp.mss = (mtu - 40) as u16;
+            cfg.app_name = self.app_name.clone();
             cfg.seed =
                 getrandom::u64().map_err(|e| StartError::Other(format!("reading the OS's randomness for the stack's secrets: {e}")))?;
             if let Some(f) = &self.configure {

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam::queue::ArrayQueue;
 use parking_lot::RwLock;
-use stack::cluster::{Cluster, ClusterEvent, InboundRoute, EPHEMERAL_PORTS};
+use stack::cluster::{Cluster, ClusterEvent, InboundRoute, SingleStack, EPHEMERAL_PORTS};
 use stack::iface::{Received, Stack};
 use stack::rand::Rng;
 use stack::tcp::Tuple;
@@ -156,7 +156,9 @@ impl Cluster for ShardCluster {
         }
     }
 
-    fn ephemeral_port(&mut self, _now: Instant, local: Ipv4Addr, remote: SocketAddrV4, rng: &mut Rng) -> Option<u16> {
+    fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
+        // A UDP socket's port (no peer): process-wide ports are a TCP matter.
+        let Some(remote) = remote else { return SingleStack.ephemeral_port(now, local, None, rng) };
         let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
         let mut owners = self.set.owners.write();
         for _ in 0..64 {
@@ -274,8 +276,8 @@ mod tests {
         let local = Ipv4Addr::new(198, 18, 1, 2);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..500 {
-            let pa = a.ephemeral_port(Instant::ZERO, local, remote, &mut ra).unwrap();
-            let pb = b.ephemeral_port(Instant::ZERO, local, remote, &mut rb).unwrap();
+            let pa = a.ephemeral_port(Instant::ZERO, local, Some(remote), &mut ra).unwrap();
+            let pb = b.ephemeral_port(Instant::ZERO, local, Some(remote), &mut rb).unwrap();
             assert!(seen.insert(pa) && seen.insert(pb), "port drawn twice");
         }
         assert!(set.owner(&t(*seen.iter().next().unwrap(), 7)).is_some());

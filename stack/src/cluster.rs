@@ -51,14 +51,30 @@ pub trait Cluster: core::fmt::Debug + Send + core::any::Any {
 
     /// Propose an ephemeral port for a connection from `local` to `remote`; the stack checks it
     /// against its own connection table and may ask again (a refused proposal comes back as
-    /// [`ClusterEvent::PortReleased`]). `None`: the range is exhausted.
+    /// [`ClusterEvent::PortReleased`]). `remote` is `None` for a socket that talks to anyone
+    /// (a UDP socket bound to port 0): the port must then be this stack's alone. `None`: the
+    /// range is exhausted.
     fn ephemeral_port(
         &mut self,
         now: Instant,
         local: Ipv4Addr,
-        remote: SocketAddrV4,
+        remote: Option<SocketAddrV4>,
         rng: &mut Rng,
     ) -> Option<u16>;
+
+    /// An application binds `local` (a listener, or a UDP socket on a fixed port) on an address
+    /// of this stack: where the cluster coordinates the ports of that address (cluster-wide
+    /// ports), the port must be claimed for this stack. [`PortClaim::Claimed`]: it was; the stack
+    /// gives it back with [`ClusterEvent::PortReleased`] when the socket closes.
+    fn claim_port(&mut self, _now: Instant, _local: SocketAddrV4) -> PortClaim {
+        PortClaim::Unregistered
+    }
+
+    /// The address an application named `app` connects from when it binds none (z/OS
+    /// SOURCEIPA): `None` for the route's source address as usual.
+    fn source_address(&mut self, _now: Instant, _app: &str) -> Option<Ipv4Addr> {
+        None
+    }
 
     /// An application binds `addr`, which is not (yet) an address of this stack: may the
     /// cluster activate it here (a dynamic VIPA inside a range the cluster config gives this
@@ -92,8 +108,27 @@ pub enum ClusterEvent {
     ConnectionClosed(Tuple),
     /// A connection was serialized for another stack: it lives on there, with its port.
     ConnectionMoved(Tuple),
-    /// A local port [`Cluster::ephemeral_port`] proposed is no longer used here.
-    PortReleased(SocketAddrV4),
+    /// A local port [`Cluster::ephemeral_port`] proposed or [`Cluster::claim_port`] claimed
+    /// is no longer used here: for a connection after TIME-WAIT (never at `close`), toward
+    /// `remote`; for a listener or UDP socket when it closes (`remote` `None`).
+    PortReleased {
+        /// The local address and port.
+        local: SocketAddrV4,
+        /// The connection's peer, if it was a connection's port.
+        remote: Option<SocketAddrV4>,
+    },
+}
+
+/// The cluster's answer to a bind ([`Cluster::claim_port`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortClaim {
+    /// The address's ports are not coordinated (or the port is shared, as a distributed port):
+    /// nothing to give back.
+    Unregistered,
+    /// Claimed for this stack: give it back when the socket closes.
+    Claimed,
+    /// Another stack holds it: `EADDRINUSE`.
+    InUse,
 }
 
 /// How a connection came to be in a stack ([`ClusterEvent::ConnectionOpened`]).
@@ -127,7 +162,7 @@ impl Cluster for SingleStack {
         &mut self,
         _now: Instant,
         _local: Ipv4Addr,
-        _remote: SocketAddrV4,
+        _remote: Option<SocketAddrV4>,
         rng: &mut Rng,
     ) -> Option<u16> {
         let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;

@@ -40,11 +40,40 @@ impl Stack {
         if self.listeners.contains_key(&local) {
             return Err(ApiError::AddrInUse);
         }
+        self.claim_bind(now, local)?;
         let l = Listener::new(local, backlog, self.cfg.tcp.clone());
         let h = self.alloc(Socket::Listener(l));
         self.listeners.insert(local, h);
         self.cluster_event(ClusterEvent::ListenerOpened(local));
         Ok(h)
+    }
+
+    /// Claim a bound port cluster-wide where the cluster coordinates its address's ports
+    /// (given back by [`Stack::unclaim_bind`] when the socket closes).
+    fn claim_bind(&mut self, now: Instant, local: SocketAddrV4) -> Result<(), ApiError> {
+        if local.ip().is_unspecified() {
+            return Ok(());
+        }
+        match self.cluster.claim_port(now, local) {
+            PortClaim::Unregistered => Ok(()),
+            PortClaim::Claimed => {
+                self.claimed_binds.insert(local);
+                Ok(())
+            }
+            PortClaim::InUse => Err(ApiError::AddrInUse),
+        }
+    }
+
+    fn unclaim_bind(&mut self, local: SocketAddrV4) {
+        if self.claimed_binds.remove(&local) {
+            self.cluster_event(ClusterEvent::PortReleased { local, remote: None });
+        }
+    }
+
+    /// The application's source address by the cluster's SOURCEIPA, if it named itself.
+    fn app_source(&mut self, now: Instant) -> Option<Ipv4Addr> {
+        let app = self.cfg.app_name.as_deref()?;
+        self.cluster.source_address(now, app)
     }
 
     /// A random port of the ephemeral range on which no listener (of any address) is open.
@@ -139,15 +168,23 @@ impl Stack {
         remote: SocketAddrV4,
         cfg: &tcp::Config,
     ) -> Result<SocketHandle, ApiError> {
-        let local_ip = match local_ip {
+        let local_ip = match local_ip.or_else(|| self.app_source(now)) {
             Some(ip) if self.has_address(ip) => ip,
+            Some(ip) if local_ip.is_none() => {
+                // SOURCEIPA names an address this stack does not have: a range DVIPA is
+                // activated here; anything else cannot be used from this stack.
+                let prefix = self.cluster.bind_address(now, ip).ok_or(ApiError::AddrNotAvailable)?;
+                self.add_address(ip, prefix, false);
+                self.announce(ip);
+                ip
+            }
             Some(_) => return Err(ApiError::AddrNotAvailable),
             None => self.source_for(*remote.ip()).ok_or(ApiError::NoRoute)?,
         };
         self.next_hop(*remote.ip()).ok_or(ApiError::NoRoute)?;
         let mut port = None;
         for _ in 0..64 {
-            let Some(p) = self.cluster.ephemeral_port(now, local_ip, remote, &mut self.rng) else {
+            let Some(p) = self.cluster.ephemeral_port(now, local_ip, Some(remote), &mut self.rng) else {
                 break;
             };
             let t = Tuple { local: SocketAddrV4::new(local_ip, p), remote };
@@ -155,12 +192,12 @@ impl Stack {
                 port = Some(p);
                 break;
             }
-            self.cluster_event(ClusterEvent::PortReleased(t.local));
+            self.cluster_event(ClusterEvent::PortReleased { local: t.local, remote: Some(remote) });
         }
         let port = port.ok_or(ApiError::NoPorts)?;
         let tuple = Tuple { local: SocketAddrV4::new(local_ip, port), remote };
         if self.over_limit(cfg).is_some() {
-            self.cluster_event(ClusterEvent::PortReleased(tuple.local));
+            self.cluster_event(ClusterEvent::PortReleased { local: tuple.local, remote: Some(remote) });
             return Err(ApiError::NoBuffers);
         }
         let cfg = self.conn_config(cfg);
@@ -221,6 +258,7 @@ impl Stack {
                 let children: Vec<SocketHandle> = l.drain().collect();
                 self.listeners.remove(&local);
                 self.cluster_event(ClusterEvent::ListenerClosed(local));
+                self.unclaim_bind(local);
                 // Embryonic children point at this listener; abort them too.
                 let embryos: Vec<SocketHandle> = self
                     .connections
@@ -240,6 +278,7 @@ impl Stack {
             Some(Socket::Udp(u)) => {
                 let local = u.local;
                 self.udp.remove(&local);
+                self.unclaim_bind(local);
                 self.release(h);
             }
             None => return Err(ApiError::InvalidHandle),
@@ -293,6 +332,7 @@ impl Stack {
     /// A UDP socket on `local` (unspecified address: every local address; port 0: an
     /// ephemeral port is chosen).
     pub fn udp_bind(&mut self, local: SocketAddrV4) -> Result<SocketHandle, ApiError> {
+        let now = self.rx_now;
         if !local.ip().is_unspecified() && !self.has_address(*local.ip()) {
             return Err(ApiError::AddrNotAvailable);
         }
@@ -300,16 +340,31 @@ impl Stack {
         if local.port() == 0 {
             let mut found = None;
             for _ in 0..64 {
-                let span = (*crate::cluster::EPHEMERAL_PORTS.end()
-                    - *crate::cluster::EPHEMERAL_PORTS.start()) as u64;
-                let p = crate::cluster::EPHEMERAL_PORTS.start() + self.rng.below(span) as u16;
+                // On an address of this stack the cluster draws it (from the port registry
+                // where its ports are coordinated); on the wildcard, any free port will do.
+                let p = if local.ip().is_unspecified() {
+                    SingleStack.ephemeral_port(now, *local.ip(), None, &mut self.rng)
+                } else {
+                    self.cluster.ephemeral_port(now, *local.ip(), None, &mut self.rng)
+                };
+                let Some(p) = p else { break };
                 let cand = SocketAddrV4::new(*local.ip(), p);
                 if !self.udp.contains_key(&cand) {
                     found = Some(cand);
                     break;
                 }
+                self.cluster_event(ClusterEvent::PortReleased { local: cand, remote: None });
             }
             local = found.ok_or(ApiError::NoPorts)?;
+            if !local.ip().is_unspecified() && self.cluster.wants_events() {
+                // The cluster's draw claimed it; it is given back at close.
+                self.claimed_binds.insert(local);
+            }
+        } else {
+            if self.udp.contains_key(&local) {
+                return Err(ApiError::AddrInUse);
+            }
+            self.claim_bind(now, local)?;
         }
         if self.udp.contains_key(&local) {
             return Err(ApiError::AddrInUse);

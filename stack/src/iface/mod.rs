@@ -65,7 +65,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use crate::Map;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::cluster::{Cluster, ClusterEvent, InboundRoute, SingleStack};
+use crate::cluster::{Cluster, ClusterEvent, InboundRoute, PortClaim, SingleStack};
 
 /// Cluster events kept for a cluster layer that does not drain them (then the oldest go).
 const MAX_CLUSTER_EVENTS: usize = 65_536;
@@ -166,6 +166,10 @@ pub struct StackConfig {
     /// RSTs for segments nobody owns (closed ports, bad cookies, stray segments to a
     /// listener) at most; the same 1000/s, burst 50. RSTs of a connection are not limited.
     pub rst_limit: RateLimit,
+    /// The application's name, as the cluster's `source_ipa` statements name it (z/OS
+    /// SOURCEIPA): its connections that bind no address leave from the address the cluster
+    /// gives that name ([`crate::cluster::Cluster::source_address`]). `None`: unnamed.
+    pub app_name: Option<String>,
 }
 
 impl StackConfig {
@@ -184,6 +188,7 @@ impl StackConfig {
             mem_budget: 4 << 30,
             icmp_error_limit: RateLimit::LINUX_ICMP,
             rst_limit: RateLimit::LINUX_ICMP,
+            app_name: None,
         }
     }
 }
@@ -312,6 +317,9 @@ pub struct Stack {
     connections: Map<Tuple, SocketHandle>,
     listeners: Map<SocketAddrV4, SocketHandle>,
     udp: Map<SocketAddrV4, SocketHandle>,
+    /// Bound ports (listeners, UDP sockets) the cluster claimed for this stack: given back at
+    /// close.
+    claimed_binds: std::collections::HashSet<SocketAddrV4>,
     ready: VecDeque<SocketHandle>,
     timers: BinaryHeap<Reverse<(Instant, SocketHandle)>>,
     events: VecDeque<(SocketHandle, SocketEvent)>,
@@ -369,6 +377,7 @@ impl Stack {
             connections: Map::default(),
             listeners: Map::default(),
             udp: Map::default(),
+            claimed_binds: Default::default(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),

@@ -80,7 +80,7 @@ impl Stack {
             Retirement::Closed => {
                 self.cluster_event(ClusterEvent::ConnectionClosed(tuple));
                 if owns_port {
-                    self.cluster_event(ClusterEvent::PortReleased(tuple.local));
+                    self.cluster_event(ClusterEvent::PortReleased { local: tuple.local, remote: Some(tuple.remote) });
                 }
             }
             Retirement::MovedAway => self.cluster_event(ClusterEvent::ConnectionMoved(tuple)),

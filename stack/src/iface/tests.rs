@@ -369,7 +369,7 @@ impl Cluster for GrantOne {
     fn route_inbound(&mut self, _: Instant, _: &crate::tcp::Tuple, _: bool) -> InboundRoute {
         InboundRoute::Local
     }
-    fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: SocketAddrV4, rng: &mut crate::rand::Rng) -> Option<u16> {
+    fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: Option<SocketAddrV4>, rng: &mut crate::rand::Rng) -> Option<u16> {
         SingleStack.ephemeral_port(now, l, r, rng)
     }
     fn bind_address(&mut self, _: Instant, addr: Ipv4Addr) -> Option<u8> {
@@ -392,7 +392,7 @@ impl Cluster for Port81ToStack3 {
             _ => InboundRoute::Local,
         }
     }
-    fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: SocketAddrV4, rng: &mut crate::rand::Rng) -> Option<u16> {
+    fn ephemeral_port(&mut self, now: Instant, l: Ipv4Addr, r: Option<SocketAddrV4>, rng: &mut crate::rand::Rng) -> Option<u16> {
         SingleStack.ephemeral_port(now, l, r, rng)
     }
 }
@@ -478,7 +478,7 @@ fn the_cluster_hears_of_every_listener_and_connection_once() {
     assert_eq!(cluster_events(&mut a), [ClusterEvent::ConnectionClosed(tuple_a)]);
     assert!(cluster_events(&mut b).is_empty(), "TIME-WAIT still holds the 4-tuple and the port");
     b.handle_timeout(t(200_000));
-    assert_eq!(cluster_events(&mut b), [ClusterEvent::ConnectionClosed(tuple_b), ClusterEvent::PortReleased(tuple_b.local)]);
+    assert_eq!(cluster_events(&mut b), [ClusterEvent::ConnectionClosed(tuple_b), ClusterEvent::PortReleased { local: tuple_b.local, remote: Some(tuple_b.remote) }]);
     // A connection that moves away: the 4-tuple and the port live on elsewhere.
     let l = a.listeners.get(&any80).copied().unwrap();
     b.tcp_connect(t(4), None, SocketAddrV4::new(A_IP, 80)).unwrap();

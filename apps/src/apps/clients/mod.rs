@@ -1,4 +1,5 @@
 //! Clients: one connection to a server.
 
 pub mod connect;
+pub mod outbound;
 pub mod source;

@@ -18,6 +18,36 @@ pub enum ServerCmd {
     Http(HttpArgs),
     /// Read everything; print bytes and SHA-256 per connection.
     Sink(SinkArgs),
+    /// Not a server: open --count connections to --to (a server outside the cluster) and keep
+    /// them busy for --secs, checking every echoed byte; prints the local ports it got
+    /// (with `cluster_ports` on the source address, two stacks never share one).
+    Outbound(OutboundArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct OutboundArgs {
+    /// The echo server, IP:PORT.
+    #[arg(long)]
+    pub to: SocketAddrV4,
+    /// Source address (default: the one `source_ipa` gives --app-name, else the route's).
+    #[arg(long)]
+    pub from: Option<Ipv4Addr>,
+    /// Connections.
+    #[arg(long, default_value_t = 16)]
+    pub count: usize,
+    /// Seconds to keep them busy once all are up.
+    #[arg(long, default_value_t = 10)]
+    pub secs: u64,
+    /// A 16-byte message on every connection this often.
+    #[arg(long, default_value_t = 50)]
+    pub interval_ms: u64,
+}
+
+impl OutboundArgs {
+    /// The client.
+    pub fn app(&self) -> crate::apps::clients::outbound::Outbound {
+        crate::apps::clients::outbound::Outbound::new(self.to, self.from, self.count, self.secs, self.interval_ms)
+    }
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
