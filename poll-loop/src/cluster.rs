@@ -30,12 +30,13 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use coupling::dist::{DistAction, Distributor, Route};
+use coupling::ports::{PortsError, PortsMode, Registry};
 use coupling::layout::{MemberState, MAX_STACKS};
 use coupling::node::{Action, ConnectionFate, Identity, Node};
 use coupling::{ClusterConfig, Region};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, Pid, PidfdFlags};
-use stack::cluster::{Cluster, ClusterEvent, InboundRoute, Opened, SingleStack};
+use stack::cluster::{Cluster, ClusterEvent, InboundRoute, Opened, PortClaim, SingleStack, EPHEMERAL_PORTS};
 use stack::iface::Stack;
 use stack::rand::Rng;
 use stack::tcp::Tuple;
@@ -93,6 +94,8 @@ pub struct ClusterMember {
     /// a target publishes for the server-weight method).
     turns: u64,
     busy_turns: u64,
+    /// When dead stacks' cluster-wide ports are next looked for.
+    next_reclaim: Instant,
 }
 
 /// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
@@ -154,6 +157,14 @@ pub struct StackCluster {
     mac: [u8; 6],
     /// Addresses activated by bind since the last turn: announce them.
     bound: Vec<Ipv4Addr>,
+    /// The cluster-wide port registry: local ports of addresses with `cluster_ports`, and the
+    /// owner of each for routing replies.
+    ports: Registry,
+    /// The last port-registry refusal logged (one line per kind of trouble, not per connect).
+    ports_logged: Option<String>,
+    /// Segments routed to another stack by the port registry (replies to connections a
+    /// target opened, before or without its NEWCONN).
+    pub ports_forwarded: u64,
     clock: Clock,
 }
 
@@ -257,11 +268,16 @@ impl ClusterMember {
             died: Vec::new(),
             turns: 0,
             busy_turns: 0,
+            next_reclaim: now,
         };
         let dist = Distributor::new(&node);
+        let ports = Registry::new(&node);
         let sc = StackCluster {
             node,
             dist,
+            ports,
+            ports_logged: None,
+            ports_forwarded: 0,
             home: None,
             flows: None,
             fast: Default::default(),
@@ -369,6 +385,14 @@ impl ClusterMember {
         // A router gives a distributed DVIPA back only once its primary has rebuilt.
         node.tick(ns, &|a| dist.node_conns(a, conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1)), &mut actions);
         dist.tick(ns, node, &mut self.dist_actions);
+        if now >= self.next_reclaim {
+            // Ports of dead stacks, after the quarantine (2 MSL by default): CAS dead -> free.
+            self.next_reclaim = now + Duration::from_millis(250);
+            let n = sc.ports.reclaim(ns);
+            if n > 0 {
+                log(&self.name, format_args!("reclaimed {n} cluster-wide ports of dead stacks"));
+            }
+        }
         if sc.node.awaiting_move() {
             // A command moves an address here: tick again at the next turn.
             self.next_tick = now;
@@ -475,7 +499,11 @@ impl ClusterMember {
                 }
                 ClusterEvent::ConnectionOpened(t, how) => sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active),
                 ClusterEvent::ConnectionClosed(t) | ClusterEvent::ConnectionMoved(t) => sc.dist.connection_closed(ns, t.local, t.remote),
-                ClusterEvent::PortReleased { .. } => {}
+                ClusterEvent::PortReleased { local, remote } => {
+                    if sc.ports.mode(*local.ip()).is_some() {
+                        sc.ports.release(ns, *local.ip(), local.port(), remote);
+                    }
+                }
             }
         }
         if sc.node.detached().is_none() {
@@ -730,6 +758,47 @@ impl ClusterMember {
     }
 }
 
+impl StackCluster {
+    /// The port registry (its counters, for reports).
+    pub fn ports(&self) -> &Registry {
+        &self.ports
+    }
+
+    /// This stack holds `addr` (answers ARP for it: its router if it is distributed).
+    fn holds(&self, addr: Ipv4Addr) -> bool {
+        coupling::ops::holder_of(self.node.region(), self.node.config(), addr).is_some_and(|h| h as usize == self.node.slot())
+    }
+
+    fn log_ports(&mut self, msg: String) {
+        if self.ports_logged.as_deref() != Some(msg.as_str()) {
+            log(self.node.name(), format_args!("{msg}"));
+            self.ports_logged = Some(msg);
+        }
+    }
+
+    /// Route a segment to an address with cluster-wide ports by the owner of its local port.
+    fn route_by_port(&mut self, now: Instant, tuple: &Tuple) -> InboundRoute {
+        let me = self.node.slot();
+        let Some(o) = self.ports.owner(*tuple.local.ip(), tuple.local.port(), tuple.remote) else { return InboundRoute::Local };
+        if o.slot as usize == me {
+            return InboundRoute::Local;
+        }
+        let ns = self.clock.mono_ns(now);
+        let region = self.node.region();
+        let same_inc = region
+            .members()
+            .get(o.slot as usize)
+            .is_some_and(|m| (m.incarnation.load(std::sync::atomic::Ordering::Acquire) & 0xff_ffff) as u32 == o.incarnation);
+        if same_inc && coupling::node::member_up(region, self.node.config(), o.slot, ns) {
+            self.ports_forwarded += 1;
+            InboundRoute::Forward { stack: o.slot as u32 }
+        } else {
+            // Its stack died: so did the connection (the client is told at once).
+            InboundRoute::Reset
+        }
+    }
+}
+
 impl Cluster for StackCluster {
     fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
         let addr = *tuple.local.ip();
@@ -745,6 +814,9 @@ impl Cluster for StackCluster {
                     _ => InboundRoute::Drop,
                 }
             }
+            // A reply to a connection another stack opened from an address with cluster-wide
+            // ports (it owns the local port): to that stack, even before its NEWCONN is here.
+            Route::NotDistributed if !syn && self.ports.mode(addr).is_some() && self.holds(addr) => self.route_by_port(now, tuple),
             Route::NotDistributed | Route::Local => InboundRoute::Local,
             // A dead target's flow, an unknown one outside a rebuild, a SYN nobody takes.
             Route::Reset => InboundRoute::Reset,
@@ -754,7 +826,58 @@ impl Cluster for StackCluster {
         }
     }
     fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
-        SingleStack.ephemeral_port(now, local, remote, rng)
+        let Some(mode) = self.ports.mode(local) else { return SingleStack.ephemeral_port(now, local, remote, rng) };
+        let ns = self.clock.mono_ns(now);
+        let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
+        let r = match (mode, remote) {
+            // RFC 6056: a random start per draw; the registry scans from there.
+            (PortsMode::Port, _) => {
+                let any = remote.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+                self.ports.claim_ephemeral(ns, local, any, rng.below(span) as u16)
+            }
+            (PortsMode::Tuple, Some(r)) => self.ports.claim_ephemeral(ns, local, r, rng.below(span) as u16),
+            // No peer (a UDP socket): the whole port, for this stack alone.
+            (PortsMode::Tuple, None) => {
+                let mut last = Err(PortsError::Exhausted);
+                for _ in 0..64 {
+                    let p = *EPHEMERAL_PORTS.start() + rng.below(span) as u16;
+                    last = self.ports.claim(ns, local, p).map(|_| p);
+                    if last.is_ok() {
+                        break;
+                    }
+                }
+                last
+            }
+        };
+        match r {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.log_ports(format!("{local}: no cluster-wide port for a connection to {remote:?}: {e}"));
+                None
+            }
+        }
+    }
+    fn claim_port(&mut self, now: Instant, local: SocketAddrV4) -> PortClaim {
+        if self.ports.mode(*local.ip()).is_none() {
+            return PortClaim::Unregistered;
+        }
+        match self.ports.claim(self.clock.mono_ns(now), *local.ip(), local.port()) {
+            Ok(()) => PortClaim::Claimed,
+            // A distributed port is shared by the targets' listeners, never one stack's.
+            Err(PortsError::Distributed) => PortClaim::Unregistered,
+            Err(PortsError::InUse { owner_slot }) => {
+                let who = self.node.config().stacks.get(owner_slot as usize).map_or("?", |s| s.name.as_str()).to_string();
+                self.log_ports(format!("bind {local}: port in use by stack {who} (cluster_ports)"));
+                PortClaim::InUse
+            }
+            Err(e) => {
+                self.log_ports(format!("bind {local}: {e}"));
+                PortClaim::InUse
+            }
+        }
+    }
+    fn source_address(&mut self, _now: Instant, app: &str) -> Option<Ipv4Addr> {
+        self.node.config().source_ipa(self.node.slot(), app)
     }
     fn bind_address(&mut self, now: Instant, addr: Ipv4Addr) -> Option<u8> {
         let name = self.node.name().to_string();

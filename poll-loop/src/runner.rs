@@ -91,6 +91,22 @@ pub trait App {
     }
 }
 
+/// A boxed application (one chosen at run time) is an application.
+impl<A: App + ?Sized> App for Box<A> {
+    fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
+        (**self).start(now, stack)
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        (**self).event(now, stack, h, ev)
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        (**self).poll(now, stack)
+    }
+    fn done(&self) -> bool {
+        (**self).done()
+    }
+}
+
 /// Per-thread counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {

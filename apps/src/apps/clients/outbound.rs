@@ -239,3 +239,117 @@ mod tests {
         assert_eq!(a[15], b'\n');
     }
 }
+
+/// The churn client: connection rate from this stack to one server, `inflight` connections at a
+/// time, each opened, one 16-byte message echoed and checked, then closed (the active closer
+/// holds the port through TIME-WAIT), until `total` have completed. Prints connections per
+/// second: with `cluster_ports` on the source address every connect claims its port in the
+/// cluster's registry, and every freed connection gives it back.
+pub struct Churn {
+    to: SocketAddrV4,
+    from: Option<Ipv4Addr>,
+    total: u64,
+    inflight: usize,
+    opened: u64,
+    completed: u64,
+    failed: u64,
+    live: HashMap<SocketHandle, bool>,
+    start: Option<Instant>,
+    last_report: Option<Instant>,
+    finished: bool,
+    buf: [u8; 64],
+}
+
+impl Churn {
+    /// `total` connections to `to` from `from`, `inflight` at a time.
+    pub fn new(to: SocketAddrV4, from: Option<Ipv4Addr>, total: u64, inflight: usize) -> Churn {
+        Churn {
+            to,
+            from,
+            total,
+            inflight: inflight.max(1),
+            opened: 0,
+            completed: 0,
+            failed: 0,
+            live: HashMap::new(),
+            start: None,
+            last_report: None,
+            finished: false,
+            buf: [0; 64],
+        }
+    }
+}
+
+impl App for Churn {
+    fn start(&mut self, now: Instant, _stack: &mut Stack) -> Result<(), String> {
+        self.start = Some(now);
+        self.last_report = Some(now);
+        Ok(())
+    }
+    fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
+        let Some(&done) = self.live.get(&h) else { return };
+        match ev {
+            SocketEvent::Tcp(Event::Connected) => {
+                let _ = stack.tcp_send(now, h, b"churn: 16 bytes\n");
+            }
+            SocketEvent::Tcp(Event::Readable) if !done => {
+                if let Ok(16) = stack.tcp_peek(h, &mut self.buf[..16]) {
+                    let _ = stack.tcp_recv(now, h, &mut self.buf[..16]);
+                    if &self.buf[..16] == b"churn: 16 bytes\n" {
+                        self.completed += 1;
+                    } else {
+                        self.failed += 1;
+                    }
+                    self.live.insert(h, true);
+                    let _ = stack.close(now, h);
+                    self.live.remove(&h);
+                }
+            }
+            SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
+                self.failed += 1;
+                self.live.remove(&h);
+                let _ = stack.close(now, h);
+            }
+            _ => {}
+        }
+    }
+    fn poll(&mut self, now: Instant, stack: &mut Stack) -> bool {
+        if self.finished {
+            return false;
+        }
+        let mut did = false;
+        while self.live.len() < self.inflight && self.opened < self.total {
+            match stack.tcp_connect(now, self.from, self.to) {
+                Ok(h) => {
+                    self.live.insert(h, false);
+                    self.opened += 1;
+                    did = true;
+                }
+                Err(e) => {
+                    eprintln!("churn: connect {} failed after {} connections: {e}", self.to, self.opened);
+                    self.finished = true;
+                    return false;
+                }
+            }
+        }
+        let secs = self.start.map_or(0.0, |s| (now - s).as_secs_f64()).max(1e-6);
+        if self.last_report.is_some_and(|t| now >= t + Duration::from_secs(1)) {
+            self.last_report = Some(now);
+            eprintln!("churn: {} of {} completed, {} failed ({:.0} conn/s)", self.completed, self.total, self.failed, self.completed as f64 / secs);
+        }
+        if self.completed + self.failed >= self.total {
+            println!(
+                "churn: done: completed={} failed={} secs={secs:.3} conn_per_s={:.0}",
+                self.completed,
+                self.failed,
+                self.completed as f64 / secs
+            );
+            let _ = std::io::stdout().flush();
+            self.finished = true;
+        }
+        did
+    }
+    fn done(&self) -> bool {
+        self.finished
+    }
+}

@@ -41,12 +41,20 @@ pub struct OutboundArgs {
     /// A 16-byte message on every connection this often.
     #[arg(long, default_value_t = 50)]
     pub interval_ms: u64,
+    /// Connection rate instead: open, echo 16 bytes, close, --churn times in all (--count at
+    /// a time); prints connections per second.
+    #[arg(long)]
+    pub churn: Option<u64>,
 }
 
 impl OutboundArgs {
-    /// The client.
-    pub fn app(&self) -> crate::apps::clients::outbound::Outbound {
-        crate::apps::clients::outbound::Outbound::new(self.to, self.from, self.count, self.secs, self.interval_ms)
+    /// The client (long-lived connections, or the churn client with --churn).
+    pub fn app(&self) -> Box<dyn poll_loop::runner::App + Send> {
+        use crate::apps::clients::outbound::{Churn, Outbound};
+        match self.churn {
+            Some(n) => Box::new(Churn::new(self.to, self.from, n, self.count)),
+            None => Box::new(Outbound::new(self.to, self.from, self.count, self.secs, self.interval_ms)),
+        }
     }
 }
 

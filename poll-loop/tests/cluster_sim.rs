@@ -1,0 +1,401 @@
+//! Whole cluster members in the deterministic simulator: real stacks, each with its real
+//! cluster side ([`ClusterMember`] and [`StackCluster`]: the coupling node, the distributor, the
+//! port registry) on one coupling region, on one simulated L2 segment with loss, reordering
+//! and duplication, and a server outside the cluster (another plex stack, alone). What the
+//! poll loop does around them is done here: the member's turn before every frame, and frames a
+//! stack says belong to another member forwarded to that member's MAC (the router's XDP fast
+//! path and slow path do the same on real interfaces).
+//!
+//! Cluster-wide ports (issue 13, spec/03): applications on two target stacks open outbound
+//! connections from the same distributed DVIPA to the same server ip:port. With
+//! `cluster_ports` every local port is distinct, no 4-tuple appears twice, and every reply
+//! (which reaches the DVIPA's router, the stack that answers ARP for it) is forwarded to the
+//! stack that owns the port; with it off and the two stacks' allocators forced equal, the
+//! collision it prevents happens. The router dying while the targets talk resets nothing.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use coupling::node::Identity;
+use coupling::ClusterConfig;
+use poll_loop::clock::Clock;
+use poll_loop::cluster::ClusterMember;
+use stack::iface::{Received, SocketEvent, SocketHandle, Stack, StackConfig};
+use stack::sim::{Host, LinkConfig, Sim};
+use stack::tcp::Event;
+use stack::time::{Duration, Instant};
+use stack::wire::MacAddr;
+
+const DVIPA: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 102);
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 7);
+const NAMES: [&str; 3] = ["s1", "s2", "s3"];
+
+fn mac(i: usize) -> MacAddr {
+    MacAddr([2, 0, 0, 0, 0x10, i as u8 + 1])
+}
+
+/// s1 routes the DVIPA (primary), s2 is its backup; s2 and s3 are the targets.
+fn config(region: &str, ports: &str) -> String {
+    let mut s = format!("[cluster]\nname = \"sim\"\nregion = \"{region}\"\nlease_ms = 100\nheartbeat_ms = 10\nport_quarantine_ms = 500\n");
+    for (i, n) in NAMES.iter().enumerate() {
+        s += &format!("[[stack]]\nname = \"{n}\"\ninterface = \"plx-sim{i}\"\naddress = \"198.18.0.{}/24\"\n", 11 + i);
+    }
+    s += "[[stack.source_ipa]]\naddress = \"198.18.0.102\"\napps = [\"db-client\"]\n";
+    s += &format!(
+        "[[dvipa]]\naddress = \"198.18.0.102/24\"\nprimary = \"s1\"\nbackups = [{{ stack = \"s2\", rank = 20 }}]\n{ports}distribute = {{ ports = [80], targets = [\"s2\", \"s3\"] }}\n"
+    );
+    s
+}
+
+/// One host of the segment: a cluster member, or the server alone.
+struct Node {
+    stack: Stack,
+    member: Option<ClusterMember>,
+    /// Frames to forward to another member (destination MAC already rewritten).
+    forward: VecDeque<Vec<u8>>,
+    macs: Arc<Vec<MacAddr>>,
+    /// Killed: receives and sends nothing, no timers.
+    dead: bool,
+    /// Forwarded frames.
+    forwarded: u64,
+    echo: bool,
+    listener: Option<SocketHandle>,
+    buf: Vec<u8>,
+}
+
+impl Node {
+    fn turn(&mut self, now: Instant) {
+        if let Some(m) = self.member.as_mut() {
+            m.turn(now, &mut self.stack);
+        }
+    }
+    /// The server echoes everything back; clients are driven by the test.
+    fn serve(&mut self, now: Instant) {
+        if !self.echo {
+            return;
+        }
+        if let Some(l) = self.listener {
+            // Accepted first: bytes that came before the accept raise their event at it.
+            while self.stack.tcp_accept(l).is_ok() {}
+        }
+        while let Some((h, ev)) = self.stack.poll_event() {
+            match ev {
+                SocketEvent::Tcp(Event::Readable) => loop {
+                    match self.stack.tcp_recv(now, h, &mut self.buf) {
+                        Ok(0) => {
+                            let _ = self.stack.tcp_shutdown(now, h);
+                            break;
+                        }
+                        Ok(n) => {
+                            let sent = self.stack.tcp_send(now, h, &self.buf[..n]).unwrap_or(0);
+                            assert_eq!(sent, n, "the server's send buffer holds an echo");
+                        }
+                        Err(_) => break,
+                    }
+                },
+                SocketEvent::Tcp(Event::Closed) => {
+                    let _ = self.stack.close(now, h);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Host for Node {
+    fn receive(&mut self, now: Instant, frame: &[u8]) {
+        if self.dead {
+            return;
+        }
+        self.turn(now);
+        if let Received::Forward { stack } = self.stack.receive(now, frame) {
+            let mut f = frame.to_vec();
+            f[..6].copy_from_slice(&self.macs[stack as usize].0);
+            f[6..12].copy_from_slice(&self.stack.config().mac.0);
+            self.forward.push_back(f);
+            self.forwarded += 1;
+        }
+        self.serve(now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        if self.dead {
+            return None;
+        }
+        if let Some(f) = self.forward.pop_front() {
+            buf[..f.len()].copy_from_slice(&f);
+            return Some(f.len());
+        }
+        self.stack.poll_transmit(now, buf)
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.dead {
+            return None;
+        }
+        let s = self.stack.poll_timeout();
+        match &self.member {
+            Some(m) => Some(s.map_or(m.next_deadline(), |t| t.min(m.next_deadline()))),
+            None => s,
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        if self.dead {
+            return;
+        }
+        self.turn(now);
+        self.stack.handle_timeout(now);
+        self.serve(now);
+    }
+}
+
+/// A client connection on a target and the bytes it still expects back.
+struct Client {
+    node: usize,
+    h: SocketHandle,
+    up: bool,
+    failed: Option<Event>,
+    sent: usize,
+    expect: VecDeque<u8>,
+    mismatched: bool,
+}
+
+struct Cluster {
+    sim: Sim<Node>,
+    ids: Vec<stack::sim::HostId>,
+    clients: Vec<Client>,
+    region: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.region);
+    }
+}
+
+fn link(loss: f64, seed: u64) -> LinkConfig {
+    let mut l = LinkConfig::lossy(loss).with_delay(Duration::from_micros(50));
+    if seed % 2 == 1 {
+        l.reorder = loss;
+        l.reorder_delay = Duration::from_micros(300);
+        l.duplicate = loss / 2.0;
+    }
+    l
+}
+
+impl Cluster {
+    /// The server (host 0) and s1..s3 (hosts 1..=3), joined, s1 routing the DVIPA.
+    fn new(seed: u64, loss: f64, ports: &str, equal_allocators: bool) -> Cluster {
+        let region = format!("/dev/shm/plex-sim-{}-{seed}-{}", std::process::id(), rand_suffix());
+        let cfg = Arc::new(ClusterConfig::parse(&config(&region, ports), "sim").expect("config"));
+        let clock = Clock::default();
+        let macs: Arc<Vec<MacAddr>> = Arc::new((0..4).map(mac).collect());
+        let mut sim = Sim::new(seed);
+        let mut ids = Vec::new();
+        // The server: a stack alone.
+        let mut scfg = StackConfig::new(mac(0));
+        scfg.seed = seed ^ 0xabcd;
+        let mut server = Stack::new(scfg);
+        server.add_address(*SERVER.ip(), 24, false);
+        let l = server.tcp_listen(Instant::ZERO, SERVER, 1024).unwrap();
+        let node = Node { stack: server, member: None, forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: true, listener: Some(l), buf: vec![0; 65536] };
+        ids.push(sim.add_host(node, link(loss, seed), link(loss, seed)));
+        for (i, name) in NAMES.iter().enumerate() {
+            let slot = i + 1;
+            let ident = Identity { pid: std::process::id(), mac: macs[slot].0, ifindex: 100 + slot as u32 };
+            let (member, sc) = ClusterMember::join(cfg.clone(), name, ident, clock).expect("join");
+            let mut c = StackConfig::new(macs[slot]);
+            // Forced-equal allocators: the targets draw the same ephemeral ports.
+            c.seed = if equal_allocators && slot >= 2 { 7 } else { seed.wrapping_mul(31) + slot as u64 };
+            c.app_name = Some("db-client".into());
+            let mut st = Stack::with_cluster(c, Box::new(sc));
+            st.add_address(cfg.stacks[i].addr, 24, false);
+            let node = Node { stack: st, member: Some(member), forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: false, listener: None, buf: vec![0; 65536] };
+            ids.push(sim.add_host(node, link(loss, seed), link(loss, seed)));
+        }
+        let mut c = Cluster { sim, ids, clients: Vec::new(), region };
+        // s1 activates and routes the DVIPA; s2 and s3 install it as internal.
+        let s1 = c.ids[1];
+        let ok = c.sim.run_until(Instant::from_millis(5_000), |s| s.host(s1).stack.homes().iter().any(|h| h.addr == DVIPA && !h.internal));
+        assert!(ok, "s1 holds the DVIPA");
+        c.sim.run_for(Duration::from_millis(200));
+        for t in [2, 3] {
+            let id = c.ids[t];
+            assert!(c.sim.host(id).stack.homes().iter().any(|h| h.addr == DVIPA && h.internal), "s{t} is a target");
+        }
+        // The server resolves the DVIPA as a Linux host would (it answers to the router's MAC).
+        let sid = c.ids[0];
+        let now = c.sim.now();
+        let server = &mut c.sim.host_mut(sid).stack;
+        let u = server.udp_bind(SocketAddrV4::new(*SERVER.ip(), 9)).unwrap();
+        let _ = server.udp_send_to(now, u, SocketAddrV4::new(DVIPA, 9), b"arp");
+        c.sim.kick();
+        c.sim.run_for(Duration::from_millis(50));
+        c
+    }
+
+    fn connect(&mut self, node: usize, k: usize, bind: bool) {
+        let id = self.ids[node];
+        let now = self.sim.now();
+        for _ in 0..k {
+            let st = &mut self.sim.host_mut(id).stack;
+            let h = st.tcp_connect(now, bind.then_some(DVIPA), SERVER).expect("connect");
+            self.clients.push(Client { node, h, up: false, failed: None, sent: 0, expect: VecDeque::new(), mismatched: false });
+        }
+        self.sim.kick();
+    }
+
+    /// Drive the targets' client connections: on connect and then every call, send `chunk`
+    /// bytes (up to `total`) and check the echo.
+    fn drive(&mut self, chunk: usize, total: usize) {
+        let now = self.sim.now();
+        let mut by: HashMap<(usize, SocketHandle), usize> = HashMap::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            by.insert((c.node, c.h), i);
+        }
+        let mut buf = vec![0u8; 65536];
+        for node in [2, 3] {
+            let id = self.ids[node];
+            loop {
+                let Some((h, ev)) = self.sim.host_mut(id).stack.poll_event() else { break };
+                let Some(&i) = by.get(&(node, h)) else { continue };
+                match ev {
+                    SocketEvent::Tcp(Event::Connected) => self.clients[i].up = true,
+                    SocketEvent::Tcp(e @ (Event::Reset | Event::TimedOut)) => self.clients[i].failed = Some(e),
+                    _ => {}
+                }
+            }
+            for i in 0..self.clients.len() {
+                if self.clients[i].node != node || !self.clients[i].up {
+                    continue;
+                }
+                let st = &mut self.sim.host_mut(id).stack;
+                let h = self.clients[i].h;
+                while let Ok(n) = st.tcp_recv(now, h, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let c = &mut self.clients[i];
+                    for &b in &buf[..n] {
+                        if c.expect.pop_front() != Some(b) {
+                            c.mismatched = true;
+                        }
+                    }
+                }
+                let c = &mut self.clients[i];
+                if c.sent < total && c.expect.len() < 4 * chunk {
+                    let msg: Vec<u8> = (0..chunk.min(total - c.sent)).map(|j| ((c.sent + j) as u8) ^ (i as u8)).collect();
+                    let st = &mut self.sim.host_mut(id).stack;
+                    if let Ok(n) = st.tcp_send(now, h, &msg) {
+                        let c = &mut self.clients[i];
+                        c.expect.extend(&msg[..n]);
+                        c.sent += n;
+                    }
+                }
+            }
+        }
+        self.sim.kick();
+    }
+
+    /// Run until every client has sent `total` bytes and got them all back (or `secs` pass).
+    fn exchange(&mut self, chunk: usize, total: usize, secs: u64) -> bool {
+        let deadline = self.sim.now() + Duration::from_secs(secs);
+        while self.sim.now() < deadline {
+            self.drive(chunk, total);
+            if self.clients.iter().all(|c| c.failed.is_some() || (c.up && c.sent == total && c.expect.is_empty())) {
+                return true;
+            }
+            let step_to = self.sim.now() + Duration::from_millis(1);
+            self.sim.run_until(step_to, |_| false);
+        }
+        false
+    }
+
+    fn tuples(&self) -> Vec<(usize, SocketAddrV4)> {
+        self.clients
+            .iter()
+            .filter_map(|c| self.sim.host(self.ids[c.node]).stack.tcp(c.h).map(|t| (c.node, t.tuple().local)))
+            .collect()
+    }
+
+    fn kill(&mut self, node: usize) {
+        let id = self.ids[node];
+        self.sim.host_mut(id).dead = true;
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Two targets, K unbound connects each to one server ip:port from the DVIPA: distinct
+/// ports, no tuple twice, every byte echoed to the right stack, nothing reset.
+fn distinct_ports_and_replies_delivered(seed: u64, loss: f64, k: usize) {
+    let mut c = Cluster::new(seed, loss, "cluster_ports = true\n", false);
+    c.connect(2, k, true);
+    c.connect(3, k, false); // SOURCEIPA: the app's name gives it the DVIPA
+    assert!(c.exchange(512, 4096, 60), "seed {seed}: every connection echoed");
+    let failed: Vec<_> = c.clients.iter().filter(|c| c.failed.is_some()).map(|c| c.failed).collect();
+    assert!(failed.is_empty(), "seed {seed}: failed connections {failed:?}");
+    assert!(c.clients.iter().all(|c| !c.mismatched), "seed {seed}: bytes mismatched");
+    let tuples = c.tuples();
+    assert_eq!(tuples.len(), 2 * k);
+    assert!(tuples.iter().all(|(_, l)| *l.ip() == DVIPA), "seed {seed}: every connection leaves from the DVIPA");
+    let ports: BTreeSet<u16> = tuples.iter().map(|(_, l)| l.port()).collect();
+    assert_eq!(ports.len(), 2 * k, "seed {seed}: every local port distinct across both stacks");
+    // The replies reached the router, which forwarded them to their stacks.
+    let router = c.ids[1];
+    assert!(c.sim.host(router).forwarded > 0, "seed {seed}: the router forwarded replies");
+}
+
+#[test]
+fn cluster_ports_two_targets_share_the_dvipa_without_collisions() {
+    distinct_ports_and_replies_delivered(1, 0.0, 64);
+}
+
+#[test]
+fn cluster_ports_under_loss_reordering_and_duplication() {
+    let n: u64 = std::env::var("PLEX_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let start: u64 = std::env::var("PLEX_SIM_SEED_START").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    for seed in start..start + n {
+        distinct_ports_and_replies_delivered(seed, 0.02, 16);
+    }
+}
+
+/// The test above can fail: without the registry, two stacks whose allocators draw the same
+/// ports open the same 4-tuple, and connections break.
+#[test]
+fn without_cluster_ports_equal_allocators_collide() {
+    let mut c = Cluster::new(3, 0.0, "", true);
+    c.connect(2, 16, true);
+    c.connect(3, 16, true);
+    c.exchange(512, 4096, 20);
+    let tuples = c.tuples();
+    let ports: BTreeSet<u16> = tuples.iter().map(|(_, l)| l.port()).collect();
+    let broken = c.clients.iter().filter(|c| c.failed.is_some() || c.mismatched || !c.expect.is_empty() || c.sent < 4096).count();
+    assert!(ports.len() < tuples.len(), "the two stacks picked the same ports ({} distinct of {})", ports.len(), tuples.len());
+    assert!(broken > 0, "and the collisions broke connections");
+}
+
+/// The router dies while the targets hold outbound connections through the DVIPA: its backup
+/// takes the address and routes the replies; no connection is reset and no byte is lost.
+#[test]
+fn router_death_resets_no_outbound_connection() {
+    for seed in [11, 12, 13] {
+        let mut c = Cluster::new(seed, 0.0, "cluster_ports = true\n", false);
+        c.connect(2, 16, true);
+        c.connect(3, 16, true);
+        assert!(c.exchange(256, 2048, 20), "seed {seed}: before the kill");
+        c.kill(1);
+        for cl in c.clients.iter_mut() {
+            cl.sent = 0;
+        }
+        assert!(c.exchange(256, 8192, 60), "seed {seed}: after the kill, every connection echoed again");
+        let failed = c.clients.iter().filter(|c| c.failed.is_some()).count();
+        assert_eq!(failed, 0, "seed {seed}: connections reset or timed out");
+        assert!(c.clients.iter().all(|c| !c.mismatched));
+        let s2 = c.ids[2];
+        assert!(c.sim.host(s2).stack.homes().iter().any(|h| h.addr == DVIPA && !h.internal), "seed {seed}: s2 routes now");
+    }
+}
