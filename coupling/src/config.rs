@@ -11,11 +11,15 @@
 //! heartbeat_ms = 10
 //! primary_grace_ms = 3000 # a DVIPA whose primary has not started is activated by its first
 //!                         # live backup after this long ("never": only its primary does)
+//! port_quarantine_ms = 120000 # a failed stack's cluster ports are reclaimed after this long
+//!                             # (default 2*MSL with Linux's 60 s MSL)
 //!
 //! [[stack]]
 //! name = "s1"
 //! interface = "plx-s1"
 //! address = "198.18.0.11/24"
+//! # SOURCEIPA: these applications' unbound connects take this DVIPA as source address
+//! source_ipa = [{ address = "198.18.0.102", apps = ["db-client"] }]
 //!
 //! [[dvipa]]               # VIPADEFINE + VIPABACKUP
 //! address = "198.18.0.100/24"
@@ -35,10 +39,15 @@
 //! backup_targets = { s2 = ["s3"] } # while backup s2 routes, it uses these targets instead
 //! grace_ms = 2000         # after a takeover or takeback, hold (drop, never reset) segments of
 //!                         # flows not yet reported for at most this long (default 2000)
+//! # (on the [[dvipa]] itself, before [dvipa.distribute]:)
+//! # cluster_ports = true   # CLUSTERPORTS: every stack takes its local ports on the address
+//! #                        # from the cluster's port registry (spec/03); "tuple": one port may
+//! #                        # be reused toward different remotes (a shared 4-tuple table)
 //!
 //! [[vipa_range]]          # VIPARANGE: bind() inside it activates the address
 //! prefix = "198.18.0.128/28"
 //! stacks = ["s1", "s2"]   # default: every stack
+//! cluster_ports = "tuple" # for every address of the range (default false)
 //! ```
 
 use std::net::Ipv4Addr;
@@ -57,6 +66,10 @@ pub const DEFAULT_DIST_GRACE_MS: u64 = 2000;
 /// the address to be served while any of them runs; waiting a few seconds keeps a cluster that
 /// starts in any order from moving addresses it would give back a moment later.
 pub const DEFAULT_PRIMARY_GRACE_MS: u64 = 3000;
+
+/// Default of `port_quarantine_ms`: a failed stack's cluster ports are freed this long after
+/// it was declared failed: 2*MSL with Linux's 60 s MSL (its connections' TIME-WAIT).
+pub const DEFAULT_PORT_QUARANTINE_MS: u64 = 120_000;
 
 /// The testbed's cluster (`scripts/testbed.sh up 3`): three stacks, two DVIPAs, one range.
 pub const TESTBED: &str = include_str!("testbed.toml");
@@ -107,6 +120,30 @@ pub struct ClusterConfig {
     pub dvipas: Vec<DvipaDef>,
     /// The VIPA ranges (non-overlapping, disjoint from stack addresses and configured DVIPAs).
     pub ranges: Vec<RangeDef>,
+    /// Cluster ports of a failed stack (or of an earlier incarnation of a stack) are reclaimed
+    /// this long after it died (default [`DEFAULT_PORT_QUARANTINE_MS`]).
+    pub port_quarantine_ms: u64,
+}
+
+/// How the stacks share the local ports of an address with `cluster_ports` (spec/03).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortsMode {
+    /// `cluster_ports = true`: one owner per port (z/OS CLUSTERPORTS): about 28k ephemeral
+    /// ports per address for the whole cluster.
+    Port,
+    /// `cluster_ports = "tuple"`: one owner per 4-tuple, so a port is reused toward different
+    /// remotes; explicit binds still own their port exclusively.
+    Tuple,
+}
+
+impl PortsMode {
+    /// The mode's name in `plex ctl` (`port`, `tuple`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PortsMode::Port => "port",
+            PortsMode::Tuple => "tuple",
+        }
+    }
 }
 
 /// One `[[stack]]`: a member of the cluster.
@@ -124,6 +161,10 @@ pub struct StackDef {
     pub cores: Vec<usize>,
     /// Queues the stack polls; always 1 in this version (the parser refuses other values).
     pub queues: u32,
+    /// SOURCEIPA: (source DVIPA, application names): an application named here that connects
+    /// without binding gets that address as its source. Every address is a configured DVIPA
+    /// or inside a VIPA range; no application is listed twice.
+    pub source_ipa: Vec<(Ipv4Addr, Vec<String>)>,
 }
 
 /// What the holder of a DVIPA does when its primary returns.
@@ -151,6 +192,8 @@ pub struct DvipaDef {
     /// The connection distribution of this DVIPA (`distribute = {..}`); `None`: an ordinary
     /// DVIPA, all its traffic handled by its holder.
     pub distribute: Option<DistributeDef>,
+    /// `cluster_ports`: `None` (false, the default), or how the stacks share its ports.
+    pub cluster_ports: Option<PortsMode>,
 }
 
 /// Which ports of a distributed DVIPA are distributed.
@@ -259,6 +302,9 @@ pub struct RangeDef {
     pub prefix: u8,
     /// Stack slots that may activate addresses in it.
     pub stacks: Vec<usize>,
+    /// `cluster_ports` for every address of the range: `None` (false, the default), or how
+    /// the stacks share their ports.
+    pub cluster_ports: Option<PortsMode>,
 }
 
 impl RangeDef {
@@ -312,6 +358,7 @@ struct RawCluster {
     lease_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
     primary_grace_ms: Option<RawGrace>,
+    port_quarantine_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +377,15 @@ struct RawStack {
     #[serde(default)]
     cores: Vec<usize>,
     queues: Option<u32>,
+    #[serde(default)]
+    source_ipa: Vec<RawSourceIpa>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSourceIpa {
+    address: String,
+    apps: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +396,7 @@ struct RawDvipa {
     #[serde(default)]
     backups: Vec<RawBackup>,
     giveback: Option<String>,
+    cluster_ports: Option<toml::Value>,
     distribute: Option<RawDistribute>,
 }
 
@@ -375,6 +432,16 @@ struct RawBackup {
 struct RawRange {
     prefix: String,
     stacks: Option<Vec<String>>,
+    cluster_ports: Option<toml::Value>,
+}
+
+fn parse_ports_mode(st: &str, v: &Option<toml::Value>) -> Result<Option<PortsMode>, ConfigError> {
+    match v {
+        None | Some(toml::Value::Boolean(false)) => Ok(None),
+        Some(toml::Value::Boolean(true)) => Ok(Some(PortsMode::Port)),
+        Some(toml::Value::String(s)) if s == "tuple" => Ok(Some(PortsMode::Tuple)),
+        Some(o) => Err(err(st, format!("cluster_ports = {o}: expected true, false or \"tuple\""))),
+    }
 }
 
 fn parse_distribute(st: &str, rd: &RawDistribute, stacks: &[StackDef], primary: usize, backups: &[(usize, u8)]) -> Result<DistributeDef, ConfigError> {
@@ -471,6 +538,10 @@ impl ClusterConfig {
             return Err(err("[cluster]", format!("lease_ms ({lease_ms}) must be at least twice heartbeat_ms ({heartbeat_ms}), and heartbeat_ms at least 1")));
         }
         let region = c.region.clone().unwrap_or_else(|| PathBuf::from(format!("/dev/shm/plex-{}", c.name)));
+        let port_quarantine_ms = c.port_quarantine_ms.unwrap_or(DEFAULT_PORT_QUARANTINE_MS);
+        if port_quarantine_ms > 3_600_000 {
+            return Err(err("[cluster]", format!("port_quarantine_ms = {port_quarantine_ms}: at most 3600000 (an hour)")));
+        }
         let primary_grace_ms = match &c.primary_grace_ms {
             None => Some(DEFAULT_PRIMARY_GRACE_MS),
             Some(RawGrace::Ms(ms)) => Some(*ms),
@@ -504,7 +575,15 @@ impl ClusterConfig {
             if queues != 1 {
                 return Err(err(st, format!("queues = {queues}: a cluster stack runs one queue in this version")));
             }
-            stacks.push(StackDef { name: s.name.clone(), interface: s.interface.clone(), addr, prefix, cores: s.cores.clone(), queues });
+            stacks.push(StackDef {
+                name: s.name.clone(),
+                interface: s.interface.clone(),
+                addr,
+                prefix,
+                cores: s.cores.clone(),
+                queues,
+                source_ipa: Vec::new(),
+            });
         }
         let slot_of = |st: &str, name: &str| {
             stacks.iter().position(|s| s.name == name).ok_or_else(|| err(st, format!("stack {name:?} is not defined by any [[stack]]")))
@@ -549,7 +628,8 @@ impl ClusterConfig {
                 None => None,
                 Some(rd) => Some(parse_distribute(&st, rd, &stacks, primary, &backups)?),
             };
-            dvipas.push(DvipaDef { addr, prefix, primary, backups, giveback, distribute });
+            let cluster_ports = parse_ports_mode(&st, &d.cluster_ports)?;
+            dvipas.push(DvipaDef { addr, prefix, primary, backups, giveback, distribute, cluster_ports });
         }
 
         let mut ranges: Vec<RangeDef> = Vec::new();
@@ -572,9 +652,39 @@ impl ClusterConfig {
                 None => (0..stacks.len()).collect(),
                 Some(names) => names.iter().map(|n| slot_of(&st, n)).collect::<Result<Vec<_>, _>>()?,
             };
-            ranges.push(RangeDef { net, prefix, stacks: slots });
+            let cluster_ports = parse_ports_mode(&st, &r.cluster_ports)?;
+            ranges.push(RangeDef { net, prefix, stacks: slots, cluster_ports });
         }
-        Ok(ClusterConfig { name: c.name.clone(), region, primary_grace_ms, lease_ms, heartbeat_ms, stacks, dvipas, ranges })
+
+        // SOURCEIPA, once every address of the cluster is known.
+        for (i, s) in raw.stack.iter().enumerate() {
+            let st = format!("stack[{i}] ({})", s.name);
+            let mut seen: Vec<&str> = Vec::new();
+            let mut out = Vec::new();
+            for (j, e) in s.source_ipa.iter().enumerate() {
+                let a: Ipv4Addr = e.address.parse().map_err(|_| {
+                    err(&st, format!("source_ipa[{j}]: address = {:?} is not an IPv4 address (like \"198.18.0.102\", no prefix length)", e.address))
+                })?;
+                if !dvipas.iter().any(|d| d.addr == a) && !ranges.iter().any(|r| r.contains(a)) {
+                    return Err(err(&st, format!("source_ipa[{j}]: {a} is neither a configured DVIPA nor inside a vipa_range of the cluster")));
+                }
+                if e.apps.is_empty() {
+                    return Err(err(&st, format!("source_ipa[{j}] ({a}): apps is empty (name at least one application)")));
+                }
+                for app in &e.apps {
+                    if app.is_empty() {
+                        return Err(err(&st, format!("source_ipa[{j}] ({a}): an application name is empty")));
+                    }
+                    if seen.contains(&app.as_str()) {
+                        return Err(err(&st, format!("source_ipa[{j}] ({a}): application {app:?} is listed twice for this stack")));
+                    }
+                    seen.push(app);
+                }
+                out.push((a, e.apps.clone()));
+            }
+            stacks[i].source_ipa = out;
+        }
+        Ok(ClusterConfig { name: c.name.clone(), region, primary_grace_ms, lease_ms, heartbeat_ms, stacks, dvipas, ranges, port_quarantine_ms })
     }
 
     /// The embedded testbed config ([`TESTBED`]), parsed. Cannot fail: a test parses it.
@@ -601,6 +711,21 @@ impl ClusterConfig {
     /// The row of configured DVIPA `addr` (its index in [`ClusterConfig::dvipas`]), if it is one.
     pub fn dvipa_index(&self, addr: Ipv4Addr) -> Option<usize> {
         self.dvipas.iter().position(|d| d.addr == addr)
+    }
+
+    /// How the stacks share the ports of `addr`: the configured DVIPA's `cluster_ports` if it
+    /// is one, else that of the VIPA range it lies in; `None` when the address has none.
+    pub fn ports_mode(&self, addr: Ipv4Addr) -> Option<PortsMode> {
+        match self.dvipas.iter().find(|d| d.addr == addr) {
+            Some(d) => d.cluster_ports,
+            None => self.range_for(addr).and_then(|r| r.cluster_ports),
+        }
+    }
+
+    /// SOURCEIPA: the source address stack `slot` gives application `app` when it connects
+    /// without binding; `None` when the stack lists no address for it (or has no slot `slot`).
+    pub fn source_ipa(&self, slot: usize, app: &str) -> Option<Ipv4Addr> {
+        self.stacks.get(slot)?.source_ipa.iter().find(|(_, apps)| apps.iter().any(|a| a == app)).map(|(a, _)| *a)
     }
 
     /// The VIPA range `addr` lies in, if any (ranges do not overlap, so there is at most one).
@@ -704,5 +829,105 @@ stacks = ["s2"]
         assert!(e.to_string().contains("no [[stack]]"), "{e}");
         let e = ClusterConfig::parse("this is not toml", "cfg.toml").unwrap_err();
         assert!(e.to_string().starts_with("cfg.toml: "), "{e}");
+    }
+
+    #[test]
+    fn cluster_ports_and_source_ipa() {
+        let c = parse_with(
+            r#"
+[[dvipa]]
+address = "198.18.0.100/24"
+primary = "s1"
+cluster_ports = true
+[[dvipa]]
+address = "198.18.0.101/24"
+primary = "s2"
+cluster_ports = "tuple"
+[[dvipa]]
+address = "198.18.0.102/24"
+primary = "s2"
+cluster_ports = false
+[[vipa_range]]
+prefix = "198.18.0.128/28"
+cluster_ports = "tuple"
+[[vipa_range]]
+prefix = "198.18.0.144/28"
+"#,
+        )
+        .unwrap();
+        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(c.ports_mode(a("198.18.0.100")), Some(PortsMode::Port));
+        assert_eq!(c.ports_mode(a("198.18.0.101")), Some(PortsMode::Tuple));
+        assert_eq!(c.ports_mode(a("198.18.0.102")), None);
+        assert_eq!(c.ports_mode(a("198.18.0.130")), Some(PortsMode::Tuple));
+        assert_eq!(c.ports_mode(a("198.18.0.150")), None);
+        assert_eq!(c.ports_mode(a("198.18.0.11")), None);
+        assert_eq!(c.port_quarantine_ms, DEFAULT_PORT_QUARANTINE_MS);
+        assert_eq!(ClusterConfig::testbed().port_quarantine_ms, DEFAULT_PORT_QUARANTINE_MS);
+
+        let text = format!(
+            "[cluster]\nname = \"t\"\nport_quarantine_ms = 5000\n{}",
+            r#"
+[[stack]]
+name = "s1"
+interface = "plx-s1"
+address = "198.18.0.11/24"
+source_ipa = [{ address = "198.18.0.100", apps = ["db-client", "batch"] }, { address = "198.18.0.130", apps = ["web"] }]
+[[stack]]
+name = "s2"
+interface = "plx-s2"
+address = "198.18.0.12/24"
+[[dvipa]]
+address = "198.18.0.100/24"
+primary = "s1"
+[[vipa_range]]
+prefix = "198.18.0.128/28"
+"#
+        );
+        let c = ClusterConfig::parse(&text, "x").unwrap();
+        assert_eq!(c.port_quarantine_ms, 5000);
+        assert_eq!(c.source_ipa(0, "batch"), Some(a("198.18.0.100")));
+        assert_eq!(c.source_ipa(0, "web"), Some(a("198.18.0.130")));
+        assert_eq!(c.source_ipa(0, "other"), None);
+        assert_eq!(c.source_ipa(1, "web"), None);
+        assert_eq!(c.source_ipa(7, "web"), None);
+        // The hash covers the new fields.
+        let c2 = ClusterConfig::parse(&text.replace("\"batch\"", "\"batch2\""), "x").unwrap();
+        assert_ne!(c.hash(), c2.hash());
+        let c3 = ClusterConfig::parse(&text.replace("5000", "6000"), "x").unwrap();
+        assert_ne!(c.hash(), c3.hash());
+        let base = parse_with("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\n").unwrap();
+        let tuple = parse_with("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\ncluster_ports = \"tuple\"\n").unwrap();
+        assert_ne!(base.hash(), tuple.hash());
+    }
+
+    #[test]
+    fn cluster_ports_and_source_ipa_errors() {
+        let d = "[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\n";
+        let stack3 = |sip: &str| format!("{d}[[stack]]\nname = \"s3\"\ninterface = \"x\"\naddress = \"198.18.0.13/24\"\nsource_ipa = {sip}\n");
+        let cases: Vec<(String, &str, &str)> = vec![
+            (format!("{d}cluster_ports = 3"), "dvipa[0] (198.18.0.100/24)", "cluster_ports = 3: expected true, false or \"tuple\""),
+            (format!("{d}cluster_ports = \"port\""), "dvipa[0] (198.18.0.100/24)", "cluster_ports = \"port\": expected true, false or \"tuple\""),
+            ("[[vipa_range]]\nprefix = \"198.18.0.128/28\"\ncluster_ports = [1]".into(), "vipa_range[0] (198.18.0.128/28)", "expected true, false or \"tuple\""),
+            (stack3("[{ address = \"198.18.0.99\", apps = [\"a\"] }]"), "stack[2] (s3)", "source_ipa[0]: 198.18.0.99 is neither a configured DVIPA nor inside a vipa_range"),
+            (stack3("[{ address = \"198.18.0.100/24\", apps = [\"a\"] }]"), "stack[2] (s3)", "source_ipa[0]: address = \"198.18.0.100/24\" is not an IPv4 address"),
+            (stack3("[{ address = \"198.18.0.100\", apps = [] }]"), "stack[2] (s3)", "source_ipa[0] (198.18.0.100): apps is empty"),
+            (stack3("[{ address = \"198.18.0.100\", apps = [\"\"] }]"), "stack[2] (s3)", "source_ipa[0] (198.18.0.100): an application name is empty"),
+            (
+                stack3("[{ address = \"198.18.0.100\", apps = [\"a\"] }, { address = \"198.18.0.100\", apps = [\"b\", \"a\"] }]"),
+                "stack[2] (s3)",
+                "source_ipa[1] (198.18.0.100): application \"a\" is listed twice",
+            ),
+            (stack3("[{ address = \"198.18.0.100\", app = [\"a\"] }]"), "test.toml", "unknown field `app`"),
+        ];
+        for (extra, statement, reason) in &cases {
+            let e = parse_with(extra).unwrap_err();
+            assert!(e.statement.starts_with(statement), "{extra}: {e}");
+            assert!(e.reason.contains(reason), "{extra}: {e}");
+        }
+        let e = parse_with(&stack3("[{ address = \"198.18.0.99\", apps = [\"a\"] }]")).unwrap_err();
+        assert!(e.to_string().starts_with("stack[2] (s3): source_ipa[0]"), "{e}");
+        let e = ClusterConfig::parse(&BASE.replace("name = \"t\"", "name = \"t\"\nport_quarantine_ms = 99999999"), "x").unwrap_err();
+        assert!(e.to_string().contains("port_quarantine_ms"), "{e}");
     }
 }

@@ -17,8 +17,10 @@ pub const MAJOR: u32 = 1;
 /// Layout minor version, in [`Header::minor`]. Minor versions only append (sections, fields in
 /// reserved space), so it is recorded but not checked: minor 1 added [`MemberRow::ignored`] and
 /// [`DvipaRow::announced`], which read as zero in a minor-0 region; minor 2 gave the reserved
-/// distributor sections their rows ([`DptRow`], [`CrtRow`]; same entry size, more DPT rows).
-pub const MINOR: u32 = 2;
+/// distributor sections their rows ([`DptRow`], [`CrtRow`]; same entry size, more DPT rows);
+/// minor 3 appended the cluster port registry ([`SectionKind::PortOwners`],
+/// [`SectionKind::PortTuples`]), superseding the reserved [`SectionKind::PortRegistry`].
+pub const MINOR: u32 = 3;
 
 /// Stacks per cluster; a stack's slot is its index in the cluster config.
 pub const MAX_STACKS: usize = 16;
@@ -35,6 +37,12 @@ pub const MAX_SECTIONS: usize = 16;
 pub const DPT_ROWS: usize = 1024;
 /// Rows of the distributor's connection routing table ([`CrtRow`]): one per routed connection.
 pub const CRT_ROWS: usize = 16384;
+
+/// Port registries ([`PortRegistryRow`]): one per address with `cluster_ports` in use.
+pub const MAX_PORT_REGISTRIES: usize = 16;
+/// Rows of the 4-tuple table of `cluster_ports = "tuple"` addresses ([`PortTupleRow`]);
+/// a power of two.
+pub const PORT_TUPLE_ROWS: usize = 131072;
 
 /// "No stack" in an owner byte.
 pub const NO_SLOT: u8 = 0xff;
@@ -62,8 +70,9 @@ pub enum SectionKind {
     /// (minor 2) The distributor's connection routing table: [`CrtRow`]s ([`CRT_ROWS`]), one per
     /// routed connection, written by the routers; a new router reads it only as a hint.
     DistributorConns = 6,
-    /// Reserved for cluster-wide ports (not built yet): ports, such as ephemeral ports on a
-    /// shared source address, that must not be used by two stacks at once. Laid out and zeroed.
+    /// Superseded and unused: reserved for cluster-wide ports before they were built (minor 3
+    /// built them in [`SectionKind::PortOwners`] and [`SectionKind::PortTuples`]). Still laid
+    /// out and zeroed, so regions of every minor version have the same section table prefix.
     PortRegistry = 7,
     /// Reserved for forwarding frames between stacks through the region (the distributor's
     /// path to a connection's stack; not built yet). Laid out and zeroed.
@@ -72,11 +81,18 @@ pub enum SectionKind {
     /// flight from one stack to another, as written by the `stack` crate's connection snapshot.
     /// Laid out and zeroed.
     HandoffRecords = 9,
+    /// (minor 3) Cluster-wide ports (spec/03): [`PortRegistryRow`]s ([`MAX_PORT_REGISTRIES`]),
+    /// one per address with `cluster_ports`, claimed by CAS of its address from 0 and never
+    /// freed: an owner word per port and an advisory bitmap of the claimed ones.
+    PortOwners = 10,
+    /// (minor 3) The 4-tuple table of `cluster_ports = "tuple"` addresses: [`PortTupleRow`]s
+    /// ([`PORT_TUPLE_ROWS`]), direct-mapped: a tuple lives only in row [`port_tuple_index`].
+    PortTuples = 11,
 }
 
 impl SectionKind {
     /// Every kind this version lays out, in the order [`plan`] places them (kind 1 first).
-    pub const ALL: [SectionKind; 9] = [
+    pub const ALL: [SectionKind; 11] = [
         SectionKind::Members,
         SectionKind::Dvipas,
         SectionKind::RangeDvipas,
@@ -86,6 +102,8 @@ impl SectionKind {
         SectionKind::PortRegistry,
         SectionKind::FrameRings,
         SectionKind::HandoffRecords,
+        SectionKind::PortOwners,
+        SectionKind::PortTuples,
     ];
 
     /// The kind of a section row's `kind` value; `None` for a value this version does not
@@ -107,6 +125,8 @@ impl SectionKind {
             SectionKind::PortRegistry => (64, 4096),
             SectionKind::FrameRings => (4096, 1024),
             SectionKind::HandoffRecords => (4096, 256),
+            SectionKind::PortOwners => (size_of::<PortRegistryRow>(), MAX_PORT_REGISTRIES),
+            SectionKind::PortTuples => (size_of::<PortTupleRow>(), PORT_TUPLE_ROWS),
         }
     }
 }
@@ -447,6 +467,78 @@ pub const fn crt_check(ctl: u64, client: u64, server: u64, target_inc: u64, crea
     h
 }
 
+/// One address's port registry (`cluster_ports`): who owns each of its 65536 ports. Claimed
+/// by CAS of [`PortRegistryRow::addr`] from 0 (linear probing from [`port_registry_index`]),
+/// never freed. A port changes hands only by CAS of its owner word (AcqRel): 0 -> owner
+/// (claim), owner -> 0 (release, reclaim), owner -> owner (handoff), never through free.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PortRegistryRow {
+    /// The address (u32 of the octets, big-endian order); 0 = a free row.
+    pub addr: AtomicU32,
+    /// 1 = one owner per port, 2 = one owner per 4-tuple (ports of explicit binds stay
+    /// exclusive); stored by the claimer just after `addr` (0 while the claim is in flight).
+    /// Informative: the config decides.
+    pub mode: AtomicU32,
+    /// CLOCK_MONOTONIC ns of the last seeding (existing connections recorded when
+    /// `cluster_ports` was enabled at run time); 0 = never seeded.
+    pub seeded_ns: AtomicU64,
+    /// Room for fields of later minor versions; zero.
+    pub _reserved: [AtomicU64; 2],
+    /// Advisory: bit `p % 64` of word `p / 64` set = port `p` has an exclusive owner (it may
+    /// lag the owner words; claims always decide by CAS of the owner word).
+    pub bitmap: [AtomicU64; 1024],
+    /// Per port: 0 free; `incarnation:24 | slot+1:8` (high bits first) an exclusive owner;
+    /// `count:24 | 0xff:8` in tuple mode: `count` tuple rows use the port (no exclusive owner).
+    pub owners: [AtomicU32; 65536],
+}
+
+/// Low byte of a tuple-mode owner word counting the tuple rows that use the port.
+pub const PORT_SHARED: u32 = 0xff;
+
+/// One 4-tuple claimed on a `cluster_ports = "tuple"` address. Direct-mapped: the tuple
+/// lives only in row [`port_tuple_index`] of its local and remote words, so a CAS of
+/// [`PortTupleRow::ctl`] from 0 makes the claim unique (another tuple in that row: the
+/// claimer tries another port). The claimer CASes `ctl` 0 -> writing, stores `local`,
+/// `remote` and `check`, then stores `ctl` live (Release); it frees with a CAS back to 0.
+/// Readers load `ctl` (Acquire), the words, `ctl` again, and require `check`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PortTupleRow {
+    /// `state:8 | registry:8 | local_port:16 | owner:32` from the low bit up; state 0 free (the
+    /// whole word 0), 1 writing, 2 live; `registry` is the index of the address's
+    /// [`PortRegistryRow`] (so a reclaimer can undo the port's count even for a row left in
+    /// writing state); `owner` as in [`PortRegistryRow::owners`].
+    pub ctl: AtomicU64,
+    /// `dvipa:32 | port:16 | _:16`.
+    pub local: AtomicU64,
+    /// `remote ip:32 | remote port:16 | _:16`.
+    pub remote: AtomicU64,
+    /// [`port_tuple_check`] of `local` and `remote`: a torn or scribbled row fails it.
+    pub check: AtomicU64,
+}
+
+/// Where probing for the port registry of `addr` (u32 of the octets) starts.
+pub const fn port_registry_index(addr: u32) -> usize {
+    (addr.wrapping_mul(0x9e37_79b1) >> 28) as usize % MAX_PORT_REGISTRIES
+}
+
+/// The one row of [`SectionKind::PortTuples`] where the tuple (`local`, `remote`) (packed as
+/// in [`PortTupleRow`]) may live.
+pub const fn port_tuple_index(local: u64, remote: u64) -> usize {
+    let mut h = (local ^ remote.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^= h >> 32;
+    (h as usize) & (PORT_TUPLE_ROWS - 1)
+}
+
+/// The check word of a tuple row (never 0, so a zeroed row never checks).
+pub const fn port_tuple_check(local: u64, remote: u64) -> u64 {
+    let h = crt_check(0x7475_706c, local, remote, 0, 0);
+    if h == 0 { 1 } else { h }
+}
+
 /// Bytes of [`Header`] (512): no section may start before this offset.
 pub const HEADER_SIZE: usize = size_of::<Header>();
 
@@ -470,6 +562,13 @@ const _: () = {
     assert!(core::mem::offset_of!(DptRow, srvstat_seq) == 48);
     assert!(size_of::<CrtRow>() == 64);
     assert!(core::mem::offset_of!(CrtRow, check) == 40);
+    assert!(size_of::<PortRegistryRow>() == 270_368);
+    assert!(core::mem::offset_of!(PortRegistryRow, bitmap) == 32);
+    assert!(core::mem::offset_of!(PortRegistryRow, owners) == 8224);
+    assert!(size_of::<PortTupleRow>() == 32);
+    assert!(core::mem::offset_of!(PortTupleRow, check) == 24);
+    assert!(PORT_TUPLE_ROWS.is_power_of_two());
+    assert!(SectionKind::ALL.len() <= MAX_SECTIONS);
 };
 
 /// Where each section lives in a region of this version: sections follow the header in

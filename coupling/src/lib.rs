@@ -16,6 +16,9 @@
 //! - [`dist`]: the distributor (spec/02): a distributed DVIPA's holder routes each new
 //!   connection to one of the stacks listening on it, keeps the connection routing table,
 //!   and hands it on without a reset when it fails or its primary returns.
+//! - [`ports`]: cluster-wide ports (spec/03): the stacks sharing a source DVIPA take its
+//!   local ports (or 4-tuples) from one registry, claimed and released by CAS, reclaimed from
+//!   dead stacks after a quarantine; the router finds a reply's stack there.
 //! - [`check`]: validation of every row read from the region (named reasons, counted).
 //! - [`ops`]: read-only views and operator commands for `plex ctl`.
 //! - [`config`]: the cluster config (TOML).
@@ -23,8 +26,8 @@
 //! Like `stack`, this crate is sans-IO apart from the mapping: every entry point takes `now`
 //! (CLOCK_MONOTONIC nanoseconds, comparable between processes), nothing sleeps or spawns, so
 //! the whole protocol runs with several stacks in one test process and simulated time.
-//! Reserved sections (port registry, frame rings, handoff records) are laid out and zeroed for
-//! the features that follow.
+//! Reserved sections (frame rings, handoff records, and the superseded first port registry
+//! section) are laid out and zeroed for the features that follow.
 
 #![deny(missing_docs)]
 
@@ -34,6 +37,7 @@ pub mod dist;
 pub mod layout;
 pub mod node;
 pub mod ops;
+pub mod ports;
 pub mod region;
 pub mod ring;
 pub mod words;
@@ -41,6 +45,7 @@ pub mod words;
 pub use config::ClusterConfig;
 pub use dist::{DistAction, Distributor, Route};
 pub use node::{Action, ConnectionFate, Node};
+pub use ports::{PortOwner, PortsError, Registry};
 pub use region::{Region, RegionError};
 
 #[cfg(test)]
@@ -67,7 +72,9 @@ mod tests {
             "Message ring", RingRow: [head, _pad0, tail, _pad1, slots];
             "Message slot", MessageSlot: [words];
             "DPT row", DptRow: [seq, key, router, epoch, listeners, flags, weight, queue_free, busy_permille, conns, srvstat_seq, syns];
-            "CRT row", CrtRow: [ctl, client, server, target_inc, created_ns, check, _reserved]
+            "CRT row", CrtRow: [ctl, client, server, target_inc, created_ns, check, _reserved];
+            "Port registry row", PortRegistryRow: [addr, mode, seeded_ns, _reserved, bitmap, owners];
+            "Port tuple row", PortTupleRow: [ctl, local, remote, check]
         ];
         v
     }
@@ -115,5 +122,7 @@ mod tests {
         assert!(text.contains(&format!("## Message ring ({} bytes)", size_of::<RingRow>())));
         assert!(text.contains("## DPT row (64 bytes)") && size_of::<DptRow>() == 64);
         assert!(text.contains("## CRT row (64 bytes)") && size_of::<CrtRow>() == 64);
+        assert!(text.contains("## Port registry row (270368 bytes)") && size_of::<PortRegistryRow>() == 270_368);
+        assert!(text.contains("## Port tuple row (32 bytes)") && size_of::<PortTupleRow>() == 32);
     }
 }

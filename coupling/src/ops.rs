@@ -328,6 +328,111 @@ pub fn crt_lines(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<String> 
     std::iter::once(CRT_HEADING.to_string()).chain(crt(region, cfg, now).iter().map(|v| v.to_string())).collect()
 }
 
+/// One claimed port (or 4-tuple) of an address with `cluster_ports`, as `plex ctl show ports`
+/// prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortsView {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// The local port.
+    pub port: u16,
+    /// The address's mode.
+    pub mode: crate::config::PortsMode,
+    /// The owner's slot.
+    pub slot: u8,
+    /// The owner's stack name (from the config).
+    pub stack: String,
+    /// The owner's incarnation (low 24 bits).
+    pub incarnation: u32,
+    /// The owner is up with that incarnation; false: a dead owner's port awaiting reclaim.
+    pub live: bool,
+    /// The remote of a 4-tuple (tuple mode, connections); `None`: the port is owned outright.
+    pub remote: Option<std::net::SocketAddrV4>,
+}
+
+/// The heading of [`PortsView`]'s `Display` rows.
+pub const PORTS_HEADING: &str = "ADDRESS:PORT           REMOTE                 STACK      INC      STATE  MODE";
+
+impl std::fmt::Display for PortsView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let remote = self.remote.map_or("*".to_string(), |r| r.to_string());
+        let state = if self.live { "live" } else { "dead" };
+        let local = std::net::SocketAddrV4::new(self.addr, self.port);
+        write!(f, "{:<22} {:<22} {:<10} {:<8} {:<6} {}", local.to_string(), remote, self.stack, self.incarnation, state, self.mode.name())
+    }
+}
+
+/// Every claimed port and tuple of the cluster port registry (of `addr` only, when given),
+/// by address, port and remote. A dead owner's ports (not up with that incarnation) show as
+/// not live until a stack reclaims them. Words and rows that fail validation are left out.
+pub fn ports_view(region: &Region, cfg: &ClusterConfig, addr: Option<Ipv4Addr>, now: u64) -> Vec<PortsView> {
+    let (claimed, _) = crate::ports::claimed(region, cfg, addr);
+    let mut incs: [Option<u32>; MAX_STACKS] = [None; MAX_STACKS];
+    for (s, inc) in incs.iter_mut().enumerate().take(cfg.stacks.len()) {
+        if let Ok(m) = check::member(region, cfg, s, now) {
+            if m.word.state == MemberState::Up {
+                *inc = Some((m.incarnation & 0xff_ffff) as u32);
+            }
+        }
+    }
+    let mut out: Vec<PortsView> = claimed
+        .into_iter()
+        .map(|c| PortsView {
+            addr: c.addr,
+            port: c.port,
+            mode: c.mode,
+            slot: c.owner.slot,
+            stack: cfg.stacks.get(c.owner.slot as usize).map_or_else(|| format!("slot{}", c.owner.slot), |s| s.name.clone()),
+            incarnation: c.owner.incarnation,
+            live: incs.get(c.owner.slot as usize).copied().flatten() == Some(c.owner.incarnation),
+            remote: c.remote,
+        })
+        .collect();
+    out.sort_by_key(|v| (v.addr, v.port, v.remote));
+    out
+}
+
+/// Per stack (by name, in slot order): (live ports and tuples, dead ones awaiting reclaim),
+/// for the stacks that have any.
+pub fn ports_counts(views: &[PortsView], cfg: &ClusterConfig) -> Vec<(String, usize, usize)> {
+    let mut counts = [(0usize, 0usize); MAX_STACKS];
+    for v in views {
+        if let Some(c) = counts.get_mut(v.slot as usize) {
+            if v.live {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+    }
+    cfg.stacks.iter().zip(counts).filter(|(_, (l, d))| l + d > 0).map(|(s, (l, d))| (s.name.clone(), l, d)).collect()
+}
+
+/// `plex ctl show ports [ADDRESS]` as lines: the addresses with `cluster_ports` and their
+/// mode, the heading, one line per claimed port or tuple, then the counts per stack.
+pub fn ports_lines(region: &Region, cfg: &ClusterConfig, addr: Option<Ipv4Addr>, now: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let views = ports_view(region, cfg, addr, now);
+    let mut regs: Vec<String> = region
+        .port_registries()
+        .iter()
+        .map(|r| Ipv4Addr::from(r.addr.load(Ordering::Acquire)))
+        .filter(|a| addr.is_none_or(|x| x == *a))
+        .filter_map(|a| cfg.ports_mode(a).map(|m| format!("{a} ({})", m.name())))
+        .collect();
+    regs.sort();
+    out.push(format!("registries: {}", if regs.is_empty() { "none".to_string() } else { regs.join(", ") }));
+    out.push(PORTS_HEADING.to_string());
+    out.extend(views.iter().map(|v| v.to_string()));
+    let counts = ports_counts(&views, cfg);
+    out.push(String::new());
+    out.push("STACK      LIVE     DEAD".to_string());
+    for (name, live, dead) in counts {
+        out.push(format!("{name:<10} {live:<8} {dead}"));
+    }
+    out
+}
+
 /// Rows of the region that fail validation right now, per reason (`plex ctl show counters`).
 pub fn invalid_rows(region: &Region, cfg: &ClusterConfig, now: u64) -> InvalidCounts {
     let mut c = InvalidCounts::default();

@@ -518,6 +518,14 @@ impl Region {
     pub fn crt(&self) -> &[CrtRow] {
         self.rows(SectionKind::DistributorConns)
     }
+    /// The cluster port registries (address 0 = a free row; `cluster_ports`, spec/03).
+    pub fn port_registries(&self) -> &[PortRegistryRow] {
+        self.rows(SectionKind::PortOwners)
+    }
+    /// The 4-tuple table of `cluster_ports = "tuple"` addresses (ctl 0 = a free row).
+    pub fn port_tuples(&self) -> &[PortTupleRow] {
+        self.rows(SectionKind::PortTuples)
+    }
     /// The ring carrying messages from stack slot `from` to stack slot `to`; `None` when the
     /// pair is outside the ring table (`from` and `to` must be below [`MAX_STACKS`]).
     pub fn ring(&self, from: usize, to: usize) -> Option<&RingRow> {

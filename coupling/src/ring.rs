@@ -152,7 +152,7 @@ mod tests {
             let region = Region::anonymous("ring", 0);
             let ring = region.ring(1, 2).unwrap();
             // Start the indices anywhere (they only grow; wrap-around must not matter).
-            let start = u64::MAX - 300 + start as u64 % 600;
+            let start = (u64::MAX - 300).wrapping_add(start as u64 % 600);
             ring.head.store(start, Ordering::Relaxed);
             ring.tail.store(start, Ordering::Relaxed);
             let (p, c) = (Producer::new(ring), Consumer::new(ring));
