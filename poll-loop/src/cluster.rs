@@ -30,7 +30,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use coupling::dist::{DistAction, Distributor, Route};
-use coupling::ports::{PortsError, PortsMode, Registry};
+use coupling::config::PortsMode;
+use coupling::ports::{PortsError, Registry};
 use coupling::layout::{MemberState, MAX_STACKS};
 use coupling::node::{Action, ConnectionFate, Identity, Node};
 use coupling::{ClusterConfig, Region};

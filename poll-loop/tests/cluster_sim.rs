@@ -20,7 +20,7 @@ use std::sync::Arc;
 use coupling::node::Identity;
 use coupling::ClusterConfig;
 use poll_loop::clock::Clock;
-use poll_loop::cluster::ClusterMember;
+use poll_loop::cluster::{ClusterMember, StackCluster};
 use stack::iface::{Received, SocketEvent, SocketHandle, Stack, StackConfig};
 use stack::sim::{Host, LinkConfig, Sim};
 use stack::tcp::Event;
@@ -60,6 +60,9 @@ struct Node {
     /// Forwarded frames.
     forwarded: u64,
     echo: bool,
+    /// The member's turn only at timers, not before every frame: its mail (a target's
+    /// NEWCONN) is read late, as a busy router's can be, and replies overtake it.
+    lagging: bool,
     listener: Option<SocketHandle>,
     buf: Vec<u8>,
 }
@@ -108,10 +111,12 @@ impl Host for Node {
         if self.dead {
             return;
         }
-        self.turn(now);
+        if !self.lagging {
+            self.turn(now);
+        }
         if let Received::Forward { stack } = self.stack.receive(now, frame) {
             let mut f = frame.to_vec();
-            f[..6].copy_from_slice(&self.macs[stack as usize].0);
+            f[..6].copy_from_slice(&self.macs[stack as usize + 1].0); // host i+1 is slot i
             f[6..12].copy_from_slice(&self.stack.config().mac.0);
             self.forward.push_back(f);
             self.forwarded += 1;
@@ -197,7 +202,7 @@ impl Cluster {
         let mut server = Stack::new(scfg);
         server.add_address(*SERVER.ip(), 24, false);
         let l = server.tcp_listen(Instant::ZERO, SERVER, 1024).unwrap();
-        let node = Node { stack: server, member: None, forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: true, listener: Some(l), buf: vec![0; 65536] };
+        let node = Node { stack: server, member: None, forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: true, lagging: false, listener: Some(l), buf: vec![0; 65536] };
         ids.push(sim.add_host(node, link(loss, seed), link(loss, seed)));
         for (i, name) in NAMES.iter().enumerate() {
             let slot = i + 1;
@@ -209,7 +214,7 @@ impl Cluster {
             c.app_name = Some("db-client".into());
             let mut st = Stack::with_cluster(c, Box::new(sc));
             st.add_address(cfg.stacks[i].addr, 24, false);
-            let node = Node { stack: st, member: Some(member), forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: false, listener: None, buf: vec![0; 65536] };
+            let node = Node { stack: st, member: Some(member), forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: false, lagging: false, listener: None, buf: vec![0; 65536] };
             ids.push(sim.add_host(node, link(loss, seed), link(loss, seed)));
         }
         let mut c = Cluster { sim, ids, clients: Vec::new(), region };
@@ -317,6 +322,28 @@ impl Cluster {
             .collect()
     }
 
+    /// What the clients and stacks look like (for a failing assertion).
+    fn summary(&self) -> String {
+        let up = self.clients.iter().filter(|c| c.up).count();
+        let failed = self.clients.iter().filter(|c| c.failed.is_some()).count();
+        let waiting = self.clients.iter().filter(|c| !c.expect.is_empty()).count();
+        let mut s = format!("clients: {} up {up} failed {failed} awaiting echo {waiting}; ", self.clients.len());
+        for (i, id) in self.ids.iter().enumerate() {
+            let h = self.sim.host(*id);
+            let c = h.stack.counters();
+            let nz: Vec<String> = c.iter().filter(|d| d.1 > 0).map(|(k, v)| format!("{k}={v}")).collect();
+            s += &format!("\nhost{i}: forwarded {} {}", h.forwarded, nz.join(" "));
+        }
+        s
+    }
+
+    /// Segments the router (s1) forwarded by port owner, and by its CRT (the distributor).
+    fn router_paths(&self) -> (u64, u64) {
+        let st = &self.sim.host(self.ids[1]).stack;
+        let sc = (st.cluster() as &dyn std::any::Any).downcast_ref::<StackCluster>().expect("a cluster member");
+        (sc.ports_forwarded, sc.distributor().stats.forwarded)
+    }
+
     fn kill(&mut self, node: usize) {
         let id = self.ids[node];
         self.sim.host_mut(id).dead = true;
@@ -335,7 +362,7 @@ fn distinct_ports_and_replies_delivered(seed: u64, loss: f64, k: usize) {
     let mut c = Cluster::new(seed, loss, "cluster_ports = true\n", false);
     c.connect(2, k, true);
     c.connect(3, k, false); // SOURCEIPA: the app's name gives it the DVIPA
-    assert!(c.exchange(512, 4096, 60), "seed {seed}: every connection echoed");
+    assert!(c.exchange(512, 4096, 60), "seed {seed}: every connection echoed: {}", c.summary());
     let failed: Vec<_> = c.clients.iter().filter(|c| c.failed.is_some()).map(|c| c.failed).collect();
     assert!(failed.is_empty(), "seed {seed}: failed connections {failed:?}");
     assert!(c.clients.iter().all(|c| !c.mismatched), "seed {seed}: bytes mismatched");
@@ -344,9 +371,13 @@ fn distinct_ports_and_replies_delivered(seed: u64, loss: f64, k: usize) {
     assert!(tuples.iter().all(|(_, l)| *l.ip() == DVIPA), "seed {seed}: every connection leaves from the DVIPA");
     let ports: BTreeSet<u16> = tuples.iter().map(|(_, l)| l.port()).collect();
     assert_eq!(ports.len(), 2 * k, "seed {seed}: every local port distinct across both stacks");
-    // The replies reached the router, which forwarded them to their stacks.
+    // The replies reached the router, which forwarded them to their stacks: by the CRT entry
+    // the target's NEWCONN made, or (a reply that overtook it) by the port's owner.
     let router = c.ids[1];
     assert!(c.sim.host(router).forwarded > 0, "seed {seed}: the router forwarded replies");
+    let (by_port, by_crt) = c.router_paths();
+    eprintln!("seed {seed}: router forwarded {by_port} segments by port owner, {by_crt} by its CRT");
+    assert!(by_port + by_crt > 0);
 }
 
 #[test]
@@ -361,6 +392,84 @@ fn cluster_ports_under_loss_reordering_and_duplication() {
     for seed in start..start + n {
         distinct_ports_and_replies_delivered(seed, 0.02, 16);
     }
+}
+
+/// A reply that reaches the router before the target's NEWCONN (the router reads its mail
+/// late) is routed by the owner of its port in the registry: nothing waits for the CRT.
+#[test]
+fn replies_that_overtake_newconn_are_routed_by_the_port_owner() {
+    let mut c = Cluster::new(21, 0.0, "cluster_ports = true\n", false);
+    let r = c.ids[1];
+    c.sim.host_mut(r).lagging = true;
+    c.connect(2, 32, true);
+    c.connect(3, 32, true);
+    assert!(c.exchange(512, 4096, 30), "every connection echoed: {}", c.summary());
+    assert!(c.clients.iter().all(|c| c.failed.is_none() && !c.mismatched));
+    let (by_port, by_crt) = c.router_paths();
+    eprintln!("router forwarded {by_port} segments by port owner, {by_crt} by its CRT");
+    assert!(by_port > 0, "replies were routed by port owner");
+}
+
+/// A port is the stack's until its connection is freed after TIME-WAIT (2 MSL), not when the
+/// application closes it; a listener's port is claimed at bind, refused to another stack, and
+/// given back at close.
+#[test]
+fn ports_are_released_after_time_wait_and_binds_are_exclusive() {
+    let mut c = Cluster::new(31, 0.0, "cluster_ports = true\n", false);
+    c.connect(2, 4, true);
+    assert!(c.exchange(64, 256, 10));
+    let ports: Vec<u16> = c.tuples().iter().map(|t| t.1.port()).collect();
+    let owner = |c: &Cluster, p: u16| {
+        let st = &c.sim.host(c.ids[1]).stack;
+        let sc = (st.cluster() as &dyn std::any::Any).downcast_ref::<StackCluster>().unwrap();
+        sc.ports().owner(DVIPA, p, SERVER).map(|o| o.slot)
+    };
+    // s2 closes first: its connections wait in TIME-WAIT.
+    let s2 = c.ids[2];
+    let now = c.sim.now();
+    let hs: Vec<SocketHandle> = c.clients.iter().map(|c| c.h).collect();
+    for h in hs {
+        c.sim.host_mut(s2).stack.close(now, h).unwrap();
+    }
+    c.sim.kick();
+    c.sim.run_for(Duration::from_secs(1));
+    assert!(ports.iter().all(|p| owner(&c, *p) == Some(1)), "closed, in TIME-WAIT: still s2's");
+    c.sim.run_for(Duration::from_secs(61));
+    assert!(ports.iter().all(|p| owner(&c, *p).is_none()), "freed after TIME-WAIT: released");
+    // An explicit bind on the DVIPA: s2's, refused to s3, free again once s2 closes it.
+    let now = c.sim.now();
+    let l = c.sim.host_mut(s2).stack.tcp_listen(now, SocketAddrV4::new(DVIPA, 5555), 8).expect("s2 binds");
+    let s3 = c.ids[3];
+    let e = c.sim.host_mut(s3).stack.tcp_listen(now, SocketAddrV4::new(DVIPA, 5555), 8);
+    assert_eq!(e.err(), Some(stack::iface::ApiError::AddrInUse));
+    // The distributed port is shared: both listen.
+    c.sim.host_mut(s2).stack.tcp_listen(now, SocketAddrV4::new(DVIPA, 80), 8).expect("s2 on the distributed port");
+    c.sim.host_mut(s3).stack.tcp_listen(now, SocketAddrV4::new(DVIPA, 80), 8).expect("s3 on the distributed port");
+    c.sim.host_mut(s2).stack.close(now, l).unwrap();
+    c.sim.kick();
+    c.sim.run_for(Duration::from_millis(20));
+    let now = c.sim.now();
+    c.sim.host_mut(s3).stack.tcp_listen(now, SocketAddrV4::new(DVIPA, 5555), 8).expect("s3 binds once s2 closed");
+}
+
+/// A killed stack's ports stay claimed for the quarantine (its connections' segments may
+/// still be in flight), then a live member reclaims them.
+#[test]
+fn a_dead_stacks_ports_are_reclaimed_after_the_quarantine() {
+    let mut c = Cluster::new(41, 0.0, "cluster_ports = true\n", false);
+    c.connect(3, 8, true);
+    assert!(c.exchange(64, 256, 10));
+    let ports: Vec<u16> = c.tuples().iter().map(|t| t.1.port()).collect();
+    let owned = |c: &Cluster| {
+        let st = &c.sim.host(c.ids[1]).stack;
+        let sc = (st.cluster() as &dyn std::any::Any).downcast_ref::<StackCluster>().unwrap();
+        ports.iter().filter(|p| sc.ports().owner(DVIPA, **p, SERVER).is_some()).count()
+    };
+    c.kill(3);
+    c.sim.run_for(Duration::from_millis(400));
+    assert_eq!(owned(&c), 8, "declared failed (lease 100 ms), inside the 500 ms quarantine: kept");
+    c.sim.run_for(Duration::from_millis(800));
+    assert_eq!(owned(&c), 0, "after the quarantine: reclaimed");
 }
 
 /// The test above can fail: without the registry, two stacks whose allocators draw the same
