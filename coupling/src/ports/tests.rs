@@ -117,9 +117,9 @@ fn claim_release_round_trip() {
     assert!(!bit(&c.region, VIP, p));
     assert!(!a.release(c.now, VIP, p, None), "released twice");
     // The range wraps: a start at the last port goes on at the first.
-    let last = a.claim_ephemeral(c.now, VIP, remote(80), (EPHEMERAL_LAST - EPHEMERAL_FIRST) as u16).unwrap();
+    let last = a.claim_ephemeral(c.now, VIP, remote(80), EPHEMERAL_LAST - EPHEMERAL_FIRST).unwrap();
     assert_eq!(last, EPHEMERAL_LAST);
-    let wrapped = a.claim_ephemeral(c.now, VIP, remote(80), (EPHEMERAL_LAST - EPHEMERAL_FIRST) as u16).unwrap();
+    let wrapped = a.claim_ephemeral(c.now, VIP, remote(80), EPHEMERAL_LAST - EPHEMERAL_FIRST).unwrap();
     assert_eq!(wrapped, EPHEMERAL_FIRST);
     let big = a.claim_ephemeral(c.now, VIP, remote(80), u16::MAX).unwrap();
     assert!(EPHEMERAL_PORTS.contains(&big));
@@ -272,7 +272,7 @@ fn threaded_claims_never_hold_a_port_twice() {
                 }
                 Err(e) => assert_eq!(e, PortsError::Exhausted),
             }
-            if held.len() > 200 || (rng.next() % 2 == 0 && !held.is_empty()) {
+            if held.len() > 200 || (rng.next() & 1 == 0 && !held.is_empty()) {
                 let k = rng.next() as usize % held.len();
                 let (addr, p, rem) = held.swap_remove(k);
                 assert_eq!(r.owner(addr, p, rem), Some(me));
