@@ -164,6 +164,13 @@ pub enum ShowWhat {
     /// The distributor's connection routing table (z/OS NETSTAT VCRT): per connection, its
     /// target, router and epoch.
     Crt,
+    /// The cluster port registry (spec/03, `cluster_ports`): every claimed port (and, for
+    /// "tuple" addresses, 4-tuple) with its owner stack and whether that owner is live or a
+    /// dead stack's port awaiting reclaim; then the counts per stack.
+    Ports {
+        /// Only this address.
+        addr: Option<Ipv4Addr>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +203,7 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
                 ShowWhat::Counters => show_counters(&region, &cfg, now),
                 ShowWhat::Dpt => coupling::ops::dpt_lines(&region, &cfg).join("\n") + "\n",
                 ShowWhat::Crt => coupling::ops::crt_lines(&region, &cfg, now).join("\n") + "\n",
+                ShowWhat::Ports { addr } => coupling::ops::ports_lines(&region, &cfg, addr, now).join("\n") + "\n",
             })
         }
         CtlCmd::Dvipa { cmd } => {

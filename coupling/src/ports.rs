@@ -714,11 +714,9 @@ impl Registry {
                         continue;
                     }
                     match classify(w, stacks, mode) {
-                        OwnerSlot::Owner(ow) if dead(ow) => {
-                            if o.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                                clear_bit(row, port as u16);
-                                freed += 1;
-                            }
+                        OwnerSlot::Owner(ow) if dead(ow) && o.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() => {
+                            clear_bit(row, port as u16);
+                            freed += 1;
                         }
                         OwnerSlot::Garbage => self.stats.invalid += 1,
                         _ => {}

@@ -117,9 +117,9 @@ fn claim_release_round_trip() {
     assert!(!bit(&c.region, VIP, p));
     assert!(!a.release(c.now, VIP, p, None), "released twice");
     // The range wraps: a start at the last port goes on at the first.
-    let last = a.claim_ephemeral(c.now, VIP, remote(80), (EPHEMERAL_LAST - EPHEMERAL_FIRST) as u16).unwrap();
+    let last = a.claim_ephemeral(c.now, VIP, remote(80), EPHEMERAL_LAST - EPHEMERAL_FIRST).unwrap();
     assert_eq!(last, EPHEMERAL_LAST);
-    let wrapped = a.claim_ephemeral(c.now, VIP, remote(80), (EPHEMERAL_LAST - EPHEMERAL_FIRST) as u16).unwrap();
+    let wrapped = a.claim_ephemeral(c.now, VIP, remote(80), EPHEMERAL_LAST - EPHEMERAL_FIRST).unwrap();
     assert_eq!(wrapped, EPHEMERAL_FIRST);
     let big = a.claim_ephemeral(c.now, VIP, remote(80), u16::MAX).unwrap();
     assert!(EPHEMERAL_PORTS.contains(&big));
@@ -272,7 +272,7 @@ fn threaded_claims_never_hold_a_port_twice() {
                 }
                 Err(e) => assert_eq!(e, PortsError::Exhausted),
             }
-            if held.len() > 200 || (rng.next() % 2 == 0 && !held.is_empty()) {
+            if held.len() > 200 || (rng.next() & 1 == 0 && !held.is_empty()) {
                 let k = rng.next() as usize % held.len();
                 let (addr, p, rem) = held.swap_remove(k);
                 assert_eq!(r.owner(addr, p, rem), Some(me));
@@ -544,6 +544,30 @@ fn registries_run_out_cleanly() {
     // Another registry handle finds the same rows.
     let (_n2, b) = c.join("s2");
     assert_eq!(b.owner(Ipv4Addr::new(198, 18, 0, 130), EPHEMERAL_FIRST, remote(1)), Some(a.me()));
+}
+
+#[test]
+fn ports_view_shows_owners_live_and_dead() {
+    let c = Cluster::new();
+    let (n1, mut a) = c.join("s1");
+    let (mut n2, mut b) = c.join("s2");
+    let p = a.claim_ephemeral(c.now, VIP, remote(1), 0).unwrap();
+    b.claim(c.now, VIP, 8080).unwrap();
+    let t = b.claim_ephemeral(c.now, TUP, remote(2), 0).unwrap();
+    let v = crate::ops::ports_view(&c.region, &c.cfg, None, c.now);
+    assert_eq!(v.len(), 3);
+    assert_eq!((v[0].addr, v[0].port, v[0].stack.as_str(), v[0].live, v[0].remote), (VIP, 8080, "s2", true, None));
+    assert_eq!((v[1].port, v[1].stack.as_str(), v[1].slot), (p, "s1", 0));
+    assert_eq!((v[2].addr, v[2].port, v[2].mode, v[2].remote), (TUP, t, PortsMode::Tuple, Some(remote(2))));
+    assert_eq!(crate::ops::ports_view(&c.region, &c.cfg, Some(TUP), c.now).len(), 1);
+    assert!(n2.declare_failed(c.now, 0, n1.incarnation()));
+    let v = crate::ops::ports_view(&c.region, &c.cfg, Some(VIP), c.now);
+    assert!(!v.iter().find(|x| x.port == p).unwrap().live, "a dead owner's port awaiting reclaim");
+    let lines = crate::ops::ports_lines(&c.region, &c.cfg, None, c.now);
+    assert!(lines[0].contains("198.18.0.100 (port)") && lines[0].contains("198.18.0.101 (tuple)"), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("198.18.0.101:") && l.contains("198.18.0.1:2") && l.contains("tuple")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("s1") && l.ends_with(" 1")), "s1: 0 live, 1 dead: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("s2 ") && l.contains(" 2 ")), "s2: 2 live: {lines:?}");
 }
 
 mod model {
