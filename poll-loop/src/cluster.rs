@@ -218,6 +218,13 @@ pub fn dist_stats(stack: &Stack) -> Option<coupling::dist::DistStats> {
     c.downcast_ref::<StackCluster>().map(|sc| sc.dist.stats)
 }
 
+/// The port registry's counters of a cluster member's stack, and the segments it routed by
+/// port owner.
+pub fn port_stats(stack: &Stack) -> Option<(coupling::ports::PortStats, u64)> {
+    let c: &dyn std::any::Any = stack.cluster();
+    c.downcast_ref::<StackCluster>().map(|sc| (sc.ports.stats, sc.ports_forwarded))
+}
+
 fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
     let c: &mut dyn std::any::Any = stack.cluster_mut();
     c.downcast_mut::<StackCluster>()

@@ -506,6 +506,13 @@ impl core::fmt::Display for Report {
             if let Some(d) = crate::cluster::dist_stats(r.stack()) {
                 writeln!(f, "queue {q} distributor: {d:?}")?;
             }
+            if let Some((p, fwd)) = crate::cluster::port_stats(r.stack()) {
+                writeln!(
+                    f,
+                    "queue {q} cluster ports: claims={} claim_conflicts={} releases={} reclaimed={} exhausted={} invalid={} ports_forwarded={fwd}",
+                    p.claims, p.claim_conflicts, p.releases, p.reclaimed, p.exhausted, p.invalid
+                )?;
+            }
             let c = r.stack().counters();
             let is_drop = |k: &str| stack::iface::DropReason::ALL.iter().any(|d| d.name() == k);
             let traffic: Vec<String> = c.iter().filter(|(k, v)| *v > 0 && !is_drop(k)).map(|(k, v)| format!("{k}={v}")).collect();

@@ -422,6 +422,12 @@ impl Runner {
     /// the process stop too, and tears down as after a normal run).
     pub fn run(&mut self, app: &mut impl App) -> Result<(), String> {
         let now = self.clock.now();
+        if let Some(c) = self.cluster.as_mut() {
+            // A cluster member's first turn before the application starts: the addresses the
+            // cluster gives this stack at once (DVIPAs it holds, distributed DVIPAs it is a
+            // target of) are there when the application binds or connects from them.
+            c.turn(now, &mut self.stack);
+        }
         let started = app.start(now, &mut self.stack);
         if started.is_err() {
             self.stop.store(true, Ordering::Relaxed);
