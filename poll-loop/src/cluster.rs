@@ -845,10 +845,12 @@ impl Cluster for StackCluster {
             }
             (PortsMode::Tuple, Some(r)) => self.ports.claim_ephemeral(ns, local, r, rng.below(span) as u16),
             // No peer (a UDP socket): the whole port, for this stack alone.
+            // Scanned from a random start, as the registry scans for connections.
             (PortsMode::Tuple, None) => {
+                let start = rng.below(span);
                 let mut last = Err(PortsError::Exhausted);
-                for _ in 0..64 {
-                    let p = *EPHEMERAL_PORTS.start() + rng.below(span) as u16;
+                for i in 0..span {
+                    let p = *EPHEMERAL_PORTS.start() + ((start + i) % span) as u16;
                     last = self.ports.claim(ns, local, p).map(|_| p);
                     if last.is_ok() {
                         break;

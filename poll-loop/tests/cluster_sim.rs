@@ -359,7 +359,11 @@ fn rand_suffix() -> u64 {
 /// Two targets, K unbound connects each to one server ip:port from the DVIPA: distinct
 /// ports, no tuple twice, every byte echoed to the right stack, nothing reset.
 fn distinct_ports_and_replies_delivered(seed: u64, loss: f64, k: usize) {
-    let mut c = Cluster::new(seed, loss, "cluster_ports = true\n", false);
+    distinct_ports_in_mode(seed, loss, k, "cluster_ports = true\n");
+}
+
+fn distinct_ports_in_mode(seed: u64, loss: f64, k: usize, mode: &str) {
+    let mut c = Cluster::new(seed, loss, mode, false);
     c.connect(2, k, true);
     c.connect(3, k, false); // SOURCEIPA: the app's name gives it the DVIPA
     assert!(c.exchange(512, 4096, 60), "seed {seed}: every connection echoed: {}", c.summary());
@@ -391,6 +395,50 @@ fn cluster_ports_under_loss_reordering_and_duplication() {
     let start: u64 = std::env::var("PLEX_SIM_SEED_START").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     for seed in start..start + n {
         distinct_ports_and_replies_delivered(seed, 0.02, 16);
+    }
+}
+
+/// `cluster_ports = "tuple"`: the same guarantees toward one server (one port per 4-tuple),
+/// with the shared 4-tuple table instead of port ownership.
+#[test]
+fn tuple_mode_two_targets_share_the_dvipa_without_collisions() {
+    for seed in [51, 52, 53] {
+        distinct_ports_in_mode(seed, 0.01, 32, "cluster_ports = \"tuple\"\n");
+    }
+}
+
+/// UDP sockets bound to port 0 on the DVIPA draw their ports from the same registry: the two
+/// targets never get the same one, and each is the stack's alone until it closes.
+#[test]
+fn udp_port_zero_on_the_dvipa_comes_from_the_registry() {
+    for mode in ["cluster_ports = true\n", "cluster_ports = \"tuple\"\n"] {
+        let mut c = Cluster::new(61, 0.0, mode, true);
+        let mut seen = BTreeSet::new();
+        let mut socks = Vec::new();
+        for node in [2, 3] {
+            let id = c.ids[node];
+            for _ in 0..200 {
+                let st = &mut c.sim.host_mut(id).stack;
+                let u = st.udp_bind(SocketAddrV4::new(DVIPA, 0)).expect("udp bind");
+                let p = st.udp_local_addr(u).unwrap().port();
+                assert!(seen.insert(p), "{mode}: port {p} given twice (equal allocators on both stacks)");
+                socks.push((node, u, p));
+            }
+        }
+        let owner = |c: &Cluster, p: u16| {
+            let st = &c.sim.host(c.ids[1]).stack;
+            let sc = (st.cluster() as &dyn std::any::Any).downcast_ref::<StackCluster>().unwrap();
+            sc.ports().owner(DVIPA, p, SERVER).map(|o| o.slot)
+        };
+        assert!(socks.iter().all(|(n, _, p)| owner(&c, *p) == Some(*n as u8 - 1)), "{mode}: registered to their stacks");
+        let now = c.sim.now();
+        for (n, u, _) in &socks {
+            let id = c.ids[*n];
+            c.sim.host_mut(id).stack.close(now, *u).unwrap();
+        }
+        c.sim.kick();
+        c.sim.run_for(Duration::from_millis(20));
+        assert!(socks.iter().all(|(_, _, p)| owner(&c, *p).is_none()), "{mode}: released at close");
     }
 }
 
