@@ -365,7 +365,11 @@ fn reclaim_after_a_rejoin_frees_only_the_old_incarnation() {
     assert_eq!(b.owner(VIP, p_old, remote(1)), None);
     assert_eq!(b.owner(TUP, t_old, remote(1)), None);
     assert_eq!(b.owner(VIP, p_new, remote(1)), Some(new.me()));
-    drop(n1b);
+    // The old handle, told of the rejoin, claims as the new incarnation.
+    old.rejoined(&n1b);
+    assert_eq!(old.me(), new.me());
+    let q = old.claim_ephemeral(c.now, VIP, remote(1), 0).unwrap();
+    assert_eq!(b.owner(VIP, q, remote(1)), Some(new.me()));
 }
 
 #[test]
