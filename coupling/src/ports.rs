@@ -34,6 +34,11 @@
 //! registry index or a failing check word is ignored (counted in [`PortStats::invalid`]),
 //! never adopted and never a panic. Claims and releases allocate nothing and touch a handful
 //! of atomics.
+//!
+//! Known limits: a word that fails validation is skipped, never reclaimed (nobody can tell
+//! whose it is); in tuple mode, a stack that dies between counting a tuple on its port and
+//! claiming the tuple row (or between freeing the row and uncounting it) leaves the port's
+//! count one too high, so that port can no longer be bound exclusively (tuples still use it).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
