@@ -55,7 +55,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::layout::{MAX_DVIPAS, MAX_STACKS};
+use crate::layout::{MAX_DVIPAS, MAX_PORT_REGISTRIES, MAX_STACKS};
 
 /// Default of `distribute.grace_ms`: how long a new router holds segments of flows its
 /// targets have not reported yet before it answers them with a reset.
@@ -632,6 +632,11 @@ impl ClusterConfig {
             dvipas.push(DvipaDef { addr, prefix, primary, backups, giveback, distribute, cluster_ports });
         }
 
+        let with_ports = dvipas.iter().filter(|d| d.cluster_ports.is_some()).count();
+        if with_ports > MAX_PORT_REGISTRIES {
+            return Err(err(origin, format!("{with_ports} DVIPAs with cluster_ports: the coupling region has {MAX_PORT_REGISTRIES} port registries")));
+        }
+
         let mut ranges: Vec<RangeDef> = Vec::new();
         for (i, r) in raw.vipa_range.iter().enumerate() {
             let st = format!("vipa_range[{i}] ({})", r.prefix);
@@ -927,6 +932,9 @@ prefix = "198.18.0.128/28"
         }
         let e = parse_with(&stack3("[{ address = \"198.18.0.99\", apps = [\"a\"] }]")).unwrap_err();
         assert!(e.to_string().starts_with("stack[2] (s3): source_ipa[0]"), "{e}");
+        let many: String = (0..17).map(|i| format!("[[dvipa]]\naddress = \"198.18.0.{}/24\"\nprimary = \"s1\"\ncluster_ports = true\n", 100 + i)).collect();
+        let e = parse_with(&many).unwrap_err();
+        assert_eq!(e.to_string(), "test.toml: 17 DVIPAs with cluster_ports: the coupling region has 16 port registries");
         let e = ClusterConfig::parse(&BASE.replace("name = \"t\"", "name = \"t\"\nport_quarantine_ms = 99999999"), "x").unwrap_err();
         assert!(e.to_string().contains("port_quarantine_ms"), "{e}");
     }

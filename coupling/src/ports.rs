@@ -19,8 +19,8 @@
 //! both modes) and tuple use of one port exclude each other by CAS too.
 //!
 //! ## Driving it
-//! - [`Registry::new`] after [`Node::join`] (again after the node rejoined with a new
-//!   incarnation: a registry claims with the incarnation it was created with).
+//! - [`Registry::new`] after [`Node::join`]; [`Registry::rejoined`] after the node rejoined
+//!   with a new incarnation (a registry claims with the incarnation it was told).
 //! - [`Registry::claim_ephemeral`] at `connect()` (or `bind(addr, 0)`) before the SYN, with a
 //!   random `start` per call (RFC 6056); [`Registry::claim`] for an explicit bind or a
 //!   listener; [`Registry::release`] when the TCB is freed (after TIME-WAIT).
@@ -34,6 +34,11 @@
 //! registry index or a failing check word is ignored (counted in [`PortStats::invalid`]),
 //! never adopted and never a panic. Claims and releases allocate nothing and touch a handful
 //! of atomics.
+//!
+//! Known limits: a word that fails validation is skipped, never reclaimed (nobody can tell
+//! whose it is); in tuple mode, a stack that dies between counting a tuple on its port and
+//! claiming the tuple row (or between freeing the row and uncounting it) leaves the port's
+//! count one too high, so that port can no longer be bound exclusively (tuples still use it).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -356,8 +361,8 @@ fn try_tuple(region: &Region, reg: usize, addr: u32, port: u16, remote: u64, me:
 }
 
 impl Registry {
-    /// This stack's registry handle: its slot and incarnation come from `node` (create it
-    /// again after the node rejoined with a new incarnation).
+    /// This stack's registry handle: its slot and incarnation come from `node` (tell it
+    /// [`Registry::rejoined`] after the node rejoined with a new incarnation).
     pub fn new(node: &Node) -> Registry {
         Registry::with_owner(node.region().clone(), Arc::new(node.config().clone()), PortOwner::new(node.slot() as u8, node.incarnation()))
     }
@@ -373,6 +378,17 @@ impl Registry {
             dead_since: [0; MAX_STACKS],
             cursor: 0,
             stats: PortStats::default(),
+        }
+    }
+
+    /// The node rejoined (it was fenced, or restarted in-process) with a new incarnation:
+    /// claim as that from now on. What this registry held under the old incarnation is a dead
+    /// owner's now (reclaimed after the quarantine), so its local references are dropped.
+    pub fn rejoined(&mut self, node: &Node) {
+        let me = PortOwner::new(node.slot() as u8, node.incarnation());
+        if me != self.me {
+            self.me = me;
+            self.refs.clear();
         }
     }
 
