@@ -185,6 +185,41 @@ touch "$OUT/stop2"
 wait "$SEQ" || true
 echo "  $(tail -1 "$OUT/haproxy-failover.json")"
 
+# --- cluster-wide ports ------------------------------------------------------------------------
+# The registry's own rate (claim+release pairs from one process, and from two contending on one
+# DVIPA), then the cost it adds to outbound connections: target s2 opens connections from the
+# DVIPA to a Linux echo server in the client namespace (8 at a time: connect, 16 bytes echoed,
+# close), with `cluster_ports` on and off, alternated, best of two each.
+echo "== cluster-wide ports"
+for i in 1 2 3; do kill -INT "${SPID[$i]:-0}" 2>/dev/null || true; done
+sleep 0.5
+target/release/plex-portbench >"$OUT/portbench.txt" 2>&1
+sed 's/^/  /' "$OUT/portbench.txt" | grep -v '^  {'
+ip netns exec plx-client "$LNX" echo-many 198.18.0.1:7000 --block >"$OUT/echo-many.log" 2>&1 &
+PIDS+=($!)
+sleep 0.3
+CHURN=${PLEX_CHURN:-$CONNS}
+churn() { # on|off ROUND: connections per second from s2 through the DVIPA
+  local mode=$1 cfg="$OUT/ports-$1.toml" reg="$REGION-ports-$1"
+  sed -e "s|^region = .*|region = \"$reg\"|" -e "s|^name = \"plx-bench\"|name = \"plx-bench-$1\"|" "$CFG" >"$cfg"
+  [ "$mode" = on ] && sed -i "s|^address = \"$V/24\"|address = \"$V/24\"\ncluster_ports = true|" "$cfg"
+  rm -f "$reg"
+  ip netns exec plx-s1 "$PLEX" run --config "$cfg" --stack s1 --poll "$PLEX_POLL" echo >"$OUT/churn-s1-$1-$2.log" 2>&1 &
+  local r=$!
+  PIDS+=($r)
+  sleep 0.5
+  ip netns exec plx-s2 timeout 120 "$PLEX" run --config "$cfg" --stack s2 --poll "$PLEX_POLL" --stats outbound --to 198.18.0.1:7000 --from $V --count 8 --churn "$CHURN" >"$OUT/churn-$1-$2.log" 2>&1
+  kill -INT $r 2>/dev/null; wait $r 2>/dev/null
+  rm -f "$reg"
+  sed -n 's/.*conn_per_s_99=\([0-9]*\).*/\1/p' "$OUT/churn-$1-$2.log" | tail -1
+}
+best() { printf '%s\n' "$@" | sort -n | tail -1; }
+off1=$(churn off 1); on1=$(churn on 1); off2=$(churn off 2); on2=$(churn on 2)
+PORTS_OFF=$(best "${off1:-0}" "${off2:-0}"); PORTS_ON=$(best "${on1:-0}" "${on2:-0}")
+echo "  outbound conn/s from s2 through $V (the first 99 %: a straggler's SYN retransmission is not the registry's cost): cluster_ports off $off1, $off2; on $on1, $on2"
+grep -h 'churn: done' "$OUT"/churn-on-*.log | sed 's/^/  on:  /'
+grep -h 'cluster ports:' "$OUT"/churn-on-*.log | sed 's/^/  on:  /'
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else print "null" }'; }
 num() { [ -n "$1" ] && echo "$1" || echo null; }
 echo
@@ -197,6 +232,7 @@ echo "router adds $(awk -v a="$(p50 plex-router)" -v b="$(p50 plex-direct)" 'BEG
 echo "connections/s through the router / through HAProxy: $(ratio "$(cps plex-router-conn)" "$(cps haproxy-conn)")x sequential, $(ratio "$(cps plex-router-par)" "$(cps haproxy-par)")x with 8 parallel clients"
 echo "failover, plex router kill -9 + takeback: $(jf failover.json completed)/$(jf failover.json connections) completed, resets $(jf failover.json resets), errors $(jf failover.json errors), longest stall $(jf failover.json max_stall_ms) ms"
 echo "failover, HAProxy kill -9: $(jf haproxy-failover.json completed)/$(jf haproxy-failover.json connections) completed, resets $(jf haproxy-failover.json resets), errors $(jf haproxy-failover.json errors)"
+echo "port registry: $(jf portbench.txt claims_per_s_1) claim+release/s from one process, $(jf portbench.txt claims_per_s_2) from two contending (target >= 10 M); outbound conn/s through $V with cluster_ports on/off: $PORTS_ON / $PORTS_OFF = $(ratio "$PORTS_ON" "$PORTS_OFF")x (target >= 0.95)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
 { "distributor": {
@@ -213,6 +249,10 @@ if [ -n "$JSON" ]; then
   "failover_stall_ms": $(jf failover.json max_stall_ms), "takeback_resets": $(jf failover.json resets),
   "haproxy_failover_connections": $(jf haproxy-failover.json connections), "haproxy_failover_resets": $(jf haproxy-failover.json resets),
   "haproxy_failover_errors": $(jf haproxy-failover.json errors)
+}, "ports": {
+  "claims_per_s_1": $(jf portbench.txt claims_per_s_1), "claims_per_s_2": $(jf portbench.txt claims_per_s_2),
+  "tuple_claims_per_s_1": $(jf portbench.txt tuple_claims_per_s_1), "tuple_claims_per_s_2": $(jf portbench.txt tuple_claims_per_s_2),
+  "conn_per_s_on": $(num "$PORTS_ON"), "conn_per_s_off": $(num "$PORTS_OFF"), "on_off_ratio": $(ratio "$PORTS_ON" "$PORTS_OFF")
 } }
 J
   echo "wrote $JSON"

@@ -409,6 +409,9 @@ impl ClusterMember {
             log(&self.name, format_args!("coupling region: {e}"));
         }
         if sc.node.stats.fenced != fenced {
+            // Claims from now on under the new incarnation (the old one's are reclaimed).
+            let StackCluster { node, ports, .. } = sc;
+            ports.rejoined(node);
             log(&self.name, format_args!(
                 "fenced: declared failed while stalled (lease lapsed); dropped its DVIPAs, rejoined as incarnation {}",
                 sc.node.incarnation()

@@ -255,6 +255,8 @@ pub struct Churn {
     failed: u64,
     live: HashMap<SocketHandle, bool>,
     start: Option<Instant>,
+    /// When 99 % had completed (the rate without a straggler's retransmission timeout).
+    at_99: Option<Instant>,
     last_report: Option<Instant>,
     finished: bool,
     buf: [u8; 64],
@@ -273,6 +275,7 @@ impl Churn {
             failed: 0,
             live: HashMap::new(),
             start: None,
+            at_99: None,
             last_report: None,
             finished: false,
             buf: [0; 64],
@@ -337,12 +340,17 @@ impl App for Churn {
             self.last_report = Some(now);
             eprintln!("churn: {} of {} completed, {} failed ({:.0} conn/s)", self.completed, self.total, self.failed, self.completed as f64 / secs);
         }
+        if self.at_99.is_none() && self.completed * 100 >= self.total * 99 {
+            self.at_99 = Some(now);
+        }
         if self.completed + self.failed >= self.total {
+            let s99 = self.at_99.zip(self.start).map_or(secs, |(a, s)| (a - s).as_secs_f64()).max(1e-6);
             println!(
-                "churn: done: completed={} failed={} secs={secs:.3} conn_per_s={:.0}",
+                "churn: done: completed={} failed={} secs={secs:.3} conn_per_s={:.0} conn_per_s_99={:.0}",
                 self.completed,
                 self.failed,
-                self.completed as f64 / secs
+                self.completed as f64 / secs,
+                (self.total * 99 / 100) as f64 / s99
             );
             let _ = std::io::stdout().flush();
             self.finished = true;
