@@ -220,6 +220,30 @@ echo "  outbound conn/s from s2 through $V (the first 99 %: a straggler's SYN re
 grep -h 'churn: done' "$OUT"/churn-on-*.log | sed 's/^/  on:  /'
 grep -h 'cluster ports:' "$OUT"/churn-on-*.log | sed 's/^/  on:  /'
 
+# --- live connection handoff ---------------------------------------------------------------------
+# Connections bounce between s1 (the router) and s2 without end (`plex run ... bounce`), each
+# stack moving every connection it holds to the other as soon as it has it, while a Linux
+# client keeps 16 of them busy with 64-byte ping-pongs (data in flight both ways in the
+# records). The stack that installs a connection measures freeze (the source's snapshot) to
+# installed (the target can send) into an HdrHistogram.
+echo "== handoff: 16 busy connections moving between s1 and s2"
+HO_CFG="$OUT/handoff.toml"
+sed -e "s|^region = .*|region = \"$REGION-handoff\"|" -e "s|^name = \"plx-bench\"|name = \"plx-bench-handoff\"|" "$CFG" >"$HO_CFG"
+rm -f "$REGION-handoff"
+HO_N=${PLEX_HANDOFFS:-$([ "$CONNS" -le 2000 ] && echo 3000 || echo 10000)}
+ip netns exec plx-s1 "$PLEX" run --config "$HO_CFG" --stack s1 --poll "$PLEX_POLL" --stats bounce --peer s2 --transfers "$HO_N" >"$OUT/bounce-s1.log" 2>&1 &
+B1=$!; PIDS+=($B1)
+ip netns exec plx-s2 "$PLEX" run --config "$HO_CFG" --stack s2 --poll "$PLEX_POLL" --stats bounce --peer s1 --transfers "$HO_N" >"$OUT/bounce-s2.log" 2>&1 &
+B2=$!; PIDS+=($B2)
+sleep 1
+ip netns exec plx-client timeout 120 "$LNX" pingpong "$V:81" --conns 16 --count $((HO_N * 20)) --warmup 100 >"$OUT/bounce-client.txt" 2>&1 || true
+echo "  client: $(tail -1 "$OUT/bounce-client.txt")"
+kill -INT $B1 $B2 2>/dev/null; wait $B1 $B2 2>/dev/null
+rm -f "$REGION-handoff"
+for s in s1 s2; do echo "  $s: $(grep '^bounce:' "$OUT/bounce-$s.log" | tail -1)"; done
+ho() { grep '^bounce:' "$OUT/bounce-$1.log" | tail -1 | sed -n "s/.* $2 \([0-9.]*\) us.*/\1/p"; }
+hon() { grep '^bounce:' "$OUT/bounce-$1.log" | tail -1 | sed -n 's/.* n=\([0-9]*\).*/\1/p'; }
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else print "null" }'; }
 num() { [ -n "$1" ] && echo "$1" || echo null; }
 echo
@@ -233,6 +257,7 @@ echo "connections/s through the router / through HAProxy: $(ratio "$(cps plex-ro
 echo "failover, plex router kill -9 + takeback: $(jf failover.json completed)/$(jf failover.json connections) completed, resets $(jf failover.json resets), errors $(jf failover.json errors), longest stall $(jf failover.json max_stall_ms) ms"
 echo "failover, HAProxy kill -9: $(jf haproxy-failover.json completed)/$(jf haproxy-failover.json connections) completed, resets $(jf haproxy-failover.json resets), errors $(jf haproxy-failover.json errors)"
 echo "port registry: $(jf portbench.txt claims_per_s_1) claim+release/s from one process, $(jf portbench.txt claims_per_s_2) from two contending (target >= 10 M); outbound conn/s through $V with cluster_ports on/off: $PORTS_ON / $PORTS_OFF = $(ratio "$PORTS_ON" "$PORTS_OFF")x (target >= 0.95)"
+echo "handoff latency, freeze to installed (s2 taking from s1 / s1 taking from s2): p50 $(ho s2 p50) / $(ho s1 p50) us, p99 $(ho s2 p99) / $(ho s1 p99) us, max $(ho s2 max) / $(ho s1 max) us over $(hon s2) / $(hon s1) transfers (targets p50 < 20, p99 < 100)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
 { "distributor": {
@@ -253,6 +278,10 @@ if [ -n "$JSON" ]; then
   "claims_per_s_1": $(jf portbench.txt claims_per_s_1), "claims_per_s_2": $(jf portbench.txt claims_per_s_2),
   "tuple_claims_per_s_1": $(jf portbench.txt tuple_claims_per_s_1), "tuple_claims_per_s_2": $(jf portbench.txt tuple_claims_per_s_2),
   "conn_per_s_on": $(num "$PORTS_ON"), "conn_per_s_off": $(num "$PORTS_OFF"), "on_off_ratio": $(ratio "$PORTS_ON" "$PORTS_OFF")
+}, "handoff": {
+  "transfers": $(num "$(hon s2)"), "p50_us": $(num "$(ho s2 p50)"), "p99_us": $(num "$(ho s2 p99)"), "max_us": $(num "$(ho s2 max)"),
+  "transfers_to_s1": $(num "$(hon s1)"), "p50_us_to_s1": $(num "$(ho s1 p50)"), "p99_us_to_s1": $(num "$(ho s1 p99)"), "max_us_to_s1": $(num "$(ho s1 max)"),
+  "drain_conn_per_s": null
 } }
 J
   echo "wrote $JSON"

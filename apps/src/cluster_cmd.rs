@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use coupling::layout::MemberState;
 use coupling::{ClusterConfig, Region};
 
-use crate::apps::servers::ServerCmd;
+use crate::apps::servers::{bounce, ServerCmd};
 use crate::datapath::ClusterJoin;
 use crate::DataPath;
 
@@ -51,6 +51,9 @@ pub struct RunArgs {
     /// connections that bind no address leave from the address listed for it.
     #[arg(long)]
     pub app_name: Option<String>,
+    /// Fault injection: drop this fraction (0 to 1) of the frames the stack receives.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop: f64,
     #[command(subcommand)]
     pub app: ServerCmd,
 }
@@ -106,7 +109,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         xdp_mode: args.xdp_mode,
         frames: 4096,
         pcap: args.pcap,
-        drop: 0.0,
+        drop: args.drop,
         reorder: 0.0,
         reorder_us: 500,
         duplicate: 0.0,
@@ -123,6 +126,14 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
         ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip, false, true)),
         ServerCmd::Outbound(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
+        ServerCmd::Bounce(a) => {
+            let app = bounce::Bounce::new(std::net::SocketAddrV4::new(listen_ip, a.port), &a.peer, a.transfers);
+            crate::datapath::serve_in_cluster(&dp, &join, app)
+        }
+        ServerCmd::Router(a) => {
+            let app = a.app(listen_ip, &join.stack)?;
+            crate::datapath::serve_in_cluster(&dp, &join, app)
+        }
     }
 }
 

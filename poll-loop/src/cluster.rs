@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use coupling::dist::{DistAction, Distributor, Route};
 use coupling::config::PortsMode;
+use coupling::handoff::{Handoff, TransferId};
 use coupling::ports::{PortsError, Registry};
 use coupling::layout::{MemberState, MAX_STACKS};
 use coupling::node::{Action, ConnectionFate, Identity, Node};
@@ -97,6 +98,8 @@ pub struct ClusterMember {
     busy_turns: u64,
     /// When dead stacks' cluster-wide ports are next looked for.
     next_reclaim: Instant,
+    /// What the handoff protocol said this turn.
+    handoff_events: Vec<coupling::handoff::HandoffEvent>,
 }
 
 /// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
@@ -166,6 +169,10 @@ pub struct StackCluster {
     /// Segments routed to another stack by the port registry (replies to connections a
     /// target opened, before or without its NEWCONN).
     pub ports_forwarded: u64,
+    /// Live connection handoff: the coupling protocol, and the poll loop's side of it
+    /// (frozen connections and their held segments, offers for the application).
+    handoff: Handoff,
+    pub(crate) hand: crate::handoff::HandoffState,
     clock: Clock,
 }
 
@@ -225,7 +232,7 @@ pub fn port_stats(stack: &Stack) -> Option<(coupling::ports::PortStats, u64)> {
     c.downcast_ref::<StackCluster>().map(|sc| (sc.ports.stats, sc.ports_forwarded))
 }
 
-fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
+pub(crate) fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
     let c: &mut dyn std::any::Any = stack.cluster_mut();
     c.downcast_mut::<StackCluster>()
 }
@@ -277,10 +284,14 @@ impl ClusterMember {
             turns: 0,
             busy_turns: 0,
             next_reclaim: now,
+            handoff_events: Vec::new(),
         };
         let dist = Distributor::new(&node);
         let ports = Registry::new(&node);
+        let handoff = Handoff::new(&node);
         let sc = StackCluster {
+            handoff,
+            hand: Default::default(),
             node,
             dist,
             ports,
@@ -393,6 +404,7 @@ impl ClusterMember {
         // A router gives a distributed DVIPA back only once its primary has rebuilt.
         node.tick(ns, &|a| dist.node_conns(a, conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1)), &mut actions);
         dist.tick(ns, node, &mut self.dist_actions);
+        sc.handoff.tick(ns, &mut sc.node, &mut self.handoff_events);
         if now >= self.next_reclaim {
             // Ports of dead stacks, after the quarantine (2 MSL by default): CAS dead -> free.
             self.next_reclaim = now + Duration::from_millis(250);
@@ -509,7 +521,10 @@ impl ClusterMember {
                     sc.dist.listeners(ns, a, n);
                 }
                 ClusterEvent::ConnectionOpened(t, how) => sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active),
-                ClusterEvent::ConnectionClosed(t) | ClusterEvent::ConnectionMoved(t) => sc.dist.connection_closed(ns, t.local, t.remote),
+                ClusterEvent::ConnectionClosed(t) => sc.dist.connection_closed(ns, t.local, t.remote),
+                // It lives on at its new stack, whose NEWCONN moves the router's flow: no
+                // TERMCONN (the router would forget the flow in between).
+                ClusterEvent::ConnectionMoved(t) => sc.dist.connection_moved(ns, t.local, t.remote),
                 ClusterEvent::PortReleased { local, remote } => {
                     if sc.ports.mode(*local.ip()).is_some() {
                         sc.ports.release(ns, *local.ip(), local.port(), remote);
@@ -518,8 +533,13 @@ impl ClusterMember {
             }
         }
         if sc.node.detached().is_none() {
-            let StackCluster { node, dist, .. } = sc;
+            let StackCluster { node, dist, handoff, .. } = sc;
             dist.poll(ns, node, &mut self.dist_actions);
+            handoff.poll(ns, node, &mut self.handoff_events);
+        }
+        if !self.handoff_events.is_empty() {
+            let evs = std::mem::take(&mut self.handoff_events);
+            crate::handoff::apply(stack, self.clock.instant_of(ns), evs);
         }
     }
 
@@ -770,6 +790,42 @@ impl ClusterMember {
 }
 
 impl StackCluster {
+    /// The cluster config.
+    pub fn config(&self) -> &ClusterConfig {
+        self.node.config()
+    }
+    /// This stack's slot.
+    pub fn slot(&self) -> usize {
+        self.node.slot()
+    }
+    /// CLOCK_MONOTONIC ns of a core instant.
+    pub(crate) fn mono_ns(&self, now: Instant) -> u64 {
+        self.clock.mono_ns(now)
+    }
+    pub(crate) fn handoff_offer(&mut self, ns: u64, to: u8, t: Tuple, record: &[u8], unconditional: bool) -> Result<TransferId, String> {
+        self.handoff.offer(ns, to, t.local, t.remote, record, unconditional).map_err(|e| e.to_string())
+    }
+    pub(crate) fn handoff_accept(&mut self, ns: u64, id: TransferId) -> bool {
+        self.handoff.accept(ns, id)
+    }
+    pub(crate) fn handoff_reject(&mut self, ns: u64, id: TransferId, reason: u16) {
+        self.handoff.reject(ns, id, reason);
+    }
+    /// A connection moved here: its local port's cluster-wide owner becomes this stack (one
+    /// CAS from the source, never through free).
+    pub(crate) fn move_port(&mut self, _ns: u64, offer: &crate::handoff::TransferOffer, t: Tuple) {
+        if self.ports.mode(*t.local.ip()).is_none() {
+            return;
+        }
+        let Some(from) = self.ports.owner(*t.local.ip(), t.local.port(), t.remote) else { return };
+        if offer.from != self.node.config().stacks.get(from.slot as usize).map_or("", |s| s.name.as_str()) {
+            return;
+        }
+        let me = self.ports.me();
+        let tuple_mode = self.ports.mode(*t.local.ip()) == Some(PortsMode::Tuple);
+        self.ports.move_owner(*t.local.ip(), t.local.port(), tuple_mode.then_some(t.remote), from, me);
+    }
+
     /// The port registry (its counters, for reports).
     pub fn ports(&self) -> &Registry {
         &self.ports
@@ -812,6 +868,12 @@ impl StackCluster {
 
 impl Cluster for StackCluster {
     fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
+        // A connection of this stack in flight to another (held), or just moved (forwarded).
+        match self.hand.route(now, tuple) {
+            Some(None) => return InboundRoute::Hold,
+            Some(Some(to)) => return InboundRoute::Forward { stack: to as u32 },
+            None => {}
+        }
         let addr = *tuple.local.ip();
         match self.dist.route(self.clock.mono_ns(now), tuple.local, tuple.remote, syn) {
             // A target that does not route the DVIPA got a segment (not a SYN: those the router

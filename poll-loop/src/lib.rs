@@ -29,6 +29,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod error;
+pub mod handoff;
 pub mod plex;
 pub mod runner;
 pub mod shards;

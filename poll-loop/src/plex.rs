@@ -506,6 +506,11 @@ impl core::fmt::Display for Report {
             if let Some(d) = crate::cluster::dist_stats(r.stack()) {
                 writeln!(f, "queue {q} distributor: {d:?}")?;
             }
+            if let Some(h) = crate::handoff::counters(r.stack()) {
+                if h != crate::handoff::HandoffCounters::default() {
+                    writeln!(f, "queue {q} handoff: {h:?}")?;
+                }
+            }
             if let Some((p, fwd)) = crate::cluster::port_stats(r.stack()) {
                 writeln!(
                     f,

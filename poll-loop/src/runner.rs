@@ -89,12 +89,55 @@ pub trait App {
     fn done(&self) -> bool {
         false
     }
+    /// Another stack of the cluster offers to move a live connection here (spec/04): an
+    /// application that takes transferred connections (a *transfer listener*) accepts it;
+    /// the default refuses.
+    fn transfer_offer(&mut self, _now: Instant, _stack: &mut Stack, _offer: &crate::handoff::TransferOffer) -> crate::handoff::TransferDecision {
+        crate::handoff::TransferDecision::Reject(crate::handoff::REJECT_NO_LISTENER)
+    }
+    /// A connection moved here (an accepted offer): `h`, established, with the state the
+    /// source application sent along. Its unread bytes are there to read.
+    fn transferred(&mut self, _now: Instant, _stack: &mut Stack, _h: SocketHandle, _app_state: &[u8]) {}
+    /// What became of a transfer this application started ([`crate::handoff::transfer`]).
+    fn transfer_done(&mut self, _now: Instant, _stack: &mut Stack, _id: coupling::handoff::TransferId, _outcome: crate::handoff::TransferOutcome) {}
+}
+
+/// Hand the application what the cluster's handoff layer has for it: offers to decide,
+/// connections that arrived, outcomes of its own transfers. Returns whether there was any.
+pub fn dispatch_handoffs(now: Instant, stack: &mut Stack, app: &mut (impl App + ?Sized)) -> bool {
+    let mut any = false;
+    while let Some(offer) = crate::handoff::next_offer(stack) {
+        any = true;
+        let d = if offer.unconditional { crate::handoff::TransferDecision::Accept } else { app.transfer_offer(now, stack, &offer) };
+        match d {
+            crate::handoff::TransferDecision::Accept => {
+                if let Some(h) = crate::handoff::accept(stack, now, &offer) {
+                    app.transferred(now, stack, h, &offer.app_state);
+                }
+            }
+            crate::handoff::TransferDecision::Reject(r) => crate::handoff::reject(stack, now, &offer, r),
+        }
+    }
+    while let Some((id, outcome)) = crate::handoff::next_outcome(stack) {
+        any = true;
+        app.transfer_done(now, stack, id, outcome);
+    }
+    any
 }
 
 /// A boxed application (one chosen at run time) is an application.
 impl<A: App + ?Sized> App for Box<A> {
     fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         (**self).start(now, stack)
+    }
+    fn transfer_offer(&mut self, now: Instant, stack: &mut Stack, offer: &crate::handoff::TransferOffer) -> crate::handoff::TransferDecision {
+        (**self).transfer_offer(now, stack, offer)
+    }
+    fn transferred(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, app_state: &[u8]) {
+        (**self).transferred(now, stack, h, app_state)
+    }
+    fn transfer_done(&mut self, now: Instant, stack: &mut Stack, id: coupling::handoff::TransferId, outcome: crate::handoff::TransferOutcome) {
+        (**self).transfer_done(now, stack, id, outcome)
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         (**self).event(now, stack, h, ev)
@@ -315,7 +358,12 @@ impl Runner {
                     s.share(g);
                 }
             }
-            if let Received::Forward { stack: to } = stack.receive(now, g) {
+            let outcome = stack.receive(now, g);
+            if outcome == Received::Hold {
+                crate::handoff::hold(stack, g);
+                return;
+            }
+            if let Received::Forward { stack: to } = outcome {
                 if let Some(s) = shards.as_mut() {
                     s.hand_over(to, g);
                     return;
@@ -361,6 +409,9 @@ impl Runner {
             app.event(now, stack, h, ev);
             busy = true;
         }
+        if cluster.is_some() {
+            busy |= dispatch_handoffs(now, stack, app);
+        }
         busy |= app.poll(now, stack);
         // Events raised by the application's own calls (e.g. an immediate reset).
         while let Some((h, ev)) = stack.poll_event() {
@@ -370,6 +421,14 @@ impl Runner {
         // cluster member checks its lease again with a fresh clock before anything leaves.
         if let Some(c) = cluster.as_mut() {
             c.turn(clock.now(), stack);
+            // Segments held while a connection moved, now for its new stack.
+            while let Some((to, f)) = crate::handoff::next_forward(stack) {
+                let ours = stack.mac().0;
+                match crate::cluster::member_mac(stack, to as u32, now) {
+                    Some(target) if forwards.stage(&f, target, ours) => stats.forwarded += 1,
+                    _ => stats.unforwarded += 1,
+                }
+            }
         }
         // Queue what the stack has, up to one kick's worth, then kick once: in copy mode every
         // kick is a sendto that moves at most the socket's TX budget. Frames forwarded to other

@@ -21,6 +21,7 @@ use coupling::node::Identity;
 use coupling::ClusterConfig;
 use poll_loop::clock::Clock;
 use poll_loop::cluster::{ClusterMember, StackCluster};
+use poll_loop::handoff::{self, TransferOutcome};
 use stack::iface::{Received, SocketEvent, SocketHandle, Stack, StackConfig};
 use stack::sim::{Host, LinkConfig, Sim};
 use stack::tcp::Event;
@@ -63,6 +64,12 @@ struct Node {
     /// The member's turn only at timers, not before every frame: its mail (a target's
     /// NEWCONN) is read late, as a busy router's can be, and replies overtake it.
     lagging: bool,
+    /// Offers of live connections: accept them (and echo on them), or reject with this reason.
+    reject: Option<u16>,
+    /// Connections this node echoes on (accepted here or transferred here).
+    serving: Vec<SocketHandle>,
+    /// Outcomes of the transfers this node started.
+    outcomes: Vec<TransferOutcome>,
     listener: Option<SocketHandle>,
     buf: Vec<u8>,
 }
@@ -71,10 +78,75 @@ impl Node {
     fn turn(&mut self, now: Instant) {
         if let Some(m) = self.member.as_mut() {
             m.turn(now, &mut self.stack);
+            self.handoffs(now);
         }
     }
-    /// The server echoes everything back; clients are driven by the test.
+    /// What the runner does for an application: offers, outcomes, held segments to forward.
+    fn handoffs(&mut self, now: Instant) {
+        while let Some(offer) = handoff::next_offer(&mut self.stack) {
+            match self.reject {
+                Some(r) if !offer.unconditional => handoff::reject(&mut self.stack, now, &offer, r),
+                _ => {
+                    if let Some(h) = handoff::accept(&mut self.stack, now, &offer) {
+                        self.serving.push(h);
+                        self.echo_on(now, h);
+                    }
+                }
+            }
+        }
+        while let Some((_, o)) = handoff::next_outcome(&mut self.stack) {
+            if let TransferOutcome::Rejected { handle: Some(h), .. } | TransferOutcome::Aborted { handle: Some(h) } = o {
+                self.serving.push(h);
+                self.echo_on(now, h);
+            }
+            self.outcomes.push(o);
+        }
+        while let Some((to, mut f)) = handoff::next_forward(&mut self.stack) {
+            f[..6].copy_from_slice(&self.macs[to as usize + 1].0);
+            f[6..12].copy_from_slice(&self.stack.config().mac.0);
+            self.forward.push_back(f);
+        }
+    }
+    fn echo_on(&mut self, now: Instant, h: SocketHandle) {
+        loop {
+            match self.stack.tcp_recv(now, h, &mut self.buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let sent = self.stack.tcp_send(now, h, &self.buf[..n]).unwrap_or(0);
+                    assert_eq!(sent, n, "the echo's send buffer holds an echo");
+                }
+            }
+        }
+    }
+    /// The server echoes everything back; clients are driven by the test. A cluster member
+    /// with a listener (the handoff tests) echoes on what it accepted and what moved here.
     fn serve(&mut self, now: Instant) {
+        if self.member.is_some() {
+            self.handoffs(now);
+            if let Some(l) = self.listener {
+                while let Ok(h) = self.stack.tcp_accept(l) {
+                    self.serving.push(h);
+                }
+            }
+            if self.listener.is_none() && self.serving.is_empty() {
+                return;
+            }
+            while let Some((h, ev)) = self.stack.poll_event() {
+                match ev {
+                    SocketEvent::Tcp(Event::Readable) if self.serving.contains(&h) => self.echo_on(now, h),
+                    SocketEvent::Tcp(Event::Closed) => {
+                        self.serving.retain(|x| *x != h);
+                        let _ = self.stack.close(now, h);
+                    }
+                    _ => {}
+                }
+            }
+            let hs = self.serving.clone();
+            for h in hs {
+                self.echo_on(now, h);
+            }
+            return;
+        }
         if !self.echo {
             return;
         }
@@ -114,7 +186,11 @@ impl Host for Node {
         if !self.lagging {
             self.turn(now);
         }
-        if let Received::Forward { stack } = self.stack.receive(now, frame) {
+        let outcome = self.stack.receive(now, frame);
+        if outcome == Received::Hold {
+            handoff::hold(&mut self.stack, frame);
+        }
+        if let Received::Forward { stack } = outcome {
             let mut f = frame.to_vec();
             f[..6].copy_from_slice(&self.macs[stack as usize + 1].0); // host i+1 is slot i
             f[6..12].copy_from_slice(&self.stack.config().mac.0);
@@ -202,7 +278,7 @@ impl Cluster {
         let mut server = Stack::new(scfg);
         server.add_address(*SERVER.ip(), 24, false);
         let l = server.tcp_listen(Instant::ZERO, SERVER, 1024).unwrap();
-        let node = Node { stack: server, member: None, forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: true, lagging: false, listener: Some(l), buf: vec![0; 65536] };
+        let node = Node { stack: server, member: None, forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: true, lagging: false, reject: None, serving: Vec::new(), outcomes: Vec::new(), listener: Some(l), buf: vec![0; 65536] };
         ids.push(sim.add_host(node, link(loss, seed), link(loss, seed)));
         for (i, name) in NAMES.iter().enumerate() {
             let slot = i + 1;
@@ -214,7 +290,7 @@ impl Cluster {
             c.app_name = Some("db-client".into());
             let mut st = Stack::with_cluster(c, Box::new(sc));
             st.add_address(cfg.stacks[i].addr, 24, false);
-            let node = Node { stack: st, member: Some(member), forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: false, lagging: false, listener: None, buf: vec![0; 65536] };
+            let node = Node { stack: st, member: Some(member), forward: VecDeque::new(), macs: macs.clone(), dead: false, forwarded: 0, echo: false, lagging: false, reject: None, serving: Vec::new(), outcomes: Vec::new(), listener: None, buf: vec![0; 65536] };
             ids.push(sim.add_host(node, link(loss, seed), link(loss, seed)));
         }
         let mut c = Cluster { sim, ids, clients: Vec::new(), region };
@@ -258,7 +334,8 @@ impl Cluster {
             by.insert((c.node, c.h), i);
         }
         let mut buf = vec![0u8; 65536];
-        for node in [2, 3] {
+        let nodes: BTreeSet<usize> = self.clients.iter().map(|c| c.node).collect();
+        for node in nodes {
             let id = self.ids[node];
             loop {
                 let Some((h, ev)) = self.sim.host_mut(id).stack.poll_event() else { break };
@@ -440,6 +517,143 @@ fn udp_port_zero_on_the_dvipa_comes_from_the_registry() {
         c.sim.run_for(Duration::from_millis(20));
         assert!(socks.iter().all(|(_, _, p)| owner(&c, *p).is_none()), "{mode}: released at close");
     }
+}
+
+// ---- live connection handoff (issue 14) ---------------------------------------------------
+
+const SVC: u16 = 81;
+
+impl Cluster {
+    /// The server host becomes the client: s1 (the router) listens on DVIPA:81 and echoes; the
+    /// client opens `k` connections to it.
+    fn handoff_setup(&mut self, k: usize) {
+        let s1 = self.ids[1];
+        let now = self.sim.now();
+        let l = self.sim.host_mut(s1).stack.tcp_listen(now, SocketAddrV4::new(DVIPA, SVC), 1024).unwrap();
+        self.sim.host_mut(s1).listener = Some(l);
+        let c = self.ids[0];
+        self.sim.host_mut(c).echo = false;
+        for _ in 0..k {
+            let h = self.sim.host_mut(c).stack.tcp_connect(now, None, SocketAddrV4::new(DVIPA, SVC)).expect("connect");
+            self.clients.push(Client { node: 0, h, up: false, failed: None, sent: 0, expect: VecDeque::new(), mismatched: false });
+        }
+        self.sim.kick();
+    }
+
+    /// Move every connection `from` serves to stack `to` (by name).
+    fn transfer_all(&mut self, from: usize, to: &str) -> usize {
+        let id = self.ids[from];
+        let now = self.sim.now();
+        let node = self.sim.host_mut(id);
+        let hs = std::mem::take(&mut node.serving);
+        let mut moved = 0;
+        for h in hs {
+            match handoff::transfer(&mut node.stack, now, h, to, b"app state", false) {
+                Ok(_) => moved += 1,
+                Err(handoff::TransferError::Offer { restored: Some(nh), .. }) => node.serving.push(nh),
+                Err(_) => node.serving.push(h),
+            }
+        }
+        self.sim.kick();
+        moved
+    }
+
+    /// Run `ms` of simulated time, driving the clients.
+    fn run_ms(&mut self, chunk: usize, total: usize, ms: u64) {
+        for _ in 0..ms {
+            self.drive(chunk, total);
+            let step_to = self.sim.now() + Duration::from_millis(1);
+            self.sim.run_until(step_to, |_| false);
+        }
+    }
+}
+
+/// Connections with data flowing both ways move s1 -> s2 -> s3 -> s1 (the router's own stack):
+/// the client's byte streams are exactly what it sent, nothing is reset, nothing times out.
+fn handoff_chain(seed: u64, loss: f64) {
+    let mut c = Cluster::new(seed, loss, "", false);
+    c.handoff_setup(8);
+    let total = 256 * 1024;
+    c.run_ms(1024, total, 30);
+    assert!(c.clients.iter().all(|x| x.up), "seed {seed}: connected: {}", c.summary());
+    assert_eq!(c.transfer_all(1, "s2"), 8, "seed {seed}: s1 offered all");
+    c.run_ms(1024, total, 40);
+    assert_eq!(c.transfer_all(2, "s3"), 8, "seed {seed}: s2 had them all and offered them on: {}", c.summary());
+    c.run_ms(1024, total, 40);
+    assert_eq!(c.transfer_all(3, "s1"), 8, "seed {seed}: s3 had them all: {}", c.summary());
+    assert!(c.exchange(1024, total, 120), "seed {seed}: every byte echoed after three moves: {}", c.summary());
+    // A RST or a timeout would show as `failed` (Event::Reset / Event::TimedOut).
+    assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched), "seed {seed}: {}", c.summary());
+    for n in [1, 2, 3] {
+        let o = &c.sim.host(c.ids[n]).outcomes;
+        assert!(o.iter().all(|o| matches!(o, TransferOutcome::Accepted { .. })), "seed {seed}: s{n}: {o:?}");
+    }
+}
+
+#[test]
+fn handoff_chain_moves_live_connections_without_a_reset() {
+    handoff_chain(71, 0.0);
+}
+
+#[test]
+fn handoff_chain_under_loss_reordering_and_duplication() {
+    let n: u64 = std::env::var("PLEX_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let start: u64 = std::env::var("PLEX_SIM_SEED_START").ok().and_then(|v| v.parse().ok()).unwrap_or(700);
+    for seed in start..start + n {
+        handoff_chain(seed, 0.01);
+    }
+}
+
+/// The target refuses: the connection comes back to its source, which processes what it held
+/// and goes on; the client sees nothing.
+#[test]
+fn a_rejected_transfer_comes_back_to_its_source() {
+    let mut c = Cluster::new(81, 0.01, "", false);
+    c.handoff_setup(4);
+    let s2 = c.ids[2];
+    c.sim.host_mut(s2).reject = Some(7);
+    let total = 128 * 1024;
+    c.run_ms(1024, total, 30);
+    assert_eq!(c.transfer_all(1, "s2"), 4);
+    assert!(c.exchange(1024, total, 60), "every byte echoed: {}", c.summary());
+    assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched));
+    let o = &c.sim.host(c.ids[1]).outcomes;
+    assert_eq!(o.len(), 4);
+    assert!(o.iter().all(|o| matches!(o, TransferOutcome::Rejected { reason: 7, handle: Some(_) })), "{o:?}");
+}
+
+/// The target dies before it decides: the source gives up (it is declared failed, or the
+/// offer times out), takes the connection back and goes on: exactly one owner, no reset.
+#[test]
+fn a_target_that_dies_before_deciding_leaves_the_connection_with_its_source() {
+    let mut c = Cluster::new(91, 0.0, "", false);
+    c.handoff_setup(4);
+    let total = 128 * 1024;
+    c.run_ms(1024, total, 30);
+    assert_eq!(c.transfer_all(1, "s3"), 4);
+    c.kill(3);
+    assert!(c.exchange(1024, total, 60), "every byte echoed: {}", c.summary());
+    assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched));
+    let o = &c.sim.host(c.ids[1]).outcomes;
+    assert!(o.len() == 4 && o.iter().all(|o| matches!(o, TransferOutcome::Aborted { handle: Some(_) })), "{o:?}");
+}
+
+/// The source (here also the router) dies after its offer: the target may still take the
+/// connection (it has the whole record), and as the backup it routes the address too: the
+/// client goes on, without a reset (what the source held is retransmitted by the client).
+#[test]
+fn a_source_that_dies_after_offering_leaves_the_connection_with_the_target() {
+    let mut c = Cluster::new(101, 0.0, "", false);
+    c.handoff_setup(4);
+    let total = 128 * 1024;
+    c.run_ms(1024, total, 30);
+    let s2 = c.ids[2];
+    c.sim.host_mut(s2).lagging = true; // s2 reads its mail at its next timer, after the kill
+    assert_eq!(c.transfer_all(1, "s2"), 4);
+    c.kill(1);
+    assert!(c.exchange(1024, total, 60), "every byte echoed: {}", c.summary());
+    assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched), "{}", c.summary());
+    assert_eq!(c.sim.host(s2).serving.len(), 4, "s2 owns them");
 }
 
 /// A reply that reaches the router before the target's NEWCONN (the router reads its mail

@@ -35,6 +35,9 @@ pub enum InboundRoute {
     },
     /// Nobody may take it (e.g. the address is being moved): drop.
     Drop,
+    /// The connection is being moved to another stack (a live handoff in flight): the caller
+    /// keeps the frame, to hand it to wherever the connection ends up, in order.
+    Hold,
     /// The cluster knows the flow is dead (its stack died, or it is unknown outside a
     /// rebuild): answer with a RST (RFC 9293 3.10.7.1), counted as `tcp_cluster_reset`.
     Reset,

@@ -311,6 +311,13 @@ impl Stack {
         Ok(record)
     }
 
+    /// What a handoff record holds (4-tuple, state, giver, the application's state), checked
+    /// as [`Stack::tcp_restore`] would check it, without installing anything: for the
+    /// application that decides whether to take the connection.
+    pub fn tcp_record_info(&self, now: Instant, record: &[u8]) -> Result<tcp::Snapshot, tcp::SnapshotError> {
+        Connection::restore(record, now, &self.cfg.tcp).map(|(_, snap)| snap)
+    }
+
     /// Install a connection from a handoff record. It resumes at once and sends one ACK so
     /// the peer's retransmissions are recovered immediately.
     pub fn tcp_restore(&mut self, now: Instant, record: &[u8]) -> Result<(SocketHandle, tcp::Snapshot), tcp::SnapshotError> {

@@ -130,6 +130,9 @@ pub struct IfaceCounters {
     pub arp_repaired: u64,
     /// Cluster events lost because the cluster layer did not drain the queue.
     pub cluster_events_lost: u64,
+    /// TCP segments of connections in a live handoff, kept by the caller for their next owner
+    /// ([`super::Received::Hold`]).
+    pub tcp_held: u64,
     /// TCP segments the cluster routed to another stack ([`super::Received::Forward`]).
     pub tcp_forwarded: u64,
     /// ARP requests sent (resolution and NUD probes).
@@ -190,6 +193,7 @@ impl Default for IfaceCounters {
             arp_repaired: 0,
             cluster_events_lost: 0,
             tcp_forwarded: 0,
+            tcp_held: 0,
             arp_requests_out: 0,
             arp_replies_out: 0,
             gratuitous_arp_out: 0,
@@ -241,6 +245,7 @@ impl IfaceCounters {
             ("arp_repaired", self.arp_repaired),
             ("cluster_events_lost", self.cluster_events_lost),
             ("tcp_forwarded", self.tcp_forwarded),
+            ("tcp_held", self.tcp_held),
             ("arp_requests_out", self.arp_requests_out),
             ("arp_replies_out", self.arp_replies_out),
             ("gratuitous_arp_out", self.gratuitous_arp_out),

@@ -121,7 +121,7 @@ impl Stack {
                     let whole = self.reasm.take_output();
                     self.deliver_ipv4(now, src_mac, &ip, &whole[..ip.payload_len]);
                     self.reasm.restore_output(whole);
-                    if let Received::Forward { .. } = self.rx_outcome {
+                    if let Received::Forward { .. } | Received::Hold = self.rx_outcome {
                         // The frame in hand is the last fragment, not the datagram: there is
                         // nothing whole to hand over (the distributor forwards fragments
                         // before reassembly, by their 3-tuple).
@@ -301,6 +301,11 @@ impl Stack {
                 return;
             }
             InboundRoute::Drop => return self.drop_rx(DropReason::TcpClusterDrop),
+            InboundRoute::Hold => {
+                self.counters.tcp_held += 1;
+                self.rx_outcome = Received::Hold;
+                return;
+            }
             InboundRoute::Reset => {
                 self.drop_rx(DropReason::TcpClusterReset);
                 return self.reply_rst(src_mac, tuple, &seg);

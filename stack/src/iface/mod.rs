@@ -97,6 +97,9 @@ pub enum Received {
         /// The cluster's number for the stack that owns it.
         stack: u32,
     },
+    /// A segment of a connection in the middle of a live handoff: the caller keeps a copy of
+    /// the frame for the connection's next owner ([`crate::cluster::InboundRoute::Hold`]).
+    Hold,
 }
 
 /// What [`Stack::remove_address`] does with the connections on the address.
@@ -486,7 +489,12 @@ impl Stack {
         }
     }
 
-    /// Connections on `addr` (local end), in any state.
+    /// A TCP connection with this 4-tuple is in the table (any state).
+    pub fn has_connection(&self, tuple: &Tuple) -> bool {
+        self.connections.contains_key(tuple)
+    }
+
+    /// TCP connections (any state) whose local address is `addr`.
     pub fn connections_on(&self, addr: Ipv4Addr) -> usize {
         self.connections.keys().filter(|t| *t.local.ip() == addr).count()
     }

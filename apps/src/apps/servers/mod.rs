@@ -1,7 +1,9 @@
 //! Servers: listen on a port, serve every connection.
 
+pub mod bounce;
 pub mod echo;
 pub mod http;
+pub mod router;
 pub mod sink;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -22,6 +24,42 @@ pub enum ServerCmd {
     /// them busy for --secs, checking every echoed byte; prints the local ports it got
     /// (with `cluster_ports` on the source address, two stacks never share one).
     Outbound(OutboundArgs),
+    /// The content router: HTTP/1.1 requests routed to stacks by path prefix and Host
+    /// (--rules FILE), by moving the live connection there (every stack runs it).
+    Router(RouterArgs),
+    /// The handoff benchmark: echo, and move every connection to --peer as soon as it is
+    /// here (--transfers from this stack at most); prints the handoff latency histogram.
+    Bounce(BounceArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct BounceArgs {
+    #[arg(long, default_value_t = 81)]
+    pub port: u16,
+    /// The other stack of the pair.
+    #[arg(long)]
+    pub peer: String,
+    /// Transfers from this stack at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub transfers: u64,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct RouterArgs {
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    /// Rules: `prefix /PATH STACK`, `host NAME STACK`, `default STACK`, one per line.
+    #[arg(long)]
+    pub rules: std::path::PathBuf,
+}
+
+impl RouterArgs {
+    /// The router of stack `me`, listening on `ip`.
+    pub fn app(&self, ip: Ipv4Addr, me: &str) -> Result<router::Router, String> {
+        let text = std::fs::read_to_string(&self.rules).map_err(|e| format!("--rules {}: {e}", self.rules.display()))?;
+        let rules = router::parse_rules(&text).map_err(|e| format!("--rules {}: {e}", self.rules.display()))?;
+        Ok(router::Router::new(SocketAddrV4::new(ip, self.port), rules, me))
+    }
 }
 
 #[derive(Args, Debug, Clone, PartialEq, Eq)]

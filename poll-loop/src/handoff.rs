@@ -1,0 +1,376 @@
+//! Live TCP connection handoff between the stacks of a cluster (spec/04), the poll loop's side.
+//!
+//! The source application calls [`transfer`]: its stack serializes the connection with all its
+//! state ([`Stack::tcp_snapshot`]: it detaches silently, no FIN, no RST, no timer) and the
+//! coupling layer ([`coupling::handoff`]) offers the record to the target stack through the
+//! region. From that moment the connection is *frozen*: the segments the client keeps sending
+//! that reach this stack are held (the stack answers [`stack::iface::Received::Hold`] and the
+//! poll loop keeps a copy), never dropped or answered. Then:
+//! - the target's application accepts ([`TransferDecision::Accept`], or the transfer was
+//!   unconditional): the target installs the connection ([`Stack::tcp_restore`] sends one ACK,
+//!   its NEWCONN switches the router's flow, its port ownership moves by CAS) and the source
+//!   sends what it held to the target, in order, then forwards stragglers there for a while;
+//! - it rejects, or the target dies or does not answer in time: the source re-installs the
+//!   connection from its own record, processes what it held, and the application gets its
+//!   (new) handle back in [`TransferOutcome`].
+//!
+//! Exactly one stack owns the connection at every point: the commit is the target's CAS of the
+//! offer to accepted, and a source that gives up first wins the same CAS the other way.
+//!
+//! Applications meet it through [`crate::runner::App`]: `transfer_offer` (the *transfer
+//! listener*: an application that implements it takes transferred connections),
+//! `transferred` (a connection arrived, with the source application's opaque state) and
+//! `transfer_done` (the outcome of a transfer it asked for).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddrV4;
+
+use coupling::handoff::{HandoffEvent, TransferId};
+use stack::iface::{ApiError, SocketHandle, Stack};
+use stack::tcp::{SnapshotError, Tuple};
+use stack::time::{Duration, Instant};
+
+use crate::cluster::{node_of, StackCluster};
+
+/// How long a moved connection's stragglers (segments a client still sends here) are forwarded
+/// to its new stack: the router's flow follows the target's NEWCONN well before.
+const MOVED_FORWARD: Duration = Duration::from_secs(3);
+/// Frames held for one frozen connection at most (more are dropped: the client retransmits).
+const HELD_MAX: usize = 1024;
+
+/// A connection another stack offers to move here.
+#[derive(Debug, Clone)]
+pub struct TransferOffer {
+    /// The transfer.
+    pub id: TransferId,
+    /// The source stack's name.
+    pub from: String,
+    /// The connection's local address (an address of this stack) and its peer.
+    pub local: SocketAddrV4,
+    /// The peer.
+    pub remote: SocketAddrV4,
+    /// The source application's opaque state.
+    pub app_state: Vec<u8>,
+    /// Offered unconditionally: it is taken without asking the application.
+    pub unconditional: bool,
+    record: Vec<u8>,
+    offered_ns: u64,
+}
+
+/// The target application's answer to an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferDecision {
+    /// Take it.
+    Accept,
+    /// Do not take it, with a reason the source application is told.
+    Reject(u16),
+}
+
+/// Reason of a rejection by a stack whose application takes no transferred connections.
+pub const REJECT_NO_LISTENER: u16 = 1;
+/// Reason of a rejection by a stack that cannot install the connection (address not here,
+/// 4-tuple in use, record refused).
+pub const REJECT_CANNOT_INSTALL: u16 = 2;
+
+/// What became of a transfer this stack's application asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// The target took it: the connection lives there now (the old handle is gone).
+    Accepted {
+        /// The target stack.
+        to: String,
+    },
+    /// The target refused it: the connection is back here, under `handle` (`None` if it could
+    /// not be re-installed).
+    Rejected {
+        /// The target application's reason.
+        reason: u16,
+        /// The connection, back.
+        handle: Option<SocketHandle>,
+    },
+    /// The target died or did not answer in time: the connection is back here.
+    Aborted {
+        /// The connection, back.
+        handle: Option<SocketHandle>,
+    },
+}
+
+/// Why a transfer could not start. The connection is untouched, except where
+/// `restored` says it was re-installed under a new handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferError {
+    /// The stack is not a cluster member.
+    NotClustered,
+    /// No stack of that name in the cluster config.
+    UnknownStack(String),
+    /// Only ESTABLISHED and CLOSE-WAIT connections move; or the handle is not a connection.
+    NotMovable(String),
+    /// The coupling layer refused the offer (target down, no free record slot, record too
+    /// large); the connection was re-installed here under `restored`.
+    Offer {
+        /// Why.
+        why: String,
+        /// The connection's new handle.
+        restored: Option<SocketHandle>,
+    },
+}
+
+impl std::fmt::Display for TransferError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferError::NotClustered => f.write_str("this stack is not a cluster member"),
+            TransferError::UnknownStack(s) => write!(f, "no stack {s:?} in the cluster config"),
+            TransferError::NotMovable(why) => write!(f, "the connection cannot move: {why}"),
+            TransferError::Offer { why, .. } => write!(f, "the offer failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TransferError {}
+
+/// A connection of this stack in flight to another one.
+#[derive(Debug)]
+struct Moving {
+    id: TransferId,
+    to: u8,
+    record: Vec<u8>,
+    held: Vec<Vec<u8>>,
+    frozen_at: Instant,
+}
+
+/// The handoff state a cluster member's stack keeps (inside [`StackCluster`]).
+#[derive(Debug, Default)]
+pub(crate) struct HandoffState {
+    moving: HashMap<Tuple, Moving>,
+    by_id: HashMap<TransferId, Tuple>,
+    moved: HashMap<Tuple, (u8, Instant)>,
+    /// The tuple of the last segment answered [`stack::cluster::InboundRoute::Hold`].
+    pub(crate) last_hold: Option<Tuple>,
+    offers: VecDeque<TransferOffer>,
+    outcomes: VecDeque<(TransferId, TransferOutcome)>,
+    /// Frames to send on to another member: (slot, frame).
+    outbox: VecDeque<(u8, Vec<u8>)>,
+    /// Freeze-to-installed latencies (ns) measured on this stack as a target.
+    pub(crate) latencies: Vec<u64>,
+    /// Counters.
+    pub(crate) stats: HandoffCounters,
+}
+
+/// Counters of a stack's handoffs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandoffCounters {
+    /// Transfers this stack started.
+    pub started: u64,
+    /// ... that the target took.
+    pub accepted: u64,
+    /// ... that came back (rejected or aborted).
+    pub returned: u64,
+    /// Connections this stack took from others.
+    pub installed: u64,
+    /// Offers this stack refused.
+    pub refused: u64,
+    /// Segments held while a connection was frozen.
+    pub held: u64,
+    /// Held segments dropped (over [`HELD_MAX`]).
+    pub held_dropped: u64,
+    /// Stragglers forwarded to a connection's new stack.
+    pub stragglers: u64,
+}
+
+impl HandoffState {
+    /// Where an inbound segment of a tuple this stack has no connection for goes, if a
+    /// handoff knows: `Some(None)` hold it, `Some(Some(slot))` forward it there.
+    pub(crate) fn route(&mut self, now: Instant, tuple: &Tuple) -> Option<Option<u8>> {
+        if self.moving.is_empty() && self.moved.is_empty() {
+            return None;
+        }
+        if self.moving.contains_key(tuple) {
+            self.last_hold = Some(*tuple);
+            return Some(None);
+        }
+        match self.moved.get(tuple) {
+            Some(&(to, until)) if now < until => {
+                self.stats.stragglers += 1;
+                Some(Some(to))
+            }
+            Some(_) => {
+                self.moved.remove(tuple);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn hold(&mut self, frame: &[u8]) {
+        let Some(t) = self.last_hold.take() else { return };
+        if let Some(m) = self.moving.get_mut(&t) {
+            if m.held.len() < HELD_MAX {
+                m.held.push(frame.to_vec());
+                self.stats.held += 1;
+            } else {
+                self.stats.held_dropped += 1;
+            }
+        }
+    }
+}
+
+fn cluster(stack: &mut Stack) -> Result<&mut StackCluster, TransferError> {
+    node_of(stack).ok_or(TransferError::NotClustered)
+}
+
+/// Move the established connection `h` to the stack named `to`, with `app_state` for the
+/// target application; `unconditional`: the target takes it without asking its application.
+/// The outcome comes later in [`crate::runner::App::transfer_done`].
+pub fn transfer(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str, app_state: &[u8], unconditional: bool) -> Result<TransferId, TransferError> {
+    let sc = cluster(stack)?;
+    let slot = sc.config().slot(to).ok_or_else(|| TransferError::UnknownStack(to.to_string()))? as u8;
+    let me = sc.slot();
+    let Some(conn) = stack.tcp(h) else { return Err(TransferError::NotMovable("not a TCP connection".into())) };
+    let tuple = conn.tuple();
+    let record = stack.tcp_snapshot(now, h, me as u32, app_state).map_err(|e| TransferError::NotMovable(api_err(e)))?;
+    let sc = cluster(stack)?;
+    let ns = sc.mono_ns(now);
+    match sc.handoff_offer(ns, slot, tuple, &record, unconditional) {
+        Ok(id) => {
+            let st = &mut sc.hand;
+            st.stats.started += 1;
+            st.by_id.insert(id, tuple);
+            st.moving.insert(tuple, Moving { id, to: slot, record, held: Vec::new(), frozen_at: now });
+            Ok(id)
+        }
+        Err(why) => {
+            let restored = stack.tcp_restore(now, &record).ok().map(|(h, _)| h);
+            Err(TransferError::Offer { why, restored })
+        }
+    }
+}
+
+fn api_err(e: ApiError) -> String {
+    match e {
+        ApiError::Tcp(stack::tcp::Error::NotConnected) => "only ESTABLISHED and CLOSE-WAIT connections move".into(),
+        e => e.to_string(),
+    }
+}
+
+/// Keep a frame the stack answered [`stack::iface::Received::Hold`] for (the runner does it;
+/// so must anything else that drives a cluster member's stack, such as a simulation).
+pub fn hold(stack: &mut Stack, frame: &[u8]) {
+    if let Some(sc) = node_of(stack) {
+        sc.hand.hold(frame);
+    }
+}
+
+/// Apply what the coupling layer said about transfers (called by the member's turn).
+pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) {
+    for ev in events {
+        match ev {
+            HandoffEvent::Offered { id, from, local, remote, record, unconditional, offered_ns } => {
+                let Some(sc) = node_of(stack) else { return };
+                let from = sc.config().stacks.get(from as usize).map_or_else(|| format!("#{from}"), |s| s.name.clone());
+                let app_state = stack.tcp_record_info(now, &record).map(|s| s.app_state).unwrap_or_default();
+                if let Some(sc) = node_of(stack) {
+                    sc.hand.offers.push_back(TransferOffer { id, from, local, remote, app_state, unconditional, record, offered_ns });
+                }
+            }
+            HandoffEvent::Accepted { id } => {
+                let Some(sc) = node_of(stack) else { return };
+                let Some(t) = sc.hand.by_id.remove(&id) else { continue };
+                let Some(m) = sc.hand.moving.remove(&t) else { continue };
+                let to = sc.config().stacks.get(m.to as usize).map_or_else(String::new, |s| s.name.clone());
+                sc.hand.stats.accepted += 1;
+                for f in m.held {
+                    sc.hand.outbox.push_back((m.to, f));
+                }
+                sc.hand.moved.insert(t, (m.to, now + MOVED_FORWARD));
+                sc.hand.outcomes.push_back((id, TransferOutcome::Accepted { to }));
+                let _ = m.frozen_at;
+            }
+            HandoffEvent::Rejected { id, reason } => come_back(stack, now, id, Some(reason)),
+            HandoffEvent::Aborted { id } => come_back(stack, now, id, None),
+        }
+    }
+}
+
+/// A transfer that did not happen: the connection is re-installed here and what was held is
+/// processed as if it had just arrived.
+fn come_back(stack: &mut Stack, now: Instant, id: TransferId, reason: Option<u16>) {
+    let Some(sc) = node_of(stack) else { return };
+    let Some(t) = sc.hand.by_id.remove(&id) else { return };
+    let Some(m) = sc.hand.moving.remove(&t) else { return };
+    sc.hand.stats.returned += 1;
+    let handle = stack.tcp_restore(now, &m.record).ok().map(|(h, _)| h);
+    for f in &m.held {
+        if let stack::iface::Received::Forward { stack: to } = stack.receive(now, f) {
+            if let Some(sc) = node_of(stack) {
+                sc.hand.outbox.push_back((to as u8, f.clone()));
+            }
+        }
+    }
+    let outcome = match reason {
+        Some(reason) => TransferOutcome::Rejected { reason, handle },
+        None => TransferOutcome::Aborted { handle },
+    };
+    if let Some(sc) = node_of(stack) {
+        sc.hand.outcomes.push_back((id, outcome));
+    }
+}
+
+/// The next connection offered to this stack, for its application to decide on.
+pub fn next_offer(stack: &mut Stack) -> Option<TransferOffer> {
+    node_of(stack)?.hand.offers.pop_front()
+}
+
+/// Take an offered connection: the commit (a CAS in the region), then the install. `None` if
+/// the source gave up first or the connection cannot be installed here (then it is refused).
+pub fn accept(stack: &mut Stack, now: Instant, offer: &TransferOffer) -> Option<SocketHandle> {
+    let tuple = Tuple { local: offer.local, remote: offer.remote };
+    let installable = stack.has_address(*offer.local.ip()) && stack.tcp_record_info(now, &offer.record).is_ok() && !stack.has_connection(&tuple);
+    let sc = node_of(stack)?;
+    let ns = sc.mono_ns(now);
+    if !installable {
+        sc.handoff_reject(ns, offer.id, REJECT_CANNOT_INSTALL);
+        sc.hand.stats.refused += 1;
+        return None;
+    }
+    if !sc.handoff_accept(ns, offer.id) {
+        return None;
+    }
+    sc.move_port(ns, offer, tuple);
+    let (h, _) = stack.tcp_restore(now, &offer.record).ok()?;
+    let sc = node_of(stack)?;
+    sc.hand.stats.installed += 1;
+    let ns = sc.mono_ns(now);
+    sc.hand.latencies.push(ns.saturating_sub(offer.offered_ns));
+    Some(h)
+}
+
+/// Refuse an offered connection (it stays with its source).
+pub fn reject(stack: &mut Stack, now: Instant, offer: &TransferOffer, reason: u16) {
+    if let Some(sc) = node_of(stack) {
+        let ns = sc.mono_ns(now);
+        sc.handoff_reject(ns, offer.id, reason);
+        sc.hand.stats.refused += 1;
+    }
+}
+
+/// The next outcome of a transfer this stack started.
+pub fn next_outcome(stack: &mut Stack) -> Option<(TransferId, TransferOutcome)> {
+    node_of(stack)?.hand.outcomes.pop_front()
+}
+
+/// The next frame to send on to another member (held segments of an accepted transfer):
+/// (member slot, frame).
+pub fn next_forward(stack: &mut Stack) -> Option<(u8, Vec<u8>)> {
+    node_of(stack)?.hand.outbox.pop_front()
+}
+
+/// This stack's handoff counters, if it is a cluster member.
+pub fn counters(stack: &Stack) -> Option<HandoffCounters> {
+    let c: &dyn std::any::Any = stack.cluster();
+    c.downcast_ref::<StackCluster>().map(|sc| sc.hand.stats)
+}
+
+/// Freeze-to-installed latencies (ns) of the connections this stack took, taken out.
+pub fn take_latencies(stack: &mut Stack) -> Vec<u64> {
+    node_of(stack).map(|sc| std::mem::take(&mut sc.hand.latencies)).unwrap_or_default()
+}
