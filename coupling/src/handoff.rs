@@ -49,8 +49,10 @@
 //!   late accept gets false. This keeps a connection alive through the source's death in the
 //!   common case where the target decides at once.
 //! - Source dies before the slot is offered (writing), or after the outcome: any stack's tick
-//!   frees the slot (writing: once it has stayed unchanged for `orphan_ns`; settled: at once,
-//!   since the source's member row is no longer up with the slot's `from_inc`).
+//!   frees the slot (writing: once it has stayed unchanged for `orphan_ns`; settled: at once
+//!   when the source's member row is not up, after `orphan_ns` when it is up with another
+//!   incarnation than the slot's `from_inc`, so a fenced and rejoined source process still
+//!   reads its outcomes itself).
 //! - A slot whose control word is garbage (unknown state, a slot outside the config) is
 //!   ignored and counted, and freed once it has stayed the same for `orphan_ns`; a record
 //!   whose check word fails is ignored (counted) and the source times out and re-installs.

@@ -434,7 +434,7 @@ fn when_every_slot_is_in_use_offers_fail_until_one_is_freed() {
     assert_eq!(s.take(2).len(), HANDOFF_SLOTS);
     let now = s.now;
     assert!(s.st(2).h.accept(now, ids[4]));
-    s.poll((ids[4].from()) as u8);
+    s.poll(ids[4].from());
     let id = s.offer(0, 2, 999, b"x").unwrap();
     assert_eq!((id.index(), id.generation()), (4, 1));
 }
