@@ -458,6 +458,81 @@ fn a_rejoined_target_forgets_offers_to_its_old_incarnation() {
     assert!(matches!(&s.take(0)[..], [HandoffEvent::Aborted { why: AbortReason::TargetDown, .. }]));
 }
 
+#[test]
+fn a_fenced_source_still_learns_its_outcomes_and_its_old_slots_are_freed() {
+    let mut s = Sim::new();
+    let acc = s.offer(0, 1, 1, b"a").unwrap();
+    let rej = s.offer(0, 2, 2, b"r").unwrap();
+    s.poll(1);
+    s.poll(2);
+    s.take(1);
+    s.take(2);
+    let now = s.now;
+    assert!(s.st(1).h.accept(now, acc));
+    assert!(s.st(2).h.reject(now, rej, 4));
+    // s1 is declared failed before it reads the outcomes, and rejoins at its next tick.
+    let inc = s.st(0).node.incarnation();
+    assert!(s.st(1).node.declare_failed(now, 0, inc));
+    s.step();
+    assert_ne!(s.st(0).node.incarnation(), inc);
+    let mut evs = s.take(0);
+    evs.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(evs, vec![HandoffEvent::Accepted { id: acc }, HandoffEvent::Rejected { id: rej, reason: 4, record: b"r".to_vec() }]);
+    assert_eq!(s.free_slots(), HANDOFF_SLOTS);
+
+    // Had the process restarted instead (a new Handoff: nobody resolves them), the other
+    // stacks free its settled slots after orphan_ns.
+    let id = s.offer(0, 1, 3, b"x").unwrap();
+    s.poll(1);
+    s.take(1);
+    let now = s.now;
+    assert!(s.st(1).h.accept(now, id));
+    let inc = s.st(0).node.incarnation();
+    assert!(s.st(1).node.declare_failed(now, 0, inc));
+    let st = s.st(0);
+    st.h = Handoff { timeout_ns: DEFAULT_TIMEOUT_NS, ..Handoff::new(&st.node) };
+    s.step();
+    assert_eq!(s.free_slots(), HANDOFF_SLOTS - 1, "the rejoined process gets orphan_ns to read it");
+    for _ in 0..(DEFAULT_ORPHAN_NS / (10 * MS) + 2) {
+        s.step();
+    }
+    assert_eq!(s.free_slots(), HANDOFF_SLOTS);
+    assert!(s.take(0).is_empty());
+}
+
+#[test]
+fn a_source_that_died_while_writing_leaves_a_slot_that_is_freed() {
+    let mut s = Sim::new();
+    let row = &s.region.handoff_slots()[3];
+    row.ctl.store(ctl_word(HandoffState::Writing, 0, 1, 6), Ordering::Release);
+    row.from_inc.store(s.stacks[&0].node.incarnation(), Ordering::Relaxed);
+    s.step();
+    assert_eq!(s.ctl(3), ctl_word(HandoffState::Writing, 0, 1, 6), "its source is alive: left alone");
+    s.kill(0);
+    for _ in 0..(DEFAULT_ORPHAN_NS / (10 * MS) + 2) {
+        s.step();
+    }
+    assert_eq!(s.ctl(3), ctl_word(HandoffState::Free, 0, 0, 7));
+    assert_eq!(s.st(1).h.stats.reclaimed + s.st(2).h.stats.reclaimed, 1);
+}
+
+#[test]
+fn handoff_mail_nobody_takes_never_blocks_the_distributors() {
+    let mut s = Sim::new();
+    let region = s.region.clone();
+    let ring = region.ring(0, 1).unwrap();
+    let m = Message { kind: kind::ACCEPTED, from_slot: 0, from_incarnation: 0, payload: [0; 7] };
+    for _ in 0..20 {
+        while Producer::new(ring).push(&m).is_ok() {}
+        s.st(1).node.poll_mail();
+    }
+    assert!(s.st(1).node.stats.messages_dropped > 0);
+    let d = Message { kind: crate::dist::kind::SRVSTAT, ..m };
+    Producer::new(ring).push(&d).unwrap();
+    s.st(1).node.poll_mail();
+    assert_eq!(s.st(1).node.take_dist_mail().len(), 1);
+}
+
 // ---------------------------------------------------------------------- property test
 
 #[derive(Debug, Clone)]
