@@ -27,7 +27,8 @@
 //! - [`Distributor::route`] for every inbound TCP segment to an address of the stack's home
 //!   list that is not its own: see [`Route`].
 //! - Target side: [`Distributor::listeners`], [`Distributor::connection_opened`],
-//!   [`Distributor::connection_closed`], [`Distributor::set_acceptance`],
+//!   [`Distributor::connection_closed`], [`Distributor::connection_moved`] (a connection
+//!   handed off to another stack: no TERMCONN), [`Distributor::set_acceptance`],
 //!   [`Distributor::set_draining`] as the stack reports them.
 //! - [`Distributor::node_conns`] inside the `conns` closure given to [`Node::tick`]: a
 //!   router only gives a distributed DVIPA back to its returning primary once the primary has
@@ -75,7 +76,12 @@
 //!   back *relays* NEWCONN for every connection it routes (flag `relayed`, with the target,
 //!   its incarnation and whether the target confirmed it). Both carry the sender's sequence
 //!   number: a NEWCONN older than the TERMCONN that ended its flow, or a TERMCONN older than
-//!   the NEWCONN of the flow now on that tuple, is a replay and ignored.
+//!   the NEWCONN of the flow now on that tuple, is a replay and ignored. Sequence numbers are
+//!   per sender and compared only with the same target's: a NEWCONN from another candidate
+//!   for a live flow is a *handoff* (spec/04, [`crate::handoff`]) and switches the flow to it
+//!   (CRT row re-stored by CAS, [`DistAction::FlowInstalled`], `flows_moved`); the source
+//!   sends no TERMCONN ([`Distributor::connection_moved`]), and a late TERMCONN from it names
+//!   a target the flow no longer has and is ignored.
 //! - ROUTER (router -> candidates): "I route DVIPA i at epoch e (or will: takeback), report
 //!   to me": the takeover and takeback notice. A candidate answers with a full report:
 //!   SRVSTAT for every listened port, NEWCONN for every connection on the DVIPA, then
@@ -287,8 +293,13 @@ pub struct DistStats {
     pub conn_replays: u64,
     /// Relayed NEWCONNs ignored (flow already terminated by its target).
     pub relays_ignored: u64,
-    /// Reports naming a target other than the one the router had for the flow (report won).
+    /// TERMCONNs naming another target than the flow's (a late one from the stack a flow
+    /// moved away from, or garbage): ignored.
     pub conflicts: u64,
+    /// Flows switched to another target: a NEWCONN from a stack other than the flow's
+    /// target (the connection was handed off to it, spec/04; the report wins), or
+    /// [`Distributor::connection_moved`] on the router itself.
+    pub flows_moved: u64,
     /// Targets dropped because they failed.
     pub targets_failed: u64,
     /// DPT rows that could not be published (table full).
@@ -730,6 +741,56 @@ impl Distributor {
         }
         self.flush();
         self.read_self_mail(now);
+    }
+
+    /// A connection on a distributed DVIPA was handed off to stack `to` (spec/04) and `to`
+    /// accepted it: forget it here **without** a TERMCONN (which would make the router delete
+    /// the flow and reset the client until `to`'s NEWCONN arrives). Call it at the handoff's
+    /// `Accepted` event, not at the snapshot: a rejected or aborted transfer comes back here
+    /// and keeps its flow. The router switches the flow when `to`'s NEWCONN arrives (kept
+    /// forwarding here meanwhile, where the held segments go on to `to`); if this stack is the
+    /// router it switches the flow at once (the NEWCONN then confirms it). `to` must be a
+    /// candidate of the DVIPA, as for any connection the router routes.
+    pub fn connection_moved(&mut self, now: u64, local: SocketAddrV4, remote: SocketAddrV4, to: u8) {
+        self.now = now;
+        let Some(i) = self.cfg.dvipa_index(*local.ip()).filter(|i| self.def(*i).is_some()) else { return };
+        self.conns.remove(&(local, remote));
+        let cand = self.def(i).is_some_and(|d| d.candidates().contains(&(to as usize)));
+        if to != self.slot && cand && self.routers.get(&i).is_some_and(|r| r.active) {
+            self.move_flow(now, i, (local, remote), to);
+        }
+        self.flush();
+        self.read_self_mail(now);
+    }
+
+    /// The router switches flow `k` of DVIPA row `i` to `to` (a handoff from this stack):
+    /// an unconfirmed entry, confirmed by `to`'s NEWCONN.
+    fn move_flow(&mut self, now: u64, i: usize, k: (SocketAddrV4, SocketAddrV4), to: u8) {
+        let inc = self.member_inc(to, now);
+        let Some(r) = self.routers.get(&i) else { return };
+        let prev = r.flows.get(&k).copied();
+        if prev.is_some_and(|p| p.target == to && p.dead_since.is_none()) {
+            return;
+        }
+        let (epoch, created) = (r.epoch, prev.map_or(now, |p| p.created_ns));
+        let row = self.crt_store(now, &k, to, inc, created, epoch, prev.and_then(|p| p.row));
+        if row.is_none() {
+            self.stats.crt_full += 1;
+        }
+        let Some(r) = self.routers.get_mut(&i) else { return };
+        if let Some(p) = prev.filter(|p| p.dead_since.is_none()) {
+            r.conns[p.target as usize] = r.conns[p.target as usize].saturating_sub(1);
+        }
+        let flow = Flow { target: to, target_inc: inc, created_ns: created, row, hint: false, dead_since: None, seq: 0, confirmed: false };
+        r.flows.insert(k, flow);
+        r.terminated.remove(&k);
+        r.conns[to as usize] += 1;
+        let relay = r.handover_to;
+        self.stats.flows_moved += 1;
+        self.actions.push(DistAction::FlowInstalled { local: k.0, remote: k.1, target: to });
+        if let Some(p) = relay {
+            self.relay(p, i, k, flow);
+        }
     }
 
     /// The stack's acceptance figures for the listener(s) on `local` (server weight):
@@ -1539,7 +1600,9 @@ impl Distributor {
                 return;
             }
             if p.target != target && !p.hint && p.dead_since.is_none() {
-                self.stats.conflicts += 1;
+                // The connection moved (handoff): the new stack's NEWCONN switches the flow
+                // (its sequence numbers are its own: only the same target's are compared).
+                self.stats.flows_moved += 1;
             }
             if p.dead_since.is_none() {
                 r.conns[p.target as usize] = r.conns[p.target as usize].saturating_sub(1);

@@ -19,8 +19,10 @@ pub const MAJOR: u32 = 1;
 /// [`DvipaRow::announced`], which read as zero in a minor-0 region; minor 2 gave the reserved
 /// distributor sections their rows ([`DptRow`], [`CrtRow`]; same entry size, more DPT rows);
 /// minor 3 appended the cluster port registry ([`SectionKind::PortOwners`],
-/// [`SectionKind::PortTuples`]), superseding the reserved [`SectionKind::PortRegistry`].
-pub const MINOR: u32 = 3;
+/// [`SectionKind::PortTuples`]), superseding the reserved [`SectionKind::PortRegistry`];
+/// minor 4 appended the connection handoff slots ([`SectionKind::HandoffSlots`]), superseding
+/// the reserved [`SectionKind::HandoffRecords`].
+pub const MINOR: u32 = 4;
 
 /// Stacks per cluster; a stack's slot is its index in the cluster config.
 pub const MAX_STACKS: usize = 16;
@@ -43,6 +45,15 @@ pub const MAX_PORT_REGISTRIES: usize = 16;
 /// Rows of the 4-tuple table of `cluster_ports = "tuple"` addresses ([`PortTupleRow`]);
 /// a power of two.
 pub const PORT_TUPLE_ROWS: usize = 131072;
+
+/// Connection handoff slots ([`HandoffSlotRow`]): transfers in flight at once, cluster-wide.
+pub const HANDOFF_SLOTS: usize = 32;
+/// Bytes of one [`HandoffSlotRow`] (header and record).
+pub const HANDOFF_SLOT_BYTES: usize = 1 << 20;
+/// Bytes of a [`HandoffSlotRow`]'s header (before [`HandoffSlotRow::data`]).
+pub const HANDOFF_HEADER_BYTES: usize = 128;
+/// The largest serialized connection a slot carries (bytes): the slot less its header.
+pub const HANDOFF_MAX_RECORD: usize = HANDOFF_SLOT_BYTES - HANDOFF_HEADER_BYTES;
 
 /// "No stack" in an owner byte.
 pub const NO_SLOT: u8 = 0xff;
@@ -77,9 +88,9 @@ pub enum SectionKind {
     /// Reserved for forwarding frames between stacks through the region (the distributor's
     /// path to a connection's stack; not built yet). Laid out and zeroed.
     FrameRings = 8,
-    /// Reserved for live connection handoff (not built yet): serialized TCP connections in
-    /// flight from one stack to another, as written by the `stack` crate's connection snapshot.
-    /// Laid out and zeroed.
+    /// Superseded and unused: reserved for live connection handoff before it was built (minor
+    /// 4 built it in [`SectionKind::HandoffSlots`]). Still laid out and zeroed, so regions of
+    /// every minor version have the same section table prefix.
     HandoffRecords = 9,
     /// (minor 3) Cluster-wide ports (spec/03): [`PortRegistryRow`]s ([`MAX_PORT_REGISTRIES`]),
     /// one per address with `cluster_ports`, claimed by CAS of its address from 0 and never
@@ -88,11 +99,15 @@ pub enum SectionKind {
     /// (minor 3) The 4-tuple table of `cluster_ports = "tuple"` addresses: [`PortTupleRow`]s
     /// ([`PORT_TUPLE_ROWS`]), direct-mapped: a tuple lives only in row [`port_tuple_index`].
     PortTuples = 11,
+    /// (minor 4) Live connection handoff (spec/04): [`HandoffSlotRow`]s ([`HANDOFF_SLOTS`]),
+    /// each one serialized TCP connection in flight from its source stack to its target,
+    /// claimed by CAS of its control word from free.
+    HandoffSlots = 12,
 }
 
 impl SectionKind {
     /// Every kind this version lays out, in the order [`plan`] places them (kind 1 first).
-    pub const ALL: [SectionKind; 11] = [
+    pub const ALL: [SectionKind; 12] = [
         SectionKind::Members,
         SectionKind::Dvipas,
         SectionKind::RangeDvipas,
@@ -104,6 +119,7 @@ impl SectionKind {
         SectionKind::HandoffRecords,
         SectionKind::PortOwners,
         SectionKind::PortTuples,
+        SectionKind::HandoffSlots,
     ];
 
     /// The kind of a section row's `kind` value; `None` for a value this version does not
@@ -127,6 +143,7 @@ impl SectionKind {
             SectionKind::HandoffRecords => (4096, 256),
             SectionKind::PortOwners => (size_of::<PortRegistryRow>(), MAX_PORT_REGISTRIES),
             SectionKind::PortTuples => (size_of::<PortTupleRow>(), PORT_TUPLE_ROWS),
+            SectionKind::HandoffSlots => (size_of::<HandoffSlotRow>(), HANDOFF_SLOTS),
         }
     }
 }
@@ -539,6 +556,108 @@ pub const fn port_tuple_check(local: u64, remote: u64) -> u64 {
     if h == 0 { 1 } else { h }
 }
 
+/// States of a handoff slot (low byte of [`HandoffSlotRow::ctl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HandoffState {
+    /// Unused: any stack may claim it (CAS to [`HandoffState::Writing`]).
+    Free = 0,
+    /// Its source is writing the header and the record.
+    Writing = 1,
+    /// Complete and offered to the target, which accepts or rejects it (or the source aborts).
+    Offered = 2,
+    /// The target accepted: it owns the connection (the commit point).
+    Accepted = 3,
+    /// The target rejected it ([`HandoffSlotRow::reason`]): the source keeps the connection.
+    Rejected = 4,
+    /// The source (or a reclaimer, for a dead source) gave up: the source keeps it.
+    Aborted = 5,
+}
+
+impl HandoffState {
+    /// The state of a control word's low byte; `None` for a value no version writes.
+    pub fn from_u8(v: u8) -> Option<HandoffState> {
+        Some(match v {
+            0 => HandoffState::Free,
+            1 => HandoffState::Writing,
+            2 => HandoffState::Offered,
+            3 => HandoffState::Accepted,
+            4 => HandoffState::Rejected,
+            5 => HandoffState::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+/// One connection in flight from one stack to another (spec/04). The source claims a free
+/// slot by CAS of [`HandoffSlotRow::ctl`] (free -> writing, same generation), writes the header
+/// words and the record, computes [`HandoffSlotRow::check`], then CASes writing -> offered
+/// (Release). The target's CAS offered -> accepted is the commit point; offered -> rejected
+/// (target) and offered -> aborted (source, or a reclaimer when the source died) are the other
+/// ends. Whoever frees the slot CASes the settled word to free with the generation plus one.
+/// Readers load `ctl` (Acquire), the header and the record, `ctl` again (same generation), and
+/// require `check`: anything else is ignored and counted.
+#[repr(C)]
+#[derive(Debug)]
+pub struct HandoffSlotRow {
+    /// `state:8 | from:8 | to:8 | _:8 | generation:32` from the low bit up; changed only by CAS.
+    pub ctl: AtomicU64,
+    /// The transfer id ([`handoff_id`] of the slot's generation, index, source and target).
+    pub id: AtomicU64,
+    /// The source's full incarnation when it offered.
+    pub from_inc: AtomicU64,
+    /// The target's full incarnation the record is offered to.
+    pub to_inc: AtomicU64,
+    /// The connection's local end: `ip:32 | port:16 | _:16`.
+    pub local: AtomicU64,
+    /// The connection's remote end (the client): `ip:32 | port:16 | _:16`.
+    pub remote: AtomicU64,
+    /// Bytes of the record in [`HandoffSlotRow::data`] (at most [`HANDOFF_MAX_RECORD`]).
+    pub len: AtomicU32,
+    /// Bit 0: unconditional (the target installs without asking its application).
+    pub flags: AtomicU16,
+    /// The target's reject reason (stored before its CAS to rejected; 0 otherwise).
+    pub reason: AtomicU16,
+    /// CLOCK_MONOTONIC ns of the offer.
+    pub offered_ns: AtomicU64,
+    /// [`handoff_check`] of the header words and the record.
+    pub check: AtomicU64,
+    /// CLOCK_MONOTONIC ns of the decision (accepted, rejected, aborted); informative.
+    pub decided_ns: AtomicU64,
+    /// Room for fields of later minor versions; zero.
+    pub _reserved: [AtomicU64; 6],
+    /// The record: byte `i` is byte `i % 8` (little-endian) of word `i / 8`; the last word's
+    /// bytes past `len` are zero.
+    pub data: [AtomicU64; HANDOFF_MAX_RECORD / 8],
+}
+
+/// The transfer id of the slot at `index` claimed under `generation` by stack `from` for `to`:
+/// `generation:32 | index:16 | from:8 | to:8` from the high bit down (unique while the slot's
+/// generation does not wrap).
+pub const fn handoff_id(generation: u32, index: usize, from: u8, to: u8) -> u64 {
+    (generation as u64) << 32 | (index as u64 & 0xffff) << 16 | (from as u64) << 8 | to as u64
+}
+
+/// One step of [`handoff_check`]: fold word `w` into the hash `h`.
+pub const fn handoff_check_step(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(0x100_0000_01b3);
+    h ^ h >> 29
+}
+
+/// The check word of a handoff slot: [`handoff_check_step`] over the control word with its
+/// state byte cleared, `id`, `from_inc`, `to_inc`, `local`, `remote`, `len | flags << 32`,
+/// `offered_ns`, then the record's words (`ceil(len / 8)` of them); never 0.
+pub fn handoff_check(header: [u64; 8], data: impl Iterator<Item = u64>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in header {
+        h = handoff_check_step(h, w);
+    }
+    for w in data {
+        h = handoff_check_step(h, w);
+    }
+    if h == 0 { 1 } else { h }
+}
+
 /// Bytes of [`Header`] (512): no section may start before this offset.
 pub const HEADER_SIZE: usize = size_of::<Header>();
 
@@ -568,6 +687,10 @@ const _: () = {
     assert!(size_of::<PortTupleRow>() == 32);
     assert!(core::mem::offset_of!(PortTupleRow, check) == 24);
     assert!(PORT_TUPLE_ROWS.is_power_of_two());
+    assert!(size_of::<HandoffSlotRow>() == HANDOFF_SLOT_BYTES);
+    assert!(core::mem::offset_of!(HandoffSlotRow, data) == HANDOFF_HEADER_BYTES);
+    assert!(core::mem::offset_of!(HandoffSlotRow, check) == 64);
+    assert!(HANDOFF_SLOTS <= 0xffff);
     assert!(SectionKind::ALL.len() <= MAX_SECTIONS);
 };
 

@@ -19,6 +19,9 @@
 //! - [`ports`]: cluster-wide ports (spec/03): the stacks sharing a source DVIPA take its
 //!   local ports (or 4-tuples) from one registry, claimed and released by CAS, reclaimed from
 //!   dead stacks after a quarantine; the router finds a reply's stack there.
+//! - [`handoff`]: live connection handoff (spec/04): a serialized TCP connection travels from
+//!   its stack to another in a slot of the region; one CAS on the slot's control word decides
+//!   who owns it, so it has exactly one owner at every crash point.
 //! - [`check`]: validation of every row read from the region (named reasons, counted).
 //! - [`ops`]: read-only views and operator commands for `plex ctl`.
 //! - [`config`]: the cluster config (TOML).
@@ -26,14 +29,15 @@
 //! Like `stack`, this crate is sans-IO apart from the mapping: every entry point takes `now`
 //! (CLOCK_MONOTONIC nanoseconds, comparable between processes), nothing sleeps or spawns, so
 //! the whole protocol runs with several stacks in one test process and simulated time.
-//! Reserved sections (frame rings, handoff records, and the superseded first port registry
-//! section) are laid out and zeroed for the features that follow.
+//! Reserved sections (frame rings, and the superseded first handoff and port registry
+//! sections) are laid out and zeroed.
 
 #![deny(missing_docs)]
 
 pub mod check;
 pub mod config;
 pub mod dist;
+pub mod handoff;
 pub mod layout;
 pub mod node;
 pub mod ops;
@@ -44,6 +48,7 @@ pub mod words;
 
 pub use config::ClusterConfig;
 pub use dist::{DistAction, Distributor, Route};
+pub use handoff::{Handoff, HandoffError, HandoffEvent, TransferId};
 pub use node::{Action, ConnectionFate, Node};
 pub use ports::{PortOwner, PortsError, Registry};
 pub use region::{Region, RegionError};
@@ -74,7 +79,8 @@ mod tests {
             "DPT row", DptRow: [seq, key, router, epoch, listeners, flags, weight, queue_free, busy_permille, conns, srvstat_seq, syns];
             "CRT row", CrtRow: [ctl, client, server, target_inc, created_ns, check, _reserved];
             "Port registry row", PortRegistryRow: [addr, mode, seeded_ns, _reserved, bitmap, owners];
-            "Port tuple row", PortTupleRow: [ctl, local, remote, check]
+            "Port tuple row", PortTupleRow: [ctl, local, remote, check];
+            "Handoff slot row", HandoffSlotRow: [ctl, id, from_inc, to_inc, local, remote, len, flags, reason, offered_ns, check, decided_ns, _reserved, data]
         ];
         v
     }
@@ -124,5 +130,6 @@ mod tests {
         assert!(text.contains("## CRT row (64 bytes)") && size_of::<CrtRow>() == 64);
         assert!(text.contains("## Port registry row (270368 bytes)") && size_of::<PortRegistryRow>() == 270_368);
         assert!(text.contains("## Port tuple row (32 bytes)") && size_of::<PortTupleRow>() == 32);
+        assert!(text.contains("## Handoff slot row (1048576 bytes)") && size_of::<HandoffSlotRow>() == 1_048_576);
     }
 }

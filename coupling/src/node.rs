@@ -50,6 +50,11 @@ pub(crate) mod msg {
     pub const DIST_FIRST: u16 = 16;
     /// Last distributor kind.
     pub const DIST_LAST: u16 = 31;
+    /// Kinds `HANDOFF_FIRST..=HANDOFF_LAST` belong to connection handoff
+    /// ([`crate::handoff`]): the node queues them for it ([`super::Node::take_handoff_mail`]).
+    pub const HANDOFF_FIRST: u16 = 32;
+    /// Last handoff kind.
+    pub const HANDOFF_LAST: u16 = 39;
 }
 
 /// Distributor messages the node holds before it stops reading the rings (the rest wait in
@@ -308,6 +313,8 @@ pub struct Node {
     detached: Option<RegionFault>,
     /// Distributor messages read from the rings, for [`Node::take_dist_mail`].
     dist_mail: Vec<Message>,
+    /// Handoff messages read from the rings, for [`Node::take_handoff_mail`].
+    handoff_mail: Vec<Message>,
 }
 
 fn ms(ns: u64) -> u64 {
@@ -346,6 +353,7 @@ impl Node {
             bad_ranges: BTreeMap::new(),
             detached: None,
             dist_mail: Vec::new(),
+            handoff_mail: Vec::new(),
         };
         node.enter(now)?;
         Ok(node)
@@ -741,6 +749,7 @@ impl Node {
                 }
                 self.releasing.clear();
                 self.dist_mail.clear();
+                self.handoff_mail.clear();
                 // A new incarnation; if another process has taken the name meanwhile, stay out.
                 let _ = self.enter(now);
                 false
@@ -815,6 +824,15 @@ impl Node {
         std::mem::take(&mut self.dist_mail)
     }
 
+    /// Connection handoff's messages read so far (kinds 32..=39), oldest first. At most
+    /// [`RING_SLOTS`] * [`MAX_STACKS`] are held: past that they are dropped (counted in
+    /// [`NodeStats::messages_dropped`]), which handoff survives (they only wake it sooner; the
+    /// slots decide and are scanned at every heartbeat), so a stack that runs no handoff never
+    /// stops reading its rings for them.
+    pub fn take_handoff_mail(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.handoff_mail)
+    }
+
     fn read_mail(&mut self) {
         for from in 0..self.cfg.stacks.len() {
             let region = self.region.clone();
@@ -836,6 +854,14 @@ impl Node {
     fn handle_message(&mut self, m: &Message) {
         if (msg::DIST_FIRST..=msg::DIST_LAST).contains(&m.kind) {
             self.dist_mail.push(*m);
+            return;
+        }
+        if (msg::HANDOFF_FIRST..=msg::HANDOFF_LAST).contains(&m.kind) {
+            if self.handoff_mail.len() < RING_SLOTS * MAX_STACKS {
+                self.handoff_mail.push(*m);
+            } else {
+                self.stats.messages_dropped += 1;
+            }
             return;
         }
         let i = m.payload[0] as usize;

@@ -257,6 +257,31 @@ fn unguard(slot: usize) {
     g.len.store(0, Ordering::Release);
 }
 
+/// `n` zeroed words on the heap, from the allocator's zeroed memory: a large region (the
+/// handoff slots alone are 32 MiB) then costs only the pages that are touched, as a sparse
+/// tmpfs file does, instead of being written once at creation.
+fn zeroed_words(n: usize) -> Box<[AtomicU64]> {
+    if n == 0 {
+        return Box::new([]);
+    }
+    let layout = match std::alloc::Layout::array::<AtomicU64>(n) {
+        Ok(l) => l,
+        Err(e) => unreachable!("a region of {n} words: {e}"),
+    };
+    // SAFETY: `layout` has a non-zero size (n > 0). `alloc_zeroed` returns memory of that
+    // layout, all bytes zero, or null (handled). An all-zero `AtomicU64` is a valid
+    // `AtomicU64(0)`, so the `n` elements are initialised; the slice was allocated by the
+    // global allocator with exactly `Layout::array::<AtomicU64>(n)`, which is what
+    // `Box<[AtomicU64]>` frees it with.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<AtomicU64>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n))
+    }
+}
+
 enum Memory {
     Mapped { ptr: NonNull<u8>, len: usize, fd: OwnedFd, guard: Option<usize> },
     Heap(Box<[AtomicU64]>),
@@ -426,7 +451,7 @@ impl Region {
     /// A region of this layout on the heap (tests, simulations of several stacks in one process).
     pub fn anonymous(cluster: &str, config_hash: u64) -> Region {
         let (_, len) = plan();
-        let words: Box<[AtomicU64]> = (0..len / 8).map(|_| AtomicU64::new(0)).collect();
+        let words = zeroed_words(len / 8);
         let mut r = Region { mem: Memory::Heap(words), writable: true, path: None, sections: [(0, 0); SectionKind::ALL.len()], config_hash: 0 };
         if let Err(e) = r.init(cluster, config_hash, 0) {
             // The layout is fixed at compile time and the memory was sized by `plan`.
@@ -525,6 +550,10 @@ impl Region {
     /// The 4-tuple table of `cluster_ports = "tuple"` addresses (ctl 0 = a free row).
     pub fn port_tuples(&self) -> &[PortTupleRow] {
         self.rows(SectionKind::PortTuples)
+    }
+    /// The connection handoff slots (ctl 0 = a free slot of generation 0; spec/04).
+    pub fn handoff_slots(&self) -> &[HandoffSlotRow] {
+        self.rows(SectionKind::HandoffSlots)
     }
     /// The ring carrying messages from stack slot `from` to stack slot `to`; `None` when the
     /// pair is outside the ring table (`from` and `to` must be below [`MAX_STACKS`]).

@@ -1024,6 +1024,121 @@ fn crt_rows_round_trip_and_reject_garbage() {
     let _ = Consumer::new(s.region.ring(0, 1).unwrap());
 }
 
+/// Hand the connection with client `c` off from stack `from` to stack `to` as the poll loop
+/// does (spec/04): `to` installs it (NEWCONN), `from` forgets it without a TERMCONN once `to`
+/// accepted. Between every turn the flow routes to `from` or `to`, never resets.
+fn hand_off(s: &mut Sim, c: SocketAddrV4, from: &str, to: &str) {
+    let (fs, ts) = (s.slot(from), s.slot(to));
+    let ok = |r: Route, s: &Sim| matches!(r, Route::Forward { slot } if slot == fs || slot == ts) || (r == Route::Local && [from, to].contains(&s.router().unwrap().as_str()));
+    let now = s.now;
+    {
+        let st = s.stacks.get_mut(to).unwrap();
+        assert!(st.conns.insert((sock(80), c)));
+        st.dist.connection_opened(now, sock(80), c, false);
+    }
+    let r = s.segment(c);
+    assert!(ok(r, s), "{c} {from}->{to}: {r:?} after the target installed it");
+    {
+        let st = s.stacks.get_mut(from).unwrap();
+        assert!(st.conns.remove(&(sock(80), c)));
+        st.dist.connection_moved(now, sock(80), c, ts);
+    }
+    let r = s.segment(c);
+    assert!(ok(r, s), "{c} {from}->{to}: {r:?} after the source let go");
+    let names: Vec<String> = s.stacks.keys().cloned().collect();
+    for n in &names {
+        s.poll(n);
+        let r = s.segment(c);
+        assert!(ok(r, s), "{c} {from}->{to}: {r:?} after {n} polled");
+    }
+    let r = s.segment(c);
+    let want = if s.router().as_deref() == Some(to) { Route::Local } else { Route::Forward { slot: ts } };
+    assert_eq!(r, want, "{c} moved {from}->{to}");
+    let router = s.router().unwrap();
+    assert_eq!(s.stacks[&router].fast.get(&(sock(80), c)), Some(&ts), "the fast path follows");
+    // A late TERMCONN from the source would be ignored, but none is sent: closing it there
+    // now is a no-op.
+    let st = s.stacks.get_mut(from).unwrap();
+    st.dist.connection_closed(now, sock(80), c);
+}
+
+#[test]
+fn a_moved_flow_keeps_forwarding_with_no_reset_in_between() {
+    let mut s = started("ports = [80], targets = \"all\"", &["s2", "s3"]);
+    // Flows on s2 and s3; s2's sequence numbers run far ahead of s3's.
+    let flows: Vec<(SocketAddrV4, String)> = (0..4).map(|_| s.syn()).map(|(_, t, c)| (c, t.unwrap())).collect();
+    s.settle();
+    for _ in 0..40 {
+        s.listen("s2", 80, 2);
+        s.listen("s2", 80, 1);
+    }
+    s.settle();
+    let (c, from) = flows.iter().find(|(_, t)| t == "s2").cloned().unwrap();
+    hand_off(&mut s, c, &from, "s3");
+    assert_eq!(s.stacks["s1"].dist.stats.flows_moved, 1);
+    assert_eq!(s.stacks["s1"].dist.stats.conn_replays, 0, "the new target's NEWCONN is not a replay");
+    assert_eq!(s.crt_targets()[&c], "s3", "the CRT row follows");
+    s.settle();
+    s.check_flows(true);
+    assert_eq!(s.stacks["s1"].dist.stats.resets, 0);
+    // The other flows never moved.
+    for (c2, t) in &flows {
+        if *c2 != c {
+            assert_eq!(s.crt_targets()[c2], *t);
+        }
+    }
+}
+
+#[test]
+fn a_flow_moves_along_a_chain_including_through_the_router() {
+    let mut s = started("ports = [80], targets = \"all\"", &["s1", "s2", "s3", "s4"]);
+    let (c, first) = loop {
+        let (_, t, c) = s.syn();
+        if t.as_deref() == Some("s2") {
+            break (c, "s2".to_string());
+        }
+    };
+    s.settle();
+    let chain = [first.as_str(), "s3", "s4", "s1", "s2", "s1", "s3"];
+    for w in chain.windows(2) {
+        hand_off(&mut s, c, w[0], w[1]);
+        s.settle();
+        s.check_flows(true);
+        assert_eq!(s.crt_targets()[&c], w[1]);
+    }
+    assert_eq!(s.stacks["s1"].dist.stats.flows_moved as usize, chain.len() - 1, "one per hop (the NEWCONN confirming the router's own switch is not another)");
+    assert_eq!(s.stacks["s1"].dist.stats.resets, 0);
+}
+
+#[test]
+fn a_late_termconn_from_the_stack_a_flow_moved_away_from_is_ignored() {
+    let mut s = started("ports = [80], targets = [\"s2\", \"s3\"]", &["s2", "s3"]);
+    let (c, from) = loop {
+        let (_, t, c) = s.syn();
+        if t.as_deref() == Some("s2") {
+            break (c, "s2");
+        }
+    };
+    s.settle();
+    hand_off(&mut s, c, from, "s3");
+    s.settle();
+    // A TERMCONN s2 sent before the move (or a stray one) arrives now.
+    let (fs, inc) = (s.slot("s2"), s.stacks["s2"].node.incarnation());
+    let p = [80 << 16, client_word(c), fs as u64, 1_000_000, inc, 0, 0];
+    let m = Message { kind: kind::TERMCONN, from_slot: fs, from_incarnation: inc as u32, payload: p };
+    Producer::new(s.region.ring(fs as usize, 0).unwrap()).push(&m).unwrap();
+    let before = s.stacks["s1"].dist.stats.conflicts;
+    s.settle();
+    assert_eq!(s.stacks["s1"].dist.stats.conflicts, before + 1);
+    assert_eq!(s.segment(c), Route::Forward { slot: s.slot("s3") });
+    assert_eq!(s.crt_targets()[&c], "s3");
+    s.check_flows(true);
+    // The flow ends normally at its new stack.
+    s.close("s3", c);
+    s.settle();
+    assert_eq!(s.segment(c), Route::Reset);
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
