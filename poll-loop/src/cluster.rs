@@ -522,9 +522,10 @@ impl ClusterMember {
                 }
                 ClusterEvent::ConnectionOpened(t, how) => sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active),
                 ClusterEvent::ConnectionClosed(t) => sc.dist.connection_closed(ns, t.local, t.remote),
-                // It lives on at its new stack, whose NEWCONN moves the router's flow: no
-                // TERMCONN (the router would forget the flow in between).
-                ClusterEvent::ConnectionMoved(t) => sc.dist.connection_moved(ns, t.local, t.remote),
+                // Serialized for a live handoff: nothing yet. If the target takes it, the
+                // distributor hears `connection_moved` (no TERMCONN: the router would forget
+                // the flow in between); if not, it comes back here as a restored connection.
+                ClusterEvent::ConnectionMoved(_) => {}
                 ClusterEvent::PortReleased { local, remote } => {
                     if sc.ports.mode(*local.ip()).is_some() {
                         sc.ports.release(ns, *local.ip(), local.port(), remote);
@@ -810,6 +811,11 @@ impl StackCluster {
     }
     pub(crate) fn handoff_reject(&mut self, ns: u64, id: TransferId, reason: u16) {
         self.handoff.reject(ns, id, reason);
+    }
+    /// The connection `t` now lives on stack `to`: the distributor moves its flow (a router
+    /// at once; a target only forgets it, the new stack's NEWCONN tells the router).
+    pub(crate) fn moved_away(&mut self, ns: u64, t: Tuple, to: u8) {
+        self.dist.connection_moved(ns, t.local, t.remote, to);
     }
     /// A connection moved here: its local port's cluster-wide owner becomes this stack (one
     /// CAS from the source, never through free).

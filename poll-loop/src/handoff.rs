@@ -27,7 +27,7 @@ use std::net::SocketAddrV4;
 
 use coupling::handoff::{HandoffEvent, TransferId};
 use stack::iface::{ApiError, SocketHandle, Stack};
-use stack::tcp::{SnapshotError, Tuple};
+use stack::tcp::Tuple;
 use stack::time::{Duration, Instant};
 
 use crate::cluster::{node_of, StackCluster};
@@ -131,11 +131,9 @@ impl std::error::Error for TransferError {}
 /// A connection of this stack in flight to another one.
 #[derive(Debug)]
 struct Moving {
-    id: TransferId,
     to: u8,
     record: Vec<u8>,
     held: Vec<Vec<u8>>,
-    frozen_at: Instant,
 }
 
 /// The handoff state a cluster member's stack keeps (inside [`StackCluster`]).
@@ -225,17 +223,22 @@ pub fn transfer(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str, app_
     let sc = cluster(stack)?;
     let slot = sc.config().slot(to).ok_or_else(|| TransferError::UnknownStack(to.to_string()))? as u8;
     let me = sc.slot();
+    let ns = sc.mono_ns(now);
     let Some(conn) = stack.tcp(h) else { return Err(TransferError::NotMovable("not a TCP connection".into())) };
     let tuple = conn.tuple();
-    let record = stack.tcp_snapshot(now, h, me as u32, app_state).map_err(|e| TransferError::NotMovable(api_err(e)))?;
+    // The freeze time travels in front of the application's state (the target measures the
+    // handoff latency from it; CLOCK_MONOTONIC is the same for every stack of a host).
+    let mut wire = Vec::with_capacity(8 + app_state.len());
+    wire.extend_from_slice(&ns.to_le_bytes());
+    wire.extend_from_slice(app_state);
+    let record = stack.tcp_snapshot(now, h, me as u32, &wire).map_err(|e| TransferError::NotMovable(api_err(e)))?;
     let sc = cluster(stack)?;
-    let ns = sc.mono_ns(now);
     match sc.handoff_offer(ns, slot, tuple, &record, unconditional) {
         Ok(id) => {
             let st = &mut sc.hand;
             st.stats.started += 1;
             st.by_id.insert(id, tuple);
-            st.moving.insert(tuple, Moving { id, to: slot, record, held: Vec::new(), frozen_at: now });
+            st.moving.insert(tuple, Moving { to: slot, record, held: Vec::new() });
             Ok(id)
         }
         Err(why) => {
@@ -252,6 +255,14 @@ fn api_err(e: ApiError) -> String {
     }
 }
 
+/// The freeze time (CLOCK_MONOTONIC ns) and the application's state of a record's state bytes.
+fn split_state(wire: &[u8]) -> (u64, Vec<u8>) {
+    match wire.split_first_chunk::<8>() {
+        Some((t, rest)) => (u64::from_le_bytes(*t), rest.to_vec()),
+        None => (0, wire.to_vec()),
+    }
+}
+
 /// Keep a frame the stack answered [`stack::iface::Received::Hold`] for (the runner does it;
 /// so must anything else that drives a cluster member's stack, such as a simulation).
 pub fn hold(stack: &mut Stack, frame: &[u8]) {
@@ -264,10 +275,11 @@ pub fn hold(stack: &mut Stack, frame: &[u8]) {
 pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) {
     for ev in events {
         match ev {
-            HandoffEvent::Offered { id, from, local, remote, record, unconditional, offered_ns } => {
+            HandoffEvent::Offered { id, from, local, remote, record, unconditional } => {
                 let Some(sc) = node_of(stack) else { return };
                 let from = sc.config().stacks.get(from as usize).map_or_else(|| format!("#{from}"), |s| s.name.clone());
-                let app_state = stack.tcp_record_info(now, &record).map(|s| s.app_state).unwrap_or_default();
+                let wire = stack.tcp_record_info(now, &record).map(|s| s.app_state).unwrap_or_default();
+                let (offered_ns, app_state) = split_state(&wire);
                 if let Some(sc) = node_of(stack) {
                     sc.hand.offers.push_back(TransferOffer { id, from, local, remote, app_state, unconditional, record, offered_ns });
                 }
@@ -283,10 +295,20 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
                 }
                 sc.hand.moved.insert(t, (m.to, now + MOVED_FORWARD));
                 sc.hand.outcomes.push_back((id, TransferOutcome::Accepted { to }));
-                let _ = m.frozen_at;
+                let ns = sc.mono_ns(now);
+                sc.moved_away(ns, t, m.to);
             }
-            HandoffEvent::Rejected { id, reason } => come_back(stack, now, id, Some(reason)),
-            HandoffEvent::Aborted { id } => come_back(stack, now, id, None),
+            HandoffEvent::Rejected { id, reason, .. } => come_back(stack, now, id, Some(reason)),
+            HandoffEvent::Aborted { id, .. } => come_back(stack, now, id, None),
+            // The outcome cannot be learned (the slot was lost): the connection is not
+            // re-installed here (it may live on at the target); the application is told.
+            HandoffEvent::Unknown { id } => {
+                let Some(sc) = node_of(stack) else { return };
+                if let Some(t) = sc.hand.by_id.remove(&id) {
+                    sc.hand.moving.remove(&t);
+                    sc.hand.outcomes.push_back((id, TransferOutcome::Aborted { handle: None }));
+                }
+            }
         }
     }
 }
