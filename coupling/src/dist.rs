@@ -718,6 +718,23 @@ impl Distributor {
         // only by candidates.
         self.conns.insert((local, remote));
         let _ = active;
+        // The router's own stack has the connection now (a handoff brought it back to a
+        // router that is not a target: a candidate's own NEWCONN below switches the flow to
+        // itself instead): its flow to the stack that had it goes, from the table and the
+        // fast path, so the router's stack gets its segments.
+        let region = self.region.clone();
+        let candidate = self.cand_row(*local.ip()).is_some();
+        if let Some(r) = self.routers.get_mut(&i).filter(|r| r.active && !candidate) {
+            if let Some(f) = r.flows.remove(&(local, remote)) {
+                if let Some((idx, ctl)) = f.row {
+                    crt_delete(&region, idx, ctl);
+                }
+                if f.dead_since.is_none() {
+                    r.conns[f.target as usize] = r.conns[f.target as usize].saturating_sub(1);
+                }
+                self.actions.push(DistAction::FlowRemoved { local, remote });
+            }
+        }
         if self.cand_row(*local.ip()).is_some() {
             let p = self.conn_payload(i, local, remote);
             for to in self.routers_of(i) {

@@ -584,6 +584,13 @@ impl ClusterMember {
                 DistAction::FlowInstalled { local, remote, target } => {
                     let Some(sc) = node_of(stack) else { continue };
                     if target as usize == sc.node.slot() {
+                        // The router's own stack has the flow (a connection moved back here):
+                        // out of the fast path, which would send it on to where it was.
+                        if sc.fast.get_mut(local.ip()).is_some_and(|set| set.remove(&(local, remote)).is_some()) {
+                            if let Some(flows) = sc.flows.as_ref() {
+                                let _ = flows.remove(remote, local);
+                            }
+                        }
                         continue;
                     }
                     let Some(mac) = sc.mac_of(target, ns) else { continue };

@@ -1110,6 +1110,33 @@ fn a_flow_moves_along_a_chain_including_through_the_router() {
     assert_eq!(s.stacks["s1"].dist.stats.resets, 0);
 }
 
+/// it/60 found it: a connection moved back to a router that is not one of the targets
+/// (a content router) kept its flow to the stack it came from, and the fast path sent the
+/// client's segments there, which sent them back. The router's own connection drops the flow.
+#[test]
+fn a_flow_that_comes_back_to_a_router_that_is_not_a_target_leaves_the_table() {
+    let mut s = started("ports = [80], targets = [\"s2\", \"s3\"]", &["s2", "s3"]);
+    let (c, from) = loop {
+        let (_, t, c) = s.syn();
+        if t.as_deref() == Some("s2") {
+            break (c, "s2");
+        }
+    };
+    s.settle();
+    let now = s.now;
+    let st = s.stacks.get_mut(from).unwrap();
+    st.dist.connection_moved(now, sock(80), c, 0);
+    st.conns.remove(&(sock(80), c));
+    let r = s.stacks.get_mut("s1").unwrap();
+    r.dist.connection_opened(now, sock(80), c, false);
+    r.conns.insert((sock(80), c));
+    let mut acts = Vec::new();
+    r.dist.drain_actions(&mut acts);
+    assert!(acts.contains(&DistAction::FlowRemoved { local: sock(80), remote: c }), "{acts:?}");
+    assert!(!s.crt_targets().contains_key(&c), "no CRT row: the router's own stack has it");
+    assert_eq!(s.stacks.get_mut("s1").unwrap().dist.route(now, sock(80), c, false), Route::Local);
+}
+
 #[test]
 fn a_late_termconn_from_the_stack_a_flow_moved_away_from_is_ignored() {
     let mut s = started("ports = [80], targets = [\"s2\", \"s3\"]", &["s2", "s3"]);
