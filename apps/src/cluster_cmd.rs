@@ -158,6 +158,19 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: DvipaCmd,
     },
+    /// Drain a stack: it takes no new connections, and moves every connection it has on the
+    /// distributed addresses to --to (or the other targets) by live handoff, nothing reset;
+    /// then it can be stopped. Waits until done (privileged).
+    Drain {
+        /// The stack to drain.
+        stack: String,
+        /// Where its connections go (default: the other live targets).
+        #[arg(long)]
+        to: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,6 +230,29 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
                 ShowWhat::Ports { addr } => coupling::ops::ports_lines(&region, &cfg, addr, now).join("\n") + "\n",
             })
         }
+        CtlCmd::Drain { stack, to, timeout } => {
+            let region = privileged_region(&cfg, now)?;
+            let seq = coupling::ops::drain(&region, &cfg, &stack, to.as_deref(), now).map_err(|e| format!("refused: {e}"))?;
+            let slot = cfg.slot(&stack).unwrap_or(0);
+            let start = poll_loop::clock::Clock::read_mono_ns();
+            let mut last = None;
+            loop {
+                let st = coupling::ops::drain_status(&region, slot).ok_or("no command row")?;
+                let elapsed = (poll_loop::clock::Clock::read_mono_ns() - start) as f64 / 1e9;
+                if last != Some((st.moved, st.left)) {
+                    eprintln!("drain {stack}: {} moved, {} left ({elapsed:.2} s)", st.moved, st.left);
+                    last = Some((st.moved, st.left));
+                }
+                if st.done >= seq {
+                    let line = format!("drained {stack}: {} connections moved in {elapsed:.2} s, {} left", st.moved, st.left);
+                    return if st.left == 0 { Ok(line + "\n") } else { Err(line) };
+                }
+                if elapsed > timeout as f64 {
+                    return Err(format!("drain {stack}: not done after {timeout} s ({} moved, {} left)", st.moved, st.left));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         CtlCmd::Dvipa { cmd } => {
             let euid = rustix::process::geteuid().as_raw();
             if euid != 0 {
@@ -242,6 +278,22 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
             }
         }
     }
+}
+
+/// The region, attached for writing, for a privileged command (root or the cluster's uid).
+fn privileged_region(cfg: &coupling::ClusterConfig, now: u64) -> Result<Region, String> {
+    let euid = rustix::process::geteuid().as_raw();
+    if euid != 0 {
+        let owner = Region::owner_uid(&cfg.region).map_err(|e| e.to_string())?;
+        if owner != euid {
+            return Err(format!("refused: needs privilege (root or the uid the cluster's stacks run as); you are uid {euid} and {} is owned by uid {owner}", cfg.region.display()));
+        }
+    }
+    let region = Region::attach(&cfg.region, true).map_err(|e| e.to_string())?;
+    if euid != 0 {
+        check_ctl_privilege(&region, cfg, euid, now)?;
+    }
+    Ok(region)
 }
 
 /// `plex ctl dvipa` privilege for a non-root user: the uid the cluster's stacks run as. The

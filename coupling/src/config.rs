@@ -172,8 +172,12 @@ pub struct StackDef {
 pub enum Giveback {
     /// Give the address back at once if the holder has no connections on it; otherwise keep it
     /// (delayed giveback) until they have ended, then give it back. Connections are never
-    /// moved: `"handoff"` is refused until connection handoff exists.
+    /// moved.
     Auto,
+    /// Move every connection the holder has on the address to the returning primary by live
+    /// connection handoff (spec/04), then give the address back at once: no waiting for
+    /// connections to end, no reset.
+    Handoff,
 }
 
 /// One `[[dvipa]]`: a configured dynamic VIPA with its primary and ranked backups.
@@ -619,9 +623,7 @@ impl ClusterConfig {
             }
             let giveback = match d.giveback.as_deref() {
                 None | Some("auto") => Giveback::Auto,
-                Some("handoff") => {
-                    return Err(err(st, "giveback = \"handoff\" would move live connections back to the primary by live handoff, which is not built yet; use \"auto\""))
-                }
+                Some("handoff") => Giveback::Handoff,
                 Some(o) => return Err(err(st, format!("giveback = {o:?}: expected \"auto\" or \"handoff\""))),
             };
             let distribute = match &d.distribute {
@@ -803,7 +805,7 @@ stacks = ["s2"]
             ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\nbackups = [{ stack = \"s1\", rank = 3 }]", "dvipa[0]", "both primary and backup"),
             ("[[dvipa]]\naddress = \"198.18.0.11/24\"\nprimary = \"s2\"", "dvipa[0]", "own address"),
             ("[[dvipa]]\naddress = \"198.18.0.300/24\"\nprimary = \"s2\"", "dvipa[0]", "not an IPv4 address"),
-            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\ngiveback = \"handoff\"", "dvipa[0]", "not built yet"),
+            ("[[dvipa]]\naddress = \"198.18.0.100/24\"\nprimary = \"s1\"\ngiveback = \"later\"", "dvipa[0]", "expected \"auto\" or \"handoff\""),
             ("[[dvipa]]\naddress = \"198.18.0.130/24\"\nprimary = \"s1\"\n[[vipa_range]]\nprefix = \"198.18.0.128/28\"", "vipa_range[0]", "overlaps the primary/backup DVIPA 198.18.0.130"),
             ("[[vipa_range]]\nprefix = \"198.18.0.129/28\"", "vipa_range[0]", "host bits"),
             ("[[vipa_range]]\nprefix = \"198.18.0.0/24\"", "vipa_range[0]", "contains stack s1's own address"),

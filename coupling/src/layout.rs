@@ -21,8 +21,9 @@ pub const MAJOR: u32 = 1;
 /// minor 3 appended the cluster port registry ([`SectionKind::PortOwners`],
 /// [`SectionKind::PortTuples`]), superseding the reserved [`SectionKind::PortRegistry`];
 /// minor 4 appended the connection handoff slots ([`SectionKind::HandoffSlots`]), superseding
-/// the reserved [`SectionKind::HandoffRecords`].
-pub const MINOR: u32 = 4;
+/// the reserved [`SectionKind::HandoffRecords`]; minor 5 appended the operators' commands to
+/// stacks ([`SectionKind::MemberCommands`]: drain).
+pub const MINOR: u32 = 5;
 
 /// Stacks per cluster; a stack's slot is its index in the cluster config.
 pub const MAX_STACKS: usize = 16;
@@ -103,11 +104,14 @@ pub enum SectionKind {
     /// each one serialized TCP connection in flight from its source stack to its target,
     /// claimed by CAS of its control word from free.
     HandoffSlots = 12,
+    /// (minor 5) [`MemberCommandRow`]s, one per stack slot: commands an operator gives a
+    /// running stack through `plex ctl` (drain: move every connection to another stack).
+    MemberCommands = 13,
 }
 
 impl SectionKind {
     /// Every kind this version lays out, in the order [`plan`] places them (kind 1 first).
-    pub const ALL: [SectionKind; 12] = [
+    pub const ALL: [SectionKind; 13] = [
         SectionKind::Members,
         SectionKind::Dvipas,
         SectionKind::RangeDvipas,
@@ -120,6 +124,7 @@ impl SectionKind {
         SectionKind::PortOwners,
         SectionKind::PortTuples,
         SectionKind::HandoffSlots,
+        SectionKind::MemberCommands,
     ];
 
     /// The kind of a section row's `kind` value; `None` for a value this version does not
@@ -144,6 +149,7 @@ impl SectionKind {
             SectionKind::PortOwners => (size_of::<PortRegistryRow>(), MAX_PORT_REGISTRIES),
             SectionKind::PortTuples => (size_of::<PortTupleRow>(), PORT_TUPLE_ROWS),
             SectionKind::HandoffSlots => (size_of::<HandoffSlotRow>(), HANDOFF_SLOTS),
+            SectionKind::MemberCommands => (size_of::<MemberCommandRow>(), MAX_STACKS),
         }
     }
 }
@@ -658,6 +664,46 @@ pub fn handoff_check(header: [u64; 8], data: impl Iterator<Item = u64>) -> u64 {
     if h == 0 { 1 } else { h }
 }
 
+/// Commands `plex ctl` gives one stack (row `i` is slot `i`'s). A command is a request word
+/// the operator stores (CAS from the value it read) with a sequence number one above the
+/// last; the stack acts on a request whose sequence number is above the one in `done`, and
+/// stores progress and then `done` when finished.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MemberCommandRow {
+    /// Drain request: `seq:48 | to:8 | kind:8` from the high bits (kind 1 drain; `to` is the
+    /// target slot plus one, 0 for "any other stack"); 0 = none ever.
+    pub drain: AtomicU64,
+    /// The sequence number of the last drain the stack finished (or gave up on).
+    pub drain_done: AtomicU64,
+    /// Connections moved away by the current (or last) drain.
+    pub drain_moved: AtomicU64,
+    /// Connections still here that the drain has yet to move (published every heartbeat).
+    pub drain_left: AtomicU64,
+    /// Room for fields and commands of later minor versions; zero.
+    pub _reserved: [AtomicU64; 4],
+}
+
+/// A drain request word: sequence number `seq`, target slot `to` (`None`: any other stack).
+pub const fn drain_word(seq: u64, to: Option<u8>) -> u64 {
+    let t = match to {
+        Some(t) => t as u64 + 1,
+        None => 0,
+    };
+    seq << 16 | t << 8 | 1
+}
+
+/// The (sequence number, target slot) of a drain request word; `None` for no request or a
+/// word that is not one.
+pub const fn drain_request(w: u64) -> Option<(u64, Option<u8>)> {
+    if w & 0xff != 1 {
+        return None;
+    }
+    let t = (w >> 8) & 0xff;
+    let to = if t == 0 { None } else { Some((t - 1) as u8) };
+    Some((w >> 16, to))
+}
+
 /// Bytes of [`Header`] (512): no section may start before this offset.
 pub const HEADER_SIZE: usize = size_of::<Header>();
 
@@ -680,6 +726,7 @@ const _: () = {
     assert!(size_of::<DptRow>() == 64);
     assert!(core::mem::offset_of!(DptRow, srvstat_seq) == 48);
     assert!(size_of::<CrtRow>() == 64);
+    assert!(size_of::<MemberCommandRow>() == 64);
     assert!(core::mem::offset_of!(CrtRow, check) == 40);
     assert!(size_of::<PortRegistryRow>() == 270_368);
     assert!(core::mem::offset_of!(PortRegistryRow, bitmap) == 32);

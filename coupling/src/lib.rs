@@ -80,7 +80,8 @@ mod tests {
             "CRT row", CrtRow: [ctl, client, server, target_inc, created_ns, check, _reserved];
             "Port registry row", PortRegistryRow: [addr, mode, seeded_ns, _reserved, bitmap, owners];
             "Port tuple row", PortTupleRow: [ctl, local, remote, check];
-            "Handoff slot row", HandoffSlotRow: [ctl, id, from_inc, to_inc, local, remote, len, flags, reason, offered_ns, check, decided_ns, _reserved, data]
+            "Handoff slot row", HandoffSlotRow: [ctl, id, from_inc, to_inc, local, remote, len, flags, reason, offered_ns, check, decided_ns, _reserved, data];
+            "Member command row", MemberCommandRow: [drain, drain_done, drain_moved, drain_left, _reserved]
         ];
         v
     }
@@ -131,5 +132,6 @@ mod tests {
         assert!(text.contains("## Port registry row (270368 bytes)") && size_of::<PortRegistryRow>() == 270_368);
         assert!(text.contains("## Port tuple row (32 bytes)") && size_of::<PortTupleRow>() == 32);
         assert!(text.contains("## Handoff slot row (1048576 bytes)") && size_of::<HandoffSlotRow>() == 1_048_576);
+        assert!(text.contains("## Member command row (64 bytes)") && size_of::<MemberCommandRow>() == 64);
     }
 }

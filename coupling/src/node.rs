@@ -109,6 +109,23 @@ pub enum Action {
         /// Why, for the stack's log.
         why: &'static str,
     },
+    /// Giveback by handoff (`giveback = "handoff"`): this stack holds `addr` and its primary
+    /// is back: move every connection on it to stack `to` (live handoff); once none is left
+    /// the address goes back at once. Repeated every tick until then.
+    HandBack {
+        /// The DVIPA to give back.
+        addr: Ipv4Addr,
+        /// The primary's slot.
+        to: u8,
+    },
+    /// The primary of `addr` waits for a giveback by handoff: accept connections on it as an
+    /// internal address (not answered in ARP) until it is activated here.
+    Standby {
+        /// The DVIPA.
+        addr: Ipv4Addr,
+        /// Its prefix length.
+        prefix: u8,
+    },
     /// Remove from the steering map and the home list, at once.
     Deactivate {
         /// The address no longer held here.
@@ -315,6 +332,10 @@ pub struct Node {
     dist_mail: Vec<Message>,
     /// Handoff messages read from the rings, for [`Node::take_handoff_mail`].
     handoff_mail: Vec<Message>,
+    /// Configured DVIPAs this primary stands by for (a giveback by handoff is under way), and
+    /// those not yet told to the stack ([`Action::Standby`]).
+    standby: Vec<(Ipv4Addr, u8)>,
+    standby_new: Vec<(Ipv4Addr, u8)>,
 }
 
 fn ms(ns: u64) -> u64 {
@@ -354,6 +375,8 @@ impl Node {
             detached: None,
             dist_mail: Vec::new(),
             handoff_mail: Vec::new(),
+            standby: Vec::new(),
+            standby_new: Vec::new(),
         };
         node.enter(now)?;
         Ok(node)
@@ -574,6 +597,9 @@ impl Node {
         self.validate_members(now);
         self.detect_failures(now);
         self.read_mail();
+        for (addr, prefix) in self.standby_new.drain(..) {
+            out.push(Action::Standby { addr, prefix });
+        }
         self.complete_releases(now);
         for i in 0..self.cfg.dvipas.len() {
             if let Err(r) = check::configured_row(&self.region, &self.cfg, i) {
@@ -870,6 +896,12 @@ impl Node {
             (msg::DELAYED_GIVEBACK, Some(d)) if from_ok && d.primary == self.slot => {
                 // Re-register at the top of the chain until the holder lets go.
                 self.region.dvipas()[i].roles[self.slot].store(ROLE_GIVEBACK, Ordering::Release);
+                if d.giveback == crate::config::Giveback::Handoff && !self.standby.contains(&(d.addr, d.prefix)) {
+                    // The holder moves its connections here: take them on the address before
+                    // it is ours.
+                    self.standby.push((d.addr, d.prefix));
+                    self.standby_new.push((d.addr, d.prefix));
+                }
             }
             _ => self.ignored(Invalid::Message, format!("message kind {} from slot {}", m.kind, m.from_slot)),
         }
@@ -913,6 +945,7 @@ impl Node {
     }
 
     fn activate_local(&mut self, r: RowRef, addr: Ipv4Addr, prefix: u8, out: &mut Vec<Action>, why: &'static str) {
+        self.standby.retain(|s| s.0 != addr);
         if self.local.insert(addr, Local { row: r, prefix }).is_none() {
             out.push(Action::Activate { addr, prefix, why });
         }
@@ -1108,11 +1141,18 @@ impl Node {
                     // Immediate giveback: leave the steering map first, hand the word over next tick.
                     self.deactivate_local(addr, ConnectionFate::Silent, out, "given back to its primary");
                     self.releasing.push(Release { row: r, expect: raw, next: w.next(p, me, DvipaState::Active, Origin::Config), giveback: true });
-                } else if w.state == DvipaState::Active {
-                    let next = w.next(me, w.prev, DvipaState::DelayedGiveback, w.origin);
-                    if self.cas(r, raw, next, now) {
-                        self.stats.delayed_givebacks += 1;
-                        self.send(d.primary, msg::DELAYED_GIVEBACK, i as u64);
+                } else {
+                    if w.state == DvipaState::Active {
+                        let next = w.next(me, w.prev, DvipaState::DelayedGiveback, w.origin);
+                        if self.cas(r, raw, next, now) {
+                            self.stats.delayed_givebacks += 1;
+                            self.send(d.primary, msg::DELAYED_GIVEBACK, i as u64);
+                        }
+                    }
+                    if d.giveback == crate::config::Giveback::Handoff && primary_role == ROLE_GIVEBACK {
+                        // The primary stands by for the connections: move them (the address
+                        // goes back at the first tick that finds none).
+                        out.push(Action::HandBack { addr, to: p });
                     }
                 }
             }

@@ -585,3 +585,59 @@ pub fn activation_done(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, sta
         ))),
     }
 }
+
+/// Where a drain of one stack stands (`plex ctl drain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainStatus {
+    /// Sequence number of the last drain asked for.
+    pub requested: u64,
+    /// Sequence number of the last drain the stack finished.
+    pub done: u64,
+    /// Connections the current (or last) drain moved.
+    pub moved: u64,
+    /// Connections still to move.
+    pub left: u64,
+}
+
+/// Ask stack `stack` to drain: move every connection on the cluster's distributed addresses to
+/// stack `to` (or to the other live targets), taking no new ones. Returns the drain's sequence
+/// number. Refused for an unknown stack, a stack that is not up, or `to` not up or the same.
+pub fn drain(region: &Region, cfg: &ClusterConfig, stack: &str, to: Option<&str>, now: u64) -> Result<u64, String> {
+    let slot = cfg.slot(stack).ok_or_else(|| format!("no stack {stack:?} in the cluster config"))?;
+    if !member_up(region, cfg, slot as u8, now) {
+        return Err(format!("stack {stack} is not up"));
+    }
+    let to_slot = match to {
+        Some(t) => {
+            let s = cfg.slot(t).ok_or_else(|| format!("--to {t:?}: no such stack in the cluster config"))?;
+            if s == slot {
+                return Err(format!("--to {t}: a stack cannot drain into itself"));
+            }
+            if !member_up(region, cfg, s as u8, now) {
+                return Err(format!("--to {t}: that stack is not up"));
+            }
+            Some(s as u8)
+        }
+        None => None,
+    };
+    let row = region.member_commands().get(slot).ok_or("no command row for the stack (region too old)")?;
+    loop {
+        let cur = row.drain.load(Ordering::Acquire);
+        let last = drain_request(cur).map_or(0, |r| r.0).max(row.drain_done.load(Ordering::Acquire));
+        let seq = last + 1;
+        if row.drain.compare_exchange(cur, drain_word(seq, to_slot), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return Ok(seq);
+        }
+    }
+}
+
+/// Where the drain of stack slot `slot` stands.
+pub fn drain_status(region: &Region, slot: usize) -> Option<DrainStatus> {
+    let row = region.member_commands().get(slot)?;
+    Some(DrainStatus {
+        requested: drain_request(row.drain.load(Ordering::Acquire)).map_or(0, |r| r.0),
+        done: row.drain_done.load(Ordering::Acquire),
+        moved: row.drain_moved.load(Ordering::Acquire),
+        left: row.drain_left.load(Ordering::Acquire),
+    })
+}

@@ -555,6 +555,10 @@ impl Region {
     pub fn handoff_slots(&self) -> &[HandoffSlotRow] {
         self.rows(SectionKind::HandoffSlots)
     }
+    /// The operators' commands to each stack slot (drain).
+    pub fn member_commands(&self) -> &[MemberCommandRow] {
+        self.rows(SectionKind::MemberCommands)
+    }
     /// The ring carrying messages from stack slot `from` to stack slot `to`; `None` when the
     /// pair is outside the ring table (`from` and `to` must be below [`MAX_STACKS`]).
     pub fn ring(&self, from: usize, to: usize) -> Option<&RingRow> {

@@ -173,6 +173,10 @@ pub struct StackCluster {
     /// (frozen connections and their held segments, offers for the application).
     handoff: Handoff,
     pub(crate) hand: crate::handoff::HandoffState,
+    /// A drain in progress (`plex ctl drain`).
+    pub(crate) drain: Option<crate::handoff::Drain>,
+    /// A giveback by handoff in progress: this address's connections go to this stack slot.
+    pub(crate) hand_back: Option<(Ipv4Addr, u8)>,
     clock: Clock,
 }
 
@@ -292,6 +296,8 @@ impl ClusterMember {
         let sc = StackCluster {
             handoff,
             hand: Default::default(),
+            drain: None,
+            hand_back: None,
             node,
             dist,
             ports,
@@ -381,8 +387,18 @@ impl ClusterMember {
         self.publish_acceptance(ns, stack);
         // What the node may ask about our connections, counted before it borrows the stack.
         self.conns.clear();
+        let hand_back = node_of(stack).and_then(|sc| sc.hand_back.map(|h| (h.0, sc.hand_in_flight())));
         for h in stack.homes() {
-            self.conns.push((h.addr, stack.connections_on(h.addr)));
+            let n = match hand_back {
+                // A giveback by handoff waits for the connections that can move (and the
+                // transfers in flight, which may come back), not for those already closing.
+                Some((a, in_flight)) if a == h.addr => {
+                    let live = stack.tcp_connections_on(a).iter().filter(|(_, s)| matches!(s, stack::tcp::State::Established | stack::tcp::State::CloseWait)).count();
+                    live + in_flight
+                }
+                _ => stack.connections_on(h.addr),
+            };
+            self.conns.push((h.addr, n));
         }
         let Some(sc) = node_of(stack) else { return };
         // (The member rows are read only from a region that still checks out; the tick
@@ -405,6 +421,8 @@ impl ClusterMember {
         node.tick(ns, &|a| dist.node_conns(a, conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1)), &mut actions);
         dist.tick(ns, node, &mut self.dist_actions);
         sc.handoff.tick(ns, &mut sc.node, &mut self.handoff_events);
+        self.watch_drain(now, ns, stack);
+        let Some(sc) = node_of(stack) else { return };
         if now >= self.next_reclaim {
             // Ports of dead stacks, after the quarantine (2 MSL by default): CAS dead -> free.
             self.next_reclaim = now + Duration::from_millis(250);
@@ -441,6 +459,27 @@ impl ClusterMember {
                     self.marks.push((addr, 2));
                     log(&self.name, format_args!("{addr} active ({why})"));
                 }
+                Action::Standby { addr, prefix } => {
+                    // Connections on it come here before the address does (giveback by handoff).
+                    if !stack.has_address(addr) {
+                        stack.add_address(addr, prefix, true);
+                        if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.add_internal(addr)) {
+                            log(&self.name, format_args!("{e}"));
+                        }
+                    }
+                    log(&self.name, format_args!("{addr}: standing by for its connections (giveback by handoff)"));
+                }
+                Action::HandBack { addr, to } => {
+                    if let Some(sc) = node_of(stack) {
+                        if sc.hand_back != Some((addr, to)) {
+                            let n = stack.connections_on(addr);
+                            log(&self.name, format_args!("{addr}: its primary is back; moving its {n} connections there (giveback by handoff)"));
+                        }
+                        if let Some(sc) = node_of(stack) {
+                            sc.hand_back = Some((addr, to));
+                        }
+                    }
+                }
                 Action::Deactivate { addr, .. } if addr == self.own || !stack.has_address(addr) => {
                     self.reannounce.retain(|r| r.1 != addr);
                 }
@@ -461,6 +500,9 @@ impl ClusterMember {
                     log(&self.name, format_args!("{addr} no longer held here ({why}); still a distribution target (internal address, connections kept)"));
                 }
                 Action::Deactivate { addr, connections, why } => {
+                    if let Some(sc) = node_of(stack).filter(|sc| sc.hand_back.is_some_and(|h| h.0 == addr)) {
+                        sc.hand_back = None;
+                    }
                     // Out of the steering map first: from here on its frames go to the kernel.
                     if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.remove(addr)) {
                         log(&self.name, format_args!("{e}"));
@@ -498,6 +540,54 @@ impl ClusterMember {
         } else {
             self.clock.instant_of(sc.node.lease_valid_until())
         };
+    }
+
+    /// `plex ctl drain` of this stack: start when asked (no new connections: the distributor
+    /// sends new SYNs to the other targets; the poll loop moves the connections, see
+    /// [`crate::handoff::drain_step`]), publish the progress, finish when nothing is left.
+    fn watch_drain(&mut self, now: Instant, ns: u64, stack: &mut Stack) {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let Some(sc) = node_of(stack) else { return };
+        if sc.node.detached().is_some() {
+            return;
+        }
+        let region = sc.node.region().clone();
+        let Some(row) = region.member_commands().get(sc.node.slot()) else { return };
+        let done = row.drain_done.load(Acquire);
+        if let Some((seq, to)) = coupling::layout::drain_request(row.drain.load(Acquire)) {
+            if seq > done && sc.drain.is_none_or(|d| d.seq != seq) {
+                sc.drain = Some(crate::handoff::Drain::new(seq, to, now));
+                for a in self.listening.keys() {
+                    sc.dist.set_draining(ns, *a, true);
+                }
+                let whither = to.and_then(|t| sc.node.config().stacks.get(t as usize)).map_or("the other targets".to_string(), |s| s.name.clone());
+                log(&self.name, format_args!("draining (plex ctl drain #{seq}): no new connections here; moving every connection to {whither}"));
+            }
+        }
+        let Some(d) = sc.drain else { return };
+        if d.seq <= done {
+            return;
+        }
+        let in_flight = sc.hand_in_flight();
+        let (addrs, _) = sc.drain_scope(d.to);
+        let here: usize = addrs
+            .iter()
+            .map(|a| {
+                stack
+                    .tcp_connections_on(*a)
+                    .iter()
+                    .filter(|(_, s)| matches!(s, stack::tcp::State::Established | stack::tcp::State::CloseWait | stack::tcp::State::SynReceived))
+                    .count()
+            })
+            .sum();
+        let left = (here + in_flight) as u64;
+        row.drain_left.store(left, Release);
+        row.drain_moved.store(d.moved, Release);
+        let secs = (now - d.started).as_secs_f64();
+        if left == 0 || secs > 30.0 {
+            row.drain_done.store(d.seq, Release);
+            log(&self.name, format_args!("drained: moved {} connections in {:.1} ms; {left} left", d.moved, secs * 1000.0));
+        }
     }
 
     /// Give the distributor this turn's listener and connection events, and let it read its
@@ -819,6 +909,32 @@ impl StackCluster {
     pub(crate) fn handoff_reject(&mut self, ns: u64, id: TransferId, reason: u16) {
         self.handoff.reject(ns, id, reason);
     }
+    /// Transfers of this stack in flight (offered, not decided).
+    pub(crate) fn hand_in_flight(&self) -> usize {
+        self.hand.in_flight()
+    }
+
+    /// What a drain moves: the distributed addresses this stack has, and the live stacks it
+    /// moves their connections to (`to`, or every other live candidate target).
+    pub(crate) fn drain_scope(&self, to: Option<u8>) -> (Vec<Ipv4Addr>, Vec<u8>) {
+        let cfg = self.node.config();
+        let me = self.node.slot();
+        let now = self.clock.mono_ns(self.clock.now());
+        let mut addrs = Vec::new();
+        let mut targets = std::collections::BTreeSet::new();
+        for d in cfg.dvipas.iter() {
+            let Some(dist) = d.distribute.as_ref() else { continue };
+            addrs.push(d.addr);
+            for c in dist.candidates() {
+                let up = coupling::node::member_up(self.node.region(), cfg, c as u8, now);
+                if c != me && up && to.is_none_or(|t| t as usize == c) {
+                    targets.insert(c as u8);
+                }
+            }
+        }
+        (addrs, targets.into_iter().collect())
+    }
+
     /// The connection `t` now lives on stack `to`: the distributor moves its flow (a router
     /// at once; a target only forgets it, the new stack's NEWCONN tells the router).
     pub(crate) fn moved_away(&mut self, ns: u64, t: Tuple, to: u8) {

@@ -176,6 +176,11 @@ pub struct HandoffCounters {
 }
 
 impl HandoffState {
+    /// Transfers of this stack in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.moving.len()
+    }
+
     /// Where an inbound segment of a tuple this stack has no connection for goes, if a
     /// handoff knows: `Some(None)` hold it, `Some(Some(slot))` forward it there.
     pub(crate) fn route(&mut self, now: Instant, tuple: &Tuple) -> Option<Option<u8>> {
@@ -384,6 +389,72 @@ pub fn next_outcome(stack: &mut Stack) -> Option<(TransferId, TransferOutcome)> 
 /// (member slot, frame).
 pub fn next_forward(stack: &mut Stack) -> Option<(u8, Vec<u8>)> {
     node_of(stack)?.hand.outbox.pop_front()
+}
+
+/// A drain in progress (`plex ctl drain`): every connection on the cluster's distributed
+/// addresses moves to another stack, as the application lets it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Drain {
+    pub(crate) seq: u64,
+    pub(crate) to: Option<u8>,
+    pub(crate) started: Instant,
+    pub(crate) moved: u64,
+    next: usize,
+}
+
+impl Drain {
+    pub(crate) fn new(seq: u64, to: Option<u8>, started: Instant) -> Drain {
+        Drain { seq, to, started, moved: 0, next: 0 }
+    }
+}
+
+/// Transfers a drain keeps in flight at most (the region has 32 record slots for everyone).
+const DRAIN_IN_FLIGHT: usize = 8;
+
+/// One turn of a drain (or of a giveback by handoff): move what may move now, a few at a
+/// time. True when it moved any.
+pub fn drain_step(stack: &mut Stack, now: Instant, app: &mut (impl crate::runner::App + ?Sized)) -> bool {
+    let Some(sc) = node_of(stack) else { return false };
+    let room = DRAIN_IN_FLIGHT.saturating_sub(sc.hand.moving.len());
+    if room == 0 || (sc.drain.is_none() && sc.hand_back.is_none()) {
+        return false;
+    }
+    // A giveback by handoff first: the primary waits for its address.
+    let (addrs, targets, unconditional) = match (sc.hand_back, sc.drain) {
+        (Some((addr, to)), _) => (vec![addr], vec![to], true),
+        (None, Some(d)) => {
+            let (a, t) = sc.drain_scope(d.to);
+            (a, t, false)
+        }
+        (None, None) => return false,
+    };
+    if targets.is_empty() {
+        return false;
+    }
+    let names: Vec<String> = targets.iter().map(|t| sc.config().stacks[*t as usize].name.clone()).collect();
+    let mut next = sc.drain.map_or(0, |d| d.next);
+    let mut moved = 0;
+    for addr in addrs {
+        for (h, state) in stack.tcp_connections_on(addr) {
+            if moved == room {
+                break;
+            }
+            if !matches!(state, stack::tcp::State::Established | stack::tcp::State::CloseWait) || !app.may_move(stack, h) {
+                continue;
+            }
+            let to = &names[next % names.len()];
+            next += 1;
+            if transfer(stack, now, h, to, b"", unconditional).is_ok() {
+                app.moved_away(now, stack, h);
+                moved += 1;
+            }
+        }
+    }
+    if let Some(d) = node_of(stack).and_then(|sc| sc.drain.as_mut()) {
+        d.next = next;
+        d.moved += moved as u64;
+    }
+    moved > 0
 }
 
 /// This stack's handoff counters, if it is a cluster member.

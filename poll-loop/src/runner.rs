@@ -100,6 +100,14 @@ pub trait App {
     fn transferred(&mut self, _now: Instant, _stack: &mut Stack, _h: SocketHandle, _app_state: &[u8]) {}
     /// What became of a transfer this application started ([`crate::handoff::transfer`]).
     fn transfer_done(&mut self, _now: Instant, _stack: &mut Stack, _id: coupling::handoff::TransferId, _outcome: crate::handoff::TransferOutcome) {}
+    /// May the stack move connection `h` to another stack now (`plex ctl drain`)? An
+    /// application that supports draining says yes where its own state for `h` can start over
+    /// on the other stack (between requests, say); the default is no.
+    fn may_move(&mut self, _stack: &Stack, _h: SocketHandle) -> bool {
+        false
+    }
+    /// The stack moved connection `h` to another stack (a drain): forget it.
+    fn moved_away(&mut self, _now: Instant, _stack: &mut Stack, _h: SocketHandle) {}
 }
 
 /// Hand the application what the cluster's handoff layer has for it: offers to decide,
@@ -138,6 +146,12 @@ impl<A: App + ?Sized> App for Box<A> {
     }
     fn transfer_done(&mut self, now: Instant, stack: &mut Stack, id: coupling::handoff::TransferId, outcome: crate::handoff::TransferOutcome) {
         (**self).transfer_done(now, stack, id, outcome)
+    }
+    fn may_move(&mut self, stack: &Stack, h: SocketHandle) -> bool {
+        (**self).may_move(stack, h)
+    }
+    fn moved_away(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        (**self).moved_away(now, stack, h)
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
         (**self).event(now, stack, h, ev)
@@ -411,6 +425,7 @@ impl Runner {
         }
         if cluster.is_some() {
             busy |= dispatch_handoffs(now, stack, app);
+            busy |= crate::handoff::drain_step(stack, now, app);
         }
         busy |= app.poll(now, stack);
         // Events raised by the application's own calls (e.g. an immediate reset).

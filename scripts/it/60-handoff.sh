@@ -9,7 +9,13 @@
 #     and pipelined: every response from the right stack (the connection moves again and
 #     again: s1 -> s2 -> s3 -> ...);
 #   - a capture on the client side: no SYN, FIN or RST in the middle of a connection, server
-#     sequence numbers continuous; again with plex dropping 2 % of what it receives.
+#     sequence numbers continuous; again with plex dropping 2 % of what it receives;
+#   - giveback by handoff: 50 long-lived connections on the backup of DVIPA 198.18.0.100
+#     (`giveback = "handoff"`) when its primary starts: all moved to the primary, the address
+#     back on it at once, every connection completes, none resets;
+#   - `plex ctl drain` (echo on every stack): 40 long-lived checked echo connections; drain s2
+#     into s3, restart s2, drain s3 back into s2: every connection completes byte-exact,
+#     none resets; and under wrk (HTTP keep-alive): no socket error, no non-2xx.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 HERE=$(dirname "$0")
@@ -27,6 +33,7 @@ name = "plx-handoff"
 region = "$REGION"
 lease_ms = 250
 heartbeat_ms = 10
+primary_grace_ms = 300
 
 [[stack]]
 name = "s1"
@@ -48,8 +55,16 @@ address = "$V/24"
 primary = "s1"
 backups = [{ stack = "s2", rank = 20 }]
 [dvipa.distribute]
-ports = [8080]
+ports = [7, 8080]
 targets = ["s2", "s3"]
+TOML
+cat >>"$CFG" <<TOML
+
+[[dvipa]]
+address = "198.18.0.100/24"
+primary = "s1"
+backups = [{ stack = "s2", rank = 20 }]
+giveback = "handoff"
 TOML
 RULES=$LOGDIR/rules.txt
 cat >"$RULES" <<R
@@ -59,9 +74,13 @@ host   three.test s3
 default s1
 R
 declare -A SPID
-start_stack() { # I ARGS...
+start_stack() { # I ARGS...: the content router
   local i=$1; shift
-  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats "$@" router --rules "$RULES" >>"$LOGDIR/s$i.log" 2>&1 &
+  start_app "$i" "$@" router --rules "$RULES"
+}
+start_app() { # I ARGS... APP...: plex run --stack sI ARGS
+  local i=$1; shift
+  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats "$@" >>"$LOGDIR/s$i.log" 2>&1 &
   SPID[$i]=$!
   disown "$!" 2>/dev/null || true
   PIDS+=($!)
@@ -115,6 +134,82 @@ run_round() { # LABEL [plex run options...]
 
 run_round clean
 run_round lossy --drop 0.02
+
+# --- giveback by handoff ---------------------------------------------------------------------
+G=198.18.0.100
+gowner() { ctl show dvipas 2>/dev/null | awk -v a="$G" 'index($1, a "/") == 1 {print $3}'; }
+rm -f "$REGION"
+start_app 2 echo || exit 1
+for _ in $(seq 1 60); do [ "$(gowner)" = s2 ] && break; sleep 0.05; done
+check "the backup s2 holds $G (its primary s1 is not running)" test "$(gowner)" = s2
+GSTOP=$LOGDIR/stop-giveback
+rm -f "$GSTOP"
+ip netns exec plx-client python3 "$HERE/seq_echo.py" $G 7 50 "$GSTOP" 60 10 >"$LOGDIR/giveback-seq.json" 2>&1 &
+GSEQ=$!
+sleep 2
+t0=$(date +%s%N)
+start_app 1 echo || exit 1
+t1=$(date +%s%N)
+for _ in $(seq 1 400); do [ "$(gowner)" = s1 ] && break; sleep 0.01; done
+t2=$(date +%s%N)
+echo "     $G back on s1 $(( (t2 - t1) / 1000000 )) ms after s1 was up ($(( (t2 - t0) / 1000000 )) ms after its start)"
+grep -h "giveback by handoff\|standing by" "$LOGDIR/s1.log" "$LOGDIR/s2.log" | tail -3 | sed 's/^/     /'
+check "giveback by handoff: $G back on its primary s1" test "$(gowner)" = s1
+sleep 1
+touch "$GSTOP"
+wait "$GSEQ"
+res=$(tail -1 "$LOGDIR/giveback-seq.json")
+echo "     seq_echo: $res"
+check "50 long-lived connections moved from the backup to the returning primary: all completed byte-exact, none reset" \
+  sh -c "[ '$(jget "$res" completed)' = 50 ] && [ '$(jget "$res" resets)' = 0 ] && [ '$(jget "$res" errors)' = 0 ] && [ '$(jget "$res" mismatches)' = 0 ]"
+echo "     s1: $(grep 'handoff:' "$LOGDIR/s1.log" | tail -1 | sed 's/^queue 0 //')"
+for i in 1 2; do stop_stack $i; done
+
+# --- plex ctl drain -----------------------------------------------------------------------
+crt_of() { ctl show crt 2>/dev/null | awk -v t="$1" 'NR > 1 && $3 == t {n++} END {print n + 0}'; }
+dpt_ready() { for _ in $(seq 1 60); do [ "$(ctl show dpt 2>/dev/null | awk -v p=":$1" 'substr($1, length($1) - length(p) + 1) == p && $0 ~ / ready /' | wc -l)" -ge "$2" ] && return 0; sleep 0.05; done; return 1; }
+rm -f "$REGION"
+for i in 1 2 3; do start_app $i echo || exit 1; done
+wait_owner s1 && dpt_ready 7 2
+STOP=$LOGDIR/stop-drain
+rm -f "$STOP"
+ip netns exec plx-client python3 "$HERE/seq_echo.py" $V 7 40 "$STOP" 60 10 >"$LOGDIR/drain-seq.json" 2>&1 &
+SEQ=$!
+sleep 2
+echo "     before: CRT s2 $(crt_of s2), s3 $(crt_of s3)"
+ctl drain s2 --to s3 >"$LOGDIR/drain1.txt" 2>&1; rc=$?
+echo "     $(tail -1 "$LOGDIR/drain1.txt")"
+check "plex ctl drain s2 --to s3 (exit $rc): every s2 connection moved; the CRT routes none to s2 ($(crt_of s2)), s3 has them ($(crt_of s3))" \
+  sh -c "[ $rc = 0 ] && [ $(crt_of s2) = 0 ] && [ $(crt_of s3) -ge 40 ]"
+stop_stack 2
+start_app 2 echo || exit 1
+dpt_ready 7 2
+sleep 0.5
+ctl drain s3 --to s2 >"$LOGDIR/drain2.txt" 2>&1; rc=$?
+echo "     after s2's restart: $(tail -1 "$LOGDIR/drain2.txt")"
+check "s2 restarted; plex ctl drain s3 --to s2 (exit $rc): all back on s2 ($(crt_of s2)), none on s3 ($(crt_of s3))" \
+  sh -c "[ $rc = 0 ] && [ $(crt_of s3) = 0 ] && [ $(crt_of s2) -ge 40 ]"
+sleep 1
+touch "$STOP"
+wait "$SEQ"
+res=$(tail -1 "$LOGDIR/drain-seq.json")
+echo "     seq_echo: $res"
+check "40 long-lived connections through two drains and a restart: all completed byte-exact, none reset" \
+  sh -c "[ '$(jget "$res" completed)' = 40 ] && [ '$(jget "$res" resets)' = 0 ] && [ '$(jget "$res" errors)' = 0 ] && [ '$(jget "$res" mismatches)' = 0 ]"
+for i in 1 2 3; do stop_stack $i; done
+rm -f "$REGION"
+for i in 1 2 3; do start_app $i http --port 8080 --size 100 || exit 1; done
+wait_owner s1 && dpt_ready 8080 2
+ip netns exec plx-client wrk -t2 -c50 -d6s --timeout 5s "http://$V:8080/" >"$LOGDIR/drain-wrk.txt" 2>&1 &
+WRK=$!
+sleep 2
+ctl drain s2 --to s3 >"$LOGDIR/drain3.txt" 2>&1; rc=$?
+echo "     under wrk: $(tail -1 "$LOGDIR/drain3.txt")"
+wait $WRK
+echo "     wrk: $(grep -E 'requests in|Socket errors|Non-2xx' "$LOGDIR/drain-wrk.txt" | tr -s ' ' | tr '\n' ';')"
+check "plex ctl drain s2 under wrk -c50 (exit $rc): no socket error, no non-2xx response" \
+  sh -c "[ $rc = 0 ] && grep -q 'requests in' '$LOGDIR/drain-wrk.txt' && ! grep -qE 'Socket errors|Non-2xx' '$LOGDIR/drain-wrk.txt'"
+for i in 1 2 3; do stop_stack $i; done
 rm -f "$REGION"
 [ "$FAILS" = 0 ] || { echo "$FAILS check(s) failed"; exit 1; }
 echo "all handoff checks passed"

@@ -120,6 +120,7 @@ impl Sim {
                         st.conns.retain(|c| *c.0.ip() != addr);
                     }
                 }
+                Action::HandBack { .. } | Action::Standby { .. } => {}
             }
         }
         if st.frozen {

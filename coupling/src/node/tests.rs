@@ -58,6 +58,13 @@ impl Harness {
                     home.remove(addr);
                     self.conns.remove(&(name.to_string(), *addr));
                 }
+                // The stack moves its connections to the primary (live handoff).
+                Action::HandBack { addr, to } => {
+                    let n = self.conns.remove(&(name.to_string(), *addr)).unwrap_or(0);
+                    let to = self.cfg.stacks[*to as usize].name.clone();
+                    *self.conns.entry((to, *addr)).or_default() += n;
+                }
+                Action::Standby { .. } => {}
             }
             self.log.push((name.to_string(), a));
         }
@@ -217,6 +224,33 @@ fn four_stacks_takeover_and_immediate_and_delayed_giveback() {
     assert_eq!(h.owner(V[7]).as_deref(), Some("TCP4"));
     assert_eq!(h.hierarchy(V[7]), names(&["TCP4", "TCP2", "TCP1"]));
     assert_eq!(row.roles[3].load(Ordering::Relaxed), ROLE_PRIMARY);
+}
+
+/// `giveback = "handoff"`: the returning primary stands by for the connections, the holder
+/// moves them there, and the address goes back at once (no waiting for them to end); nothing
+/// is reset.
+#[test]
+fn giveback_by_handoff_moves_the_connections_then_the_address() {
+    let mut t = stacks(&["s1", "s2", "s3"]);
+    t += &dvipa("198.18.0.100", "s1", &[("s2", 20)]);
+    t += "giveback = \"handoff\"\n";
+    let mut h = Harness::new(&t);
+    for s in ["s1", "s2", "s3"] {
+        h.join(s);
+    }
+    let a: Ipv4Addr = "198.18.0.100".parse().unwrap();
+    h.kill("s1");
+    h.step();
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s2"));
+    h.conns.insert(("s2".into(), a), 50);
+    let before = h.log.len();
+    h.join("s1");
+    let log = &h.log[before..];
+    assert!(log.iter().any(|(n, x)| n == "s1" && *x == Action::Standby { addr: a, prefix: 24 }), "s1 stands by: {log:?}");
+    assert!(log.iter().any(|(n, x)| n == "s2" && *x == Action::HandBack { addr: a, to: 0 }), "s2 hands the connections back: {log:?}");
+    assert_eq!(h.owner("198.18.0.100").as_deref(), Some("s1"), "the address is back at once");
+    assert_eq!(h.conns.get(&("s1".into(), a)), Some(&50), "with its 50 connections");
+    assert!(!log.iter().any(|(_, x)| matches!(x, Action::Deactivate { connections: ConnectionFate::Reset, .. })), "nothing reset");
 }
 
 #[test]

@@ -87,6 +87,19 @@ impl Stack {
         }
     }
 
+    /// The connections on local address `addr` that the application holds (accepted or
+    /// opened, not waiting in an accept queue), with their state: what a drain may move.
+    pub fn tcp_connections_on(&self, addr: std::net::Ipv4Addr) -> Vec<(SocketHandle, crate::tcp::State)> {
+        self.connections
+            .iter()
+            .filter(|(t, _)| *t.local.ip() == addr)
+            .filter_map(|(_, &h)| match self.socket(h) {
+                Some(Socket::Tcp(t)) if t.parent.is_none() => Some((h, t.conn.state())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Number of live TCP connections.
     pub fn connection_count(&self) -> usize {
         self.connections.len()

@@ -90,6 +90,21 @@ impl App for Echo {
         self.backlog = backlog;
         did
     }
+    // Live handoff (`plex ctl drain`): an echo connection has no state of the application's,
+    // so it may move at any time, and any stack takes it.
+    fn transfer_offer(&mut self, _now: Instant, _stack: &mut Stack, _offer: &poll_loop::handoff::TransferOffer) -> poll_loop::handoff::TransferDecision {
+        poll_loop::handoff::TransferDecision::Accept
+    }
+    fn transferred(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, _app_state: &[u8]) {
+        let more = self.pump(now, stack, h);
+        self.backlog.keep(h, more);
+    }
+    fn may_move(&mut self, _stack: &Stack, _h: SocketHandle) -> bool {
+        true
+    }
+    fn moved_away(&mut self, _now: Instant, _stack: &mut Stack, h: SocketHandle) {
+        self.backlog.forget(h);
+    }
 }
 
 /// Echo through the blocking API: what an application linking plex writes, with std I/O.

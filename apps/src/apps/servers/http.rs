@@ -198,6 +198,27 @@ fn body_size(request: &str, default: u64) -> u64 {
     path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()).map_or(default, |n| n.min(1 << 30))
 }
 
+impl Http {
+    /// A connection is this server's now (accepted, or moved here from another stack).
+    fn adopt(&mut self, now: Instant, stack: &mut Stack, c: SocketHandle) {
+        self.conns.insert(
+            c,
+            HttpConn {
+                phase: Phase::Header,
+                deadline: Some(now + self.header_timeout),
+                inbuf: Vec::new(),
+                head: Vec::with_capacity(160),
+                head_off: 0,
+                body_left: 0,
+                close_after: false,
+                peer_closed: false,
+            },
+        );
+        let more = self.serve(now, stack, c);
+        self.active.keep(c, more);
+    }
+}
+
 impl App for Http {
     fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         self.listener = Some(listen(now, stack, self.addr)?);
@@ -212,21 +233,7 @@ impl App for Http {
                     if let Some(conn) = stack.tcp_mut(c) {
                         conn.set_nodelay(true);
                     }
-                    self.conns.insert(
-                        c,
-                        HttpConn {
-                            phase: Phase::Header,
-                            deadline: Some(now + self.header_timeout),
-                            inbuf: Vec::new(),
-                            head: Vec::with_capacity(160),
-                            head_off: 0,
-                            body_left: 0,
-                            close_after: false,
-                            peer_closed: false,
-                        },
-                    );
-                    let more = self.serve(now, stack, c);
-                    self.active.keep(c, more);
+                    self.adopt(now, stack, c);
                 }
             }
             SocketEvent::Tcp(Event::Readable | Event::PeerClosed | Event::Writable) => {
@@ -247,6 +254,26 @@ impl App for Http {
         let did = active.retry(|h| self.serve(now, stack, h));
         self.active = active;
         did
+    }
+    // Live handoff (`plex ctl drain`): a connection moves between requests (nothing of a
+    // request read, nothing of a response left to queue); any stack running it takes it.
+    fn transfer_offer(&mut self, _now: Instant, _stack: &mut Stack, _offer: &poll_loop::handoff::TransferOffer) -> poll_loop::handoff::TransferDecision {
+        poll_loop::handoff::TransferDecision::Accept
+    }
+    fn transferred(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, _app_state: &[u8]) {
+        if let Some(conn) = stack.tcp_mut(h) {
+            conn.set_nodelay(true);
+        }
+        self.adopt(now, stack, h);
+    }
+    fn may_move(&mut self, _stack: &Stack, h: SocketHandle) -> bool {
+        self.conns.get(&h).is_some_and(|c| {
+            matches!(c.phase, Phase::Idle | Phase::Header) && c.inbuf.is_empty() && c.head_off >= c.head.len() && c.body_left == 0 && !c.close_after && !c.peer_closed
+        })
+    }
+    fn moved_away(&mut self, _now: Instant, _stack: &mut Stack, h: SocketHandle) {
+        self.conns.remove(&h);
+        self.active.forget(h);
     }
 }
 
