@@ -129,7 +129,7 @@ run_round() { # LABEL [plex run options...]
     sh -c "[ '$(jget "$pc" rsts)' = 0 ] && [ '$(jget "$pc" syns_midstream)' = 0 ] && [ '$(jget "$pc" fins_midstream)' = 0 ] && [ '$(jget "$pc" gaps)' = 0 ] && [ '$(jget "$pc" connections)' -ge 7 ]"
   for i in 1 2 3; do stop_stack $i; done
   for i in 1 2 3; do echo "     s$i: $(grep '^router' "$LOGDIR/s$i.log" | tail -1)"; done
-  echo "     s1 handoff: $(grep 'handoff:' "$LOGDIR/s1.log" | tail -1)"
+  echo "     s1 handoff: $(grep 'queue 0 handoff:' "$LOGDIR/s1.log" | tail -1)"
 }
 
 run_round clean
@@ -162,7 +162,7 @@ res=$(tail -1 "$LOGDIR/giveback-seq.json")
 echo "     seq_echo: $res"
 check "50 long-lived connections moved from the backup to the returning primary: all completed byte-exact, none reset" \
   sh -c "[ '$(jget "$res" completed)' = 50 ] && [ '$(jget "$res" resets)' = 0 ] && [ '$(jget "$res" errors)' = 0 ] && [ '$(jget "$res" mismatches)' = 0 ]"
-echo "     s1: $(grep 'handoff:' "$LOGDIR/s1.log" | tail -1 | sed 's/^queue 0 //')"
+echo "     s1: $(grep 'queue 0 handoff:' "$LOGDIR/s1.log" | tail -1 | sed 's/^queue 0 //')"
 for i in 1 2; do stop_stack $i; done
 
 # --- plex ctl drain -----------------------------------------------------------------------
