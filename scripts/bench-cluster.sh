@@ -257,7 +257,7 @@ echo "connections/s through the router / through HAProxy: $(ratio "$(cps plex-ro
 echo "failover, plex router kill -9 + takeback: $(jf failover.json completed)/$(jf failover.json connections) completed, resets $(jf failover.json resets), errors $(jf failover.json errors), longest stall $(jf failover.json max_stall_ms) ms"
 echo "failover, HAProxy kill -9: $(jf haproxy-failover.json completed)/$(jf haproxy-failover.json connections) completed, resets $(jf haproxy-failover.json resets), errors $(jf haproxy-failover.json errors)"
 echo "port registry: $(jf portbench.txt claims_per_s_1) claim+release/s from one process, $(jf portbench.txt claims_per_s_2) from two contending (target >= 10 M); outbound conn/s through $V with cluster_ports on/off: $PORTS_ON / $PORTS_OFF = $(ratio "$PORTS_ON" "$PORTS_OFF")x (target >= 0.95)"
-echo "handoff latency, freeze to installed (s2 taking from s1 / s1 taking from s2): p50 $(ho s2 p50) / $(ho s1 p50) us, p99 $(ho s2 p99) / $(ho s1 p99) us, max $(ho s2 max) / $(ho s1 max) us over $(hon s2) / $(hon s1) transfers (targets p50 < 20, p99 < 100)"
+echo "handoff latency, freeze to installed (s2 taking from s1 / s1 taking from s2): p50 $(ho s2 p50) / $(ho s1 p50) us, p99 $(ho s2 p99) / $(ho s1 p99) us, max $(ho s2 max) / $(ho s1 max) us over $(hon s2) / $(hon s1) transfers (targets p50 < 20, p99 < 100); drain: ${DRAIN_N:-?} connections in ${DRAIN_S:-?} s = ${DRAIN_RATE:-?} conn/s, client resets $(jf drain-seq.json resets)"
 if [ -n "$JSON" ]; then
   cat >"$JSON" <<J
 { "distributor": {
@@ -281,7 +281,7 @@ if [ -n "$JSON" ]; then
 }, "handoff": {
   "transfers": $(num "$(hon s2)"), "p50_us": $(num "$(ho s2 p50)"), "p99_us": $(num "$(ho s2 p99)"), "max_us": $(num "$(ho s2 max)"),
   "transfers_to_s1": $(num "$(hon s1)"), "p50_us_to_s1": $(num "$(ho s1 p50)"), "p99_us_to_s1": $(num "$(ho s1 p99)"), "max_us_to_s1": $(num "$(ho s1 max)"),
-  "drain_conn_per_s": null
+  "drain_conn_per_s": $(num "$DRAIN_RATE"), "drained_connections": $(num "$DRAIN_N"), "drain_resets": $(jf drain-seq.json resets)
 } }
 J
   echo "wrote $JSON"

@@ -4,7 +4,9 @@
 # then the cluster act: three plex stacks share a coupling region and a dynamic VIPA that
 # survives the death of its stack and comes back to its primary; then the distributor act: one
 # address spread over two stacks by a router, which is killed under load and comes back, with no
-# connection reset. Tears everything down.
+# connection reset; then the handoff act: a content router moves live HTTP connections to the
+# stack that serves each request, and `plex ctl drain` empties a stack without a reset. Tears
+# everything down.
 # Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -157,5 +159,48 @@ echo "   the client: $(tail -1 "$LOG.seq")"
 echo "   (completed: every line echoed byte-exact, then a clean close; resets: connections reset)"
 for i in 1 2 3; do kill -INT "${SPIDS[$i]}" 2>/dev/null || true; done
 sleep 1
-rm -f /dev/shm/plex-plx-demo-dist "$DCFG"
+rm -f /dev/shm/plex-plx-demo-dist
+
+echo
+echo "== the handoff act: live TCP connections moved between stacks, nothing reset"
+# Same cluster; every stack runs the content router with these rules: a request's path (or
+# Host) names the stack that serves it, and the connection moves there with everything in it.
+RULES=$(mktemp /tmp/plx-demo-rules.XXXXXX)
+printf 'prefix /two s2\nprefix /three s3\ndefault s1\n' >"$RULES"
+echo "   rules: $(tr '\n' ';' <"$RULES")"
+hstart() { # I APP...
+  local i=$1; shift
+  ip netns exec "plx-s$i" "$PLEX" run --config "$DCFG" --stack "s$i" "$@" >>"$LOG.h$i" 2>&1 &
+  SPIDS[$i]=$!
+  disown "$!" 2>/dev/null || true
+  for _ in $(seq 1 50); do grep -q "^plex: stack" "$LOG.h$i" 2>/dev/null && break; sleep 0.1; done
+}
+for i in 1 2 3; do hstart "$i" router --rules "$RULES"; done
+dwait s1 || true
+sleep 0.5
+for path in /two/hello /three/hello /hello; do
+  echo "   curl http://198.18.0.102$path -> $(ip netns exec plx-client curl -s -m 5 "http://198.18.0.102$path")"
+done
+echo "   one keep-alive connection, five requests for three stacks (the connection moves each time):"
+ip netns exec plx-client python3 scripts/it/http_pipeline.py 198.18.0.102 80 0 /two/a=s2 /three/b=s3 /c=s1 /three/d=s3 /two/e=s2 | sed 's/^/     /'
+for i in 1 2 3; do kill -INT "${SPIDS[$i]}" 2>/dev/null || true; done
+sleep 1
+rm -f /dev/shm/plex-plx-demo-dist
+for i in 1 2 3; do hstart "$i" echo; done
+dwait s1 || true
+sleep 0.5
+STOP=$(mktemp -u /tmp/plx-demo-stop.XXXXXX)
+ip netns exec plx-client python3 scripts/it/seq_echo.py 198.18.0.102 7 20 "$STOP" 30 10 >"$LOG.drain" 2>&1 &
+SEQ=$!
+sleep 1.5
+echo "== plex ctl drain s2 --to s3: s2 takes no new connection and moves every one it has to s3"
+dctl drain s2 --to s3 2>/dev/null | sed 's/^/   /'
+echo "   the CRT now routes $(dctl show crt | awk 'NR > 1 && $3 == "s2"' | wc -l) connections to s2, $(dctl show crt | awk 'NR > 1 && $3 == "s3"' | wc -l) to s3; s2 can be stopped and upgraded"
+sleep 1
+touch "$STOP"
+wait "$SEQ" || true
+echo "   the client: $(tail -1 "$LOG.drain")"
+for i in 1 2 3; do kill -INT "${SPIDS[$i]}" 2>/dev/null || true; done
+sleep 1
+rm -f /dev/shm/plex-plx-demo-dist "$DCFG" "$RULES"
 echo "== done: the testbed is torn down on exit"
