@@ -641,11 +641,23 @@ fn a_rejected_transfer_comes_back_to_its_source() {
 /// offer times out), takes the connection back and goes on: exactly one owner, no reset.
 #[test]
 fn a_target_that_dies_before_deciding_leaves_the_connection_with_its_source() {
-    let mut c = Cluster::new(91, 0.0, "", false);
+    for (seed, loss) in [(91, 0.0), (92, 0.01), (93, 0.01), (94, 0.02)] {
+        target_dies_before_deciding(seed, loss);
+    }
+}
+
+fn target_dies_before_deciding(seed: u64, loss: f64) {
+    let mut c = Cluster::new(seed, loss, "", false);
     c.handoff_setup(4);
     let total = 128 * 1024;
     c.run_ms(1024, total, 30);
-    assert_eq!(c.transfer_all(1, "s3"), 4);
+    for _ in 0..100 {
+        if c.clients.iter().all(|x| x.up) {
+            break;
+        }
+        c.run_ms(1024, total, 30);
+    }
+    assert_eq!(c.transfer_all(1, "s3"), 4, "seed {seed}");
     c.kill(3);
     assert!(c.exchange(1024, total, 60), "every byte echoed: {}", c.summary());
     assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched));
@@ -658,17 +670,50 @@ fn a_target_that_dies_before_deciding_leaves_the_connection_with_its_source() {
 /// client goes on, without a reset (what the source held is retransmitted by the client).
 #[test]
 fn a_source_that_dies_after_offering_leaves_the_connection_with_the_target() {
-    let mut c = Cluster::new(101, 0.0, "", false);
+    for (seed, loss) in [(101, 0.0), (102, 0.01), (103, 0.01), (104, 0.02)] {
+        source_dies_after_offering(seed, loss);
+    }
+}
+
+fn source_dies_after_offering(seed: u64, loss: f64) {
+    let mut c = Cluster::new(seed, loss, "", false);
     c.handoff_setup(4);
     let total = 128 * 1024;
     c.run_ms(1024, total, 30);
+    for _ in 0..100 {
+        if c.clients.iter().all(|x| x.up) {
+            break;
+        }
+        c.run_ms(1024, total, 30);
+    }
     let s2 = c.ids[2];
     c.sim.host_mut(s2).lagging = true; // s2 reads its mail at its next timer, after the kill
-    assert_eq!(c.transfer_all(1, "s2"), 4);
+    assert_eq!(c.transfer_all(1, "s2"), 4, "seed {seed}");
     c.kill(1);
     assert!(c.exchange(1024, total, 60), "every byte echoed: {}", c.summary());
     assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched), "{}", c.summary());
     assert_eq!(c.sim.host(s2).serving.len(), 4, "s2 owns them");
+}
+
+/// The target dies after it took the connections: they died with it (exactly one owner, the
+/// dead one); the source does not resurrect them, and the router resets the client at once
+/// instead of leaving it to time out.
+#[test]
+fn a_target_that_dies_after_accepting_takes_the_connections_with_it() {
+    let mut c = Cluster::new(111, 0.0, "", false);
+    c.handoff_setup(4);
+    let total = 128 * 1024;
+    c.run_ms(1024, total, 30);
+    assert_eq!(c.transfer_all(1, "s2"), 4);
+    c.run_ms(1024, total, 5);
+    let s2 = c.ids[2];
+    assert_eq!(c.sim.host(s2).serving.len(), 4, "s2 took them");
+    c.kill(2);
+    c.exchange(1024, total, 10);
+    let o = &c.sim.host(c.ids[1]).outcomes;
+    assert!(o.len() == 4 && o.iter().all(|o| matches!(o, TransferOutcome::Accepted { .. })), "{o:?}");
+    assert!(c.sim.host(c.ids[1]).serving.is_empty(), "the source has none of them back");
+    assert!(c.clients.iter().all(|x| x.failed == Some(Event::Reset)), "the client is told: {}", c.summary());
 }
 
 /// A reply that reaches the router before the target's NEWCONN (the router reads its mail
