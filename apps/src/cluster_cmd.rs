@@ -158,6 +158,11 @@ pub enum CtlCmd {
         #[command(subcommand)]
         cmd: DvipaCmd,
     },
+    /// Cluster-wide ports at run time (privileged).
+    Ports {
+        #[command(subcommand)]
+        cmd: PortsCmd,
+    },
     /// Drain a stack: it takes no new connections, and moves every connection it has on the
     /// distributed addresses to --to (or the other targets) by live handoff, nothing reset;
     /// then it can be stopped. Waits until done (privileged).
@@ -198,6 +203,18 @@ pub enum ShowWhat {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PortsCmd {
+    /// Turn `cluster_ports` on for a DVIPA of the cluster while it runs: every stack records
+    /// the ports of the connections it has on it, then takes its ports from the registry.
+    Enable {
+        addr: Ipv4Addr,
+        /// One owner per 4-tuple instead of per port.
+        #[arg(long)]
+        tuple: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum DvipaCmd {
     /// Activate a range address on a stack (taking it from another stack, whose connections on
     /// it are reset).
@@ -229,6 +246,14 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
                 ShowWhat::Crt => coupling::ops::crt_lines(&region, &cfg, now).join("\n") + "\n",
                 ShowWhat::Ports { addr } => coupling::ops::ports_lines(&region, &cfg, addr, now).join("\n") + "\n",
             })
+        }
+        CtlCmd::Ports { cmd: PortsCmd::Enable { addr, tuple } } => {
+            let region = privileged_region(&cfg, now)?;
+            let mode = if tuple { coupling::config::PortsMode::Tuple } else { coupling::config::PortsMode::Port };
+            coupling::ports::enable(&region, &cfg, addr, mode, now).map_err(|e| format!("refused: {e}"))?;
+            // The stacks record their ports at their next heartbeat.
+            std::thread::sleep(std::time::Duration::from_millis(cfg.heartbeat_ms * 3));
+            Ok(format!("{addr}: cluster_ports ({}) enabled; every stack records its connections' ports at its next heartbeat\n", mode.name()))
         }
         CtlCmd::Drain { stack, to, timeout } => {
             let region = privileged_region(&cfg, now)?;

@@ -416,9 +416,15 @@ pub fn ports_lines(region: &Region, cfg: &ClusterConfig, addr: Option<Ipv4Addr>,
     let mut regs: Vec<String> = region
         .port_registries()
         .iter()
-        .map(|r| Ipv4Addr::from(r.addr.load(Ordering::Acquire)))
-        .filter(|a| addr.is_none_or(|x| x == *a))
-        .filter_map(|a| cfg.ports_mode(a).map(|m| format!("{a} ({})", m.name())))
+        .map(|r| (Ipv4Addr::from(r.addr.load(Ordering::Acquire)), r.mode.load(Ordering::Acquire)))
+        .filter(|(a, _)| !a.is_unspecified() && addr.is_none_or(|x| x == *a))
+        .filter_map(|(a, m)| match (cfg.ports_mode(a), m) {
+            (Some(m), _) => Some(format!("{a} ({})", m.name())),
+            // Enabled at run time (`plex ctl ports enable`).
+            (None, 1) => Some(format!("{a} (port, enabled at run time)")),
+            (None, 2) => Some(format!("{a} (tuple, enabled at run time)")),
+            _ => None,
+        })
         .collect();
     regs.sort();
     out.push(format!("registries: {}", if regs.is_empty() { "none".to_string() } else { regs.join(", ") }));

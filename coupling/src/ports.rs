@@ -211,6 +211,9 @@ pub struct Registry {
     dead_since: [u64; MAX_STACKS],
     /// Where the next [`Registry::reclaim`] continues.
     cursor: usize,
+    /// Addresses `plex ctl ports enable` turned `cluster_ports` on for at run time (their rows
+    /// carry the mode; the config does not name them), as of the last [`Registry::refresh`].
+    runtime: Vec<(u32, PortsMode)>,
     /// The registry's counters.
     pub stats: PortStats,
 }
@@ -377,6 +380,7 @@ impl Registry {
             refs: BTreeMap::new(),
             dead_since: [0; MAX_STACKS],
             cursor: 0,
+            runtime: Vec::new(),
             stats: PortStats::default(),
         }
     }
@@ -403,8 +407,36 @@ impl Registry {
         let a = u32::from(addr);
         match self.cache.iter().find(|c| c.addr == a) {
             Some(c) => Some(c.mode),
-            None => self.cfg.ports_mode(addr),
+            None => self.cfg.ports_mode(addr).or_else(|| self.runtime.iter().find(|r| r.0 == a).map(|r| r.1)),
         }
+    }
+
+    /// Look for addresses `plex ctl ports enable` turned `cluster_ports` on for at run time
+    /// (call every heartbeat); returns those new since the last call: the stack records its
+    /// existing connections' ports on them ([`Registry::seed`]), then claims as for a
+    /// configured address. Bounded: one pass over the [`MAX_PORT_REGISTRIES`] rows.
+    pub fn refresh(&mut self) -> Vec<(Ipv4Addr, PortsMode)> {
+        let mut new = Vec::new();
+        for r in self.region.port_registries() {
+            let a = r.addr.load(Ordering::Acquire);
+            if a == 0 || self.cfg.ports_mode(Ipv4Addr::from(a)).is_some() || self.runtime.iter().any(|x| x.0 == a) {
+                continue;
+            }
+            let mode = match r.mode.load(Ordering::Acquire) {
+                1 => PortsMode::Port,
+                2 => PortsMode::Tuple,
+                _ => continue,
+            };
+            // Only an address of the cluster (a configured DVIPA or one in a range).
+            let ip = Ipv4Addr::from(a);
+            if self.cfg.dvipa_index(ip).is_none() && self.cfg.range_for(ip).is_none() {
+                self.stats.invalid += 1;
+                continue;
+            }
+            self.runtime.push((a, mode));
+            new.push((ip, mode));
+        }
+        new
     }
 
     /// The cached registry entry of `addr`, finding (`claim`: or claiming) its row.
@@ -413,7 +445,7 @@ impl Registry {
         if let Some(c) = self.cache.iter().find(|c| c.addr == a) {
             return Ok(*c);
         }
-        let mode = self.cfg.ports_mode(addr).ok_or(PortsError::NotClusterPorts)?;
+        let mode = self.mode(addr).ok_or(PortsError::NotClusterPorts)?;
         let dist = self.cfg.dvipa_index(addr).filter(|i| self.cfg.dvipas[*i].distribute.is_some());
         let rows = self.region.port_registries();
         let found = match find_registry(&self.region, addr) {
@@ -830,7 +862,13 @@ pub fn claimed(region: &Region, cfg: &ClusterConfig, only: Option<Ipv4Addr>) -> 
     let mut addrs: [Option<(Ipv4Addr, PortsMode)>; MAX_PORT_REGISTRIES] = [None; MAX_PORT_REGISTRIES];
     for (i, row) in regs.iter().enumerate() {
         let a = Ipv4Addr::from(row.addr.load(Ordering::Acquire));
-        let Some(mode) = cfg.ports_mode(a) else { continue };
+        // The config's mode, or the row's for an address enabled at run time.
+        let runtime = match row.mode.load(Ordering::Acquire) {
+            1 if !a.is_unspecified() => Some(PortsMode::Port),
+            2 if !a.is_unspecified() => Some(PortsMode::Tuple),
+            _ => None,
+        };
+        let Some(mode) = cfg.ports_mode(a).or(runtime) else { continue };
         if let Some(slot) = addrs.get_mut(i) {
             *slot = Some((a, mode));
         }
@@ -875,3 +913,32 @@ pub fn claimed(region: &Region, cfg: &ClusterConfig, only: Option<Ipv4Addr>) -> 
 
 #[cfg(test)]
 mod tests;
+
+/// Turn `cluster_ports` on for `addr` at run time (`plex ctl ports enable`): claim its registry
+/// row with `mode`. Every stack sees it at its next heartbeat, records the ports of the
+/// connections it already has on the address ([`Registry::seed`]) and from then on takes its
+/// ports there. Refused for an address that is not the cluster's (a configured DVIPA or one in
+/// a VIPA range), one the config already gives `cluster_ports`, or one already enabled.
+pub fn enable(region: &Region, cfg: &ClusterConfig, addr: Ipv4Addr, mode: PortsMode, now: u64) -> Result<(), String> {
+    if cfg.dvipa_index(addr).is_none() && cfg.range_for(addr).is_none() {
+        return Err(format!("{addr} is not a DVIPA of the cluster (configured, or in a vipa_range)"));
+    }
+    if cfg.ports_mode(addr).is_some() {
+        return Err(format!("{addr} has cluster_ports in the config already"));
+    }
+    let a = u32::from(addr);
+    let rows = region.port_registries();
+    if rows.iter().any(|r| r.addr.load(Ordering::Acquire) == a) {
+        return Err(format!("{addr} has cluster_ports on already"));
+    }
+    let start = port_registry_index(a);
+    for k in 0..rows.len() {
+        let r = &rows[(start + k) % rows.len()];
+        if r.addr.compare_exchange(0, a, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            r.seeded_ns.store(now, Ordering::Release);
+            r.mode.store(mode_code(mode), Ordering::Release);
+            return Ok(());
+        }
+    }
+    Err(format!("all {MAX_PORT_REGISTRIES} port registries of the coupling region are in use"))
+}

@@ -422,6 +422,7 @@ impl ClusterMember {
         dist.tick(ns, node, &mut self.dist_actions);
         sc.handoff.tick(ns, &mut sc.node, &mut self.handoff_events);
         self.watch_drain(now, ns, stack);
+        self.watch_ports_enabled(ns, stack);
         let Some(sc) = node_of(stack) else { return };
         if now >= self.next_reclaim {
             // Ports of dead stacks, after the quarantine (2 MSL by default): CAS dead -> free.
@@ -540,6 +541,32 @@ impl ClusterMember {
         } else {
             self.clock.instant_of(sc.node.lease_valid_until())
         };
+    }
+
+    /// `plex ctl ports enable`: `cluster_ports` turned on at run time for an address this
+    /// stack may already have connections on. They were opened with ports this stack chose
+    /// alone: record each in the registry (its port, or in tuple mode its 4-tuple) before any
+    /// stack claims from it, so no new connection anywhere collides with them.
+    fn watch_ports_enabled(&mut self, ns: u64, stack: &mut Stack) {
+        let Some(sc) = node_of(stack) else { return };
+        let enabled = sc.ports.refresh();
+        for (addr, mode) in enabled {
+            let tuples: Vec<Tuple> = stack.tcp_connections_on(addr).iter().filter_map(|(h, _)| stack.tcp(*h).map(|c| c.tuple())).collect();
+            let Some(sc) = node_of(stack) else { return };
+            let me = sc.ports.me();
+            let mut recorded = 0;
+            for t in &tuples {
+                if sc.ports.seed(ns, addr, t.local.port(), t.remote, me) {
+                    recorded += 1;
+                }
+            }
+            log(&self.name, format_args!(
+                "{addr}: cluster_ports ({}) enabled at run time; recorded {recorded} of this stack's {} connections' ports{}",
+                mode.name(),
+                tuples.len(),
+                if recorded < tuples.len() { " (the others' ports were recorded by another stack first: those connections keep working, routed by the router's table)" } else { "" }
+            ));
+        }
     }
 
     /// `plex ctl drain` of this stack: start when asked (no new connections: the distributor

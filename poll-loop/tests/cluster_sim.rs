@@ -794,6 +794,33 @@ fn a_dead_stacks_ports_are_reclaimed_after_the_quarantine() {
     assert_eq!(owned(&c), 0, "after the quarantine: reclaimed");
 }
 
+/// `cluster_ports` turned on while connections exist (`plex ctl ports enable`): the stack that
+/// has them records their ports first, so a stack whose allocator draws exactly the same
+/// ports (equal seeds) gets other ones; without that record it would open the same 4-tuples.
+#[test]
+fn cluster_ports_enabled_at_run_time_records_the_ports_in_use() {
+    let mut c = Cluster::new(121, 0.0, "", true);
+    c.connect(2, 16, true);
+    assert!(c.exchange(512, 2048, 10), "s2's connections: {}", c.summary());
+    let region = coupling::Region::attach(std::path::Path::new(&c.region), true).expect("attach");
+    let s1 = c.ids[1];
+    let scfg = {
+        let st = &c.sim.host(s1).stack;
+        let sc = (st.cluster() as &dyn std::any::Any).downcast_ref::<StackCluster>().unwrap();
+        sc.config().clone()
+    };
+    coupling::ports::enable(&region, &scfg, DVIPA, coupling::config::PortsMode::Port, 1).expect("enable");
+    c.sim.run_for(Duration::from_millis(50));
+    for cl in c.clients.iter_mut() {
+        cl.sent = 0;
+    }
+    c.connect(3, 16, true);
+    assert!(c.exchange(512, 4096, 20), "every connection echoed: {}", c.summary());
+    assert!(c.clients.iter().all(|x| x.failed.is_none() && !x.mismatched), "{}", c.summary());
+    let ports: BTreeSet<u16> = c.tuples().iter().map(|t| t.1.port()).collect();
+    assert_eq!(ports.len(), 32, "s3 took none of s2's ports");
+}
+
 /// The test above can fail: without the registry, two stacks whose allocators draw the same
 /// ports open the same 4-tuple, and connections break.
 #[test]

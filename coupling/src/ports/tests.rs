@@ -730,3 +730,30 @@ mod model {
         }
     }
 }
+
+/// `plex ctl ports enable`: an address without `cluster_ports` in the config gets it at run
+/// time; every registry sees it at its next refresh (once), seeds its connections, then claims
+/// around them; addresses the cluster does not own and configured ones are refused.
+#[test]
+fn enabled_at_run_time_refresh_then_seed_then_claims_go_around() {
+    let c = Cluster::new();
+    let (_n1, mut a) = c.join("s1");
+    let (_n2, mut b) = c.join("s2");
+    assert_eq!(a.mode(PLAIN), None);
+    assert!(enable(&c.region, &c.cfg, Ipv4Addr::new(10, 0, 0, 1), PortsMode::Port, c.now).unwrap_err().contains("not a DVIPA"));
+    assert!(enable(&c.region, &c.cfg, VIP, PortsMode::Port, c.now).unwrap_err().contains("in the config already"));
+    enable(&c.region, &c.cfg, PLAIN, PortsMode::Port, c.now).unwrap();
+    assert!(enable(&c.region, &c.cfg, PLAIN, PortsMode::Port, c.now).unwrap_err().contains("on already"));
+    assert_eq!(a.refresh(), vec![(PLAIN, PortsMode::Port)]);
+    assert_eq!(a.refresh(), vec![], "told once");
+    assert_eq!(b.refresh(), vec![(PLAIN, PortsMode::Port)]);
+    assert_eq!(a.mode(PLAIN), Some(PortsMode::Port));
+    // a had a connection from port 40000 before: recorded; b's claims go around it.
+    assert!(a.seed(c.now, PLAIN, 40000, remote(1), a.me()));
+    for _ in 0..10 {
+        let p = b.claim_ephemeral(c.now, PLAIN, remote(1), (40000 - EPHEMERAL_FIRST) as u16).unwrap();
+        assert_ne!(p, 40000);
+    }
+    let (claimed, _) = claimed(&c.region, &c.cfg, Some(PLAIN));
+    assert_eq!(claimed.len(), 11, "the registry lists the address enabled at run time");
+}
