@@ -423,6 +423,20 @@ impl ClusterMember {
         sc.handoff.tick(ns, &mut sc.node, &mut self.handoff_events);
         self.watch_drain(now, ns, stack);
         self.watch_ports_enabled(ns, stack);
+        // Frames from the other stacks (forwarded by a router, or by a dead router's fast path
+        // still attached) never teach the stack its peers' MACs.
+        if let Some(sc) = node_of(stack) {
+            let me = sc.mac;
+            let rows = sc.node.region().members();
+            let macs: Vec<stack::wire::MacAddr> = rows
+                .iter()
+                .take(sc.node.config().stacks.len())
+                .filter_map(|m| m.mac.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes()[..6].try_into().ok())
+                .filter(|m: &[u8; 6]| *m != [0; 6] && *m != me)
+                .map(stack::wire::MacAddr)
+                .collect();
+            stack.set_cluster_macs(&macs);
+        }
         let Some(sc) = node_of(stack) else { return };
         if now >= self.next_reclaim {
             // Ports of dead stacks, after the quarantine (2 MSL by default): CAS dead -> free.
@@ -473,6 +487,11 @@ impl ClusterMember {
                 Action::HandBack { addr, to } => {
                     if let Some(sc) = node_of(stack) {
                         if sc.hand_back != Some((addr, to)) {
+                            // Moved connections' segments go on to the primary in the XDP fast
+                            // path (a flow each), not through this poll thread.
+                            if let Some(Err(e)) = sc.home.as_ref().map(|h| h.add_distributed(addr)) {
+                                log(&self.name, format_args!("{e}"));
+                            }
                             let n = stack.connections_on(addr);
                             log(&self.name, format_args!("{addr}: its primary is back; moving its {n} connections there (giveback by handoff)"));
                         }
@@ -501,11 +520,22 @@ impl ClusterMember {
                     log(&self.name, format_args!("{addr} no longer held here ({why}); still a distribution target (internal address, connections kept)"));
                 }
                 Action::Deactivate { addr, connections, why } => {
-                    if let Some(sc) = node_of(stack).filter(|sc| sc.hand_back.is_some_and(|h| h.0 == addr)) {
+                    let handed_back = node_of(stack).filter(|sc| sc.hand_back.is_some_and(|h| h.0 == addr)).map(|sc| {
                         sc.hand_back = None;
+                        sc.fast.get(&addr).is_some_and(|f| !f.is_empty())
+                    });
+                    // Out of the steering map first: from here on its frames go to the kernel;
+                    // after a giveback by handoff, the moved flows' segments that clients still
+                    // send here keep going to the primary in the fast path until its
+                    // announcement has moved them (then the entry goes, expire_fast).
+                    let r = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| match handed_back {
+                        Some(true) => h.add_internal_distributed(addr),
+                        _ => h.remove(addr),
+                    });
+                    if handed_back == Some(true) {
+                        self.fast_expiry.push((now + STALE_PIN_GRACE, addr));
                     }
-                    // Out of the steering map first: from here on its frames go to the kernel.
-                    if let Some(Err(e)) = node_of(stack).and_then(|sc| sc.home.as_ref()).map(|h| h.remove(addr)) {
+                    if let Some(Err(e)) = r {
                         log(&self.name, format_args!("{e}"));
                     }
                     let n = stack.connections_on(addr);
@@ -803,6 +833,8 @@ impl ClusterMember {
             let r = match (home, sc.home.as_ref()) {
                 (Some(true), Some(h)) => h.add_internal(addr),
                 (Some(false), Some(h)) => h.add(addr),
+                // Given away (a giveback by handoff): nothing of it stays in the steering map.
+                (None, Some(h)) => h.remove(addr),
                 _ => Ok(()),
             };
             if let Err(e) = r {
@@ -939,6 +971,21 @@ impl StackCluster {
     /// Transfers of this stack in flight (offered, not decided).
     pub(crate) fn hand_in_flight(&self) -> usize {
         self.hand.in_flight()
+    }
+
+    /// A connection moved to stack `to`: its segments that still reach this stack go on to `to`
+    /// in the XDP fast path, where the address is marked for it (a giveback by handoff).
+    pub(crate) fn fast_forward(&mut self, t: Tuple, to: u8) {
+        if self.hand_back.is_none_or(|h| h.0 != *t.local.ip()) {
+            return;
+        }
+        let ns = self.clock.mono_ns(self.clock.now());
+        let Some(mac) = self.mac_of(to, ns) else { return };
+        if let Some(flows) = self.flows.as_ref() {
+            if flows.insert(t.remote, t.local, mac, self.mac).is_ok() {
+                self.fast.entry(*t.local.ip()).or_default().insert((t.local, t.remote), to);
+            }
+        }
     }
 
     /// What a drain moves: the distributed addresses this stack has, and the live stacks it

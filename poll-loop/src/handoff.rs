@@ -302,6 +302,7 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
                 sc.hand.outcomes.push_back((id, TransferOutcome::Accepted { to }));
                 let ns = sc.mono_ns(now);
                 sc.moved_away(ns, t, m.to);
+                sc.fast_forward(t, m.to);
             }
             HandoffEvent::Rejected { id, reason, .. } => come_back(stack, now, id, Some(reason)),
             HandoffEvent::Aborted { id, .. } => come_back(stack, now, id, None),

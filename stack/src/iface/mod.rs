@@ -323,6 +323,9 @@ pub struct Stack {
     /// Bound ports (listeners, UDP sockets) the cluster claimed for this stack: given back at
     /// close.
     claimed_binds: std::collections::HashSet<SocketAddrV4>,
+    /// The MACs of the other stacks of the cluster ([`Stack::set_cluster_macs`]): frames from
+    /// them were forwarded and teach nothing about the peer's MAC.
+    cluster_macs: Vec<MacAddr>,
     ready: VecDeque<SocketHandle>,
     timers: BinaryHeap<Reverse<(Instant, SocketHandle)>>,
     events: VecDeque<(SocketHandle, SocketEvent)>,
@@ -381,6 +384,7 @@ impl Stack {
             listeners: Map::default(),
             udp: Map::default(),
             claimed_binds: Default::default(),
+            cluster_macs: Vec::new(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
@@ -486,6 +490,15 @@ impl Stack {
                 c.abort_by_stack(departure == Departure::Reset);
             }
             self.after_tcp(h);
+        }
+    }
+
+    /// The MACs of the cluster's other stacks (the cluster layer keeps it current): a segment
+    /// from one of them was forwarded by it, so its source MAC is not the peer's and never
+    /// corrects the neighbour cache.
+    pub fn set_cluster_macs(&mut self, macs: &[MacAddr]) {
+        if self.cluster_macs != macs {
+            self.cluster_macs = macs.to_vec();
         }
     }
 

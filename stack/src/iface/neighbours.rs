@@ -43,8 +43,11 @@ impl Stack {
     pub(super) fn confirm_neighbour(&mut self, now: Instant, local: Ipv4Addr, remote: Ipv4Addr, src_mac: MacAddr) {
         if let Some(hop) = self.next_hop(remote) {
             let homes = &self.homes;
+            let members = &self.cluster_macs;
             let before = self.arp.repaired;
-            self.arp.confirm(now, hop, src_mac, || !homes.iter().any(|h| h.internal && h.addr == local));
+            // Not from another stack of the cluster: a frame it forwarded (the distributor's
+            // router, or a dead router's fast path still attached) carries its MAC, not the peer's.
+            self.arp.confirm(now, hop, src_mac, || !members.contains(&src_mac) && !homes.iter().any(|h| h.internal && h.addr == local));
             self.counters.arp_repaired += self.arp.repaired - before;
         }
     }

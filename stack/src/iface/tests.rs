@@ -979,6 +979,33 @@ fn progress_on_an_internal_address_does_not_repair_the_neighbour() {
     assert_eq!((a.arp.get(t(2_000), B_IP), a.counters().arp_repaired), (Some(elsewhere), 0));
 }
 
+/// it/50 found it: after a takeover the new router (also a target, its address no longer
+/// internal) got its clients' segments through the dead router's fast path, with the dead
+/// router's MAC, and "repaired" its clients' entries to it: its answers went nowhere. Frames
+/// from the cluster's other stacks teach nothing.
+#[test]
+fn progress_forwarded_by_another_stack_of_the_cluster_repairs_nothing() {
+    let (mut a, mut b) = pair();
+    let router = MacAddr([2, 0, 0, 0, 0, 0x99]);
+    a.set_cluster_macs(&[router]);
+    let l = a.tcp_listen(t(0), SocketAddrV4::new(A_IP, 80), 4).unwrap();
+    let c = b.tcp_connect(t(0), None, SocketAddrV4::new(A_IP, 80)).unwrap();
+    pump(&mut a, &mut b, t(0));
+    let s = a.tcp_accept(l).unwrap();
+    a.arp.learn(t(2_000), B_IP, B_MAC, true);
+    b.tcp_send(t(2_000), c, b"GET").unwrap();
+    // b's segment arrives as the router forwarded it: its source MAC is the router's.
+    let mut buf = vec![0u8; 2048];
+    while let Some(n) = b.poll_transmit(t(2_000), &mut buf) {
+        let mut f = buf[..n].to_vec();
+        f[6..12].copy_from_slice(&router.0);
+        a.receive(t(2_000), &f);
+    }
+    let mut got = [0u8; 8];
+    assert_eq!(a.tcp_recv(t(2_000), s, &mut got), Ok(3), "the segment made progress");
+    assert_eq!((a.arp.get(t(2_000), B_IP), a.counters().arp_repaired), (Some(B_MAC), 0));
+}
+
 #[test]
 fn an_arp_request_from_a_new_mac_replaces_the_entry_as_stale() {
     let (_, mut b) = pair();
