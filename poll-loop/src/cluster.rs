@@ -177,6 +177,9 @@ pub struct StackCluster {
     pub(crate) drain: Option<crate::handoff::Drain>,
     /// A giveback by handoff in progress: this address's connections go to this stack slot.
     pub(crate) hand_back: Option<(Ipv4Addr, u8)>,
+    /// What the distributor asked for while routing a segment (it read its mail then): applied
+    /// at the member's next turn.
+    late_actions: Vec<DistAction>,
     clock: Clock,
 }
 
@@ -298,6 +301,7 @@ impl ClusterMember {
             hand: Default::default(),
             drain: None,
             hand_back: None,
+            late_actions: Vec::new(),
             node,
             dist,
             ports,
@@ -680,6 +684,7 @@ impl ClusterMember {
                 }
             }
         }
+        self.dist_actions.append(&mut sc.late_actions);
         if sc.node.detached().is_none() {
             let StackCluster { node, dist, handoff, .. } = sc;
             dist.poll(ns, node, &mut self.dist_actions);
@@ -1078,7 +1083,16 @@ impl Cluster for StackCluster {
             None => {}
         }
         let addr = *tuple.local.ip();
-        match self.dist.route(self.clock.mono_ns(now), tuple.local, tuple.remote, syn) {
+        let ns = self.clock.mono_ns(now);
+        let mut route = self.dist.route(ns, tuple.local, tuple.remote, syn);
+        if !syn && matches!(route, Route::NotDistributed | Route::Reset) && self.dist.routes(addr) {
+            // A router that does not know the flow reads its mail first: a target's NEWCONN
+            // for an active open may have come in after this turn read the rings, and the
+            // reply to its SYN can overtake it (it was sent before the SYN left).
+            self.dist.poll(ns, &mut self.node, &mut self.late_actions);
+            route = self.dist.route(ns, tuple.local, tuple.remote, syn);
+        }
+        match route {
             // A target that does not route the DVIPA got a segment (not a SYN: those the router
             // forwards) of a flow it does not have: a client's ARP entry still names it during a
             // takeover or takeback. Only the router may answer for the address's flows, and
