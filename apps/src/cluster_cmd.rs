@@ -200,6 +200,9 @@ pub enum ShowWhat {
         /// Only this address.
         addr: Option<Ipv4Addr>,
     },
+    /// Live connection handoff (spec/04): the transfers in flight between stacks (record
+    /// slots in use: state, source, target, connection, size, age).
+    Handoff,
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,6 +248,7 @@ pub fn ctl(args: CtlArgs) -> Result<String, String> {
                 ShowWhat::Dpt => coupling::ops::dpt_lines(&region, &cfg).join("\n") + "\n",
                 ShowWhat::Crt => coupling::ops::crt_lines(&region, &cfg, now).join("\n") + "\n",
                 ShowWhat::Ports { addr } => coupling::ops::ports_lines(&region, &cfg, addr, now).join("\n") + "\n",
+                ShowWhat::Handoff => coupling::ops::handoff_lines(&region, &cfg, now).join("\n") + "\n",
             })
         }
         CtlCmd::Ports { cmd: PortsCmd::Enable { addr, tuple } } => {

@@ -647,3 +647,37 @@ pub fn drain_status(region: &Region, slot: usize) -> Option<DrainStatus> {
         left: row.drain_left.load(Ordering::Acquire),
     })
 }
+
+/// `plex ctl show handoff`: the connection handoff slots that are in use (spec/04): per slot,
+/// its state, source and target stacks, the connection, the record's size and the offer's age;
+/// then how many slots are free. Read-only; a torn read shows as whatever it read (the stacks
+/// validate before they act).
+pub fn handoff_lines(region: &Region, cfg: &ClusterConfig, now: u64) -> Vec<String> {
+    let name = |s: u64| cfg.stacks.get(s as usize).map_or_else(|| format!("#{s}"), |d| d.name.clone());
+    let addr = |w: u64| std::net::SocketAddrV4::new(Ipv4Addr::from(w as u32), (w >> 32) as u16);
+    let mut out = vec!["SLOT STATE     FROM       TO         LOCAL                  REMOTE                 BYTES    AGE(ms)".to_string()];
+    let mut free = 0;
+    for (i, row) in region.handoff_slots().iter().enumerate() {
+        let ctl = row.ctl.load(Ordering::Acquire);
+        let state = match HandoffState::from_u8(ctl as u8) {
+            Some(HandoffState::Free) => {
+                free += 1;
+                continue;
+            }
+            Some(s) => format!("{s:?}").to_lowercase(),
+            None => format!("bad({})", ctl as u8),
+        };
+        let offered = row.offered_ns.load(Ordering::Relaxed);
+        let age = if offered == 0 || offered > now { "-".to_string() } else { format!("{:.1}", (now - offered) as f64 / 1e6) };
+        out.push(format!(
+            "{i:<4} {state:<9} {:<10} {:<10} {:<22} {:<22} {:<8} {age}",
+            name((ctl >> 8) & 0xff),
+            name((ctl >> 16) & 0xff),
+            addr(row.local.load(Ordering::Relaxed)).to_string(),
+            addr(row.remote.load(Ordering::Relaxed)).to_string(),
+            row.len.load(Ordering::Relaxed),
+        ));
+    }
+    out.push(format!("{free} of {} slots free", region.handoff_slots().len()));
+    out
+}

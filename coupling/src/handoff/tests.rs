@@ -685,3 +685,22 @@ proptest! {
         }
     }
 }
+
+/// `plex ctl show handoff` lists a transfer in flight with its state, stacks and connection,
+/// and counts the free slots.
+#[test]
+fn ctl_show_handoff_lists_the_transfers_in_flight() {
+    let mut s = Sim::new();
+    let rec = record(5_000, 7);
+    let id = s.offer(0, 1, 4000, &rec).unwrap();
+    let lines = crate::ops::handoff_lines(&s.region, &s.cfg, s.now);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[1].contains("offered") && lines[1].contains(&client(4000).to_string()) && lines[1].contains("5000"), "{lines:?}");
+    assert_eq!(lines[2], format!("{} of {} slots free", HANDOFF_SLOTS - 1, HANDOFF_SLOTS));
+    s.poll(1);
+    let _ = s.take(1);
+    let now = s.now;
+    assert!(s.st(1).h.accept(now, id));
+    let lines = crate::ops::handoff_lines(&s.region, &s.cfg, s.now);
+    assert!(lines[1].contains("accepted"), "{lines:?}");
+}
