@@ -55,6 +55,8 @@ pub struct TransferOffer {
     pub unconditional: bool,
     record: Vec<u8>,
     offered_ns: u64,
+    /// The record parsed when it was offered (it is parsed once, not again at the accept).
+    valid: bool,
 }
 
 /// The target application's answer to an offer.
@@ -283,10 +285,12 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
             HandoffEvent::Offered { id, from, local, remote, record, unconditional } => {
                 let Some(sc) = node_of(stack) else { return };
                 let from = sc.config().stacks.get(from as usize).map_or_else(|| format!("#{from}"), |s| s.name.clone());
-                let wire = stack.tcp_record_info(now, &record).map(|s| s.app_state).unwrap_or_default();
+                let info = stack.tcp_record_info(now, &record);
+                let valid = info.is_ok();
+                let wire = info.map(|s| s.app_state).unwrap_or_default();
                 let (offered_ns, app_state) = split_state(&wire);
                 if let Some(sc) = node_of(stack) {
-                    sc.hand.offers.push_back(TransferOffer { id, from, local, remote, app_state, unconditional, record, offered_ns });
+                    sc.hand.offers.push_back(TransferOffer { id, from, local, remote, app_state, unconditional, record, offered_ns, valid });
                 }
             }
             HandoffEvent::Accepted { id } => {
@@ -352,7 +356,7 @@ pub fn next_offer(stack: &mut Stack) -> Option<TransferOffer> {
 /// the source gave up first or the connection cannot be installed here (then it is refused).
 pub fn accept(stack: &mut Stack, now: Instant, offer: &TransferOffer) -> Option<SocketHandle> {
     let tuple = Tuple { local: offer.local, remote: offer.remote };
-    let installable = stack.has_address(*offer.local.ip()) && stack.tcp_record_info(now, &offer.record).is_ok() && !stack.has_connection(&tuple);
+    let installable = offer.valid && stack.has_address(*offer.local.ip()) && !stack.has_connection(&tuple);
     let sc = node_of(stack)?;
     let ns = sc.mono_ns(now);
     if !installable {

@@ -540,6 +540,17 @@ impl Cluster {
         self.sim.kick();
     }
 
+    /// Drive the clients until every one is connected, at most 10 s: a lost SYN costs 1 s, a
+    /// second loss 2 more (seed 1402 of the chain lost two in a row; 3 s was too short).
+    fn until_connected(&mut self, chunk: usize, total: usize) {
+        for _ in 0..350 {
+            if self.clients.iter().all(|x| x.up) {
+                return;
+            }
+            self.run_ms(chunk, total, 30);
+        }
+    }
+
     /// Move every connection `from` serves to stack `to` (by name).
     fn transfer_all(&mut self, from: usize, to: &str) -> usize {
         let id = self.ids[from];
@@ -574,12 +585,7 @@ fn handoff_chain(seed: u64, loss: f64) {
     let mut c = Cluster::new(seed, loss, "", false);
     c.handoff_setup(8);
     let total = 256 * 1024;
-    for _ in 0..100 {
-        c.run_ms(1024, total, 30);
-        if c.clients.iter().all(|x| x.up) {
-            break;
-        }
-    }
+    c.until_connected(1024, total);
     assert!(c.clients.iter().all(|x| x.up), "seed {seed}: connected: {}", c.summary());
     assert_eq!(c.transfer_all(1, "s2"), 8, "seed {seed}: s1 offered all");
     c.run_ms(1024, total, 40);
@@ -651,12 +657,7 @@ fn target_dies_before_deciding(seed: u64, loss: f64) {
     c.handoff_setup(4);
     let total = 128 * 1024;
     c.run_ms(1024, total, 30);
-    for _ in 0..100 {
-        if c.clients.iter().all(|x| x.up) {
-            break;
-        }
-        c.run_ms(1024, total, 30);
-    }
+    c.until_connected(1024, total);
     assert_eq!(c.transfer_all(1, "s3"), 4, "seed {seed}");
     c.kill(3);
     assert!(c.exchange(1024, total, 60), "every byte echoed: {}", c.summary());
@@ -680,12 +681,7 @@ fn source_dies_after_offering(seed: u64, loss: f64) {
     c.handoff_setup(4);
     let total = 128 * 1024;
     c.run_ms(1024, total, 30);
-    for _ in 0..100 {
-        if c.clients.iter().all(|x| x.up) {
-            break;
-        }
-        c.run_ms(1024, total, 30);
-    }
+    c.until_connected(1024, total);
     let s2 = c.ids[2];
     c.sim.host_mut(s2).lagging = true; // s2 reads its mail at its next timer, after the kill
     assert_eq!(c.transfer_all(1, "s2"), 4, "seed {seed}");
