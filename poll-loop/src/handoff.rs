@@ -57,6 +57,28 @@ pub struct TransferOffer {
     offered_ns: u64,
     /// The record parsed when it was offered (it is parsed once, not again at the accept).
     valid: bool,
+    /// A transfer from this stack to itself: the connection stays where it is, under this
+    /// handle, and only changes hands (no record, no freeze).
+    same_stack: Option<SocketHandle>,
+}
+
+impl TransferOffer {
+    /// The transfer comes from this very stack (a re-parenting: the connection does not move).
+    pub fn is_same_stack(&self) -> bool {
+        self.same_stack.is_some()
+    }
+}
+
+/// What [`transfer_with`] moves along with the connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Transfer<'a> {
+    /// The source application's opaque state, for the target application.
+    pub app_state: &'a [u8],
+    /// Bytes an API layer above the stack holds for the connection (its byte rings): they
+    /// travel in the record in their place in the byte streams ([`stack::tcp::AppBytes`]).
+    pub held: stack::tcp::AppBytes<'a>,
+    /// The target takes it without asking its application.
+    pub unconditional: bool,
 }
 
 /// The target application's answer to an offer.
@@ -154,6 +176,8 @@ pub(crate) struct HandoffState {
     pub(crate) latencies: Vec<u64>,
     /// Counters.
     pub(crate) stats: HandoffCounters,
+    /// Numbers the transfers of this stack to itself.
+    local_seq: u32,
 }
 
 /// Counters of a stack's handoffs.
@@ -226,19 +250,75 @@ fn cluster(stack: &mut Stack) -> Result<&mut StackCluster, TransferError> {
 /// Move the established connection `h` to the stack named `to`, with `app_state` for the
 /// target application; `unconditional`: the target takes it without asking its application.
 /// The outcome comes later in [`crate::runner::App::transfer_done`].
+///
+/// A transfer to this very stack re-parents the connection without serializing it: the
+/// application's transfer listener is offered it (`transfer_offer`, with
+/// [`TransferOffer::is_same_stack`]), takes it under the same handle, and the outcome follows.
 pub fn transfer(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str, app_state: &[u8], unconditional: bool) -> Result<TransferId, TransferError> {
+    transfer_with(stack, now, h, to, &Transfer { app_state, held: Default::default(), unconditional })
+}
+
+/// Whether connection `h` could be transferred to `to` now (the checks [`transfer_with`] makes
+/// before it touches anything): for an API layer that must give up bytes it holds only if the
+/// transfer will start.
+pub fn check_transfer(stack: &mut Stack, h: SocketHandle, to: &str) -> Result<(), TransferError> {
+    let sc = cluster(stack)?;
+    let slot = sc.config().slot(to).ok_or_else(|| TransferError::UnknownStack(to.to_string()))?;
+    let same = slot == sc.slot();
+    match stack.tcp(h).map(|c| c.state()) {
+        None => Err(TransferError::NotMovable("not a TCP connection".into())),
+        Some(_) if same => Ok(()),
+        Some(stack::tcp::State::Established | stack::tcp::State::CloseWait) => Ok(()),
+        Some(s) => Err(TransferError::NotMovable(format!("only ESTABLISHED and CLOSE-WAIT connections move (this one is {s:?})"))),
+    }
+}
+
+/// The name of this stack in the cluster, if it is a member.
+pub fn stack_name(stack: &mut Stack) -> Option<String> {
+    let sc = node_of(stack)?;
+    Some(sc.config().stacks[sc.slot()].name.clone())
+}
+
+/// [`transfer`], with everything that travels along ([`Transfer`]).
+pub fn transfer_with(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str, t: &Transfer<'_>) -> Result<TransferId, TransferError> {
+    let (app_state, unconditional) = (t.app_state, t.unconditional);
+    check_transfer(stack, h, to)?;
     let sc = cluster(stack)?;
     let slot = sc.config().slot(to).ok_or_else(|| TransferError::UnknownStack(to.to_string()))? as u8;
     let me = sc.slot();
     let ns = sc.mono_ns(now);
     let Some(conn) = stack.tcp(h) else { return Err(TransferError::NotMovable("not a TCP connection".into())) };
     let tuple = conn.tuple();
+    if slot as usize == me {
+        // Re-parenting: no record, no freeze; the offer goes to this stack's own application.
+        if !t.held.unread.is_empty() || !t.held.unsent.is_empty() {
+            return Err(TransferError::NotMovable("a transfer to the same stack keeps its bytes where they are".into()));
+        }
+        let sc = cluster(stack)?;
+        sc.hand.local_seq = sc.hand.local_seq.wrapping_add(1);
+        let id = TransferId(((sc.hand.local_seq as u64) << 32) | (0xffff << 16) | ((me as u64) << 8) | me as u64);
+        let from = sc.config().stacks[me].name.clone();
+        sc.hand.stats.started += 1;
+        sc.hand.offers.push_back(TransferOffer {
+            id,
+            from,
+            local: tuple.local,
+            remote: tuple.remote,
+            app_state: app_state.to_vec(),
+            unconditional,
+            record: Vec::new(),
+            offered_ns: ns,
+            valid: true,
+            same_stack: Some(h),
+        });
+        return Ok(id);
+    }
     // The freeze time travels in front of the application's state (the target measures the
     // handoff latency from it; CLOCK_MONOTONIC is the same for every stack of a host).
     let mut wire = Vec::with_capacity(8 + app_state.len());
     wire.extend_from_slice(&ns.to_le_bytes());
     wire.extend_from_slice(app_state);
-    let record = stack.tcp_snapshot(now, h, me as u32, &wire).map_err(|e| TransferError::NotMovable(api_err(e)))?;
+    let record = stack.tcp_snapshot_with(now, h, me as u32, t.held, &wire).map_err(|e| TransferError::NotMovable(api_err(e)))?;
     let sc = cluster(stack)?;
     match sc.handoff_offer(ns, slot, tuple, &record, unconditional) {
         Ok(id) => {
@@ -290,7 +370,7 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
                 let wire = info.map(|s| s.app_state).unwrap_or_default();
                 let (offered_ns, app_state) = split_state(&wire);
                 if let Some(sc) = node_of(stack) {
-                    sc.hand.offers.push_back(TransferOffer { id, from, local, remote, app_state, unconditional, record, offered_ns, valid });
+                    sc.hand.offers.push_back(TransferOffer { id, from, local, remote, app_state, unconditional, record, offered_ns, valid, same_stack: None });
                 }
             }
             HandoffEvent::Accepted { id } => {
@@ -355,6 +435,21 @@ pub fn next_offer(stack: &mut Stack) -> Option<TransferOffer> {
 /// Take an offered connection: the commit (a CAS in the region), then the install. `None` if
 /// the source gave up first or the connection cannot be installed here (then it is refused).
 pub fn accept(stack: &mut Stack, now: Instant, offer: &TransferOffer) -> Option<SocketHandle> {
+    if let Some(h) = offer.same_stack {
+        // Re-parenting: the connection is where it was, if it still is.
+        let sc = node_of(stack)?;
+        let me = sc.config().stacks[sc.slot()].name.clone();
+        let alive = stack.tcp(h).is_some_and(|c| c.tuple() == Tuple { local: offer.local, remote: offer.remote });
+        let sc = node_of(stack)?;
+        if !alive {
+            sc.hand.outcomes.push_back((offer.id, TransferOutcome::Aborted { handle: None }));
+            return None;
+        }
+        sc.hand.stats.accepted += 1;
+        sc.hand.stats.installed += 1;
+        sc.hand.outcomes.push_back((offer.id, TransferOutcome::Accepted { to: me }));
+        return Some(h);
+    }
     let tuple = Tuple { local: offer.local, remote: offer.remote };
     let installable = offer.valid && stack.has_address(*offer.local.ip()) && !stack.has_connection(&tuple);
     let sc = node_of(stack)?;
@@ -378,6 +473,14 @@ pub fn accept(stack: &mut Stack, now: Instant, offer: &TransferOffer) -> Option<
 
 /// Refuse an offered connection (it stays with its source).
 pub fn reject(stack: &mut Stack, now: Instant, offer: &TransferOffer, reason: u16) {
+    if let Some(h) = offer.same_stack {
+        if let Some(sc) = node_of(stack) {
+            sc.hand.stats.refused += 1;
+            sc.hand.stats.returned += 1;
+            sc.hand.outcomes.push_back((offer.id, TransferOutcome::Rejected { reason, handle: Some(h) }));
+        }
+        return;
+    }
     if let Some(sc) = node_of(stack) {
         let ns = sc.mono_ns(now);
         sc.handoff_reject(ns, offer.id, reason);

@@ -12,7 +12,12 @@ use stack::iface::{ApiError, SocketEvent, SocketHandle, Stack};
 use stack::tcp::{self, State};
 use stack::time::Instant;
 
-use super::pipe::{self, AcceptQueue, Incoming, Phase, Pipe};
+use std::collections::HashMap;
+
+use coupling::handoff::TransferId;
+
+use super::pipe::{self, AcceptQueue, ApiOrIo, Incoming, Phase, Pipe, TransferReply, TransferSlot};
+use crate::handoff::{self, TransferDecision, TransferError, TransferOffer, TransferOutcome};
 use super::{io_error, Cmd, Dir, Reply};
 use crate::runner::App;
 
@@ -55,6 +60,30 @@ pub struct Bridge {
     dirty: Arc<ArrayQueue<SocketHandle>>,
     table: Vec<Option<Entry>>,
     udp_blocked: Vec<SocketHandle>,
+    /// Transfers of this shard's connections in flight: the pipe (back in service if the
+    /// connection comes back) and where the answer goes.
+    transfers: HashMap<TransferId, Transferring>,
+    /// Transfer listeners: the address they take connections for, and their queue.
+    transfer_listeners: Vec<(SocketAddrV4, Arc<AcceptQueue>)>,
+    /// The source stack of the offer being accepted (for [`App::transferred`]).
+    offer_from: String,
+}
+
+/// A connection of this shard on its way to another stack.
+struct Transferring {
+    pipe: Arc<Pipe>,
+    slot: Arc<TransferSlot>,
+    /// Re-parented on this very stack: its entry stays in the table.
+    same_stack: bool,
+}
+
+/// Does a transfer listener for `pattern` take a connection to `local`?
+fn takes(pattern: SocketAddrV4, local: SocketAddrV4) -> bool {
+    (pattern.ip().is_unspecified() || pattern.ip() == local.ip()) && (pattern.port() == 0 || pattern.port() == local.port())
+}
+
+fn refused(kind: io::ErrorKind, msg: String) -> ApiOrIo {
+    ApiOrIo { kind, msg }
 }
 
 impl core::fmt::Debug for Bridge {
@@ -81,7 +110,7 @@ fn partial_or_would_block(off: usize) -> io::Result<usize> {
 
 impl Bridge {
     pub(super) fn new(rx: Receiver<Cmd>, dirty: Arc<ArrayQueue<SocketHandle>>) -> Bridge {
-        Bridge { rx, dirty, table: Vec::new(), udp_blocked: Vec::new() }
+        Bridge { rx, dirty, table: Vec::new(), udp_blocked: Vec::new(), transfers: HashMap::new(), transfer_listeners: Vec::new(), offer_from: String::new() }
     }
 
     fn entry(&mut self, h: SocketHandle) -> Option<&mut Entry> {
@@ -149,6 +178,100 @@ impl Bridge {
                 }
             },
             Cmd::Service { h } => self.dirty_one(now, stack, h),
+            Cmd::Transfer { h, to, app_state, unconditional, slot } => self.transfer(now, stack, h, &to, &app_state, unconditional, slot),
+            Cmd::TransferListen { addr, q } => self.transfer_listeners.push((addr, q)),
+            Cmd::TransferUnlisten { q } => {
+                self.transfer_listeners.retain(|(_, x)| !Arc::ptr_eq(x, &q));
+                let waiting: Vec<Incoming> = q.inner.lock().q.drain(..).collect();
+                for a in waiting {
+                    self.remove(a.h);
+                    let _ = stack.tcp_abort(now, a.h);
+                    let _ = stack.close(now, a.h);
+                }
+            }
+        }
+    }
+
+    /// Start moving connection `h` to stack `to`. The bytes its pipe holds go with it, in
+    /// their place in the byte streams: what the application wrote and the stack has not
+    /// taken yet, what the stack received and the application has not read.
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, to: &str, app_state: &[u8], unconditional: bool, slot: Arc<TransferSlot>) {
+        let pipe = match self.entry(h) {
+            Some(Entry { kind: Kind::Pipe { pipe, .. }, .. }) => pipe.clone(),
+            _ => {
+                let _ = slot.answer(TransferReply::Lost { error: refused(io::ErrorKind::NotConnected, "the connection is gone".into()) });
+                return;
+            }
+        };
+        let kept = |error: ApiOrIo| TransferReply::Kept { h, error };
+        if pipe.tx.lock().shut {
+            let waited = slot.answer(kept(refused(io::ErrorKind::InvalidInput, "a stream shut down for writing cannot move".into())));
+            self.came_back(now, stack, h, waited);
+            return;
+        }
+        let same = handoff::stack_name(stack).is_some_and(|me| me == to);
+        if same {
+            // Re-parenting: the pipe and its bytes stay as they are.
+            match handoff::transfer_with(stack, now, h, to, &handoff::Transfer { app_state, held: Default::default(), unconditional }) {
+                Ok(id) => {
+                    self.transfers.insert(id, Transferring { pipe, slot, same_stack: true });
+                }
+                Err(e) => {
+                    let waited = slot.answer(kept(transfer_error(&e)));
+                    self.came_back(now, stack, h, waited);
+                }
+            }
+            return;
+        }
+        // Everything the stack can take now, first; then what is left in the rings travels.
+        self.service(now, stack, h);
+        if let Err(e) = handoff::check_transfer(stack, h, to) {
+            let waited = slot.answer(kept(transfer_error(&e)));
+            self.came_back(now, stack, h, waited);
+            return;
+        }
+        let mut rx = pipe.rx.lock();
+        let mut tx = pipe.tx.lock();
+        let unread = ring_bytes(&rx.ring);
+        let unsent = ring_bytes(&tx.ring);
+        let held = stack::tcp::AppBytes { unread: &unread, unsent: &unsent };
+        let r = handoff::transfer_with(stack, now, h, to, &handoff::Transfer { app_state, held, unconditional });
+        let gave = match &r {
+            Ok(_) | Err(TransferError::Offer { restored: Some(_), .. }) => true,
+            Err(TransferError::Offer { restored: None, .. }) => true,
+            Err(_) => false,
+        };
+        if gave {
+            // The bytes are in the record now (and in the restored connection, if it came
+            // straight back): not in the rings.
+            let (n, m) = (rx.ring.len(), tx.ring.len());
+            rx.ring.consume(n);
+            tx.ring.consume(m);
+            rx.eof = false;
+            rx.stalled = false;
+        }
+        drop((rx, tx));
+        match r {
+            Ok(id) => {
+                self.remove(h);
+                self.transfers.insert(id, Transferring { pipe, slot, same_stack: false });
+            }
+            Err(TransferError::Offer { why, restored: Some(nh) }) => {
+                self.remove(h);
+                self.insert(nh, Kind::Pipe { pipe, connecting: false, fin_sent: false });
+                self.service(now, stack, nh);
+                let waited = slot.answer(TransferReply::Kept { h: nh, error: refused(io::ErrorKind::ConnectionRefused, format!("the offer to {to} failed: {why}")) });
+                self.came_back(now, stack, nh, waited);
+            }
+            Err(TransferError::Offer { why, restored: None }) => {
+                self.remove(h);
+                let _ = slot.answer(TransferReply::Lost { error: refused(io::ErrorKind::ConnectionAborted, format!("the offer to {to} failed ({why}) and the connection could not be re-installed")) });
+            }
+            Err(e) => {
+                    let waited = slot.answer(kept(transfer_error(&e)));
+                    self.came_back(now, stack, h, waited);
+                }
         }
     }
 
@@ -294,7 +417,7 @@ impl Bridge {
             self.insert(h, Kind::Pipe { pipe: pipe.clone(), connecting: false, fin_sent: false });
             // Bytes that came with the handshake, or before the accept.
             self.service(now, stack, h);
-            q.inner.lock().q.push_back(Incoming { h, pipe, local: tuple.local, peer: tuple.remote });
+            q.inner.lock().q.push_back(Incoming { h, pipe, local: tuple.local, peer: tuple.remote, moved: None });
             any = true;
         }
         if any {
@@ -379,9 +502,112 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// A connection came back from a transfer nobody waits for any more (the future was
+    /// dropped): closed as a dropped stream is.
+    fn came_back(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, waited: bool) {
+        if waited {
+            return;
+        }
+        if let Some(Entry { kind: Kind::Pipe { pipe, .. }, .. }) = self.entry(h) {
+            pipe.tx.lock().closed = true;
+            self.service(now, stack, h);
+        }
+    }
+}
+
+/// A ring's bytes, oldest first (one allocation per transfer).
+fn ring_bytes(r: &pipe::Ring) -> Vec<u8> {
+    let (a, b) = r.readable();
+    let mut v = Vec::with_capacity(a.len() + b.len());
+    v.extend_from_slice(a);
+    v.extend_from_slice(b);
+    v
+}
+
+fn transfer_error(e: &TransferError) -> ApiOrIo {
+    let kind = match e {
+        TransferError::NotClustered | TransferError::UnknownStack(_) | TransferError::NotMovable(_) => io::ErrorKind::InvalidInput,
+        TransferError::Offer { .. } => io::ErrorKind::ConnectionRefused,
+    };
+    ApiOrIo { kind, msg: e.to_string() }
+}
+
 impl App for Bridge {
     fn start(&mut self, _now: Instant, _stack: &mut Stack) -> Result<(), String> {
         Ok(())
+    }
+
+    /// A transfer listener of this shard for the offer's address with room takes it.
+    fn transfer_offer(&mut self, _now: Instant, _stack: &mut Stack, offer: &TransferOffer) -> TransferDecision {
+        let room = self.transfer_listeners.iter().any(|(a, q)| takes(*a, offer.local) && { let i = q.inner.lock(); i.q.len() < i.cap && !i.gone });
+        if room {
+            self.offer_from.clone_from(&offer.from);
+            TransferDecision::Accept
+        } else {
+            TransferDecision::Reject(handoff::REJECT_NO_LISTENER)
+        }
+    }
+
+    /// A connection moved here: into a pipe (its own, if it only changed hands on this
+    /// stack) and onto the queue of the transfer listener that takes it.
+    fn transferred(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, app_state: &[u8]) {
+        let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { return };
+        let q = self.transfer_listeners.iter().find(|(a, _)| takes(*a, tuple.local)).map(|(_, q)| q.clone());
+        let Some(q) = q else {
+            // The listener went away between the offer and now (unconditional offers are
+            // not asked): as a listener's queue at close, the connection is reset.
+            self.remove(h);
+            let _ = stack.tcp_abort(now, h);
+            let _ = stack.close(now, h);
+            return;
+        };
+        let pipe = match self.entry(h) {
+            Some(Entry { kind: Kind::Pipe { pipe, .. }, .. }) => pipe.clone(),
+            _ => {
+                let pipe = Arc::new(Pipe::default());
+                pipe.tx.lock().phase = Phase::Open;
+                self.insert(h, Kind::Pipe { pipe: pipe.clone(), connecting: false, fin_sent: false });
+                self.service(now, stack, h);
+                pipe
+            }
+        };
+        let from = std::mem::take(&mut self.offer_from);
+        let w = {
+            let mut inner = q.inner.lock();
+            inner.q.push_back(Incoming { h, pipe, local: tuple.local, peer: tuple.remote, moved: Some((from, app_state.to_vec())) });
+            inner.waker.take()
+        };
+        pipe::wake(w);
+    }
+
+    /// A transfer of this shard's ended: the application learns it; a connection that came
+    /// back is served again through its pipe.
+    fn transfer_done(&mut self, now: Instant, stack: &mut Stack, id: TransferId, outcome: TransferOutcome) {
+        let Some(t) = self.transfers.remove(&id) else { return };
+        let (handle, error) = match outcome {
+            TransferOutcome::Accepted { to } => {
+                let _ = t.slot.answer(TransferReply::Moved { to });
+                return;
+            }
+            TransferOutcome::Rejected { reason, handle } => {
+                (handle, refused(io::ErrorKind::ConnectionRefused, format!("the target refused the connection (reason {reason})")))
+            }
+            TransferOutcome::Aborted { handle } => (handle, refused(io::ErrorKind::TimedOut, "the target did not take the connection in time".into())),
+        };
+        match handle {
+            Some(nh) => {
+                if !t.same_stack {
+                    self.insert(nh, Kind::Pipe { pipe: t.pipe, connecting: false, fin_sent: false });
+                    self.service(now, stack, nh);
+                }
+                let waited = t.slot.answer(TransferReply::Kept { h: nh, error });
+                self.came_back(now, stack, nh, waited);
+            }
+            None => {
+                let _ = t.slot.answer(TransferReply::Lost { error });
+            }
+        }
     }
 
     /// Finish the call parked on `h`, if any: work proportional to the sockets with news.
@@ -430,6 +656,17 @@ impl Drop for Bridge {
                 };
                 pipe::wake(w);
             }
+        }
+        for t in self.transfers.values() {
+            t.slot.gone();
+        }
+        for (_, q) in &self.transfer_listeners {
+            let w = {
+                let mut inner = q.inner.lock();
+                inner.gone = true;
+                inner.waker.take()
+            };
+            pipe::wake(w);
         }
         for e in self.table.iter().flatten() {
             match &e.kind {

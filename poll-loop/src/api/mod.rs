@@ -50,7 +50,8 @@ mod tokio_io;
 mod udp_socket;
 
 pub use bridge::Bridge;
-pub use tcp_socket::{Incoming, TcpListener, TcpStream};
+pub use nonblocking::{TransferFailed, Transferred};
+pub use tcp_socket::{Incoming, TcpListener, TcpStream, TransferListener};
 pub use udp_socket::UdpSocket;
 
 /// Bytes a socket's reusable buffers hold: the most one read or one write moves per round
@@ -124,6 +125,14 @@ pub(crate) enum Cmd {
     PipeConnect { addr: SocketAddrV4, pipe: Arc<pipe::Pipe> },
     /// Readiness API: socket `h` has work (when its shard's dirty queue was full).
     Service { h: SocketHandle },
+    /// Move connection `h` to the cluster's stack `to` (live handoff, spec/04); the answer
+    /// comes in `slot`. One allocation per transfer, none per byte.
+    Transfer { h: SocketHandle, to: String, app_state: Vec<u8>, unconditional: bool, slot: Arc<pipe::TransferSlot> },
+    /// Take the connections transferred to this shard for `addr` (unspecified address or
+    /// port 0: any) into `q`.
+    TransferListen { addr: SocketAddrV4, q: Arc<pipe::AcceptQueue> },
+    /// Stop taking them (the connections waiting in `q` are closed).
+    TransferUnlisten { q: Arc<pipe::AcceptQueue> },
 }
 
 /// A poll thread's answer on a UDP socket's reply channel: a lent buffer comes back with

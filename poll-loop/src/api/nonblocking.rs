@@ -104,7 +104,7 @@ impl TcpListener {
                     self.net.notify(shard, *h, &q.queued);
                 }
                 let peer = SocketAddr::V4(a.peer);
-                let s = TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer };
+                let s = TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer, detached: false };
                 return Poll::Ready(Ok((s, peer)));
             }
             if inner.gone {
@@ -155,6 +155,8 @@ pub struct TcpStream {
     pipe: Arc<Pipe>,
     local: SocketAddrV4,
     peer: SocketAddrV4,
+    /// Handed to a transfer: dropping this value closes nothing.
+    detached: bool,
 }
 
 /// Gives up a connect that is dropped before it finishes (its future was cancelled).
@@ -203,7 +205,7 @@ impl TcpStream {
         })
         .await?;
         guard.pipe = None;
-        Ok(TcpStream { net: net.clone(), shard, h, pipe, local, peer: addr })
+        Ok(TcpStream { net: net.clone(), shard, h, pipe, local, peer: addr, detached: false })
     }
 
     /// The remote address.
@@ -385,8 +387,218 @@ impl TcpStream {
 impl Drop for TcpStream {
     /// Close: after the bytes written are sent (a RST if received bytes were left unread).
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         self.pipe.tx.lock().closed = true;
         self.notify();
+    }
+}
+
+// Live handoff (spec/04) ---------------------------------------------------------------------
+
+/// A transfer that did not happen ([`TcpStream::transfer`]): why, and the stream if the
+/// connection is still here (the target refused it, did not answer in time, or the transfer
+/// could not start). Converts into the `io::Error`.
+#[derive(Debug)]
+pub struct TransferFailed<S = TcpStream> {
+    /// Why: `ConnectionRefused` (the target refused, or the offer failed), `TimedOut` (the
+    /// target did not decide in time), `InvalidInput` (no such stack, not a cluster member,
+    /// a connection that cannot move), `ConnectionAborted` (the poll thread stopped, or the
+    /// connection could not be re-installed).
+    pub error: io::Error,
+    /// The connection, still here and usable.
+    pub stream: Option<S>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Display for TransferFailed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "transfer failed: {}{}", self.error, if self.stream.is_some() { " (the connection stays here)" } else { "" })
+    }
+}
+
+impl<S: std::fmt::Debug> std::error::Error for TransferFailed<S> {}
+
+impl<S> From<TransferFailed<S>> for io::Error {
+    fn from(t: TransferFailed<S>) -> io::Error {
+        t.error
+    }
+}
+
+impl TcpStream {
+    /// Move this connection, live, to the cluster's stack `to` (spec/04): the peer notices
+    /// nothing (no FIN, no RST, no byte lost or repeated). The bytes this stream holds go
+    /// with it in their place: those received and not read yet are read first on the target,
+    /// those written and not sent yet are sent there. `app_state` reaches the target's
+    /// [`TransferListener`] untouched. Returns the target's name once it took the connection;
+    /// on a refusal the stream comes back in [`TransferFailed::stream`].
+    ///
+    /// A transfer to this very stack hands the connection to this stack's own transfer
+    /// listener without serializing it. A stream shut down for writing does not move.
+    pub async fn transfer(self, to: &str, app_state: &[u8]) -> Result<String, TransferFailed> {
+        self.transfer_with(to, app_state, false).await
+    }
+
+    /// As [`transfer`](TcpStream::transfer), and the target takes it without asking its
+    /// application (it still needs a transfer listener to serve it).
+    pub async fn transfer_unconditional(self, to: &str, app_state: &[u8]) -> Result<String, TransferFailed> {
+        self.transfer_with(to, app_state, true).await
+    }
+
+    async fn transfer_with(mut self, to: &str, app_state: &[u8], unconditional: bool) -> Result<String, TransferFailed> {
+        let slot = Arc::new(pipe::TransferSlot::default());
+        let cmd = Cmd::Transfer { h: self.h, to: to.to_string(), app_state: app_state.to_vec(), unconditional, slot: slot.clone() };
+        if let Err(error) = self.net.send(self.shard, cmd) {
+            return Err(TransferFailed { error, stream: Some(self) });
+        }
+        // From here the poll thread owns the connection until it answers.
+        self.detached = true;
+        /// A transfer whose future is dropped before the answer: the poll thread closes the
+        /// connection if it comes back.
+        struct Abandon<'a>(&'a pipe::TransferSlot, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.inner.lock().abandoned = true;
+                }
+            }
+        }
+        let mut guard = Abandon(&slot, false);
+        let reply = poll_fn(|cx| {
+            let mut g = slot.inner.lock();
+            if let Some(r) = g.reply.take() {
+                return Poll::Ready(Some(r));
+            }
+            if g.gone {
+                return Poll::Ready(None);
+            }
+            pipe::register(&mut g.waker, cx.waker());
+            Poll::Pending
+        })
+        .await;
+        guard.1 = true;
+        drop(guard);
+        match reply {
+            Some(pipe::TransferReply::Moved { to }) => Ok(to),
+            Some(pipe::TransferReply::Kept { h, error }) => {
+                self.h = h;
+                self.detached = false;
+                Err(TransferFailed { error: io::Error::new(error.kind, error.msg), stream: Some(self) })
+            }
+            Some(pipe::TransferReply::Lost { error }) => Err(TransferFailed { error: io::Error::new(error.kind, error.msg), stream: None }),
+            None => Err(TransferFailed { error: gone(), stream: None }),
+        }
+    }
+}
+
+/// Where a transferred connection came from ([`TransferListener::accept`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transferred {
+    /// The source stack's name (this stack's, for a connection that only changed hands).
+    pub from: String,
+    /// The peer.
+    pub peer: SocketAddr,
+    /// The state the source application sent along.
+    pub app_state: Vec<u8>,
+}
+
+/// A *transfer listener* (spec/04): its `accept` returns the connections other stacks (or
+/// other tasks of this one) transferred here for its address, never a new connection. Offers
+/// for an address no transfer listener takes are refused, and the connection stays with its
+/// source.
+///
+/// ```no_run
+/// # async fn run(net: poll_loop::api::Net) -> std::io::Result<()> {
+/// use poll_loop::api::nonblocking::TransferListener;
+/// let moved_in = TransferListener::bind(&net, "198.18.0.102:80")?;
+/// loop {
+///     let (stream, how) = moved_in.accept().await?;
+///     // `how.app_state` is what the source application sent; the request it had not read
+///     // yet is still there to read.
+///     let mut buf = [0u8; 4096];
+///     let n = stream.read(&mut buf).await?;
+///     stream.write_all(&buf[..n]).await?;
+/// #   let _ = how;
+/// }
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TransferListener {
+    net: Net,
+    shards: Vec<Arc<AcceptQueue>>,
+    local: SocketAddrV4,
+    next: AtomicUsize,
+}
+
+impl TransferListener {
+    /// Take connections transferred to `addr` (unspecified address: any of this stack's;
+    /// port 0: any port), with room for 1024 waiting per shard (more are refused).
+    pub fn bind(net: &Net, addr: impl ToSocketAddrs) -> io::Result<TransferListener> {
+        let local = v4(addr)?;
+        let mut l = TransferListener { net: net.clone(), shards: Vec::new(), local, next: AtomicUsize::new(0) };
+        for shard in 0..net.shards() {
+            let q = Arc::new(AcceptQueue::default());
+            q.inner.lock().cap = 1024;
+            net.send(shard, Cmd::TransferListen { addr: local, q: q.clone() })?;
+            l.shards.push(q);
+        }
+        Ok(l)
+    }
+
+    /// The address it takes connections for.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::V4(self.local))
+    }
+
+    /// A transferred connection if one is waiting; otherwise `cx`'s waker is woken when one
+    /// comes.
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, Transferred)>> {
+        let n = self.shards.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut stopped = 0;
+        for i in 0..n {
+            let shard = (start + i) % n;
+            let mut inner = self.shards[shard].inner.lock();
+            if let Some(a) = inner.q.pop_front() {
+                drop(inner);
+                let (from, app_state) = a.moved.unwrap_or_default();
+                let how = Transferred { from, peer: SocketAddr::V4(a.peer), app_state };
+                let s = TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer, detached: false };
+                return Poll::Ready(Ok((s, how)));
+            }
+            if inner.gone {
+                stopped += 1;
+            } else {
+                pipe::register(&mut inner.waker, cx.waker());
+            }
+        }
+        if stopped == n {
+            Poll::Ready(Err(gone()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Wait for a transferred connection.
+    pub async fn accept(&self) -> io::Result<(TcpStream, Transferred)> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// A transferred connection if one is waiting, else `WouldBlock`.
+    pub fn try_accept(&self) -> io::Result<(TcpStream, Transferred)> {
+        match self.poll_accept(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Drop for TransferListener {
+    /// Stop taking transferred connections; those waiting for `accept` are reset.
+    fn drop(&mut self) {
+        for (shard, q) in self.shards.iter().enumerate() {
+            let _ = self.net.send(shard, Cmd::TransferUnlisten { q: q.clone() });
+        }
     }
 }
 

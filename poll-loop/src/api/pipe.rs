@@ -192,6 +192,72 @@ pub(crate) struct Incoming {
     pub(crate) pipe: std::sync::Arc<Pipe>,
     pub(crate) local: std::net::SocketAddrV4,
     pub(crate) peer: std::net::SocketAddrV4,
+    /// A connection that moved here from another stack (or another application of this one):
+    /// its source stack and the state its application sent along.
+    pub(crate) moved: Option<(String, Vec<u8>)>,
+}
+
+/// The poll thread's answer to a transfer ([`super::nonblocking::TcpStream::transfer`]).
+#[derive(Debug)]
+pub(crate) enum TransferReply {
+    /// The target took the connection.
+    Moved { to: String },
+    /// The connection stayed here (refused, the target died, or the transfer could not
+    /// start), now under handle `h`.
+    Kept { h: SocketHandle, error: ApiOrIo },
+    /// The connection is lost to this stack (it could not be re-installed).
+    Lost { error: ApiOrIo },
+}
+
+/// Why a transfer did not happen: the message says it all, the kind is std's.
+#[derive(Debug)]
+pub(crate) struct ApiOrIo {
+    pub(crate) kind: std::io::ErrorKind,
+    pub(crate) msg: String,
+}
+
+/// Where the poll thread puts its answer to a transfer, and the waker of the task waiting
+/// for it.
+#[derive(Debug, Default)]
+pub(crate) struct TransferSlot {
+    pub(crate) inner: Mutex<SlotState>,
+}
+
+/// A [`TransferSlot`]'s content.
+#[derive(Debug, Default)]
+pub(crate) struct SlotState {
+    pub(crate) reply: Option<TransferReply>,
+    pub(crate) waker: Option<Waker>,
+    /// The poll thread stopped before answering.
+    pub(crate) gone: bool,
+    /// The application stopped waiting (its future was dropped).
+    pub(crate) abandoned: bool,
+}
+
+impl TransferSlot {
+    /// Answer (the poll thread). False if nobody waits any more: a connection that came back
+    /// is then the poll thread's to close.
+    pub(crate) fn answer(&self, r: TransferReply) -> bool {
+        let w = {
+            let mut g = self.inner.lock();
+            if g.abandoned {
+                return false;
+            }
+            g.reply = Some(r);
+            g.waker.take()
+        };
+        wake(w);
+        true
+    }
+    /// The poll thread stopped before answering.
+    pub(crate) fn gone(&self) {
+        let w = {
+            let mut g = self.inner.lock();
+            g.gone = true;
+            g.waker.take()
+        };
+        wake(w);
+    }
 }
 
 /// One shard's queue of accepted connections for a listener of the readiness API.

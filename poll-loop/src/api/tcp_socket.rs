@@ -272,6 +272,90 @@ impl TcpStream {
     }
 }
 
+impl TcpStream {
+    /// Move this connection, live, to the cluster's stack `to` (spec/04), blocking until the
+    /// target took it (its name is returned) or refused it (the stream comes back in
+    /// [`TransferFailed::stream`](nb::TransferFailed)). The peer notices nothing; the bytes
+    /// this stream holds (received and not read, written and not sent) go with it, in their
+    /// place; `app_state` reaches the target's [`TransferListener`]. The stream must be the
+    /// only handle to its connection (no live [`try_clone`](TcpStream::try_clone)s):
+    /// otherwise `InvalidInput`, and the stream comes back.
+    pub fn transfer(self, to: &str, app_state: &[u8]) -> Result<String, nb::TransferFailed<TcpStream>> {
+        self.transfer_with(to, app_state, false)
+    }
+
+    /// As [`transfer`](TcpStream::transfer); the target takes it without asking its
+    /// application.
+    pub fn transfer_unconditional(self, to: &str, app_state: &[u8]) -> Result<String, nb::TransferFailed<TcpStream>> {
+        self.transfer_with(to, app_state, true)
+    }
+
+    fn transfer_with(self, to: &str, app_state: &[u8], unconditional: bool) -> Result<String, nb::TransferFailed<TcpStream>> {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(inner) => {
+                let error = io::Error::new(io::ErrorKind::InvalidInput, "other handles to this stream exist (try_clone): it cannot move");
+                return Err(nb::TransferFailed { error, stream: Some(TcpStream { inner }) });
+            }
+        };
+        let Inner { s, read_timeout, write_timeout, nonblocking, nodelay, .. } = inner;
+        let f = async move {
+            if unconditional {
+                s.transfer_unconditional(to, app_state).await
+            } else {
+                s.transfer(to, app_state).await
+            }
+        };
+        match block_on(f, None).unwrap_or_else(|| Err(nb::TransferFailed { error: io::ErrorKind::TimedOut.into(), stream: None })) {
+            Ok(to) => Ok(to),
+            Err(nb::TransferFailed { error, stream }) => {
+                // Back here: the same stream, with its options.
+                let stream = stream.map(|s| TcpStream {
+                    inner: Arc::new(Inner { s, rd: Mutex::new(()), wr: Mutex::new(()), read_timeout, write_timeout, nonblocking, nodelay }),
+                });
+                Err(nb::TransferFailed { error, stream })
+            }
+        }
+    }
+}
+
+/// A *transfer listener* (spec/04), like [`TcpListener`] but its `accept` returns only
+/// connections transferred here from other stacks (or from other threads of this stack),
+/// with the state their source application sent along ([`nb::Transferred`]).
+#[derive(Debug)]
+pub struct TransferListener {
+    inner: nb::TransferListener,
+    nonblocking: AtomicBool,
+}
+
+impl TransferListener {
+    /// Take connections transferred to `addr` (unspecified address: any; port 0: any port).
+    pub fn bind(net: &Net, addr: impl ToSocketAddrs) -> io::Result<TransferListener> {
+        Ok(TransferListener { inner: nb::TransferListener::bind(net, addr)?, nonblocking: AtomicBool::new(false) })
+    }
+
+    /// The address it takes connections for.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// Moves accept into or out of nonblocking mode.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.nonblocking.store(nonblocking, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Block until a connection is transferred here.
+    pub fn accept(&self) -> io::Result<(TcpStream, nb::Transferred)> {
+        let (s, how) = if self.nonblocking.load(Ordering::Relaxed) {
+            self.inner.try_accept()?
+        } else {
+            block_on(self.inner.accept(), None).unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))?
+        };
+        Ok((TcpStream::from_nb(s), how))
+    }
+}
+
 impl Read for TcpStream {
     /// Blocks until at least one byte or end of stream (`Ok(0)`), or the read timeout.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

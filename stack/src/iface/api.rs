@@ -297,10 +297,24 @@ impl Stack {
         giver: u32,
         app_state: &[u8],
     ) -> Result<Vec<u8>, ApiError> {
+        self.tcp_snapshot_with(now, h, giver, tcp::AppBytes::default(), app_state)
+    }
+
+    /// As [`Stack::tcp_snapshot`], with bytes the application layer above the connection
+    /// holds ([`tcp::AppBytes`]: unread received bytes, unsent written bytes) carried in the
+    /// record in their place in the byte streams.
+    pub fn tcp_snapshot_with(
+        &mut self,
+        now: Instant,
+        h: SocketHandle,
+        giver: u32,
+        extra: tcp::AppBytes<'_>,
+        app_state: &[u8],
+    ) -> Result<Vec<u8>, ApiError> {
         let record = match self.socket(h) {
             Some(Socket::Tcp(t)) => t
                 .conn
-                .snapshot(now, giver, t.owns_port, app_state)
+                .snapshot_with(now, giver, t.owns_port, extra, app_state)
                 .map_err(|_| ApiError::Tcp(tcp::Error::NotConnected))?,
             Some(_) => return Err(ApiError::WrongSocketType),
             None => return Err(ApiError::InvalidHandle),

@@ -267,6 +267,11 @@ impl RecvBuffer {
             self.ring.release();
         }
     }
+    /// Bytes past the read position the ring can still store (window plus slack): no right
+    /// edge may be announced beyond it.
+    pub fn storable(&self) -> usize {
+        self.ring.capacity().saturating_sub(self.readable)
+    }
     /// Free space for the window computation.
     pub fn window(&self) -> usize {
         self.limit.saturating_sub(self.readable)

@@ -20,7 +20,7 @@ pub mod snapshot;
 pub use cc::Algorithm;
 pub use conn::{ConnCounters, Connection, Error, Event, State, Timer, Tuple};
 pub use listener::Listener;
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{AppBytes, Snapshot, SnapshotError};
 
 use crate::time::Duration;
 

@@ -56,6 +56,20 @@ mod flag {
     pub const OWNS_PORT: u16 = 1 << 10;
 }
 
+/// Bytes of a connection that an application layer above it holds when it moves (the blocking
+/// and readiness APIs keep a connection's bytes in rings of their own): `unread` were taken
+/// from the receive buffer but not read by the application, `unsent` were written by the
+/// application but not yet given to the send buffer. [`Connection::snapshot_with`] records them
+/// where they belong in the byte streams, so the target serves them as if they had never left
+/// the connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppBytes<'a> {
+    /// Received bytes, in order, that come before the receive buffer's.
+    pub unread: &'a [u8],
+    /// Bytes to send, in order, after the send buffer's.
+    pub unsent: &'a [u8],
+}
+
 /// A decoded record, before it becomes a connection: the parts a caller may want to look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -547,6 +561,15 @@ impl Connection {
     /// `owns_port`: the caller allocated the local port for this connection (see
     /// [`Snapshot::owns_port`]).
     pub fn snapshot(&self, now: Instant, giver: u32, owns_port: bool, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
+        self.snapshot_with(now, giver, owns_port, AppBytes::default(), app_state)
+    }
+
+    /// As [`snapshot`](Connection::snapshot), with the bytes an application layer above the
+    /// connection still holds (see [`AppBytes`]): they travel in the record as if they were
+    /// still in the connection's buffers, the unread ones in front of its receive bytes, the
+    /// unsent ones after its send bytes. Unsent bytes after a queued FIN are refused
+    /// ([`SnapshotError::Invalid`]).
+    pub fn snapshot_with(&self, now: Instant, giver: u32, owns_port: bool, extra: AppBytes<'_>, app_state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
         let Connection {
             tuple,
             state,
@@ -585,7 +608,10 @@ impl Connection {
         if !matches!(state, State::Established | State::CloseWait) {
             return Err(SnapshotError::WrongState(*state));
         }
-        let mut out = Vec::with_capacity(256 + tx.len() + rx.readable());
+        if fin_seq.is_some() && !extra.unsent.is_empty() {
+            return Err(SnapshotError::Invalid("bytes to send after the FIN"));
+        }
+        let mut out = Vec::with_capacity(256 + tx.len() + rx.readable() + extra.unread.len() + extra.unsent.len());
         out.extend_from_slice(&MAGIC);
         let mut flags = if owns_port { flag::OWNS_PORT } else { 0 };
         let mut w = W(&mut out);
@@ -612,16 +638,18 @@ impl Connection {
             flags |= flag::FIN_QUEUED;
             w.seq(f);
         }
-        w.u32(tx.len() as u32);
+        w.u32((tx.len() + extra.unsent.len()) as u32);
         let start = w.0.len();
         w.0.resize(start + tx.len(), 0);
         tx.read_at(0, &mut w.0[start..]);
+        w.0.extend_from_slice(extra.unsent);
         // Unread receive bytes, then out-of-order ranges (offsets from rcv.nxt).
         if let Some(f) = *rcv_fin {
             flags |= flag::PEER_FIN;
             w.seq(f);
         }
-        w.u32(rx.readable() as u32);
+        w.u32((extra.unread.len() + rx.readable()) as u32);
+        w.0.extend_from_slice(extra.unread);
         let start = w.0.len();
         w.0.resize(start + rx.readable(), 0);
         rx.peek(&mut w.0[start..]);
@@ -839,6 +867,42 @@ mod tests {
         let sent = TcpRepr::parse(&p, *L.ip(), *P.ip(), true).unwrap();
         assert!(sent.timestamp.unwrap().tsval > c.tsval_now(now));
         assert_eq!(sent.ack_number, Some(c.rcv.nxt));
+    }
+
+    /// Bytes an API layer held (read from the connection, not by its application; written by
+    /// the application, not yet given to the connection) travel in their place: the target
+    /// reads the unread ones before the connection's own, and sends the unsent ones after.
+    #[test]
+    fn bytes_held_above_the_connection_travel_in_their_place() {
+        let mut c = established();
+        let now = Instant::from_millis(50);
+        c.send(&[1u8; 3000]).unwrap();
+        let mut buf = vec![0u8; 2000];
+        c.poll_transmit(now, &mut buf).unwrap();
+        let mut d = seg(901, 101, b"held-then-more");
+        d.timestamp = Some(crate::wire::TcpTimestamp { tsval: 6, tsecr: 50 });
+        c.handle_segment(now, &d);
+        // The API layer took "held-" into its ring; the application never read it.
+        let mut took = [0u8; 5];
+        assert_eq!(c.recv(&mut took), Ok(5));
+        let window_before = c.rcv.adv;
+        let rec = c.snapshot_with(now, 1, false, AppBytes { unread: &took, unsent: &[2u8; 700] }, b"").unwrap();
+        let (mut r, _) = Connection::restore(&rec, now, &Config::default()).unwrap();
+        let mut out = [0u8; 64];
+        let n = r.recv(&mut out).unwrap();
+        assert_eq!(&out[..n], b"held-then-more");
+        assert_eq!(r.send_queue(), 3700);
+        let mut sent = vec![0u8; 3700];
+        r.tx.read_at(0, &mut sent);
+        assert!(sent[..3000].iter().all(|&b| b == 1) && sent[3000..].iter().all(|&b| b == 2));
+        // Sequence space is untouched: the peer sees the same window edge.
+        assert_eq!((r.rcv.nxt, r.rcv.adv), (c.rcv.nxt, window_before));
+        // Nothing may follow a queued FIN.
+        c.close();
+        assert!(matches!(
+            c.snapshot_with(now, 1, false, AppBytes { unread: &[], unsent: b"x" }, b""),
+            Err(SnapshotError::Invalid(_)) | Err(SnapshotError::WrongState(_))
+        ));
     }
 
     #[test]

@@ -260,7 +260,12 @@ impl Connection {
         } else {
             let mut field = window >> self.rcv.wscale;
             let edge = self.rcv.adv.distance_from(self.rcv.nxt);
-            if (field << self.rcv.wscale) < edge {
+            // Round up rather than announce less than the edge already announced (RFC 9293
+            // 3.8.6.2.2), but only as far as the ring holds: rounding up from an edge that was
+            // itself rounded up would creep past it, and bytes inside the window would be
+            // dropped. When it does not fit, the announced window stays a few bytes short of
+            // the edge, and the edge itself (still storable) keeps counting for acceptance.
+            if (field << self.rcv.wscale) < edge && ((field + 1) << self.rcv.wscale) <= self.rx.storable() {
                 field += 1;
             }
             let field = field.min(65535);

@@ -742,3 +742,44 @@ fn path_mtu_shrinks_segments() {
     assert!(s.iter().all(|s| s.payload.len() <= 536));
     assert_eq!(s[0].seq, ISS + 1);
 }
+
+/// With window scaling, a window that is not a multiple of the scale is rounded up so the
+/// edge already announced does not move back (RFC 9293 3.8.6.2.2); the rounding must never
+/// take the edge past what the receive ring can hold. It did: every ACK sent while the buffer
+/// filled could round the edge up again, the edge crept past the ring, and the peer's bytes
+/// inside the announced window were dropped (seen in the handoff simulation: a peer whose
+/// window was closed stopped accepting the other side's ACKs and the connection stalled).
+#[test]
+fn a_filling_receive_buffer_never_announces_more_than_it_holds() {
+    let cfg = Config { window_scaling: true, recv_buffer: 256 * 1024, ..cfg() };
+    let mut c = Connection::connect(t(0), tuple(), SeqNumber(ISS), 0, &cfg);
+    recv(&mut c, t(0));
+    send(&mut c, t(10), &Seg { seq: IRS, ctl: TcpControl::Syn, mss: Some(1000), ws: Some(0), ..Seg::default() });
+    assert_eq!(c.state(), State::Established);
+    let ws = c.rcv.wscale;
+    assert!(ws > 0, "the test needs a scaled window");
+    let ack = recv(&mut c, t(10)).pop().expect("the handshake's ACK");
+    let mut edge = ack.ack.unwrap().wrapping_add((ack.win as u32) << ws);
+    let mut seq = IRS + 1;
+    let mut total = 0usize;
+    for i in 0..2000u32 {
+        let room = edge.wrapping_sub(seq) as usize;
+        if room == 0 {
+            break;
+        }
+        // Odd sizes, so the rest of the window is rarely a multiple of the scale.
+        let len = room.min(997 - (i as usize % 7) * 13);
+        send(&mut c, t(20), &Seg { seq, ack: Some(ISS + 1), win: 1000, payload: vec![7u8; len], ..Seg::default() });
+        let a = recv(&mut c, t(20)).pop().expect("an ACK for every segment");
+        assert_eq!(a.ack, Some(seq.wrapping_add(len as u32)), "byte {total}: data inside the announced window is kept");
+        seq = seq.wrapping_add(len as u32);
+        total += len;
+        let new_edge = a.ack.unwrap().wrapping_add((a.win as u32) << ws);
+        if (new_edge.wrapping_sub(edge) as i32) > 0 {
+            edge = new_edge;
+        }
+    }
+    assert_eq!(c.counters.rcv_buffer_drops, 0);
+    assert!(total >= 256 * 1024, "the whole buffer filled: {total}");
+    assert_eq!(edge, seq, "and the window closed");
+}
