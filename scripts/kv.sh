@@ -1,4 +1,4 @@
-# The KV servers of apps/examples (kv_*.rs) for scripts/it/40-kv.sh and scripts/bench.sh
+# The KV servers of apps/examples (kv_*.rs) for scripts/it/35-kv.sh and scripts/bench.sh
 # (sourced; the caller keeps background pids in PIDS and stops them on exit).
 #
 # One server a line: NAME KIND. The binary is target/release/examples/kv_NAME.

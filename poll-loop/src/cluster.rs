@@ -255,6 +255,13 @@ impl ClusterMember {
     /// could replace the running one's XDP program.
     pub fn join(cfg: Arc<ClusterConfig>, name: &str, ident: Identity, clock: Clock) -> Result<(ClusterMember, StackCluster), String> {
         let now = clock.now();
+        ClusterMember::join_at(cfg, name, ident, clock, now)
+    }
+
+    /// [`join`](ClusterMember::join) at `now` on `clock`'s time line (a simulation's time, say:
+    /// the member's first heartbeat and lease are then where the simulation's clock is, not
+    /// where the real one has got to while the test set up).
+    pub fn join_at(cfg: Arc<ClusterConfig>, name: &str, ident: Identity, clock: Clock, now: Instant) -> Result<(ClusterMember, StackCluster), String> {
         let (region, stale) =
             Region::create_or_attach_logged(&cfg.region, &cfg.name, cfg.hash(), clock.mono_ns(now)).map_err(|e| e.to_string())?;
         if let Some(why) = stale {
@@ -630,7 +637,7 @@ impl ClusterMember {
             return;
         }
         let in_flight = sc.hand_in_flight();
-        let (addrs, _) = sc.drain_scope(d.to);
+        let (addrs, _) = sc.drain_scope(now, d.to);
         let here: usize = addrs
             .iter()
             .map(|a| {
@@ -980,11 +987,11 @@ impl StackCluster {
 
     /// A connection moved to stack `to`: its segments that still reach this stack go on to `to`
     /// in the XDP fast path, where the address is marked for it (a giveback by handoff).
-    pub(crate) fn fast_forward(&mut self, t: Tuple, to: u8) {
+    pub(crate) fn fast_forward(&mut self, now: Instant, t: Tuple, to: u8) {
         if self.hand_back.is_none_or(|h| h.0 != *t.local.ip()) {
             return;
         }
-        let ns = self.clock.mono_ns(self.clock.now());
+        let ns = self.clock.mono_ns(now);
         let Some(mac) = self.mac_of(to, ns) else { return };
         if let Some(flows) = self.flows.as_ref() {
             if flows.insert(t.remote, t.local, mac, self.mac).is_ok() {
@@ -995,10 +1002,10 @@ impl StackCluster {
 
     /// What a drain moves: the distributed addresses this stack has, and the live stacks it
     /// moves their connections to (`to`, or every other live candidate target).
-    pub(crate) fn drain_scope(&self, to: Option<u8>) -> (Vec<Ipv4Addr>, Vec<u8>) {
+    pub(crate) fn drain_scope(&self, now: Instant, to: Option<u8>) -> (Vec<Ipv4Addr>, Vec<u8>) {
         let cfg = self.node.config();
         let me = self.node.slot();
-        let now = self.clock.mono_ns(self.clock.now());
+        let now = self.clock.mono_ns(now);
         let mut addrs = Vec::new();
         let mut targets = std::collections::BTreeSet::new();
         for d in cfg.dvipas.iter() {

@@ -386,7 +386,7 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
                 sc.hand.outcomes.push_back((id, TransferOutcome::Accepted { to }));
                 let ns = sc.mono_ns(now);
                 sc.moved_away(ns, t, m.to);
-                sc.fast_forward(t, m.to);
+                sc.fast_forward(now, t, m.to);
             }
             HandoffEvent::Rejected { id, reason, .. } => come_back(stack, now, id, Some(reason)),
             HandoffEvent::Aborted { id, .. } => come_back(stack, now, id, None),
@@ -531,7 +531,7 @@ pub fn drain_step(stack: &mut Stack, now: Instant, app: &mut (impl crate::runner
     let (addrs, targets, unconditional) = match (sc.hand_back, sc.drain) {
         (Some((addr, to)), _) => (vec![addr], vec![to], true),
         (None, Some(d)) => {
-            let (a, t) = sc.drain_scope(d.to);
+            let (a, t) = sc.drain_scope(now, d.to);
             (a, t, false)
         }
         (None, None) => return false,

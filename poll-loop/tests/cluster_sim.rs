@@ -356,7 +356,7 @@ impl Cluster {
         for (i, name) in NAMES.iter().enumerate() {
             let slot = i + 1;
             let ident = Identity { pid: std::process::id(), mac: macs[slot].0, ifindex: 100 + slot as u32 };
-            let (member, sc) = ClusterMember::join(cfg.clone(), name, ident, clock).expect("join");
+            let (member, sc) = ClusterMember::join_at(cfg.clone(), name, ident, clock, Instant::ZERO).expect("join");
             let mut c = StackConfig::new(macs[slot]);
             // Forced-equal allocators: the targets draw the same ephemeral ports.
             c.seed = if equal_allocators && slot >= 2 { 7 } else { seed.wrapping_mul(31) + slot as u64 };
@@ -814,7 +814,9 @@ fn a_target_that_dies_after_accepting_takes_the_connections_with_it() {
     let total = 128 * 1024;
     c.run_ms(1024, total, 30);
     assert_eq!(c.transfer_all(1, "s2"), 4);
-    c.run_ms(1024, total, 5);
+    // s2 reads the offers at its next turn: a frame (none comes: s1 holds the client's) or its
+    // heartbeat (10 ms).
+    c.run_ms(1024, total, 15);
     let s2 = c.ids[2];
     assert_eq!(c.sim.host(s2).serving.len(), 4, "s2 took them");
     c.kill(2);
@@ -1119,7 +1121,9 @@ impl Cluster {
                     break;
                 }
                 self.api_step(apps, chunk, total);
-                std::thread::yield_now();
+                // Give the calling thread time to run: simulated time should not race ahead
+                // of it (each step is a simulated millisecond).
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
             j.join().expect("the blocking call")
         })
@@ -1154,11 +1158,10 @@ impl Cluster {
 /// application held travelled as its state; nothing is reset.
 ///
 /// `fill`: the clients stop reading before the second move, so every buffer and ring is full
-/// when it happens. (Under loss, reordering and duplication, holding a client's window closed
-/// for seconds can stall a connection in the stack itself, handoff or not: after the fix of
-/// the window creep, some seeds still show the target a few hundred bytes ahead of a full
-/// client, whose zero window then refuses the ACKs it needs. The sweep under loss therefore
-/// moves with the windows open; see the closing note.)
+/// when it happens. A wire tap on the client checks no data ever comes past the window it
+/// announced. (This test found two bugs of the TCP core, both with a tap-verified stall: a
+/// filling receive buffer's window edge crept past its ring, and an ACK advancing SND.UNA on
+/// an old segment left the old window sliding forward; see stack/src/tcp/conn/tests.rs.)
 fn api_transfers(seed: u64, loss: f64, fill: bool) {
     const K: usize = 4;
     let (chunk, total) = (4 * 1024, 3 * 1024 * 1024);
@@ -1184,13 +1187,19 @@ fn api_transfers(seed: u64, loss: f64, fill: bool) {
         c.clients.push(Client { node: 0, h, up: false, failed: None, sent: 0, expect: VecDeque::new(), mismatched: false });
     }
     c.sim.kick();
+    // Connected first (a lost SYN costs a second), then data both ways.
+    c.in_flight = Some(0);
     for _ in 0..10_000 {
-        if apps.echo[1].len() == K && c.clients.iter().all(|x| x.up && x.sent > 4 * chunk) {
+        if apps.echo[1].len() == K && c.clients.iter().all(|x| x.up) {
             break;
         }
         c.api_step(&mut apps, chunk, total);
     }
     assert_eq!(apps.echo[1].len(), K, "seed {seed}: s1 accepted them: {}", c.summary());
+    c.in_flight = None;
+    for _ in 0..20 {
+        c.api_step(&mut apps, chunk, total);
+    }
 
     // s1 -> s2 through the blocking API, each from a thread of its own (as blocking code is).
     let moving: Vec<Echo> = std::mem::take(&mut apps.echo[1]);
@@ -1209,7 +1218,10 @@ fn api_transfers(seed: u64, loss: f64, fill: bool) {
         })
     });
     assert!(results.iter().all(|r| r.as_deref() == Ok("s2")), "seed {seed}: {results:?}");
-    for _ in 0..50 {
+    for _ in 0..500 {
+        if apps.echo[2].len() == K {
+            break;
+        }
         c.api_step(&mut apps, chunk, total);
     }
     assert_eq!(apps.echo[2].len(), K, "seed {seed}: s2's transfer listener took them: {}", c.summary());
@@ -1246,7 +1258,6 @@ fn api_transfers(seed: u64, loss: f64, fill: bool) {
             Box::pin(async move { s.transfer("s3", &e.pending).await.map_err(|f| f.error.to_string()) }) as _
         })
         .collect();
-    let unacceptable = |c: &Cluster| -> u64 { c.clients.iter().map(|x| c.sim.host(c.ids[0]).stack.tcp(x.h).map_or(0, |t| t.counters.unacceptable_segs)).sum() };
     let results = c.finish(&mut apps, chunk, total, futs);
     assert!(results.iter().all(|r| r.as_deref() == Ok("s3")), "seed {seed}: {results:?}");
     c.reads_paused = false;
@@ -1255,7 +1266,6 @@ fn api_transfers(seed: u64, loss: f64, fill: bool) {
     }
     assert_eq!(apps.echo[3].len(), K, "seed {seed}: s3's blocking transfer listener took them: {}", c.summary());
 
-    let after_full_move = unacceptable(&c);
     // s3 -> s3: re-parented on the same stack, to its own transfer listener.
     let moving: Vec<Echo> = std::mem::take(&mut apps.echo[3]);
     let results = c.call(&mut apps, chunk, total, move || {
@@ -1325,19 +1335,14 @@ fn api_transfers(seed: u64, loss: f64, fill: bool) {
     assert!(beyond.is_empty(), "seed {seed}: the client received data past the window it announced: {beyond:?}");
     assert_eq!(apps.echo[1].len(), K);
     if loss == 0.0 {
-        // The client never saw a TSval older than one it had, nor anything needing a
-        // challenge ACK. One thing it does see, once per connection, when a connection moves
-        // while the client's window is closed and a zero-window probe byte is out: the target's
-        // first ACK carries SND.NXT, one past the client's RCV.NXT, which a zero window does not
-        // accept (RFC 9293 3.10.7.4; it is answered with an ACK, nothing is lost). Every other
-        // move adds none.
+        // On a clean link the client never saw anything its view of the connection refuses:
+        // no TSval older than one it had (PAWS), no segment outside its window (not even a
+        // pure ACK while its window was closed), nothing that needed a challenge ACK.
         let cl = c.sim.host(c.ids[0]);
         for x in &c.clients {
             let k = &cl.stack.tcp(x.h).expect("client connection").counters;
-            assert_eq!((k.paws_drops, k.challenge_acks), (0, 0), "seed {seed}: {k:?}");
-            assert!(k.unacceptable_segs <= 1, "seed {seed}: {k:?}");
+            assert_eq!((k.paws_drops, k.unacceptable_segs, k.challenge_acks), (0, 0, 0), "seed {seed}: {k:?}");
         }
-        assert_eq!(unacceptable(&c), after_full_move, "seed {seed}: the moves with open windows sent nothing unacceptable");
     }
 }
 
@@ -1351,6 +1356,8 @@ fn the_apis_transfer_under_loss_reordering_and_duplication() {
     let n: u64 = std::env::var("PLEX_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let start: u64 = std::env::var("PLEX_SIM_SEED_START").ok().and_then(|v| v.parse().ok()).unwrap_or(900);
     for seed in start..start + n {
-        api_transfers(seed, 0.01, false);
+        // Odd seeds move with every buffer full, even ones with the windows open.
+        api_transfers(seed, 0.01, seed % 2 == 1);
     }
 }
+

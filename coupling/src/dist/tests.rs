@@ -1111,7 +1111,7 @@ fn a_flow_moves_along_a_chain_including_through_the_router() {
     assert_eq!(s.stacks["s1"].dist.stats.resets, 0);
 }
 
-/// it/60 found it: a connection moved back to a router that is not one of the targets
+/// it/50-handoff (then it/60) found it: a connection moved back to a router that is not one of the targets
 /// (a content router) kept its flow to the stack it came from, and the fast path sent the
 /// client's segments there, which sent them back. The router's own connection drops the flow.
 #[test]

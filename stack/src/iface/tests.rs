@@ -979,7 +979,7 @@ fn progress_on_an_internal_address_does_not_repair_the_neighbour() {
     assert_eq!((a.arp.get(t(2_000), B_IP), a.counters().arp_repaired), (Some(elsewhere), 0));
 }
 
-/// it/50 found it: after a takeover the new router (also a target, its address no longer
+/// it/40-distributor (then it/50) found it: after a takeover the new router (also a target, its address no longer
 /// internal) got its clients' segments through the dead router's fast path, with the dead
 /// router's MAC, and "repaired" its clients' entries to it: its answers went nowhere. Frames
 /// from the cluster's other stacks teach nothing.

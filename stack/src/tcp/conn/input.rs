@@ -436,7 +436,13 @@ impl Connection {
         if ack < self.snd.una {
             return;
         }
-        if self.snd.wl1 < seg.seq_number
+        // RFC 9293 3.10.7.4's WL1/WL2 test keeps old segments from updating the window; an
+        // ACK that advances SND.UNA is newer than every window taken so far whatever its
+        // sequence number (a retransmission of the peer's data carries its current ACK and
+        // window), and the window is relative to it: keeping the old one would slide the edge
+        // forward with SND.UNA past what the peer announced (Linux: tcp_may_update_window).
+        if ack > self.snd.una
+            || self.snd.wl1 < seg.seq_number
             || (self.snd.wl1 == seg.seq_number && self.snd.wl2 <= ack)
         {
             self.snd.wnd = (seg.window_len as usize) << self.snd.wscale;

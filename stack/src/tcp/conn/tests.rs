@@ -783,3 +783,28 @@ fn a_filling_receive_buffer_never_announces_more_than_it_holds() {
     assert!(total >= 256 * 1024, "the whole buffer filled: {total}");
     assert_eq!(edge, seq, "and the window closed");
 }
+
+/// An ACK that advances SND.UNA carries the peer's newest window, even on a segment whose
+/// sequence number is old (a retransmission of the peer's data): the window must be taken
+/// from it (as Linux's tcp_may_update_window does). Under RFC 9293's WL1/WL2 test alone the
+/// old window stayed and slid forward with SND.UNA, past the edge the peer had announced: a
+/// sender sent data into a window its peer had closed (seen in the handoff simulation with a
+/// client that stopped reading, whose zero window then refused the ACKs it needed).
+#[test]
+fn an_ack_that_advances_una_updates_the_window_even_on_an_old_segment() {
+    let mut c = established();
+    send(&mut c, t(20), &Seg { ack: Some(ISS + 1), win: 3000, ..Seg::default() });
+    c.send(&[1u8; 6000]).unwrap();
+    let out: usize = recv(&mut c, t(20)).iter().map(|s| s.payload.len()).sum();
+    assert_eq!(out, 3000, "the window's worth");
+    // The peer sends data (WL1 moves to its latest segment) ...
+    send(&mut c, t(21), &Seg { seq: IRS + 1, ack: Some(ISS + 1), win: 3000, payload: vec![2; 100], ..Seg::default() });
+    send(&mut c, t(22), &Seg { seq: IRS + 101, ack: Some(ISS + 1), win: 3000, payload: vec![2; 100], ..Seg::default() });
+    recv(&mut c, t(22));
+    // ... then retransmits from its first segment (with new bytes after the old ones, so the
+    // segment is acceptable), acknowledging everything, its window closed.
+    send(&mut c, t(30), &Seg { seq: IRS + 1, ack: Some(ISS + 3001), win: 0, payload: vec![2; 300], ..Seg::default() });
+    let sent: Vec<Seg> = recv(&mut c, t(30));
+    assert!(sent.iter().all(|s| s.payload.is_empty()), "nothing sent into a closed window: {:?}", sent.iter().map(|s| (s.seq, s.payload.len())).collect::<Vec<_>>());
+    assert!(c.timer(Timer::Persist).is_some(), "probing the zero window instead");
+}
