@@ -133,6 +133,7 @@ impl EventTally {
             ClusterEvent::ConnectionClosed(_) => &mut self.connections_closed,
             ClusterEvent::ConnectionMoved(_) => &mut self.connections_moved,
             ClusterEvent::PortReleased { .. } => &mut self.ports_released,
+            ClusterEvent::UdpBound(_) | ClusterEvent::UdpClosed(_) => return,
         };
         *n += 1;
     }
@@ -689,6 +690,8 @@ impl ClusterMember {
                         sc.ports.release(ns, *local.ip(), local.port(), remote);
                     }
                 }
+                // A cluster stack runs one queue: its UDP sockets need no routing.
+                ClusterEvent::UdpBound(_) | ClusterEvent::UdpClosed(_) => {}
             }
         }
         self.dist_actions.append(&mut sc.late_actions);

@@ -46,6 +46,8 @@ const BUFFERS: usize = 4096;
 #[derive(Debug)]
 pub struct ShardSet {
     owners: RwLock<HashMap<Tuple, u32>>,
+    /// The shard of every UDP socket of the process, by local address.
+    udp: RwLock<HashMap<SocketAddrV4, u32>>,
     inboxes: Vec<ArrayQueue<(Vec<u8>, usize)>>,
     pool: ArrayQueue<Vec<u8>>,
     allocated: AtomicUsize,
@@ -57,6 +59,7 @@ impl ShardSet {
     pub fn new(n: usize) -> Arc<ShardSet> {
         Arc::new(ShardSet {
             owners: RwLock::new(HashMap::new()),
+            udp: RwLock::new(HashMap::new()),
             inboxes: (0..n).map(|_| ArrayQueue::new(INBOX)).collect(),
             pool: ArrayQueue::new(BUFFERS),
             allocated: AtomicUsize::new(0),
@@ -109,11 +112,31 @@ impl ShardSet {
         n
     }
 
+    /// The shard whose UDP socket takes datagrams for `local`, if any.
+    pub fn udp_owner(&self, local: SocketAddrV4) -> Option<u32> {
+        let udp = self.udp.read();
+        udp.get(&local).or_else(|| udp.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, local.port()))).copied()
+    }
+
     /// Apply shard `me`'s connection events (opened: it owns the tuple; closed or moved
-    /// away: the tuple is free).
+    /// away: the tuple is free) and UDP sockets (bound, closed).
     pub fn apply(&self, me: u32, events: &[ClusterEvent]) {
         if events.is_empty() {
             return;
+        }
+        if events.iter().any(|e| matches!(e, ClusterEvent::UdpBound(_) | ClusterEvent::UdpClosed(_))) {
+            let mut udp = self.udp.write();
+            for e in events {
+                match *e {
+                    ClusterEvent::UdpBound(a) => {
+                        udp.insert(a, me);
+                    }
+                    ClusterEvent::UdpClosed(a) if udp.get(&a) == Some(&me) => {
+                        udp.remove(&a);
+                    }
+                    _ => {}
+                }
+            }
         }
         let mut owners = self.owners.write();
         for e in events {
@@ -154,6 +177,12 @@ impl Cluster for ShardCluster {
             Some(k) if k != self.me => InboundRoute::Forward { stack: k },
             _ => InboundRoute::Local,
         }
+    }
+
+    /// A datagram no socket of this shard takes goes to the shard whose socket does (a veth
+    /// or a NIC's RSS picks the queue by the sender's hash, not by the socket).
+    fn route_datagram(&mut self, local: SocketAddrV4) -> Option<u32> {
+        self.set.udp_owner(local).filter(|&k| k != self.me)
     }
 
     fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
@@ -264,6 +293,69 @@ mod tests {
         assert_eq!(c0.route_inbound(now, &t(40000, 7), false), InboundRoute::Local, "never to itself");
         set.apply(0, &[ClusterEvent::ConnectionClosed(t(40000, 7))]);
         assert_eq!(c1.route_inbound(now, &t(40000, 7), false), InboundRoute::Local);
+    }
+
+    /// A datagram for a UDP socket of shard 0 that arrives on queue 1 is handed to shard 0,
+    /// through the stacks themselves (not only the table): it is received there.
+    #[test]
+    fn a_datagram_for_another_shards_socket_goes_there() {
+        use stack::iface::{Received, StackConfig};
+        use stack::wire::MacAddr;
+        let set = ShardSet::new(2);
+        let ip = Ipv4Addr::new(198, 18, 1, 2);
+        let mut shards: Vec<Stack> = (0..2u32)
+            .map(|k| {
+                let mut c = StackConfig::new(MacAddr([2, 0, 0, 0, 1, 2]));
+                c.seed = k as u64 + 1;
+                let mut s = Stack::with_cluster(c, Box::new(ShardCluster::new(k, set.clone())));
+                s.add_address(ip, 24, false);
+                s
+            })
+            .collect();
+        let mut links: Vec<ShardLink> = (0..2).map(|k| ShardLink::new(k, set.clone())).collect();
+        let sock = shards[0].udp_bind(SocketAddrV4::new(ip, 5353)).unwrap();
+        let any = shards[0].udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6000)).unwrap();
+        links[0].turn(&mut shards[0], || Instant::ZERO);
+        // A peer's datagrams, framed as they arrive on queue 1.
+        let mut peer = Stack::new(StackConfig::new(MacAddr([2, 0, 0, 0, 1, 1])));
+        peer.add_address(Ipv4Addr::new(198, 18, 1, 1), 24, false);
+        let p = peer.udp_bind(SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 4000)).unwrap();
+        for port in [5353u16, 6000, 7777] {
+            peer.udp_send_to(Instant::ZERO, p, SocketAddrV4::new(ip, port), b"hello").unwrap();
+        }
+        // ARP first (answered by shard 1, as any shard answers), then the datagrams.
+        let mut buf = vec![0u8; 2048];
+        let mut frames = Vec::new();
+        for _ in 0..4 {
+            while let Some(n) = peer.poll_transmit(Instant::ZERO, &mut buf) {
+                let f = buf[..n].to_vec();
+                if u16::from_be_bytes([f[12], f[13]]) == 0x0806 {
+                    shards[1].receive(Instant::ZERO, &f);
+                } else {
+                    frames.push(f);
+                }
+            }
+            while let Some(n) = shards[1].poll_transmit(Instant::ZERO, &mut buf) {
+                peer.receive(Instant::ZERO, &buf[..n]);
+            }
+        }
+        assert_eq!(frames.len(), 3);
+        for f in &frames[..2] {
+            match shards[1].receive(Instant::ZERO, f) {
+                Received::Forward { stack: 0 } => assert!(links[1].hand_over(0, f)),
+                r => panic!("queue 1 kept a datagram of shard 0's socket: {r:?}"),
+            }
+        }
+        assert_eq!(shards[1].counters().udp_forwarded, 2);
+        assert!(!matches!(shards[1].receive(Instant::ZERO, &frames[2]), Received::Forward { .. }), "nobody's port: dropped here");
+        links[0].turn(&mut shards[0], || Instant::ZERO);
+        let mut got = [0u8; 16];
+        assert_eq!(shards[0].udp_recv_from(sock, &mut got).map(|(n, _)| n), Ok(5));
+        assert_eq!(shards[0].udp_recv_from(any, &mut got).map(|(n, _)| n), Ok(5));
+        // Closed: no longer routed.
+        shards[0].close(Instant::ZERO, sock).unwrap();
+        links[0].turn(&mut shards[0], || Instant::ZERO);
+        assert_eq!(set.udp_owner(SocketAddrV4::new(ip, 5353)), None);
     }
 
     #[test]

@@ -87,6 +87,13 @@ pub trait Cluster: core::fmt::Debug + Send + core::any::Any {
         None
     }
 
+    /// A datagram for `local` that no UDP socket of this stack takes: the stack that has a
+    /// socket for it (another shard of the process, whose queue the sender's hash did not
+    /// pick), or `None` (dropped with port unreachable, RFC 1122 4.1.3.1).
+    fn route_datagram(&mut self, _local: SocketAddrV4) -> Option<u32> {
+        None
+    }
+
     /// Whether anyone drains the stack's [`ClusterEvent`] queue (a stack alone keeps none).
     fn wants_events(&self) -> bool {
         true
@@ -120,6 +127,10 @@ pub enum ClusterEvent {
         /// The connection's peer, if it was a connection's port.
         remote: Option<SocketAddrV4>,
     },
+    /// A UDP socket was bound to this local address (the unspecified address: every address).
+    UdpBound(SocketAddrV4),
+    /// The UDP socket on this local address closed.
+    UdpClosed(SocketAddrV4),
 }
 
 /// The cluster's answer to a bind ([`Cluster::claim_port`]).

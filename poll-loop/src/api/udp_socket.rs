@@ -42,8 +42,9 @@ impl Drop for Inner {
     }
 }
 
-/// A UDP socket, like `std::net::UdpSocket`, on the first shard of its [`Net`] (datagrams
-/// for it must arrive on that shard's queue).
+/// A UDP socket, like `std::net::UdpSocket`, on the first shard of its [`Net`]: datagrams
+/// for it that arrive on another queue are handed to that shard (the shards know every UDP
+/// socket of the process, [`crate::shards::ShardSet`]); it sends from the first queue.
 pub struct UdpSocket {
     inner: Arc<Inner>,
 }

@@ -278,6 +278,7 @@ impl Stack {
             Some(Socket::Udp(u)) => {
                 let local = u.local;
                 self.udp.remove(&local);
+                self.cluster_event(ClusterEvent::UdpClosed(local));
                 self.unclaim_bind(local);
                 self.release(h);
             }
@@ -392,6 +393,7 @@ impl Stack {
         }
         let h = self.alloc(Socket::Udp(UdpSocket::new(local, 256 * 1024, 256 * 1024)));
         self.udp.insert(local, h);
+        self.cluster_event(ClusterEvent::UdpBound(local));
         Ok(h)
     }
 

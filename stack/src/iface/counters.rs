@@ -135,6 +135,8 @@ pub struct IfaceCounters {
     pub tcp_held: u64,
     /// TCP segments the cluster routed to another stack ([`super::Received::Forward`]).
     pub tcp_forwarded: u64,
+    /// UDP datagrams for a socket another stack of the process has, handed to it.
+    pub udp_forwarded: u64,
     /// ARP requests sent (resolution and NUD probes).
     pub arp_requests_out: u64,
     /// ARP replies sent (for our addresses that are not internal).
@@ -193,6 +195,7 @@ impl Default for IfaceCounters {
             arp_repaired: 0,
             cluster_events_lost: 0,
             tcp_forwarded: 0,
+            udp_forwarded: 0,
             tcp_held: 0,
             arp_requests_out: 0,
             arp_replies_out: 0,
@@ -245,6 +248,7 @@ impl IfaceCounters {
             ("arp_repaired", self.arp_repaired),
             ("cluster_events_lost", self.cluster_events_lost),
             ("tcp_forwarded", self.tcp_forwarded),
+            ("udp_forwarded", self.udp_forwarded),
             ("tcp_held", self.tcp_held),
             ("arp_requests_out", self.arp_requests_out),
             ("arp_replies_out", self.arp_replies_out),

@@ -217,6 +217,12 @@ impl Stack {
             .or_else(|| self.udp.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, udp.dst_port)))
             .copied();
         let Some(h) = h else {
+            if let Some(stack) = self.cluster.route_datagram(local) {
+                // Another stack of the process (a shard) has the socket.
+                self.counters.udp_forwarded += 1;
+                self.rx_outcome = Received::Forward { stack };
+                return;
+            }
             self.drop_rx(DropReason::UdpNoSocket);
             // RFC 1122 4.1.3.1: port unreachable.
             self.send_unreachable(src_mac, ip, body, wire::icmpv4::DstUnreachable::PortUnreachable);
