@@ -318,3 +318,70 @@ fn tokio_async_read_and_write_copy_a_stream() {
         c.flush().await.unwrap();
     });
 }
+
+/// Counts its wakes.
+struct Counted(std::sync::atomic::AtomicUsize);
+
+impl Wake for Counted {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Poll `f` every millisecond until it is true (at most 10 s: a stuck test fails, it does not
+/// time anything).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("never: {what}");
+}
+
+/// The blocking API's cost model rests on this: a reader is woken once per wait (the poll
+/// thread takes the waker it wakes), and bytes that arrive while nobody waits wake nobody, so
+/// a thread that is running is never sent an unpark.
+#[test]
+fn a_reader_is_woken_once_per_wait_and_not_while_it_is_not_waiting() {
+    let (server, client, _d) = world();
+    let rt = rt();
+    let (s, c) = rt.block_on(async {
+        let l = TcpListener::bind(&server, SocketAddrV4::new(A, 0)).unwrap();
+        let c = TcpStream::connect(&client, l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (s, c)
+    });
+    let count = Arc::new(Counted(Default::default()));
+    let waker = std::task::Waker::from(count.clone());
+    let wakes = || count.0.load(Ordering::SeqCst);
+    let mut b = [0u8; 64];
+    assert!(s.poll_read(&mut Context::from_waker(&waker), &mut b).is_pending());
+    // Three arrivals while the reader waits once: one wake.
+    for m in [&b"one"[..], b"two", b"three"] {
+        rt.block_on(c.write_all(m)).unwrap();
+    }
+    eventually("the first arrival wakes the reader", || wakes() >= 1);
+    let mut got = Vec::new();
+    eventually("all of it arrives", || {
+        match s.try_read(&mut b) {
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
+        }
+        got.len() == 11
+    });
+    assert_eq!(got, b"onetwothree");
+    // More arrivals while nobody waits (the reader runs: try_read registers nothing).
+    rt.block_on(c.write_all(b"four")).unwrap();
+    eventually("the fourth arrives", || s.try_read(&mut b).is_ok_and(|n| n == 4));
+    assert_eq!(wakes(), 1, "a reader that was not waiting was woken");
+    // Waiting again: the next arrival wakes it, once.
+    assert!(s.poll_read(&mut Context::from_waker(&waker), &mut b).is_pending());
+    rt.block_on(c.write_all(b"five")).unwrap();
+    eventually("the fifth arrival wakes the reader", || wakes() == 2);
+    assert!(matches!(s.poll_read(&mut Context::from_waker(&waker), &mut b), Poll::Ready(Ok(4))));
+    rt.block_on(c.write_all(b"six")).unwrap();
+    eventually("the sixth arrives", || s.try_read(&mut b).is_ok_and(|n| n == 3));
+    assert_eq!(wakes(), 2);
+}
