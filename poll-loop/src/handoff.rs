@@ -195,7 +195,7 @@ pub struct HandoffCounters {
     pub refused: u64,
     /// Segments held while a connection was frozen.
     pub held: u64,
-    /// Held segments dropped (over [`HELD_MAX`]).
+    /// Held segments dropped (over 1024 for one connection).
     pub held_dropped: u64,
     /// Stragglers forwarded to a connection's new stack.
     pub stragglers: u64,
@@ -518,12 +518,17 @@ impl Drain {
 
 /// Transfers a drain keeps in flight at most (the region has 32 record slots for everyone).
 const DRAIN_IN_FLIGHT: usize = 8;
+/// Transfers a giveback by handoff keeps in flight at most: the returning primary waits for
+/// its address, and a target whose poll thread sleeps takes a batch per wake-up (its next
+/// frame or heartbeat), so the batches are larger; a few slots stay for everyone else.
+const GIVEBACK_IN_FLIGHT: usize = 24;
 
 /// One turn of a drain (or of a giveback by handoff): move what may move now, a few at a
 /// time. True when it moved any.
 pub fn drain_step(stack: &mut Stack, now: Instant, app: &mut (impl crate::runner::App + ?Sized)) -> bool {
     let Some(sc) = node_of(stack) else { return false };
-    let room = DRAIN_IN_FLIGHT.saturating_sub(sc.hand.moving.len());
+    let cap = if sc.hand_back.is_some() { GIVEBACK_IN_FLIGHT } else { DRAIN_IN_FLIGHT };
+    let room = cap.saturating_sub(sc.hand.moving.len());
     if room == 0 || (sc.drain.is_none() && sc.hand_back.is_none()) {
         return false;
     }
