@@ -157,12 +157,11 @@ pub struct StackConfig {
     /// existing connections are not touched.
     pub max_connections: usize,
     /// Socket-buffer memory budget in bytes: the sum of the send and receive rings the live
-    /// connections have allocated (a ring is allocated whole, on first use). A new connection
-    /// is admitted only if its full capacity fits under the budget
-    /// ([`DropReason::TcpMemLimit`] otherwise). Connections already admitted may still
-    /// allocate their rings, so the bound on buffer memory is `mem_budget` plus the rings of
-    /// the connections admitted while buffer-less, and absolutely `max_connections` times one
-    /// connection's capacity.
+    /// connections have allocated (a ring is allocated on first use and grows with the bytes
+    /// it holds, up to its capacity). A new connection is admitted only if its full capacity
+    /// fits under the budget ([`DropReason::TcpMemLimit`] otherwise). Connections already
+    /// admitted may still grow their rings, so the bound on buffer memory is `mem_budget` plus
+    /// that growth, and absolutely `max_connections` times one connection's capacity.
     pub mem_budget: usize,
     /// ICMP errors (port unreachable) sent at most, [`RateLimit::LINUX_ICMP`] by default.
     pub icmp_error_limit: RateLimit,
