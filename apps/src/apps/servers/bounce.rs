@@ -80,10 +80,8 @@ impl App for Bounce {
         }
         match ev {
             SocketEvent::Tcp(Event::Readable) if self.conns.contains(&h) => self.echo(now, stack, h),
-            SocketEvent::Tcp(Event::Closed) => {
-                if self.conns.remove(&h) {
-                    let _ = stack.close(now, h);
-                }
+            SocketEvent::Tcp(Event::Closed) if self.conns.remove(&h) => {
+                let _ = stack.close(now, h);
             }
             _ => {}
         }

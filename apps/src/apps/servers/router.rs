@@ -192,10 +192,8 @@ impl App for Router {
         match ev {
             SocketEvent::Tcp(Event::Readable | Event::Connected) => self.drive(now, stack, h),
             SocketEvent::Tcp(Event::PeerClosed) => self.drive(now, stack, h),
-            SocketEvent::Tcp(Event::Closed) => {
-                if self.conns.remove(&h).is_some() {
-                    let _ = stack.close(now, h);
-                }
+            SocketEvent::Tcp(Event::Closed) if self.conns.remove(&h).is_some() => {
+                let _ = stack.close(now, h);
             }
             _ => {}
         }
