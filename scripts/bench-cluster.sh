@@ -56,6 +56,9 @@ scripts/testbed.sh up 3
 # (3x in a focused run, Linux's server included). A wider range keeps the conn-rate figures
 # about the servers; every system measured gets the same.
 ip netns exec plx-client sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+# ... but not over the ports the client namespace serves on (the echo server of the ports
+# section listens on 198.18.0.1:7000: an outgoing connection left on it made that bind fail).
+ip netns exec plx-client sysctl -qw net.ipv4.ip_local_reserved_ports="7000-7010,8080"
 CFG=$OUT/cluster.toml
 sed -e "s|^name = \"plx-testbed\"|name = \"plx-bench\"|" -e "s|^region = .*|region = \"$REGION\"|" coupling/src/testbed.toml \
   | awk '/^\[\[dvipa\]\]/ { exit } { print }' >"$CFG"
@@ -217,6 +220,11 @@ churn() { # on|off ROUND: connections per second from s2 through the DVIPA
   ip netns exec plx-s2 timeout 120 "$PLEX" run --config "$cfg" --stack s2 --poll "$PLEX_POLL" --stats outbound --to 198.18.0.1:7000 --from $V --count 8 --churn "$CHURN" >"$OUT/churn-$1-$2.log" 2>&1
   kill -INT $r 2>/dev/null; wait $r 2>/dev/null
   rm -f "$reg"
+  # A run whose connections failed measures nothing: no figure (and say so).
+  if grep -q 'churn: done: completed=0 ' "$OUT/churn-$1-$2.log"; then
+    echo "  churn $1 $2: every connection failed (see $OUT/churn-$1-$2.log, $OUT/echo-many.log)" >&2
+    return
+  fi
   sed -n 's/.*conn_per_s_99=\([0-9]*\).*/\1/p' "$OUT/churn-$1-$2.log" | tail -1
 }
 best() { printf '%s\n' "$@" | sort -n | tail -1; }
