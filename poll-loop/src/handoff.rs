@@ -262,13 +262,18 @@ pub fn transfer(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str, app_
 /// before it touches anything): for an API layer that must give up bytes it holds only if the
 /// transfer will start.
 pub fn check_transfer(stack: &mut Stack, h: SocketHandle, to: &str) -> Result<(), TransferError> {
+    target_slot(stack, h, to).map(|_| ())
+}
+
+/// [`check_transfer`], and the target's member slot.
+fn target_slot(stack: &mut Stack, h: SocketHandle, to: &str) -> Result<u8, TransferError> {
     let sc = cluster(stack)?;
     let slot = sc.config().slot(to).ok_or_else(|| TransferError::UnknownStack(to.to_string()))?;
     let same = slot == sc.slot();
     match stack.tcp(h).map(|c| c.state()) {
         None => Err(TransferError::NotMovable("not a TCP connection".into())),
-        Some(_) if same => Ok(()),
-        Some(stack::tcp::State::Established | stack::tcp::State::CloseWait) => Ok(()),
+        Some(_) if same => Ok(slot as u8),
+        Some(stack::tcp::State::Established | stack::tcp::State::CloseWait) => Ok(slot as u8),
         Some(s) => Err(TransferError::NotMovable(format!("only ESTABLISHED and CLOSE-WAIT connections move (this one is {s:?})"))),
     }
 }
@@ -282,13 +287,11 @@ pub fn stack_name(stack: &mut Stack) -> Option<String> {
 /// [`transfer`], with everything that travels along ([`Transfer`]).
 pub fn transfer_with(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str, t: &Transfer<'_>) -> Result<TransferId, TransferError> {
     let (app_state, unconditional) = (t.app_state, t.unconditional);
-    check_transfer(stack, h, to)?;
+    let slot = target_slot(stack, h, to)?;
+    let tuple = stack.tcp(h).map(|c| c.tuple()).ok_or_else(|| TransferError::NotMovable("not a TCP connection".into()))?;
     let sc = cluster(stack)?;
-    let slot = sc.config().slot(to).ok_or_else(|| TransferError::UnknownStack(to.to_string()))? as u8;
     let me = sc.slot();
     let ns = sc.mono_ns(now);
-    let Some(conn) = stack.tcp(h) else { return Err(TransferError::NotMovable("not a TCP connection".into())) };
-    let tuple = conn.tuple();
     if slot as usize == me {
         // Re-parenting: no record, no freeze; the offer goes to this stack's own application.
         if !t.held.unread.is_empty() || !t.held.unsent.is_empty() {

@@ -237,12 +237,8 @@ impl Bridge {
         let unsent = ring_bytes(&tx.ring);
         let held = stack::tcp::AppBytes { unread: &unread, unsent: &unsent };
         let r = handoff::transfer_with(stack, now, h, to, &handoff::Transfer { app_state, held, unconditional });
-        let gave = match &r {
-            Ok(_) | Err(TransferError::Offer { restored: Some(_), .. }) => true,
-            Err(TransferError::Offer { restored: None, .. }) => true,
-            Err(_) => false,
-        };
-        if gave {
+        // Once the offer was made (even one that failed), the record holds the bytes.
+        if matches!(r, Ok(_) | Err(TransferError::Offer { .. })) {
             // The bytes are in the record now (and in the restored connection, if it came
             // straight back): not in the rings.
             let (n, m) = (rx.ring.len(), tx.ring.len());

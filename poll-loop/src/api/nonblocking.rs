@@ -90,34 +90,15 @@ impl TcpListener {
 
     /// A connection if one is waiting; otherwise `cx`'s waker is woken when one comes.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
-        let n = self.shards.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut stopped = 0;
-        for i in 0..n {
-            let shard = (start + i) % n;
-            let (h, q) = &self.shards[shard];
-            let mut inner = q.inner.lock();
-            if let Some(a) = inner.q.pop_front() {
-                let refill = std::mem::take(&mut inner.stalled);
-                drop(inner);
-                if refill {
-                    self.net.notify(shard, *h, &q.queued);
-                }
-                let peer = SocketAddr::V4(a.peer);
-                let s = TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer, detached: false };
-                return Poll::Ready(Ok((s, peer)));
-            }
-            if inner.gone {
-                stopped += 1;
-            } else {
-                pipe::register(&mut inner.waker, cx.waker());
-            }
-        }
-        if stopped == n {
-            Poll::Ready(Err(gone()))
-        } else {
-            Poll::Pending
-        }
+        let polled = poll_queues(cx, start, self.shards.len(), |k| &self.shards[k].1, |k| {
+            let (h, q) = &self.shards[k];
+            self.net.notify(k, *h, &q.queued);
+        });
+        polled.map_ok(|(shard, a)| {
+            let peer = SocketAddr::V4(a.peer);
+            (TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer, detached: false }, peer)
+        })
     }
 
     /// Wait for a connection, like tokio's `TcpListener::accept`.
@@ -131,6 +112,42 @@ impl TcpListener {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
+    }
+}
+
+/// Take a waiting connection from the first of `n` shards' accept queues that has one,
+/// starting at shard `start % n` (fairness between shards); `refill(shard)` when that shard's
+/// poll thread had stopped filling the queue for lack of room. Otherwise `cx` is registered
+/// with every queue still served, or the poll threads have all stopped.
+fn poll_queues<'a>(
+    cx: &mut Context<'_>,
+    start: usize,
+    n: usize,
+    queue: impl Fn(usize) -> &'a AcceptQueue,
+    refill: impl FnOnce(usize),
+) -> Poll<io::Result<(usize, pipe::Incoming)>> {
+    let mut stopped = 0;
+    for i in 0..n {
+        let shard = (start + i) % n;
+        let mut inner = queue(shard).inner.lock();
+        if let Some(a) = inner.q.pop_front() {
+            let stalled = std::mem::take(&mut inner.stalled);
+            drop(inner);
+            if stalled {
+                refill(shard);
+            }
+            return Poll::Ready(Ok((shard, a)));
+        }
+        if inner.gone {
+            stopped += 1;
+        } else {
+            pipe::register(&mut inner.waker, cx.waker());
+        }
+    }
+    if stopped == n {
+        Poll::Ready(Err(gone()))
+    } else {
+        Poll::Pending
     }
 }
 
@@ -553,30 +570,14 @@ impl TransferListener {
     /// A transferred connection if one is waiting; otherwise `cx`'s waker is woken when one
     /// comes.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, Transferred)>> {
-        let n = self.shards.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut stopped = 0;
-        for i in 0..n {
-            let shard = (start + i) % n;
-            let mut inner = self.shards[shard].inner.lock();
-            if let Some(a) = inner.q.pop_front() {
-                drop(inner);
-                let (from, app_state) = a.moved.unwrap_or_default();
-                let how = Transferred { from, peer: SocketAddr::V4(a.peer), app_state };
-                let s = TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer, detached: false };
-                return Poll::Ready(Ok((s, how)));
-            }
-            if inner.gone {
-                stopped += 1;
-            } else {
-                pipe::register(&mut inner.waker, cx.waker());
-            }
-        }
-        if stopped == n {
-            Poll::Ready(Err(gone()))
-        } else {
-            Poll::Pending
-        }
+        // The bridge never leaves a transfer listener's queue stalled: no refill to ask for.
+        let polled = poll_queues(cx, start, self.shards.len(), |k| &self.shards[k], |_| {});
+        polled.map_ok(|(shard, a)| {
+            let (from, app_state) = a.moved.unwrap_or_default();
+            let how = Transferred { from, peer: SocketAddr::V4(a.peer), app_state };
+            (TcpStream { net: self.net.clone(), shard, h: a.h, pipe: a.pipe, local: a.local, peer: a.peer, detached: false }, how)
+        })
     }
 
     /// Wait for a transferred connection.
