@@ -173,6 +173,7 @@ listed=$("$PLEX" ctl show dvipas | tail -n +2 | wc -l)
 sv=no; echo_ok $V && echo_ok $W && [ "$(owner_of $V)" = s1 ] && [ "$(owner_of $W)" = s2 ] && sv=yes
 n=$(alive)
 [ "$inc_before" = "$inc_after" ] && [ "$sv" = yes ] && [ "$n" = 3 ] && [ "$listed" -le 3 ] && [ "$ignored" -gt 0 ] && r=true || r=false
+[ "$r" = true ] || echo "     random rows: incarnations before ($inc_before) after ($inc_after), served: $sv, alive: $n" >&2
 record "random bytes over member/DVIPA rows" "$r" "$ignored rows ignored, $listed DVIPAs listed" "incarnations kept ($inc_after), $V/$W served by s1/s2: $sv, $n/3 alive"
 
 # --- squatting: an unprivileged user tries to create the region first ------------------------------
