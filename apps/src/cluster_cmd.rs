@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// Fault injection: drop this fraction (0 to 1) of the frames the stack receives.
     #[arg(long, default_value_t = 0.0)]
     pub drop: f64,
+    /// Queues (AF_XDP sockets, stack shards and poll threads, pinned to the config's cores in
+    /// order). Queue 0's shard is the cluster member; the others hand it what only the
+    /// cluster decides and take the connections it gives them.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
     #[command(subcommand)]
     pub app: ServerCmd,
 }
@@ -103,7 +108,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         addr: (def.addr, def.prefix),
         extra_addr: Vec::new(),
         gateway: None,
-        queues: 1,
+        queues: args.queues,
         cores: def.cores.clone(),
         poll: args.poll,
         xdp_mode: args.xdp_mode,
@@ -122,17 +127,17 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     };
     let join = ClusterJoin { cfg, stack: args.stack, app_name: args.app_name };
     match args.app {
-        ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
-        ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip)),
-        ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app(listen_ip, false, true)),
-        ServerCmd::Outbound(a) => crate::datapath::serve_in_cluster(&dp, &join, a.app()),
+        ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, |_| a.app(listen_ip)),
+        ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, |_| a.app(listen_ip)),
+        ServerCmd::Sink(a) => crate::datapath::serve_in_cluster(&dp, &join, |_| a.app(listen_ip, false, true)),
+        ServerCmd::Outbound(a) => crate::datapath::serve_in_cluster(&dp, &join, |_| a.app()),
         ServerCmd::Bounce(a) => {
-            let app = bounce::Bounce::new(std::net::SocketAddrV4::new(listen_ip, a.port), &a.peer, a.transfers);
-            crate::datapath::serve_in_cluster(&dp, &join, app)
+            let at = std::net::SocketAddrV4::new(listen_ip, a.port);
+            crate::datapath::serve_in_cluster(&dp, &join, |_| bounce::Bounce::new(at, &a.peer, a.transfers))
         }
         ServerCmd::Router(a) => {
-            let app = a.app(listen_ip, &join.stack)?;
-            crate::datapath::serve_in_cluster(&dp, &join, app)
+            a.app(listen_ip, &join.stack)?;
+            crate::datapath::serve_in_cluster(&dp, &join, |_| a.app(listen_ip, &join.stack).expect("checked above"))
         }
     }
 }

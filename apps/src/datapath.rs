@@ -77,20 +77,22 @@ pub fn serve<A: App + Send + 'static>(dp: &DataPath, make: impl Fn(u32) -> A) ->
     finish(dp, running)
 }
 
-/// Run `app` as a member of a cluster (one queue).
-pub fn serve_in_cluster<A: App + Send + 'static>(dp: &DataPath, join: &ClusterJoin, app: A) -> Result<(), String> {
-    let mut p = plex(dp).queues(1).cluster(join.cfg.clone(), &join.stack);
+/// Run `make(queue)` on every queue as a member of a cluster.
+pub fn serve_in_cluster<A: App + Send + 'static>(dp: &DataPath, join: &ClusterJoin, make: impl FnMut(u32) -> A) -> Result<(), String> {
+    let mut p = plex(dp).cluster(join.cfg.clone(), &join.stack);
     if let Some(name) = &join.app_name {
         p = p.app_name(name);
     }
-    let running = p.spawn_single(app).map_err(|e| e.to_string())?;
+    let running = p.spawn(make).map_err(|e| e.to_string())?;
     eprintln!(
-        "plex: stack {} of cluster {}: {} on {} ({} mode, {:?} polling)",
+        "plex: stack {} of cluster {}: {} on {} ({} mode, {} queue{}, {:?} polling)",
         join.stack,
         join.cfg.name,
         dp.addr.0,
         dp.iface,
         running.mode().name(),
+        dp.queues,
+        plural(dp.queues),
         dp.poll
     );
     finish(dp, running)

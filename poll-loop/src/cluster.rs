@@ -45,7 +45,9 @@ use stack::tcp::Tuple;
 use stack::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::shards::{Published, ShardSet};
 use crate::xdp::{FlowMap, HomeMap};
+use parking_lot::Mutex;
 
 
 struct Watch {
@@ -100,6 +102,12 @@ pub struct ClusterMember {
     next_reclaim: Instant,
     /// What the handoff protocol said this turn.
     handoff_events: Vec<coupling::handoff::HandoffEvent>,
+    /// The stack's other shards, when it runs several queues (this member is the lead's).
+    shards: Option<Arc<ShardSet>>,
+    /// What the lead published for them last.
+    published: Published,
+    /// The cluster's other stacks' MACs, as last given to the stack.
+    macs: Vec<stack::wire::MacAddr>,
 }
 
 /// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
@@ -163,8 +171,9 @@ pub struct StackCluster {
     /// Addresses activated by bind since the last turn: announce them.
     bound: Vec<Ipv4Addr>,
     /// The cluster-wide port registry: local ports of addresses with `cluster_ports`, and the
-    /// owner of each for routing replies.
-    ports: Registry,
+    /// owner of each for routing replies (shared with the follower shards of a stack on
+    /// several queues, whose binds and connects claim there too).
+    ports: Arc<Mutex<Registry>>,
     /// The last port-registry refusal logged (one line per kind of trouble, not per connect).
     ports_logged: Option<String>,
     /// Segments routed to another stack by the port registry (replies to connections a
@@ -182,6 +191,14 @@ pub struct StackCluster {
     /// at the member's next turn.
     late_actions: Vec<DistAction>,
     clock: Clock,
+    /// The stack's other shards, when it runs several queues (this is the lead).
+    shards: Option<Arc<ShardSet>>,
+    /// The frame in hand was handed over by this follower shard: what would be taken here is
+    /// handed back to it, decided.
+    pub(crate) deciding_for: Option<u32>,
+    /// The SYN in hand is taken by the lead: its 4-tuple, claimed in the shards' table
+    /// (see [`crate::shards::ShardCluster`]).
+    claimed: Option<Tuple>,
 }
 
 impl std::fmt::Debug for StackCluster {
@@ -237,7 +254,18 @@ pub fn dist_stats(stack: &Stack) -> Option<coupling::dist::DistStats> {
 /// port owner.
 pub fn port_stats(stack: &Stack) -> Option<(coupling::ports::PortStats, u64)> {
     let c: &dyn std::any::Any = stack.cluster();
-    c.downcast_ref::<StackCluster>().map(|sc| (sc.ports.stats, sc.ports_forwarded))
+    c.downcast_ref::<StackCluster>().map(|sc| (sc.ports.lock().stats, sc.ports_forwarded))
+}
+
+/// The lead shard is about to receive a frame follower `from` handed over (`None`: done with
+/// it); false if the stack is not a cluster member.
+pub(crate) fn deciding_for(stack: &mut Stack, from: Option<u32>) -> bool {
+    node_of(stack).map(|sc| sc.deciding_for = from).is_some()
+}
+
+/// The 4-tuple of the SYN the lead shard just claimed, if it did.
+pub(crate) fn take_claim(stack: &mut Stack) -> Option<Tuple> {
+    node_of(stack).and_then(|sc| sc.claimed.take())
 }
 
 pub(crate) fn node_of(stack: &mut Stack) -> Option<&mut StackCluster> {
@@ -300,9 +328,12 @@ impl ClusterMember {
             busy_turns: 0,
             next_reclaim: now,
             handoff_events: Vec::new(),
+            shards: None,
+            published: Published::default(),
+            macs: Vec::new(),
         };
         let dist = Distributor::new(&node);
-        let ports = Registry::new(&node);
+        let ports = Arc::new(Mutex::new(Registry::new(&node)));
         let handoff = Handoff::new(&node);
         let sc = StackCluster {
             handoff,
@@ -321,6 +352,9 @@ impl ClusterMember {
             mac,
             bound: Vec::new(),
             clock,
+            shards: None,
+            deciding_for: None,
+            claimed: None,
         };
         Ok((member, sc))
     }
@@ -347,12 +381,51 @@ impl ClusterMember {
         }
     }
 
-    /// Called at the top of every poll-loop iteration, before any frame is handled.
+    /// The stack runs several queues and this member is shard 0's, the lead's ([`crate::shards`]).
+    pub fn set_shards(&mut self, set: Arc<ShardSet>) {
+        self.shards = Some(set);
+    }
+
+    /// Called at the top of every poll-loop iteration, before any frame is handled (and once
+    /// more before anything is sent). A lead shard then publishes its home list and lease for
+    /// the followers.
     pub fn turn(&mut self, now: Instant, stack: &mut Stack) {
+        self.turn_member(now, stack);
+        if self.shards.is_some() {
+            self.publish(stack);
+        }
+    }
+
+    /// The lead's home list, the cluster's MACs and its lease, for the follower shards (the
+    /// list only when it changed).
+    fn publish(&mut self, stack: &Stack) {
+        let Some(set) = &self.shards else { return };
+        set.sync.set_lease(self.clock.mono_ns(self.lease_ok).max(1));
+        if stack.homes() != self.published.homes.as_slice() || self.macs != self.published.macs {
+            self.published.homes = stack.homes().to_vec();
+            self.published.macs = self.macs.clone();
+            let homes = &self.published.homes;
+            self.published.silent.retain(|a| !homes.iter().any(|h| h.addr == *a));
+            set.sync.publish(&self.published);
+        }
+    }
+
+    fn turn_member(&mut self, now: Instant, stack: &mut Stack) {
         let ns = self.clock.mono_ns(now);
+        let start = self.pending.len();
         while let Some(e) = stack.poll_cluster_event() {
             self.events.count(e);
             self.pending.push(e);
+        }
+        if let Some(set) = &self.shards {
+            // The lead's own connections (the followers hand it their segments), then the
+            // followers' events for the distributor and the registry.
+            set.apply(0, &self.pending[start..]);
+            let (tally, pending) = (&mut self.events, &mut self.pending);
+            set.sync.take_events(|e| {
+                tally.count(e);
+                pending.push(e);
+            });
         }
         if !self.left {
             self.feed_distributor(ns, stack);
@@ -410,7 +483,8 @@ impl ClusterMember {
                 }
                 _ => stack.connections_on(h.addr),
             };
-            self.conns.push((h.addr, n));
+            let followers = self.shards.as_ref().map_or(0, |s| s.sync.follower_connections(h.addr));
+            self.conns.push((h.addr, n + followers));
         }
         let Some(sc) = node_of(stack) else { return };
         // (The member rows are read only from a region that still checks out; the tick
@@ -448,12 +522,13 @@ impl ClusterMember {
                 .map(stack::wire::MacAddr)
                 .collect();
             stack.set_cluster_macs(&macs);
+            self.macs = macs;
         }
         let Some(sc) = node_of(stack) else { return };
         if now >= self.next_reclaim {
             // Ports of dead stacks, after the quarantine (2 MSL by default): CAS dead -> free.
             self.next_reclaim = now + Duration::from_millis(250);
-            let n = sc.ports.reclaim(ns);
+            let n = sc.ports.lock().reclaim(ns);
             if n > 0 {
                 log(&self.name, format_args!("reclaimed {n} cluster-wide ports of dead stacks"));
             }
@@ -468,7 +543,7 @@ impl ClusterMember {
         if sc.node.stats.fenced != fenced {
             // Claims from now on under the new incarnation (the old one's are reclaimed).
             let StackCluster { node, ports, .. } = sc;
-            ports.rejoined(node);
+            ports.lock().rejoined(node);
             log(&self.name, format_args!(
                 "fenced: declared failed while stalled (lease lapsed); dropped its DVIPAs, rejoined as incarnation {}",
                 sc.node.incarnation()
@@ -551,6 +626,9 @@ impl ClusterMember {
                         log(&self.name, format_args!("{e}"));
                     }
                     let n = stack.connections_on(addr);
+                    if connections == ConnectionFate::Silent {
+                        self.published.silent.push(addr);
+                    }
                     stack.remove_address(now, addr, match connections {
                         ConnectionFate::Reset => stack::iface::Departure::Reset,
                         ConnectionFate::Silent => stack::iface::Departure::Silent,
@@ -591,14 +669,15 @@ impl ClusterMember {
     /// stack claims from it, so no new connection anywhere collides with them.
     fn watch_ports_enabled(&mut self, ns: u64, stack: &mut Stack) {
         let Some(sc) = node_of(stack) else { return };
-        let enabled = sc.ports.refresh();
+        let enabled = sc.ports.lock().refresh();
         for (addr, mode) in enabled {
             let tuples: Vec<Tuple> = stack.tcp_connections_on(addr).iter().filter_map(|(h, _)| stack.tcp(*h).map(|c| c.tuple())).collect();
             let Some(sc) = node_of(stack) else { return };
-            let me = sc.ports.me();
+            let mut reg = sc.ports.lock();
+            let me = reg.me();
             let mut recorded = 0;
             for t in &tuples {
-                if sc.ports.seed(ns, addr, t.local.port(), t.remote, me) {
+                if reg.seed(ns, addr, t.local.port(), t.remote, me) {
                     recorded += 1;
                 }
             }
@@ -649,7 +728,10 @@ impl ClusterMember {
                     .count()
             })
             .sum();
-        let left = (here + in_flight) as u64;
+        // A stack on several queues: its follower shards' connections are not moved (only the
+        // lead's are); they are counted, so the drain does not say done while they are there.
+        let followers: usize = self.shards.as_ref().map_or(0, |s| addrs.iter().map(|a| s.sync.follower_connections(*a)).sum());
+        let left = (here + followers + in_flight) as u64;
         row.drain_left.store(left, Release);
         row.drain_moved.store(d.moved, Release);
         let secs = (now - d.started).as_secs_f64();
@@ -686,8 +768,9 @@ impl ClusterMember {
                 // the flow in between); if not, it comes back here as a restored connection.
                 ClusterEvent::ConnectionMoved(_) => {}
                 ClusterEvent::PortReleased { local, remote } => {
-                    if sc.ports.mode(*local.ip()).is_some() {
-                        sc.ports.release(ns, *local.ip(), local.port(), remote);
+                    let mut reg = sc.ports.lock();
+                    if reg.mode(*local.ip()).is_some() {
+                        reg.release(ns, *local.ip(), local.port(), remote);
                     }
                 }
                 // A cluster stack runs one queue: its UDP sockets need no routing.
@@ -1032,21 +1115,32 @@ impl StackCluster {
     /// A connection moved here: its local port's cluster-wide owner becomes this stack (one
     /// CAS from the source, never through free).
     pub(crate) fn move_port(&mut self, _ns: u64, offer: &crate::handoff::TransferOffer, t: Tuple) {
-        if self.ports.mode(*t.local.ip()).is_none() {
+        let mut reg = self.ports.lock();
+        if reg.mode(*t.local.ip()).is_none() {
             return;
         }
-        let Some(from) = self.ports.owner(*t.local.ip(), t.local.port(), t.remote) else { return };
+        let Some(from) = reg.owner(*t.local.ip(), t.local.port(), t.remote) else { return };
         if offer.from != self.node.config().stacks.get(from.slot as usize).map_or("", |s| s.name.as_str()) {
             return;
         }
-        let me = self.ports.me();
-        let tuple_mode = self.ports.mode(*t.local.ip()) == Some(PortsMode::Tuple);
-        self.ports.move_owner(*t.local.ip(), t.local.port(), tuple_mode.then_some(t.remote), from, me);
+        let me = reg.me();
+        let tuple_mode = reg.mode(*t.local.ip()) == Some(PortsMode::Tuple);
+        reg.move_owner(*t.local.ip(), t.local.port(), tuple_mode.then_some(t.remote), from, me);
     }
 
-    /// The port registry (its counters, for reports).
-    pub fn ports(&self) -> &Registry {
-        &self.ports
+    /// The port registry (its counters, for reports), shared with the follower shards.
+    pub fn ports(&self) -> parking_lot::MutexGuard<'_, Registry> {
+        self.ports.lock()
+    }
+
+    /// The port registry itself, for the follower shards of a stack on several queues.
+    pub fn ports_shared(&self) -> Arc<Mutex<Registry>> {
+        self.ports.clone()
+    }
+
+    /// This is the lead shard of a stack on several queues: `set` is its shards.
+    pub fn set_shards(&mut self, set: Arc<ShardSet>) {
+        self.shards = Some(set);
     }
 
     /// This stack holds `addr` (answers ARP for it: its router if it is distributed).
@@ -1064,7 +1158,7 @@ impl StackCluster {
     /// Route a segment to an address with cluster-wide ports by the owner of its local port.
     fn route_by_port(&mut self, now: Instant, tuple: &Tuple) -> InboundRoute {
         let me = self.node.slot();
-        let Some(o) = self.ports.owner(*tuple.local.ip(), tuple.local.port(), tuple.remote) else { return InboundRoute::Local };
+        let Some(o) = self.ports.lock().owner(*tuple.local.ip(), tuple.local.port(), tuple.remote) else { return InboundRoute::Local };
         if o.slot as usize == me {
             return InboundRoute::Local;
         }
@@ -1084,8 +1178,9 @@ impl StackCluster {
     }
 }
 
-impl Cluster for StackCluster {
-    fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
+impl StackCluster {
+    /// The cluster's decision for a segment that matches no connection of the stack's shards.
+    fn route_cluster(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
         // A connection of this stack in flight to another (held), or just moved (forwarded).
         match self.hand.route(now, tuple) {
             Some(None) => return InboundRoute::Hold,
@@ -1116,7 +1211,7 @@ impl Cluster for StackCluster {
             }
             // A reply to a connection another stack opened from an address with cluster-wide
             // ports (it owns the local port): to that stack, even before its NEWCONN is here.
-            Route::NotDistributed if !syn && self.ports.mode(addr).is_some() && self.holds(addr) => self.route_by_port(now, tuple),
+            Route::NotDistributed if !syn && self.ports.lock().mode(addr).is_some() && self.holds(addr) => self.route_by_port(now, tuple),
             Route::NotDistributed | Route::Local => InboundRoute::Local,
             // A dead target's flow, an unknown one outside a rebuild, a SYN nobody takes.
             Route::Reset => InboundRoute::Reset,
@@ -1125,58 +1220,109 @@ impl Cluster for StackCluster {
             Route::Hold => InboundRoute::Drop,
         }
     }
-    fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
-        let Some(mode) = self.ports.mode(local) else { return SingleStack.ephemeral_port(now, local, remote, rng) };
-        let ns = self.clock.mono_ns(now);
-        let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
-        let r = match (mode, remote) {
-            // RFC 6056: a random start per draw; the registry scans from there.
-            (PortsMode::Port, _) => {
-                let any = remote.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-                self.ports.claim_ephemeral(ns, local, any, rng.below(span) as u16)
-            }
-            (PortsMode::Tuple, Some(r)) => self.ports.claim_ephemeral(ns, local, r, rng.below(span) as u16),
-            // No peer (a UDP socket): the whole port, for this stack alone.
-            // Scanned from a random start, as the registry scans for connections.
-            (PortsMode::Tuple, None) => {
-                let start = rng.below(span);
-                let mut last = Err(PortsError::Exhausted);
-                for i in 0..span {
-                    let p = *EPHEMERAL_PORTS.start() + ((start + i) % span) as u16;
-                    last = self.ports.claim(ns, local, p).map(|_| p);
-                    if last.is_ok() {
-                        break;
-                    }
+}
+
+/// Claim an ephemeral port for a connection from `local` (an address with cluster-wide ports)
+/// to `remote` (`None`: a UDP socket, which takes the whole port) in `reg`.
+pub(crate) fn claim_ephemeral(reg: &mut Registry, ns: u64, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Result<u16, PortsError> {
+    let Some(mode) = reg.mode(local) else { return Err(PortsError::Exhausted) };
+    let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
+    match (mode, remote) {
+        // RFC 6056: a random start per draw; the registry scans from there.
+        (PortsMode::Port, _) => {
+            let any = remote.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            reg.claim_ephemeral(ns, local, any, rng.below(span) as u16)
+        }
+        (PortsMode::Tuple, Some(r)) => reg.claim_ephemeral(ns, local, r, rng.below(span) as u16),
+        // No peer (a UDP socket): the whole port, for this stack alone.
+        // Scanned from a random start, as the registry scans for connections.
+        (PortsMode::Tuple, None) => {
+            let start = rng.below(span);
+            let mut last = Err(PortsError::Exhausted);
+            for i in 0..span {
+                let p = *EPHEMERAL_PORTS.start() + ((start + i) % span) as u16;
+                last = reg.claim(ns, local, p).map(|_| p);
+                if last.is_ok() {
+                    break;
                 }
-                last
             }
-        };
-        match r {
-            Ok(p) => Some(p),
-            Err(e) => {
-                self.log_ports(format!("{local}: no cluster-wide port for a connection to {remote:?}: {e}"));
-                None
-            }
+            last
         }
     }
+}
+
+/// An explicit bind of `local` (a listener, a fixed port): claimed in `reg` if its address
+/// has cluster-wide ports; a refusal is logged under the stack's name (once per message).
+pub(crate) fn claim_bound(reg: &mut Registry, cfg: &ClusterConfig, ns: u64, local: SocketAddrV4) -> Result<PortClaim, String> {
+    if reg.mode(*local.ip()).is_none() {
+        return Ok(PortClaim::Unregistered);
+    }
+    match reg.claim(ns, *local.ip(), local.port()) {
+        Ok(()) => Ok(PortClaim::Claimed),
+        // A distributed port is shared by the targets' listeners, never one stack's.
+        Err(PortsError::Distributed) => Ok(PortClaim::Unregistered),
+        Err(PortsError::InUse { owner_slot }) => {
+            let who = cfg.stacks.get(owner_slot as usize).map_or("?", |s| s.name.as_str());
+            Err(format!("bind {local}: port in use by stack {who} (cluster_ports)"))
+        }
+        Err(e) => Err(format!("bind {local}: {e}")),
+    }
+}
+
+impl Cluster for StackCluster {
+    fn route_inbound(&mut self, now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
+        // A connection of another shard of this stack (several queues).
+        if let Some(k) = self.shards.as_ref().and_then(|s| s.owner(tuple)).filter(|&k| k != 0) {
+            return InboundRoute::Shard { shard: k };
+        }
+        match (self.route_cluster(now, tuple, syn), self.deciding_for) {
+            // A follower handed it over and it is to be taken here: the follower takes it.
+            (InboundRoute::Local, Some(k)) => InboundRoute::Shard { shard: k },
+            // A SYN the lead takes: its 4-tuple is the lead's before the SYN-ACK leaves.
+            (InboundRoute::Local, None) if syn => {
+                if let Some(set) = &self.shards {
+                    set.own(*tuple, 0);
+                    self.claimed = Some(*tuple);
+                }
+                InboundRoute::Local
+            }
+            (r, _) => r,
+        }
+    }
+    fn route_datagram(&mut self, local: SocketAddrV4) -> Option<u32> {
+        self.shards.as_ref().and_then(|s| s.udp_owner(local)).filter(|&k| k != 0)
+    }
+    fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
+        let ns = self.clock.mono_ns(now);
+        let clustered = self.ports.lock().mode(local).is_some();
+        let port = if clustered {
+            let r = claim_ephemeral(&mut self.ports.lock(), ns, local, remote, rng);
+            match r {
+                Ok(p) => p,
+                Err(e) => {
+                    self.log_ports(format!("{local}: no cluster-wide port for a connection to {remote:?}: {e}"));
+                    return None;
+                }
+            }
+        } else {
+            match (&self.shards, remote) {
+                // Several queues: drawn in the shards' table (no two shards open one 4-tuple).
+                (Some(set), Some(_)) => return crate::shards::ShardCluster::new(0, set.clone()).ephemeral_port(now, local, remote, rng),
+                _ => return SingleStack.ephemeral_port(now, local, remote, rng),
+            }
+        };
+        if let (Some(set), Some(r)) = (&self.shards, remote) {
+            set.own(Tuple { local: SocketAddrV4::new(local, port), remote: r }, 0);
+        }
+        Some(port)
+    }
     fn claim_port(&mut self, now: Instant, local: SocketAddrV4) -> PortClaim {
-        if self.ports.mode(*local.ip()).is_none() {
-            return PortClaim::Unregistered;
-        }
-        match self.ports.claim(self.clock.mono_ns(now), *local.ip(), local.port()) {
-            Ok(()) => PortClaim::Claimed,
-            // A distributed port is shared by the targets' listeners, never one stack's.
-            Err(PortsError::Distributed) => PortClaim::Unregistered,
-            Err(PortsError::InUse { owner_slot }) => {
-                let who = self.node.config().stacks.get(owner_slot as usize).map_or("?", |s| s.name.as_str()).to_string();
-                self.log_ports(format!("bind {local}: port in use by stack {who} (cluster_ports)"));
-                PortClaim::InUse
-            }
-            Err(e) => {
-                self.log_ports(format!("bind {local}: {e}"));
-                PortClaim::InUse
-            }
-        }
+        let ns = self.clock.mono_ns(now);
+        let r = claim_bound(&mut self.ports.lock(), self.node.config(), ns, local);
+        r.unwrap_or_else(|msg| {
+            self.log_ports(msg);
+            PortClaim::InUse
+        })
     }
     fn source_address(&mut self, _now: Instant, app: &str) -> Option<Ipv4Addr> {
         self.node.config().source_ipa(self.node.slot(), app)

@@ -153,7 +153,8 @@ impl Plex {
         self.configure = Some(Box::new(f));
         self
     }
-    /// Join the cluster `cfg` as its stack `name` (one queue).
+    /// Join the cluster `cfg` as its stack `name`. On several queues, queue 0's shard is the
+    /// member (the *lead*) and the others follow it ([`crate::shards`]).
     pub fn cluster(mut self, cfg: Arc<coupling::ClusterConfig>, name: &str) -> Plex {
         self.cluster = Some((cfg, name.to_string()));
         self
@@ -226,9 +227,6 @@ impl Plex {
         if self.queues == 0 || self.queues > crate::xdp::layout::MAX_QUEUES {
             return bad(format!("{} queues: plex runs 1 to {}", self.queues, crate::xdp::layout::MAX_QUEUES));
         }
-        if self.cluster.is_some() && self.queues != 1 {
-            return bad(format!("a cluster member runs on one queue, not {}", self.queues));
-        }
         if let Some(f) = &self.faults {
             for (name, p) in [("drop", f.drop), ("duplicate", f.duplicate), ("corrupt", f.corrupt), ("reorder", f.reorder)] {
                 if !(0.0..=1.0).contains(&p) {
@@ -277,9 +275,27 @@ impl Plex {
             }
         }
         let mut queues = Vec::new();
-        // Several queues outside a cluster: the shards hand each other their connections'
-        // segments (a cluster member runs one queue).
-        let shard_set = (self.queues > 1 && member.is_none()).then(|| crate::shards::ShardSet::new(self.queues as usize));
+        // Several queues: the shards hand each other their connections' segments (and, in a
+        // cluster, the lead shard decides for the others).
+        let shard_set = (self.queues > 1).then(|| crate::shards::ShardSet::new(self.queues as usize));
+        let own: Vec<Ipv4Addr> = std::iter::once(addr).chain(self.extra.iter().copied()).collect();
+        // What a follower shard of a cluster member knows of the cluster.
+        let follower = |q: u32, sc: &crate::cluster::StackCluster, set: &Arc<crate::shards::ShardSet>| {
+            let (cfg, name) = self.cluster.as_ref().expect("a cluster member");
+            let slot = cfg.stacks.iter().position(|s| &s.name == name).unwrap_or(sc.slot());
+            crate::shards::ShardCluster::follower(
+                q,
+                set.clone(),
+                crate::shards::Follower::new(own.clone(), cfg.clone(), slot, sc.ports_shared(), clock),
+            )
+        };
+        let mut followers: Vec<Option<crate::shards::ShardCluster>> = Vec::new();
+        if let (Some((m, sc)), Some(set)) = (member.as_mut(), &shard_set) {
+            sc.set_shards(set.clone());
+            m.set_shards(set.clone());
+            followers = (0..self.queues).map(|q| (q > 0).then(|| follower(q, sc, set))).collect();
+        }
+        let clustered = member.is_some();
         for q in 0..self.queues {
             let xsk = Xsk::open(&XskConfig { ifname: iface.to_string(), queue: q, frames: self.frames, ..XskConfig::default() })?;
             steering.register_xsk(q, xsk.fd())?;
@@ -294,9 +310,10 @@ impl Plex {
                 f(q, &mut cfg);
             }
             let (mut stack, member) = match member.take() {
-                None => match &shard_set {
-                    Some(set) => (Stack::with_cluster(cfg, Box::new(crate::shards::ShardCluster::new(q, set.clone()))), None),
-                    None => (Stack::new(cfg), None),
+                None => match (&shard_set, followers.get_mut(q as usize).and_then(Option::take)) {
+                    (Some(_), Some(f)) => (Stack::with_cluster(cfg, Box::new(f)), None),
+                    (Some(set), None) => (Stack::with_cluster(cfg, Box::new(crate::shards::ShardCluster::new(q, set.clone()))), None),
+                    (None, _) => (Stack::new(cfg), None),
                 },
                 Some((m, mut handle)) => {
                     handle.set_steering(steering.home_map().map_err(StartError::Other)?, steering.flow_map().map_err(StartError::Other)?);
@@ -314,9 +331,13 @@ impl Plex {
             runner.set_waker(waker.clone());
             if let Some(m) = member {
                 runner = runner.with_cluster(m);
+                if shard_set.is_some() {
+                    runner.prime();
+                }
             }
             if let Some(set) = &shard_set {
-                runner = runner.with_shards(crate::shards::ShardLink::new(q, set.clone()));
+                let link = if clustered { crate::shards::ShardLink::clustered(q, set.clone()) } else { crate::shards::ShardLink::new(q, set.clone()) };
+                runner = runner.with_shards(link);
             }
             queues.push((runner, waker));
         }

@@ -15,6 +15,7 @@ use stack::iface::{Received, SocketEvent, SocketHandle, Stack};
 use stack::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::shards::Origin;
 use crate::tap::FrameTap;
 use crate::xsk::Xsk;
 
@@ -296,6 +297,15 @@ impl Runner {
         self
     }
 
+    /// A cluster member's first turn, before any poll thread runs (the lead shard of a stack
+    /// on several queues publishes the addresses the cluster gave it, for the followers'
+    /// applications to bind at their start).
+    pub(crate) fn prime(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.turn(self.clock.now(), &mut self.stack);
+        }
+    }
+
     /// The link to the other shards, if any (its counters).
     pub fn shards(&self) -> Option<&crate::shards::ShardLink> {
         self.shards.as_ref()
@@ -360,35 +370,36 @@ impl Runner {
             c.turn(t, stack);
             t
         });
-        // Frames other shards of this process handed over, and their connection events.
-        let handed = shards.as_mut().is_some_and(|s| s.turn(stack, || *fresh.get_or_insert_with(|| clock.now())));
+        // The other shards' connection events and (a cluster stack's follower) the lead's home
+        // list; whether frames were handed over.
+        let handed = shards.as_mut().is_some_and(|s| s.turn(stack));
+        // A cluster stack's follower takes no frame while the lead's lease has lapsed (the
+        // process was stalled: the lead learns at its next turn whether it was fenced).
+        let take = match shards.as_mut() {
+            Some(s) if s.is_follower() => s.lease_ok(clock.mono_ns(*fresh.get_or_insert_with(|| clock.now()))),
+            _ => true,
+        };
         let batch = *batch;
+        let inbox = shards.as_ref().filter(|_| handed && take).map(|s| (s.set().clone(), s.me()));
         let (unforwarded, forwarded) = (&mut stats.unforwarded, &mut stats.forwarded);
-        let mut deliver = |now: Instant, g: &[u8]| {
-            // Each shard keeps its own neighbour cache, and the ARP answer to one shard's
-            // request may arrive on another's queue: every shard sees every ARP frame.
-            if let Some(s) = shards.as_mut() {
-                if g.len() >= 14 && g[12..14] == [0x08, 0x06] {
-                    s.share(g);
+        let mut deliver = |now: Instant, g: &[u8], origin: Origin| {
+            match crate::shards::deliver(stack, shards.as_mut(), now, g, origin) {
+                Received::Hold => crate::handoff::hold(stack, g),
+                Received::Forward { stack: to } => {
+                    let ours = stack.mac().0;
+                    match crate::cluster::member_mac(stack, to, now) {
+                        Some(target) if forwards.stage(g, target, ours) => *forwarded += 1,
+                        _ => *unforwarded += 1,
+                    }
                 }
-            }
-            let outcome = stack.receive(now, g);
-            if outcome == Received::Hold {
-                crate::handoff::hold(stack, g);
-                return;
-            }
-            if let Received::Forward { stack: to } = outcome {
-                if let Some(s) = shards.as_mut() {
-                    s.hand_over(to, g);
-                    return;
-                }
-                let ours = stack.mac().0;
-                match crate::cluster::member_mac(stack, to, now) {
-                    Some(target) if forwards.stage(g, target, ours) => *forwarded += 1,
-                    _ => *unforwarded += 1,
-                }
+                Received::Consumed | Received::Dropped(_) | Received::Shard { .. } => {}
             }
         };
+        // Frames other shards handed over (received before this turn's).
+        if let Some((set, me)) = inbox {
+            let now = *fresh.get_or_insert_with(|| clock.now());
+            set.drain(me, |g, origin| deliver(now, g, origin));
+        }
         // Receive up to RX_ROUNDS batches while the ring keeps delivering full ones, against
         // one kick's worth of transmit: under a flood every received frame may ask for an
         // answer (a cookie SYN-ACK), and answers cost more than receiving (in copy mode the
@@ -399,9 +410,12 @@ impl Runner {
         // stack (`control_queue_full`).
         let mut rx = 0;
         for _ in 0..RX_ROUNDS {
+            if !take {
+                break;
+            }
             let n = xsk.rx_batch(batch, |f| {
                 let now = *fresh.get_or_insert_with(|| clock.now());
-                tap.on_rx(now, f, &mut |g| deliver(now, g))
+                tap.on_rx(now, f, &mut |g| deliver(now, g, Origin::Wire))
             });
             rx += n;
             if n < batch {
@@ -414,7 +428,7 @@ impl Runner {
             None => *cached,
         };
         *cached = now;
-        tap.release_due(now, &mut |g| deliver(now, g));
+        tap.release_due(now, &mut |g| deliver(now, g, Origin::Wire));
         if stack.poll_timeout().is_some_and(|t| t <= now) {
             stack.handle_timeout(now);
         }
@@ -501,6 +515,11 @@ impl Runner {
             // cluster gives this stack at once (DVIPAs it holds, distributed DVIPAs it is a
             // target of) are there when the application binds or connects from them.
             c.turn(now, &mut self.stack);
+        }
+        // A cluster stack's follower shard: the lead's addresses (it made its first turn before
+        // any poll thread started).
+        if let Some(s) = self.shards.as_mut() {
+            s.turn(&mut self.stack);
         }
         let started = app.start(now, &mut self.stack);
         if started.is_err() {

@@ -19,6 +19,23 @@
 //! The table is behind a `parking_lot` read-write lock, taken only off the per-segment path:
 //! when a connection opens or closes (write), and for segments that miss their shard's own
 //! table (read).
+//!
+//! **A cluster stack on several queues.** Shard 0 is the *lead*: it holds the cluster member
+//! (the coupling node, the distributor, the port registry, live handoff) exactly as a
+//! one-queue stack does, and it alone answers the cluster's questions. The other shards
+//! (*followers*) keep their own connections and hand the lead every frame for a cluster
+//! address (a DVIPA) that matches none of their connections: a SYN, or a segment of a flow
+//! they do not have. The lead decides as it would for its own queue (forward to the target
+//! stack, hold during a handoff, reset a dead flow, take it here); when its decision is "take
+//! it here" for a SYN a follower handed over, it hands the SYN back *decided*, and the
+//! follower accepts the connection itself. So connections spread over the queues the
+//! interface chose, and one thread owns the cluster state. The lead publishes its home list
+//! (every DVIPA activated, made internal, removed, with how its connections leave), the
+//! cluster's MACs and its lease ([`ClusterSync`]); every follower applies them at its next
+//! turn, and stops taking frames while the lead's lease has lapsed (a stalled process must not
+//! answer for an address it lost). Followers' connection events (listeners, NEWCONN, TERMCONN,
+//! released ports) go to the lead's distributor and registry, and their connection counts into
+//! the lead's reports to the node.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -26,9 +43,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam::queue::ArrayQueue;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use stack::cluster::{Cluster, ClusterEvent, InboundRoute, SingleStack, EPHEMERAL_PORTS};
-use stack::iface::{Received, Stack};
+use stack::iface::{Departure, HomeAddr, Stack};
+use stack::wire::MacAddr;
 use stack::rand::Rng;
 use stack::tcp::Tuple;
 use stack::time::Instant;
@@ -48,10 +67,101 @@ pub struct ShardSet {
     owners: RwLock<HashMap<Tuple, u32>>,
     /// The shard of every UDP socket of the process, by local address.
     udp: RwLock<HashMap<SocketAddrV4, u32>>,
-    inboxes: Vec<ArrayQueue<(Vec<u8>, usize)>>,
+    inboxes: Vec<ArrayQueue<Handed>>,
     pool: ArrayQueue<Vec<u8>>,
     allocated: AtomicUsize,
     wakers: OnceLock<Vec<Arc<Waker>>>,
+    /// A cluster stack's shards: what the lead publishes and the followers report.
+    pub(crate) sync: ClusterSync,
+}
+
+/// A frame in a shard's inbox: its buffer and length, the shard that handed it over, and
+/// whether the lead decided it for this shard (a SYN it takes here).
+#[derive(Debug)]
+struct Handed {
+    buf: Vec<u8>,
+    len: usize,
+    from: u32,
+    decided: bool,
+}
+
+/// Where a frame a poll thread delivers to its stack came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Its own queue.
+    Wire,
+    /// Another shard's queue, handed over (`decided`: by the lead, for this shard to take).
+    Shard {
+        /// The shard that handed it over.
+        from: u32,
+        /// The lead decided the SYN for this shard.
+        decided: bool,
+    },
+}
+
+/// What a cluster stack's lead shard publishes for its followers, and what they report back
+/// (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct ClusterSync {
+    /// Bumped by every publication of `homes`.
+    version: AtomicU64,
+    homes: Mutex<Published>,
+    /// CLOCK_MONOTONIC ns until which the lead's lease holds (0: not a cluster, or unknown).
+    lease_until: AtomicU64,
+    /// Followers' connection and listener events, for the lead's distributor and registry.
+    events: Mutex<Vec<ClusterEvent>>,
+    has_events: AtomicBool,
+    /// Per shard: its connections per local address (the followers' entries).
+    counts: Mutex<HashMap<(u32, Ipv4Addr), usize>>,
+}
+
+/// The lead's home list as published.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Every local address of the lead (its own, DVIPAs, internal distribution targets).
+    pub homes: Vec<HomeAddr>,
+    /// The cluster's other stacks' MACs ([`Stack::set_cluster_macs`]).
+    pub macs: Vec<MacAddr>,
+    /// Addresses whose connections were forgotten without a word when the lead removed them
+    /// (fenced, or the address answers elsewhere now); the others' are reset.
+    pub silent: Vec<Ipv4Addr>,
+}
+
+impl ClusterSync {
+    /// The lead publishes its home list, MACs and silent departures (if they changed).
+    pub fn publish(&self, p: &Published) {
+        let mut cur = self.homes.lock();
+        if *cur != *p {
+            *cur = p.clone();
+            self.version.fetch_add(1, Ordering::Release);
+        }
+    }
+    /// The lead's lease holds until `ns` (CLOCK_MONOTONIC).
+    pub fn set_lease(&self, ns: u64) {
+        self.lease_until.store(ns, Ordering::Release);
+    }
+    /// Whether the lead's lease holds at `ns` (always, outside a cluster).
+    pub fn lease_ok(&self, ns: u64) -> bool {
+        let until = self.lease_until.load(Ordering::Acquire);
+        until == 0 || ns < until
+    }
+    /// The followers' events since the last call, for the lead.
+    pub fn take_events(&self, mut f: impl FnMut(ClusterEvent)) {
+        if !self.has_events.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        for e in self.events.lock().drain(..) {
+            f(e);
+        }
+    }
+    fn push_events(&self, events: &[ClusterEvent]) {
+        self.events.lock().extend_from_slice(events);
+        self.has_events.store(true, Ordering::Release);
+    }
+    /// The followers' connections on `addr`.
+    pub fn follower_connections(&self, addr: Ipv4Addr) -> usize {
+        self.counts.lock().iter().filter(|((_, a), _)| *a == addr).map(|(_, n)| *n).sum()
+    }
 }
 
 impl ShardSet {
@@ -64,7 +174,25 @@ impl ShardSet {
             pool: ArrayQueue::new(BUFFERS),
             allocated: AtomicUsize::new(0),
             wakers: OnceLock::new(),
+            sync: ClusterSync::default(),
         })
+    }
+
+    /// The shards' number.
+    pub fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Whether the set has no shard (never: a set has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+
+    /// Wake shard `k`'s poll thread.
+    pub fn wake(&self, k: u32) {
+        if let Some(w) = self.wakers.get().and_then(|w| w.get(k as usize)) {
+            w.wake();
+        }
     }
 
     /// The shards' wakers, in shard order (a handed-over frame wakes its shard).
@@ -80,6 +208,12 @@ impl ShardSet {
     /// Hand `frame` to shard `to`: false if its inbox is full or no buffer is left (the frame
     /// is dropped; the peer retransmits).
     pub fn hand_over(&self, to: u32, frame: &[u8]) -> bool {
+        self.hand(to, frame, u32::MAX, false)
+    }
+
+    /// Hand `frame` from shard `from` to shard `to` (`decided`: the lead decided the SYN for
+    /// `to`).
+    fn hand(&self, to: u32, frame: &[u8], from: u32, decided: bool) -> bool {
         let Some(inbox) = self.inboxes.get(to as usize) else { return false };
         if frame.len() > FRAME || inbox.is_full() {
             return false;
@@ -90,26 +224,43 @@ impl ShardSet {
             None => return false,
         };
         buf[..frame.len()].copy_from_slice(frame);
-        if let Err((buf, _)) = inbox.push((buf, frame.len())) {
-            let _ = self.pool.push(buf);
+        if let Err(h) = inbox.push(Handed { buf, len: frame.len(), from, decided }) {
+            let _ = self.pool.push(h.buf);
             return false;
         }
-        if let Some(w) = self.wakers.get().and_then(|w| w.get(to as usize)) {
-            w.wake();
-        }
+        self.wake(to);
         true
     }
 
-    /// Frames handed to shard `me`, each given to `f`, their buffers back to the pool.
-    pub fn drain(&self, me: u32, mut f: impl FnMut(&[u8])) -> usize {
+    /// Frames handed to shard `me`, each given to `f` with where it came from, their buffers
+    /// back to the pool.
+    pub fn drain(&self, me: u32, mut f: impl FnMut(&[u8], Origin)) -> usize {
         let Some(inbox) = self.inboxes.get(me as usize) else { return 0 };
         let mut n = 0;
-        while let Some((buf, len)) = inbox.pop() {
-            f(&buf[..len]);
-            let _ = self.pool.push(buf);
+        while let Some(h) = inbox.pop() {
+            f(&h.buf[..h.len], Origin::Shard { from: h.from, decided: h.decided });
+            let _ = self.pool.push(h.buf);
             n += 1;
         }
         n
+    }
+
+    /// Whether shard `me` has frames handed over.
+    pub fn has_handed(&self, me: u32) -> bool {
+        self.inboxes.get(me as usize).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Record that shard `me` opened `tuple` (unless another shard has it).
+    pub fn own(&self, tuple: Tuple, me: u32) {
+        self.owners.write().entry(tuple).or_insert(me);
+    }
+
+    /// `tuple` is no longer shard `me`'s (if it was).
+    pub fn disown(&self, tuple: Tuple, me: u32) {
+        let mut owners = self.owners.write();
+        if owners.get(&tuple) == Some(&me) {
+            owners.remove(&tuple);
+        }
     }
 
     /// The shard whose UDP socket takes datagrams for `local`, if any.
@@ -154,27 +305,93 @@ impl ShardSet {
 }
 
 /// One shard's [`Cluster`]: segments of another shard's connections go there; ephemeral
-/// ports are claimed process-wide.
+/// ports are claimed process-wide. A cluster stack's follower shards also hand the lead what
+/// only the cluster can decide ([`Follower`]).
 #[derive(Debug)]
 pub struct ShardCluster {
     me: u32,
     set: Arc<ShardSet>,
+    follower: Option<Follower>,
+    /// The SYN in hand was taken here: its 4-tuple, recorded as this shard's before the
+    /// SYN-ACK leaves (its peer's next segment may arrive on any queue), and forgotten again if
+    /// no connection came of it ([`deliver`]).
+    claimed: Option<Tuple>,
+}
+
+/// What a follower shard of a cluster stack knows of the cluster: its own addresses (the
+/// config's, which it answers for alone), the config, the stack's slot and the shared port
+/// registry (binds and connects from addresses with cluster-wide ports claim there).
+#[derive(Debug)]
+pub struct Follower {
+    /// The stack's own addresses (not the cluster's).
+    pub own: Vec<Ipv4Addr>,
+    /// The cluster config.
+    pub cfg: Arc<coupling::ClusterConfig>,
+    /// The stack's slot.
+    pub slot: usize,
+    /// The cluster-wide port registry, shared with the lead.
+    pub ports: Arc<Mutex<coupling::ports::Registry>>,
+    /// The member's clock (the registry takes CLOCK_MONOTONIC ns).
+    pub clock: crate::clock::Clock,
+    /// The frame in hand is a SYN the lead decided for this shard.
+    decided: bool,
+}
+
+impl Follower {
+    /// A follower of the cluster stack `slot` of `cfg`, whose own addresses are `own`.
+    pub fn new(own: Vec<Ipv4Addr>, cfg: Arc<coupling::ClusterConfig>, slot: usize, ports: Arc<Mutex<coupling::ports::Registry>>, clock: crate::clock::Clock) -> Follower {
+        Follower { own, cfg, slot, ports, clock, decided: false }
+    }
 }
 
 impl ShardCluster {
     /// Shard `me` of `set`.
     pub fn new(me: u32, set: Arc<ShardSet>) -> ShardCluster {
-        ShardCluster { me, set }
+        ShardCluster { me, set, follower: None, claimed: None }
+    }
+
+    /// Follower shard `me` (not 0) of a cluster stack's `set`.
+    pub fn follower(me: u32, set: Arc<ShardSet>, f: Follower) -> ShardCluster {
+        ShardCluster { me, set, follower: Some(f), claimed: None }
+    }
+
+    /// Take this shard's claim on a SYN's 4-tuple ([`ShardCluster::claimed`]).
+    fn take_claim(&mut self) -> Option<Tuple> {
+        self.claimed.take()
+    }
+
+    /// Claim `tuple` for this shard (a SYN taken here): `Local`.
+    fn claim(&mut self, tuple: &Tuple) -> InboundRoute {
+        self.set.own(*tuple, self.me);
+        self.claimed = Some(*tuple);
+        InboundRoute::Local
+    }
+
+    /// The frame about to be received is (or is not) a SYN the lead decided for this shard.
+    pub fn set_decided(&mut self, yes: bool) {
+        if let Some(f) = self.follower.as_mut() {
+            f.decided = yes;
+        }
     }
 }
 
 impl Cluster for ShardCluster {
     fn route_inbound(&mut self, _now: Instant, tuple: &Tuple, syn: bool) -> InboundRoute {
-        if syn {
-            return InboundRoute::Local;
+        if self.follower.as_ref().is_some_and(|f| f.decided) {
+            return if syn { self.claim(tuple) } else { InboundRoute::Local };
         }
-        match self.set.owner(tuple) {
-            Some(k) if k != self.me => InboundRoute::Forward { stack: k },
+        // (A SYN opens a connection: no shard has it yet.)
+        if !syn {
+            match self.set.owner(tuple) {
+                Some(k) if k != self.me => return InboundRoute::Shard { shard: k },
+                Some(_) => return InboundRoute::Local,
+                None => {}
+            }
+        }
+        // A cluster address: the lead decides (route to a target, hold, reset, take it).
+        match &self.follower {
+            Some(f) if !f.own.contains(tuple.local.ip()) => InboundRoute::Shard { shard: 0 },
+            _ if syn => self.claim(tuple),
             _ => InboundRoute::Local,
         }
     }
@@ -186,6 +403,19 @@ impl Cluster for ShardCluster {
     }
 
     fn ephemeral_port(&mut self, now: Instant, local: Ipv4Addr, remote: Option<SocketAddrV4>, rng: &mut Rng) -> Option<u16> {
+        if let Some(f) = &self.follower {
+            // An address with cluster-wide ports: the registry picks (shared with the lead).
+            let ns = f.clock.mono_ns(now);
+            let mut reg = f.ports.lock();
+            if reg.mode(local).is_some() {
+                let p = crate::cluster::claim_ephemeral(&mut reg, ns, local, remote, rng).ok()?;
+                drop(reg);
+                if let Some(r) = remote {
+                    self.set.own(Tuple { local: SocketAddrV4::new(local, p), remote: r }, self.me);
+                }
+                return Some(p);
+            }
+        }
         // A UDP socket's port (no peer): process-wide ports are a TCP matter.
         let Some(remote) = remote else { return SingleStack.ephemeral_port(now, local, None, rng) };
         let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
@@ -200,25 +430,132 @@ impl Cluster for ShardCluster {
         }
         None
     }
+
+    fn claim_port(&mut self, now: Instant, local: SocketAddrV4) -> stack::cluster::PortClaim {
+        match &self.follower {
+            Some(f) => crate::cluster::claim_bound(&mut f.ports.lock(), &f.cfg, f.clock.mono_ns(now), local).unwrap_or(stack::cluster::PortClaim::InUse),
+            None => stack::cluster::PortClaim::Unregistered,
+        }
+    }
+
+    fn source_address(&mut self, _now: Instant, app: &str) -> Option<Ipv4Addr> {
+        self.follower.as_ref().and_then(|f| f.cfg.source_ipa(f.slot, app))
+    }
+
+    /// A range DVIPA a bind activates: the lead activates it (its application binds there
+    /// too); a follower takes it once the lead holds it (it then arrives with the home list).
+    fn bind_address(&mut self, _now: Instant, addr: Ipv4Addr) -> Option<u8> {
+        self.follower.as_ref()?;
+        self.set.sync.homes.lock().homes.iter().find(|h| h.addr == addr && !h.internal).map(|h| h.prefix_len)
+    }
 }
 
-/// A poll thread's link to its set: drains its stack's connection events into the table and
-/// its inbox into its stack.
+/// Give `g` (from `origin`) to `stack`, one shard of several (`link`; `None`: the only one):
+/// ARP frames from the wire are shared with every shard; a cluster stack's lead decides for
+/// the frames a follower handed over, and a follower takes what the lead decided for it;
+/// frames for another shard are handed over (a frame handed over already goes no further,
+/// but for the lead's decisions). The stack's outcome is returned: the caller forwards
+/// [`Received::Forward`] to the cluster stack it names and keeps [`Received::Hold`].
+pub fn deliver(stack: &mut Stack, link: Option<&mut ShardLink>, now: Instant, g: &[u8], origin: Origin) -> stack::iface::Received {
+    use stack::iface::Received;
+    let Some(link) = link else { return stack.receive(now, g) };
+    // Each shard keeps its own neighbour cache, and the ARP answer to one shard's request may
+    // arrive on another's queue: every shard sees every ARP frame.
+    if origin == Origin::Wire && g.len() >= 14 && g[12..14] == [0x08, 0x06] {
+        link.share(g);
+    }
+    let deciding = match origin {
+        Origin::Shard { from, .. } if link.lead => crate::cluster::deciding_for(stack, Some(from)),
+        Origin::Shard { decided: true, .. } => set_decided(stack, true),
+        _ => false,
+    };
+    let outcome = stack.receive(now, g);
+    // A SYN this shard claimed that made no connection (no listener, a full queue, a cookie):
+    // its 4-tuple is nobody's again.
+    if let Some(t) = take_claim(stack) {
+        if !stack.has_connection(&t) {
+            link.set.disown(t, link.me);
+        }
+    }
+    if deciding {
+        if link.lead {
+            crate::cluster::deciding_for(stack, None);
+        } else {
+            set_decided(stack, false);
+        }
+    }
+    if let Received::Shard { shard: to } = outcome {
+        match origin {
+            Origin::Wire => {
+                link.hand_over(to, g);
+            }
+            // The lead's decision for the follower that asked (or a race: the connection is
+            // another shard's now).
+            Origin::Shard { from, .. } if link.lead => {
+                link.hand_decided(to, g, to == from);
+            }
+            // Handed over already: never on again (no ping-pong).
+            Origin::Shard { .. } => link.unhanded += 1,
+        }
+    }
+    outcome
+}
+
+/// The 4-tuple of the SYN the stack's shard just claimed, if it did.
+fn take_claim(stack: &mut Stack) -> Option<Tuple> {
+    let c: &mut dyn std::any::Any = stack.cluster_mut();
+    if let Some(sc) = c.downcast_mut::<ShardCluster>() {
+        return sc.take_claim();
+    }
+    crate::cluster::take_claim(stack)
+}
+
+/// A follower shard is about to receive a SYN the lead decided for it (`false`: done with
+/// it); false if the stack is not a follower.
+pub(crate) fn set_decided(stack: &mut Stack, yes: bool) -> bool {
+    let c: &mut dyn std::any::Any = stack.cluster_mut();
+    match c.downcast_mut::<ShardCluster>() {
+        Some(sc) if sc.follower.is_some() => {
+            sc.set_decided(yes);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A poll thread's link to its set: drains its stack's connection events into the table, and
+/// (a cluster stack's follower) reports them to the lead and applies what the lead published.
+/// The frames handed over are delivered by the poll loop ([`ShardSet::drain`]).
 #[derive(Debug)]
 pub struct ShardLink {
     me: u32,
     set: Arc<ShardSet>,
     events: Vec<ClusterEvent>,
+    /// Shard 0 of a cluster stack: its member drains the stack's events itself.
+    lead: bool,
+    /// A follower of a cluster stack.
+    follower: bool,
+    /// The lead's publication this follower applied last.
+    applied: u64,
+    /// This follower's connections per local address.
+    counts: HashMap<Ipv4Addr, usize>,
     /// Frames handed to another shard, and frames that could not be.
     pub handed: u64,
     /// Frames another shard's table named us for but that are not ours either (dropped).
     pub unhanded: u64,
+    /// Times this follower left its frames in the ring because the lead's lease had lapsed.
+    pub lease_waits: u64,
 }
 
 impl ShardLink {
     /// Shard `me` of `set`.
     pub fn new(me: u32, set: Arc<ShardSet>) -> ShardLink {
-        ShardLink { me, set, events: Vec::new(), handed: 0, unhanded: 0 }
+        ShardLink { me, set, events: Vec::new(), lead: false, follower: false, applied: 0, counts: HashMap::new(), handed: 0, unhanded: 0, lease_waits: 0 }
+    }
+
+    /// Shard `me` of a cluster stack's `set` (0 is the lead, whose member reads its events).
+    pub fn clustered(me: u32, set: Arc<ShardSet>) -> ShardLink {
+        ShardLink { lead: me == 0, follower: me != 0, ..ShardLink::new(me, set) }
     }
 
     /// The set.
@@ -226,27 +563,102 @@ impl ShardLink {
         &self.set
     }
 
-    /// Record the stack's connection events, then give it the frames other shards handed
-    /// over (a frame that would go elsewhere again is dropped: no ping-pong). Returns whether
-    /// there was any. `now` is read only when a frame is there.
-    pub fn turn(&mut self, stack: &mut Stack, now: impl FnOnce() -> Instant) -> bool {
-        self.events.clear();
-        while let Some(e) = stack.poll_cluster_event() {
-            self.events.push(e);
-        }
-        self.set.apply(self.me, &self.events);
-        if self.set.inboxes.get(self.me as usize).is_none_or(|q| q.is_empty()) {
-            return false;
-        }
-        let now = now();
-        let mut dropped = 0;
-        let n = self.set.drain(self.me, |f| {
-            if let Received::Forward { .. } = stack.receive(now, f) {
-                dropped += 1;
+    /// This shard's number.
+    pub fn me(&self) -> u32 {
+        self.me
+    }
+
+    /// Shard 0 of a cluster stack.
+    pub fn is_lead(&self) -> bool {
+        self.lead
+    }
+
+    /// A follower shard of a cluster stack.
+    pub fn is_follower(&self) -> bool {
+        self.follower
+    }
+
+    /// Record the stack's connection events; a follower reports them to the lead and applies
+    /// the lead's home list. Returns whether frames were handed over to this shard (the poll
+    /// loop delivers them).
+    pub fn turn(&mut self, stack: &mut Stack) -> bool {
+        if !self.lead {
+            self.events.clear();
+            while let Some(e) = stack.poll_cluster_event() {
+                self.events.push(e);
             }
-        });
-        self.unhanded += dropped;
-        n > 0
+            self.set.apply(self.me, &self.events);
+            if self.follower && !self.events.is_empty() {
+                self.report(stack);
+            }
+        }
+        if self.follower {
+            self.follow(stack);
+        }
+        self.set.has_handed(self.me)
+    }
+
+    /// A follower's events to the lead (woken: a NEWCONN must reach the router before the
+    /// reply to the connection's SYN does), and its connection counts.
+    fn report(&mut self, _stack: &mut Stack) {
+        let mut changed = false;
+        for e in &self.events {
+            match e {
+                ClusterEvent::ConnectionOpened(t, _) => {
+                    *self.counts.entry(*t.local.ip()).or_insert(0) += 1;
+                    changed = true;
+                }
+                ClusterEvent::ConnectionClosed(t) | ClusterEvent::ConnectionMoved(t) => {
+                    if let Some(n) = self.counts.get_mut(t.local.ip()) {
+                        *n = n.saturating_sub(1);
+                        changed = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let cluster: Vec<ClusterEvent> =
+            self.events.iter().copied().filter(|e| !matches!(e, ClusterEvent::UdpBound(_) | ClusterEvent::UdpClosed(_))).collect();
+        if !cluster.is_empty() {
+            self.set.sync.push_events(&cluster);
+            self.set.wake(0);
+        }
+        if changed {
+            let mut c = self.set.sync.counts.lock();
+            for (a, n) in &self.counts {
+                c.insert((self.me, *a), *n);
+            }
+        }
+    }
+
+    /// Apply the lead's home list and cluster MACs, if it published new ones.
+    fn follow(&mut self, stack: &mut Stack) {
+        let v = self.set.sync.version.load(Ordering::Acquire);
+        if v == self.applied {
+            return;
+        }
+        self.applied = v;
+        let p = self.set.sync.homes.lock().clone();
+        for h in &p.homes {
+            if !stack.homes().contains(h) {
+                stack.add_address(h.addr, h.prefix_len, h.internal);
+            }
+        }
+        let gone: Vec<Ipv4Addr> = stack.homes().iter().map(|h| h.addr).filter(|a| !p.homes.iter().any(|h| h.addr == *a)).collect();
+        for a in gone {
+            let how = if p.silent.contains(&a) { Departure::Silent } else { Departure::Reset };
+            stack.remove_address(Instant::ZERO, a, how);
+        }
+        stack.set_cluster_macs(&p.macs);
+    }
+
+    /// Whether the lead's lease holds at `ns` (a follower takes no frame otherwise); counted.
+    pub fn lease_ok(&mut self, ns: u64) -> bool {
+        let ok = !self.follower || self.set.sync.lease_ok(ns);
+        if !ok {
+            self.lease_waits += 1;
+        }
+        ok
     }
 
     /// Give every other shard a copy of `frame` (an ARP frame: each shard has its own
@@ -261,7 +673,18 @@ impl ShardLink {
 
     /// Hand `frame` (which the stack said belongs to shard `to`) over.
     pub fn hand_over(&mut self, to: u32, frame: &[u8]) -> bool {
-        let ok = self.set.hand_over(to, frame);
+        let ok = self.set.hand(to, frame, self.me, false);
+        self.count(ok)
+    }
+
+    /// The lead hands `frame` to shard `to`, `decided`: a frame `to` handed over, which it
+    /// takes itself now.
+    pub fn hand_decided(&mut self, to: u32, frame: &[u8], decided: bool) -> bool {
+        let ok = self.set.hand(to, frame, self.me, decided);
+        self.count(ok)
+    }
+
+    fn count(&mut self, ok: bool) -> bool {
         if ok {
             self.handed += 1;
         } else {
@@ -275,6 +698,17 @@ impl ShardLink {
 mod tests {
     use super::*;
     use stack::cluster::Opened;
+    use stack::iface::Received;
+
+    /// What a poll thread does at its turn with its link (events, the lead's list) and the
+    /// frames handed to it (plainly received: the runner's deciding is tested separately).
+    fn deliver(link: &mut ShardLink, stack: &mut Stack) {
+        link.turn(stack);
+        let set = link.set().clone();
+        set.drain(link.me(), |f, _| {
+            stack.receive(Instant::ZERO, f);
+        });
+    }
 
     fn t(lp: u16, rp: u16) -> Tuple {
         Tuple { local: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 2), lp), remote: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), rp) }
@@ -286,7 +720,7 @@ mod tests {
         set.apply(0, &[ClusterEvent::ConnectionOpened(t(40000, 7), Opened::Active)]);
         let mut c1 = ShardCluster::new(1, set.clone());
         let now = Instant::ZERO;
-        assert_eq!(c1.route_inbound(now, &t(40000, 7), false), InboundRoute::Forward { stack: 0 });
+        assert_eq!(c1.route_inbound(now, &t(40000, 7), false), InboundRoute::Shard { shard: 0 });
         assert_eq!(c1.route_inbound(now, &t(40000, 7), true), InboundRoute::Local, "a SYN opens a connection here");
         assert_eq!(c1.route_inbound(now, &t(40001, 7), false), InboundRoute::Local, "unknown: this shard answers (RST)");
         let mut c0 = ShardCluster::new(0, set.clone());
@@ -315,7 +749,7 @@ mod tests {
         let mut links: Vec<ShardLink> = (0..2).map(|k| ShardLink::new(k, set.clone())).collect();
         let sock = shards[0].udp_bind(SocketAddrV4::new(ip, 5353)).unwrap();
         let any = shards[0].udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6000)).unwrap();
-        links[0].turn(&mut shards[0], || Instant::ZERO);
+        deliver(&mut links[0], &mut shards[0]);
         // A peer's datagrams, framed as they arrive on queue 1.
         let mut peer = Stack::new(StackConfig::new(MacAddr([2, 0, 0, 0, 1, 1])));
         peer.add_address(Ipv4Addr::new(198, 18, 1, 1), 24, false);
@@ -342,19 +776,19 @@ mod tests {
         assert_eq!(frames.len(), 3);
         for f in &frames[..2] {
             match shards[1].receive(Instant::ZERO, f) {
-                Received::Forward { stack: 0 } => assert!(links[1].hand_over(0, f)),
+                Received::Shard { shard: 0 } => assert!(links[1].hand_over(0, f)),
                 r => panic!("queue 1 kept a datagram of shard 0's socket: {r:?}"),
             }
         }
         assert_eq!(shards[1].counters().udp_forwarded, 2);
-        assert!(!matches!(shards[1].receive(Instant::ZERO, &frames[2]), Received::Forward { .. }), "nobody's port: dropped here");
-        links[0].turn(&mut shards[0], || Instant::ZERO);
+        assert!(!matches!(shards[1].receive(Instant::ZERO, &frames[2]), Received::Shard { .. }), "nobody's port: dropped here");
+        deliver(&mut links[0], &mut shards[0]);
         let mut got = [0u8; 16];
         assert_eq!(shards[0].udp_recv_from(sock, &mut got).map(|(n, _)| n), Ok(5));
         assert_eq!(shards[0].udp_recv_from(any, &mut got).map(|(n, _)| n), Ok(5));
         // Closed: no longer routed.
         shards[0].close(Instant::ZERO, sock).unwrap();
-        links[0].turn(&mut shards[0], || Instant::ZERO);
+        deliver(&mut links[0], &mut shards[0]);
         assert_eq!(set.udp_owner(SocketAddrV4::new(ip, 5353)), None);
     }
 
@@ -382,7 +816,7 @@ mod tests {
             assert!(set.hand_over(1, &[i; 60]));
         }
         let mut got = Vec::new();
-        assert_eq!(set.drain(1, |f| got.push(f[0])), 10);
+        assert_eq!(set.drain(1, |f, _| got.push(f[0])), 10);
         assert_eq!(got, (0..10).collect::<Vec<_>>());
         assert_eq!(set.pool.len(), 10);
         assert!(!set.hand_over(2, &[0; 60]), "no such shard");

@@ -33,6 +33,12 @@ pub enum InboundRoute {
         /// The cluster's number for the stack that owns it (its member slot).
         stack: u32,
     },
+    /// Another shard of this process (another queue's stack) owns it, or decides for it: hand
+    /// the frame over to shard `shard`.
+    Shard {
+        /// The shard's number (its queue).
+        shard: u32,
+    },
     /// Nobody may take it (e.g. the address is being moved): drop.
     Drop,
     /// The connection is being moved to another stack (a live handoff in flight): the caller

@@ -135,6 +135,9 @@ pub struct IfaceCounters {
     pub tcp_held: u64,
     /// TCP segments the cluster routed to another stack ([`super::Received::Forward`]).
     pub tcp_forwarded: u64,
+    /// TCP segments handed to another shard of this process ([`super::Received::Shard`]): its
+    /// connection lives there, or (a cluster stack's lead shard) decides for it.
+    pub tcp_shard_handed: u64,
     /// UDP datagrams for a socket another stack of the process has, handed to it.
     pub udp_forwarded: u64,
     /// ARP requests sent (resolution and NUD probes).
@@ -195,6 +198,7 @@ impl Default for IfaceCounters {
             arp_repaired: 0,
             cluster_events_lost: 0,
             tcp_forwarded: 0,
+            tcp_shard_handed: 0,
             udp_forwarded: 0,
             tcp_held: 0,
             arp_requests_out: 0,
@@ -248,6 +252,7 @@ impl IfaceCounters {
             ("arp_repaired", self.arp_repaired),
             ("cluster_events_lost", self.cluster_events_lost),
             ("tcp_forwarded", self.tcp_forwarded),
+            ("tcp_shard_handed", self.tcp_shard_handed),
             ("udp_forwarded", self.udp_forwarded),
             ("tcp_held", self.tcp_held),
             ("arp_requests_out", self.arp_requests_out),

@@ -121,7 +121,7 @@ impl Stack {
                     let whole = self.reasm.take_output();
                     self.deliver_ipv4(now, src_mac, &ip, &whole[..ip.payload_len]);
                     self.reasm.restore_output(whole);
-                    if let Received::Forward { .. } | Received::Hold = self.rx_outcome {
+                    if let Received::Forward { .. } | Received::Shard { .. } | Received::Hold = self.rx_outcome {
                         // The frame in hand is the last fragment, not the datagram: there is
                         // nothing whole to hand over (the distributor forwards fragments
                         // before reassembly, by their 3-tuple).
@@ -217,10 +217,10 @@ impl Stack {
             .or_else(|| self.udp.get(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, udp.dst_port)))
             .copied();
         let Some(h) = h else {
-            if let Some(stack) = self.cluster.route_datagram(local) {
+            if let Some(shard) = self.cluster.route_datagram(local) {
                 // Another stack of the process (a shard) has the socket.
                 self.counters.udp_forwarded += 1;
-                self.rx_outcome = Received::Forward { stack };
+                self.rx_outcome = Received::Shard { shard };
                 return;
             }
             self.drop_rx(DropReason::UdpNoSocket);
@@ -304,6 +304,11 @@ impl Stack {
             InboundRoute::Forward { stack } => {
                 self.counters.tcp_forwarded += 1;
                 self.rx_outcome = Received::Forward { stack };
+                return;
+            }
+            InboundRoute::Shard { shard } => {
+                self.counters.tcp_shard_handed += 1;
+                self.rx_outcome = Received::Shard { shard };
                 return;
             }
             InboundRoute::Drop => return self.drop_rx(DropReason::TcpClusterDrop),

@@ -97,6 +97,12 @@ pub enum Received {
         /// The cluster's number for the stack that owns it.
         stack: u32,
     },
+    /// A frame for another shard of this process (another queue's stack): the caller hands
+    /// it over unchanged ([`crate::cluster::InboundRoute::Shard`], [`crate::cluster::Cluster::route_datagram`]).
+    Shard {
+        /// The shard's number (its queue).
+        shard: u32,
+    },
     /// A segment of a connection in the middle of a live handoff: the caller keeps a copy of
     /// the frame for the connection's next owner ([`crate::cluster::InboundRoute::Hold`]).
     Hold,
