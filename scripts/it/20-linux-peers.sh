@@ -2,7 +2,8 @@
 # plex on AF_XDP against Linux peers in network namespaces: ARP, ICMP, RST, HTTP with curl and
 # wrk (1000 connections), echo, fragmented pings and UDP up to 65 507 bytes, malformed frames
 # counted by plex, connect, 100 MiB bulk both ways with SHA-256 under 0/1/5 %
-# loss (nftables and plex's own fault injector) and reordering, two queues, start-up errors.
+# loss (nftables and plex's own fault injector) and reordering, two queues, start-up errors (a
+# queue another process holds names its pid).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -76,6 +77,21 @@ start_plex plx-s1 "$LOGDIR/after-kill.log" echo --iface plx-s1 --addr $S/24 || e
 check "a new plex starts after the kill -9 and serves" echoes again
 stop_plex
 check "after a clean stop, plx-s1 has no XDP program left" no_xdp
+
+# --- a queue another process holds through an AF_XDP socket (and no XDP program) ------------------
+# plex attaches its program (the interface has none), then binding to queue 0 fails with
+# EBUSY: the error names the holder's pid (exactly with the kernel's AF_XDP socket
+# diagnostics, as the one other AF_XDP socket holder of the namespace without them).
+ip netns exec plx-s1 timeout 60 "$PLEX" hold-queue --iface plx-s1 --queue 0 --secs 60 >"$LOGDIR/hold-queue.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 50); do grep -q "^hold-queue:" "$LOGDIR/hold-queue.log" && break; sleep 0.1; done
+holder=$(sed -n 's/^hold-queue: pid \([0-9]*\) .*/\1/p' "$LOGDIR/hold-queue.log")
+out=$(ip netns exec plx-s1 timeout 10 "$PLEX" echo --iface plx-s1 --addr $S/24 2>&1); rc=$?
+echo "     queue held by pid ${holder:-?}: $out"
+check "plex on a queue another process holds: exit 1, 'queue 0 of plx-s1 is in use by another AF_XDP socket (pid ${holder:-?}, plex'" \
+  sh -c "[ $rc = 1 ] && [ -n '$holder' ] && echo \"\$0\" | grep -q 'queue 0 of plx-s1 is in use by another AF_XDP socket (pid $holder, plex'" "$out"
+check "the refused plex left no XDP program on plx-s1" no_xdp
+stop_plex   # the holder
 
 # --- fragments both ways, and malformed frames plex must drop itself ----------------------
 # The bridge must not filter (scripts/testbed.sh turns br_netfilter's bridge-nf-call-* off in
@@ -211,6 +227,18 @@ q0=$(awk '/^queue 0:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR
 q1=$(awk '/^queue 1:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq.log")
 echo "     two queues: queue 0 received ${q0:-0} frames, queue 1 ${q1:-0}; $(grep Requests/sec "$LOGDIR/wrk-mq.txt")"
 check "two queues: connections spread over both poll threads" sh -c "[ \"${q0:-0}\" -gt 1000 ] && [ \"${q1:-0}\" -gt 1000 ]"
+
+# Queue 1 held by another process: plex binds queue 0 itself, then fails on queue 1 and names
+# the holder, not itself.
+ip netns exec plx-mqs timeout 60 "$PLEX" hold-queue --iface plx-mq1 --queue 1 --secs 60 >"$LOGDIR/hold-queue-mq.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 50); do grep -q "^hold-queue:" "$LOGDIR/hold-queue-mq.log" && break; sleep 0.1; done
+holder=$(sed -n 's/^hold-queue: pid \([0-9]*\) .*/\1/p' "$LOGDIR/hold-queue-mq.log")
+out=$(ip netns exec plx-mqs timeout 10 "$PLEX" echo --iface plx-mq1 --addr 198.18.1.2/24 --queues 2 --xdp-mode native 2>&1); rc=$?
+echo "     queue 1 held by pid ${holder:-?}: $out"
+check "plex --queues 2 with queue 1 held: exit 1, names the holder (pid ${holder:-?})" \
+  sh -c "[ $rc = 1 ] && [ -n '$holder' ] && echo \"\$0\" | grep -q 'queue 1 of plx-mq1 is in use by another AF_XDP socket (pid $holder, plex'" "$out"
+stop_plex   # the holder
 
 # The blocking API over two queues: one Net, a Bridge per poll thread; each accepted
 # connection is served by the queue the NIC steered it to. 32 clients, each checked.
