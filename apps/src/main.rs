@@ -32,8 +32,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Echo every byte back to its sender (TCP), and every UDP datagram on the same port
-    /// (run-to-completion mode).
+    /// Echo every byte back to its sender (TCP), and every UDP datagram on the same port.
     Echo {
         #[command(flatten)]
         dp: DataPath,

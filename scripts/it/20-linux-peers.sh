@@ -2,8 +2,8 @@
 # plex on AF_XDP against Linux peers in network namespaces: ARP, ICMP, RST, HTTP with curl and
 # wrk (1000 connections), echo, fragmented pings and UDP up to 65 507 bytes, malformed frames
 # counted by plex, connect, 100 MiB bulk both ways with SHA-256 under 0/1/5 %
-# loss (nftables and plex's own fault injector) and reordering, two queues, start-up errors (a
-# queue another process holds names its pid).
+# loss (nftables and plex's own fault injector) and reordering, two queues (TCP and UDP through
+# the blocking API), start-up errors (a queue another process holds names its pid).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -251,7 +251,42 @@ for i in $(seq 1 32); do
   clients+=($!)
 done
 wait "${clients[@]}"   # the clients only: the server is a background job too
+# UDP through the blocking API's UdpSocket, which lives on shard 0: 200 client sockets (200
+# source ports) each send one datagram and wait for its echo; the NIC spreads them over both
+# queues, and queue 1 hands its datagrams to shard 0 (udp_forwarded).
+ip netns exec plx-mqc timeout 60 python3 - 198.18.1.2 7 200 >"$LOGDIR/mq-udp.txt" 2>&1 <<'PY'
+import os, random, socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(11)
+socks, good = [], 0
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.settimeout(2.0)
+    socks.append(s)  # kept open: 200 distinct source ports
+    msg = os.urandom(rng.randint(1, 1400))
+    s.sendto(msg, (host, port))
+    try:
+        data, frm = s.recvfrom(65535)
+    except socket.timeout:
+        print(f"port {s.getsockname()[1]}: no echo in 2 s")
+        continue
+    if data == msg and frm == (host, port):
+        good += 1
+    else:
+        print(f"port {s.getsockname()[1]}: {len(data)} bytes from {frm}, sent {len(msg)}")
+print(f"echoed {good}/{n}")
+sys.exit(0 if good == n else 1)
+PY
+udp_rc=$?
 stop_plex
+sed 's/^/     /' "$LOGDIR/mq-udp.txt"
+udp_good=$(sed -n 's|^echoed \([0-9]*\)/200$|\1|p' "$LOGDIR/mq-udp.txt")
+fwd=$(grep '^queue 1 stack:' "$LOGDIR/mq-blocking.log" | grep -o ' udp_forwarded=[0-9]*' | cut -d= -f2)
+echo "     blocking API UDP on two queues: echoed ${udp_good:-0}/200, forwarded ${fwd:-0} (queue 1 -> shard 0)"
+check "blocking API UDP on two queues: 200 of 200 datagrams from 200 source ports echoed byte for byte" \
+  sh -c "[ $udp_rc = 0 ] && [ '${udp_good:-0}' = 200 ]"
+check "blocking API UDP on two queues: queue 1 handed datagrams to shard 0 (udp_forwarded=${fwd:-0} > 0)" test "${fwd:-0}" -gt 0
 good=$(grep -lx "$want" "$LOGDIR"/mqb-*.sum 2>/dev/null | wc -l)
 b0=$(awk '/^queue 0:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq-blocking.log")
 b1=$(awk '/^queue 1:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq-blocking.log")
