@@ -32,8 +32,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Echo every byte back to its sender (TCP), and every UDP datagram on the same port
-    /// (run-to-completion mode).
+    /// Echo every byte back to its sender (TCP), and every UDP datagram on the same port.
     Echo {
         #[command(flatten)]
         dp: DataPath,
@@ -151,6 +150,18 @@ enum Cmd {
     Ctl(cluster_cmd::CtlArgs),
     /// Print the embedded testbed cluster config, or check a config file (--check FILE).
     Config(cluster_cmd::ConfigArgs),
+    /// (Tests) Bind an AF_XDP socket to a queue, attach no XDP program, and hold it for
+    /// --secs or until killed: another process then meets a queue in use
+    /// (scripts/it/20-linux-peers.sh).
+    #[command(hide = true)]
+    HoldQueue {
+        #[arg(long)]
+        iface: String,
+        #[arg(long, default_value_t = 0)]
+        queue: u32,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
 }
 
 /// Options of the data path, common to every subcommand.
@@ -289,6 +300,15 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((ip, len))
 }
 
+/// `plex hold-queue`: an AF_XDP socket on `queue` of `iface`, no XDP program, held for `secs`.
+fn hold_queue(iface: &str, queue: u32, secs: u64) -> Result<(), String> {
+    let cfg = poll_loop::xsk::XskConfig { ifname: iface.to_string(), queue, frames: 512, ring_size: 256, ..Default::default() };
+    let _xsk = poll_loop::xsk::Xsk::open(&cfg).map_err(|e| e.to_string())?;
+    println!("hold-queue: pid {} holds queue {queue} of {iface}", std::process::id());
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -317,6 +337,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cluster_cmd::run(args),
         Cmd::Ctl(args) => cluster_cmd::ctl(args).map(|out| print!("{out}")),
         Cmd::Config(args) => cluster_cmd::config(args).map(|out| print!("{out}")),
+        Cmd::HoldQueue { iface, queue, secs } => hold_queue(&iface, queue, secs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

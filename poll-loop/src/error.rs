@@ -1,9 +1,28 @@
 //! Start-up errors of the data path, each naming what was wrong and what to do: the errno of
 //! every failed system call, the capability a refused step needs and whether this process has
-//! it, the process that holds an interface's XDP hook.
+//! it, the process that holds an interface's XDP hook or a queue's AF_XDP socket.
 
 use std::fmt;
 use std::io;
+
+/// Who holds the AF_XDP socket bound to a queue ([`StartError::QueueBusy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueHolder {
+    /// Not found: the kernel's answer or `/proc` did not tell.
+    Unknown,
+    /// The kernel's AF_XDP socket diagnostics named the socket bound to the queue, and this
+    /// process (pid, command) holds it.
+    Process {
+        /// Its pid.
+        pid: u32,
+        /// Its command (`/proc/PID/comm`).
+        comm: String,
+    },
+    /// The kernel has no AF_XDP socket diagnostics (`CONFIG_XDP_SOCKETS_DIAG`), so which socket
+    /// is bound to the queue is not known: these are the other processes of this network
+    /// namespace that hold an AF_XDP socket (pid, command).
+    Candidates(Vec<(u32, String)>),
+}
 
 /// `Debug` prints the message too: it is what `fn main() -> Result<(), StartError>` (or a
 /// boxed error) shows the user.
@@ -59,6 +78,8 @@ pub enum StartError {
         ifname: String,
         /// The queue.
         queue: u32,
+        /// The process holding that socket, as far as plex could tell.
+        holder: QueueHolder,
     },
     /// An application's `App::start` failed (e.g. a port already taken).
     App(String),
@@ -99,8 +120,26 @@ impl fmt::Display for StartError {
             StartError::NoSuchQueue { ifname, queue } => {
                 write!(f, "interface {ifname} has no queue {queue} (see `ethtool -l {ifname}`)")
             }
-            StartError::QueueBusy { ifname, queue } => {
-                write!(f, "queue {queue} of {ifname} is in use by another AF_XDP socket (another plex instance?)")
+            StartError::QueueBusy { ifname, queue, holder } => {
+                write!(f, "queue {queue} of {ifname} is in use by another AF_XDP socket ")?;
+                match holder {
+                    QueueHolder::Process { pid, comm } => write!(f, "(pid {pid}, {comm})"),
+                    QueueHolder::Candidates(c) => {
+                        let names: Vec<String> = c.iter().map(|(pid, comm)| format!("pid {pid}, {comm}")).collect();
+                        let (who, them) = if c.len() == 1 {
+                            ("the one other process", "an AF_XDP socket")
+                        } else {
+                            ("the other processes", "AF_XDP sockets")
+                        };
+                        write!(
+                            f,
+                            "({}?: {who} in this network namespace with {them}; this kernel lacks AF_XDP socket diagnostics \
+                             (CONFIG_XDP_SOCKETS_DIAG) to tell which socket holds the queue)",
+                            names.join(" or ")
+                        )
+                    }
+                    QueueHolder::Unknown => write!(f, "(another plex instance?)"),
+                }
             }
             StartError::App(s) | StartError::Other(s) => f.write_str(s),
         }
@@ -208,9 +247,19 @@ mod tests {
         assert!(s.ends_with("lacks CAP_NET_RAW (run as root)"), "{s}");
         let e = StartError::XdpBusy { ifname: "eth1".into(), prog: Some((7, "generic")), holder: Some((42, "plex".into())) };
         assert_eq!(e.to_string(), "eth1 already has an XDP program attached (program id 7, generic mode): held by pid 42 (plex); another plex instance? Stop it first");
-        let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 3 };
+        let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 3, holder: QueueHolder::Unknown };
         assert_eq!(e.to_string(), "queue 3 of eth1 is in use by another AF_XDP socket (another plex instance?)");
         assert_eq!(format!("{e:?}"), e.to_string(), "what main's `?` prints");
+        let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 0, holder: QueueHolder::Process { pid: 42, comm: "xdpsock".into() } };
+        assert_eq!(e.to_string(), "queue 0 of eth1 is in use by another AF_XDP socket (pid 42, xdpsock)");
+        let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 0, holder: QueueHolder::Candidates(vec![(42, "xdpsock".into())]) };
+        assert_eq!(
+            e.to_string(),
+            "queue 0 of eth1 is in use by another AF_XDP socket (pid 42, xdpsock?: the one other process in this network namespace \
+             with an AF_XDP socket; this kernel lacks AF_XDP socket diagnostics (CONFIG_XDP_SOCKETS_DIAG) to tell which socket holds the queue)"
+        );
+        let e = StartError::QueueBusy { ifname: "eth1".into(), queue: 0, holder: QueueHolder::Candidates(vec![(42, "a".into()), (43, "b".into())]) };
+        assert!(e.to_string().contains("(pid 42, a or pid 43, b?: the other processes in this network namespace with AF_XDP sockets;"), "{e}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod error;
 pub mod handoff;
 pub mod plex;
+mod queue_holder;
 pub mod runner;
 pub mod shards;
 pub mod tap;
@@ -40,5 +41,5 @@ pub mod xdp;
 #[allow(unsafe_code)]
 pub mod xsk;
 
-pub use error::StartError;
+pub use error::{QueueHolder, StartError};
 pub use plex::{Plex, Report, Running, Stopper};

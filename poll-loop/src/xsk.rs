@@ -669,7 +669,12 @@ fn socket_error(cfg: &XskConfig, e: &xsk_rs::socket::SocketCreateError) -> Start
     let (ifname, queue) = (cfg.ifname.clone(), cfg.queue);
     let io = os_error(e);
     match io.and_then(|io| io.raw_os_error()) {
-        Some(libc::EBUSY) => StartError::QueueBusy { ifname, queue },
+        Some(libc::EBUSY) => {
+            let holder = ifindex(&ifname)
+                .map(|i| crate::queue_holder::queue_holder(i as u32, queue))
+                .unwrap_or(crate::error::QueueHolder::Unknown);
+            StartError::QueueBusy { ifname, queue, holder }
+        }
         Some(libc::EPERM) | Some(libc::EACCES) => StartError::not_permitted(format!("creating an AF_XDP socket on {ifname} queue {queue}"), "CAP_NET_RAW"),
         Some(libc::ENODEV) => StartError::NoSuchInterface(ifname),
         Some(libc::EINVAL) if rx_queues(&ifname).is_some_and(|n| queue >= n) => StartError::NoSuchQueue { ifname, queue },

@@ -2,7 +2,8 @@
 # plex on AF_XDP against Linux peers in network namespaces: ARP, ICMP, RST, HTTP with curl and
 # wrk (1000 connections), echo, fragmented pings and UDP up to 65 507 bytes, malformed frames
 # counted by plex, connect, 100 MiB bulk both ways with SHA-256 under 0/1/5 %
-# loss (nftables and plex's own fault injector) and reordering, two queues, start-up errors.
+# loss (nftables and plex's own fault injector) and reordering, two queues (TCP and UDP through
+# the blocking API), start-up errors (a queue another process holds names its pid).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -76,6 +77,21 @@ start_plex plx-s1 "$LOGDIR/after-kill.log" echo --iface plx-s1 --addr $S/24 || e
 check "a new plex starts after the kill -9 and serves" echoes again
 stop_plex
 check "after a clean stop, plx-s1 has no XDP program left" no_xdp
+
+# --- a queue another process holds through an AF_XDP socket (and no XDP program) ------------------
+# plex attaches its program (the interface has none), then binding to queue 0 fails with
+# EBUSY: the error names the holder's pid (exactly with the kernel's AF_XDP socket
+# diagnostics, as the one other AF_XDP socket holder of the namespace without them).
+ip netns exec plx-s1 timeout 60 "$PLEX" hold-queue --iface plx-s1 --queue 0 --secs 60 >"$LOGDIR/hold-queue.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 50); do grep -q "^hold-queue:" "$LOGDIR/hold-queue.log" && break; sleep 0.1; done
+holder=$(sed -n 's/^hold-queue: pid \([0-9]*\) .*/\1/p' "$LOGDIR/hold-queue.log")
+out=$(ip netns exec plx-s1 timeout 10 "$PLEX" echo --iface plx-s1 --addr $S/24 2>&1); rc=$?
+echo "     queue held by pid ${holder:-?}: $out"
+check "plex on a queue another process holds: exit 1, 'queue 0 of plx-s1 is in use by another AF_XDP socket (pid ${holder:-?}, plex'" \
+  sh -c "[ $rc = 1 ] && [ -n '$holder' ] && echo \"\$0\" | grep -q 'queue 0 of plx-s1 is in use by another AF_XDP socket (pid $holder, plex'" "$out"
+check "the refused plex left no XDP program on plx-s1" no_xdp
+stop_plex   # the holder
 
 # --- fragments both ways, and malformed frames plex must drop itself ----------------------
 # The bridge must not filter (scripts/testbed.sh turns br_netfilter's bridge-nf-call-* off in
@@ -212,6 +228,18 @@ q1=$(awk '/^queue 1:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR
 echo "     two queues: queue 0 received ${q0:-0} frames, queue 1 ${q1:-0}; $(grep Requests/sec "$LOGDIR/wrk-mq.txt")"
 check "two queues: connections spread over both poll threads" sh -c "[ \"${q0:-0}\" -gt 1000 ] && [ \"${q1:-0}\" -gt 1000 ]"
 
+# Queue 1 held by another process: plex binds queue 0 itself, then fails on queue 1 and names
+# the holder, not itself.
+ip netns exec plx-mqs timeout 60 "$PLEX" hold-queue --iface plx-mq1 --queue 1 --secs 60 >"$LOGDIR/hold-queue-mq.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 50); do grep -q "^hold-queue:" "$LOGDIR/hold-queue-mq.log" && break; sleep 0.1; done
+holder=$(sed -n 's/^hold-queue: pid \([0-9]*\) .*/\1/p' "$LOGDIR/hold-queue-mq.log")
+out=$(ip netns exec plx-mqs timeout 10 "$PLEX" echo --iface plx-mq1 --addr 198.18.1.2/24 --queues 2 --xdp-mode native 2>&1); rc=$?
+echo "     queue 1 held by pid ${holder:-?}: $out"
+check "plex --queues 2 with queue 1 held: exit 1, names the holder (pid ${holder:-?})" \
+  sh -c "[ $rc = 1 ] && [ -n '$holder' ] && echo \"\$0\" | grep -q 'queue 1 of plx-mq1 is in use by another AF_XDP socket (pid $holder, plex'" "$out"
+stop_plex   # the holder
+
 # The blocking API over two queues: one Net, a Bridge per poll thread; each accepted
 # connection is served by the queue the NIC steered it to. 32 clients, each checked.
 start_plex plx-mqs "$LOGDIR/mq-blocking.log" echo --blocking --iface plx-mq1 --addr 198.18.1.2/24 --queues 2 --xdp-mode native --stats || exit 1
@@ -223,7 +251,42 @@ for i in $(seq 1 32); do
   clients+=($!)
 done
 wait "${clients[@]}"   # the clients only: the server is a background job too
+# UDP through the blocking API's UdpSocket, which lives on shard 0: 200 client sockets (200
+# source ports) each send one datagram and wait for its echo; the NIC spreads them over both
+# queues, and queue 1 hands its datagrams to shard 0 (udp_forwarded).
+ip netns exec plx-mqc timeout 60 python3 - 198.18.1.2 7 200 >"$LOGDIR/mq-udp.txt" 2>&1 <<'PY'
+import os, random, socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(11)
+socks, good = [], 0
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.settimeout(2.0)
+    socks.append(s)  # kept open: 200 distinct source ports
+    msg = os.urandom(rng.randint(1, 1400))
+    s.sendto(msg, (host, port))
+    try:
+        data, frm = s.recvfrom(65535)
+    except socket.timeout:
+        print(f"port {s.getsockname()[1]}: no echo in 2 s")
+        continue
+    if data == msg and frm == (host, port):
+        good += 1
+    else:
+        print(f"port {s.getsockname()[1]}: {len(data)} bytes from {frm}, sent {len(msg)}")
+print(f"echoed {good}/{n}")
+sys.exit(0 if good == n else 1)
+PY
+udp_rc=$?
 stop_plex
+sed 's/^/     /' "$LOGDIR/mq-udp.txt"
+udp_good=$(sed -n 's|^echoed \([0-9]*\)/200$|\1|p' "$LOGDIR/mq-udp.txt")
+fwd=$(grep '^queue 1 stack:' "$LOGDIR/mq-blocking.log" | grep -o ' udp_forwarded=[0-9]*' | cut -d= -f2)
+echo "     blocking API UDP on two queues: echoed ${udp_good:-0}/200, forwarded ${fwd:-0} (queue 1 -> shard 0)"
+check "blocking API UDP on two queues: 200 of 200 datagrams from 200 source ports echoed byte for byte" \
+  sh -c "[ $udp_rc = 0 ] && [ '${udp_good:-0}' = 200 ]"
+check "blocking API UDP on two queues: queue 1 handed datagrams to shard 0 (udp_forwarded=${fwd:-0} > 0)" test "${fwd:-0}" -gt 0
 good=$(grep -lx "$want" "$LOGDIR"/mqb-*.sum 2>/dev/null | wc -l)
 b0=$(awk '/^queue 0:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq-blocking.log")
 b1=$(awk '/^queue 1:/ {for (i=1;i<=NF;i++) if ($i=="rx") print $(i+1)}' "$LOGDIR/mq-blocking.log")

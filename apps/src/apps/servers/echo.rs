@@ -108,6 +108,8 @@ impl App for Echo {
 }
 
 /// Echo through the blocking API: what an application linking plex writes, with std I/O.
+/// TCP with a thread per connection; UDP datagrams on the same port (RFC 862) from one
+/// thread, through a `UdpSocket` that gets the datagrams of every queue.
 // One application thread per connection (the blocking API): clippy.toml's thread rule is for
 // the sans-IO core.
 #[allow(clippy::disallowed_methods)]
@@ -120,6 +122,24 @@ pub fn echo_blocking(net: poll_loop::api::Net, port: u16) {
             return;
         }
     };
+    match net.udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)) {
+        Ok(udp) => {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match udp.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            let _ = udp.send_to(&buf[..n], from);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // The stack stopped.
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        Err(e) => eprintln!("plex: no UDP echo: cannot bind UDP port {port}: {e}"),
+    }
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { break };
         std::thread::spawn(move || {
