@@ -698,7 +698,6 @@ impl ShardLink {
 mod tests {
     use super::*;
     use stack::cluster::Opened;
-    use stack::iface::Received;
 
     /// What a poll thread does at its turn with its link (events, the lead's list) and the
     /// frames handed to it (plainly received: the runner's deciding is tested separately).
@@ -790,6 +789,93 @@ mod tests {
         shards[0].close(Instant::ZERO, sock).unwrap();
         deliver(&mut links[0], &mut shards[0]);
         assert_eq!(set.udp_owner(SocketAddrV4::new(ip, 5353)), None);
+    }
+
+    /// The shard that takes a SYN owns its 4-tuple before the SYN-ACK leaves: the peer's ACK,
+    /// arriving on the other queue before the owner's next turn, goes to it and completes the
+    /// connection there (it was reset before the claim: the table learnt the connection only
+    /// at the owner's next turn, and on a loaded machine that came after the ACK). A SYN that
+    /// makes no connection leaves no claim behind.
+    #[test]
+    fn a_taken_syn_is_claimed_before_its_syn_ack_leaves() {
+        use stack::iface::{SocketEvent, StackConfig};
+        use stack::wire::MacAddr;
+        let set = ShardSet::new(2);
+        let ip = Ipv4Addr::new(198, 18, 1, 2);
+        let now = Instant::ZERO;
+        let mut shards: Vec<Stack> = (0..2u32)
+            .map(|k| {
+                let mut c = StackConfig::new(MacAddr([2, 0, 0, 0, 1, 2]));
+                c.seed = k as u64 + 1;
+                let mut s = Stack::with_cluster(c, Box::new(ShardCluster::new(k, set.clone())));
+                s.add_address(ip, 24, false);
+                s
+            })
+            .collect();
+        let mut links: Vec<ShardLink> = (0..2).map(|k| ShardLink::new(k, set.clone())).collect();
+        for s in shards.iter_mut() {
+            s.tcp_listen(now, SocketAddrV4::new(ip, 80), 16).unwrap();
+        }
+        let mut peer = Stack::new(StackConfig::new(MacAddr([2, 0, 0, 0, 1, 1])));
+        peer.add_address(Ipv4Addr::new(198, 18, 1, 1), 24, false);
+        let c = peer.tcp_connect(now, None, SocketAddrV4::new(ip, 80)).unwrap();
+        let mut buf = vec![0u8; 2048];
+        // The peer's frames: ARP to shard 1, and the SYN to shard 1; everything after the
+        // SYN to shard 0 (the other queue).
+        let mut syn_seen = false;
+        for _ in 0..8 {
+            while let Some(n) = peer.poll_transmit(now, &mut buf) {
+                let f = buf[..n].to_vec();
+                let arp = u16::from_be_bytes([f[12], f[13]]) == 0x0806;
+                let to = if arp || !syn_seen { 1 } else { 0 };
+                if !arp {
+                    syn_seen = true;
+                }
+                let (l, s) = (&mut links[to], &mut shards[to]);
+                deliver_wire(l, s, &f);
+            }
+            for k in 0..2 {
+                // No turn of the links here: what a shard learns from its events comes too
+                // late on a loaded machine. Only the frames handed over are delivered.
+                let set = links[k].set().clone();
+                let (l, s) = (&mut links[k], &mut shards[k]);
+                set.drain(k as u32, |f, origin| {
+                    super::deliver(s, Some(l), now, f, origin);
+                });
+                while let Some(n) = shards[k].poll_transmit(now, &mut buf) {
+                    peer.receive(now, &buf[..n]);
+                }
+            }
+        }
+        assert!(matches!(peer.tcp(c).map(|x| x.state()), Some(stack::tcp::State::Established)), "the connection opened");
+        let mut accepted = [0, 0];
+        for (k, s) in shards.iter_mut().enumerate() {
+            while let Some((_, e)) = s.poll_event() {
+                if matches!(e, SocketEvent::Acceptable) {
+                    accepted[k] += 1;
+                }
+            }
+        }
+        assert_eq!(accepted, [0, 1], "accepted by the shard the SYN arrived on, not reset by the other");
+        assert_eq!(shards[0].counters().tcp_rst_out, 0);
+        // A SYN nobody listens for: refused, and no claim is left.
+        let refused = Tuple { local: SocketAddrV4::new(ip, 81), remote: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 50000) };
+        let mut c1 = ShardCluster::new(1, set.clone());
+        assert_eq!(c1.route_inbound(now, &refused, true), InboundRoute::Local);
+        assert_eq!(set.owner(&refused), Some(1), "claimed while the SYN is in hand");
+        shards[1].tcp_listen(now, SocketAddrV4::new(ip, 82), 1).unwrap();
+        let d = peer.tcp_connect(now, None, SocketAddrV4::new(ip, 81)).unwrap();
+        let _ = d;
+        while let Some(n) = peer.poll_transmit(now, &mut buf) {
+            let f = buf[..n].to_vec();
+            deliver_wire(&mut links[1], &mut shards[1], &f);
+        }
+        let owned = set.owners.read().iter().filter(|(t, _)| t.local.port() == 81).count();
+        assert_eq!(owned, 1, "only the route_inbound call above (not through deliver) holds a claim");
+    }
+
+    fn deliver_wire(link: &mut ShardLink, stack: &mut Stack, f: &[u8]) {
+        super::deliver(stack, Some(link), Instant::ZERO, f, Origin::Wire);
     }
 
     #[test]
