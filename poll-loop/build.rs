@@ -14,7 +14,8 @@ fn main() {
     let bpf_include = env::var("DEP_BPF_INCLUDE").expect("DEP_BPF_INCLUDE from libbpf-sys");
     let obj = out.join("steer.bpf.o");
     let status = Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        // v3: atomic fetch-and-add (the SYN steering's cursor; kernels from 5.12).
+        .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
         .arg("-I/usr/include/x86_64-linux-gnu")
         .arg(format!("-I{bpf_include}"))
         .arg("-Ibpf")

@@ -62,8 +62,10 @@ method = "round_robin"
 TOML
 rm -f "$REGION"
 declare -A SPID
-start_stack() { # I
-  ip netns exec "plx-s$1" "$PLEX" run --config "$CFG" --stack "s$1" --poll "$PLEX_POLL" --stats ${PLEX_ARGS:-} echo >>"$OUT/s$1.log" 2>&1 &
+start_stack() { # I [EXTRA ARGS...]
+  local i=$1; shift
+  set -- "$i" "$@"
+  ip netns exec "plx-s$1" "$PLEX" run --config "$CFG" --stack "s$1" --poll "$PLEX_POLL" --stats ${PLEX_ARGS:-} "${@:2}" echo >>"$OUT/s$1.log" 2>&1 &
   SPID[$1]=$!
   PIDS+=($!)
   for _ in $(seq 1 50); do grep -q "^plex: stack s$1" "$OUT/s$1.log" 2>/dev/null && return 0; sleep 0.1; done
@@ -101,6 +103,13 @@ series "plex router sequential" cr router-seq "$V:7"
 series "plex direct sequential" cr direct-seq "198.18.0.12:7"
 series "plex router 8 parallel" crp router-par "$V:7"
 series "plex direct 8 parallel" crp direct-par "198.18.0.12:7"
+# The same router deciding every SYN in its poll thread (the XDP program's SYN steering off).
+kill -INT "${SPID[1]}" 2>/dev/null || true
+for _ in $(seq 1 50); do kill -0 "${SPID[1]}" 2>/dev/null || break; sleep 0.1; done
+start_stack 1 --syn-steering off
+wait_owner s1 && ready && sleep 0.5
+series "router, SYNs by poll thread" cr router-off-seq "$V:7"
+series "router, SYNs by poll thread x8" crp router-off-par "$V:7"
 for i in 1 2 3; do kill -INT "${SPID[$i]}" 2>/dev/null || true; done
 sleep 1
 [ -n "$PLEXONLY" ] && { echo "  (logs and counters in $OUT)"; exit 0; }

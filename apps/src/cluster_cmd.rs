@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// cluster decides and take the connections it gives them.
     #[arg(long, default_value_t = 1)]
     pub queues: u32,
+    /// Where this stack routes a distributed address (round robin, weighted round robin), its
+    /// XDP program hands new connections to the targets itself ("on"), or every SYN comes to
+    /// the poll thread ("off").
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub syn_steering: String,
     #[command(subcommand)]
     pub app: ServerCmd,
 }
@@ -125,7 +130,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         stats: args.stats,
         limits: crate::Limits::default(),
     };
-    let join = ClusterJoin { cfg, stack: args.stack, app_name: args.app_name };
+    let join = ClusterJoin { cfg, stack: args.stack, app_name: args.app_name, syn_steering: args.syn_steering == "on" };
     match args.app {
         ServerCmd::Echo(a) => crate::datapath::serve_in_cluster(&dp, &join, |_| a.app(listen_ip)),
         ServerCmd::Http(a) => crate::datapath::serve_in_cluster(&dp, &join, |_| a.app(listen_ip)),

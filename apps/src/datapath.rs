@@ -17,6 +17,8 @@ pub struct ClusterJoin {
     pub stack: String,
     /// The application's name (`source_ipa`).
     pub app_name: Option<String>,
+    /// The router's XDP program steers SYNs itself ([`poll_loop::Plex::syn_steering`]).
+    pub syn_steering: bool,
 }
 
 /// The builder for these options.
@@ -79,7 +81,7 @@ pub fn serve<A: App + Send + 'static>(dp: &DataPath, make: impl Fn(u32) -> A) ->
 
 /// Run `make(queue)` on every queue as a member of a cluster.
 pub fn serve_in_cluster<A: App + Send + 'static>(dp: &DataPath, join: &ClusterJoin, make: impl FnMut(u32) -> A) -> Result<(), String> {
-    let mut p = plex(dp).cluster(join.cfg.clone(), &join.stack);
+    let mut p = plex(dp).cluster(join.cfg.clone(), &join.stack).syn_steering(join.syn_steering);
     if let Some(name) = &join.app_name {
         p = p.app_name(name);
     }

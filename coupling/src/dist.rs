@@ -605,10 +605,44 @@ pub struct Distributor {
     self_mail: VecDeque<Message>,
     actions: Vec<DistAction>,
     now: u64,
+    /// Bumped whenever what new connections are routed by may have changed (a target's
+    /// report, a target gone, routing started or stopped): see [`Distributor::syn_schedules`].
+    routing_version: u64,
     /// Counters.
     pub stats: DistStats,
     /// Messages and rows ignored, per reason.
     pub invalid: InvalidCounts,
+}
+
+/// The smooth weighted round-robin sequence (nginx) of `ready` (target, weight) over the
+/// weights' sum, the weights scaled down so that it has at most `max` entries (each ready
+/// target with a weight keeps at least one); round robin if every weight is zero.
+fn smooth_wrr(ready: &[(u8, u32)], max: usize) -> Vec<u8> {
+    let total: u64 = ready.iter().map(|(_, w)| *w as u64).sum();
+    if total == 0 {
+        return ready.iter().map(|(t, _)| *t).collect();
+    }
+    let max = max.max(ready.len()) as u64;
+    let scaled: Vec<(u8, i64)> = ready
+        .iter()
+        .filter(|(_, w)| *w > 0)
+        .map(|(t, w)| (*t, if total <= max { *w as i64 } else { ((*w as u64 * max / total).max(1)) as i64 }))
+        .collect();
+    let sum: i64 = scaled.iter().map(|(_, w)| *w).sum();
+    let mut current = vec![0i64; scaled.len()];
+    let mut out = Vec::with_capacity(sum as usize);
+    for _ in 0..sum {
+        let mut best = 0;
+        for (k, (_, w)) in scaled.iter().enumerate() {
+            current[k] += w;
+            if current[k] > current[best] {
+                best = k;
+            }
+        }
+        current[best] -= sum;
+        out.push(scaled[best].0);
+    }
+    out
 }
 
 impl Distributor {
@@ -636,6 +670,7 @@ impl Distributor {
             self_mail: VecDeque::new(),
             actions: Vec::new(),
             now: 0,
+            routing_version: 0,
             stats: DistStats::default(),
             invalid: InvalidCounts::default(),
         }
@@ -1060,6 +1095,7 @@ impl Distributor {
 
     fn detach(&mut self) {
         self.detached = true;
+        self.routing_version += 1;
         for (_, r) in std::mem::take(&mut self.routers) {
             if r.active {
                 self.actions.push(DistAction::RoutingStopped { addr: r.addr });
@@ -1169,6 +1205,9 @@ impl Distributor {
         for k in removed {
             r.flows.remove(&k);
         }
+        if !failed.is_empty() {
+            self.routing_version += 1;
+        }
         for t in &failed {
             let keys: Vec<(u16, u8)> = r.dpt.keys().filter(|(_, x)| x == t).copied().collect();
             for k in keys {
@@ -1229,6 +1268,7 @@ impl Distributor {
         r.grace_until = now + d.grace_ms * 1_000_000;
         r.waiting = d.candidates().into_iter().map(|s| s as u8).filter(|s| *s != me && live.get(*s as usize).is_some_and(|x| x.is_some())).collect();
         self.stats.rebuilds += 1;
+        self.routing_version += 1;
         self.actions.push(DistAction::RoutingStarted { addr, epoch });
         // The region's rows of this DVIPA: ours to adopt, or hints.
         let region = self.region.clone();
@@ -1331,6 +1371,7 @@ impl Distributor {
     }
 
     fn stop_routing(&mut self, i: usize) {
+        self.routing_version += 1;
         if let Some(r) = self.routers.remove(&i) {
             self.actions.push(DistAction::RoutingStopped { addr: r.addr });
         }
@@ -1537,6 +1578,7 @@ impl Distributor {
         e.busy_permille = busy;
         e.draining = draining;
         e.dirty = true;
+        self.routing_version += 1;
     }
 
     fn member_inc(&self, s: u8, now: u64) -> u64 {
@@ -1838,6 +1880,50 @@ impl Distributor {
         };
         r.rr_last.insert(port, t);
         Some(t)
+    }
+
+    /// Changes whenever [`Distributor::syn_schedules`] may answer differently.
+    pub fn routing_version(&self) -> u64 {
+        self.routing_version
+    }
+
+    /// For every (DVIPA, port) this stack routes and its targets listen on: the targets new
+    /// connections go to, in the order a stateless steering (the router's XDP program, which
+    /// hands a SYN to the next one and installs its flow) gives them out; an empty list where
+    /// every SYN must come to the poll thread instead (least connections and server weight
+    /// decide by per-connection figures; the router is one of the targets itself; no target
+    /// is ready). Round robin lists each ready target once in slot order; weighted round
+    /// robin lists the smooth weighted sequence over the weights' sum (scaled down to at most
+    /// `max` entries). The router learns the connections so steered from their targets'
+    /// NEWCONN, as after a takeover.
+    pub fn syn_schedules(&self, max: usize) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        let mut out = Vec::new();
+        let me = self.slot;
+        for (&i, r) in self.routers.iter().filter(|(_, r)| r.active) {
+            let Some(d) = self.def(i) else { continue };
+            let list = d.targets_of(me as usize);
+            let ports: BTreeSet<u16> = r.dpt.keys().map(|k| k.0).filter(|p| d.ports.contains(*p)).collect();
+            for port in ports {
+                let ready: Vec<(u8, u32)> = r
+                    .dpt
+                    .range((port, 0)..=(port, u8::MAX))
+                    .filter(|(&(_, t), s)| s.listeners > 0 && !s.draining && list.contains(&(t as usize)))
+                    .map(|(&(_, t), s)| (t, Self::weight(d, t, s)))
+                    .collect();
+                let steerable = !ready.is_empty()
+                    && !ready.iter().any(|(t, _)| *t == me)
+                    && matches!(d.method, DistMethod::RoundRobin | DistMethod::WeightedRoundRobin);
+                let order = if !steerable {
+                    Vec::new()
+                } else if d.method == DistMethod::RoundRobin {
+                    ready.iter().map(|(t, _)| *t).collect()
+                } else {
+                    smooth_wrr(&ready, max)
+                };
+                out.push((SocketAddrV4::new(r.addr, port), order));
+            }
+        }
+        out
     }
 
     // ---------------------------------------------------------------- region tables

@@ -27,12 +27,21 @@ struct {
 	__type(value, struct plex_home);
 } home SEC(".maps");
 
+/* LRU: the flows of SYNs the program steered whose connection never came (refused, abandoned)
+ * are never removed by the poll thread, which learns of a connection only from its target. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PLEX_MAX_FLOWS);
 	__type(key, struct plex_flow_key);
 	__type(value, struct plex_flow);
 } flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PLEX_MAX_SYN_TABLES);
+	__type(key, struct plex_syn_key);
+	__type(value, struct plex_syn_table);
+} syns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -60,6 +69,34 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/* A pure SYN of an unknown flow to a steered address and port: to the next target in turn,
+ * its flow installed (the segments that follow take the flow), or -1 (the poll thread
+ * decides: no table, or the flow appeared meanwhile). */
+static __always_inline int steer_syn(struct ethhdr *eth, struct plex_flow_key *k)
+{
+	struct plex_syn_key sk = { .daddr = k->daddr, .dport = k->dport, .pad = 0 };
+	struct plex_syn_table *t = bpf_map_lookup_elem(&syns, &sk);
+	if (!t)
+		return -1;
+	__u32 n = t->n;
+	if (n == 0 || n > PLEX_SYN_SLOTS)
+		return -1;
+	__u32 i = __sync_fetch_and_add(&t->cursor, 1) % n;
+	/* The compiler knows i < n <= PLEX_SYN_SLOTS; the verifier must be shown. */
+	asm volatile("" : "+r"(i));
+	i &= PLEX_SYN_SLOTS - 1;
+	struct plex_flow f = {};
+	__builtin_memcpy(f.dmac, t->dmac[i], 6);
+	__builtin_memcpy(f.smac, t->smac, 6);
+	__builtin_memcpy(f.cmac, eth->h_source, 6);
+	if (bpf_map_update_elem(&flows, k, &f, BPF_NOEXIST) != 0)
+		return -1;
+	__builtin_memcpy(eth->h_dest, f.dmac, 6);
+	__builtin_memcpy(eth->h_source, f.smac, 6);
+	count(PLEX_STAT_SYN_STEERED);
+	return XDP_TX;
+}
+
 /* A TCP segment of a known flow of a distributed address: to its target, or -1. */
 static __always_inline int forward(struct ethhdr *eth, struct iphdr *ip, void *end)
 {
@@ -76,7 +113,7 @@ static __always_inline int forward(struct ethhdr *eth, struct iphdr *ip, void *e
 	};
 	struct plex_flow *f = bpf_map_lookup_elem(&flows, &k);
 	if (!f)
-		return -1;
+		return (tcp->syn && !tcp->ack && !tcp->rst && !tcp->fin) ? steer_syn(eth, &k) : -1;
 	if (tcp->ack) {
 		__builtin_memcpy(f->cmac, eth->h_source, 6);
 		f->ack = tcp->ack_seq;

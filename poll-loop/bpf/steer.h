@@ -8,6 +8,8 @@
 #define PLEX_MAX_QUEUES 64
 #define PLEX_MAX_HOMES 1024
 #define PLEX_MAX_FLOWS 65536
+#define PLEX_MAX_SYN_TABLES 256
+#define PLEX_SYN_SLOTS 64 /* a power of two (the program masks the slot index) */
 
 /* home map: key = IPv4 address in network byte order (__u32), value = struct plex_home. */
 struct plex_home {
@@ -39,6 +41,25 @@ struct plex_flow {
 	__u32 acked;  /* 1 once `ack` is set: the router can reset the client if the target dies */
 };
 
+/* syn map (the router's SYN steering): key = a distributed address and port as on the wire,
+ * value = the targets new connections go to, in turn. A pure SYN of an unknown flow to that
+ * address and port goes to the next one (its flow installed in the flows map by the program)
+ * without reaching the poll thread; the router learns the connection from its target's
+ * NEWCONN. No entry (or n = 0): the poll thread decides. */
+struct plex_syn_key {
+	__u32 daddr;
+	__u16 dport;
+	__u16 pad;
+};
+
+struct plex_syn_table {
+	__u32 n;      /* slots in use, at most PLEX_SYN_SLOTS */
+	__u32 cursor; /* the next slot (advanced atomically) */
+	__u8 smac[6]; /* ours */
+	__u8 pad[2];
+	__u8 dmac[PLEX_SYN_SLOTS][6]; /* each slot's target MAC */
+};
+
 /* stats map: per-CPU array of __u64 counters indexed by these. */
 enum plex_stat {
 	PLEX_STAT_IP_REDIRECTED = 0,
@@ -46,7 +67,8 @@ enum plex_stat {
 	PLEX_STAT_PASSED = 2,
 	PLEX_STAT_REDIRECT_FAILED = 3,
 	PLEX_STAT_FORWARDED = 4,
-	PLEX_STAT_MAX = 5,
+	PLEX_STAT_SYN_STEERED = 5,
+	PLEX_STAT_MAX = 6,
 };
 
 #endif

@@ -163,6 +163,12 @@ pub struct StackCluster {
     home: Option<HomeMap>,
     /// The steering program's flows map (the distributor's fast path), with it.
     flows: Option<FlowMap>,
+    /// The steering program's SYN map (the router hands new connections to its targets in
+    /// the program itself), if SYN steering is on; what it holds now; the distributor's
+    /// routing version it was computed at.
+    syn_map: Option<crate::xdp::SynMap>,
+    syn_installed: std::collections::HashMap<SocketAddrV4, Vec<[u8; 6]>>,
+    syn_version: u64,
     /// The flows in the fast path with their target's slot, per distributed DVIPA (removed
     /// when routing stops).
     fast: std::collections::HashMap<Ipv4Addr, std::collections::HashMap<(SocketAddrV4, SocketAddrV4), u8>>,
@@ -213,6 +219,48 @@ impl StackCluster {
     pub fn set_steering(&mut self, home: HomeMap, flows: FlowMap) {
         self.home = Some(home);
         self.flows = Some(flows);
+    }
+
+    /// Let the steering program hand new connections of the addresses this stack routes to
+    /// their targets itself (round robin and weighted round robin; see
+    /// [`Distributor::syn_schedules`]).
+    pub fn set_syn_steering(&mut self, syns: crate::xdp::SynMap) {
+        self.syn_map = Some(syns);
+    }
+
+    /// Bring the steering program's SYN map in line with the distributor (when its routing
+    /// changed, or `force`: at a heartbeat, when a target's MAC may have become known).
+    fn steer_syns(&mut self, ns: u64, force: bool) {
+        let Some(map) = self.syn_map.as_ref() else { return };
+        let v = self.dist.routing_version();
+        if v == self.syn_version && !force {
+            return;
+        }
+        self.syn_version = v;
+        let mut want: std::collections::HashMap<SocketAddrV4, Vec<[u8; 6]>> = Default::default();
+        if self.node.detached().is_none() {
+            for (local, order) in self.dist.syn_schedules(crate::xdp::layout::SYN_SLOTS as usize) {
+                // Every target's MAC known, or the poll thread decides.
+                let macs: Option<Vec<[u8; 6]>> = order.iter().map(|t| self.mac_of(*t, ns)).collect();
+                if let Some(m) = macs.filter(|m| !m.is_empty()) {
+                    want.insert(local, m);
+                }
+            }
+        }
+        let name = self.node.name().to_string();
+        for local in self.syn_installed.keys().filter(|k| !want.contains_key(k)) {
+            if let Err(e) = map.remove(*local) {
+                log(&name, format_args!("{e}"));
+            }
+        }
+        for (local, macs) in &want {
+            if self.syn_installed.get(local) != Some(macs) {
+                if let Err(e) = map.set(*local, self.mac, macs) {
+                    log(&name, format_args!("{e}"));
+                }
+            }
+        }
+        self.syn_installed = want;
     }
 
     /// The distributor (its counters and tables, for reports).
@@ -348,6 +396,9 @@ impl ClusterMember {
             ports_forwarded: 0,
             home: None,
             flows: None,
+            syn_map: None,
+            syn_installed: Default::default(),
+            syn_version: u64::MAX,
             fast: Default::default(),
             mac,
             bound: Vec::new(),
@@ -429,6 +480,9 @@ impl ClusterMember {
         }
         if !self.left {
             self.feed_distributor(ns, stack);
+            if let Some(sc) = node_of(stack) {
+                sc.steer_syns(ns, false);
+            }
         }
         if !self.dist_actions.is_empty() {
             self.apply_dist(now, ns, stack);
@@ -506,6 +560,7 @@ impl ClusterMember {
         // A router gives a distributed DVIPA back only once its primary has rebuilt.
         node.tick(ns, &|a| dist.node_conns(a, conns.iter().find(|c| c.0 == a).map_or(0, |c| c.1)), &mut actions);
         dist.tick(ns, node, &mut self.dist_actions);
+        sc.steer_syns(ns, true);
         sc.handoff.tick(ns, &mut sc.node, &mut self.handoff_events);
         self.watch_drain(now, ns, stack);
         self.watch_ports_enabled(ns, stack);
@@ -1030,6 +1085,11 @@ impl ClusterMember {
         }
         let Some(sc) = node_of(stack) else { return };
         sc.dist.leave(&mut self.dist_actions);
+        if let Some(map) = sc.syn_map.as_ref() {
+            for local in sc.syn_installed.drain().map(|(k, _)| k) {
+                let _ = map.remove(local);
+            }
+        }
         let mut out = Vec::new();
         sc.node.leave(self.clock.mono_ns(now), &mut out);
         for a in out {

@@ -194,7 +194,7 @@ pub fn has_cap(name: &str) -> bool {
 
 /// The capabilities named in `needs` ("CAP_BPF and CAP_NET_ADMIN") that this process lacks.
 /// CAP_SYS_ADMIN stands in for CAP_BPF, as in the kernel.
-fn missing_caps(needs: &'static str) -> Vec<&'static str> {
+pub(crate) fn missing_caps(needs: &'static str) -> Vec<&'static str> {
     CAPS.iter()
         .map(|(n, _)| *n)
         .filter(|n| needs.contains(n))

@@ -61,6 +61,7 @@ pub struct Plex {
     cluster: Option<(Arc<coupling::ClusterConfig>, String)>,
     app_name: Option<String>,
     signals: bool,
+    syn_steering: bool,
 }
 
 impl core::fmt::Debug for Plex {
@@ -95,6 +96,7 @@ impl Plex {
             cluster: None,
             app_name: None,
             signals: true,
+            syn_steering: true,
         }
     }
     /// plex's address and prefix length (not a kernel address of the interface).
@@ -164,6 +166,14 @@ impl Plex {
     /// name (z/OS SOURCEIPA; [`StackConfig::app_name`]).
     pub fn app_name(mut self, name: &str) -> Plex {
         self.app_name = Some(name.to_string());
+        self
+    }
+    /// A cluster member that routes a distributed address lets its XDP program hand new
+    /// connections to the targets itself (round robin and weighted round robin: the SYN never
+    /// reaches the poll thread; on by default), or (`false`) decides every SYN in the poll
+    /// thread.
+    pub fn syn_steering(mut self, on: bool) -> Plex {
+        self.syn_steering = on;
         self
     }
     /// Stop on SIGINT and SIGTERM (the default), or leave signals alone.
@@ -317,6 +327,9 @@ impl Plex {
                 },
                 Some((m, mut handle)) => {
                     handle.set_steering(steering.home_map().map_err(StartError::Other)?, steering.flow_map().map_err(StartError::Other)?);
+                    if self.syn_steering {
+                        handle.set_syn_steering(steering.syn_map().map_err(StartError::Other)?);
+                    }
                     (Stack::with_cluster(cfg, Box::new(handle)), Some(m))
                 }
             };
@@ -497,8 +510,8 @@ impl core::fmt::Display for Report {
         let st = &self.steering;
         writeln!(
             f,
-            "xdp: ip_redirected {} arp_redirected {} passed {} redirect_failed {} forwarded {}",
-            st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed, st.forwarded
+            "xdp: ip_redirected {} arp_redirected {} passed {} redirect_failed {} forwarded {} syn_steered {}",
+            st.ip_redirected, st.arp_redirected, st.passed, st.redirect_failed, st.forwarded, st.syn_steered
         )?;
         for (q, r) in self.queues.iter().enumerate() {
             let x = r.xsk().stats();

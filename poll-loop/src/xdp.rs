@@ -82,6 +82,9 @@ pub struct SteerStats {
     /// TCP segments of distributed flows sent on to their target stack by the program itself
     /// (XDP_TX), without reaching the poll thread.
     pub forwarded: u64,
+    /// SYNs of new connections the program sent to a target itself (the router's SYN
+    /// steering), their flows installed, without reaching the poll thread.
+    pub syn_steered: u64,
 }
 
 /// The steering program attached to an interface through a BPF link, and its maps. Dropping
@@ -96,6 +99,7 @@ pub struct Steering {
     home: MapHandle,
     stats: MapHandle,
     flows: MapHandle,
+    syns: MapHandle,
     /// Where the link is pinned (a cluster member's: its fast path outlives a crash).
     pin: Option<std::path::PathBuf>,
 }
@@ -171,6 +175,14 @@ fn libbpf_said() -> String {
     }
 }
 
+/// The end of the verifier's log libbpf printed during the last load (the lines that say why).
+fn verifier_said() -> String {
+    let Ok(mut log) = LIBBPF_LOG.lock() else { return String::new() };
+    let lines: Vec<String> = log.drain(..).flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>()).filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(12)..];
+    format!("\n  {}", tail.join("\n  "))
+}
+
 impl Steering {
     /// Load the program and attach it to `ifname` through a BPF link.
     pub fn attach(ifname: &str, mode: AttachMode) -> Result<Steering, StartError> {
@@ -194,9 +206,13 @@ impl Steering {
             .map_err(|e| StartError::Other(format!("opening the XDP object: {e}{}", libbpf_said())))?;
         let obj = open.load().map_err(|e| {
             let text = e.to_string();
-            if text.contains("Operation not permitted") || text.contains("Permission denied") {
+            let refused = text.contains("Operation not permitted") || text.contains("Permission denied");
+            if refused && !crate::error::missing_caps("CAP_BPF and CAP_NET_ADMIN").is_empty() {
                 libbpf_said();
                 StartError::not_permitted("loading the XDP program", "CAP_BPF and CAP_NET_ADMIN")
+            } else if refused {
+                // With the capabilities, EACCES is the verifier refusing the program: its log.
+                StartError::Other(format!("the kernel's verifier refused the XDP program: {text}{}", verifier_said()))
             } else {
                 StartError::Other(format!("loading the XDP program: {text}{}", libbpf_said()))
             }
@@ -213,6 +229,7 @@ impl Steering {
             _ => StartError::XdpAttach { ifname: ifname.to_string(), mode: mode.name(), err: errno_text(&e) },
         })?;
         let (xsks, home, stats, flows) = (map(&obj, "xsks")?, map(&obj, "home")?, map(&obj, "stats")?, map(&obj, "flows")?);
+        let syns = map(&obj, "syns")?;
         // The mode the kernel chose, when it was left to it.
         let mode = match mode {
             AttachMode::Auto => match attached(ifindex, link.as_fd()) {
@@ -232,7 +249,7 @@ impl Steering {
             },
             None => None,
         };
-        Ok(Steering { _link: link, ifname: ifname.to_string(), mode, xsks, home, stats, flows, pin })
+        Ok(Steering { _link: link, ifname: ifname.to_string(), mode, xsks, home, stats, flows, syns, pin })
     }
 
     /// The mode the program is attached in.
@@ -276,6 +293,12 @@ impl Steering {
         Ok(FlowMap { map })
     }
 
+    /// A handle on the SYN steering map (the router's) for the poll thread.
+    pub fn syn_map(&self) -> Result<SynMap, String> {
+        let map = MapHandle::try_from(&self.syns).map_err(|e| format!("cloning the SYN steering map handle: {e}"))?;
+        Ok(SynMap { map })
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> SteerStats {
         let mut v = [0u64; layout::STAT_MAX as usize];
@@ -293,6 +316,7 @@ impl Steering {
             passed: v[layout::STAT_PASSED as usize],
             redirect_failed: v[layout::STAT_REDIRECT_FAILED as usize],
             forwarded: v[layout::STAT_FORWARDED as usize],
+            syn_steered: v[layout::STAT_SYN_STEERED as usize],
         }
     }
 }
@@ -441,6 +465,64 @@ impl FlowMap {
     }
 }
 
+/// The steering program's SYN map: for a distributed address and port, the targets the
+/// program itself hands new connections to, in turn (the router's SYN steering).
+pub struct SynMap {
+    map: MapHandle,
+}
+
+impl core::fmt::Debug for SynMap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SynMap")
+    }
+}
+
+/// Bytes of `struct plex_syn_table`.
+const SYN_TABLE: usize = 16 + 6 * layout::SYN_SLOTS as usize;
+
+/// The SYN map's value for `targets` (at most [`layout::SYN_SLOTS`]) from `ours`, as
+/// `struct plex_syn_table` (cursor 0).
+fn syn_table(ours: [u8; 6], targets: &[[u8; 6]]) -> [u8; SYN_TABLE] {
+    let mut v = [0u8; SYN_TABLE];
+    let n = targets.len().min(layout::SYN_SLOTS as usize);
+    v[0..4].copy_from_slice(&(n as u32).to_ne_bytes());
+    v[8..14].copy_from_slice(&ours);
+    for (k, mac) in targets.iter().take(n).enumerate() {
+        v[16 + 6 * k..22 + 6 * k].copy_from_slice(mac);
+    }
+    v
+}
+
+impl SynMap {
+    /// SYNs to `local` go to `targets` in turn (at most [`layout::SYN_SLOTS`]; an empty list
+    /// removes the entry: the poll thread decides).
+    pub fn set(&self, local: std::net::SocketAddrV4, ours: [u8; 6], targets: &[[u8; 6]]) -> Result<(), String> {
+        if targets.is_empty() {
+            return self.remove(local);
+        }
+        self.map
+            .update(&syn_key(local), &syn_table(ours, targets), MapFlags::ANY)
+            .map_err(|e| format!("steering the SYNs to {local} in the XDP program: {e}"))
+    }
+    /// SYNs to `local` reach the poll thread again.
+    pub fn remove(&self, local: std::net::SocketAddrV4) -> Result<(), String> {
+        match self.map.delete(&syn_key(local)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing the SYN steering of {local}: {e}")),
+        }
+    }
+}
+
+/// The SYN map's key for `local`, as `struct plex_syn_key` (address and port in network byte
+/// order).
+fn syn_key(local: std::net::SocketAddrV4) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0..4].copy_from_slice(&local.ip().octets());
+    k[4..6].copy_from_slice(&local.port().to_be_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,7 +531,15 @@ mod tests {
     fn layout_constants_come_from_the_header() {
         assert_eq!(layout::MAX_QUEUES, 64);
         assert_eq!(layout::HOME_INTERNAL, 1);
-        assert_eq!(layout::STAT_MAX, 5);
+        assert_eq!(layout::STAT_MAX, 6);
+        assert_eq!(layout::SYN_SLOTS, 64);
+        assert_eq!(SYN_TABLE, 400, "struct plex_syn_table");
+        let t = syn_table([1; 6], &[[2; 6], [3; 6]]);
+        assert_eq!(&t[0..4], &2u32.to_ne_bytes());
+        assert_eq!(&t[8..14], &[1; 6]);
+        assert_eq!(&t[16..22], &[2; 6]);
+        assert_eq!(&t[22..28], &[3; 6]);
+        assert_eq!(syn_key("198.18.0.102:80".parse().unwrap()), [198, 18, 0, 102, 0, 80, 0, 0]);
         assert_eq!(layout::HOME_DISTRIBUTED, 2);
         assert!(OBJECT.starts_with(b"\x7fELF"), "the object build.rs compiled is embedded");
     }

@@ -1328,3 +1328,50 @@ mod prop {
         }
     }
 }
+
+/// The router's SYN schedule for its XDP program: round robin lists the ready targets once,
+/// weighted round robin the smooth sequence; a closed listener or a draining target leaves it
+/// (the routing version moves); methods decided per connection, and a router that is a target
+/// itself, steer nothing. A connection steered so (the router never saw its SYN) is learnt
+/// from its target's NEWCONN: routed, in the CRT, removed by its TERMCONN.
+#[test]
+fn the_syn_schedule_follows_the_method_and_the_listeners() {
+    let mut s = started("ports = [80], targets = [\"s2\", \"s3\"]", &["s2", "s3"]);
+    let sched = |s: &Sim| s.stacks["s1"].dist.syn_schedules(64);
+    assert_eq!(sched(&s), [(sock(80), vec![1, 2])]);
+    assert!(s.stacks["s2"].dist.syn_schedules(64).is_empty(), "only the router steers");
+    let v = s.stacks["s1"].dist.routing_version();
+    s.listen("s2", 80, 0);
+    s.settle();
+    assert_ne!(s.stacks["s1"].dist.routing_version(), v);
+    assert_eq!(sched(&s), [(sock(80), vec![2])]);
+    let now = s.now;
+    s.stacks.get_mut("s3").unwrap().dist.set_draining(now, sock(80), true);
+    s.settle();
+    assert_eq!(sched(&s), [(sock(80), vec![])], "no ready target: the poll thread decides (and resets)");
+    s.stacks.get_mut("s3").unwrap().dist.set_draining(now, sock(80), false);
+    s.listen("s2", 80, 1);
+    s.settle();
+    assert_eq!(sched(&s), [(sock(80), vec![1, 2])]);
+    // A steered connection: s2 has it, the router learns it from the NEWCONN.
+    let c = client(60_000);
+    let now = s.now;
+    let st = s.stacks.get_mut("s2").unwrap();
+    st.conns.insert((sock(80), c));
+    st.dist.connection_opened(now, sock(80), c, false);
+    s.settle();
+    assert_eq!(s.segment(c), Route::Forward { slot: 1 });
+    assert_eq!(s.crt_targets().get(&c).map(String::as_str), Some("s2"));
+    s.close("s2", c);
+    s.settle();
+    assert_eq!(s.segment(c), Route::Reset);
+    assert!(!s.crt_targets().contains_key(&c));
+
+    let s = started("ports = [80], targets = [\"s2\", \"s3\"], method = \"weighted_round_robin\", weights = { s2 = 3, s3 = 1 }", &["s2", "s3"]);
+    assert_eq!(sched(&s), [(sock(80), vec![1, 1, 2, 1])], "the smooth sequence of the poll thread's picks");
+    assert_eq!(s.stacks["s1"].dist.syn_schedules(2), [(sock(80), vec![1, 2])], "scaled down to fit");
+    let s = started("ports = [80], targets = [\"s2\", \"s3\"], method = \"least_connections\"", &["s2", "s3"]);
+    assert_eq!(sched(&s), [(sock(80), vec![])]);
+    let s = started("ports = [80], targets = \"all\"", &["s1", "s2"]);
+    assert_eq!(sched(&s), [(sock(80), vec![])], "the router is a target: its own SYNs are its poll thread's");
+}
