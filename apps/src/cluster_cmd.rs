@@ -198,7 +198,9 @@ pub enum ShowWhat {
     /// rows it ignored.
     Counters,
     /// The distributor's destination port table (z/OS NETSTAT VDPT): per distributed DVIPA,
-    /// port and target, its listeners, readiness, weight and connections.
+    /// port and target, its listeners, readiness, weight and connections. SYNS counts the SYNs
+    /// the router's poll thread routed; those its XDP program steers itself (round robin and
+    /// weighted round robin) are `syn_steered` in `plex run --stats`.
     Dpt,
     /// The distributor's connection routing table (z/OS NETSTAT VCRT): per connection, its
     /// target, router and epoch.

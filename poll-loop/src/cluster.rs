@@ -106,9 +106,20 @@ pub struct ClusterMember {
     shards: Option<Arc<ShardSet>>,
     /// What the lead published for them last.
     published: Published,
+    /// When mail (ring messages) last came in, and when to look again: while mail flows, a
+    /// sleeping poll loop comes back every [`MAIL_POLL`] (nothing wakes it when another
+    /// stack writes to its ring, and a router whose SYNs its XDP program steers gets few
+    /// frames, while each connection brings it a NEWCONN and a TERMCONN).
+    mail_last: Instant,
+    mail_due: Option<Instant>,
     /// The cluster's other stacks' MACs, as last given to the stack.
     macs: Vec<stack::wire::MacAddr>,
 }
+
+/// How often a sleeping member looks at its rings while mail flows, and for how long after the
+/// last message.
+const MAIL_POLL: Duration = Duration::from_millis(1);
+const MAIL_WINDOW: Duration = Duration::from_millis(50);
 
 /// How long a dead stack's pinned XDP fast path keeps forwarding before a live member removes
 /// it: clients have moved to the new router (gratuitous ARP) well before.
@@ -377,6 +388,8 @@ impl ClusterMember {
             next_reclaim: now,
             handoff_events: Vec::new(),
             shards: None,
+            mail_last: Instant::ZERO,
+            mail_due: None,
             published: Published::default(),
             macs: Vec::new(),
         };
@@ -424,6 +437,7 @@ impl ClusterMember {
     /// When the loop must come back at the latest (adaptive sleep).
     pub fn next_deadline(&self) -> Instant {
         let d = self.reannounce.iter().map(|r| r.0).fold(self.next_tick, Instant::min);
+        let d = self.mail_due.map_or(d, |m| d.min(m));
         if self.marks.is_empty() {
             d
         } else {
@@ -479,10 +493,15 @@ impl ClusterMember {
             });
         }
         if !self.left {
+            let before = node_of(stack).map_or(0, |sc| sc.dist.stats.messages_in + sc.handoff.stats.messages_in);
             self.feed_distributor(ns, stack);
             if let Some(sc) = node_of(stack) {
                 sc.steer_syns(ns, false);
+                if sc.dist.stats.messages_in + sc.handoff.stats.messages_in != before {
+                    self.mail_last = now;
+                }
             }
+            self.mail_due = (now < self.mail_last + MAIL_WINDOW).then(|| now + MAIL_POLL);
         }
         if !self.dist_actions.is_empty() {
             self.apply_dist(now, ns, stack);

@@ -118,9 +118,12 @@ check "round robin: both targets accepted about half (s2 ${acc2:-0}, s3 ${acc3:-
   sh -c "[ \"${acc2:-0}\" -ge 40 ] && [ \"${acc3:-0}\" -ge 40 ] && [ \"${acc1:-1}\" = 0 ] && [ \$(( ${acc2:-0} - ${acc3:-0} )) -le 2 ] && [ \$(( ${acc3:-0} - ${acc2:-0} )) -le 2 ]"
 fwd=$(grep -o "xdp: .*forwarded [0-9]*" "$LOGDIR/s1.log" | tail -1 | awk '{print $NF}')
 slow=$(grep -o "forwarded [0-9]* unforwarded" "$LOGDIR/s1.log" | tail -1 | awk '{print $2}')
-echo "     router s1: XDP fast path forwarded ${fwd:-?} segments, its poll thread ${slow:-?} (SYNs and first segments)"
+steered=$(grep -o "syn_steered [0-9]*" "$LOGDIR/s1.log" | tail -1 | awk '{print $2}')
+echo "     router s1: XDP fast path forwarded ${fwd:-?} segments and steered ${steered:-?} SYNs; its poll thread forwarded ${slow:-?} (SYNs and first segments of flows the program did not know)"
 check "the router's XDP program forwarded established flows itself (${fwd:-0} > poll thread's ${slow:-0})" \
   sh -c "[ \"${fwd:-0}\" -gt \"${slow:-0}\" ]"
+check "the router's XDP program handed the new connections to the targets itself (${steered:-0} SYNs steered, round robin)" \
+  sh -c "[ \"${steered:-0}\" -ge 100 ]"
 
 # --- long-lived connections: router killed, then taken back --------------------------------
 rm -f "$REGION"
