@@ -6,7 +6,10 @@
 # queues; through the bridge, frames spread over a host's queues only in native XDP mode, and
 # the router's XDP fast path (XDP_TX) does not work in native mode on a veth here, so the stacks
 # that route (s1, s2) run generic XDP (their frames arrive on queue 0) and the target s3 runs
-# native (its connections spread over both queues). A Linux client:
+# native (its connections spread over both queues). The router decides SYNs in its poll thread
+# here (--syn-steering off): frames its XDP program sends on (XDP_TX) keep the queue they arrived
+# on (0) through the bridge, so every SYN would reach the target's queue 0 (on a NIC, the
+# target's RSS spreads them whoever sent them). A Linux client:
 #   - curl and wrk through the router: every request answered, the target's two queues both
 #     accept connections (the lead hands SYNs back decided);
 #   - 50 long-lived echo connections (it/seq_echo.py): kill -9 of the router mid-load, takeover
@@ -59,7 +62,7 @@ MODE=([1]=generic [2]=generic [3]=native)
 
 start_stack() { # I APP [ARGS...]
   local i=$1; shift
-  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats --queues 2 --xdp-mode "${MODE[$i]}" "$@" >>"$LOGDIR/s$i.log" 2>&1 &
+  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats --queues 2 --xdp-mode "${MODE[$i]}" --syn-steering off "$@" >>"$LOGDIR/s$i.log" 2>&1 &
   SPID[$i]=$!
   disown "$!" 2>/dev/null || true
   PIDS+=($!)
