@@ -913,3 +913,125 @@ mod tests {
         assert!(!set.hand_over(0, &[1; 60]), "a full inbox drops");
     }
 }
+
+/// A cluster member on two queues, in one process without an interface: the lead (queue 0)
+/// holds the member; the follower (queue 1) gets the DVIPA from the lead's publication, hands
+/// a SYN for it to the lead, whose distributor decides (it routes the address and picks
+/// itself as the target) and hands the SYN back decided; the follower accepts, and the
+/// client's next segment, arriving on queue 0, reaches the follower's connection.
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::cluster::ClusterMember;
+    use coupling::node::Identity;
+    use coupling::ClusterConfig;
+    use stack::iface::{SocketEvent, StackConfig};
+    use stack::time::Duration;
+
+    const DVIPA: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 102);
+
+    fn config(region: &str) -> String {
+        let mut s = format!("[cluster]\nname = \"shards\"\nregion = \"{region}\"\nlease_ms = 100\nheartbeat_ms = 10\n");
+        for (i, n) in ["s1", "s2", "s3"].iter().enumerate() {
+            s += &format!("[[stack]]\nname = \"{n}\"\ninterface = \"plx-shard{i}\"\naddress = \"198.18.0.{}/24\"\n", 11 + i);
+        }
+        s += "[[dvipa]]\naddress = \"198.18.0.102/24\"\nprimary = \"s2\"\nbackups = [{ stack = \"s1\", rank = 20 }]\ndistribute = { ports = [80], targets = [\"s2\", \"s3\"] }\n";
+        s
+    }
+
+    #[test]
+    fn a_follower_shard_takes_the_syns_its_lead_decides_for_it() {
+        let region = format!("/dev/shm/plex-shards-test-{}", std::process::id());
+        let _ = std::fs::remove_file(&region);
+        let cfg = Arc::new(ClusterConfig::parse(&config(&region), "test").unwrap());
+        let clock = crate::clock::Clock::default();
+        let mac = MacAddr([2, 0, 0, 0, 0x20, 2]);
+        let ident = Identity { pid: std::process::id(), mac: mac.0, ifindex: 200 };
+        let (mut member, mut sc) = ClusterMember::join_at(cfg.clone(), "s2", ident, clock, Instant::ZERO).unwrap();
+        let set = ShardSet::new(2);
+        sc.set_shards(set.clone());
+        member.set_shards(set.clone());
+        let own = Ipv4Addr::new(198, 18, 0, 12);
+        let follower = ShardCluster::follower(1, set.clone(), Follower::new(vec![own], cfg.clone(), sc.slot(), sc.ports_shared(), clock));
+        let stack = |seed: u64, c: Box<dyn Cluster>| {
+            let mut cfg = StackConfig::new(mac);
+            cfg.seed = seed;
+            let mut s = Stack::with_cluster(cfg, c);
+            s.add_address(own, 24, false);
+            s
+        };
+        let mut shards = [stack(1, Box::new(sc)), stack(2, Box::new(follower))];
+        let mut links = [ShardLink::clustered(0, set.clone()), ShardLink::clustered(1, set.clone())];
+        let mut client = Stack::new(StackConfig::new(MacAddr([2, 0, 0, 0, 0x20, 1])));
+        client.add_address(Ipv4Addr::new(198, 18, 0, 1), 24, false);
+        let mut now = Instant::ZERO;
+        let mut buf = vec![0u8; 4096];
+        // One poll-loop turn of both shards: the member, the links, the frames handed over.
+        let mut turn = |now: Instant, shards: &mut [Stack; 2], links: &mut [ShardLink; 2], member: &mut ClusterMember| {
+            member.turn(now, &mut shards[0]);
+            for k in 0..2 {
+                links[k].turn(&mut shards[k]);
+                let set = links[k].set().clone();
+                let (l, s) = (&mut links[k], &mut shards[k]);
+                set.drain(k as u32, |f, origin| {
+                    let r = deliver(s, Some(l), now, f, origin);
+                    assert!(!matches!(r, stack::iface::Received::Forward { .. }), "nothing leaves for another stack here");
+                });
+            }
+            member.turn(now, &mut shards[0]);
+        };
+        // s2 alone, the DVIPA's primary: it activates and routes it; the follower gets it from
+        // the lead's publication.
+        for _ in 0..3000 {
+            now = now + Duration::from_millis(1);
+            turn(now, &mut shards, &mut links, &mut member);
+            if shards[1].has_address(DVIPA) && shards[0].homes().iter().any(|h| h.addr == DVIPA && !h.internal) {
+                break;
+            }
+        }
+        assert!(shards[0].has_address(DVIPA), "the lead holds the DVIPA");
+        assert!(shards[1].homes().iter().any(|h| h.addr == DVIPA && !h.internal), "the follower has it from the lead's publication");
+        assert!(set.sync.lease_ok(clock.mono_ns(now)), "the lead published its lease");
+        // Both shards listen; the distributor hears of both listeners (the follower's through
+        // the lead) and routes SYNs to its own stack.
+        let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
+        for s in shards.iter_mut() {
+            s.tcp_listen(now, any80, 16).unwrap();
+        }
+        for _ in 0..50 {
+            now = now + Duration::from_millis(1);
+            turn(now, &mut shards, &mut links, &mut member);
+        }
+        let c = client.tcp_connect(now, None, SocketAddrV4::new(DVIPA, 80)).unwrap();
+        // Every frame from the client: ARP and the SYN to queue 1, the rest to queue 0.
+        let mut syn_sent = false;
+        for _ in 0..20 {
+            now = now + Duration::from_millis(1);
+            while let Some(n) = client.poll_transmit(now, &mut buf) {
+                let f = buf[..n].to_vec();
+                let arp = u16::from_be_bytes([f[12], f[13]]) == 0x0806;
+                let q = if arp || !syn_sent { 1 } else { 0 };
+                syn_sent |= !arp;
+                let (l, s) = (&mut links[q], &mut shards[q]);
+                deliver(s, Some(l), now, &f, Origin::Wire);
+            }
+            turn(now, &mut shards, &mut links, &mut member);
+            for s in shards.iter_mut() {
+                while let Some(n) = s.poll_transmit(now, &mut buf) {
+                    client.receive(now, &buf[..n]);
+                }
+            }
+        }
+        assert!(matches!(client.tcp(c).map(|x| x.state()), Some(stack::tcp::State::Established)), "connected");
+        let accepted: Vec<usize> = shards.iter_mut().map(|s| std::iter::from_fn(|| s.poll_event()).filter(|e| matches!(e.1, SocketEvent::Acceptable)).count()).collect();
+        assert_eq!(accepted, [0, 1], "the follower took the connection, not the lead");
+        let t = Tuple { local: SocketAddrV4::new(DVIPA, 80), remote: client.tcp(c).unwrap().tuple().local };
+        assert_eq!(set.owner(&t), Some(1));
+        let dist = crate::cluster::dist_stats(&shards[0]).unwrap();
+        assert_eq!(dist.syns_local, 1, "the lead's distributor decided the SYN: {dist:?}");
+        assert!(shards[0].counters().tcp_shard_handed >= 1 && shards[1].counters().tcp_shard_handed >= 1);
+        assert_eq!(set.sync.follower_connections(DVIPA), 1, "the follower's connection is counted for the node");
+        assert_eq!(shards[0].counters().tcp_rst_out + shards[1].counters().tcp_rst_out, 0);
+        let _ = std::fs::remove_file(&region);
+    }
+}

@@ -51,48 +51,7 @@ targets = ["s2", "s3"]
 method = "round_robin"
 grace_ms = 2000
 TOML
-declare -A SPID
-
-# start_stack I APP [ARGS...]: plex run --stack sI with the test's config.
-start_stack() {
-  local i=$1; shift
-  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats "$@" >>"$LOGDIR/s$i.log" 2>&1 &
-  SPID[$i]=$!
-  disown "$!" 2>/dev/null || true
-  PIDS+=($!)
-  for _ in $(seq 1 50); do
-    grep -q "^plex: stack s$i" "$LOGDIR/s$i.log" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "stack s$i did not start: $(tail -3 "$LOGDIR/s$i.log")"
-  return 1
-}
-stop_stack() { # I: SIGINT, wait
-  kill -INT "${SPID[$1]}" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "${SPID[$1]}" 2>/dev/null || break; sleep 0.1; done
-}
-ctl() { "$PLEX" ctl --config "$CFG" "$@"; }
-owner_of() { ctl show dvipas 2>/dev/null | awk -v a="$V" 'index($1, a "/") == 1 {print $3}'; }
-wait_owner() { # STACK SECONDS
-  for _ in $(seq 1 $(( ${2:-3} * 20 ))); do
-    [ "$(owner_of)" = "$1" ] && return 0
-    sleep 0.05
-  done
-  echo "     $V is owned by '$(owner_of)', expected $1"
-  return 1
-}
-# dpt_ready PORT N: N targets report listeners on PORT
-dpt_ready() {
-  for _ in $(seq 1 60); do
-    [ "$(ctl show dpt 2>/dev/null | awk -v p=":$1" 'substr($1, length($1) - length(p) + 1) == p && $0 ~ / ready /' | wc -l)" -ge "$2" ] && return 0
-    sleep 0.05
-  done
-  ctl show dpt
-  return 1
-}
-crt_count() { # TARGET: CRT rows routed to it
-  ctl show crt 2>/dev/null | awk -v t="$1" 'NR > 1 && $3 == t {n++} END {print n + 0}'
-}
+source "$HERE/cluster_lib.sh"
 
 # --- HTTP: spread and the fast path -----------------------------------------------------
 start_stack 1 http --size 100 || exit 1

@@ -57,41 +57,9 @@ targets = ["s2", "s3"]
 method = "round_robin"
 grace_ms = 2000
 TOML
-declare -A SPID
-MODE=([1]=generic [2]=generic [3]=native)
-
-start_stack() { # I APP [ARGS...]
-  local i=$1; shift
-  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats --queues 2 --xdp-mode "${MODE[$i]}" --syn-steering off "$@" >>"$LOGDIR/s$i.log" 2>&1 &
-  SPID[$i]=$!
-  disown "$!" 2>/dev/null || true
-  PIDS+=($!)
-  for _ in $(seq 1 50); do
-    grep -q "^plex: stack s$i" "$LOGDIR/s$i.log" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "stack s$i did not start: $(tail -3 "$LOGDIR/s$i.log")"
-  return 1
-}
-stop_stack() {
-  kill -INT "${SPID[$1]}" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "${SPID[$1]}" 2>/dev/null || break; sleep 0.1; done
-}
-ctl() { "$PLEX" ctl --config "$CFG" "$@"; }
-owner_of() { ctl show dvipas 2>/dev/null | awk -v a="$V" 'index($1, a "/") == 1 {print $3}'; }
-wait_owner() { # STACK SECONDS
-  for _ in $(seq 1 $(( ${2:-3} * 20 ))); do [ "$(owner_of)" = "$1" ] && return 0; sleep 0.05; done
-  echo "     $V is owned by '$(owner_of)', expected $1"
-  return 1
-}
-dpt_ready() { # PORT N
-  for _ in $(seq 1 60); do
-    [ "$(ctl show dpt 2>/dev/null | awk -v p=":$1" 'substr($1, length($1) - length(p) + 1) == p && $0 ~ / ready /' | wc -l)" -ge "$2" ] && return 0
-    sleep 0.05
-  done
-  ctl show dpt
-  return 1
-}
+source "$HERE/cluster_lib.sh"
+# The routers generic, the target native (see above); every stack on two queues.
+STACK_ARGS=([1]="--queues 2 --xdp-mode generic --syn-steering off" [2]="--queues 2 --xdp-mode generic --syn-steering off" [3]="--queues 2 --xdp-mode native --syn-steering off")
 # accepted LOG Q: connections queue Q's shard accepted (its last --stats report)
 accepted() { grep "^queue $2 listeners:" "$1" | tail -1 | grep -o "accepted=[0-9]*" | cut -d= -f2; }
 # counter LOG Q NAME: a stack counter of queue Q (its last --stats report)

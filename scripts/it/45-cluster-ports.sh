@@ -55,38 +55,9 @@ cluster_ports = true
 ports = [80]
 targets = ["s2", "s3"]
 TOML
-declare -A SPID
-
-start_stack() { # I APP [ARGS...]: plex run --stack sI with the test's config
-  local i=$1; shift
-  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats "$@" >>"$LOGDIR/s$i.log" 2>&1 &
-  SPID[$i]=$!
-  disown "$!" 2>/dev/null || true
-  PIDS+=($!)
-  for _ in $(seq 1 50); do
-    grep -q "^plex: stack s$i" "$LOGDIR/s$i.log" 2>/dev/null && return 0
-    kill -0 "${SPID[$i]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "stack s$i did not start: $(tail -3 "$LOGDIR/s$i.log")"
-  return 1
-}
-stop_stack() { # I: SIGINT, wait
-  kill -INT "${SPID[$1]}" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "${SPID[$1]}" 2>/dev/null || break; sleep 0.1; done
-}
+source "$(dirname "$0")/cluster_lib.sh"
 wait_exit() { # I SECONDS
   for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 "${SPID[$1]}" 2>/dev/null || return 0; sleep 0.1; done
-  return 1
-}
-ctl() { "$PLEX" ctl --config "$CFG" "$@"; }
-owner_of() { ctl show dvipas 2>/dev/null | awk -v a="$V" 'index($1, a "/") == 1 {print $3}'; }
-wait_owner() { # STACK SECONDS
-  for _ in $(seq 1 $(( ${2:-3} * 20 ))); do
-    [ "$(owner_of)" = "$1" ] && return 0
-    sleep 0.05
-  done
-  echo "     $V is owned by '$(owner_of)', expected $1"
   return 1
 }
 wait_line() { # FILE PATTERN SECONDS

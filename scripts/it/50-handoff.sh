@@ -73,28 +73,12 @@ prefix /three s3
 host   three.test s3
 default s1
 R
-declare -A SPID
+source "$(dirname "$0")/cluster_lib.sh"
 start_stack() { # I ARGS...: the content router
   local i=$1; shift
   start_app "$i" "$@" router --rules "$RULES"
 }
-start_app() { # I ARGS... APP...: plex run --stack sI ARGS
-  local i=$1; shift
-  ip netns exec "plx-s$i" "$PLEX" run --config "$CFG" --stack "s$i" --stats "$@" >>"$LOGDIR/s$i.log" 2>&1 &
-  SPID[$i]=$!
-  disown "$!" 2>/dev/null || true
-  PIDS+=($!)
-  for _ in $(seq 1 50); do
-    grep -q "^plex: stack s$i" "$LOGDIR/s$i.log" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "stack s$i did not start: $(tail -3 "$LOGDIR/s$i.log")"
-  return 1
-}
-stop_stack() { kill -INT "${SPID[$1]}" 2>/dev/null || true; for _ in $(seq 1 50); do kill -0 "${SPID[$1]}" 2>/dev/null || break; sleep 0.1; done; }
-ctl() { "$PLEX" ctl --config "$CFG" "$@"; }
-owner_of() { ctl show dvipas 2>/dev/null | awk -v a="$V" 'index($1, a "/") == 1 {print $3}'; }
-wait_owner() { for _ in $(seq 1 100); do [ "$(owner_of)" = "$1" ] && return 0; sleep 0.05; done; return 1; }
+start_app() { plex_run_stack "$@"; } # I ARGS... APP...
 jget() { python3 -c "import json,sys; print(json.loads(sys.argv[1]).get('$2'))" "$1" 2>/dev/null; }
 
 run_round() { # LABEL [plex run options...]
@@ -166,8 +150,6 @@ echo "     s1: $(grep 'queue 0 handoff:' "$LOGDIR/s1.log" | tail -1 | sed 's/^qu
 for i in 1 2; do stop_stack $i; done
 
 # --- plex ctl drain -----------------------------------------------------------------------
-crt_of() { ctl show crt 2>/dev/null | awk -v t="$1" 'NR > 1 && $3 == t {n++} END {print n + 0}'; }
-dpt_ready() { for _ in $(seq 1 60); do [ "$(ctl show dpt 2>/dev/null | awk -v p=":$1" 'substr($1, length($1) - length(p) + 1) == p && $0 ~ / ready /' | wc -l)" -ge "$2" ] && return 0; sleep 0.05; done; return 1; }
 rm -f "$REGION"
 for i in 1 2 3; do start_app $i echo || exit 1; done
 wait_owner s1 && dpt_ready 7 2
@@ -176,19 +158,19 @@ rm -f "$STOP"
 ip netns exec plx-client python3 "$HERE/seq_echo.py" $V 7 40 "$STOP" 60 10 >"$LOGDIR/drain-seq.json" 2>&1 &
 SEQ=$!
 sleep 2
-echo "     before: CRT s2 $(crt_of s2), s3 $(crt_of s3)"
+echo "     before: CRT s2 $(crt_count s2), s3 $(crt_count s3)"
 ctl drain s2 --to s3 >"$LOGDIR/drain1.txt" 2>&1; rc=$?
 echo "     $(tail -1 "$LOGDIR/drain1.txt")"
-check "plex ctl drain s2 --to s3 (exit $rc): every s2 connection moved; the CRT routes none to s2 ($(crt_of s2)), s3 has them ($(crt_of s3))" \
-  sh -c "[ $rc = 0 ] && [ $(crt_of s2) = 0 ] && [ $(crt_of s3) -ge 40 ]"
+check "plex ctl drain s2 --to s3 (exit $rc): every s2 connection moved; the CRT routes none to s2 ($(crt_count s2)), s3 has them ($(crt_count s3))" \
+  sh -c "[ $rc = 0 ] && [ $(crt_count s2) = 0 ] && [ $(crt_count s3) -ge 40 ]"
 stop_stack 2
 start_app 2 echo || exit 1
 dpt_ready 7 2
 sleep 0.5
 ctl drain s3 --to s2 >"$LOGDIR/drain2.txt" 2>&1; rc=$?
 echo "     after s2's restart: $(tail -1 "$LOGDIR/drain2.txt")"
-check "s2 restarted; plex ctl drain s3 --to s2 (exit $rc): all back on s2 ($(crt_of s2)), none on s3 ($(crt_of s3))" \
-  sh -c "[ $rc = 0 ] && [ $(crt_of s3) = 0 ] && [ $(crt_of s2) -ge 40 ]"
+check "s2 restarted; plex ctl drain s3 --to s2 (exit $rc): all back on s2 ($(crt_count s2)), none on s3 ($(crt_count s3))" \
+  sh -c "[ $rc = 0 ] && [ $(crt_count s3) = 0 ] && [ $(crt_count s2) -ge 40 ]"
 sleep 1
 touch "$STOP"
 wait "$SEQ"
