@@ -967,7 +967,7 @@ mod cluster_tests {
         let mut now = Instant::ZERO;
         let mut buf = vec![0u8; 4096];
         // One poll-loop turn of both shards: the member, the links, the frames handed over.
-        let mut turn = |now: Instant, shards: &mut [Stack; 2], links: &mut [ShardLink; 2], member: &mut ClusterMember| {
+        let turn = |now: Instant, shards: &mut [Stack; 2], links: &mut [ShardLink; 2], member: &mut ClusterMember| {
             member.turn(now, &mut shards[0]);
             for k in 0..2 {
                 links[k].turn(&mut shards[k]);
@@ -983,7 +983,7 @@ mod cluster_tests {
         // s2 alone, the DVIPA's primary: it activates and routes it; the follower gets it from
         // the lead's publication.
         for _ in 0..3000 {
-            now = now + Duration::from_millis(1);
+            now += Duration::from_millis(1);
             turn(now, &mut shards, &mut links, &mut member);
             if shards[1].has_address(DVIPA) && shards[0].homes().iter().any(|h| h.addr == DVIPA && !h.internal) {
                 break;
@@ -999,14 +999,14 @@ mod cluster_tests {
             s.tcp_listen(now, any80, 16).unwrap();
         }
         for _ in 0..50 {
-            now = now + Duration::from_millis(1);
+            now += Duration::from_millis(1);
             turn(now, &mut shards, &mut links, &mut member);
         }
         let c = client.tcp_connect(now, None, SocketAddrV4::new(DVIPA, 80)).unwrap();
         // Every frame from the client: ARP and the SYN to queue 1, the rest to queue 0.
         let mut syn_sent = false;
         for _ in 0..20 {
-            now = now + Duration::from_millis(1);
+            now += Duration::from_millis(1);
             while let Some(n) = client.poll_transmit(now, &mut buf) {
                 let f = buf[..n].to_vec();
                 let arp = u16::from_be_bytes([f[12], f[13]]) == 0x0806;
