@@ -154,9 +154,16 @@ impl ClusterSync {
             f(e);
         }
     }
-    fn push_events(&self, events: &[ClusterEvent]) {
-        self.events.lock().extend_from_slice(events);
-        self.has_events.store(true, Ordering::Release);
+    /// A follower's events for the lead (its UDP sockets are its own affair): whether any.
+    fn push_events(&self, events: &[ClusterEvent]) -> bool {
+        let mut q = self.events.lock();
+        let before = q.len();
+        q.extend(events.iter().copied().filter(|e| !matches!(e, ClusterEvent::UdpBound(_) | ClusterEvent::UdpClosed(_))));
+        let any = q.len() > before;
+        if any {
+            self.has_events.store(true, Ordering::Release);
+        }
+        any
     }
     /// The followers' connections on `addr`.
     pub fn follower_connections(&self, addr: Ipv4Addr) -> usize {
@@ -589,7 +596,7 @@ impl ShardLink {
             }
             self.set.apply(self.me, &self.events);
             if self.follower && !self.events.is_empty() {
-                self.report(stack);
+                self.report();
             }
         }
         if self.follower {
@@ -600,7 +607,7 @@ impl ShardLink {
 
     /// A follower's events to the lead (woken: a NEWCONN must reach the router before the
     /// reply to the connection's SYN does), and its connection counts.
-    fn report(&mut self, _stack: &mut Stack) {
+    fn report(&mut self) {
         let mut changed = false;
         for e in &self.events {
             match e {
@@ -617,10 +624,7 @@ impl ShardLink {
                 _ => {}
             }
         }
-        let cluster: Vec<ClusterEvent> =
-            self.events.iter().copied().filter(|e| !matches!(e, ClusterEvent::UdpBound(_) | ClusterEvent::UdpClosed(_))).collect();
-        if !cluster.is_empty() {
-            self.set.sync.push_events(&cluster);
+        if self.set.sync.push_events(&self.events) {
             self.set.wake(0);
         }
         if changed {
