@@ -1386,7 +1386,7 @@ impl Cluster for StackCluster {
         } else {
             match (&self.shards, remote) {
                 // Several queues: drawn in the shards' table (no two shards open one 4-tuple).
-                (Some(set), Some(_)) => return crate::shards::ShardCluster::new(0, set.clone()).ephemeral_port(now, local, remote, rng),
+                (Some(set), Some(r)) => return set.draw_port(0, local, r, rng),
                 _ => return SingleStack.ephemeral_port(now, local, remote, rng),
             }
         };

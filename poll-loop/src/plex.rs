@@ -290,20 +290,15 @@ impl Plex {
         let shard_set = (self.queues > 1).then(|| crate::shards::ShardSet::new(self.queues as usize));
         let own: Vec<Ipv4Addr> = std::iter::once(addr).chain(self.extra.iter().copied()).collect();
         // What a follower shard of a cluster member knows of the cluster.
-        let follower = |q: u32, sc: &crate::cluster::StackCluster, set: &Arc<crate::shards::ShardSet>| {
-            let (cfg, name) = self.cluster.as_ref().expect("a cluster member");
-            let slot = cfg.stacks.iter().position(|s| &s.name == name).unwrap_or(sc.slot());
-            crate::shards::ShardCluster::follower(
-                q,
-                set.clone(),
-                crate::shards::Follower::new(own.clone(), cfg.clone(), slot, sc.ports_shared(), clock),
-            )
-        };
         let mut followers: Vec<Option<crate::shards::ShardCluster>> = Vec::new();
-        if let (Some((m, sc)), Some(set)) = (member.as_mut(), &shard_set) {
+        if let (Some((m, sc)), Some(set), Some((cfg, _))) = (member.as_mut(), &shard_set, &self.cluster) {
             sc.set_shards(set.clone());
             m.set_shards(set.clone());
-            followers = (0..self.queues).map(|q| (q > 0).then(|| follower(q, sc, set))).collect();
+            let follower = |q| {
+                let f = crate::shards::Follower::new(own.clone(), cfg.clone(), sc.slot(), sc.ports_shared(), clock);
+                crate::shards::ShardCluster::follower(q, set.clone(), f)
+            };
+            followers = (0..self.queues).map(|q| (q > 0).then(|| follower(q))).collect();
         }
         let clustered = member.is_some();
         for q in 0..self.queues {

@@ -257,6 +257,22 @@ impl ShardSet {
         self.inboxes.get(me as usize).is_some_and(|q| !q.is_empty())
     }
 
+    /// A random ephemeral port from `local` to `remote` that no shard has a connection on,
+    /// recorded as shard `me`'s (so two shards never open the same 4-tuple).
+    pub fn draw_port(&self, me: u32, local: Ipv4Addr, remote: SocketAddrV4, rng: &mut Rng) -> Option<u16> {
+        let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
+        let mut owners = self.owners.write();
+        for _ in 0..64 {
+            let port = *EPHEMERAL_PORTS.start() + rng.below(span) as u16;
+            let tuple = Tuple { local: SocketAddrV4::new(local, port), remote };
+            if let std::collections::hash_map::Entry::Vacant(e) = owners.entry(tuple) {
+                e.insert(me);
+                return Some(port);
+            }
+        }
+        None
+    }
+
     /// Record that shard `me` opened `tuple` (unless another shard has it).
     pub fn own(&self, tuple: Tuple, me: u32) {
         self.owners.write().entry(tuple).or_insert(me);
@@ -425,17 +441,7 @@ impl Cluster for ShardCluster {
         }
         // A UDP socket's port (no peer): process-wide ports are a TCP matter.
         let Some(remote) = remote else { return SingleStack.ephemeral_port(now, local, None, rng) };
-        let span = (*EPHEMERAL_PORTS.end() - *EPHEMERAL_PORTS.start()) as u64 + 1;
-        let mut owners = self.set.owners.write();
-        for _ in 0..64 {
-            let port = *EPHEMERAL_PORTS.start() + rng.below(span) as u16;
-            let tuple = Tuple { local: SocketAddrV4::new(local, port), remote };
-            if let std::collections::hash_map::Entry::Vacant(e) = owners.entry(tuple) {
-                e.insert(self.me);
-                return Some(port);
-            }
-        }
-        None
+        self.set.draw_port(self.me, local, remote, rng)
     }
 
     fn claim_port(&mut self, now: Instant, local: SocketAddrV4) -> stack::cluster::PortClaim {
@@ -472,7 +478,7 @@ pub fn deliver(stack: &mut Stack, link: Option<&mut ShardLink>, now: Instant, g:
         link.share(g);
     }
     let deciding = match origin {
-        Origin::Shard { from, .. } if link.lead => crate::cluster::deciding_for(stack, Some(from)),
+        Origin::Shard { from, .. } if link.is_lead() => crate::cluster::deciding_for(stack, Some(from)),
         Origin::Shard { decided: true, .. } => set_decided(stack, true),
         _ => false,
     };
@@ -485,7 +491,7 @@ pub fn deliver(stack: &mut Stack, link: Option<&mut ShardLink>, now: Instant, g:
         }
     }
     if deciding {
-        if link.lead {
+        if link.is_lead() {
             crate::cluster::deciding_for(stack, None);
         } else {
             set_decided(stack, false);
@@ -498,7 +504,7 @@ pub fn deliver(stack: &mut Stack, link: Option<&mut ShardLink>, now: Instant, g:
             }
             // The lead's decision for the follower that asked (or a race: the connection is
             // another shard's now).
-            Origin::Shard { from, .. } if link.lead => {
+            Origin::Shard { from, .. } if link.is_lead() => {
                 link.hand_decided(to, g, to == from);
             }
             // Handed over already: never on again (no ping-pong).
@@ -538,10 +544,9 @@ pub struct ShardLink {
     me: u32,
     set: Arc<ShardSet>,
     events: Vec<ClusterEvent>,
-    /// Shard 0 of a cluster stack: its member drains the stack's events itself.
-    lead: bool,
-    /// A follower of a cluster stack.
-    follower: bool,
+    /// A shard of a cluster stack (shard 0 is the lead, whose member drains the stack's
+    /// events itself; the others follow it).
+    clustered: bool,
     /// The lead's publication this follower applied last.
     applied: u64,
     /// This follower's connections per local address.
@@ -557,12 +562,12 @@ pub struct ShardLink {
 impl ShardLink {
     /// Shard `me` of `set`.
     pub fn new(me: u32, set: Arc<ShardSet>) -> ShardLink {
-        ShardLink { me, set, events: Vec::new(), lead: false, follower: false, applied: 0, counts: HashMap::new(), handed: 0, unhanded: 0, lease_waits: 0 }
+        ShardLink { me, set, events: Vec::new(), clustered: false, applied: 0, counts: HashMap::new(), handed: 0, unhanded: 0, lease_waits: 0 }
     }
 
     /// Shard `me` of a cluster stack's `set` (0 is the lead, whose member reads its events).
     pub fn clustered(me: u32, set: Arc<ShardSet>) -> ShardLink {
-        ShardLink { lead: me == 0, follower: me != 0, ..ShardLink::new(me, set) }
+        ShardLink { clustered: true, ..ShardLink::new(me, set) }
     }
 
     /// The set.
@@ -577,29 +582,29 @@ impl ShardLink {
 
     /// Shard 0 of a cluster stack.
     pub fn is_lead(&self) -> bool {
-        self.lead
+        self.clustered && self.me == 0
     }
 
     /// A follower shard of a cluster stack.
     pub fn is_follower(&self) -> bool {
-        self.follower
+        self.clustered && self.me != 0
     }
 
     /// Record the stack's connection events; a follower reports them to the lead and applies
     /// the lead's home list. Returns whether frames were handed over to this shard (the poll
     /// loop delivers them).
     pub fn turn(&mut self, stack: &mut Stack) -> bool {
-        if !self.lead {
+        if !self.is_lead() {
             self.events.clear();
             while let Some(e) = stack.poll_cluster_event() {
                 self.events.push(e);
             }
             self.set.apply(self.me, &self.events);
-            if self.follower && !self.events.is_empty() {
+            if self.is_follower() && !self.events.is_empty() {
                 self.report();
             }
         }
-        if self.follower {
+        if self.is_follower() {
             self.follow(stack);
         }
         self.set.has_handed(self.me)
@@ -658,7 +663,7 @@ impl ShardLink {
 
     /// Whether the lead's lease holds at `ns` (a follower takes no frame otherwise); counted.
     pub fn lease_ok(&mut self, ns: u64) -> bool {
-        let ok = !self.follower || self.set.sync.lease_ok(ns);
+        let ok = !self.is_follower() || self.set.sync.lease_ok(ns);
         if !ok {
             self.lease_waits += 1;
         }
@@ -703,6 +708,23 @@ mod tests {
     use super::*;
     use stack::cluster::Opened;
 
+    /// Two shards of one process on `ip` (one MAC), with their links.
+    fn two_shards(ip: Ipv4Addr) -> (Arc<ShardSet>, Vec<Stack>, Vec<ShardLink>) {
+        use stack::iface::StackConfig;
+        let set = ShardSet::new(2);
+        let shards = (0..2u32)
+            .map(|k| {
+                let mut c = StackConfig::new(MacAddr([2, 0, 0, 0, 1, 2]));
+                c.seed = k as u64 + 1;
+                let mut s = Stack::with_cluster(c, Box::new(ShardCluster::new(k, set.clone())));
+                s.add_address(ip, 24, false);
+                s
+            })
+            .collect();
+        let links = (0..2).map(|k| ShardLink::new(k, set.clone())).collect();
+        (set, shards, links)
+    }
+
     /// What a poll thread does at its turn with its link (events, the lead's list) and the
     /// frames handed to it (plainly received: the runner's deciding is tested separately).
     fn deliver(link: &mut ShardLink, stack: &mut Stack) {
@@ -738,18 +760,8 @@ mod tests {
     fn a_datagram_for_another_shards_socket_goes_there() {
         use stack::iface::{Received, StackConfig};
         use stack::wire::MacAddr;
-        let set = ShardSet::new(2);
         let ip = Ipv4Addr::new(198, 18, 1, 2);
-        let mut shards: Vec<Stack> = (0..2u32)
-            .map(|k| {
-                let mut c = StackConfig::new(MacAddr([2, 0, 0, 0, 1, 2]));
-                c.seed = k as u64 + 1;
-                let mut s = Stack::with_cluster(c, Box::new(ShardCluster::new(k, set.clone())));
-                s.add_address(ip, 24, false);
-                s
-            })
-            .collect();
-        let mut links: Vec<ShardLink> = (0..2).map(|k| ShardLink::new(k, set.clone())).collect();
+        let (set, mut shards, mut links) = two_shards(ip);
         let sock = shards[0].udp_bind(SocketAddrV4::new(ip, 5353)).unwrap();
         let any = shards[0].udp_bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 6000)).unwrap();
         deliver(&mut links[0], &mut shards[0]);
@@ -804,19 +816,9 @@ mod tests {
     fn a_taken_syn_is_claimed_before_its_syn_ack_leaves() {
         use stack::iface::{SocketEvent, StackConfig};
         use stack::wire::MacAddr;
-        let set = ShardSet::new(2);
         let ip = Ipv4Addr::new(198, 18, 1, 2);
         let now = Instant::ZERO;
-        let mut shards: Vec<Stack> = (0..2u32)
-            .map(|k| {
-                let mut c = StackConfig::new(MacAddr([2, 0, 0, 0, 1, 2]));
-                c.seed = k as u64 + 1;
-                let mut s = Stack::with_cluster(c, Box::new(ShardCluster::new(k, set.clone())));
-                s.add_address(ip, 24, false);
-                s
-            })
-            .collect();
-        let mut links: Vec<ShardLink> = (0..2).map(|k| ShardLink::new(k, set.clone())).collect();
+        let (set, mut shards, mut links) = two_shards(ip);
         for s in shards.iter_mut() {
             s.tcp_listen(now, SocketAddrV4::new(ip, 80), 16).unwrap();
         }

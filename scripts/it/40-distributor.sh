@@ -10,6 +10,7 @@
 #   - kill -9 of a target: its clients get RSTs quickly, the others are untouched.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/cluster_lib.sh"
 HERE=$(dirname "$0")
 
 echo "== distributor tests (logs in $LOGDIR)"
@@ -26,32 +27,9 @@ region = "$REGION"
 lease_ms = 250
 heartbeat_ms = 10
 
-[[stack]]
-name = "s1"
-interface = "plx-s1"
-address = "198.18.0.11/24"
-
-[[stack]]
-name = "s2"
-interface = "plx-s2"
-address = "198.18.0.12/24"
-
-[[stack]]
-name = "s3"
-interface = "plx-s3"
-address = "198.18.0.13/24"
-
-[[dvipa]]
-address = "$V/24"
-primary = "s1"
-backups = [{ stack = "s2", rank = 20 }]
-[dvipa.distribute]
-ports = [7, 80]
-targets = ["s2", "s3"]
-method = "round_robin"
-grace_ms = 2000
 TOML
-source "$HERE/cluster_lib.sh"
+stacks_toml >>"$CFG"
+dist_toml >>"$CFG"
 
 # --- HTTP: spread and the fast path -----------------------------------------------------
 start_stack 1 http --size 100 || exit 1

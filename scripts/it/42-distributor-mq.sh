@@ -16,6 +16,7 @@
 #     by s2, restart of the primary (takeback): every connection completes byte-exact, none resets.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/cluster_lib.sh"
 HERE=$(dirname "$0")
 
 echo "== distributor on two queues per stack (logs in $LOGDIR)"
@@ -32,32 +33,9 @@ region = "$REGION"
 lease_ms = 250
 heartbeat_ms = 10
 
-[[stack]]
-name = "s1"
-interface = "plx-s1"
-address = "198.18.0.11/24"
-
-[[stack]]
-name = "s2"
-interface = "plx-s2"
-address = "198.18.0.12/24"
-
-[[stack]]
-name = "s3"
-interface = "plx-s3"
-address = "198.18.0.13/24"
-
-[[dvipa]]
-address = "$V/24"
-primary = "s1"
-backups = [{ stack = "s2", rank = 20 }]
-[dvipa.distribute]
-ports = [7, 80]
-targets = ["s2", "s3"]
-method = "round_robin"
-grace_ms = 2000
 TOML
-source "$HERE/cluster_lib.sh"
+stacks_toml >>"$CFG"
+dist_toml >>"$CFG"
 # The routers generic, the target native (see above); every stack on two queues.
 STACK_ARGS=([1]="--queues 2 --xdp-mode generic --syn-steering off" [2]="--queues 2 --xdp-mode generic --syn-steering off" [3]="--queues 2 --xdp-mode native --syn-steering off")
 # accepted LOG Q: connections queue Q's shard accepted (its last --stats report)

@@ -12,6 +12,7 @@
 #   - a killed stack's ports are reclaimed after the quarantine, not before.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/cluster_lib.sh"
 HERE=$(dirname "$0")
 
 echo "== cluster-wide ports tests (logs in $LOGDIR)"
@@ -30,20 +31,9 @@ lease_ms = 250
 heartbeat_ms = 10
 port_quarantine_ms = 3000
 
-[[stack]]
-name = "s1"
-interface = "plx-s1"
-address = "198.18.0.11/24"
-
-[[stack]]
-name = "s2"
-interface = "plx-s2"
-address = "198.18.0.12/24"
-
-[[stack]]
-name = "s3"
-interface = "plx-s3"
-address = "198.18.0.13/24"
+TOML
+stacks_toml >>"$CFG"
+cat >>"$CFG" <<TOML
 source_ipa = [{ address = "$V", apps = ["db-client"] }]
 
 [[dvipa]]
@@ -55,7 +45,6 @@ cluster_ports = true
 ports = [80]
 targets = ["s2", "s3"]
 TOML
-source "$(dirname "$0")/cluster_lib.sh"
 wait_exit() { # I SECONDS
   for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 "${SPID[$1]}" 2>/dev/null || return 0; sleep 0.1; done
   return 1

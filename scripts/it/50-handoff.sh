@@ -18,6 +18,7 @@
 #     none resets; and under wrk (HTTP keep-alive): no socket error, no non-2xx.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/cluster_lib.sh"
 HERE=$(dirname "$0")
 
 echo "== handoff tests (logs in $LOGDIR)"
@@ -35,20 +36,9 @@ lease_ms = 250
 heartbeat_ms = 10
 primary_grace_ms = 300
 
-[[stack]]
-name = "s1"
-interface = "plx-s1"
-address = "198.18.0.11/24"
-
-[[stack]]
-name = "s2"
-interface = "plx-s2"
-address = "198.18.0.12/24"
-
-[[stack]]
-name = "s3"
-interface = "plx-s3"
-address = "198.18.0.13/24"
+TOML
+stacks_toml >>"$CFG"
+cat >>"$CFG" <<TOML
 
 [[dvipa]]
 address = "$V/24"
@@ -73,7 +63,6 @@ prefix /three s3
 host   three.test s3
 default s1
 R
-source "$(dirname "$0")/cluster_lib.sh"
 start_stack() { # I ARGS...: the content router
   local i=$1; shift
   start_app "$i" "$@" router --rules "$RULES"

@@ -50,3 +50,12 @@ dpt_ready() {
 }
 # crt_count TARGET: CRT rows routed to TARGET.
 crt_count() { ctl show crt 2>/dev/null | awk -v t="$1" 'NR > 1 && $3 == t {n++} END {print n + 0}'; }
+# stacks_toml: the [[stack]] tables of the testbed's plex hosts s1..s3 (plx-sI, 198.18.0.1I/24).
+stacks_toml() {
+  local i
+  for i in 1 2 3; do printf '\n[[stack]]\nname = "s%s"\ninterface = "plx-s%s"\naddress = "198.18.0.1%s/24"\n' "$i" "$i" "$i"; done
+}
+# dist_toml: $V distributed on ports 7 and 80 over s2 and s3 by round robin, primary s1, backup s2.
+dist_toml() {
+  printf '\n[[dvipa]]\naddress = "%s/24"\nprimary = "s1"\nbackups = [{ stack = "s2", rank = 20 }]\n[dvipa.distribute]\nports = [7, 80]\ntargets = ["s2", "s3"]\nmethod = "round_robin"\ngrace_ms = 2000\n' "$V"
+}
