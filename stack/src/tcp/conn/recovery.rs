@@ -25,8 +25,19 @@ impl Connection {
     /// RFC 8985's idea for the left edge: its retransmission has been out longer than a
     /// round trip while later data keeps being SACKed: it was lost again. Resend it now
     /// instead of waiting for the RTO.
+    ///
+    /// Without SACK the evidence is the duplicate ACK itself: each one is a segment that
+    /// arrived while the left edge did not. Once `DupThresh` of them have come in a row and
+    /// this one comes later than a round trip after the retransmission, the segments sent
+    /// after it arrive and it does not. This is what keeps a go-back-N recovery after a
+    /// timeout (RFC 6582 forbids a new fast retransmit below `recover`) from paying a second,
+    /// doubled timeout for each retransmission lost on the way.
     pub(super) fn detect_lost_retransmit(&mut self, now: Instant, newly_sacked: usize) {
-        if !self.opts.sack_ok || newly_sacked == 0 || self.loss.recovery.is_none() {
+        if self.loss.recovery.is_none() {
+            return;
+        }
+        let evidence = if self.opts.sack_ok { newly_sacked > 0 } else { self.loss.dupacks as usize >= DUP_THRESH };
+        if !evidence {
             return;
         }
         let Some(at) = self.loss.rtx_una_at else { return };

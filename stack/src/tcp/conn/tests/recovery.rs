@@ -149,3 +149,51 @@ fn lost_retransmission_is_resent_before_the_rto() {
     assert_eq!(c.send_queue(), 0);
     assert!(c.loss.recovery.is_none());
 }
+
+/// Without SACK a lost retransmission shows as duplicate ACKs that keep coming: every
+/// segment sent after it arrives, it does not. After a retransmission timeout, go-back-N
+/// resends segments 5 to 9 (1 to 4 had arrived); the resent segment 5 is lost again while
+/// 6 to 9 arrive. The duplicate ACKs for segment 5 that come later than a round trip after
+/// its retransmission resend it at once, instead of a second, backed-off timeout (found by
+/// the transfer sweep, seed 31060: 5 % loss without SACK or timestamps, each lost go-back-N
+/// retransmission cost a timeout twice as long as the last, 102 s by the fifth).
+#[test]
+fn lost_retransmission_without_sack_is_resent_on_late_duplicate_acks() {
+    let cfg = Config { congestion: crate::tcp::Algorithm::NewReno, send_buffer: 64 * 1024, ..cfg() };
+    let mut c = established_with(cfg);
+    assert!(!c.opts.sack_ok);
+    c.send(&[9u8; 10_000]).unwrap();
+    assert_eq!(recv(&mut c, t(20)).len(), 10);
+    // Segment 0 is lost: 1 to 9 bring duplicate ACKs, fast recovery resends 0, and that
+    // retransmission is lost as well; segment 5 had been lost too. The timeout fires.
+    for i in 0..3 {
+        send(&mut c, t(30 + i), &Seg { ack: Some(seg_at(0)), ..Seg::default() });
+    }
+    assert_eq!(sent(&recv(&mut c, t(33))), vec![(seg_at(0), 1000)]);
+    let rto = c.timer(Timer::Retransmit).unwrap();
+    c.handle_timeout(rto);
+    assert_eq!(sent(&recv(&mut c, rto)), vec![(seg_at(0), 1000)], "go-back-N from the left edge");
+    // The resent segment 0 fills the first hole: the receiver holds 0 to 4.
+    let t1 = rto + Duration::from_millis(10);
+    send(&mut c, t1, &Seg { ack: Some(seg_at(5)), ..Seg::default() });
+    let resent = sent(&recv(&mut c, t1));
+    assert_eq!(resent.first(), Some(&(seg_at(5), 1000)), "go-back-N goes on at segment 5: {resent:?}");
+    assert!(resent.len() >= 2, "slow start lets more than one segment go: {resent:?}");
+    // Segment 5's retransmission is lost; the others arrive and are duplicate ACKs for it.
+    // Within a round trip (plus a quarter of one) of the retransmission: it may still come.
+    send(&mut c, t1 + Duration::from_millis(5), &Seg { ack: Some(seg_at(5)), ..Seg::default() });
+    send(&mut c, t1 + Duration::from_millis(6), &Seg { ack: Some(seg_at(5)), ..Seg::default() });
+    send(&mut c, t1 + Duration::from_millis(7), &Seg { ack: Some(seg_at(5)), ..Seg::default() });
+    let early = sent(&recv(&mut c, t1 + Duration::from_millis(7)));
+    assert!(!early.contains(&(seg_at(5), 1000)), "not yet: {early:?}");
+    // Later than that, a duplicate ACK still says segment 5 is missing: resent now.
+    send(&mut c, t1 + Duration::from_millis(20), &Seg { ack: Some(seg_at(5)), ..Seg::default() });
+    let late = sent(&recv(&mut c, t1 + Duration::from_millis(20)));
+    assert_eq!(late.first(), Some(&(seg_at(5), 1000)), "the lost retransmission again: {late:?}");
+    assert_eq!(c.counters.lost_retransmits, 1);
+    assert_eq!(c.counters.timeouts, 1, "no second timeout");
+    // It arrives: everything up to what was sent is acknowledged and the recovery ends.
+    let top = c.snd.nxt.0;
+    send(&mut c, t1 + Duration::from_millis(30), &Seg { ack: Some(top), ..Seg::default() });
+    assert!(c.loss.recovery.is_none());
+}
