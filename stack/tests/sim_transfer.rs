@@ -105,7 +105,10 @@ fn matrix() -> Vec<Scenario> {
 #[test]
 fn transfer_matrix_is_byte_exact_and_matches_golden_throughput() {
     let mut table = String::new();
-    for sc in matrix() {
+    // PLEX_SIM_ONLY=part-of-a-name runs only the scenarios named so (with a pinned seed: a
+    // sweep of one scenario over many seeds).
+    let only = std::env::var("PLEX_SIM_ONLY").ok().filter(|_| std::env::var("PLEX_SIM_SEED").is_ok());
+    for sc in matrix().into_iter().filter(|sc| only.as_deref().is_none_or(|o| sc.name.contains(o))) {
         for seed in seeds(&[1]) {
             let o = run_transfer(seed, &sc);
             let clean = sc.link.loss == 0.0
