@@ -255,6 +255,9 @@ pub struct DistStats {
     pub syns_forwarded: u64,
     /// SYNs routed to this stack.
     pub syns_local: u64,
+    /// SYNs the router's XDP program sent to a target itself (SYN steering), counted when the
+    /// target's NEWCONN for the new connection arrives.
+    pub syns_steered: u64,
     /// SYNs reset: no target and the router does not listen.
     pub syns_reset: u64,
     /// SYNs held during a rebuild with no target known yet.
@@ -495,6 +498,9 @@ pub fn crt_row(region: &Region, cfg: &ClusterConfig, idx: usize) -> Result<Optio
 }
 
 /// The DPT key of (DVIPA, port, target).
+/// See [`Distributor::conn_payload`].
+const NEWCONN_PASSIVE_OPEN: u64 = 2;
+
 fn dpt_key(addr: Ipv4Addr, port: u16, target: u8) -> u64 {
     u32::from(addr) as u64 | (port as u64) << 32 | (target as u64) << 48 | 1 << 56
 }
@@ -752,7 +758,6 @@ impl Distributor {
         // Tracked on any distributed DVIPA (a router keeps its own connections local), told
         // only by candidates.
         self.conns.insert((local, remote));
-        let _ = active;
         // The router's own stack has the connection now (a handoff brought it back to a
         // router that is not a target: a candidate's own NEWCONN below switches the flow to
         // itself instead): its flow to the stack that had it goes, from the table and the
@@ -771,7 +776,10 @@ impl Distributor {
             }
         }
         if self.cand_row(*local.ip()).is_some() {
-            let p = self.conn_payload(i, local, remote);
+            let mut p = self.conn_payload(i, local, remote);
+            if !active {
+                p[5] |= NEWCONN_PASSIVE_OPEN;
+            }
             for to in self.routers_of(i) {
                 self.queue(to, kind::NEWCONN, p);
             }
@@ -928,6 +936,9 @@ impl Distributor {
         self.queue_raw(to, kind::SRVSTAT, [p0, self.seq, p2, 0, 0, 0, 0]);
     }
 
+    /// NEWCONN payload word 5 from a target: the connection is a passive open it just
+    /// accepted (a report for a rebuild or a connection the target opened leaves it clear).
+    /// Relayed NEWCONNs use bit 0 of the same word for "confirmed".
     fn conn_payload(&mut self, i: usize, local: SocketAddrV4, remote: SocketAddrV4) -> [u64; PAYLOAD_WORDS] {
         self.seq += 1;
         [i as u64 | (local.port() as u64) << 16, client_word(remote), self.slot as u64, self.seq, self.inc, 0, 0]
@@ -1591,6 +1602,8 @@ impl Distributor {
         let relayed = (m.payload[0] >> 32) & 0xff == 1;
         let client = m.payload[1];
         let (target, seq, tinc) = (m.payload[2] as u8, m.payload[3], m.payload[4]);
+        // A target's report of a connection it just accepted (not a replay for a rebuild).
+        let passive_open = !relayed && m.payload[5] & NEWCONN_PASSIVE_OPEN != 0;
         let from = m.from_slot;
         if client >> 48 != PROTO_TCP || (target as usize) >= self.cfg.stacks.len() || (!relayed && target != from) {
             self.invalid.add(Invalid::Message);
@@ -1682,6 +1695,15 @@ impl Distributor {
         let confirmed = !relayed || m.payload[5] & 1 == 1;
         r.flows.insert(k, Flow { target, target_inc: inc, created_ns: created, row, hint: false, dead_since: None, seq: if relayed { 0 } else { seq }, confirmed });
         r.conns[target as usize] += 1;
+        if active && prev.is_none() && passive_open {
+            // No SYN of this flow reached the router's poll thread: its XDP program steered it
+            // (or a former router routed it). The DPT counts it for the target all the same.
+            if let Some(s) = r.dpt.get_mut(&(k.0.port(), target)) {
+                s.syns += 1;
+                s.dirty = true;
+            }
+            self.stats.syns_steered += 1;
+        }
         if active && prev.is_none_or(|p| p.target != target || p.dead_since.is_some()) {
             self.actions.push(DistAction::FlowInstalled { local: k.0, remote: k.1, target });
         }

@@ -46,6 +46,12 @@ reqs=$(awk '/requests in/ {print $1}' "$LOGDIR/wrk.txt")
 echo "     wrk -c100 through the router: $(grep -E 'Requests/sec' "$LOGDIR/wrk.txt")"
 check "wrk -c 100 through the router: ${reqs:-0} requests, no socket errors, no non-2xx" \
   sh -c "[ \"${reqs:-0}\" -gt 1000 ] && ! grep -qE 'Socket errors|Non-2xx' '$LOGDIR/wrk.txt'"
+# ctl show dpt's SYNS column: the SYNs the XDP program steered count for their target too.
+sleep 0.3
+dpt_syns=$(ctl show dpt | awk -v v="$V:80" '$1 == v && ($2 == "s2" || $2 == "s3") { printf "%s=%s ", $2, $NF }')
+echo "     DPT SYNS after curl and wrk: $dpt_syns"
+check "ctl show dpt counts the steered SYNs per target ($dpt_syns)" \
+  sh -c "echo '$dpt_syns' | awk '{ for (i = 1; i <= NF; i++) { split(\$i, a, \"=\"); if (a[2] < 40) bad = 1 } } END { exit (NF == 2 && !bad) ? 0 : 1 }'"
 for i in 1 2 3; do stop_stack $i; done
 acc2=$(grep -o "accepted=[0-9]*" "$LOGDIR/s2.log" | tail -1 | cut -d= -f2)
 acc3=$(grep -o "accepted=[0-9]*" "$LOGDIR/s3.log" | tail -1 | cut -d= -f2)

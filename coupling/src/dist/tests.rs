@@ -1362,6 +1362,20 @@ fn the_syn_schedule_follows_the_method_and_the_listeners() {
     s.settle();
     assert_eq!(s.segment(c), Route::Forward { slot: 1 });
     assert_eq!(s.crt_targets().get(&c).map(String::as_str), Some("s2"));
+    // The DPT counts the steered SYN for s2 (ctl show dpt's SYNS column), once, and a replay
+    // of the NEWCONN (or a rebuild's report) does not count it again.
+    assert_eq!(s.stacks["s1"].dist.stats.syns_steered, 1);
+    let syns_of = |s: &Sim, t: &str| ops::dpt(&s.region, &s.cfg).iter().filter(|d| d.port == 80 && d.target == t && d.current).map(|d| d.syns).sum::<u64>();
+    assert_eq!((syns_of(&s, "s2"), syns_of(&s, "s3")), (1, 0));
+    let m = Message {
+        kind: kind::NEWCONN,
+        from_slot: 1,
+        from_incarnation: s.stacks["s2"].node.incarnation() as u32,
+        payload: [80 << 16, client_word(c), 1, 1, s.stacks["s2"].node.incarnation(), 2, 0],
+    };
+    Producer::new(s.region.ring(1, 0).unwrap()).push(&m).unwrap();
+    s.settle();
+    assert_eq!((s.stacks["s1"].dist.stats.syns_steered, syns_of(&s, "s2")), (1, 1), "a replay is not another SYN");
     s.close("s2", c);
     s.settle();
     assert_eq!(s.segment(c), Route::Reset);
