@@ -301,6 +301,9 @@ impl Plex {
             followers = (0..self.queues).map(|q| (q > 0).then(|| follower(q))).collect();
         }
         let clustered = member.is_some();
+        // One host's secrets: a cookie SYN-ACK one shard sends may be answered on any queue.
+        let secrets_seed =
+            getrandom::u64().map_err(|e| StartError::Other(format!("reading the OS's randomness for the stack's secrets: {e}")))?;
         for q in 0..self.queues {
             let xsk = Xsk::open(&XskConfig { ifname: iface.to_string(), queue: q, frames: self.frames, ..XskConfig::default() })?;
             steering.register_xsk(q, xsk.fd())?;
@@ -310,7 +313,8 @@ impl Plex {
             cfg.tcp.mss = (mtu - 40) as u16;
             cfg.app_name = self.app_name.clone();
             cfg.seed =
-                getrandom::u64().map_err(|e| StartError::Other(format!("reading the OS's randomness for the stack's secrets: {e}")))?;
+                getrandom::u64().map_err(|e| StartError::Other(format!("reading the OS's randomness for the stack's ports: {e}")))?;
+            cfg.secrets_seed = Some(secrets_seed);
             if let Some(f) = &self.configure {
                 f(q, &mut cfg);
             }

@@ -708,14 +708,20 @@ mod tests {
     use super::*;
     use stack::cluster::Opened;
 
-    /// Two shards of one process on `ip` (one MAC), with their links.
+    /// Two shards of one process on `ip` (one MAC), with their links; they share their
+    /// secrets as [`crate::Plex`]'s shards do.
     fn two_shards(ip: Ipv4Addr) -> (Arc<ShardSet>, Vec<Stack>, Vec<ShardLink>) {
+        two_shards_with(ip, Some(77))
+    }
+
+    fn two_shards_with(ip: Ipv4Addr, secrets_seed: Option<u64>) -> (Arc<ShardSet>, Vec<Stack>, Vec<ShardLink>) {
         use stack::iface::StackConfig;
         let set = ShardSet::new(2);
         let shards = (0..2u32)
             .map(|k| {
                 let mut c = StackConfig::new(MacAddr([2, 0, 0, 0, 1, 2]));
                 c.seed = k as u64 + 1;
+                c.secrets_seed = secrets_seed;
                 let mut s = Stack::with_cluster(c, Box::new(ShardCluster::new(k, set.clone())));
                 s.add_address(ip, 24, false);
                 s
@@ -878,6 +884,54 @@ mod tests {
         }
         let owned = set.owners.read().iter().filter(|(t, _)| t.local.port() == 81).count();
         assert_eq!(owned, 1, "only the route_inbound call above (not through deliver) holds a claim");
+    }
+
+    /// Under a SYN flood one shard answers a SYN with a cookie and keeps nothing; the peer's
+    /// ACK may arrive on the other queue. The shards of one process share their secrets (one
+    /// host), so the other shard finds the cookie valid and accepts the connection. With a
+    /// secret per shard (as before) it was invalid there and the client got a RST.
+    #[test]
+    fn a_cookie_one_shard_sent_is_valid_on_the_other() {
+        use stack::iface::StackConfig;
+        use stack::wire::MacAddr;
+        let ip = Ipv4Addr::new(198, 18, 1, 2);
+        let now = Instant::ZERO;
+        let run = |secrets_seed: Option<u64>| {
+            let (_set, mut shards, mut links) = two_shards_with(ip, secrets_seed);
+            for s in shards.iter_mut() {
+                // One SYN-queue entry: the second SYN gets a cookie.
+                s.tcp_listen(now, SocketAddrV4::new(ip, 80), 1).unwrap();
+            }
+            let mut peer = Stack::new(StackConfig::new(MacAddr([2, 0, 0, 0, 1, 1])));
+            peer.add_address(Ipv4Addr::new(198, 18, 1, 1), 24, false);
+            let a = peer.tcp_connect(now, None, SocketAddrV4::new(ip, 80)).unwrap();
+            let b = peer.tcp_connect(now, None, SocketAddrV4::new(ip, 80)).unwrap();
+            let b_port = peer.tcp(b).unwrap().tuple().local.port();
+            let mut buf = vec![0u8; 2048];
+            for _ in 0..8 {
+                while let Some(n) = peer.poll_transmit(now, &mut buf) {
+                    let f = buf[..n].to_vec();
+                    let tcp = u16::from_be_bytes([f[12], f[13]]) == 0x0800 && f[23] == 6;
+                    let (sport, flags) = if tcp { (u16::from_be_bytes([f[34], f[35]]), f[47]) } else { (0, 0) };
+                    // b's handshake ACK arrives on queue 1, everything else on queue 0.
+                    let to = usize::from(sport == b_port && flags & 0x02 == 0);
+                    deliver_wire(&mut links[to], &mut shards[to], &f);
+                }
+                for k in 0..2 {
+                    while let Some(n) = shards[k].poll_transmit(now, &mut buf) {
+                        peer.receive(now, &buf[..n]);
+                    }
+                }
+            }
+            let est = |c| matches!(peer.tcp(c).map(|x| x.state()), Some(stack::tcp::State::Established));
+            (est(a), est(b), shards[0].listener_counters().cookies_sent, shards[1].listener_counters().cookies_valid, shards[1].counters().tcp_rst_out)
+        };
+        let (a, b, sent, valid, rst) = run(Some(5));
+        assert!(a && b, "both connections open (a {a}, b {b})");
+        assert_eq!((sent, valid, rst), (1, 1, 0), "shard 0 sent the cookie, shard 1 took it");
+        let (_, b, sent, valid, rst) = run(None);
+        assert_eq!((b, sent, valid), (false, 1, 0), "a secret per shard: the cookie is invalid on the other queue");
+        assert!(rst >= 1, "and the client was reset");
     }
 
     fn deliver_wire(link: &mut ShardLink, stack: &mut Stack, f: &[u8]) {

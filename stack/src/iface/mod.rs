@@ -153,6 +153,11 @@ pub struct StackConfig {
     pub tcp: tcp::Config,
     /// Seed of the stack's randomness (ISN secrets, ephemeral ports).
     pub seed: u64,
+    /// Seed of the ISN, timestamp-offset and SYN-cookie secrets alone, for stacks that must
+    /// share them: the shards of one process are one host, whose cookie SYN-ACK sent by one
+    /// shard may be answered on another queue (Linux keeps one set of secrets per host).
+    /// `None`: drawn from [`StackConfig::seed`].
+    pub secrets_seed: Option<u64>,
     /// Slots for frames the interface builds itself.
     pub control_slots: usize,
     /// IPv4 reassembly limits (memory, datagrams in flight, timeout).
@@ -190,6 +195,7 @@ impl StackConfig {
             verify_checksums: true,
             tcp: tcp::Config::default(),
             seed: 0,
+            secrets_seed: None,
             control_slots: 256,
             reassembly: ReassemblyConfig::default(),
             max_connections: 262_144,
@@ -375,7 +381,10 @@ impl Stack {
     /// [`ClusterEvent`]s for it.
     pub fn with_cluster(cfg: StackConfig, cluster: Box<dyn Cluster>) -> Stack {
         let mut rng = Rng::new(cfg.seed);
-        let isn = IsnGenerator::new(&mut rng);
+        let isn = match cfg.secrets_seed {
+            Some(s) => IsnGenerator::new(&mut Rng::new(s)),
+            None => IsnGenerator::new(&mut rng),
+        };
         let control = FrameQueue::new(cfg.control_slots, cfg.mtu + ETH_HDR);
         let reasm = Reassembler::new(cfg.reassembly);
         let (icmp_bucket, rst_bucket) = (TokenBucket::new(cfg.icmp_error_limit), TokenBucket::new(cfg.rst_limit));
