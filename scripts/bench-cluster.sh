@@ -48,48 +48,10 @@ cleanup() {
 }
 REGION=/dev/shm/plex-plx-bench
 trap cleanup EXIT
-scripts/testbed.sh down
-scripts/testbed.sh up 3
-# Every connection the client makes leaves a TIME-WAIT (60 s) behind, and connect() takes the
-# even ports of the ephemeral range first: past ~14 000 connections to one destination (5 000
-# sequential + 10 000 parallel here) the kernel's port search itself slows the client down
-# (3x in a focused run, Linux's server included). A wider range keeps the conn-rate figures
-# about the servers; every system measured gets the same.
-ip netns exec plx-client sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
-# ... but not over the ports the client namespace serves on (the echo server of the ports
-# section listens on 198.18.0.1:7000: an outgoing connection left on it made that bind fail).
-ip netns exec plx-client sysctl -qw net.ipv4.ip_local_reserved_ports="7000-7010,8080"
+source scripts/bench_lib.sh
+bench_testbed_up
 CFG=$OUT/cluster.toml
-sed -e "s|^name = \"plx-testbed\"|name = \"plx-bench\"|" -e "s|^region = .*|region = \"$REGION\"|" coupling/src/testbed.toml \
-  | awk '/^\[\[dvipa\]\]/ { exit } { print }' >"$CFG"
-cat >>"$CFG" <<TOML
-[[dvipa]]
-address = "$V/24"
-primary = "s1"
-backups = [{ stack = "s2", rank = 20 }]
-[dvipa.distribute]
-ports = [7]
-targets = ["s2", "s3"]
-method = "round_robin"
-TOML
-rm -f "$REGION"
-declare -A SPID
-start_stack() { # I
-  ip netns exec "plx-s$1" "$PLEX" run --config "$CFG" --stack "s$1" --poll "$PLEX_POLL" --stats echo >>"$OUT/s$1.log" 2>&1 &
-  SPID[$1]=$!
-  disown "$!" 2>/dev/null || true
-  PIDS+=($!)
-  local n m; n=$(grep -c "^plex: stack s$1" "$OUT/s$1.log" 2>/dev/null || true); n=${n:-0}
-  for _ in $(seq 1 50); do
-    m=$(grep -c "^plex: stack s$1" "$OUT/s$1.log" 2>/dev/null || true); m=${m:-0}
-    [ "$m" -gt "$n" ] && return 0
-    sleep 0.1
-  done
-  echo "stack s$1 did not start"; return 1
-}
-owner() { "$PLEX" ctl --config "$CFG" show dvipas 2>/dev/null | awk -v a="$V" 'index($1, a "/") == 1 {print $3}'; }
-wait_owner() { for _ in $(seq 1 200); do [ "$(owner)" = "$1" ] && return 0; sleep 0.05; done; return 1; }
-ready() { for _ in $(seq 1 100); do [ "$("$PLEX" ctl --config "$CFG" show dpt 2>/dev/null | grep -c ' ready ')" -ge 2 ] && return 0; sleep 0.05; done; return 1; }
+bench_cfg "$CFG" "$V"
 pp() { # NAME ADDR:PORT
   ip netns exec plx-client timeout 300 "$LNX" pingpong "$2" --core 0 --count "$COUNT" --warmup "$WARMUP" --hgrm "$OUT/$1.hgrm" >"$OUT/$1.txt"
   echo "  $1: $(cat "$OUT/$1.txt")"
@@ -119,7 +81,7 @@ jf() { python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().sp
 
 echo "== plex: router s1, targets s2 and s3 (echo), DVIPA $V"
 for i in 1 2 3; do start_stack $i; done
-wait_owner s1 && ready
+wait_owner s1 && ready 2
 pp plex-router "$V:7"
 pp plex-direct "198.18.0.12:7"
 cr plex-router-conn "$V:7"
@@ -145,37 +107,7 @@ for i in 1 2 3; do kill -INT "${SPID[$i]}" 2>/dev/null || true; done
 sleep 1.5
 
 echo "== HAProxy 2.6 (TCP, round robin) in plx-s1 over Linux echo servers in plx-s2, plx-s3"
-ip netns exec plx-s1 ip addr add 198.18.0.21/24 dev plx-s1
-ip netns exec plx-s2 ip addr add 198.18.0.22/24 dev plx-s2
-ip netns exec plx-s3 ip addr add 198.18.0.23/24 dev plx-s3
-for i in 2 3; do
-  ip netns exec "plx-s$i" timeout 600 "$LNX" echo-many "198.18.0.2$i:7000" --block >"$OUT/linux-echo-$i.log" 2>&1 &
-  PIDS+=($!)
-done
-cat >"$OUT/haproxy.cfg" <<HA
-global
-  maxconn 8000
-defaults
-  mode tcp
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend f
-  bind 198.18.0.21:7000
-  default_backend b
-backend b
-  balance roundrobin
-  server s2 198.18.0.22:7000
-  server s3 198.18.0.23:7000
-HA
-start_haproxy() {
-  ip netns exec plx-s1 haproxy -f "$OUT/haproxy.cfg" -db >"$OUT/haproxy.log" 2>&1 &
-  HAP=$!
-  PIDS+=($!)
-  for _ in $(seq 1 50); do ip netns exec plx-s1 ss -ltn | grep -q 198.18.0.21:7000 && return 0; sleep 0.1; done
-  echo "haproxy did not start: $(cat "$OUT/haproxy.log")"; return 1
-}
-start_haproxy
+haproxy_up
 sleep 0.3
 pp haproxy "198.18.0.21:7000"
 pp linux-direct "198.18.0.22:7000"
