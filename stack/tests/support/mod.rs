@@ -159,18 +159,24 @@ pub struct Stream {
     pub total: u64,
     pub closed: bool,
     buf: Vec<u8>,
+    /// The stream offset whose pattern `buf` holds (the sender is offered the same bytes again
+    /// while its buffer is full without computing them again: most calls find it full).
+    filled: Option<u64>,
 }
 
 impl Stream {
     pub fn new(total: u64) -> Stream {
-        Stream { sent: 0, received: 0, total, closed: false, buf: vec![0u8; 65536] }
+        Stream { sent: 0, received: 0, total, closed: false, buf: vec![0u8; 65536], filled: None }
     }
 
     /// Offer as much as the sender takes; close it when everything is queued.
     pub fn push(&mut self, now: Instant, s: &mut Stack, h: SocketHandle, close_at_end: bool) {
         while self.sent < self.total {
             let n = ((self.total - self.sent) as usize).min(self.buf.len());
-            fill(self.sent, &mut self.buf[..n]);
+            if self.filled != Some(self.sent) {
+                fill(self.sent, &mut self.buf[..n]);
+                self.filled = Some(self.sent);
+            }
             match s.tcp_send(now, h, &self.buf[..n]) {
                 Ok(0) | Err(_) => break,
                 Ok(k) => self.sent += k as u64,
@@ -188,6 +194,7 @@ impl Stream {
             match s.tcp_recv(now, h, &mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    self.filled = None;
                     for (k, b) in self.buf[..n].iter().enumerate() {
                         let off = self.received + k as u64;
                         assert_eq!(*b, pattern(off), "byte {off} of the stream is wrong");
