@@ -458,6 +458,11 @@ impl ClusterMember {
         self.turn_member(now, stack);
         if self.shards.is_some() {
             self.publish(stack);
+            // What a drain or giveback moves: the followers move their connections too.
+            let scope = crate::handoff::move_scope(stack, now);
+            if let Some(set) = &self.shards {
+                set.sync.set_scope(scope);
+            }
         }
     }
 
@@ -802,8 +807,8 @@ impl ClusterMember {
                     .count()
             })
             .sum();
-        // A stack on several queues: its follower shards' connections are not moved (only the
-        // lead's are); they are counted, so the drain does not say done while they are there.
+        // A stack on several queues: its follower shards move theirs through the lead
+        // (ShardLink::move_step); the drain is done when they have none left either.
         let followers: usize = self.shards.as_ref().map_or(0, |s| addrs.iter().map(|a| s.sync.follower_connections(*a)).sum());
         let left = (here + followers + in_flight) as u64;
         row.drain_left.store(left, Release);
@@ -835,7 +840,18 @@ impl ClusterMember {
                     }
                     sc.dist.listeners(ns, a, n);
                 }
-                ClusterEvent::ConnectionOpened(t, how) => sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active),
+                ClusterEvent::ConnectionOpened(t, how) => {
+                    // A flow this stack's XDP program still forwards elsewhere (it routed the
+                    // address until lately, the entries outlive that for stragglers) lives
+                    // here now (a handoff or drain brought it): out of the fast path, or the
+                    // program would send its segments back to the stack it came from.
+                    if sc.fast.get_mut(t.local.ip()).is_some_and(|set| set.remove(&(t.local, t.remote)).is_some()) {
+                        if let Some(flows) = sc.flows.as_ref() {
+                            let _ = flows.remove(t.remote, t.local);
+                        }
+                    }
+                    sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active)
+                }
                 ClusterEvent::ConnectionClosed(t) => sc.dist.connection_closed(ns, t.local, t.remote),
                 // Serialized for a live handoff: nothing yet. If the target takes it, the
                 // distributor hears `connection_moved` (no TERMCONN: the router would forget

@@ -22,7 +22,7 @@
 //! `transferred` (a connection arrived, with the source application's opaque state) and
 //! `transfer_done` (the outcome of a transfer it asked for).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddrV4;
 
 use coupling::handoff::{HandoffEvent, TransferId};
@@ -178,6 +178,12 @@ pub(crate) struct HandoffState {
     pub(crate) stats: HandoffCounters,
     /// Numbers the transfers of this stack to itself.
     local_seq: u32,
+    /// Transfers of follower shards' connections (a drain of a stack on several queues): their
+    /// outcome is not the application's; one that comes back stays on this shard.
+    proxied: HashSet<TransferId>,
+    /// Connections that came back to this shard from a follower's transfer, for the
+    /// application ([`next_adopted`]).
+    adopt: VecDeque<SocketHandle>,
 }
 
 /// Counters of a stack's handoffs.
@@ -386,7 +392,9 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
                     sc.hand.outbox.push_back((m.to, f));
                 }
                 sc.hand.moved.insert(t, (m.to, now + MOVED_FORWARD));
-                sc.hand.outcomes.push_back((id, TransferOutcome::Accepted { to }));
+                if !sc.hand.proxied.remove(&id) {
+                    sc.hand.outcomes.push_back((id, TransferOutcome::Accepted { to }));
+                }
                 let ns = sc.mono_ns(now);
                 sc.moved_away(ns, t, m.to);
                 sc.fast_forward(now, t, m.to);
@@ -399,7 +407,9 @@ pub(crate) fn apply(stack: &mut Stack, now: Instant, events: Vec<HandoffEvent>) 
                 let Some(sc) = node_of(stack) else { return };
                 if let Some(t) = sc.hand.by_id.remove(&id) {
                     sc.hand.moving.remove(&t);
-                    sc.hand.outcomes.push_back((id, TransferOutcome::Aborted { handle: None }));
+                    if !sc.hand.proxied.remove(&id) {
+                        sc.hand.outcomes.push_back((id, TransferOutcome::Aborted { handle: None }));
+                    }
                 }
             }
         }
@@ -426,8 +436,69 @@ fn come_back(stack: &mut Stack, now: Instant, id: TransferId, reason: Option<u16
         None => TransferOutcome::Aborted { handle },
     };
     if let Some(sc) = node_of(stack) {
-        sc.hand.outcomes.push_back((id, outcome));
+        if sc.hand.proxied.remove(&id) {
+            // A follower's connection: it lives on here, on the lead's shard.
+            sc.hand.adopt.extend(handle);
+        } else {
+            sc.hand.outcomes.push_back((id, outcome));
+        }
     }
+}
+
+/// Offer the connections follower shards detached for a drain or a giveback
+/// ([`crate::shards::ShardLink::move_step`]) to their targets, as this stack's own: their
+/// segments, which the followers hand here, are held meanwhile, and go to the target once it
+/// took the connection. One the offer fails for (no record slot free, target gone) is
+/// installed here, on the lead's shard, and given to the application ([`next_adopted`]); the
+/// drain moves it on later. True when there were any.
+pub fn offer_proxied(stack: &mut Stack, now: Instant, set: &crate::shards::ShardSet) -> bool {
+    let list = set.sync.take_proxied();
+    let any = !list.is_empty();
+    for p in list {
+        let Some(sc) = node_of(stack) else { return any };
+        let ns = sc.mono_ns(now);
+        match sc.handoff_offer(ns, p.to, p.tuple, &p.record, p.unconditional) {
+            Ok(id) => {
+                let st = &mut sc.hand;
+                st.stats.started += 1;
+                st.by_id.insert(id, p.tuple);
+                st.proxied.insert(id);
+                st.moving.insert(p.tuple, Moving { to: p.to, record: p.record, held: Vec::new() });
+                if let Some(d) = sc.drain.as_mut() {
+                    d.moved += 1;
+                }
+            }
+            Err(_) => {
+                if let Ok((h, _)) = stack.tcp_restore(now, &p.record) {
+                    if let Some(sc) = node_of(stack) {
+                        sc.hand.adopt.push_back(h);
+                    }
+                }
+            }
+        }
+    }
+    any
+}
+
+/// The next connection that came to this (lead) shard from a follower whose transfer did not
+/// happen: the application takes it as a transferred one.
+pub fn next_adopted(stack: &mut Stack) -> Option<SocketHandle> {
+    node_of(stack)?.hand.adopt.pop_front()
+}
+
+/// What this stack's drain or giveback by handoff moves now, for its follower shards.
+pub fn move_scope(stack: &mut Stack, now: Instant) -> Option<crate::shards::MoveScope> {
+    let sc = node_of(stack)?;
+    let giver = sc.slot() as u32;
+    let (addrs, targets, unconditional) = match (sc.hand_back, sc.drain) {
+        (Some((addr, to)), _) => (vec![addr], vec![to], true),
+        (None, Some(d)) => {
+            let (a, t) = sc.drain_scope(now, d.to);
+            (a, t, false)
+        }
+        (None, None) => return None,
+    };
+    (!targets.is_empty()).then_some(crate::shards::MoveScope { addrs, targets, unconditional, giver })
 }
 
 /// The next connection offered to this stack, for its application to decide on.
@@ -536,17 +607,8 @@ pub fn drain_step(stack: &mut Stack, now: Instant, app: &mut (impl crate::runner
         return false;
     }
     // A giveback by handoff first: the primary waits for its address.
-    let (addrs, targets, unconditional) = match (sc.hand_back, sc.drain) {
-        (Some((addr, to)), _) => (vec![addr], vec![to], true),
-        (None, Some(d)) => {
-            let (a, t) = sc.drain_scope(now, d.to);
-            (a, t, false)
-        }
-        (None, None) => return false,
-    };
-    if targets.is_empty() {
-        return false;
-    }
+    let Some(crate::shards::MoveScope { addrs, targets, unconditional, .. }) = move_scope(stack, now) else { return false };
+    let Some(sc) = node_of(stack) else { return false };
     let names: Vec<String> = targets.iter().map(|t| sc.config().stacks[*t as usize].name.clone()).collect();
     let mut next = sc.drain.map_or(0, |d| d.next);
     let mut moved = 0;

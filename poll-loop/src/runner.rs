@@ -131,6 +131,11 @@ pub fn dispatch_handoffs(now: Instant, stack: &mut Stack, app: &mut (impl App + 
         any = true;
         app.transfer_done(now, stack, id, outcome);
     }
+    // A follower shard's connection whose transfer did not happen lives on here.
+    while let Some(h) = crate::handoff::next_adopted(stack) {
+        any = true;
+        app.transferred(now, stack, h, &[]);
+    }
     any
 }
 
@@ -382,7 +387,15 @@ impl Runner {
         let batch = *batch;
         let inbox = shards.as_ref().filter(|_| handed && take).map(|s| (s.set().clone(), s.me()));
         let (unforwarded, forwarded) = (&mut stats.unforwarded, &mut stats.forwarded);
+        // The lead takes the connections its followers detached (a drain) before any segment
+        // of theirs the followers handed over after them.
+        let lead_set = shards.as_ref().filter(|s| s.is_lead()).map(|s| s.set().clone());
         let mut deliver = |now: Instant, g: &[u8], origin: Origin| {
+            if let (Some(set), Origin::Shard { .. }) = (&lead_set, origin) {
+                if set.sync.has_proxied() {
+                    crate::handoff::offer_proxied(stack, now, set);
+                }
+            }
             match crate::shards::deliver(stack, shards.as_mut(), now, g, origin) {
                 Received::Hold => crate::handoff::hold(stack, g),
                 Received::Forward { stack: to } => {
@@ -438,8 +451,13 @@ impl Runner {
             busy = true;
         }
         if cluster.is_some() {
+            if let Some(set) = shards.as_ref().filter(|s| s.is_lead()).map(|s| s.set().clone()) {
+                busy |= crate::handoff::offer_proxied(stack, now, &set);
+            }
             busy |= dispatch_handoffs(now, stack, app);
             busy |= crate::handoff::drain_step(stack, now, app);
+        } else if let Some(link) = shards.as_mut().filter(|s| s.is_follower()) {
+            busy |= link.move_step(stack, now, clock.mono_ns(now), app);
         }
         busy |= app.poll(now, stack);
         // Events raised by the application's own calls (e.g. an immediate reset).

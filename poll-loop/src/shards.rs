@@ -113,7 +113,47 @@ pub struct ClusterSync {
     has_events: AtomicBool,
     /// Per shard: its connections per local address (the followers' entries).
     counts: Mutex<HashMap<(u32, Ipv4Addr), usize>>,
+    /// What the lead's drain (or giveback by handoff) moves, while it runs.
+    scope: Mutex<Option<MoveScope>>,
+    moving: AtomicBool,
+    /// Connections followers detached for the lead to offer.
+    proxied: Mutex<Vec<Proxied>>,
+    has_proxied: AtomicBool,
 }
+
+/// What a drain or a giveback by handoff moves (the lead publishes it while one runs): the
+/// followers move their connections on these addresses too, through the lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveScope {
+    /// The addresses whose connections move.
+    pub addrs: Vec<Ipv4Addr>,
+    /// The stacks (member slots) they move to, taken in turn.
+    pub targets: Vec<u8>,
+    /// The targets take them without asking their applications.
+    pub unconditional: bool,
+    /// The member's slot (the giver of the records).
+    pub giver: u32,
+}
+
+/// A follower's connection on its way to another stack: detached from the follower's stack
+/// with its whole state ([`Stack::tcp_snapshot_with`]), for the lead to offer (the lead alone
+/// talks to the cluster). Until the lead has it, no segment of it is delivered anywhere: the
+/// follower hands them to the lead, which looks at its pending records first.
+#[derive(Debug)]
+pub struct Proxied {
+    /// The connection.
+    pub tuple: Tuple,
+    /// Its handoff record.
+    pub record: Vec<u8>,
+    /// The stack (member slot) it goes to.
+    pub to: u8,
+    /// The target takes it without asking its application.
+    pub unconditional: bool,
+}
+
+/// Connections the followers keep detached for the lead at most (the region has 32 record
+/// slots for the whole cluster; the lead's own drain keeps 8 in flight).
+const PROXIED_MAX: usize = 8;
 
 /// The lead's home list as published.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -165,6 +205,44 @@ impl ClusterSync {
         }
         any
     }
+    /// The lead publishes what its drain or giveback moves (`None`: nothing moves).
+    pub fn set_scope(&self, scope: Option<MoveScope>) {
+        if scope.is_none() && !self.moving.load(Ordering::Acquire) {
+            return;
+        }
+        let mut cur = self.scope.lock();
+        if *cur != scope {
+            self.moving.store(scope.is_some(), Ordering::Release);
+            *cur = scope;
+        }
+    }
+    /// What moves now, if anything.
+    pub fn scope(&self) -> Option<MoveScope> {
+        if !self.moving.load(Ordering::Acquire) {
+            return None;
+        }
+        self.scope.lock().clone()
+    }
+    /// A follower's detached connection, for the lead.
+    pub fn push_proxied(&self, p: Proxied) {
+        self.proxied.lock().push(p);
+        self.has_proxied.store(true, Ordering::Release);
+    }
+    /// Whether followers left connections for the lead to offer.
+    pub fn has_proxied(&self) -> bool {
+        self.has_proxied.load(Ordering::Acquire)
+    }
+    /// The detached connections, for the lead.
+    pub fn take_proxied(&self) -> Vec<Proxied> {
+        if !self.has_proxied.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.proxied.lock())
+    }
+    fn proxied_pending(&self) -> usize {
+        self.proxied.lock().len()
+    }
+
     /// The followers' connections on `addr`.
     pub fn follower_connections(&self, addr: Ipv4Addr) -> usize {
         self.counts.lock().iter().filter(|((_, a), _)| *a == addr).map(|(_, n)| *n).sum()
@@ -557,12 +635,14 @@ pub struct ShardLink {
     pub unhanded: u64,
     /// Times this follower left its frames in the ring because the lead's lease had lapsed.
     pub lease_waits: u64,
+    /// The next of a move's targets this follower sends a connection to.
+    next_move: usize,
 }
 
 impl ShardLink {
     /// Shard `me` of `set`.
     pub fn new(me: u32, set: Arc<ShardSet>) -> ShardLink {
-        ShardLink { me, set, events: Vec::new(), clustered: false, applied: 0, counts: HashMap::new(), handed: 0, unhanded: 0, lease_waits: 0 }
+        ShardLink { me, set, events: Vec::new(), clustered: false, applied: 0, counts: HashMap::new(), handed: 0, unhanded: 0, lease_waits: 0, next_move: 0 }
     }
 
     /// Shard `me` of a cluster stack's `set` (0 is the lead, whose member reads its events).
@@ -659,6 +739,48 @@ impl ShardLink {
             stack.remove_address(Instant::ZERO, a, how);
         }
         stack.set_cluster_macs(&p.macs);
+    }
+
+    /// A follower's part of the lead's drain or giveback by handoff: detach what may move of
+    /// its connections on the addresses that move ([`MoveScope`]), a few at a time, and leave
+    /// their records to the lead, which offers them to their targets as its own
+    /// ([`crate::handoff::offer_proxied`]). `freeze_ns`: now, CLOCK_MONOTONIC (the target
+    /// measures the handoff from it). True when it detached any.
+    pub fn move_step(&mut self, stack: &mut Stack, now: Instant, freeze_ns: u64, app: &mut (impl crate::runner::App + ?Sized)) -> bool {
+        if !self.is_follower() {
+            return false;
+        }
+        let Some(scope) = self.set.sync.scope() else { return false };
+        let room = PROXIED_MAX.saturating_sub(self.set.sync.proxied_pending());
+        if scope.targets.is_empty() || room == 0 {
+            return false;
+        }
+        let mut moved = 0;
+        for addr in &scope.addrs {
+            for (h, state) in stack.tcp_connections_on(*addr) {
+                if moved == room {
+                    break;
+                }
+                if !matches!(state, stack::tcp::State::Established | stack::tcp::State::CloseWait) || !app.may_move(stack, h) {
+                    continue;
+                }
+                let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { continue };
+                // As handoff::transfer_with: the freeze time in front of the (empty) state.
+                let Ok(record) = stack.tcp_snapshot_with(now, h, scope.giver, Default::default(), &freeze_ns.to_le_bytes()) else { continue };
+                // Not this shard's any more: its segments go to the lead from now on (the
+                // stack's ConnectionMoved event would say so only at the next turn).
+                self.set.disown(tuple, self.me);
+                let to = scope.targets[self.next_move % scope.targets.len()];
+                self.next_move += 1;
+                self.set.sync.push_proxied(Proxied { tuple, record, to, unconditional: scope.unconditional });
+                app.moved_away(now, stack, h);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.set.wake(0);
+        }
+        moved > 0
     }
 
     /// Whether the lead's lease holds at `ns` (a follower takes no frame otherwise); counted.
@@ -985,7 +1107,7 @@ mod cluster_tests {
     use crate::cluster::ClusterMember;
     use coupling::node::Identity;
     use coupling::ClusterConfig;
-    use stack::iface::{SocketEvent, StackConfig};
+    use stack::iface::{SocketEvent, SocketHandle, StackConfig};
     use stack::time::Duration;
 
     const DVIPA: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 102);
@@ -1055,9 +1177,7 @@ mod cluster_tests {
         // Both shards listen; the distributor hears of both listeners (the follower's through
         // the lead) and routes SYNs to its own stack.
         let any80 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80);
-        for s in shards.iter_mut() {
-            s.tcp_listen(now, any80, 16).unwrap();
-        }
+        let listeners: Vec<SocketHandle> = shards.iter_mut().map(|s| s.tcp_listen(now, any80, 16).unwrap()).collect();
         for _ in 0..50 {
             now += Duration::from_millis(1);
             turn(now, &mut shards, &mut links, &mut member);
@@ -1092,6 +1212,58 @@ mod cluster_tests {
         assert!(shards[0].counters().tcp_shard_handed >= 1 && shards[1].counters().tcp_shard_handed >= 1);
         assert_eq!(set.sync.follower_connections(DVIPA), 1, "the follower's connection is counted for the node");
         assert_eq!(shards[0].counters().tcp_rst_out + shards[1].counters().tcp_rst_out, 0);
+
+        // A drain of the stack: the follower moves its connection too, through the lead. It
+        // detaches it (the lead publishes what moves; here the scope is set by hand, to s3),
+        // the tuple is no longer its own, and the client's next segment on queue 1 goes to
+        // the lead. s3 is not up, so the lead's offer fails and the connection lives on, on
+        // the lead's shard, given to the application there, with the client's bytes.
+        let h1 = shards[1].tcp_accept(listeners[1]).expect("the follower's connection");
+        #[derive(Default)]
+        struct Movable {
+            moved: Vec<SocketHandle>,
+            arrived: Vec<SocketHandle>,
+        }
+        impl crate::runner::App for Movable {
+            fn start(&mut self, _now: Instant, _stack: &mut Stack) -> Result<(), String> {
+                Ok(())
+            }
+            fn event(&mut self, _now: Instant, _stack: &mut Stack, _h: SocketHandle, _ev: SocketEvent) {}
+            fn transferred(&mut self, _now: Instant, _stack: &mut Stack, h: SocketHandle, _state: &[u8]) {
+                self.arrived.push(h);
+            }
+            fn may_move(&mut self, _stack: &Stack, _h: SocketHandle) -> bool {
+                true
+            }
+            fn moved_away(&mut self, _now: Instant, _stack: &mut Stack, h: SocketHandle) {
+                self.moved.push(h);
+            }
+        }
+        let (mut app0, mut app1) = (Movable::default(), Movable::default());
+        set.sync.set_scope(Some(MoveScope { addrs: vec![DVIPA], targets: vec![2], unconditional: true, giver: 1 }));
+        assert!(links[1].move_step(&mut shards[1], now, clock.mono_ns(now), &mut app1), "the follower moved its connection");
+        assert_eq!(app1.moved, [h1]);
+        assert!(shards[1].tcp(h1).is_none() && shards[1].tcp_connections_on(DVIPA).is_empty());
+        assert_eq!(set.owner(&t), None, "the follower gave the tuple up at once");
+        assert!(set.sync.has_proxied());
+        assert!(!links[0].move_step(&mut shards[0], now, 0, &mut app0), "the lead moves its own connections itself");
+        client.tcp_send(now, c, b"hello").unwrap();
+        let seg = {
+            let n = client.poll_transmit(now, &mut buf).expect("the client's data");
+            buf[..n].to_vec()
+        };
+        assert!(matches!(deliver(&mut shards[1], Some(&mut links[1]), now, &seg, Origin::Wire), stack::iface::Received::Shard { shard: 0 }));
+        // The lead's poll loop takes the records before the frames handed after them.
+        assert!(crate::handoff::offer_proxied(&mut shards[0], now, &set));
+        let h0 = crate::handoff::next_adopted(&mut shards[0]).expect("the offer failed: the connection stays with the lead");
+        app0.arrived.push(h0);
+        set.drain(0, |f, origin| {
+            deliver(&mut shards[0], Some(&mut links[0]), now, f, origin);
+        });
+        let mut got = [0u8; 16];
+        assert_eq!(shards[0].tcp_recv(now, h0, &mut got).ok(), Some(5), "the client's bytes reached the lead's connection");
+        assert_eq!(&got[..5], b"hello");
+        assert_eq!(shards[0].counters().tcp_rst_out + shards[1].counters().tcp_rst_out, 0, "nobody reset it");
         let _ = std::fs::remove_file(&region);
     }
 }
