@@ -809,7 +809,7 @@ impl ClusterMember {
             .sum();
         // A stack on several queues: its follower shards move theirs through the lead
         // (ShardLink::move_step); the drain is done when they have none left either.
-        let followers: usize = self.shards.as_ref().map_or(0, |s| addrs.iter().map(|a| s.sync.follower_connections(*a)).sum());
+        let followers: usize = self.shards.as_ref().map_or(0, |s| addrs.iter().map(|a| s.sync.follower_connections(*a)).sum::<usize>() + s.sync.proxied_pending());
         let left = (here + followers + in_flight) as u64;
         row.drain_left.store(left, Release);
         row.drain_moved.store(d.moved, Release);

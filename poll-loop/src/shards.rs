@@ -239,7 +239,8 @@ impl ClusterSync {
         }
         std::mem::take(&mut *self.proxied.lock())
     }
-    fn proxied_pending(&self) -> usize {
+    /// Detached connections the lead has not offered yet.
+    pub fn proxied_pending(&self) -> usize {
         self.proxied.lock().len()
     }
 
