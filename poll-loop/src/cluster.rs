@@ -845,11 +845,7 @@ impl ClusterMember {
                     // address until lately, the entries outlive that for stragglers) lives
                     // here now (a handoff or drain brought it): out of the fast path, or the
                     // program would send its segments back to the stack it came from.
-                    if sc.fast.get_mut(t.local.ip()).is_some_and(|set| set.remove(&(t.local, t.remote)).is_some()) {
-                        if let Some(flows) = sc.flows.as_ref() {
-                            let _ = flows.remove(t.remote, t.local);
-                        }
-                    }
+                    sc.unforward(t.local, t.remote);
                     sc.dist.connection_opened(ns, t.local, t.remote, how == Opened::Active)
                 }
                 ClusterEvent::ConnectionClosed(t) => sc.dist.connection_closed(ns, t.local, t.remote),
@@ -921,11 +917,7 @@ impl ClusterMember {
                     if target as usize == sc.node.slot() {
                         // The router's own stack has the flow (a connection moved back here):
                         // out of the fast path, which would send it on to where it was.
-                        if sc.fast.get_mut(local.ip()).is_some_and(|set| set.remove(&(local, remote)).is_some()) {
-                            if let Some(flows) = sc.flows.as_ref() {
-                                let _ = flows.remove(remote, local);
-                            }
-                        }
+                        sc.unforward(local, remote);
                         continue;
                     }
                     let Some(mac) = sc.mac_of(target, ns) else { continue };
@@ -1200,6 +1192,16 @@ impl StackCluster {
             }
         }
         (addrs, targets.into_iter().collect())
+    }
+
+    /// This stack's XDP program no longer forwards the flow (`local`, `remote`) elsewhere, if
+    /// it did: the connection lives on this stack.
+    fn unforward(&mut self, local: SocketAddrV4, remote: SocketAddrV4) {
+        if self.fast.get_mut(local.ip()).is_some_and(|set| set.remove(&(local, remote)).is_some()) {
+            if let Some(flows) = self.flows.as_ref() {
+                let _ = flows.remove(remote, local);
+            }
+        }
     }
 
     /// The connection `t` now lives on stack `to`: the distributor moves its flow (a router
