@@ -125,6 +125,13 @@ pub enum TransferOutcome {
 pub enum TransferError {
     /// The stack is not a cluster member.
     NotClustered,
+    /// The connection is on a follower shard of a cluster stack on several queues (queue
+    /// `shard`): an application moves the lead's (queue 0's) connections only; `plex ctl
+    /// drain` and a giveback move every shard's.
+    FollowerShard {
+        /// The follower's queue.
+        shard: u32,
+    },
     /// No stack of that name in the cluster config.
     UnknownStack(String),
     /// Only ESTABLISHED and CLOSE-WAIT connections move; or the handle is not a connection.
@@ -143,6 +150,10 @@ impl std::fmt::Display for TransferError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TransferError::NotClustered => f.write_str("this stack is not a cluster member"),
+            TransferError::FollowerShard { shard } => write!(
+                f,
+                "the connection is on queue {shard}, a follower shard: an application moves queue 0's connections only (a drain moves every queue's)"
+            ),
             TransferError::UnknownStack(s) => write!(f, "no stack {s:?} in the cluster config"),
             TransferError::NotMovable(why) => write!(f, "the connection cannot move: {why}"),
             TransferError::Offer { why, .. } => write!(f, "the offer failed: {why}"),
@@ -250,6 +261,9 @@ impl HandoffState {
 }
 
 fn cluster(stack: &mut Stack) -> Result<&mut StackCluster, TransferError> {
+    if let Some(shard) = crate::shards::follower_shard(stack) {
+        return Err(TransferError::FollowerShard { shard });
+    }
     node_of(stack).ok_or(TransferError::NotClustered)
 }
 

@@ -406,6 +406,12 @@ impl ShardSet {
     }
 }
 
+/// The queue of `stack` if it is a follower shard of a cluster stack.
+pub fn follower_shard(stack: &Stack) -> Option<u32> {
+    let c: &dyn std::any::Any = stack.cluster();
+    c.downcast_ref::<ShardCluster>().filter(|c| c.follower.is_some()).map(|c| c.me)
+}
+
 /// One shard's [`Cluster`]: segments of another shard's connections go there; ephemeral
 /// ports are claimed process-wide. A cluster stack's follower shards also hand the lead what
 /// only the cluster can decide ([`Follower`]).
@@ -1220,6 +1226,9 @@ mod cluster_tests {
         // the lead. s3 is not up, so the lead's offer fails and the connection lives on, on
         // the lead's shard, given to the application there, with the client's bytes.
         let h1 = shards[1].tcp_accept(listeners[1]).expect("the follower's connection");
+        // An application's own transfer of it says why it cannot move that way.
+        assert_eq!(crate::handoff::transfer(&mut shards[1], now, h1, "s3", b"", false), Err(crate::handoff::TransferError::FollowerShard { shard: 1 }));
+        assert!(shards[1].tcp(h1).is_some(), "and leaves it alone");
         #[derive(Default)]
         struct Movable {
             moved: Vec<SocketHandle>,

@@ -523,7 +523,9 @@ fn ring_bytes(r: &pipe::Ring) -> Vec<u8> {
 
 fn transfer_error(e: &TransferError) -> ApiOrIo {
     let kind = match e {
-        TransferError::NotClustered | TransferError::UnknownStack(_) | TransferError::NotMovable(_) => io::ErrorKind::InvalidInput,
+        TransferError::NotClustered | TransferError::FollowerShard { .. } | TransferError::UnknownStack(_) | TransferError::NotMovable(_) => {
+            io::ErrorKind::InvalidInput
+        }
         TransferError::Offer { .. } => io::ErrorKind::ConnectionRefused,
     };
     ApiOrIo { kind, msg: e.to_string() }
