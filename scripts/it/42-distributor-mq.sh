@@ -58,6 +58,17 @@ reqs=$(awk '/requests in/ {print $1}' "$LOGDIR/wrk.txt")
 echo "     wrk -c100 through the router: $(grep -E 'Requests/sec' "$LOGDIR/wrk.txt")"
 check "wrk -c 100 through the router: ${reqs:-0} requests, no socket errors, no non-2xx" \
   sh -c "[ \"${reqs:-0}\" -gt 1000 ] && ! grep -qE 'Socket errors|Non-2xx' '$LOGDIR/wrk.txt'"
+# A drain of the two-queue target under wrk: HTTP connections move between requests, from
+# both of its queues (queue 1's through the lead).
+ip netns exec plx-client wrk -t2 -c50 -d5s --timeout 5s "http://$V/" >"$LOGDIR/drain-wrk.txt" 2>&1 &
+WRK=$!
+sleep 1.5
+ctl drain s3 --to s2 >"$LOGDIR/drain-http.txt" 2>&1; drc=$?
+echo "     under wrk: $(tail -1 "$LOGDIR/drain-http.txt")"
+wait $WRK
+echo "     wrk: $(grep -E 'requests in|Socket errors|Non-2xx' "$LOGDIR/drain-wrk.txt" | tr -s ' ' | tr '\n' ';')"
+check "plex ctl drain s3 (two queues) under wrk -c50 (exit $drc): no socket error, no non-2xx response" \
+  sh -c "[ $drc = 0 ] && grep -q 'requests in' '$LOGDIR/drain-wrk.txt' && ! grep -qE 'Socket errors|Non-2xx' '$LOGDIR/drain-wrk.txt'"
 for i in 1 2 3; do stop_stack $i; done
 a30=$(accepted "$LOGDIR/s3.log" 0); a31=$(accepted "$LOGDIR/s3.log" 1)
 a20=$(accepted "$LOGDIR/s2.log" 0); a21=$(accepted "$LOGDIR/s2.log" 1)
