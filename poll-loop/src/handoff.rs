@@ -247,6 +247,14 @@ impl HandoffState {
         }
     }
 
+    /// Transfer `id` of `tuple` to member `to` is offered: the connection is frozen here
+    /// (its segments held) until the target decides.
+    fn offered(&mut self, id: TransferId, tuple: Tuple, to: u8, record: Vec<u8>) {
+        self.stats.started += 1;
+        self.by_id.insert(id, tuple);
+        self.moving.insert(tuple, Moving { to, record, held: Vec::new() });
+    }
+
     fn hold(&mut self, frame: &[u8]) {
         let Some(t) = self.last_hold.take() else { return };
         if let Some(m) = self.moving.get_mut(&t) {
@@ -336,19 +344,11 @@ pub fn transfer_with(stack: &mut Stack, now: Instant, h: SocketHandle, to: &str,
         });
         return Ok(id);
     }
-    // The freeze time travels in front of the application's state (the target measures the
-    // handoff latency from it; CLOCK_MONOTONIC is the same for every stack of a host).
-    let mut wire = Vec::with_capacity(8 + app_state.len());
-    wire.extend_from_slice(&ns.to_le_bytes());
-    wire.extend_from_slice(app_state);
-    let record = stack.tcp_snapshot_with(now, h, me as u32, t.held, &wire).map_err(|e| TransferError::NotMovable(api_err(e)))?;
+    let record = stack.tcp_snapshot_with(now, h, me as u32, t.held, &record_state(ns, app_state)).map_err(|e| TransferError::NotMovable(api_err(e)))?;
     let sc = cluster(stack)?;
     match sc.handoff_offer(ns, slot, tuple, &record, unconditional) {
         Ok(id) => {
-            let st = &mut sc.hand;
-            st.stats.started += 1;
-            st.by_id.insert(id, tuple);
-            st.moving.insert(tuple, Moving { to: slot, record, held: Vec::new() });
+            sc.hand.offered(id, tuple, slot, record);
             Ok(id)
         }
         Err(why) => {
@@ -365,7 +365,17 @@ fn api_err(e: ApiError) -> String {
     }
 }
 
-/// The freeze time (CLOCK_MONOTONIC ns) and the application's state of a record's state bytes.
+/// A record's state bytes: the freeze time (CLOCK_MONOTONIC ns, the same for every stack of a
+/// host: the target measures the handoff latency from it) in front of the application's state.
+pub(crate) fn record_state(freeze_ns: u64, app_state: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::with_capacity(8 + app_state.len());
+    wire.extend_from_slice(&freeze_ns.to_le_bytes());
+    wire.extend_from_slice(app_state);
+    wire
+}
+
+/// The freeze time (CLOCK_MONOTONIC ns) and the application's state of a record's state bytes
+/// ([`record_state`]'s inverse).
 fn split_state(wire: &[u8]) -> (u64, Vec<u8>) {
     match wire.split_first_chunk::<8>() {
         Some((t, rest)) => (u64::from_le_bytes(*t), rest.to_vec()),
@@ -473,11 +483,8 @@ pub fn offer_proxied(stack: &mut Stack, now: Instant, set: &crate::shards::Shard
         let ns = sc.mono_ns(now);
         match sc.handoff_offer(ns, p.to, p.tuple, &p.record, p.unconditional) {
             Ok(id) => {
-                let st = &mut sc.hand;
-                st.stats.started += 1;
-                st.by_id.insert(id, p.tuple);
-                st.proxied.insert(id);
-                st.moving.insert(p.tuple, Moving { to: p.to, record: p.record, held: Vec::new() });
+                sc.hand.offered(id, p.tuple, p.to, p.record);
+                sc.hand.proxied.insert(id);
                 if let Some(d) = sc.drain.as_mut() {
                     d.moved += 1;
                 }
@@ -504,6 +511,7 @@ pub fn next_adopted(stack: &mut Stack) -> Option<SocketHandle> {
 pub fn move_scope(stack: &mut Stack, now: Instant) -> Option<crate::shards::MoveScope> {
     let sc = node_of(stack)?;
     let giver = sc.slot() as u32;
+    // A giveback by handoff first: the primary waits for its address.
     let (addrs, targets, unconditional) = match (sc.hand_back, sc.drain) {
         (Some((addr, to)), _) => (vec![addr], vec![to], true),
         (None, Some(d)) => {
@@ -620,26 +628,17 @@ pub fn drain_step(stack: &mut Stack, now: Instant, app: &mut (impl crate::runner
     if room == 0 || (sc.drain.is_none() && sc.hand_back.is_none()) {
         return false;
     }
-    // A giveback by handoff first: the primary waits for its address.
     let Some(crate::shards::MoveScope { addrs, targets, unconditional, .. }) = move_scope(stack, now) else { return false };
     let Some(sc) = node_of(stack) else { return false };
     let names: Vec<String> = targets.iter().map(|t| sc.config().stacks[*t as usize].name.clone()).collect();
     let mut next = sc.drain.map_or(0, |d| d.next);
     let mut moved = 0;
-    for addr in addrs {
-        for (h, state) in stack.tcp_connections_on(addr) {
-            if moved == room {
-                break;
-            }
-            if !matches!(state, stack::tcp::State::Established | stack::tcp::State::CloseWait) || !app.may_move(stack, h) {
-                continue;
-            }
-            let to = &names[next % names.len()];
-            next += 1;
-            if transfer(stack, now, h, to, b"", unconditional).is_ok() {
-                app.moved_away(now, stack, h);
-                moved += 1;
-            }
+    for h in movable(stack, &addrs, room, app) {
+        let to = &names[next % names.len()];
+        next += 1;
+        if transfer(stack, now, h, to, b"", unconditional).is_ok() {
+            app.moved_away(now, stack, h);
+            moved += 1;
         }
     }
     if let Some(d) = node_of(stack).and_then(|sc| sc.drain.as_mut()) {
@@ -647,6 +646,23 @@ pub fn drain_step(stack: &mut Stack, now: Instant, app: &mut (impl crate::runner
         d.moved += moved as u64;
     }
     moved > 0
+}
+
+/// Up to `max` connections on `addrs` that a drain may move now: ESTABLISHED or CLOSE-WAIT,
+/// and the application lets them go.
+pub(crate) fn movable(stack: &Stack, addrs: &[std::net::Ipv4Addr], max: usize, app: &mut (impl crate::runner::App + ?Sized)) -> Vec<SocketHandle> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        for (h, state) in stack.tcp_connections_on(*addr) {
+            if out.len() == max {
+                return out;
+            }
+            if matches!(state, stack::tcp::State::Established | stack::tcp::State::CloseWait) && app.may_move(stack, h) {
+                out.push(h);
+            }
+        }
+    }
+    out
 }
 
 /// This stack's handoff counters, if it is a cluster member.

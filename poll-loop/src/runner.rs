@@ -451,8 +451,8 @@ impl Runner {
             busy = true;
         }
         if cluster.is_some() {
-            if let Some(set) = shards.as_ref().filter(|s| s.is_lead()).map(|s| s.set().clone()) {
-                busy |= crate::handoff::offer_proxied(stack, now, &set);
+            if let Some(set) = &lead_set {
+                busy |= crate::handoff::offer_proxied(stack, now, set);
             }
             busy |= dispatch_handoffs(now, stack, app);
             busy |= crate::handoff::drain_step(stack, now, app);

@@ -763,26 +763,18 @@ impl ShardLink {
             return false;
         }
         let mut moved = 0;
-        for addr in &scope.addrs {
-            for (h, state) in stack.tcp_connections_on(*addr) {
-                if moved == room {
-                    break;
-                }
-                if !matches!(state, stack::tcp::State::Established | stack::tcp::State::CloseWait) || !app.may_move(stack, h) {
-                    continue;
-                }
-                let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { continue };
-                // As handoff::transfer_with: the freeze time in front of the (empty) state.
-                let Ok(record) = stack.tcp_snapshot_with(now, h, scope.giver, Default::default(), &freeze_ns.to_le_bytes()) else { continue };
-                // Not this shard's any more: its segments go to the lead from now on (the
-                // stack's ConnectionMoved event would say so only at the next turn).
-                self.set.disown(tuple, self.me);
-                let to = scope.targets[self.next_move % scope.targets.len()];
-                self.next_move += 1;
-                self.set.sync.push_proxied(Proxied { tuple, record, to, unconditional: scope.unconditional });
-                app.moved_away(now, stack, h);
-                moved += 1;
-            }
+        for h in crate::handoff::movable(stack, &scope.addrs, room, app) {
+            let Some(tuple) = stack.tcp(h).map(|c| c.tuple()) else { continue };
+            let state = crate::handoff::record_state(freeze_ns, &[]);
+            let Ok(record) = stack.tcp_snapshot_with(now, h, scope.giver, Default::default(), &state) else { continue };
+            // Not this shard's any more: its segments go to the lead from now on (the stack's
+            // ConnectionMoved event would say so only at the next turn).
+            self.set.disown(tuple, self.me);
+            let to = scope.targets[self.next_move % scope.targets.len()];
+            self.next_move += 1;
+            self.set.sync.push_proxied(Proxied { tuple, record, to, unconditional: scope.unconditional });
+            app.moved_away(now, stack, h);
+            moved += 1;
         }
         if moved > 0 {
             self.set.wake(0);
