@@ -30,6 +30,8 @@ pub mod clock;
 pub mod cluster;
 pub mod error;
 pub mod handoff;
+#[cfg(feature = "tokio")]
+pub mod local;
 pub mod plex;
 mod queue_holder;
 pub mod runner;

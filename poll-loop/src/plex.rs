@@ -190,7 +190,7 @@ impl Plex {
 
     /// Start `make(queue)` on every queue and return at once.
     pub fn spawn<A: App + Send + 'static>(self, mut make: impl FnMut(u32) -> A) -> Result<Running, StartError> {
-        self.launch(|q, _| Some(make(q)))
+        self.launch(|q, _| Some(Plain(make(q))))
     }
 
     /// Start one application on one queue (clients: the replies of a connection come back
@@ -200,7 +200,7 @@ impl Plex {
             return Err(StartError::Other(format!("a single application runs on one queue, not {}", self.queues)));
         }
         let mut app = Some(app);
-        self.launch(|_, _| app.take())
+        self.launch(|_, _| app.take().map(Plain))
     }
 
     /// Start the application APIs' bridge on every queue: the [`Net`] is for application
@@ -222,10 +222,71 @@ impl Plex {
                 net = Some(n);
                 bridges = b.into_iter().map(Some).collect();
             }
-            bridges.get_mut(q as usize).and_then(Option::take)
+            bridges.get_mut(q as usize).and_then(Option::take).map(Plain)
         })?;
         let net = net.ok_or_else(|| StartError::Other("the blocking API's bridge was not created".into()))?;
         Ok((net, running))
+    }
+
+    /// Thread per core with tokio (feature `tokio`): every poll thread also runs a tokio
+    /// current-thread runtime, and `main(net, queue)` is that queue's first task, with `net`
+    /// the readiness API ([`crate::api::nonblocking`]) of this queue's shard alone. Tasks it
+    /// spawns (`tokio::spawn`) run on the same thread: a connection accepted there is served
+    /// there, and every wake-up between the stack and the tasks stays on the thread (no
+    /// futex, no eventfd, no other core), for about the CPU per request of a
+    /// run-to-completion application with tokio's code. Each queue binds its own listeners
+    /// (like SO_REUSEPORT per core; port 0 picks a port per queue). A queue stops when its
+    /// `main` returns (the others too, as when an application is done), on
+    /// [`Running::stop`] or SIGINT/SIGTERM; its tasks are dropped with its runtime. A task
+    /// that blocks or computes long delays every connection of its queue: give such work to
+    /// `tokio::task::spawn_blocking` or another thread. See [`crate::local`].
+    ///
+    /// ```no_run
+    /// use poll_loop::api::nonblocking::TcpListener;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let running = poll_loop::Plex::on("eth1").addr("198.18.0.11".parse().unwrap(), 24).queues(2).spawn_tokio(|net, _queue| async move {
+    ///     let listener = TcpListener::bind_async(&net, "0.0.0.0:7").await.expect("port 7");
+    ///     while let Ok((mut stream, _)) = listener.accept().await {
+    ///         tokio::spawn(async move {
+    ///             let mut buf = [0u8; 4096];
+    ///             while let Ok(n @ 1..) = stream.read(&mut buf).await {
+    ///                 if stream.write_all(&buf[..n]).await.is_err() {
+    ///                     break;
+    ///                 }
+    ///             }
+    ///         });
+    ///     }
+    /// })?;
+    /// eprint!("{}", running.join()?);
+    /// # Ok::<(), poll_loop::StartError>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn spawn_tokio<F, Fut>(self, main: F) -> Result<Running, StartError>
+    where
+        F: Fn(Net, u32) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut bridges: Vec<Option<(Net, crate::api::Bridge)>> = Vec::new();
+        self.launch(|q, wakers| {
+            if q == 0 {
+                let (n, b) = crate::api::bridges(wakers.iter().map(|w| Some(w.clone())).collect());
+                bridges = b.into_iter().enumerate().map(|(k, b)| Some((n.only(k), b))).collect();
+            }
+            let (net, bridge) = bridges.get_mut(q as usize).and_then(Option::take)?;
+            Some(Local { bridge, main: main(net, q) })
+        })
+    }
+
+    /// [`spawn_tokio`](Plex::spawn_tokio), then wait until it stops: the counters of every
+    /// queue.
+    #[cfg(feature = "tokio")]
+    pub fn serve_tokio<F, Fut>(self, main: F) -> Result<Report, StartError>
+    where
+        F: Fn(Net, u32) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_tokio(main)?.join()
     }
 
     fn check(&self) -> Result<(Ipv4Addr, u8), StartError> {
@@ -251,7 +312,7 @@ impl Plex {
     /// Start every queue: `make(queue, wakers)` gives queue `queue`'s application, `wakers`
     /// being every queue's waker (in queue order), so an application spanning queues (the
     /// blocking API's Net) can be built at queue 0.
-    fn launch<A: App + Send + 'static>(self, mut make: impl FnMut(u32, &[Arc<Waker>]) -> Option<A>) -> Result<Running, StartError> {
+    fn launch<B: Body>(self, mut make: impl FnMut(u32, &[Arc<Waker>]) -> Option<B>) -> Result<Running, StartError> {
         let (addr, prefix) = self.check()?;
         let iface = self.iface.as_str();
         let mac: MacAddr = read_sys(iface, "address")?.parse().map_err(|e| StartError::Other(format!("{iface}: its MAC address: {e}")))?;
@@ -360,19 +421,19 @@ impl Plex {
         let mut wakers = Vec::new();
         let stopper = Stopper { stop: stop.clone(), wakers: Vec::new() };
         let every_waker: Vec<Arc<Waker>> = queues.iter().map(|(_, w)| w.clone()).collect();
-        for (q, (mut runner, waker)) in queues.into_iter().enumerate() {
+        for (q, (runner, waker)) in queues.into_iter().enumerate() {
             let app = make(q as u32, &every_waker);
             wakers.push(waker);
             let core = self.cores.get(q).copied();
             // Every poll thread holds the steering program: it stays attached while any runs.
             let held = steering.clone();
             let stop = stop.clone();
-            let spawned = app.ok_or_else(|| StartError::Other(format!("no application for queue {q}"))).and_then(|mut app| {
+            let spawned = app.ok_or_else(|| StartError::Other(format!("no application for queue {q}"))).and_then(|app| {
                 std::thread::Builder::new()
                     .name(format!("plex-poll-{q}"))
                     .spawn(move || {
                         Runner::pin(core);
-                        let result = runner.run(&mut app);
+                        let (runner, result) = app.run(runner);
                         // One queue finishing (a client done, a start error) ends the others too.
                         stop.store(true, Ordering::Relaxed);
                         let stats = held.stats();
@@ -391,6 +452,37 @@ impl Plex {
             }
         }
         Ok(Running { iface: self.iface, mode: steering.mode(), stopper: Stopper { wakers, ..stopper }, threads })
+    }
+}
+
+/// What a poll thread runs.
+trait Body: Send + 'static {
+    /// Run `runner` until it stops: the runner back, and the application's start error.
+    fn run(self, runner: Runner) -> (Runner, Result<(), String>);
+}
+
+/// A run-to-completion application (the readiness API's bridge is one).
+struct Plain<A>(A);
+
+impl<A: App + Send + 'static> Body for Plain<A> {
+    fn run(mut self, mut runner: Runner) -> (Runner, Result<(), String>) {
+        let result = runner.run(&mut self.0);
+        (runner, result)
+    }
+}
+
+/// The readiness API's bridge and the application's tasks under one tokio runtime.
+#[cfg(feature = "tokio")]
+struct Local<Fut> {
+    bridge: crate::api::Bridge,
+    main: Fut,
+}
+
+#[cfg(feature = "tokio")]
+impl<Fut: std::future::Future<Output = ()> + Send + 'static> Body for Local<Fut> {
+    fn run(self, runner: Runner) -> (Runner, Result<(), String>) {
+        let (runner, _, result) = crate::local::run(runner, self.bridge, self.main);
+        (runner, result)
     }
 }
 

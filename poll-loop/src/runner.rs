@@ -527,22 +527,7 @@ impl Runner {
     /// error, if it had one (the loop then sets the stop flag, so the other poll threads of
     /// the process stop too, and tears down as after a normal run).
     pub fn run(&mut self, app: &mut impl App) -> Result<(), String> {
-        let now = self.clock.now();
-        if let Some(c) = self.cluster.as_mut() {
-            // A cluster member's first turn before the application starts: the addresses the
-            // cluster gives this stack at once (DVIPAs it holds, distributed DVIPAs it is a
-            // target of) are there when the application binds or connects from them.
-            c.turn(now, &mut self.stack);
-        }
-        // A cluster stack's follower shard: the lead's addresses (it made its first turn before
-        // any poll thread started).
-        if let Some(s) = self.shards.as_mut() {
-            s.turn(&mut self.stack);
-        }
-        let started = app.start(now, &mut self.stack);
-        if started.is_err() {
-            self.stop.store(true, Ordering::Relaxed);
-        }
+        let started = self.begin(app);
         let mut idle = 0u32;
         while started.is_ok() && !self.stop.load(Ordering::Relaxed) && !app.done() {
             if self.turn(app) {
@@ -569,6 +554,34 @@ impl Runner {
                 }
             }
         }
+        self.finish(app);
+        started
+    }
+
+    /// Before the application's first turn: the cluster's and the lead shard's state, then
+    /// the application's start (its error sets the stop flag).
+    pub(crate) fn begin(&mut self, app: &mut impl App) -> Result<(), String> {
+        let now = self.clock.now();
+        if let Some(c) = self.cluster.as_mut() {
+            // A cluster member's first turn before the application starts: the addresses the
+            // cluster gives this stack at once (DVIPAs it holds, distributed DVIPAs it is a
+            // target of) are there when the application binds or connects from them.
+            c.turn(now, &mut self.stack);
+        }
+        // A cluster stack's follower shard: the lead's addresses (it made its first turn before
+        // any poll thread started).
+        if let Some(s) = self.shards.as_mut() {
+            s.turn(&mut self.stack);
+        }
+        let started = app.start(now, &mut self.stack);
+        if started.is_err() {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        started
+    }
+
+    /// After the last turn: leave the cluster, let the last segments go out, flush the tap.
+    pub(crate) fn finish(&mut self, app: &mut impl App) {
         if let Some(mut c) = self.cluster.take() {
             let now = self.clock.now();
             c.leave(now, &mut self.stack);
@@ -581,25 +594,50 @@ impl Runner {
             }
         }
         self.tap.flush();
-        started
     }
 
-    /// Sleep on the socket fd until a frame arrives or the next deadline (at most 10 ms, so
-    /// the stop flag is seen).
-    fn sleep(&mut self) {
+    /// The stop flag is set.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// The poll mode.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn mode(&self) -> PollMode {
+        self.mode
+    }
+
+    /// The waker application threads wake this loop with, if it has one.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn waker(&self) -> Option<&Arc<crate::xsk::Waker>> {
+        self.waker.as_ref()
+    }
+
+    /// How long the loop may sleep: until the stack's, the tap's or the cluster's next
+    /// deadline, at most 10 ms (so the stop flag is seen); `None`: not at all.
+    pub(crate) fn sleep_for(&self) -> Option<std::time::Duration> {
         let now = self.clock.now();
         let cluster = self.cluster.as_ref().map(|c| c.next_deadline());
         let next = [self.stack.poll_timeout(), self.tap.next_due(), cluster].into_iter().flatten().min();
         let max = Duration::from_millis(10);
         let wait = next.map(|t| t.saturating_since(now)).unwrap_or(max).min(max);
-        let ms = wait.total_micros().div_ceil(1000) as i32;
-        if ms == 0 {
-            return;
-        }
+        let ms = wait.total_micros().div_ceil(1000);
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+
+    /// The loop slept (time passed: the next turn reads the clock).
+    pub(crate) fn slept(&mut self) {
         self.stats.sleeps += 1;
-        self.xsk.wait(ms, self.waker.as_deref());
-        // Time passed: the next turn reads the clock.
         self.idle_turns = 0;
+    }
+
+    /// Sleep on the socket fd until a frame arrives or the next deadline (at most 10 ms, so
+    /// the stop flag is seen).
+    fn sleep(&mut self) {
+        let Some(wait) = self.sleep_for() else { return };
+        self.xsk.wait(wait.as_millis() as i32, self.waker.as_deref());
+        self.slept();
     }
 }
 

@@ -428,6 +428,13 @@ impl Xsk {
         self.fd
     }
 
+    /// The socket's file descriptor, borrowed.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the socket is open for as long as `self` (the rings own it): the borrow
+        // cannot outlive it.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) }
+    }
+
     /// Sleep until the socket has a frame to read, `waker` is woken, or `timeout_ms` passes
     /// (adaptive polling).
     pub fn wait(&self, timeout_ms: i32, waker: Option<&Waker>) {
@@ -538,6 +545,21 @@ impl Waker {
     pub fn disarm(&self) {
         self.armed.store(false, Ordering::Relaxed);
     }
+
+    /// The eventfd [`wake`](Waker::wake) writes (for a loop that waits in an event loop).
+    pub fn event_fd(&self) -> &EventFd {
+        &self.fd
+    }
+}
+
+/// `fd` in the current tokio runtime's epoll, for readability (a poll thread running tokio,
+/// [`crate::local`]): a duplicate of it, owned by the registration.
+#[cfg(feature = "tokio")]
+pub fn async_fd(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let owned = fd.try_clone_to_owned()?;
+    // SAFETY: the AsyncFd owns `owned`: the descriptor stays open, and the same, for as long
+    // as it is registered (tokio's I/O-safety condition).
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
 }
 
 /// A Linux eventfd (non-blocking, close-on-exec): a counter that is readable while non-zero,

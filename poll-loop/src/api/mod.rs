@@ -81,6 +81,30 @@ pub fn io_error(e: ApiError, connecting: bool) -> io::Error {
     io::Error::new(kind, e)
 }
 
+thread_local! {
+    /// This thread is a poll thread that runs the application's tasks ([`crate::local`]).
+    static POLL_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Mark this thread as a poll thread running the application's tasks: a call that would
+/// wait for a poll thread's answer fails here instead of waiting for its own loop forever.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn mark_poll_thread() {
+    POLL_THREAD.set(true);
+}
+
+/// `Err` (`ErrorKind::Deadlock`) on a poll thread that runs the application's tasks: a call
+/// that waits for a poll thread's answer cannot be made there.
+pub(crate) fn may_wait(call: &str) -> io::Result<()> {
+    if POLL_THREAD.get() {
+        return Err(io::Error::new(
+            io::ErrorKind::Deadlock,
+            format!("{call} waits for a plex poll thread, and this is one (Plex::spawn_tokio): its loop cannot answer while it waits; use the async call (TcpListener::bind_async, the async fns), or tokio::task::spawn_blocking"),
+        ));
+    }
+    Ok(())
+}
+
 /// The poll thread of the shard has stopped (or stops while the call waits).
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "the plex poll thread has stopped")
@@ -218,6 +242,14 @@ impl Net {
         self.inner.shards.len()
     }
 
+    /// A `Net` of shard `k` alone (the tasks of its own poll thread, [`crate::local`]).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn only(&self, k: usize) -> Net {
+        let s = &self.inner.shards[k];
+        let shard = Shard { tx: s.tx.clone(), waker: s.waker.clone(), dirty: s.dirty.clone() };
+        Net { inner: Arc::new(NetInner { shards: vec![shard], next: AtomicUsize::new(0) }) }
+    }
+
     /// Send a command to shard `k` and wake its poll thread.
     pub(crate) fn send(&self, k: usize, cmd: Cmd) -> io::Result<()> {
         let s = &self.inner.shards[k];
@@ -279,6 +311,7 @@ fn check_timeout(t: Option<std::time::Duration>) -> io::Result<()> {
 /// cancelled (`Cmd::Cancel`) and its reply, which then comes at once, is returned with
 /// `true` (timed out).
 fn wait_reply(net: &Net, shard: usize, h: SocketHandle, dir: Dir, replies: &Receiver<Reply>, timeout: Option<std::time::Duration>) -> io::Result<(Reply, bool)> {
+    may_wait("a UDP call")?;
     match timeout {
         None => replies.recv().map(|r| (r, false)).map_err(|_| gone()),
         Some(t) => match replies.recv_timeout(t) {

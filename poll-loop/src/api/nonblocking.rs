@@ -68,7 +68,12 @@ impl TcpListener {
 
     /// As [`bind`](TcpListener::bind), with `backlog` connections per shard waiting for
     /// `accept` at most (the others wait in the stack's accept queue, then SYNs are dropped).
+    ///
+    /// This waits for every shard's poll thread: on a poll thread that runs the application's
+    /// tasks ([`crate::Plex::spawn_tokio`]) it fails (`ErrorKind::Deadlock`); use
+    /// [`bind_async`](TcpListener::bind_async) there.
     pub fn bind_with_backlog(net: &Net, addr: impl ToSocketAddrs, backlog: usize) -> io::Result<TcpListener> {
+        super::may_wait("TcpListener::bind")?;
         let mut l = TcpListener { net: net.clone(), shards: Vec::new(), local: v4(addr)?, next: AtomicUsize::new(0) };
         for shard in 0..net.shards() {
             let q = Arc::new(AcceptQueue::default());
@@ -77,6 +82,36 @@ impl TcpListener {
             net.send(shard, Cmd::PipeListen { addr: l.local, backlog, q: q.clone(), reply })?;
             // On an error, dropping `l` closes the shards already listening.
             let (h, local) = wait.recv().map_err(|_| gone())??;
+            l.local = local;
+            l.shards.push((h, q));
+        }
+        Ok(l)
+    }
+
+    /// As [`bind`](TcpListener::bind), without blocking the thread: the task yields until
+    /// every shard listens (a poll thread answers within its next turn). The way to listen
+    /// on a poll thread that runs the application's tasks ([`crate::Plex::spawn_tokio`]);
+    /// any executor.
+    pub async fn bind_async(net: &Net, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        let backlog = 1024;
+        let mut l = TcpListener { net: net.clone(), shards: Vec::new(), local: v4(addr)?, next: AtomicUsize::new(0) };
+        for shard in 0..net.shards() {
+            let q = Arc::new(AcceptQueue::default());
+            q.inner.lock().cap = backlog;
+            let (reply, wait) = channel::bounded(1);
+            net.send(shard, Cmd::PipeListen { addr: l.local, backlog, q: q.clone(), reply })?;
+            // The answer has no waker of its own: look again after the other tasks (and, on
+            // a poll thread, its loop's turn) had their go. On an error, dropping `l` closes
+            // the shards already listening.
+            let (h, local) = poll_fn(|cx| match wait.try_recv() {
+                Ok(r) => Poll::Ready(r),
+                Err(channel::TryRecvError::Disconnected) => Poll::Ready(Err(gone())),
+                Err(channel::TryRecvError::Empty) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await?;
             l.local = local;
             l.shards.push((h, q));
         }

@@ -49,7 +49,15 @@ thread_local! {
 
 /// Run `f` to completion on this thread, parking while it waits; `None` if `timeout` passed
 /// first (`f` is then dropped, which gives up what it was doing).
+///
+/// # Panics
+/// On a poll thread that runs the application's tasks ([`crate::Plex::spawn_tokio`]), where
+/// parking would wait for that very thread forever (as tokio's `block_on` panics inside a
+/// runtime): the blocking API is for threads of the application's own.
 fn block_on<F: Future>(f: F, timeout: Option<Duration>) -> Option<F::Output> {
+    if let Err(e) = super::may_wait("the blocking API") {
+        panic!("{e}");
+    }
     let mut f = std::pin::pin!(f);
     let deadline = timeout.map(|t| Clock::read_mono_ns().saturating_add(t.as_nanos().min(u64::MAX as u128) as u64));
     WAKER.with(|w| {

@@ -288,3 +288,51 @@ fn a_net_of_two_shards_accepts_from_both() {
     assert_eq!(l0.accept().unwrap().1.ip(), std::net::IpAddr::V4(A));
     assert_eq!(l1.accept().unwrap().1.ip(), std::net::IpAddr::V4(A));
 }
+
+/// Poll `f` to completion with a waker that does nothing, looking again every millisecond
+/// (at most 5 s): a minimal executor for a future whose answer comes from another thread.
+fn poll_until_ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..5000 {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    panic!("not ready after 5 s");
+}
+
+#[test]
+fn a_poll_thread_running_tasks_refuses_calls_that_would_wait_for_itself() {
+    // A thread marked as a poll thread that runs the application's tasks (Plex::spawn_tokio)
+    // must not wait for a poll thread's answer: its own loop would never give it. Before,
+    // TcpListener::bind there hung the process for good (it ignored SIGTERM too).
+    let (server, client, _d) = world();
+    let (s2, c2) = (server.clone(), client.clone());
+    let on_poll_thread = thread::spawn(move || {
+        mark_poll_thread();
+        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000);
+        let e = nonblocking::TcpListener::bind(&s2, any).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Deadlock);
+        assert!(e.to_string().contains("bind_async"), "the error says what to use: {e}");
+        assert_eq!(s2.tcp_listen(any, 8).unwrap_err().kind(), ErrorKind::Deadlock, "the blocking API's listen");
+        assert_eq!(s2.udp_bind(SocketAddrV4::new(A, 53)).unwrap_err().kind(), ErrorKind::Deadlock);
+        // The blocking API's parking calls panic there, with the reason (as tokio's block_on
+        // inside a runtime).
+        let p = std::panic::catch_unwind(|| c2.tcp_connect(SocketAddrV4::new(A, 7000)).map(|_| ())).unwrap_err();
+        let msg = p.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("Plex::spawn_tokio") && msg.contains("spawn_blocking"), "{msg}");
+        // The async bind works there: it never blocks the thread.
+        poll_until_ready(nonblocking::TcpListener::bind_async(&s2, any)).unwrap()
+    });
+    let l = on_poll_thread.join().unwrap();
+    assert_eq!(l.local_addr().unwrap(), SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000)));
+    let mut c = client.tcp_connect(SocketAddrV4::new(A, 7000)).unwrap();
+    let (s, _) = poll_until_ready(l.accept()).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    poll_until_ready(async { s.readable().await.unwrap() });
+    assert_eq!(s.try_read(&mut b).unwrap(), 4);
+    assert_eq!(&b, b"ping");
+}

@@ -59,6 +59,7 @@ impl UdpSocket {
     /// A socket on `addr` (port 0: an ephemeral port), like `std::net::UdpSocket::bind`.
     pub fn bind(net: &Net, addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
         let addr = v4(addr)?;
+        super::may_wait("UdpSocket::bind")?;
         let shard = 0;
         let ((rd_tx, wr_tx), (rd, wr)) = socket_channels();
         let (reply, wait) = channel::bounded(1);
