@@ -15,6 +15,8 @@
 //!   steering map.
 //! - [`runner`]: the pinned poll thread, busy-poll or adaptive, driving a `Stack` and a
 //!   run-to-completion application.
+//! - `local` (feature `tokio`): thread per core, a tokio current-thread runtime on every poll
+//!   thread running the application's tasks beside the stack (`Plex::serve_tokio`).
 //! - [`plex`]: [`Plex`], the builder that puts all of the above together in the right order
 //!   (`Plex::on("eth1").addr(ip, 24).serve(|queue| MyApp::new())`): what an application uses.
 //!
