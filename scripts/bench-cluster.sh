@@ -6,7 +6,10 @@
 # plx-s1 in front of two Linux echo servers on kernel addresses of plx-s2 and plx-s3. The
 # Linux client (plex-bench-linux, busy-polling, pinned) measures:
 #   - ping-pong latency (64 B, one connection) through the router / HAProxy vs direct to a
-#     backend, and sequential connections per second through each;
+#     backend, and connections per second through each (one at a time, and 8 clients in
+#     parallel); the connection rates again from a plex client (`plex connrate`, adaptive
+#     polling, 1 and 8 connections in flight), which costs far less per connection than the
+#     Linux client's connect/close and so measures the balancers rather than the client;
 #   - failover: 50 long-lived checked echo connections (it/seq_echo.py), kill -9 of the plex
 #     router (then restart of the primary: takeback), and kill -9 of HAProxy with 20 open:
 #     connections that completed, resets, the longest stall a client saw.
@@ -70,6 +73,16 @@ crp() { # NAME ADDR:PORT: 8 clients connecting in parallel, summed
   cat "$OUT/$1".[1-8].txt | sed -n 's/.*: \([0-9]*\) conn\/s/\1/p' | awk '{ s += $1 } END { printf "connrate: 8 parallel clients: %d conn/s\n", s }' >"$OUT/$1.txt"
   echo "  $1: $(cat "$OUT/$1.txt")"
 }
+# pcr NAME ADDR:PORT PARALLEL: the same connection loop from a plex client (its own address
+# 198.18.0.7 on the client's interface, polling as the stacks do: it sleeps while it waits, and
+# leaves the cores to the servers), PARALLEL connections in flight. The Linux client's own
+# connect/close costs about as much as a plex target's whole connection: a plex client
+# measures what the router, HAProxy and the servers sustain.
+pcr() {
+  ip netns exec plx-client timeout 300 "$PLEX" connrate --iface plx-c --addr 198.18.0.7/24 --poll "$PLEX_POLL" \
+    --to "$2" --count $((CONNS * ($3 > 1 ? 4 : 2))) --parallel "$3" 2>"$OUT/$1.err" | grep '^connrate' >"$OUT/$1.txt" || true
+  echo "  $1: $(cat "$OUT/$1.txt") $(grep -m1 -i 'error\|failed' "$OUT/$1.err" || true)"
+}
 p50() { sed -n 's/.* p50 \([0-9.]*\) us.*/\1/p' "$OUT/$1.txt"; }
 p99() { sed -n 's/.* p99 \([0-9.]*\) us.*/\1/p' "$OUT/$1.txt"; }
 cps() { sed -n 's/.*: \([0-9]*\) conn\/s/\1/p' "$OUT/$1.txt"; }
@@ -88,6 +101,10 @@ cr plex-router-conn "$V:7"
 cr plex-direct-conn "198.18.0.12:7"
 crp plex-router-par "$V:7"
 crp plex-direct-par "198.18.0.12:7"
+pcr plex-router-pc "$V:7" 1
+pcr plex-direct-pc "198.18.0.12:7" 1
+pcr plex-router-pcpar "$V:7" 8
+pcr plex-direct-pcpar "198.18.0.12:7" 8
 
 echo "== plex failover: 50 long-lived connections, kill -9 of the router, then takeback"
 rm -f "$OUT/stop"
@@ -115,6 +132,10 @@ cr haproxy-conn "198.18.0.21:7000"
 cr linux-direct-conn "198.18.0.22:7000"
 crp haproxy-par "198.18.0.21:7000"
 crp linux-direct-par "198.18.0.22:7000"
+pcr haproxy-pc "198.18.0.21:7000" 1
+pcr linux-direct-pc "198.18.0.22:7000" 1
+pcr haproxy-pcpar "198.18.0.21:7000" 8
+pcr linux-direct-pcpar "198.18.0.22:7000" 8
 echo "== HAProxy failover: kill -9 with 20 long-lived connections"
 rm -f "$OUT/stop2"
 ip netns exec plx-client python3 scripts/it/seq_echo.py 198.18.0.21 7000 20 "$OUT/stop2" 20 10 >"$OUT/haproxy-failover.json" 2>&1 &
@@ -226,8 +247,13 @@ printf '%-34s %10s %10s %12s %12s\n' "client -> plex router -> target" "$(p50 pl
 printf '%-34s %10s %10s %12s %12s\n' "client -> plex target (direct)" "$(p50 plex-direct)" "$(p99 plex-direct)" "$(cps plex-direct-conn)" "$(cps plex-direct-par)"
 printf '%-34s %10s %10s %12s %12s\n' "client -> HAProxy -> Linux" "$(p50 haproxy)" "$(p99 haproxy)" "$(cps haproxy-conn)" "$(cps haproxy-par)"
 printf '%-34s %10s %10s %12s %12s\n' "client -> Linux (direct)" "$(p50 linux-direct)" "$(p99 linux-direct)" "$(cps linux-direct-conn)" "$(cps linux-direct-par)"
+printf '%-34s %10s %10s %12s %12s\n' "plex client: via the plex router" "" "" "$(cps plex-router-pc)" "$(cps plex-router-pcpar)"
+printf '%-34s %10s %10s %12s %12s\n' "plex client: plex target (direct)" "" "" "$(cps plex-direct-pc)" "$(cps plex-direct-pcpar)"
+printf '%-34s %10s %10s %12s %12s\n' "plex client: via HAProxy" "" "" "$(cps haproxy-pc)" "$(cps haproxy-pcpar)"
+printf '%-34s %10s %10s %12s %12s\n' "plex client: Linux (direct)" "" "" "$(cps linux-direct-pc)" "$(cps linux-direct-pcpar)"
 echo "router adds $(awk -v a="$(p50 plex-router)" -v b="$(p50 plex-direct)" 'BEGIN { printf "%.1f", a - b }') us to p50; HAProxy adds $(awk -v a="$(p50 haproxy)" -v b="$(p50 linux-direct)" 'BEGIN { printf "%.1f", a - b }') us"
 echo "connections/s through the router / through HAProxy: $(ratio "$(cps plex-router-conn)" "$(cps haproxy-conn)")x sequential, $(ratio "$(cps plex-router-par)" "$(cps haproxy-par)")x with 8 parallel clients"
+echo "  from a plex client (the Linux client's own connect/close bounds the figures above): $(ratio "$(cps plex-router-pc)" "$(cps haproxy-pc)")x one at a time, $(ratio "$(cps plex-router-pcpar)" "$(cps haproxy-pcpar)")x with 8 in flight (target 3x)"
 echo "failover, plex router kill -9 + takeback: $(jf failover.json completed)/$(jf failover.json connections) completed, resets $(jf failover.json resets), errors $(jf failover.json errors), longest stall $(jf failover.json max_stall_ms) ms"
 echo "failover, HAProxy kill -9: $(jf haproxy-failover.json completed)/$(jf haproxy-failover.json connections) completed, resets $(jf haproxy-failover.json resets), errors $(jf haproxy-failover.json errors)"
 echo "port registry: $(jf portbench.txt claims_per_s_1) claim+release/s from one process, $(jf portbench.txt claims_per_s_2) from two contending (target >= 10 M); outbound conn/s through $V with cluster_ports on/off: $PORTS_ON / $PORTS_OFF = $(ratio "$PORTS_ON" "$PORTS_OFF")x (target >= 0.95)"
@@ -243,6 +269,12 @@ if [ -n "$JSON" ]; then
   "haproxy_conn_per_s": $(num "$(cps haproxy-conn)"), "linux_conn_per_s_direct": $(num "$(cps linux-direct-conn)"),
   "conn_per_s_parallel": $(num "$(cps plex-router-par)"), "conn_per_s_direct_parallel": $(num "$(cps plex-direct-par)"),
   "haproxy_conn_per_s_parallel": $(num "$(cps haproxy-par)"), "linux_conn_per_s_direct_parallel": $(num "$(cps linux-direct-par)"),
+  "plex_client_conn_per_s": $(num "$(cps plex-router-pc)"), "plex_client_conn_per_s_direct": $(num "$(cps plex-direct-pc)"),
+  "plex_client_haproxy_conn_per_s": $(num "$(cps haproxy-pc)"), "plex_client_linux_conn_per_s_direct": $(num "$(cps linux-direct-pc)"),
+  "plex_client_conn_per_s_parallel": $(num "$(cps plex-router-pcpar)"), "plex_client_conn_per_s_direct_parallel": $(num "$(cps plex-direct-pcpar)"),
+  "plex_client_haproxy_conn_per_s_parallel": $(num "$(cps haproxy-pcpar)"), "plex_client_linux_conn_per_s_direct_parallel": $(num "$(cps linux-direct-pcpar)"),
+  "haproxy_conn_ratio": $(ratio "$(cps plex-router-conn)" "$(cps haproxy-conn)"), "haproxy_conn_ratio_parallel": $(ratio "$(cps plex-router-par)" "$(cps haproxy-par)"),
+  "plex_client_haproxy_conn_ratio": $(ratio "$(cps plex-router-pc)" "$(cps haproxy-pc)"), "plex_client_haproxy_conn_ratio_parallel": $(ratio "$(cps plex-router-pcpar)" "$(cps haproxy-pcpar)"),
   "failover_connections": $(jf failover.json connections), "failover_completed": $(jf failover.json completed),
   "failover_resets": $(jf failover.json resets), "failover_errors": $(jf failover.json errors),
   "failover_stall_ms": $(jf failover.json max_stall_ms), "takeback_resets": $(jf failover.json resets),

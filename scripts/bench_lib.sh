@@ -15,6 +15,9 @@ bench_testbed_up() {
   # ... but not over the ports the client namespace serves on (the echo server of the ports
   # section listens on 198.18.0.1:7000: an outgoing connection left on it made that bind fail).
   ip netns exec plx-client sysctl -qw net.ipv4.ip_local_reserved_ports="7000-7010,8080"
+  # HAProxy (in plx-s1) opens a backend connection per client connection: the same range.
+  ip netns exec plx-s1 sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+  ip netns exec plx-s1 sysctl -qw net.ipv4.ip_local_reserved_ports="7000-7010,8080"
 }
 
 # bench_cfg FILE ADDR...: the testbed's stacks (cluster plx-bench, region REGION) and, for

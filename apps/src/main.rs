@@ -106,6 +106,9 @@ enum Cmd {
         to: SocketAddrV4,
         #[arg(long, default_value_t = 10_000)]
         count: u64,
+        /// Connections in flight at once (1: one after the other).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        parallel: u64,
     },
     /// Open --count idle connections to IP:PORT (round robin over the stack's addresses,
     /// --addr and every --extra-addr) and hold them: prints "hold: N established" once all
@@ -330,7 +333,7 @@ fn main() -> ExitCode {
             let request = request.replace("\\r", "\r").replace("\\n", "\n").into_bytes();
             datapath::client(&dp, apps::Hold::new(to, count, inflight, secs, request, keep_going))
         }
-        Cmd::Connrate { dp, to, count } => datapath::client(&dp, apps::ConnRate::new(to, count)),
+        Cmd::Connrate { dp, to, count, parallel } => datapath::client(&dp, apps::ConnRate::new(to, count, parallel as usize)),
         Cmd::Pingpong { dp, to, size, count, warmup, conns, hgrm } => {
             datapath::client(&dp, apps::PingPong::new(to, size, count, warmup, conns, hgrm))
         }

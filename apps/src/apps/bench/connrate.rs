@@ -8,38 +8,59 @@ use stack::iface::{SocketEvent, SocketHandle, Stack};
 use stack::tcp::Event;
 use stack::time::Instant;
 
-
-
 // ---- connrate --------------------------------------------------------------------------
 
 /// Connection rate against an echo server: connect, send 64 bytes, half-close, read the echo
-/// to end of stream, close; `count` times in a row.
+/// to end of stream, close; `count` times, `parallel` connections in flight at once (1: one
+/// after the other).
 pub struct ConnRate {
     to: SocketAddrV4,
     count: u64,
+    /// Connections opened so far, and completed.
+    opened: u64,
     done_conns: u64,
-    conn: Option<SocketHandle>,
-    got: usize,
+    /// The connections in flight (at most `parallel`).
+    conns: Vec<SocketHandle>,
+    parallel: usize,
     start: Option<Instant>,
     buf: Vec<u8>,
     finished: bool,
 }
 
 impl ConnRate {
-    pub fn new(to: SocketAddrV4, count: u64) -> ConnRate {
-        ConnRate { to, count: count.max(1), done_conns: 0, conn: None, got: 0, start: None, buf: vec![0u8; 4096], finished: false }
+    pub fn new(to: SocketAddrV4, count: u64, parallel: usize) -> ConnRate {
+        let parallel = parallel.clamp(1, 4096);
+        ConnRate { to, count: count.max(1), opened: 0, done_conns: 0, conns: Vec::with_capacity(parallel), parallel, start: None, buf: vec![0u8; 4096], finished: false }
     }
 
-    fn next(&mut self, now: Instant, stack: &mut Stack) {
-        match stack.tcp_connect(now, None, self.to) {
-            Ok(h) => {
-                self.conn = Some(h);
-                self.got = 0;
+    /// Open connections until `parallel` are in flight or `count` were opened.
+    fn fill(&mut self, now: Instant, stack: &mut Stack) {
+        while self.conns.len() < self.parallel && self.opened < self.count && !self.finished {
+            match stack.tcp_connect(now, None, self.to) {
+                Ok(h) => {
+                    self.conns.push(h);
+                    self.opened += 1;
+                }
+                Err(e) => {
+                    eprintln!("connrate: cannot connect to {}: {e}", self.to);
+                    self.finished = true;
+                }
             }
-            Err(e) => {
-                eprintln!("connrate: cannot connect to {}: {e}", self.to);
-                self.finished = true;
-            }
+        }
+    }
+
+    /// Connection `h` finished; the next ones, or the figure when all are done.
+    fn completed(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle) {
+        self.conns.retain(|&c| c != h);
+        self.done_conns += 1;
+        if self.done_conns == self.count {
+            let secs = self.start.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
+            let how = if self.parallel > 1 { format!(" ({} in parallel)", self.parallel) } else { String::new() };
+            println!("connrate: {} connections{how} in {secs:.3} s: {:.0} conn/s", self.done_conns, self.done_conns as f64 / secs);
+            let _ = std::io::stdout().flush();
+            self.finished = true;
+        } else {
+            self.fill(now, stack);
         }
     }
 }
@@ -47,11 +68,11 @@ impl ConnRate {
 impl App for ConnRate {
     fn start(&mut self, now: Instant, stack: &mut Stack) -> Result<(), String> {
         self.start = Some(now);
-        self.next(now, stack);
+        self.fill(now, stack);
         Ok(())
     }
     fn event(&mut self, now: Instant, stack: &mut Stack, h: SocketHandle, ev: SocketEvent) {
-        if Some(h) != self.conn {
+        if !self.conns.contains(&h) {
             return;
         }
         match ev {
@@ -63,24 +84,15 @@ impl App for ConnRate {
                 match stack.tcp_recv(now, h, &mut self.buf) {
                     Ok(0) => {
                         let _ = stack.close(now, h);
-                        self.conn = None;
-                        self.done_conns += 1;
-                        if self.done_conns == self.count {
-                            let secs = self.start.map(|t| (now - t).as_secs_f64()).unwrap_or(0.0).max(1e-6);
-                            println!("connrate: {} connections in {secs:.3} s: {:.0} conn/s", self.done_conns, self.done_conns as f64 / secs);
-                            let _ = std::io::stdout().flush();
-                            self.finished = true;
-                        } else {
-                            self.next(now, stack);
-                        }
+                        self.completed(now, stack, h);
                         return;
                     }
-                    Ok(n) => self.got += n,
+                    Ok(_) => {}
                     Err(_) => return,
                 }
             },
             SocketEvent::Tcp(Event::Reset | Event::TimedOut) => {
-                eprintln!("connrate: connection {} failed: {ev:?}", self.done_conns);
+                eprintln!("connrate: a connection failed after {} completed: {ev:?}", self.done_conns);
                 self.finished = true;
             }
             _ => {}
