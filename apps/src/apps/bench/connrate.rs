@@ -102,3 +102,67 @@ impl App for ConnRate {
         self.finished
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::servers::echo::Echo;
+    use stack::iface::StackConfig;
+    use stack::time::Duration;
+    use stack::wire::MacAddr;
+    use std::net::Ipv4Addr;
+
+    fn stack(last: u8) -> Stack {
+        let mut cfg = StackConfig::new(MacAddr([2, 0, 0, 0, 0, last]));
+        cfg.seed = last as u64;
+        let mut s = Stack::new(cfg);
+        s.add_address(Ipv4Addr::new(198, 18, 0, last), 24, false);
+        s
+    }
+
+    /// Drive a client stack running `client` against an echo server until the client is done
+    /// (at most 20 000 turns of 100 us); the most connections it had in flight at once.
+    fn run(client: &mut ConnRate) -> usize {
+        let (mut a, mut b) = (stack(1), stack(10));
+        let mut echo = Echo::new(SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 7));
+        let mut now = Instant::ZERO;
+        echo.start(now, &mut b).unwrap();
+        client.start(now, &mut a).unwrap();
+        let (mut frame, mut most) = (vec![0u8; 2048], 0);
+        for _ in 0..20_000 {
+            for (s, app) in [(&mut a, client as &mut dyn App), (&mut b, &mut echo as &mut dyn App)] {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                app.poll(now, s);
+                while let Some((h, ev)) = s.poll_event() {
+                    app.event(now, s, h, ev);
+                }
+            }
+            most = most.max(client.conns.len());
+            while let Some(n) = a.poll_transmit(now, &mut frame) {
+                b.receive(now, &frame[..n]);
+            }
+            while let Some(n) = b.poll_transmit(now, &mut frame) {
+                a.receive(now, &frame[..n]);
+            }
+            if client.done() {
+                break;
+            }
+            now = now + Duration::from_micros(100);
+        }
+        most
+    }
+
+    #[test]
+    fn parallel_connections_all_complete_with_at_most_parallel_in_flight() {
+        let to = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 7);
+        let mut c = ConnRate::new(to, 50, 8);
+        let most = run(&mut c);
+        assert!(c.done() && c.done_conns == 50 && c.opened == 50, "{} of 50 completed", c.done_conns);
+        assert_eq!(most, 8, "8 in flight at once, never more");
+        let mut one = ConnRate::new(to, 20, 1);
+        assert_eq!(run(&mut one), 1);
+        assert_eq!(one.done_conns, 20);
+    }
+}
