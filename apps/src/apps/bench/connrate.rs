@@ -149,7 +149,7 @@ mod tests {
             if client.done() {
                 break;
             }
-            now = now + Duration::from_micros(100);
+            now += Duration::from_micros(100);
         }
         most
     }
