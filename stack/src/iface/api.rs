@@ -255,7 +255,9 @@ impl Stack {
             }
             Some(Socket::Listener(l)) => {
                 let local = l.local;
+                let counters = l.counters;
                 let children: Vec<SocketHandle> = l.drain().collect();
+                self.closed_listeners.add(&counters);
                 self.listeners.remove(&local);
                 self.cluster_event(ClusterEvent::ListenerClosed(local));
                 self.unclaim_bind(local);

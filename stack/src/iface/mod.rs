@@ -330,6 +330,9 @@ pub struct Stack {
     free: Vec<u32>,
     connections: Map<Tuple, SocketHandle>,
     listeners: Map<SocketAddrV4, SocketHandle>,
+    /// The counters of the listeners closed so far (a report after the application closed
+    /// its listener still counts what they did).
+    closed_listeners: ListenerCounters,
     udp: Map<SocketAddrV4, SocketHandle>,
     /// Bound ports (listeners, UDP sockets) the cluster claimed for this stack: given back at
     /// close.
@@ -396,6 +399,7 @@ impl Stack {
             free: Vec::new(),
             connections: Map::default(),
             listeners: Map::default(),
+            closed_listeners: ListenerCounters::default(),
             udp: Map::default(),
             claimed_binds: Default::default(),
             cluster_macs: Vec::new(),

@@ -117,9 +117,9 @@ impl Stack {
         self.mem_allocated
     }
 
-    /// The counters of every listener, summed.
+    /// The counters of every listener, summed, the closed ones included.
     pub fn listener_counters(&self) -> ListenerCounters {
-        let mut sum = ListenerCounters::default();
+        let mut sum = self.closed_listeners;
         for &h in self.listeners.values() {
             if let Some(l) = self.listener(h) {
                 sum.add(&l.counters);

@@ -655,3 +655,20 @@ fn time_wait_connections_hold_no_buffer_memory() {
     a.handle_timeout(t(4 + 60_000));
     assert_eq!((a.connection_count(), a.tcp_socket_count()), (0, 0));
 }
+
+#[test]
+fn a_closed_listener_still_counts_in_the_stack_s_listener_counters() {
+    // A report made after the application closed its listener (a tokio task dropped with its
+    // runtime, a server's shutdown) read syns=0 accepted=0 for a run that served thousands.
+    let mut s = server(|_| {});
+    let l = s.tcp_listen(t(0), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 16).unwrap();
+    handshake(&mut s, l, t(0), 5001).unwrap();
+    handshake(&mut s, l, t(0), 5002).unwrap();
+    let before = s.listener_counters();
+    assert_eq!((before.syns, before.accepted), (2, 2));
+    s.close(t(1), l).unwrap();
+    assert_eq!(s.listener_counters(), before, "the closed listener's counters are kept");
+    let l2 = s.tcp_listen(t(2), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 80), 16).unwrap();
+    handshake(&mut s, l2, t(2), 5003).unwrap();
+    assert_eq!(s.listener_counters().accepted, 3, "the closed one's and the new one's, summed");
+}
