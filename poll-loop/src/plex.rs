@@ -213,7 +213,13 @@ impl Plex {
     /// The same as [`net`](Plex::net) (the name it had when the `Net` served the blocking
     /// API only).
     pub fn blocking(self) -> Result<(Net, Running), StartError> {
-        // One Bridge per queue, all behind one Net: made once every queue's waker exists.
+        self.launch_bridges(|_, _, bridge| Plain(bridge))
+    }
+
+    /// Start the application APIs' bridge on every queue, one `Net` over all of them (made
+    /// once every queue's waker exists); `body(net, queue, bridge)` is what queue `queue`'s
+    /// poll thread runs.
+    fn launch_bridges<B: Body>(self, mut body: impl FnMut(&Net, u32, crate::api::Bridge) -> B) -> Result<(Net, Running), StartError> {
         let mut net = None;
         let mut bridges: Vec<Option<crate::api::Bridge>> = Vec::new();
         let running = self.launch(|q, wakers| {
@@ -222,9 +228,10 @@ impl Plex {
                 net = Some(n);
                 bridges = b.into_iter().map(Some).collect();
             }
-            bridges.get_mut(q as usize).and_then(Option::take).map(Plain)
+            let bridge = bridges.get_mut(q as usize).and_then(Option::take)?;
+            Some(body(net.as_ref()?, q, bridge))
         })?;
-        let net = net.ok_or_else(|| StartError::Other("the blocking API's bridge was not created".into()))?;
+        let net = net.ok_or_else(|| StartError::Other("the application API's bridge was not created".into()))?;
         Ok((net, running))
     }
 
@@ -267,15 +274,8 @@ impl Plex {
         F: Fn(Net, u32) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let mut bridges: Vec<Option<(Net, crate::api::Bridge)>> = Vec::new();
-        self.launch(|q, wakers| {
-            if q == 0 {
-                let (n, b) = crate::api::bridges(wakers.iter().map(|w| Some(w.clone())).collect());
-                bridges = b.into_iter().enumerate().map(|(k, b)| Some((n.only(k), b))).collect();
-            }
-            let (net, bridge) = bridges.get_mut(q as usize).and_then(Option::take)?;
-            Some(Local { bridge, main: main(net, q) })
-        })
+        // Each queue's tasks get a Net of their own shard.
+        self.launch_bridges(|net, q, bridge| Local { bridge, main: main(net.only(q as usize), q) }).map(|(_, running)| running)
     }
 
     /// [`spawn_tokio`](Plex::spawn_tokio), then wait until it stops: the counters of every

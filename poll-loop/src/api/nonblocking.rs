@@ -59,6 +59,9 @@ pub struct TcpListener {
     next: AtomicUsize,
 }
 
+/// A shard's answer to a listen: the listening socket and the address (port chosen).
+type ListenAnswer = io::Result<(SocketHandle, SocketAddrV4)>;
+
 impl TcpListener {
     /// Listen on `addr` (port 0: a free port, the same on every shard), with a backlog of
     /// 1024 accepted connections per shard. Returns once every shard listens.
@@ -76,10 +79,7 @@ impl TcpListener {
         super::may_wait("TcpListener::bind")?;
         let mut l = TcpListener { net: net.clone(), shards: Vec::new(), local: v4(addr)?, next: AtomicUsize::new(0) };
         for shard in 0..net.shards() {
-            let q = Arc::new(AcceptQueue::default());
-            q.inner.lock().cap = backlog.max(1);
-            let (reply, wait) = channel::bounded(1);
-            net.send(shard, Cmd::PipeListen { addr: l.local, backlog, q: q.clone(), reply })?;
+            let (q, wait) = l.ask_listen(shard, backlog)?;
             // On an error, dropping `l` closes the shards already listening.
             let (h, local) = wait.recv().map_err(|_| gone())??;
             l.local = local;
@@ -88,18 +88,24 @@ impl TcpListener {
         Ok(l)
     }
 
+    /// Ask `shard` to listen on this listener's address (the port chosen so far): its accept
+    /// queue, and where its answer comes.
+    fn ask_listen(&self, shard: usize, backlog: usize) -> io::Result<(Arc<AcceptQueue>, channel::Receiver<ListenAnswer>)> {
+        let q = Arc::new(AcceptQueue::default());
+        q.inner.lock().cap = backlog.max(1);
+        let (reply, wait) = channel::bounded(1);
+        self.net.send(shard, Cmd::PipeListen { addr: self.local, backlog, q: q.clone(), reply })?;
+        Ok((q, wait))
+    }
+
     /// As [`bind`](TcpListener::bind), without blocking the thread: the task yields until
     /// every shard listens (a poll thread answers within its next turn). The way to listen
     /// on a poll thread that runs the application's tasks ([`crate::Plex::spawn_tokio`]);
     /// any executor.
     pub async fn bind_async(net: &Net, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        let backlog = 1024;
         let mut l = TcpListener { net: net.clone(), shards: Vec::new(), local: v4(addr)?, next: AtomicUsize::new(0) };
         for shard in 0..net.shards() {
-            let q = Arc::new(AcceptQueue::default());
-            q.inner.lock().cap = backlog;
-            let (reply, wait) = channel::bounded(1);
-            net.send(shard, Cmd::PipeListen { addr: l.local, backlog, q: q.clone(), reply })?;
+            let (q, wait) = l.ask_listen(shard, 1024)?;
             // The answer has no waker of its own: look again after the other tasks (and, on
             // a poll thread, its loop's turn) had their go. On an error, dropping `l` closes
             // the shards already listening.
